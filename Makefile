@@ -1,0 +1,29 @@
+# Set-up and entry points. Everything a fresh machine needs is installed from here.
+PYTHON ?= python3
+VENV ?= .venv
+# The local CPU wheel; override e.g. `make test TORCH='torch==2.5.1'`.
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: venv
+	$(PY) examples/make_demo_model.py
+	$(VENV)/bin/autoglm-compress examples/digits_cnn.pt --fp16 --target x86 \
+		--calib examples/digits_calib.npz --eval examples/digits_eval.npz -o out/demo
+
+test: venv
+	$(PY) -m pytest -q -x tests
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,144 @@
+"""``compress(...)``: the Python API the CLI mirrors. Load → passes → per-target emit + verify → report."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from autoglm_compress import frontend
+from autoglm_compress.errors import ConfigError, QualityGateError
+from autoglm_compress.inputs import InputSpec, load_npz_feeds, parse_input_shape, random_feeds
+from autoglm_compress.ir_utils import from_proto, to_proto
+from autoglm_compress.pipeline import Pipeline, build_passes
+from autoglm_compress.report import write_report
+from autoglm_compress.stats import model_stats
+from autoglm_compress.targets import Artifact, VerifyContext, get_target
+
+__all__ = ["compress", "CompressResult"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class CompressResult:
+    artifacts: list[Artifact]
+    report: dict
+    report_path: Path
+
+    def artifact(self, target: str) -> Artifact:
+        return next(a for a in self.artifacts if a.target == target)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"output folder {str(out_dir)!r} is not writable ({e.strerror}); "
+                          "choose another with -o") from None
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    return from_proto(to_proto(model))
+
+
+def _sample_feeds(model, eval_data, calib, samples):
+    for source, path in (("eval", eval_data), ("calibration", calib)):
+        if path:
+            feeds, labels = load_npz_feeds(path, model, limit=samples)
+            return feeds, labels if source == "eval" else None, source
+    return random_feeds(model, n=min(samples, 8)), None, "random"
+
+
+def _reference(model: ir.Model, feeds):
+    from autoglm_compress.runtime import TorchExecutor
+
+    ex = TorchExecutor(model)
+    names = [v.name for v in model.graph.outputs]
+    outs = [ex.run(f) for f in feeds]
+    return [[o[n].detach().cpu().numpy() for n in names] for o in outs], names
+
+
+def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp16: bool = False,
+             passes: tuple[str, ...] | None = None, out_dir: str | Path = "out",
+             input_shapes: tuple[str | InputSpec, ...] = (), trust_pickle: bool = False,
+             calib: str | Path | None = None, eval_data: str | Path | None = None, samples: int = 64,
+             dump_ir_after: tuple[str, ...] = (), min_cosine: float | None = None,
+             latency_repeats: int = 30, progress: bool = False) -> CompressResult:
+    """Compress ``model_path`` for each target; verified artifacts and report.json go in ``out_dir``."""
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    specs = [s if isinstance(s, InputSpec) else parse_input_shape(s) for s in input_shapes]
+    target_objs = [get_target(t) for t in dict.fromkeys(targets)]
+    precision = "fp16" if fp16 else "fp32"
+    pass_names = list(passes) if passes is not None else ["cleanup", "fold_bn"]
+    if fp16 and "fp16" not in pass_names:
+        pass_names.append("fp16")
+    pipeline = Pipeline(build_passes(pass_names), dump_ir_after=tuple(dump_ir_after), dump_dir=out_dir,
+                        progress=progress)
+
+    model = frontend.load(model_path, specs, trust_pickle=trust_pickle)
+    stats0 = model_stats(model)
+    reference = _copy(model)
+    feeds, labels, source = _sample_feeds(model, eval_data, calib, samples)
+    ref_outs, out_names = _reference(reference, feeds)
+    records = pipeline.run(model)
+
+    ctx = VerifyContext(reference, feeds, ref_outs, out_names, labels, latency_repeats)
+    artifacts = []
+    for tgt in target_objs:
+        lowered = _copy(model)
+        notes = tgt.legalize(lowered, precision)
+        art = tgt.emit(lowered, precision, out_dir, Path(model_path).stem)
+        art.notes.extend(notes)
+        tgt.verify(art, ctx)
+        artifacts.append(art)
+        logger.info("%s: %s cosine %.5f", tgt.name, art.path.name, art.fidelity["cosine_min"])
+
+    report = {
+        "tool": "autoglm-compress", "version": _version(),
+        "model": {"path": str(model_path), "format": model.metadata_props.get("autoglm.source_format"),
+                  "size_bytes": Path(model_path).stat().st_size, "stats": stats0.as_dict()},
+        "passes": [dataclasses.asdict(r) for r in records],
+        "verification": {"samples": len(feeds), "source": source,
+                         "reference": "torch executor on the FP32 IR",
+                         "warning": "random inputs: fidelity on real data may differ" if source == "random" else None},
+        "artifacts": [a.as_dict() for a in artifacts],
+        "seconds": round(time.perf_counter() - t_start, 3),
+    }
+    gate = _quality_gate(artifacts, min_cosine)
+    report["quality_gate"] = gate
+    report_path = write_report(report, out_dir / "report.json")
+    if gate and not gate["passed"]:
+        raise QualityGateError(gate["message"])
+    return CompressResult(artifacts, report, report_path)
+
+
+def _quality_gate(artifacts: list[Artifact], min_cosine: float | None) -> dict | None:
+    if min_cosine is None:
+        return None
+    worst = min(artifacts, key=lambda a: a.fidelity["cosine_min"])
+    cos = worst.fidelity["cosine_min"]
+    ok = bool(cos >= min_cosine) and bool(np.isfinite(cos))
+    msg = (f"quality gate: {worst.path.name} cosine {cos:.5f} < --min-cosine {min_cosine} "
+           f"(report: report.json)") if not ok else "passed"
+    return {"min_cosine": min_cosine, "worst_cosine": cos, "passed": ok, "message": msg}
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("autoglm-compress")
+    except Exception:  # noqa: BLE001
+        return "dev"

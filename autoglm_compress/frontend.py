@@ -1,0 +1,163 @@
+"""Front end: any supported model file → the IR (``onnx_ir.Model``), simplified, shape-inferred, checked.
+
+Formats are detected from the file's content, not its extension:
+  ONNX protobuf · TorchScript archive (``torch.jit.save``) · ``torch.export`` archive (``.pt2``) ·
+  a pickled whole ``nn.Module`` (``torch.save(model)``), only with ``trust_pickle=True``.
+Torch models go through ``torch.onnx.export``: the dynamo exporter for ``nn.Module`` and
+``ExportedProgram``, the TorchScript exporter for ScriptModules.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickletools
+import zipfile
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from autoglm_compress.errors import ConfigError, ModelLoadError
+from autoglm_compress.inputs import InputSpec, model_inputs
+from autoglm_compress.ir_utils import check, from_proto
+
+__all__ = ["load", "detect_format", "OPSET"]
+
+logger = logging.getLogger(__name__)
+OPSET = 17
+_SAFE_PICKLE_GLOBALS = ("collections", "torch._utils", "torch", "builtins", "numpy", "_codecs")
+
+
+def detect_format(path: Path) -> str:
+    """One of onnx / torchscript / export / pickle / state_dict, from the bytes."""
+    head = path.read_bytes()[:4]
+    if head.startswith(b"PK"):
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except zipfile.BadZipFile:
+            raise ModelLoadError(f"{path}: truncated or corrupt archive (bad zip); re-save the model") from None
+        if any(n.endswith("/code/__torch__.py") or "/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("archive_format") or n.endswith("models/model.json") for n in names):
+            return "export"
+        pkl = next((n for n in names if n.endswith("data.pkl")), None)
+        if pkl:
+            return _pickle_kind(zipfile.ZipFile(path).read(pkl))
+        raise ModelLoadError(f"{path}: a zip archive but not a torch or ONNX model")
+    if head[:1] == b"\x80":
+        return _pickle_kind(path.read_bytes())
+    return "onnx"
+
+
+def _pickle_kind(data: bytes) -> str:
+    """Scan pickle opcodes (without executing them) for classes beyond tensors and dicts."""
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "STACK_GLOBAL") and isinstance(arg, str):
+                if not arg.split(" ")[0].split(".")[0] in _SAFE_PICKLE_GLOBALS or "nn.modules" in arg:
+                    return "pickle"
+            if op.name == "STACK_GLOBAL":
+                return "pickle"
+    except Exception:  # noqa: BLE001
+        raise ModelLoadError("truncated or corrupt pickle: re-save the model") from None
+    return "state_dict"
+
+
+def load(path: str | Path, input_shapes: list[InputSpec] | None = None, *, trust_pickle: bool = False,
+         simplify: bool = True) -> ir.Model:
+    """Load a model file into the IR; ``input_shapes`` fill shapes the file does not carry."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: not a model file (empty or a folder)")
+    fmt = detect_format(path)
+    shapes = {s.name: s for s in (input_shapes or [])}
+    logger.info("loading %s as %s", path, fmt)
+    if fmt == "onnx":
+        proto = _read_onnx(path)
+    elif fmt == "state_dict":
+        raise ModelLoadError(f"{path}: holds only weights (a state_dict), not a model; save it with "
+                             "torch.jit.save(torch.jit.trace(model, x)) or torch.export.save")
+    else:
+        from autoglm_compress import torch_import
+
+        proto = torch_import.to_onnx(path, fmt, shapes, trust_pickle=trust_pickle, opset=OPSET)
+    proto = _fix_input_shapes(proto, shapes, path)
+    model = _finish(proto, simplify, path)
+    model.metadata_props["autoglm.source_format"] = fmt
+    model.metadata_props["autoglm.source_path"] = str(path)
+    return model
+
+
+def _read_onnx(path: Path) -> onnx.ModelProto:
+    try:
+        proto = onnx.load(str(path), load_external_data=True)
+    except Exception as e:  # noqa: BLE001 - protobuf raises various types
+        raise ModelLoadError(f"{path}: unknown format (not ONNX, TorchScript, .pt2 or a torch pickle): "
+                             f"{type(e).__name__}") from None
+    if not proto.graph.node or not proto.graph.output:
+        raise ModelLoadError(f"{path}: unknown format (not ONNX, TorchScript, .pt2 or a torch pickle)")
+    return proto
+
+
+def _fix_input_shapes(proto: onnx.ModelProto, shapes: dict[str, InputSpec], path: Path):
+    """Overwrite input dims with the user's shapes; a lone symbolic batch dim becomes 1."""
+    inits = {i.name for i in proto.graph.initializer}
+    graph_inputs = [i for i in proto.graph.input if i.name not in inits]
+    names = {i.name for i in graph_inputs}
+    unknown = sorted(set(shapes) - names)
+    if unknown:
+        raise ConfigError(f"--input-shape names {unknown} not among the model's inputs {sorted(names)}")
+    for inp in graph_inputs:
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in shapes:
+            want = shapes[inp.name].shape
+            if len(dims) and len(dims) != len(want):
+                raise ConfigError(f"--input-shape {inp.name}: rank {len(want)} but the model's input "
+                                  f"has rank {len(dims)}")
+            for i, d in enumerate(dims):
+                if d.HasField("dim_value") and d.dim_value != want[i]:
+                    raise ConfigError(f"--input-shape {inp.name}={'x'.join(map(str, want))}: dim {i} "
+                                      f"is fixed to {d.dim_value} in the model")
+            del dims[:]
+            for w in want:
+                dims.add().dim_value = w
+        else:
+            symbolic = [i for i, d in enumerate(dims) if not d.HasField("dim_value")]
+            if symbolic == [0]:
+                dims[0].Clear()
+                dims[0].dim_value = 1
+                logger.info("input %s: symbolic batch dim set to 1", inp.name)
+            elif symbolic:
+                raise ConfigError(f"{path}: input {inp.name!r} has symbolic dims {symbolic}; "
+                                  f"give --input-shape {inp.name}=1x...")
+    return proto
+
+
+def _finish(proto: onnx.ModelProto, simplify: bool, path: Path) -> ir.Model:
+    if simplify:
+        proto = _simplify(proto)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+        model = from_proto(proto)
+        check(model)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: converted model fails the ONNX check: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
+
+    try:
+        simplified, ok = onnxsim.simplify(proto)
+    except Exception as e:  # noqa: BLE001 - onnxsim gives up on some graphs; keep the original
+        logger.warning("onnx-simplifier failed (%s); continuing unsimplified", str(e).splitlines()[0])
+        return proto
+    return simplified if ok else proto
+
+
+def describe_inputs(model: ir.Model) -> str:
+    return ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in model_inputs(model))
+

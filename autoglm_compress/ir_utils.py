@@ -1,0 +1,62 @@
+"""Small helpers around onnx_ir: serialize, check, save atomically, run in onnxruntime."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+__all__ = ["to_proto", "from_proto", "check", "save_atomic", "write_bytes_atomic", "ort_session", "ort_run"]
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    return ir.serde.serialize_model(model)
+
+
+def from_proto(proto: onnx.ModelProto) -> ir.Model:
+    return ir.serde.deserialize_model(proto)
+
+
+def check(model: ir.Model) -> None:
+    """The IR check: onnx.checker on the serialized model (with strict shape inference)."""
+    onnx.checker.check_model(to_proto(model), full_check=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temp file in the target folder, then rename: no partial file ever."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_atomic(model: ir.Model, path: str | os.PathLike) -> Path:
+    return write_bytes_atomic(path, to_proto(model).SerializeToString())
+
+
+def ort_session(model: ir.Model | bytes | str, *, optimized_path: str | None = None, threads: int = 0):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    src = to_proto(model).SerializeToString() if isinstance(model, ir.Model) else model
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def ort_run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(None, {k: v for k, v in feeds.items() if k in names})

@@ -1,0 +1,10 @@
+"""IR → IR passes, one per file. Importing this package registers them by name."""
+
+from __future__ import annotations
+
+from autoglm_compress.passes.base import CompressPass, PassConfig, get_pass, register, registered
+
+__all__ = ["CompressPass", "PassConfig", "get_pass", "register", "registered"]
+
+# Built-in passes register themselves on import.
+from autoglm_compress.passes import cleanup, fold_bn, fp16  # noqa: E402,F401

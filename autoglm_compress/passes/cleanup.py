@@ -1,0 +1,59 @@
+"""cleanup: constant folding, dead-code removal, identity/duplicate elimination on the IR.
+
+Rewrites (all exact — outputs are bit-identical up to float re-association in folded constants):
+  * constant folding and pattern simplification: onnxscript's optimizer (``optimize_ir``), which
+    folds subgraphs whose inputs are all constant into initializers and removes dead nodes;
+  * Identity elimination, common-subexpression elimination, duplicate-initializer merging, unused
+    node/opset removal: onnx_ir's common passes.
+The front end already ran onnx-simplifier once; this pass is the in-place, IR-level equivalent
+that can run again after other passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import onnx_ir as ir
+from onnx_ir.passes import PassResult
+from onnx_ir.passes import common as ir_common
+
+from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
+
+__all__ = ["CleanupPass", "CleanupConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanupConfig(PassConfig):
+    fold_constants: bool = field(True, help="fold subgraphs of constants into initializers")
+    cse: bool = field(True, help="merge identical nodes (common-subexpression elimination)")
+
+
+def _counts(model: ir.Model) -> tuple[int, int]:
+    return sum(1 for _ in model.graph), len(model.graph.initializers)
+
+
+@register
+class CleanupPass(CompressPass):
+    name = "cleanup"
+    config_class = CleanupConfig
+
+    def call(self, model: ir.Model) -> PassResult:
+        nodes0, inits0 = _counts(model)
+        if self.config.fold_constants:
+            import onnxscript.optimizer
+
+            onnxscript.optimizer.optimize_ir(model, num_iterations=2, inline=True)
+        steps = [ir_common.IdentityEliminationPass(), ir_common.DeduplicateInitializersPass(),
+                 ir_common.RemoveUnusedNodesPass(), ir_common.RemoveUnusedOpsetsPass(),
+                 ir_common.TopologicalSortPass()]
+        if self.config.cse:
+            steps.insert(1, ir_common.CommonSubexpressionEliminationPass())
+        ir.passes.Sequential(*steps)(model)
+        nodes1, inits1 = _counts(model)
+        self.stats.update(nodes_before=nodes0, nodes_after=nodes1, nodes_removed=nodes0 - nodes1,
+                          initializers_before=inits0, initializers_after=inits1)
+        logger.info("cleanup: %d → %d nodes", nodes0, nodes1)
+        return PassResult(model, modified=(nodes0, inits0) != (nodes1, inits1))

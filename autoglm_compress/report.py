@@ -1,0 +1,43 @@
+"""report.json (machine-readable) and the short summary table printed at the end of a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from autoglm_compress.ir_utils import write_bytes_atomic
+
+__all__ = ["write_report", "summary_table"]
+
+
+def write_report(report: dict, path: Path) -> Path:
+    return write_bytes_atomic(path, (json.dumps(report, indent=2, default=str) + "\n").encode())
+
+
+def _fmt_size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
+
+
+def summary_table(report: dict) -> str:
+    rows = [("artifact", "size", "cosine", "max|err|", "top-1", "acc", "latency", "vs fp32")]
+    for a in report["artifacts"]:
+        fid = a.get("fidelity", {})
+        first = next(iter(fid.get("outputs", {}).values()), {})
+        lat = a.get("latency", {})
+        acc = first.get("accuracy")
+        acc_s = "-" if acc is None else f"{acc:.3f} ({first['accuracy_ref']:.3f})"
+        top1 = first.get("top1_agreement")
+        rows.append((
+            Path(a["path"]).name, _fmt_size(a["size_bytes"]),
+            f"{fid.get('cosine_min', float('nan')):.5f}", f"{first.get('max_abs_err', float('nan')):.3g}",
+            "-" if top1 is None else f"{top1:.3f}", acc_s,
+            f"{lat.get(a['precision'], {}).get('median_ms', float('nan')):.3f} ms",
+            f"{lat.get('speedup_vs_fp32', float('nan')):.2f}x"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    m = report["model"]
+    head = (f"{m['path']}: {m['format']}, {m['stats']['params']:,} params, "
+            f"passes: {', '.join(p['name'] for p in report['passes']) or 'none'}; "
+            f"verified on {report['verification']['samples']} {report['verification']['source']} samples")
+    return head + "\n" + "\n".join(lines)

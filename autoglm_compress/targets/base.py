@@ -1,0 +1,72 @@
+"""What every target provides: legalize the IR, emit an artifact atomically, verify it in its runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = ["Artifact", "Target", "VerifyContext", "sha256_of"]
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class Artifact:
+    target: str
+    precision: str
+    path: Path
+    size_bytes: int = 0
+    sha256: str = ""
+    runtime: str = ""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    fidelity: dict = dataclasses.field(default_factory=dict)
+    latency: dict = dataclasses.field(default_factory=dict)
+
+    def finalize(self) -> Artifact:
+        self.size_bytes = self.path.stat().st_size
+        self.sha256 = sha256_of(self.path)
+        return self
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+@dataclasses.dataclass
+class VerifyContext:
+    """What verification compares against: the FP32 IR, sample feeds and their reference outputs."""
+
+    reference_model: ir.Model
+    feeds: list[dict[str, np.ndarray]]
+    reference_outputs: list[list[np.ndarray]]
+    output_names: list[str]
+    labels: np.ndarray | None = None
+    latency_repeats: int = 30
+
+
+class Target:
+    name: ClassVar[str] = ""
+    runtime: ClassVar[str] = ""
+    precisions: ClassVar[tuple[str, ...]] = ()
+
+    def legalize(self, model: ir.Model, precision: str) -> list[str]:
+        """Apply target rules in place; return notes for the report. Raise UnsupportedOpError early."""
+        return []
+
+    def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
+        raise NotImplementedError
+
+    def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
+        raise NotImplementedError

@@ -1,0 +1,51 @@
+"""Shared fixtures: zoo models saved once per session in every format."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def saved(model_dir):
+    """saved(zoo_name, fmt) -> path of that zoo model saved as fmt (torchscript/export/onnx/pickle)."""
+    import models
+
+    cache: dict = {}
+    savers = {"torchscript": (models.save_torchscript, ".pt"), "export": (models.save_export, ".pt2"),
+              "onnx": (models.save_onnx, ".onnx"), "pickle": (models.save_pickle, ".pkl")}
+
+    def get(name: str, fmt: str) -> Path:
+        key = (name, fmt)
+        if key not in cache:
+            fn, ext = savers[fmt]
+            path = model_dir / f"{name}_{fmt}{ext}"
+            fn(models.ZOO[name](), path)
+            cache[key] = path
+        return cache[key]
+
+    return get
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed console script as a user would."""
+    exe = Path(sys.executable).parent / "autoglm-compress"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "autoglm_compress.cli"]
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
