@@ -69,18 +69,24 @@ def _reference(model: ir.Model, feeds):
 
 
 def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp16: bool = False,
-             passes: tuple[str, ...] | None = None, out_dir: str | Path = "out",
+             int8: bool = False, passes: tuple[str, ...] | None = None, out_dir: str | Path = "out",
              input_shapes: tuple[str | InputSpec, ...] = (), trust_pickle: bool = False,
-             calib: str | Path | None = None, eval_data: str | Path | None = None, samples: int = 64,
+             calib: str | Path | None = None, calib_method: str = "minmax", calib_samples: int = 128,
+             calib_random: bool = False, keep_fp32: tuple[str, ...] = (), per_tensor: bool = False,
+             eval_data: str | Path | None = None, samples: int = 64,
              dump_ir_after: tuple[str, ...] = (), min_cosine: float | None = None,
-             latency_repeats: int = 30, progress: bool = False) -> CompressResult:
+             latency_repeats: int = 30, build_engine: bool = False, reduce_range: bool = False,
+             progress: bool = False) -> CompressResult:
     """Compress ``model_path`` for each target; verified artifacts and report.json go in ``out_dir``."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
+    if fp16 and int8:
+        raise ConfigError("--fp16 and --int8 are exclusive; choose one precision per run")
     specs = [s if isinstance(s, InputSpec) else parse_input_shape(s) for s in input_shapes]
-    target_objs = [get_target(t) for t in dict.fromkeys(targets)]
-    precision = "fp16" if fp16 else "fp32"
+    options = {"cuda": {"build_engine": build_engine}, "x86": {"reduce_range": reduce_range}}
+    target_objs = [get_target(t, **options.get(t, {})) for t in dict.fromkeys(targets)]
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     pass_names = list(passes) if passes is not None else ["cleanup", "fold_bn"]
     if fp16 and "fp16" not in pass_names:
         pass_names.append("fp16")
@@ -93,12 +99,25 @@ def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp1
     feeds, labels, source = _sample_feeds(model, eval_data, calib, samples)
     ref_outs, out_names = _reference(reference, feeds)
     records = pipeline.run(model)
+    calib_stats = None
+    if int8:
+        from autoglm_compress.quantization.flow import calibrate
+
+        calib_stats, calib_info = calibrate(model, calib, calib_method, calib_samples, calib_random,
+                                            progress)
 
     ctx = VerifyContext(reference, feeds, ref_outs, out_names, labels, latency_repeats)
     artifacts = []
     for tgt in target_objs:
         lowered = _copy(model)
-        notes = tgt.legalize(lowered, precision)
+        notes = []
+        if int8:
+            from autoglm_compress.quantization.flow import quantize_for_target
+
+            lowered, rec = quantize_for_target(lowered, tgt, calib_stats, keep_fp32, per_tensor,
+                                               min_cosine)
+            records.append(rec)
+        notes += tgt.legalize(lowered, precision)
         art = tgt.emit(lowered, precision, out_dir, Path(model_path).stem)
         art.notes.extend(notes)
         tgt.verify(art, ctx)
@@ -113,6 +132,7 @@ def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp1
         "verification": {"samples": len(feeds), "source": source,
                          "reference": "torch executor on the FP32 IR",
                          "warning": "random inputs: fidelity on real data may differ" if source == "random" else None},
+        "calibration": calib_info if int8 else None,
         "artifacts": [a.as_dict() for a in artifacts],
         "seconds": round(time.perf_counter() - t_start, 3),
     }

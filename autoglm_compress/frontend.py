@@ -151,7 +151,7 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
     import onnxsim
 
     try:
-        simplified, ok = onnxsim.simplify(proto)
+        simplified, ok = onnxsim.simplify(proto, skip_fuse_bn=True)  # fold_bn reports it
     except Exception as e:  # noqa: BLE001 - onnxsim gives up on some graphs; keep the original
         logger.warning("onnx-simplifier failed (%s); continuing unsimplified", str(e).splitlines()[0])
         return proto

@@ -104,9 +104,11 @@ def _export_legacy(module, specs: list[InputSpec], opset: int) -> onnx.ModelProt
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # PRESERVE keeps BatchNormalization in the graph: folding it is our fold_bn pass's job,
+        # which reports what it changed (the exporter would fold it silently).
         torch.onnx.export(module, tuple(_example(s) for s in specs), buf, dynamo=False,
                           opset_version=opset, input_names=[s.name for s in specs],
-                          do_constant_folding=True)
+                          do_constant_folding=True, training=torch.onnx.TrainingMode.PRESERVE)
     return onnx.load_from_string(buf.getvalue())
 
 

@@ -1,8 +1,9 @@
 """cleanup: constant folding, dead-code removal, identity/duplicate elimination on the IR.
 
 Rewrites (all exact — outputs are bit-identical up to float re-association in folded constants):
-  * constant folding and pattern simplification: onnxscript's optimizer (``optimize_ir``), which
-    folds subgraphs whose inputs are all constant into initializers and removes dead nodes;
+  * constant folding (onnxscript ``fold_constants``: subgraphs whose inputs are all constant become
+    initializers) and onnxscript's default simplification rules (Cast∘Cast, Transpose∘Transpose,
+    Min/Max→Clip, Pad into Conv …) except BatchNorm fusion, which is ``fold_bn``'s job and count;
   * Identity elimination, common-subexpression elimination, duplicate-initializer merging, unused
     node/opset removal: onnx_ir's common passes.
 The front end already ran onnx-simplifier once; this pass is the in-place, IR-level equivalent
@@ -44,8 +45,11 @@ class CleanupPass(CompressPass):
         nodes0, inits0 = _counts(model)
         if self.config.fold_constants:
             import onnxscript.optimizer
+            from onnxscript import rewriter
 
-            onnxscript.optimizer.optimize_ir(model, num_iterations=2, inline=True)
+            onnxscript.optimizer.fold_constants(model)
+            rules = [r for r in rewriter._DEFAULT_REWRITE_RULES if "BatchNorm" not in getattr(r, "name", "")]
+            rewriter.RewritePass(rules)(model)
         steps = [ir_common.IdentityEliminationPass(), ir_common.DeduplicateInitializersPass(),
                  ir_common.RemoveUnusedNodesPass(), ir_common.RemoveUnusedOpsetsPass(),
                  ir_common.TopologicalSortPass()]

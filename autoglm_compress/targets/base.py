@@ -32,6 +32,7 @@ class Artifact:
     notes: list[str] = dataclasses.field(default_factory=list)
     fidelity: dict = dataclasses.field(default_factory=dict)
     latency: dict = dataclasses.field(default_factory=dict)
+    extra: dict = dataclasses.field(default_factory=dict)
 
     def finalize(self) -> Artifact:
         self.size_bytes = self.path.stat().st_size

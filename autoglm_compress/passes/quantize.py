@@ -1,0 +1,122 @@
+"""quantize: insert QuantizeLinear/DequantizeLinear (QDQ) pairs from calibration ranges.
+
+Rewrite, for a compute node y = Op(x, W, b) chosen by the target's scheme:
+    x  → Q(x; s_x, z_x) → DQ → Op          activation: s_x, z_x from the calibrated range [lo, hi]
+    W  → int8 W_q = clamp(round(W / s_w[c])) → DQ(axis=c)   per-channel symmetric, s_w[c] = max|W_c| / q_max
+    b  → int32 b_q = round(b / (s_x · s_w[c])) → DQ          when the scheme asks for int32 bias
+    y  → Q → DQ (or after a fused Relu/Clip)                   so the runtime can keep y in int8
+Affine quantization: q = clamp(round(x / s) + z, q_min, q_max), x̂ = (q − z) · s. Every tensor gets
+one Q/DQ pair shared by all its consumers; tensors joined by a shared-scale op get the union range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import PassResult
+
+from autoglm_compress.errors import ConfigError
+from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
+from autoglm_compress.quantization.qdq import QDQWriter, shared_scale_groups
+from autoglm_compress.quantization.scheme import WEIGHT_INPUTS, QuantScheme
+
+__all__ = ["QuantizePass", "QuantizeConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig(PassConfig):
+    scheme: QuantScheme | None = field(None, help="the target's quantization scheme")
+    ranges: dict | None = field(None, help="tensor name -> (lo, hi) calibrated float range")
+    keep_fp32: tuple[str, ...] = field((), help="node names or op types (glob) left in float")
+    per_tensor: bool = field(False, help="per-tensor weight scales instead of per-channel")
+
+
+def _is_float(v: ir.Value | None) -> bool:
+    return v is not None and v.dtype in (ir.DataType.FLOAT, None)
+
+
+@register
+class QuantizePass(CompressPass):
+    name = "quantize"
+    config_class = QuantizeConfig
+
+    def _kept(self, node: ir.Node) -> bool:
+        pats = self.config.keep_fp32
+        return any(fnmatch.fnmatchcase(node.name or "", p) or fnmatch.fnmatchcase(node.op_type, p)
+                   for p in pats)
+
+    def call(self, model: ir.Model) -> PassResult:
+        cfg = self.config
+        if cfg.scheme is None or cfg.ranges is None:
+            raise ConfigError("quantize pass needs a scheme and calibration ranges (use --int8 with --calib)")
+        scheme = cfg.scheme
+        if cfg.per_tensor:
+            scheme = scheme.with_(weight=dataclasses.replace(scheme.weight, per_channel=False))
+        g = model.graph
+        targets = self._activation_targets(g, scheme)
+        ranges = shared_scale_groups(g, scheme, cfg.ranges, targets)
+        writer = QDQWriter(g, scheme)
+        for name in sorted(targets, key=list(targets).index):
+            value = targets[name]
+            if name not in ranges:
+                self.count("tensors_without_range")
+                continue
+            writer.quantize_activation(value, *ranges[name])
+        for node in list(g):
+            if node.op_type in WEIGHT_INPUTS and not self._kept(node):
+                writer.quantize_weights(node)
+        self.stats.update(writer.stats)
+        self.stats["layers"] = writer.layers
+        self.count("nodes_kept_fp32", sum(1 for n in g if self._kept(n) and n.op_type in scheme.input_ops))
+        logger.info("quantize: %s", {k: v for k, v in self.stats.items() if k != "layers"})
+        return PassResult(model, modified=bool(writer.stats.get("qdq_inserted")))
+
+    def _activation_targets(self, g: ir.Graph, scheme: QuantScheme) -> dict[str, ir.Value]:
+        """Tensors to quantize, in graph order: float inputs of chosen ops and (fused) outputs."""
+        out: dict[str, ir.Value] = {}
+        for node in g:
+            if node.op_type not in scheme.input_ops or self._kept(node):
+                continue
+            w = WEIGHT_INPUTS.get(node.op_type)
+            for i, v in enumerate(node.inputs):
+                if w and i in (w[0], w[2]) and v is not None and v.const_value is not None:
+                    continue
+                if scheme.residual_add_only and node.op_type == "Add" and _from_weighted_op(v):
+                    continue
+                if _is_float(v) and not _is_const(v):
+                    out.setdefault(v.name, v)
+            if node.op_type in scheme.output_ops:
+                y = _fused_output(node.outputs[0], scheme)
+                if _is_float(y):
+                    out.setdefault(y.name, y)
+        return out
+
+
+def _from_weighted_op(v: ir.Value | None) -> bool:
+    p = v.producer() if v is not None else None
+    return p is not None and p.op_type in WEIGHT_INPUTS
+
+
+def _is_const(v: ir.Value) -> bool:
+    if v.const_value is not None:
+        return True
+    p = v.producer()
+    return p is not None and p.op_type == "Constant"
+
+
+def _fused_output(y: ir.Value, scheme: QuantScheme) -> ir.Value:
+    """Follow y through a single fused activation (Conv→Relu→Q quantizes the Relu output)."""
+    uses = list(y.uses())
+    if len(uses) == 1 and not y.is_graph_output():
+        user = uses[0][0] if isinstance(uses[0], tuple) else uses[0].node
+        if user.op_type in scheme.fused_activations:
+            return user.outputs[0]
+    return y
+
+

@@ -1,0 +1,196 @@
+"""Writing QDQ into the IR: activation Q/DQ pairs, int8 weights + DQ, int32 biases, shared scales."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from autoglm_compress.calibration.qparams import compute_qparams
+from autoglm_compress.quantization.scheme import WEIGHT_INPUTS, QuantScheme, TensorQuant
+
+__all__ = ["QDQWriter", "shared_scale_groups", "weight_qparams", "quant_limits"]
+
+logger = logging.getLogger(__name__)
+_NP = {"int8": np.int8, "uint8": np.uint8}
+MIN_SCALE = 1e-8  # guard: a zero-width weight channel still gets a finite, positive scale
+
+
+def quant_limits(tq: TensorQuant) -> tuple[int, int]:
+    bits = 7 if tq.reduce_range else 8
+    if tq.dtype == "uint8":
+        return 0, 2**bits - 1
+    lo = -(2 ** (bits - 1)) + (1 if tq.narrow_range else 0)
+    return lo, 2 ** (bits - 1) - 1
+
+
+def weight_qparams(w: np.ndarray, axis: int | None, tq: TensorQuant) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric weight scales: s[c] = max|W_c| / q_max (per channel along ``axis``, or one)."""
+    _, qmax = quant_limits(tq)
+    if axis is None:
+        amax = np.abs(w).max(keepdims=False).reshape(())
+    else:
+        amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+    scale = np.maximum(amax / qmax, MIN_SCALE).astype(np.float32)
+    return scale, np.zeros(scale.shape, dtype=_NP[tq.dtype])
+
+
+def _quantize_array(w: np.ndarray, scale: np.ndarray, axis: int | None, tq: TensorQuant) -> np.ndarray:
+    lo, hi = quant_limits(tq)
+    s = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
+    return np.clip(np.round(w / s), lo, hi).astype(_NP[tq.dtype])
+
+
+def _const_array(v: ir.Value) -> np.ndarray | None:
+    if v is None:
+        return None
+    if v.const_value is not None:
+        return v.const_value.numpy()
+    p = v.producer()
+    if p is not None and p.op_type == "Constant" and "value" in p.attributes:
+        return p.attributes["value"].as_tensor().numpy()
+    return None
+
+
+def shared_scale_groups(g: ir.Graph, scheme: QuantScheme, ranges: dict, targets: dict) -> dict:
+    """Union of ranges over tensors tied by shared-scale ops (concat/pool/reshape in/out)."""
+    parent: dict[str, str] = {}
+
+    def find(a: str) -> str:
+        while parent.get(a, a) != a:
+            a = parent[a]
+        return a
+
+    for node in g:
+        if node.op_type not in scheme.shared_scale_ops:
+            continue
+        names = [v.name for v in (*node.inputs[:1 if node.op_type != "Concat" else None], *node.outputs[:1])
+                 if v is not None and v.const_value is None]
+        for other in names[1:]:
+            parent[find(other)] = find(names[0])
+    merged: dict = {}
+    for name, (lo, hi) in ranges.items():
+        root = find(name)
+        if root in merged:
+            merged[root] = (min(merged[root][0], float(lo)), max(merged[root][1], float(hi)))
+        else:
+            merged[root] = (float(lo), float(hi))
+    return {name: merged[find(name)] for name in ranges}
+
+
+class QDQWriter:
+    def __init__(self, graph: ir.Graph, scheme: QuantScheme):
+        self.g, self.scheme = graph, scheme
+        self.stats: dict[str, int] = {}
+        self.act_qparams: dict[str, tuple[float, int]] = {}  # DQ output name -> (scale, zp)
+        self.layers: list[dict] = []
+        self._wcache: dict[tuple[str, int | None], ir.Value] = {}
+
+    def _count(self, k: str, n: int = 1) -> None:
+        self.stats[k] = self.stats.get(k, 0) + n
+
+    def _const(self, name: str, arr: np.ndarray) -> ir.Value:
+        base, i = name, 0
+        while name in self.g.initializers:
+            i += 1
+            name = f"{base}_{i}"
+        v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
+                     const_value=ir.tensor(arr, name=name))
+        self.g.register_initializer(v)
+        return v
+
+    def quantize_activation(self, value: ir.Value, lo: float, hi: float) -> ir.Value:
+        tq = self.scheme.activation
+        scale, zp = compute_qparams(np.float32(lo), np.float32(hi), tq.dtype, tq.symmetric,
+                                    tq.narrow_range, tq.reduce_range)
+        s = self._const(f"{value.name}_scale", np.asarray(scale, np.float32).reshape(()))
+        z = self._const(f"{value.name}_zp", np.asarray(zp).astype(_NP[tq.dtype]).reshape(()))
+        q = ir.node("QuantizeLinear", [value, s, z], name=f"{value.name}_Q")
+        dq = ir.node("DequantizeLinear", [q.outputs[0], s, z], name=f"{value.name}_DQ")
+        q.outputs[0].name, dq.outputs[0].name = f"{value.name}_q", f"{value.name}_dq"
+        q.outputs[0].dtype = _dtype(tq.dtype)
+        q.outputs[0].shape = dq.outputs[0].shape = value.shape
+        dq.outputs[0].dtype = ir.DataType.FLOAT
+        uses = [(u[0], u[1]) for u in value.uses()]
+        prod = value.producer()
+        if prod is not None:
+            self.g.insert_after(prod, [q, dq])
+        else:
+            self.g.insert_before(next(iter(self.g)), [q, dq])
+        for user, idx in uses:
+            user.replace_input_with(idx, dq.outputs[0])
+        self.act_qparams[dq.outputs[0].name] = (float(np.asarray(scale).reshape(-1)[0]),
+                                                int(np.asarray(zp).reshape(-1)[0]))
+        self._count("qdq_inserted")
+        return dq.outputs[0]
+
+    def _weight_axis(self, node: ir.Node) -> tuple[int, int, int | None]:
+        w_idx, axis, b_idx = WEIGHT_INPUTS[node.op_type]
+        if node.op_type == "Gemm" and not node.attributes.get_int("transB", 0):
+            axis = 1
+        if node.op_type == "MatMul":
+            w = node.inputs[1]
+            axis = (w.shape.rank() - 1) if w is not None and w.shape is not None else 1
+        return w_idx, axis, b_idx
+
+    def quantize_weights(self, node: ir.Node) -> None:
+        w_idx, axis, b_idx = self._weight_axis(node)
+        w_val = node.inputs[w_idx] if len(node.inputs) > w_idx else None
+        w = _const_array(w_val)
+        if w is None or w.dtype != np.float32:
+            return
+        if not np.isfinite(w).all():
+            from autoglm_compress.errors import ModelLoadError
+
+            raise ModelLoadError(f"weights {w_val.name!r} of node {node.name!r} hold NaN or Inf; "
+                                 "fix the model before quantizing")
+        tq = self.scheme.weight
+        ax = axis if tq.per_channel and w.ndim > 1 else None
+        if node.op_type == "MatMul" and w.ndim != 2:
+            ax = None
+        key = (w_val.name, ax)
+        if key not in self._wcache:
+            scale, zp = weight_qparams(w, ax, tq)
+            wq = self._const(f"{w_val.name}_quantized", _quantize_array(w, scale, ax, tq))
+            s = self._const(f"{w_val.name}_scale", scale)
+            z = self._const(f"{w_val.name}_zp", zp)
+            attrs = {"axis": ax} if ax is not None else {}
+            dq = ir.node("DequantizeLinear", [wq, s, z], attributes=attrs, name=f"{w_val.name}_DQ")
+            dq.outputs[0].name, dq.outputs[0].dtype = f"{w_val.name}_dq", ir.DataType.FLOAT
+            dq.outputs[0].shape = ir.Shape(w.shape)
+            self.g.insert_before(node, dq)
+            self._wcache[key] = dq.outputs[0]
+            self._count("weights_quantized")
+        node.replace_input_with(w_idx, self._wcache[key])
+        scale = self._wcache[key].producer().inputs[1].const_value.numpy()
+        layer = {"node": node.name, "op": node.op_type, "weight": w_val.name,
+                 "weight_scale_min": float(scale.min()), "weight_scale_max": float(scale.max()),
+                 "per_channel": ax is not None}
+        x = node.inputs[0]
+        if x is not None and x.name in self.act_qparams:
+            layer["input_scale"], layer["input_zero_point"] = self.act_qparams[x.name]
+            if b_idx is not None and self.scheme.bias_int32 and len(node.inputs) > b_idx:
+                self._quantize_bias(node, b_idx, layer["input_scale"], scale, w.shape[axis])
+        self.layers.append(layer)
+
+    def _quantize_bias(self, node: ir.Node, b_idx: int, s_x: float, s_w: np.ndarray, n_out: int) -> None:
+        b_val = node.inputs[b_idx]
+        b = _const_array(b_val)
+        if b is None or b.ndim != 1 or b.shape[0] != n_out:
+            return
+        bs = (np.float32(s_x) * np.broadcast_to(s_w, b.shape)).astype(np.float32)
+        bq = np.clip(np.round(b / bs), -(2**31), 2**31 - 1).astype(np.int32)
+        qv = self._const(f"{b_val.name}_quantized", bq)
+        sv = self._const(f"{b_val.name}_scale", bs)
+        zv = self._const(f"{b_val.name}_zp", np.zeros(b.shape, np.int32))
+        dq = ir.node("DequantizeLinear", [qv, sv, zv], attributes={"axis": 0}, name=f"{node.name}_bias_DQ")
+        dq.outputs[0].name, dq.outputs[0].dtype = f"{b_val.name}_{node.name}_dq", ir.DataType.FLOAT
+        dq.outputs[0].shape = ir.Shape(b.shape)
+        self.g.insert_before(node, dq)
+        node.replace_input_with(b_idx, dq.outputs[0])
+        self._count("biases_int32")
+
+
+def _dtype(name: str) -> ir.DataType:
+    return {"int8": ir.DataType.INT8, "uint8": ir.DataType.UINT8}[name]

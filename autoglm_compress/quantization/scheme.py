@@ -1,0 +1,56 @@
+"""Quantization schemes: what a target wants quantized and how (torchao-pt2e style, frozen data).
+
+Generic code observes tensors, turns ranges into qparams under a scheme, and writes QDQ. A target
+owns its scheme(s): x86/onnxruntime wants uint8 asymmetric activations (fused either way on AVX2),
+TensorRT wants symmetric int8 with zero point 0, TFLite int8 asymmetric activations with shared scales
+through pooling/concat/reshape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["TensorQuant", "QuantScheme", "WEIGHT_INPUTS"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorQuant:
+    dtype: str = "int8"  # "int8" | "uint8"
+    symmetric: bool = True
+    per_channel: bool = False
+    narrow_range: bool = False  # [-127, 127] instead of [-128, 127]
+    reduce_range: bool = False  # 7-bit range (avoids u8·s8 int16 saturation without VNNI)
+
+
+# op -> (index of the weight input, per-channel axis of that weight, index of the bias input or None).
+# Gemm's axis depends on transB and MatMul's weight is [K, N] (channels on axis 1): resolved in code.
+WEIGHT_INPUTS: dict[str, tuple[int, int, int | None]] = {
+    "Conv": (1, 0, 2),
+    "ConvTranspose": (1, 1, 2),
+    "Gemm": (1, 0, 2),
+    "MatMul": (1, 1, None),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantScheme:
+    name: str
+    activation: TensorQuant
+    weight: TensorQuant
+    # Ops whose float activation inputs get QDQ.
+    input_ops: frozenset[str]
+    # Ops whose output gets QDQ (so the runtime can emit a quantized op with quantized output).
+    output_ops: frozenset[str]
+    # Elementwise activations a runtime fuses into the preceding op: quantize after them instead.
+    fused_activations: frozenset[str] = frozenset({"Relu", "Clip"})
+    # Ops whose inputs and output must share one scale/zero point (union of ranges).
+    shared_scale_ops: frozenset[str] = frozenset()
+    # Write conv/gemm biases as int32 with scale = s_input · s_weight[c].
+    bias_int32: bool = True
+    # Add: quantize only inputs not produced by a weighted op (TensorRT fuses the residual into the conv).
+    residual_add_only: bool = False
+    # Ops with a fixed output scale/zero point, e.g. TFLite Softmax (1/256, -128).
+    fixed_output: dict = dataclasses.field(default_factory=dict)
+
+    def with_(self, **kw) -> QuantScheme:
+        return dataclasses.replace(self, **kw)

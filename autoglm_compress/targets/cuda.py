@@ -1,0 +1,86 @@
+"""cuda target: TensorRT-ready ONNX — explicit-quantization QDQ INT8, or FP16 — plus the engine command.
+
+TensorRT's rules (formats.md, TensorRT section): zero points 0 (symmetric int8 activations, per-tensor
+[-128, 127]); weights symmetric per-channel int8 (Conv axis 0, ConvTranspose axis 1, Gemm transB axis 0,
+MatMul weight axis 1); Q/DQ on the inputs of Conv/ConvTranspose/Gemm/MatMul and not on their outputs
+(TensorRT fuses BN/ReLU itself and decides output precision); the residual input of a skip Add is
+quantized so the Add fuses into the producing conv; biases stay float (TensorRT folds them).
+Verification on CPU runs the QDQ ONNX in onnxruntime. With ``build_engine`` and a GPU with the
+``tensorrt`` package, the engine is built with the TensorRT Python builder and run (engine.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+
+import onnx_ir as ir
+
+from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
+from autoglm_compress.targets.base import Artifact, VerifyContext
+from autoglm_compress.targets.x86 import X86Target
+
+__all__ = ["CudaTarget", "tensorrt_scheme", "trtexec_command"]
+
+logger = logging.getLogger(__name__)
+
+_TRT_INPUT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})
+
+
+def tensorrt_scheme() -> QuantScheme:
+    return QuantScheme(
+        name="tensorrt-s8s8-sym",
+        activation=TensorQuant("int8", symmetric=True),
+        weight=TensorQuant("int8", symmetric=True, per_channel=True, narrow_range=True),
+        input_ops=_TRT_INPUT_OPS, output_ops=frozenset(), fused_activations=frozenset(),
+        shared_scale_ops=frozenset(), bias_int32=False, residual_add_only=True)
+
+
+def trtexec_command(onnx_path: Path, precision: str) -> dict:
+    """Commands that build the engine: TensorRT 10+/11 (strongly typed from the ONNX types) and 8.x."""
+    base = ["trtexec", f"--onnx={onnx_path.name}", f"--saveEngine={onnx_path.with_suffix('.plan').name}"]
+    legacy = {"int8": ["--int8", "--fp16"], "fp16": ["--fp16"]}.get(precision, [])
+    return {"tensorrt>=10": shlex.join([*base, "--stronglyTyped"]), "tensorrt8": shlex.join([*base, *legacy])}
+
+
+class CudaTarget(X86Target):
+    """Emits TensorRT-ready ONNX; verifies it in onnxruntime on CPU (and TensorRT where available)."""
+
+    name = "cuda"
+    runtime = "onnxruntime (CPU) — TensorRT engine where a GPU exists"
+    precisions = ("fp32", "fp16", "int8")
+
+    def __init__(self, build_engine: bool = False):
+        super().__init__()
+        self.build_engine = build_engine
+
+    def scheme(self) -> QuantScheme:
+        return tensorrt_scheme()
+
+    def legalize(self, model: ir.Model, precision: str) -> list[str]:
+        bad = [n for n in model.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+               and len(n.inputs) > 2 and n.inputs[2] is not None and n.inputs[2].const_value is not None
+               and n.inputs[2].const_value.numpy().any()]
+        if bad:
+            from autoglm_compress.errors import UnsupportedOpError
+
+            raise UnsupportedOpError(bad[0].op_type, bad[0].name, "cuda target",
+                                     "TensorRT needs zero points of 0 (symmetric quantization)")
+        return []
+
+    def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
+        art = super().emit(model, precision, out_dir, stem)
+        art.extra["trtexec"] = trtexec_command(art.path, precision)
+        return art
+
+    def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
+        # CPU verification in onnxruntime (CI has no GPU); fusion counts are x86-specific, drop them.
+        super().verify(artifact, ctx)
+        artifact.extra.pop("ort_fusion", None)
+        artifact.notes = [n for n in artifact.notes if "onnxruntime" not in n and "slower" not in n]
+        artifact.notes.append("latency above is onnxruntime on CPU, not TensorRT")
+        if self.build_engine:
+            from autoglm_compress.targets.engine import build_and_compare
+
+            artifact.extra["tensorrt"] = build_and_compare(artifact, ctx)

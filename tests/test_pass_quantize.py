@@ -1,0 +1,105 @@
+"""quantize pass: QDQ placement per scheme, int8 weights / int32 biases, numbers in onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from autoglm_compress import load
+from autoglm_compress.errors import ModelLoadError
+from autoglm_compress.inputs import random_feeds
+from autoglm_compress.ir_utils import check, ort_run, ort_session, save_atomic
+from autoglm_compress.metrics import fidelity
+from autoglm_compress.pipeline import Pipeline, build_passes
+from autoglm_compress.quantization.collect import collect_stats
+from autoglm_compress.quantization.flow import _quantize
+from autoglm_compress.targets.cuda import CudaTarget
+from autoglm_compress.targets.ort_fusion import fusion_report
+from autoglm_compress.targets.x86 import X86Target
+
+
+@pytest.fixture(scope="module")
+def cnn(saved):
+    model = load(saved("cnn", "onnx"))
+    Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)
+    feeds = random_feeds(model, n=16, seed=1)
+    return model, collect_stats(model, feeds, "minmax"), random_feeds(model, n=8, seed=2)
+
+
+def _ops(model):
+    return [n.op_type for n in model.graph]
+
+
+def _cos(fp32, q, feeds):
+    a, b = ort_session(fp32), ort_session(q)
+    names = [v.name for v in fp32.graph.outputs]
+    return fidelity([ort_run(a, f) for f in feeds], [ort_run(b, f) for f in feeds], names)["cosine_min"]
+
+
+def test_x86_qdq_fuses_every_conv(cnn, tmp_path):
+    model, stats, feeds = cnn
+    q, qs, _ = _quantize(model, X86Target(), stats, (), False)
+    check(q)
+    n_w = sum(1 for op in _ops(model) if op in ("Conv", "Gemm", "MatMul"))
+    assert qs["weights_quantized"] == n_w and qs["biases_int32"] == n_w
+    assert qs["qdq_inserted"] >= n_w
+    inits = {v.name: v.const_value.numpy() for v in q.graph.initializers.values()}
+    assert sum(1 for a in inits.values() if a.dtype == np.int8 and a.ndim >= 2) == n_w
+    assert all(a.dtype == np.uint8 for k, a in inits.items() if k.endswith("_zp") and a.ndim == 0)
+    assert _cos(model, q, feeds) > 0.99
+    path = tmp_path / "q.onnx"
+    save_atomic(q, path)
+    fus = fusion_report(str(path))
+    assert fus["float_compute_nodes"] == 0, fus
+    assert fus["int8_compute_nodes"] >= n_w
+
+
+def test_tensorrt_scheme_symmetric_inputs_only(cnn):
+    model, stats, feeds = cnn
+    q, qs, _ = _quantize(model, CudaTarget(), stats, (), False)
+    check(q)
+    for n in q.graph:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.inputs) > 2:
+            assert not n.inputs[2].const_value.numpy().any(), f"{n.name} has a non-zero zero point"
+    for n in q.graph:
+        if n.op_type == "Conv":
+            assert all(u[0].op_type != "QuantizeLinear" for u in n.outputs[0].uses()), "no Q on conv outputs"
+            assert n.inputs[1].producer().op_type == "DequantizeLinear"
+        if n.op_type == "Add":
+            dq_inputs = [v for v in n.inputs if v.producer() is not None and
+                         v.producer().op_type == "DequantizeLinear"]
+            assert len(dq_inputs) <= 1, "only the residual branch of a skip Add is quantized"
+    assert qs.get("biases_int32", 0) == 0
+    assert _cos(model, q, feeds) > 0.99
+
+
+def test_keep_fp32_by_op_type_and_name(cnn):
+    model, stats, _ = cnn
+    q, qs, _ = _quantize(model, X86Target(), stats, ("Gemm",), False)
+    gemm = next(n for n in q.graph if n.op_type == "Gemm")
+    assert gemm.inputs[1].producer() is None or gemm.inputs[1].producer().op_type != "DequantizeLinear"
+    first_conv = next(n for n in model.graph if n.op_type == "Conv").name
+    q2, _, _ = _quantize(model, X86Target(), stats, (first_conv,), False)
+    conv = next(n for n in q2.graph if n.name == first_conv)
+    assert conv.inputs[1].const_value is not None, "kept conv keeps float weights"
+
+
+def test_per_tensor_weights(cnn):
+    model, stats, feeds = cnn
+    q, qs, _ = _quantize(model, X86Target(), stats, (), True)
+    assert all(not layer["per_channel"] for layer in qs["layers"])
+    assert _cos(model, q, feeds) > 0.98
+
+
+def test_nan_weights_are_refused(cnn):
+    model, stats, _ = cnn
+    from autoglm_compress.ir_utils import from_proto, to_proto
+
+    m = from_proto(to_proto(model))
+    conv = next(n for n in m.graph if n.op_type == "Conv")
+    w = conv.inputs[1].const_value.numpy().copy()
+    w.flat[0] = np.nan
+    conv.inputs[1].const_value = ir.tensor(w, name=conv.inputs[1].name)
+    with pytest.raises(ModelLoadError, match="NaN"):
+        _quantize(m, X86Target(), stats, (), False)
