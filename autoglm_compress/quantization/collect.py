@@ -36,10 +36,11 @@ class CalibrationStats:
     peak_rss_mb: float
     holdout: list = dataclasses.field(default_factory=list)  # first samples, for fallback decisions
 
-    def ranges(self) -> dict[str, tuple[float, float]]:
+    def ranges(self, symmetric: bool | None = None, bits: int = 8) -> dict[str, tuple[float, float]]:
+        """Chosen float range per tensor; histogram methods search it for the target's symmetry."""
         out = {}
         for name, obs in self.observers.items():
-            lo, hi = obs.range()
+            lo, hi = obs.range(symmetric=symmetric, bits=bits)
             out[name] = (float(lo), float(hi))
         return out
 

@@ -58,7 +58,9 @@ def _quantize(fp32: ir.Model, target, stats: CalibrationStats, keep, per_tensor)
     from autoglm_compress.passes.quantize import QuantizeConfig, QuantizePass
 
     model = _copy(fp32)
-    cfg = QuantizeConfig(scheme=target.scheme(), ranges=stats.ranges(), keep_fp32=tuple(keep),
+    scheme = target.scheme()
+    ranges = stats.ranges(symmetric=scheme.activation.symmetric)
+    cfg = QuantizeConfig(scheme=scheme, ranges=ranges, keep_fp32=tuple(keep),
                          per_tensor=per_tensor)
     p = QuantizePass(cfg)
     p(model)
