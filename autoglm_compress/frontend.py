@@ -85,9 +85,18 @@ def load(path: str | Path, input_shapes: list[InputSpec] | None = None, *, trust
         proto = torch_import.to_onnx(path, fmt, shapes, trust_pickle=trust_pickle, opset=OPSET)
     proto = _fix_input_shapes(proto, shapes, path)
     model = _finish(proto, simplify, path)
+    _name_outputs(model)
     model.metadata_props["autoglm.source_format"] = fmt
     model.metadata_props["autoglm.source_path"] = str(path)
     return model
+
+
+def _name_outputs(model: ir.Model) -> None:
+    """The TorchScript exporter names outputs by number ("5"); give them readable names."""
+    outs = model.graph.outputs
+    for i, v in enumerate(outs):
+        if v.name and v.name.isdigit():
+            v.name = "output" if len(outs) == 1 else f"output_{i}"
 
 
 def _read_onnx(path: Path) -> onnx.ModelProto:

@@ -32,6 +32,7 @@ class CalibrationStats:
     samples: int
     observers: dict  # tensor name -> observer
     channel_means: dict  # tensor name -> np.ndarray [C] (inputs of Conv/Gemm/MatMul)
+    channel_absmax: dict  # same keys: per-channel max |x| (SmoothQuant)
     seconds: float
     peak_rss_mb: float
     holdout: list = dataclasses.field(default_factory=list)  # first samples, for fallback decisions
@@ -61,6 +62,7 @@ def collect_stats(model: ir.Model, feeds: Iterable[dict[str, np.ndarray]], metho
     ex = TorchExecutor(model)
     observers: dict = {}
     means: dict[str, torch.Tensor] = {}
+    absmax: dict[str, torch.Tensor] = {}
     mean_names = _mean_targets(model)
     t0 = time.perf_counter()
 
@@ -72,8 +74,11 @@ def collect_stats(model: ir.Model, feeds: Iterable[dict[str, np.ndarray]], metho
         observers[name].observe(t.detach())
         if name in mean_names and t.dim() >= 2:
             axis = mean_names[name] % t.dim()
-            m = t.detach().double().mean(dim=[d for d in range(t.dim()) if d != axis])
+            dims = [d for d in range(t.dim()) if d != axis]
+            m = t.detach().double().mean(dim=dims)
+            a = t.detach().abs().amax(dim=dims).float()
             means[name] = means[name] + m if name in means else m
+            absmax[name] = torch.maximum(absmax[name], a) if name in absmax else a
         return None
 
     n = 0
@@ -85,7 +90,9 @@ def collect_stats(model: ir.Model, feeds: Iterable[dict[str, np.ndarray]], metho
     if n == 0:
         raise CalibrationError("empty calibration set: no samples were read; check --calib")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    stats = CalibrationStats(method, n, observers, {k: (v / n).float().numpy() for k, v in means.items()},
+    stats = CalibrationStats(method, n, observers,
+                             {k: (v / n).float().cpu().numpy() for k, v in means.items()},
+                             {k: v.cpu().numpy() for k, v in absmax.items()},
                              round(time.perf_counter() - t0, 3), round(peak, 1))
     logger.info("calibration: %d samples, %d tensors, %.2fs", n, len(observers), stats.seconds)
     return stats
