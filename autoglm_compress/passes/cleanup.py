@@ -48,7 +48,7 @@ class CleanupPass(CompressPass):
             from onnxscript import rewriter
 
             onnxscript.optimizer.fold_constants(model)
-            rules = [r for r in rewriter._DEFAULT_REWRITE_RULES if "BatchNorm" not in getattr(r, "name", "")]
+            rules = [r for r in rewriter._DEFAULT_REWRITE_RULES if "BatchNorm" not in (getattr(r, "name", None) or "")]
             rewriter.RewritePass(rules)(model)
         steps = [ir_common.IdentityEliminationPass(), ir_common.DeduplicateInitializersPass(),
                  ir_common.RemoveUnusedNodesPass(), ir_common.RemoveUnusedOpsetsPass(),
