@@ -63,8 +63,11 @@ def test_tensorrt_scheme_symmetric_inputs_only(cnn):
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.inputs) > 2:
             assert not n.inputs[2].const_value.numpy().any(), f"{n.name} has a non-zero zero point"
     for n in q.graph:
+        if n.op_type == "QuantizeLinear":  # Q/DQ only where a TensorRT-quantizable op reads it
+            dq = next(iter(n.outputs[0].uses()))[0]
+            readers = {u[0].op_type for u in dq.outputs[0].uses()}
+            assert readers <= {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"}, readers
         if n.op_type == "Conv":
-            assert all(u[0].op_type != "QuantizeLinear" for u in n.outputs[0].uses()), "no Q on conv outputs"
             assert n.inputs[1].producer().op_type == "DequantizeLinear"
         if n.op_type == "Add":
             dq_inputs = [v for v in n.inputs if v.producer() is not None and

@@ -93,7 +93,9 @@ class QuantizePass(CompressPass):
                     out.setdefault(v.name, v)
             if node.op_type in scheme.output_ops:
                 y = _fused_output(node.outputs[0], scheme)
-                if _is_float(y):
+                # A graph output read by nobody gets no Q/DQ: runtimes keep such a node's output in
+                # float anyway (ORT fuses DQ→Gemm into QGemm/MatMulIntegerToFloat with float output).
+                if _is_float(y) and any(True for _ in y.uses()):
                     out.setdefault(y.name, y)
         return out
 

@@ -112,7 +112,7 @@ class QDQWriter:
         q.outputs[0].dtype = _dtype(tq.dtype)
         q.outputs[0].shape = dq.outputs[0].shape = value.shape
         dq.outputs[0].dtype = ir.DataType.FLOAT
-        uses = [(u[0], u[1]) for u in value.uses()]
+        uses = [(u[0], u[1]) for u in value.uses() if u[0] is not q]
         prod = value.producer()
         if prod is not None:
             self.g.insert_after(prod, [q, dq])
