@@ -75,7 +75,7 @@ def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp1
              calib_random: bool = False, keep_fp32: tuple[str, ...] = (), per_tensor: bool = False,
              eval_data: str | Path | None = None, samples: int = 64,
              dump_ir_after: tuple[str, ...] = (), min_cosine: float | None = None,
-             latency_repeats: int = 30, build_engine: bool = False, reduce_range: bool = False,
+             latency_repeats: int = 30, build_engine: bool = False, reduce_range: bool = True,
              progress: bool = False) -> CompressResult:
     """Compress ``model_path`` for each target; verified artifacts and report.json go in ``out_dir``."""
     t_start = time.perf_counter()

@@ -67,7 +67,8 @@ _pickle_opt = click.option("--trust-pickle", is_flag=True,
 @click.option("--keep-fp32", multiple=True, metavar="PATTERN",
               help="Node name or op type (glob) to leave in float. Repeatable.")
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel.")
-@click.option("--reduce-range", is_flag=True, help="x86: 7-bit weights (avoids AVX2 int16 saturation).")
+@click.option("--reduce-range/--full-range", default=True, show_default=True,
+              help="x86: 7-bit weights; full 8-bit range saturates int16 sums on AVX2 without VNNI.")
 @click.option("--build-engine", is_flag=True, help="cuda: build and run TensorRT engines (needs a GPU).")
 @click.option("--passes", "passes", default=None, metavar="A,B",
               help="Comma-separated pass list replacing the default (cleanup,fold_bn).")

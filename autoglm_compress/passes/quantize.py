@@ -71,6 +71,9 @@ class QuantizePass(CompressPass):
         for node in list(g):
             if node.op_type in WEIGHT_INPUTS and not self._kept(node):
                 writer.quantize_weights(node)
+        n_init = len(g.initializers)
+        ir.passes.common.RemoveUnusedNodesPass()(model)  # the float weights now read by nobody
+        self.stats["float_initializers_removed"] = n_init - len(g.initializers)
         self.stats.update(writer.stats)
         self.stats["layers"] = writer.layers
         self.count("nodes_kept_fp32", sum(1 for n in g if self._kept(n) and n.op_type in scheme.input_ops))

@@ -5,7 +5,9 @@ QLinear* kernels whatever the fan-out; signed activations are fused only with a 
 weights int8 symmetric per-channel, int32 biases. Q/DQ on the inputs and outputs of the ops ORT has
 quantized kernels for; Relu/Clip before a Q are absorbed; reshape-like ops and MaxPool share their
 input's scale so that ORT drops the Q/DQ around them. ``reduce_range`` (7-bit weights) avoids the
-u8·s8 int16 saturation of VPMADDUBSW on AVX2 without VNNI — measured in bench/.
+u8·s8 int16 saturation of VPMADDUBSW on AVX2 without VNNI: on the digits CNN full-range weights
+gave cosine 0.978 / top-1 agreement 0.95 in onnxruntime while the executor's exact int8 maths gave
+38 dB SQNR; 7-bit weights gave 0.9993 / 1.0. It is the default (``--full-range`` turns it off).
 
 Verification runs the artifact in onnxruntime on the sample feeds, compares with the executor's FP32
 reference outputs, times the FP32 model and the artifact side by side in onnxruntime, and for INT8
@@ -35,7 +37,7 @@ _QOPS = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "AveragePoo
 _SHARED = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"})
 
 
-def x86_scheme(reduce_range: bool = False, activation_dtype: str = "uint8") -> QuantScheme:
+def x86_scheme(reduce_range: bool = True, activation_dtype: str = "uint8") -> QuantScheme:
     return QuantScheme(
         name=f"x86-{'u8' if activation_dtype == 'uint8' else 's8'}s8{'-rr' if reduce_range else ''}",
         activation=TensorQuant(activation_dtype, symmetric=activation_dtype == "int8"),
@@ -49,7 +51,7 @@ class X86Target(Target):
     runtime = "onnxruntime (CPUExecutionProvider)"
     precisions = ("fp32", "fp16", "int8")
 
-    def __init__(self, reduce_range: bool = False, activation_dtype: str = "uint8"):
+    def __init__(self, reduce_range: bool = True, activation_dtype: str = "uint8"):
         self.reduce_range, self.activation_dtype = reduce_range, activation_dtype
 
     def scheme(self) -> QuantScheme:
