@@ -52,10 +52,14 @@ def _copy(model: ir.Model) -> ir.Model:
 
 
 def _sample_feeds(model, eval_data, calib, samples):
-    for source, path in (("eval", eval_data), ("calibration", calib)):
-        if path:
-            feeds, labels = load_npz_feeds(path, model, limit=samples)
-            return feeds, labels if source == "eval" else None, source
+    """Verification feeds: eval data (with labels), else calibration data, else random (flagged)."""
+    if eval_data:
+        feeds, labels = load_npz_feeds(eval_data, model, limit=samples)
+        return feeds, labels, "eval"
+    if calib:
+        from autoglm_compress.calibration.data import open_calibration_source
+
+        return list(open_calibration_source(calib, model).take(samples)), None, "calibration"
     return random_feeds(model, n=min(samples, 8)), None, "random"
 
 

@@ -1,0 +1,105 @@
+"""INT8 end to end on the digits CNN (trained to real accuracy): CLI, both targets, fallback, bad data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli
+
+from autoglm_compress import load
+from autoglm_compress.pipeline import Pipeline, build_passes
+from autoglm_compress.quantization.flow import calibrate, quantize_for_target
+from autoglm_compress.targets.x86 import X86Target
+
+DEMO = ROOT / "examples" / "digits_cnn.pt"
+CALIB = ROOT / "examples" / "digits_calib.npz"
+EVAL = ROOT / "examples" / "digits_eval.npz"
+
+
+def _bad(tmp_path, *args, match):
+    out = tmp_path / "bad"
+    r = run_cli(DEMO, "--int8", *args, "-o", out)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and match in lines[0], lines
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_int8_x86_and_cuda_keep_accuracy(tmp_path, method):
+    out = tmp_path / "o"
+    r = run_cli(DEMO, "--int8", "--target", "x86", "--target", "cuda", "--calib", CALIB,
+                "--calib-method", method, "--eval", EVAL, "--samples", "300", "-o", out,
+                "--latency-repeats", "5")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["calibration"]["samples"] == 128 and rep["calibration"]["method"] == method
+    arts = {a["target"]: a for a in rep["artifacts"]}
+    for target in ("x86", "cuda"):
+        first = next(iter(arts[target]["fidelity"]["outputs"].values()))
+        assert first["accuracy"] >= first["accuracy_ref"] - 0.01, (target, first)
+        assert first["top1_agreement"] >= 0.98 and arts[target]["fidelity"]["cosine_min"] >= 0.998
+    fusion = arts["x86"]["extra"]["ort_fusion"]
+    assert fusion["float_compute_nodes"] == 0 and fusion["int8_compute_nodes"] >= 4
+    assert "trtexec" in arts["cuda"]["extra"] and "--stronglyTyped" in arts["cuda"]["extra"]["trtexec"]["tensorrt>=10"]
+    layers = next(p for p in rep["passes"] if p["name"] == "quantize[x86]")["stats"]["layers"]
+    assert len(layers) == 4 and all(layer["sqnr_db"] > 20 for layer in layers)
+    assert all("input_scale" in layer for layer in layers)
+    fp32_weights = sum(p * 4 for p in [rep["model"]["stats"]["params"]])
+    assert arts["cuda"]["size_bytes"] < fp32_weights * 0.5
+
+
+def test_fallback_until_target_met():
+    model = load(DEMO)
+    Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)
+    stats, _ = calibrate(model, str(CALIB), "minmax", 64, False, False)
+    q, rec = quantize_for_target(model, X86Target(), stats, min_cosine=0.99999)
+    s = rec.stats
+    assert s["fell_back"], "such a strict target needs some layers in float"
+    assert s["calibration_cosine"] >= 0.99999
+    kept = {n.name for n in q.graph if n.name in s["fell_back"]}
+    for node in q.graph:
+        if node.name in kept:
+            assert node.inputs[1].const_value is not None, "a fallen-back layer keeps float weights"
+    assert {e["reason"] for e in s["layers_fp32"]} == {"fallback"}
+
+
+def test_calib_random_is_flagged(tmp_path):
+    out = tmp_path / "r"
+    r = run_cli(DEMO, "--int8", "--calib-random", "--calib-samples", "16", "-o", out, "--latency-repeats", "2")
+    assert r.returncode == 0, r.stderr
+    assert "random" in json.loads((out / "report.json").read_text())["calibration"]["warning"]
+
+
+def test_bad_calibration_data(tmp_path):
+    _bad(tmp_path, match="needs calibration data")
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 1, 8, 8), np.float32))
+    _bad(tmp_path, "--calib", tmp_path / "empty.npz", match="empty")
+    x = np.load(CALIB)["x"][:8].copy()
+    x[3, 0, 2, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x)
+    _bad(tmp_path, "--calib", tmp_path / "nan.npz", match="NaN")
+    np.savez(tmp_path / "shape.npz", x=np.zeros((4, 3, 8, 8), np.float32))
+    _bad(tmp_path, "--calib", tmp_path / "shape.npz", match="'x'")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a.png")
+    (folder / "notes.txt").write_text("not an image")
+    _bad(tmp_path, "--calib", folder, match="notes.txt")
+    _bad(tmp_path, "--fp16", "--calib", CALIB, match="exclusive")
+
+
+def test_zero_range_tensor_gives_finite_scales(tmp_path):
+    out = tmp_path / "z"
+    np.savez(tmp_path / "zeros.npz", x=np.zeros((8, 1, 8, 8), np.float32))
+    r = run_cli(DEMO, "--int8", "--calib", tmp_path / "zeros.npz", "-o", out, "--latency-repeats", "2")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    for layer in rep["passes"][-1]["stats"]["layers"]:
+        assert np.isfinite(layer["input_scale"]) and layer["input_scale"] > 0
+    assert Path(rep["artifacts"][0]["path"]).is_file()
