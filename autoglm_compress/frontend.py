@@ -157,9 +157,9 @@ def _finish(proto: onnx.ModelProto, simplify: bool, path: Path) -> ir.Model:
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxsim
-
     try:
+        import onnxsim
+
         simplified, ok = onnxsim.simplify(proto, skip_fuse_bn=True)  # fold_bn reports it
     except Exception as e:  # noqa: BLE001 - onnxsim gives up on some graphs; keep the original
         logger.warning("onnx-simplifier failed (%s); continuing unsimplified", str(e).splitlines()[0])

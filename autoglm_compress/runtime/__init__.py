@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from autoglm_compress.runtime.device import default_device
 from autoglm_compress.runtime.executor import OPS, TorchExecutor, run_model
 
-__all__ = ["TorchExecutor", "run_model", "OPS"]
+__all__ = ["TorchExecutor", "run_model", "OPS", "default_device"]

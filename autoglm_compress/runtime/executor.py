@@ -29,9 +29,14 @@ Hook = Callable[[str, "ir.Node | None", torch.Tensor], "torch.Tensor | None"]
 
 
 class TorchExecutor:
-    def __init__(self, model: ir.Model, device: str | torch.device = "cpu", dtype_policy=None):
+    def __init__(self, model: ir.Model, device: str | torch.device | None = None, dtype_policy=None):
+        from autoglm_compress.runtime.device import default_device
+
         self.model, self.graph = model, model.graph
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else default_device()
+        if self.device.type == "cuda":  # the executor is the FP32 reference: no TF32 shortcuts
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.nodes = list(self.graph)
         for node in self.nodes:
             if node.domain not in ("", "ai.onnx") or (node.op_type not in OPS and node.op_type != "Constant"):
