@@ -122,32 +122,37 @@ def _gemm(x, n):
 
 
 def _resize_sizes(x, n, t):
+    """(output sizes, spatial scales) — scales as given, else output/input (ONNX semantics)."""
     if len(x) > 3 and x[3] is not None and x[3].numel():
-        return [int(s) for s in x[3].tolist()]
-    scales = x[2] if len(x) > 2 and x[2] is not None and x[2].numel() else x[1]
-    return [int(math.floor(d * float(s))) for d, s in zip(t.shape, scales.tolist())]
+        sizes = [int(s) for s in x[3].tolist()]
+        return sizes, [o / d for o, d in zip(sizes[2:], t.shape[2:])]
+    scales = [float(s) for s in x[2].tolist()]
+    return [int(math.floor(d * s)) for d, s in zip(t.shape, scales)], scales[2:]
 
 
 def _resize(x, n):
     t = x[0]
-    sizes = _resize_sizes(x, n, t)
+    sizes, scales = _resize_sizes(x, n, t)
     mode = n.attributes.get_string("mode", "nearest")
     ctm = n.attributes.get_string("coordinate_transformation_mode", "half_pixel")
     out = sizes[2:]
     if mode == "nearest":
         nm = n.attributes.get_string("nearest_mode", "round_prefer_floor")
-        return _nearest(t, out, ctm, nm)
+        return _nearest(t, out, ctm, nm, scales)
     torch_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(out)]
     if mode == "cubic":
         torch_mode = "bicubic"
-    return F.interpolate(t, size=out, mode=torch_mode, align_corners=ctm == "align_corners")
+    if ctm == "align_corners":
+        return F.interpolate(t, size=out, mode=torch_mode, align_corners=True)
+    return F.interpolate(t, scale_factor=scales, mode=torch_mode, align_corners=False,
+                         recompute_scale_factor=False)
 
 
-def _nearest(t, out, ctm, nm):
+def _nearest(t, out, ctm, nm, scales=None):
     idx = []
     for i, o in enumerate(out):
         size = t.shape[2 + i]
-        scale = o / size
+        scale = scales[i] if scales else o / size
         d = torch.arange(o, dtype=torch.float64)
         if ctm == "asymmetric":
             src = d / scale
@@ -174,7 +179,7 @@ def _upsample(x, n):
     mode = n.attributes.get_string("mode", "nearest")
     sizes = [int(math.floor(d * float(s))) for d, s in zip(x[0].shape, x[1].tolist())]
     if mode == "nearest":
-        return _nearest(x[0], sizes[2:], "asymmetric", "floor")
+        return _nearest(x[0], sizes[2:], "asymmetric", "floor", [float(s) for s in x[1].tolist()[2:]])
     return F.interpolate(x[0], size=sizes[2:], mode="bilinear", align_corners=False)
 
 
