@@ -77,6 +77,7 @@ def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp1
              input_shapes: tuple[str | InputSpec, ...] = (), trust_pickle: bool = False,
              calib: str | Path | None = None, calib_method: str = "minmax", calib_samples: int = 128,
              calib_random: bool = False, keep_fp32: tuple[str, ...] = (), per_tensor: bool = False,
+             bias_correction: bool = True,
              eval_data: str | Path | None = None, samples: int = 64,
              dump_ir_after: tuple[str, ...] = (), min_cosine: float | None = None,
              latency_repeats: int = 30, build_engine: bool = False, reduce_range: bool = True,
@@ -119,7 +120,7 @@ def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp1
             from autoglm_compress.quantization.flow import quantize_for_target
 
             lowered, rec = quantize_for_target(lowered, tgt, calib_stats, keep_fp32, per_tensor,
-                                               min_cosine)
+                                               min_cosine, bias_correction)
             records.append(rec)
         notes += tgt.legalize(lowered, precision)
         art = tgt.emit(lowered, precision, out_dir, Path(model_path).stem)

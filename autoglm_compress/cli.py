@@ -67,6 +67,8 @@ _pickle_opt = click.option("--trust-pickle", is_flag=True,
 @click.option("--keep-fp32", multiple=True, metavar="PATTERN",
               help="Node name or op type (glob) to leave in float. Repeatable.")
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel.")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="Remove the mean output shift of quantized weights (calibration channel means).")
 @click.option("--reduce-range/--full-range", default=True, show_default=True,
               help="x86: 7-bit weights; full 8-bit range saturates int16 sums on AVX2 without VNNI.")
 @click.option("--build-engine", is_flag=True, help="cuda: build and run TensorRT engines (needs a GPU).")
@@ -85,7 +87,7 @@ _pickle_opt = click.option("--trust-pickle", is_flag=True,
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("-v", "--verbose", count=True, help="-v: per-pass log; -vv: debug.")
 def compress_cmd(model, targets, fp16, int8, calib_method, calib_samples, calib_random, keep_fp32,
-                 per_tensor, reduce_range, build_engine, passes, out_dir, calib, eval_data, samples, min_cosine,
+                 per_tensor, bias_correction, reduce_range, build_engine, passes, out_dir, calib, eval_data, samples, min_cosine,
                  dump_ir_after, latency_repeats, input_shapes, trust_pickle, as_json, verbose):
     """Compress MODEL for each --target and verify the artifacts in their runtimes."""
     import json
@@ -96,7 +98,7 @@ def compress_cmd(model, targets, fp16, int8, calib_method, calib_samples, calib_
     _setup_logging(verbose)
     res = compress(model, targets=targets, fp16=fp16, int8=int8, calib_method=calib_method,
                    calib_samples=calib_samples, calib_random=calib_random, keep_fp32=keep_fp32,
-                   per_tensor=per_tensor, reduce_range=reduce_range, build_engine=build_engine,
+                   per_tensor=per_tensor, bias_correction=bias_correction, reduce_range=reduce_range, build_engine=build_engine,
                    out_dir=out_dir, input_shapes=input_shapes,
                    passes=tuple(p for p in passes.split(",") if p) if passes is not None else None,
                    trust_pickle=trust_pickle, calib=calib, eval_data=eval_data, samples=samples,

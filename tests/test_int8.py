@@ -103,3 +103,24 @@ def test_zero_range_tensor_gives_finite_scales(tmp_path):
     for layer in rep["passes"][-1]["stats"]["layers"]:
         assert np.isfinite(layer["input_scale"]) and layer["input_scale"] > 0
     assert Path(rep["artifacts"][0]["path"]).is_file()
+
+
+def test_bias_correction_reduces_error():
+    from autoglm_compress.inputs import load_npz_feeds
+    from autoglm_compress.ir_utils import ort_run, ort_session
+    from autoglm_compress.metrics import fidelity
+    from autoglm_compress.quantization.flow import _quantize
+
+    model = load(DEMO)
+    Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)
+    stats, _ = calibrate(model, str(CALIB), "minmax", 128, False, False)
+    feeds, _ = load_npz_feeds(EVAL, model, limit=200)
+    ref = [ort_run(ort_session(model), f) for f in feeds]
+    cos = {}
+    for bc in (False, True):
+        q, s, _ = _quantize(model, X86Target(), stats, (), False, bc)
+        sess = ort_session(q)
+        cos[bc] = fidelity(ref, [ort_run(sess, f) for f in feeds], ["output"])["cosine_min"]
+        if bc:
+            assert s["biases_corrected"] == 4
+    assert 1 - cos[True] < 0.7 * (1 - cos[False]), cos

@@ -54,17 +54,30 @@ def _copy(model: ir.Model) -> ir.Model:
     return from_proto(to_proto(model))
 
 
-def _quantize(fp32: ir.Model, target, stats: CalibrationStats, keep, per_tensor):
+def _quantize(fp32: ir.Model, target, stats: CalibrationStats, keep, per_tensor,
+              bias_correction: bool = True):
+    import dataclasses
+    import fnmatch
+
     from autoglm_compress.passes.quantize import QuantizeConfig, QuantizePass
+    from autoglm_compress.quantization.bias_correction import correct_biases
 
     model = _copy(fp32)
     scheme = target.scheme()
+    bc = None
+    if bias_correction and stats.channel_means:
+        wq = scheme.weight if not per_tensor else dataclasses.replace(scheme.weight, per_channel=False)
+        skip = {n.name for n in model.graph
+                if any(fnmatch.fnmatchcase(n.name or "", p) or fnmatch.fnmatchcase(n.op_type, p) for p in keep)}
+        bc = correct_biases(model, stats.channel_means, wq, skip)
     ranges = stats.ranges(symmetric=scheme.activation.symmetric)
     cfg = QuantizeConfig(scheme=scheme, ranges=ranges, keep_fp32=tuple(keep),
                          per_tensor=per_tensor)
     p = QuantizePass(cfg)
     p(model)
     check(model)
+    if bc is not None:
+        p.stats.update(bc)
     return model, p.stats, cfg
 
 
@@ -81,12 +94,12 @@ def _cosine_fn(fp32: ir.Model, feeds):
 
 
 def quantize_for_target(model: ir.Model, target, stats: CalibrationStats, keep_fp32=(),
-                        per_tensor: bool = False, min_cosine: float | None = None
-                        ) -> tuple[ir.Model, PassRecord]:
+                        per_tensor: bool = False, min_cosine: float | None = None,
+                        bias_correction: bool = True) -> tuple[ir.Model, PassRecord]:
     """Quantize a copy of ``model`` for ``target``; returns it and the pass record for the report."""
     t0 = time.perf_counter()
     keep = list(keep_fp32)
-    q, qstats, cfg = _quantize(model, target, stats, keep, per_tensor)
+    q, qstats, cfg = _quantize(model, target, stats, keep, per_tensor, bias_correction)
     fallen: list[str] = []
     holdout = getattr(stats, "holdout", [])
     if min_cosine is not None and holdout:
@@ -94,10 +107,10 @@ def quantize_for_target(model: ir.Model, target, stats: CalibrationStats, keep_f
         cos = cosine(q)
         if cos < min_cosine:
             ranking = isolated_sensitivity(
-                model, lambda k: _quantize(model, target, stats, keep + list(k), per_tensor)[0], cosine)
+                model, lambda k: _quantize(model, target, stats, keep + list(k), per_tensor, bias_correction)[0], cosine)
             for name, _ in ranking:
                 fallen.append(name)
-                q, qstats, cfg = _quantize(model, target, stats, keep + fallen, per_tensor)
+                q, qstats, cfg = _quantize(model, target, stats, keep + fallen, per_tensor, bias_correction)
                 cos = cosine(q)
                 logger.info("fallback %s to fp32: cosine %.5f", name, cos)
                 if cos >= min_cosine:
@@ -111,7 +124,8 @@ def quantize_for_target(model: ir.Model, target, stats: CalibrationStats, keep_f
                              for n in keep + fallen]
     rec = PassRecord(f"quantize[{target.name}]", qstats, round(time.perf_counter() - t0, 4), True,
                      {"scheme": cfg.scheme.name, "keep_fp32": list(keep_fp32), "per_tensor": per_tensor,
-                      "method": stats.method, "min_cosine": min_cosine})
+                      "method": stats.method, "min_cosine": min_cosine,
+                      "bias_correction": bias_correction})
     return q, rec
 
 
