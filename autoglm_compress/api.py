@@ -43,8 +43,9 @@ def _check_out_dir(out_dir: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ConfigError(f"output folder {str(out_dir)!r} is not writable ({e.strerror}); "
-                          "choose another with -o") from None
+        raise ConfigError(
+            f"output folder {str(out_dir)!r} is not writable ({e.strerror}); choose another with -o"
+        ) from None
 
 
 def _copy(model: ir.Model) -> ir.Model:
@@ -72,16 +73,32 @@ def _reference(model: ir.Model, feeds):
     return [[o[n].detach().cpu().numpy() for n in names] for o in outs], names
 
 
-def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp16: bool = False,
-             int8: bool = False, passes: tuple[str, ...] | None = None, out_dir: str | Path = "out",
-             input_shapes: tuple[str | InputSpec, ...] = (), trust_pickle: bool = False,
-             calib: str | Path | None = None, calib_method: str = "minmax", calib_samples: int = 128,
-             calib_random: bool = False, keep_fp32: tuple[str, ...] = (), per_tensor: bool = False,
-             bias_correction: bool = True,
-             eval_data: str | Path | None = None, samples: int = 64,
-             dump_ir_after: tuple[str, ...] = (), min_cosine: float | None = None,
-             latency_repeats: int = 30, build_engine: bool = False, reduce_range: bool = True,
-             progress: bool = False) -> CompressResult:
+def compress(
+    model_path: str | Path,
+    *,
+    targets: tuple[str, ...] = ("x86",),
+    fp16: bool = False,
+    int8: bool = False,
+    passes: tuple[str, ...] | None = None,
+    out_dir: str | Path = "out",
+    input_shapes: tuple[str | InputSpec, ...] = (),
+    trust_pickle: bool = False,
+    calib: str | Path | None = None,
+    calib_method: str = "minmax",
+    calib_samples: int = 128,
+    calib_random: bool = False,
+    keep_fp32: tuple[str, ...] = (),
+    per_tensor: bool = False,
+    bias_correction: bool = True,
+    eval_data: str | Path | None = None,
+    samples: int = 64,
+    dump_ir_after: tuple[str, ...] = (),
+    min_cosine: float | None = None,
+    latency_repeats: int = 30,
+    build_engine: bool = False,
+    reduce_range: bool = True,
+    progress: bool = False,
+) -> CompressResult:
     """Compress ``model_path`` for each target; verified artifacts and report.json go in ``out_dir``."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -95,8 +112,12 @@ def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp1
     pass_names = list(passes) if passes is not None else ["cleanup", "fold_bn"]
     if fp16 and "fp16" not in pass_names:
         pass_names.append("fp16")
-    pipeline = Pipeline(build_passes(pass_names), dump_ir_after=tuple(dump_ir_after), dump_dir=out_dir,
-                        progress=progress)
+    pipeline = Pipeline(
+        build_passes(pass_names),
+        dump_ir_after=tuple(dump_ir_after),
+        dump_dir=out_dir,
+        progress=progress,
+    )
 
     model = frontend.load(model_path, specs, trust_pickle=trust_pickle)
     stats0 = model_stats(model)
@@ -108,8 +129,9 @@ def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp1
     if int8:
         from autoglm_compress.quantization.flow import calibrate
 
-        calib_stats, calib_info = calibrate(model, calib, calib_method, calib_samples, calib_random,
-                                            progress)
+        calib_stats, calib_info = calibrate(
+            model, calib, calib_method, calib_samples, calib_random, progress
+        )
 
     ctx = VerifyContext(reference, feeds, ref_outs, out_names, labels, latency_repeats)
     artifacts = []
@@ -119,8 +141,9 @@ def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp1
         if int8:
             from autoglm_compress.quantization.flow import quantize_for_target
 
-            lowered, rec = quantize_for_target(lowered, tgt, calib_stats, keep_fp32, per_tensor,
-                                               min_cosine, bias_correction)
+            lowered, rec = quantize_for_target(
+                lowered, tgt, calib_stats, keep_fp32, per_tensor, min_cosine, bias_correction
+            )
             records.append(rec)
         notes += tgt.legalize(lowered, precision)
         art = tgt.emit(lowered, precision, out_dir, Path(model_path).stem)
@@ -130,13 +153,23 @@ def compress(model_path: str | Path, *, targets: tuple[str, ...] = ("x86",), fp1
         logger.info("%s: %s cosine %.5f", tgt.name, art.path.name, art.fidelity["cosine_min"])
 
     report = {
-        "tool": "autoglm-compress", "version": _version(),
-        "model": {"path": str(model_path), "format": model.metadata_props.get("autoglm.source_format"),
-                  "size_bytes": Path(model_path).stat().st_size, "stats": stats0.as_dict()},
+        "tool": "autoglm-compress",
+        "version": _version(),
+        "model": {
+            "path": str(model_path),
+            "format": model.metadata_props.get("autoglm.source_format"),
+            "size_bytes": Path(model_path).stat().st_size,
+            "stats": stats0.as_dict(),
+        },
         "passes": [dataclasses.asdict(r) for r in records],
-        "verification": {"samples": len(feeds), "source": source,
-                         "reference": "torch executor on the FP32 IR",
-                         "warning": "random inputs: fidelity on real data may differ" if source == "random" else None},
+        "verification": {
+            "samples": len(feeds),
+            "source": source,
+            "reference": "torch executor on the FP32 IR",
+            "warning": "random inputs: fidelity on real data may differ"
+            if source == "random"
+            else None,
+        },
         "calibration": calib_info if int8 else None,
         "artifacts": [a.as_dict() for a in artifacts],
         "seconds": round(time.perf_counter() - t_start, 3),
@@ -155,8 +188,14 @@ def _quality_gate(artifacts: list[Artifact], min_cosine: float | None) -> dict |
     worst = min(artifacts, key=lambda a: a.fidelity["cosine_min"])
     cos = worst.fidelity["cosine_min"]
     ok = bool(cos >= min_cosine) and bool(np.isfinite(cos))
-    msg = (f"quality gate: {worst.path.name} cosine {cos:.5f} < --min-cosine {min_cosine} "
-           f"(report: report.json)") if not ok else "passed"
+    msg = (
+        (
+            f"quality gate: {worst.path.name} cosine {cos:.5f} < --min-cosine {min_cosine} "
+            f"(report: report.json)"
+        )
+        if not ok
+        else "passed"
+    )
     return {"min_cosine": min_cosine, "worst_cosine": cos, "passed": ok, "message": msg}
 
 

@@ -48,47 +48,123 @@ def cli():
     """
 
 
-_shape_opt = click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224[:dtype]",
-                          help="Shape (and dtype) of an input the model does not fix. Repeatable.")
-_pickle_opt = click.option("--trust-pickle", is_flag=True,
-                           help="Allow loading a pickled nn.Module (unpickling runs code from the file).")
+_shape_opt = click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=1x3x224x224[:dtype]",
+    help="Shape (and dtype) of an input the model does not fix. Repeatable.",
+)
+_pickle_opt = click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow loading a pickled nn.Module (unpickling runs code from the file).",
+)
 
 
 @cli.command("compress")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--target", "targets", multiple=True, default=("x86",), show_default=True,
-              help="Target to lower to: x86, cuda. Repeatable.")
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    default=("x86",),
+    show_default=True,
+    help="Target to lower to: x86, cuda. Repeatable.",
+)
 @click.option("--fp16", is_flag=True, help="Convert weights and compute to FP16 (I/O stays FP32).")
-@click.option("--int8", is_flag=True, help="INT8 post-training quantization (QDQ) from --calib data.")
-@click.option("--calib-method", default="minmax", show_default=True,
-              type=click.Choice(["minmax", "percentile", "entropy", "mse"]), help="Range estimator.")
+@click.option(
+    "--int8", is_flag=True, help="INT8 post-training quantization (QDQ) from --calib data."
+)
+@click.option(
+    "--calib-method",
+    default="minmax",
+    show_default=True,
+    type=click.Choice(["minmax", "percentile", "entropy", "mse"]),
+    help="Range estimator.",
+)
 @click.option("--calib-samples", default=128, show_default=True, help="Calibration samples to use.")
-@click.option("--calib-random", is_flag=True, help="Calibrate on random data (flagged in the report).")
-@click.option("--keep-fp32", multiple=True, metavar="PATTERN",
-              help="Node name or op type (glob) to leave in float. Repeatable.")
+@click.option(
+    "--calib-random", is_flag=True, help="Calibrate on random data (flagged in the report)."
+)
+@click.option(
+    "--keep-fp32",
+    multiple=True,
+    metavar="PATTERN",
+    help="Node name or op type (glob) to leave in float. Repeatable.",
+)
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel.")
-@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
-              help="Remove the mean output shift of quantized weights (calibration channel means).")
-@click.option("--reduce-range/--full-range", default=True, show_default=True,
-              help="x86: 7-bit weights; full 8-bit range saturates int16 sums on AVX2 without VNNI.")
-@click.option("--build-engine", is_flag=True, help="cuda: build and run TensorRT engines (needs a GPU).")
-@click.option("--passes", "passes", default=None, metavar="A,B",
-              help="Comma-separated pass list replacing the default (cleanup,fold_bn).")
+@click.option(
+    "--bias-correction/--no-bias-correction",
+    default=True,
+    show_default=True,
+    help="Remove the mean output shift of quantized weights (calibration channel means).",
+)
+@click.option(
+    "--reduce-range/--full-range",
+    default=True,
+    show_default=True,
+    help="x86: 7-bit weights; full 8-bit range saturates int16 sums on AVX2 without VNNI.",
+)
+@click.option(
+    "--build-engine", is_flag=True, help="cuda: build and run TensorRT engines (needs a GPU)."
+)
+@click.option(
+    "--passes",
+    "passes",
+    default=None,
+    metavar="A,B",
+    help="Comma-separated pass list replacing the default (cleanup,fold_bn).",
+)
 @click.option("-o", "--out", "out_dir", default="out", show_default=True, help="Output folder.")
-@click.option("--calib", help="Calibration data: .npz/.npy (arrays named like the inputs), an image "
-              "folder, or module:function yielding dicts of arrays.")
-@click.option("--eval", "eval_data", type=click.Path(), help=".npz eval data; a 'labels' array adds accuracy.")
+@click.option(
+    "--calib",
+    help="Calibration data: .npz/.npy (arrays named like the inputs), an image "
+    "folder, or module:function yielding dicts of arrays.",
+)
+@click.option(
+    "--eval", "eval_data", type=click.Path(), help=".npz eval data; a 'labels' array adds accuracy."
+)
 @click.option("--samples", default=64, show_default=True, help="Samples used for verification.")
-@click.option("--min-cosine", type=float, help="Fail (exit 3) when an artifact's cosine vs FP32 is lower.")
-@click.option("--dump-ir-after", multiple=True, metavar="PASS", help="Write the IR after this pass.")
+@click.option(
+    "--min-cosine", type=float, help="Fail (exit 3) when an artifact's cosine vs FP32 is lower."
+)
+@click.option(
+    "--dump-ir-after", multiple=True, metavar="PASS", help="Write the IR after this pass."
+)
 @click.option("--latency-repeats", default=30, show_default=True, help="Timed runs per model.")
 @_shape_opt
 @_pickle_opt
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table."
+)
 @click.option("-v", "--verbose", count=True, help="-v: per-pass log; -vv: debug.")
-def compress_cmd(model, targets, fp16, int8, calib_method, calib_samples, calib_random, keep_fp32,
-                 per_tensor, bias_correction, reduce_range, build_engine, passes, out_dir, calib, eval_data, samples, min_cosine,
-                 dump_ir_after, latency_repeats, input_shapes, trust_pickle, as_json, verbose):
+def compress_cmd(
+    model,
+    targets,
+    fp16,
+    int8,
+    calib_method,
+    calib_samples,
+    calib_random,
+    keep_fp32,
+    per_tensor,
+    bias_correction,
+    reduce_range,
+    build_engine,
+    passes,
+    out_dir,
+    calib,
+    eval_data,
+    samples,
+    min_cosine,
+    dump_ir_after,
+    latency_repeats,
+    input_shapes,
+    trust_pickle,
+    as_json,
+    verbose,
+):
     """Compress MODEL for each --target and verify the artifacts in their runtimes."""
     import json
 
@@ -96,14 +172,31 @@ def compress_cmd(model, targets, fp16, int8, calib_method, calib_samples, calib_
     from autoglm_compress.report import summary_table
 
     _setup_logging(verbose)
-    res = compress(model, targets=targets, fp16=fp16, int8=int8, calib_method=calib_method,
-                   calib_samples=calib_samples, calib_random=calib_random, keep_fp32=keep_fp32,
-                   per_tensor=per_tensor, bias_correction=bias_correction, reduce_range=reduce_range, build_engine=build_engine,
-                   out_dir=out_dir, input_shapes=input_shapes,
-                   passes=tuple(p for p in passes.split(",") if p) if passes is not None else None,
-                   trust_pickle=trust_pickle, calib=calib, eval_data=eval_data, samples=samples,
-                   dump_ir_after=dump_ir_after, min_cosine=min_cosine,
-                   latency_repeats=latency_repeats, progress=sys.stderr.isatty())
+    res = compress(
+        model,
+        targets=targets,
+        fp16=fp16,
+        int8=int8,
+        calib_method=calib_method,
+        calib_samples=calib_samples,
+        calib_random=calib_random,
+        keep_fp32=keep_fp32,
+        per_tensor=per_tensor,
+        bias_correction=bias_correction,
+        reduce_range=reduce_range,
+        build_engine=build_engine,
+        out_dir=out_dir,
+        input_shapes=input_shapes,
+        passes=tuple(p for p in passes.split(",") if p) if passes is not None else None,
+        trust_pickle=trust_pickle,
+        calib=calib,
+        eval_data=eval_data,
+        samples=samples,
+        dump_ir_after=dump_ir_after,
+        min_cosine=min_cosine,
+        latency_repeats=latency_repeats,
+        progress=sys.stderr.isatty(),
+    )
     if as_json:
         click.echo(json.dumps(res.report, indent=2, default=str))
     else:
@@ -161,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - last resort: one line, exit 1
         if os.environ.get("AUTOGLM_DEBUG"):
             raise
-        click.echo(f"internal error: {type(e).__name__}: {e} (set AUTOGLM_DEBUG=1 for a traceback)", err=True)
+        click.echo(
+            f"internal error: {type(e).__name__}: {e} (set AUTOGLM_DEBUG=1 for a traceback)",
+            err=True,
+        )
         return EXIT_INTERNAL
     return 0
 

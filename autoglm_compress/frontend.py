@@ -35,7 +35,9 @@ def detect_format(path: Path) -> str:
         try:
             names = zipfile.ZipFile(path).namelist()
         except zipfile.BadZipFile:
-            raise ModelLoadError(f"{path}: truncated or corrupt archive (bad zip); re-save the model") from None
+            raise ModelLoadError(
+                f"{path}: truncated or corrupt archive (bad zip); re-save the model"
+            ) from None
         if any(n.endswith("/code/__torch__.py") or "/code/" in n for n in names):
             return "torchscript"
         if any(n.endswith("archive_format") or n.endswith("models/model.json") for n in names):
@@ -54,7 +56,10 @@ def _pickle_kind(data: bytes) -> str:
     try:
         for op, arg, _ in pickletools.genops(data):
             if op.name in ("GLOBAL", "STACK_GLOBAL") and isinstance(arg, str):
-                if not arg.split(" ")[0].split(".")[0] in _SAFE_PICKLE_GLOBALS or "nn.modules" in arg:
+                if (
+                    not arg.split(" ")[0].split(".")[0] in _SAFE_PICKLE_GLOBALS
+                    or "nn.modules" in arg
+                ):
                     return "pickle"
             if op.name == "STACK_GLOBAL":
                 return "pickle"
@@ -63,8 +68,13 @@ def _pickle_kind(data: bytes) -> str:
     return "state_dict"
 
 
-def load(path: str | Path, input_shapes: list[InputSpec] | None = None, *, trust_pickle: bool = False,
-         simplify: bool = True) -> ir.Model:
+def load(
+    path: str | Path,
+    input_shapes: list[InputSpec] | None = None,
+    *,
+    trust_pickle: bool = False,
+    simplify: bool = True,
+) -> ir.Model:
     """Load a model file into the IR; ``input_shapes`` fill shapes the file does not carry."""
     path = Path(path)
     if not path.exists():
@@ -77,8 +87,10 @@ def load(path: str | Path, input_shapes: list[InputSpec] | None = None, *, trust
     if fmt == "onnx":
         proto = _read_onnx(path)
     elif fmt == "state_dict":
-        raise ModelLoadError(f"{path}: holds only weights (a state_dict), not a model; save it with "
-                             "torch.jit.save(torch.jit.trace(model, x)) or torch.export.save")
+        raise ModelLoadError(
+            f"{path}: holds only weights (a state_dict), not a model; save it with "
+            "torch.jit.save(torch.jit.trace(model, x)) or torch.export.save"
+        )
     else:
         from autoglm_compress import torch_import
 
@@ -103,10 +115,14 @@ def _read_onnx(path: Path) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(path), load_external_data=True)
     except Exception as e:  # noqa: BLE001 - protobuf raises various types
-        raise ModelLoadError(f"{path}: unknown format (not ONNX, TorchScript, .pt2 or a torch pickle): "
-                             f"{type(e).__name__}") from None
+        raise ModelLoadError(
+            f"{path}: unknown format (not ONNX, TorchScript, .pt2 or a torch pickle): "
+            f"{type(e).__name__}"
+        ) from None
     if not proto.graph.node or not proto.graph.output:
-        raise ModelLoadError(f"{path}: unknown format (not ONNX, TorchScript, .pt2 or a torch pickle)")
+        raise ModelLoadError(
+            f"{path}: unknown format (not ONNX, TorchScript, .pt2 or a torch pickle)"
+        )
     return proto
 
 
@@ -117,18 +133,24 @@ def _fix_input_shapes(proto: onnx.ModelProto, shapes: dict[str, InputSpec], path
     names = {i.name for i in graph_inputs}
     unknown = sorted(set(shapes) - names)
     if unknown:
-        raise ConfigError(f"--input-shape names {unknown} not among the model's inputs {sorted(names)}")
+        raise ConfigError(
+            f"--input-shape names {unknown} not among the model's inputs {sorted(names)}"
+        )
     for inp in graph_inputs:
         dims = inp.type.tensor_type.shape.dim
         if inp.name in shapes:
             want = shapes[inp.name].shape
             if len(dims) and len(dims) != len(want):
-                raise ConfigError(f"--input-shape {inp.name}: rank {len(want)} but the model's input "
-                                  f"has rank {len(dims)}")
+                raise ConfigError(
+                    f"--input-shape {inp.name}: rank {len(want)} but the model's input "
+                    f"has rank {len(dims)}"
+                )
             for i, d in enumerate(dims):
                 if d.HasField("dim_value") and d.dim_value != want[i]:
-                    raise ConfigError(f"--input-shape {inp.name}={'x'.join(map(str, want))}: dim {i} "
-                                      f"is fixed to {d.dim_value} in the model")
+                    raise ConfigError(
+                        f"--input-shape {inp.name}={'x'.join(map(str, want))}: dim {i} "
+                        f"is fixed to {d.dim_value} in the model"
+                    )
             del dims[:]
             for w in want:
                 dims.add().dim_value = w
@@ -139,8 +161,10 @@ def _fix_input_shapes(proto: onnx.ModelProto, shapes: dict[str, InputSpec], path
                 dims[0].dim_value = 1
                 logger.info("input %s: symbolic batch dim set to 1", inp.name)
             elif symbolic:
-                raise ConfigError(f"{path}: input {inp.name!r} has symbolic dims {symbolic}; "
-                                  f"give --input-shape {inp.name}=1x...")
+                raise ConfigError(
+                    f"{path}: input {inp.name!r} has symbolic dims {symbolic}; "
+                    f"give --input-shape {inp.name}=1x..."
+                )
     return proto
 
 
@@ -152,7 +176,9 @@ def _finish(proto: onnx.ModelProto, simplify: bool, path: Path) -> ir.Model:
         model = from_proto(proto)
         check(model)
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"{path}: converted model fails the ONNX check: {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(
+            f"{path}: converted model fails the ONNX check: {str(e).splitlines()[0]}"
+        ) from None
     return model
 
 
@@ -162,11 +188,12 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
 
         simplified, ok = onnxsim.simplify(proto, skip_fuse_bn=True)  # fold_bn reports it
     except Exception as e:  # noqa: BLE001 - onnxsim gives up on some graphs; keep the original
-        logger.warning("onnx-simplifier failed (%s); continuing unsimplified", str(e).splitlines()[0])
+        logger.warning(
+            "onnx-simplifier failed (%s); continuing unsimplified", str(e).splitlines()[0]
+        )
         return proto
     return simplified if ok else proto
 
 
 def describe_inputs(model: ir.Model) -> str:
     return ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in model_inputs(model))
-

@@ -16,8 +16,16 @@ __all__ = ["InputSpec", "parse_input_shape", "model_inputs", "random_feeds", "lo
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": np.float32, "float": np.float32, "float16": np.float16, "int64": np.int64,
-           "int32": np.int32, "uint8": np.uint8, "int8": np.int8, "bool": np.bool_}
+_DTYPES = {
+    "float32": np.float32,
+    "float": np.float32,
+    "float16": np.float16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "uint8": np.uint8,
+    "int8": np.int8,
+    "bool": np.bool_,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +43,14 @@ def parse_input_shape(text: str) -> InputSpec:
     """``NAME=1x3x224x224`` or ``NAME=1x16:int64`` → InputSpec."""
     m = re.fullmatch(r"([^=]+)=(\d+(?:[x,]\d+)*)(?::(\w+))?", text.strip())
     if not m:
-        raise ConfigError(f"--input-shape {text!r}: expected NAME=1x3x224x224[:dtype], e.g. x=1x3x32x32")
+        raise ConfigError(
+            f"--input-shape {text!r}: expected NAME=1x3x224x224[:dtype], e.g. x=1x3x32x32"
+        )
     dtype = m.group(3) or "float32"
     if dtype not in _DTYPES:
-        raise ConfigError(f"--input-shape {text!r}: unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+        raise ConfigError(
+            f"--input-shape {text!r}: unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}"
+        )
     dims = tuple(int(d) for d in re.split(r"[x,]", m.group(2)))
     if any(d <= 0 for d in dims):
         raise ConfigError(f"--input-shape {text!r}: dimensions must be positive")
@@ -75,7 +87,9 @@ def random_feeds(model: ir.Model, n: int = 1, seed: int = 0) -> list[dict[str, n
         feed = {}
         for s in specs:
             if not s.static:
-                raise ConfigError(f"input {s.name!r} has symbolic shape {s.shape}; pass --input-shape")
+                raise ConfigError(
+                    f"input {s.name!r} has symbolic shape {s.shape}; pass --input-shape"
+                )
             if np.issubdtype(np.dtype(s.dtype), np.integer) or s.dtype == "bool":
                 hi = _int_upper_bound(model, s.name)
                 feed[s.name] = rng.integers(0, hi, size=s.shape).astype(s.dtype)
@@ -85,8 +99,9 @@ def random_feeds(model: ir.Model, n: int = 1, seed: int = 0) -> list[dict[str, n
     return feeds
 
 
-def load_npz_feeds(path: str | Path, model: ir.Model, limit: int | None = None,
-                   label_key: str = "labels") -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+def load_npz_feeds(
+    path: str | Path, model: ir.Model, limit: int | None = None, label_key: str = "labels"
+) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
     """Split arrays in an .npz/.npy (leading axis = samples) into per-sample feeds for the model.
 
     Each array is matched to an input by name (a single-input model also takes a lone array under
@@ -106,10 +121,14 @@ def load_npz_feeds(path: str | Path, model: ir.Model, limit: int | None = None,
         arrays = {specs[0].name: next(iter(arrays.values()))}
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
-        raise CalibrationError(f"{str(path)!r} lacks arrays for inputs {missing}; it has {sorted(arrays)}")
+        raise CalibrationError(
+            f"{str(path)!r} lacks arrays for inputs {missing}; it has {sorted(arrays)}"
+        )
     counts = {len(arrays[s.name]) for s in specs}
     if len(counts) != 1 or 0 in counts:
-        raise CalibrationError(f"{str(path)!r}: inputs have different or zero sample counts {counts}")
+        raise CalibrationError(
+            f"{str(path)!r}: inputs have different or zero sample counts {counts}"
+        )
     n = counts.pop() if limit is None else min(counts.pop(), limit)
     feeds = [{s.name: _fit(arrays[s.name][i], s, path) for s in specs} for i in range(n)]
     return feeds, (None if labels is None else np.asarray(labels)[:n])
@@ -123,12 +142,16 @@ def _fit(sample: np.ndarray, spec: InputSpec, path: Path) -> np.ndarray:
             arr = arr[None]
         else:
             raise CalibrationError(
-                f"{str(path)!r}: input {spec.name!r} expects per-sample shape {want}, got {arr.shape}")
+                f"{str(path)!r}: input {spec.name!r} expects per-sample shape {want}, got {arr.shape}"
+            )
     if arr.dtype != np.dtype(spec.dtype):
-        same_kind = np.issubdtype(arr.dtype, np.floating) == np.issubdtype(np.dtype(spec.dtype), np.floating)
+        same_kind = np.issubdtype(arr.dtype, np.floating) == np.issubdtype(
+            np.dtype(spec.dtype), np.floating
+        )
         if not same_kind:
             raise CalibrationError(
-                f"{str(path)!r}: input {spec.name!r} expects {spec.dtype}, got {arr.dtype}")
+                f"{str(path)!r}: input {spec.name!r} expects {spec.dtype}, got {arr.dtype}"
+            )
         arr = arr.astype(spec.dtype)
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise CalibrationError(f"{str(path)!r}: input {spec.name!r} holds NaN or Inf values")

@@ -10,7 +10,15 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-__all__ = ["to_proto", "from_proto", "check", "save_atomic", "write_bytes_atomic", "ort_session", "ort_run"]
+__all__ = [
+    "to_proto",
+    "from_proto",
+    "check",
+    "save_atomic",
+    "write_bytes_atomic",
+    "ort_session",
+    "ort_run",
+]
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
@@ -47,7 +55,9 @@ def save_atomic(model: ir.Model, path: str | os.PathLike) -> Path:
     return write_bytes_atomic(path, to_proto(model).SerializeToString())
 
 
-def ort_session(model: ir.Model | bytes | str, *, optimized_path: str | None = None, threads: int = 0):
+def ort_session(
+    model: ir.Model | bytes | str, *, optimized_path: str | None = None, threads: int = 0
+):
     import onnxruntime as ort
 
     so = ort.SessionOptions()

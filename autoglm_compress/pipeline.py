@@ -39,8 +39,15 @@ def build_passes(names: list[str], configs: dict[str, dict] | None = None) -> li
 
 
 class Pipeline:
-    def __init__(self, passes: list[CompressPass], *, dump_ir_after: tuple[str, ...] = (),
-                 dump_dir: str | Path | None = None, check_ir: bool = True, progress: bool = True):
+    def __init__(
+        self,
+        passes: list[CompressPass],
+        *,
+        dump_ir_after: tuple[str, ...] = (),
+        dump_dir: str | Path | None = None,
+        check_ir: bool = True,
+        progress: bool = True,
+    ):
         self.passes = passes
         self.dump_ir_after = set(dump_ir_after)
         self.dump_dir = Path(dump_dir) if dump_dir else None
@@ -50,13 +57,20 @@ class Pipeline:
         if unknown:
             from autoglm_compress.errors import ConfigError
 
-            raise ConfigError(f"--dump-ir-after {sorted(unknown)}: not in this pipeline "
-                              f"({', '.join(p.name for p in passes) or 'no passes'})")
+            raise ConfigError(
+                f"--dump-ir-after {sorted(unknown)}: not in this pipeline "
+                f"({', '.join(p.name for p in passes) or 'no passes'})"
+            )
 
     def run(self, model: ir.Model) -> list[PassRecord]:
         records: list[PassRecord] = []
-        bar = tqdm(self.passes, desc="passes", unit="pass", disable=not self.progress or not self.passes,
-                   leave=False)
+        bar = tqdm(
+            self.passes,
+            desc="passes",
+            unit="pass",
+            disable=not self.progress or not self.passes,
+            leave=False,
+        )
         for p in bar:
             bar.set_postfix_str(p.name)
             t0 = time.perf_counter()
@@ -69,8 +83,13 @@ class Pipeline:
             except Exception as e:  # noqa: BLE001 - wrap with the pass context
                 cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise PassError(p.name, [r.name for r in records], cause) from e
-            rec = PassRecord(p.name, dict(p.stats), round(time.perf_counter() - t0, 4), result.modified,
-                             dataclasses.asdict(p.config))
+            rec = PassRecord(
+                p.name,
+                dict(p.stats),
+                round(time.perf_counter() - t0, 4),
+                result.modified,
+                dataclasses.asdict(p.config),
+            )
             records.append(rec)
             logger.info("pass %-10s %.2fs %s", p.name, rec.seconds, rec.stats)
             if p.name in self.dump_ir_after:

@@ -27,17 +27,25 @@ def summary_table(report: dict) -> str:
         acc = first.get("accuracy")
         acc_s = "-" if acc is None else f"{acc:.3f} ({first['accuracy_ref']:.3f})"
         top1 = first.get("top1_agreement")
-        rows.append((
-            Path(a["path"]).name, _fmt_size(a["size_bytes"]),
-            f"{fid.get('cosine_min', float('nan')):.5f}", f"{first.get('max_abs_err', float('nan')):.3g}",
-            "-" if top1 is None else f"{top1:.3f}", acc_s,
-            f"{lat.get(a['precision'], {}).get('median_ms', float('nan')):.3f} ms",
-            f"{lat.get('speedup_vs_fp32', float('nan')):.2f}x"))
+        rows.append(
+            (
+                Path(a["path"]).name,
+                _fmt_size(a["size_bytes"]),
+                f"{fid.get('cosine_min', float('nan')):.5f}",
+                f"{first.get('max_abs_err', float('nan')):.3g}",
+                "-" if top1 is None else f"{top1:.3f}",
+                acc_s,
+                f"{lat.get(a['precision'], {}).get('median_ms', float('nan')):.3f} ms",
+                f"{lat.get('speedup_vs_fp32', float('nan')):.2f}x",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     m = report["model"]
-    head = (f"{m['path']}: {m['format']}, {m['stats']['params']:,} params, "
-            f"passes: {', '.join(p['name'] for p in report['passes']) or 'none'}; "
-            f"verified on {report['verification']['samples']} {report['verification']['source']} samples")
+    head = (
+        f"{m['path']}: {m['format']}, {m['stats']['params']:,} params, "
+        f"passes: {', '.join(p['name'] for p in report['passes']) or 'none'}; "
+        f"verified on {report['verification']['samples']} {report['verification']['source']} samples"
+    )
     return head + "\n" + "\n".join(lines)

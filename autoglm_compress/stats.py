@@ -40,7 +40,9 @@ def _conv_macs(node: ir.Node) -> int:
         return 0
     per_out = _numel(w.shape) // w.shape[0]  # (Cin/g)·kh·kw
     if node.op_type == "ConvTranspose":
-        return _numel(node.inputs[0].shape or ()) * _numel(w.shape[1:]) if node.inputs[0].shape else 0
+        return (
+            _numel(node.inputs[0].shape or ()) * _numel(w.shape[1:]) if node.inputs[0].shape else 0
+        )
     return _numel(y.shape) * per_out
 
 
@@ -54,7 +56,12 @@ def _matmul_macs(node: ir.Node) -> int:
     return _numel(y.shape) * k
 
 
-_MACS = {"Conv": _conv_macs, "ConvTranspose": _conv_macs, "MatMul": _matmul_macs, "Gemm": _matmul_macs}
+_MACS = {
+    "Conv": _conv_macs,
+    "ConvTranspose": _conv_macs,
+    "MatMul": _matmul_macs,
+    "Gemm": _matmul_macs,
+}
 
 
 def _all_nodes(graph: ir.Graph):
@@ -74,10 +81,24 @@ def model_stats(model: ir.Model) -> ModelStats:
             params += _numel(n.outputs[0].shape) or 0
     macs = sum(_MACS[n.op_type](n) for n in _all_nodes(g) if n.op_type in _MACS)
     ins = [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in model_inputs(model)]
-    outs = [{"name": v.name, "shape": list(v.shape) if v.shape is not None else None,
-             "dtype": str(v.dtype)} for v in g.outputs]
-    return ModelStats(ins, outs, dict(hist.most_common()), sum(hist.values()), params, nbytes, macs,
-                      g.opset_imports.get("", 0))
+    outs = [
+        {
+            "name": v.name,
+            "shape": list(v.shape) if v.shape is not None else None,
+            "dtype": str(v.dtype),
+        }
+        for v in g.outputs
+    ]
+    return ModelStats(
+        ins,
+        outs,
+        dict(hist.most_common()),
+        sum(hist.values()),
+        params,
+        nbytes,
+        macs,
+        g.opset_imports.get("", 0),
+    )
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -93,9 +114,11 @@ def format_stats(s: ModelStats, file_bytes: int | None = None) -> str:
     lines += [f"  {i['name']:<20} {i['dtype']:<8} {i['shape']}" for i in s.inputs]
     lines += ["outputs:"]
     lines += [f"  {o['name']:<20} {o['dtype']:<8} {o['shape']}" for o in s.outputs]
-    lines.append(f"opset {s.opset}, {s.nodes} nodes, {_human(s.params)} parameters "
-                 f"({_human(s.param_bytes, 'B')} of weights), {_human(s.macs)} MACs"
-                 + (f", file {_human(file_bytes, 'B')}" if file_bytes is not None else ""))
+    lines.append(
+        f"opset {s.opset}, {s.nodes} nodes, {_human(s.params)} parameters "
+        f"({_human(s.param_bytes, 'B')} of weights), {_human(s.macs)} MACs"
+        + (f", file {_human(file_bytes, 'B')}" if file_bytes is not None else "")
+    )
     lines.append("ops:")
     lines += [f"  {op:<24} {n}" for op, n in s.op_histogram.items()]
     return "\n".join(lines)

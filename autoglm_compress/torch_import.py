@@ -24,8 +24,9 @@ __all__ = ["to_onnx"]
 logger = logging.getLogger(__name__)
 
 
-def to_onnx(path: Path, fmt: str, shapes: dict[str, InputSpec], *, trust_pickle: bool,
-            opset: int) -> onnx.ModelProto:
+def to_onnx(
+    path: Path, fmt: str, shapes: dict[str, InputSpec], *, trust_pickle: bool, opset: int
+) -> onnx.ModelProto:
     import torch
 
     try:
@@ -41,10 +42,13 @@ def to_onnx(path: Path, fmt: str, shapes: dict[str, InputSpec], *, trust_pickle:
                 raise ModelLoadError(
                     f"{path}: a pickled nn.Module; unpickling runs arbitrary code, so it is refused. "
                     "Pass --trust-pickle (trust_pickle=True) if you trust the file, or save the model "
-                    "with torch.jit.save / torch.export.save")
+                    "with torch.jit.save / torch.export.save"
+                )
             module = torch.load(str(path), map_location="cpu", weights_only=False)
             if not isinstance(module, torch.nn.Module):
-                raise ModelLoadError(f"{path}: the pickle holds a {type(module).__name__}, not an nn.Module")
+                raise ModelLoadError(
+                    f"{path}: the pickle holds a {type(module).__name__}, not an nn.Module"
+                )
             return _export_module(module.eval(), _module_specs(module, shapes, path), opset)
     except (ModelLoadError, ConfigError):
         raise
@@ -59,11 +63,15 @@ def _example(spec: InputSpec):
     import torch
 
     if not spec.static:
-        raise ConfigError(f"input {spec.name!r}: shape unknown; pass --input-shape {spec.name}=1x...")
+        raise ConfigError(
+            f"input {spec.name!r}: shape unknown; pass --input-shape {spec.name}=1x..."
+        )
     dt = np.dtype(spec.dtype)
     if np.issubdtype(dt, np.integer) or dt == np.bool_:
         return torch.zeros(spec.shape, dtype=getattr(torch, dt.name if dt != np.bool_ else "bool"))
-    return torch.randn(spec.shape, generator=torch.Generator().manual_seed(0)).to(getattr(torch, dt.name))
+    return torch.randn(spec.shape, generator=torch.Generator().manual_seed(0)).to(
+        getattr(torch, dt.name)
+    )
 
 
 def _torchscript_specs(module, shapes: dict[str, InputSpec], path: Path) -> list[InputSpec]:
@@ -77,24 +85,39 @@ def _torchscript_specs(module, shapes: dict[str, InputSpec], path: Path) -> list
         sizes = t.sizes() if hasattr(t, "sizes") else None
         dtype = t.scalarType() if hasattr(t, "scalarType") else None
         if sizes is None:
-            raise ConfigError(f"{path}: TorchScript input {name!r} carries no shape (scripted, not "
-                              f"traced); pass --input-shape {name}=1x...[:dtype]")
+            raise ConfigError(
+                f"{path}: TorchScript input {name!r} carries no shape (scripted, not "
+                f"traced); pass --input-shape {name}=1x...[:dtype]"
+            )
         specs.append(InputSpec(name, tuple(sizes), _TS_DTYPES.get(dtype or "Float", "float32")))
     return specs
 
 
-_TS_DTYPES = {"Float": "float32", "Half": "float16", "Long": "int64", "Int": "int32", "Bool": "bool",
-              "Byte": "uint8", "Char": "int8", "Double": "float64"}
+_TS_DTYPES = {
+    "Float": "float32",
+    "Half": "float16",
+    "Long": "int64",
+    "Int": "int32",
+    "Bool": "bool",
+    "Byte": "uint8",
+    "Char": "int8",
+    "Double": "float64",
+}
 
 
 def _module_specs(module, shapes: dict[str, InputSpec], path: Path) -> list[InputSpec]:
-    params = [p for p in inspect.signature(module.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    params = [
+        p
+        for p in inspect.signature(module.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
     names = [p.name for p in params]
     missing = [n for n in names if n not in shapes]
     if missing:
-        raise ConfigError(f"{path}: a pickled module carries no input shapes; pass --input-shape for "
-                          f"{missing} (e.g. --input-shape {missing[0]}=1x3x224x224)")
+        raise ConfigError(
+            f"{path}: a pickled module carries no input shapes; pass --input-shape for "
+            f"{missing} (e.g. --input-shape {missing[0]}=1x3x224x224)"
+        )
     return [shapes[n] for n in names]
 
 
@@ -106,9 +129,16 @@ def _export_legacy(module, specs: list[InputSpec], opset: int) -> onnx.ModelProt
         warnings.simplefilter("ignore")
         # PRESERVE keeps BatchNormalization in the graph: folding it is our fold_bn pass's job,
         # which reports what it changed (the exporter would fold it silently).
-        torch.onnx.export(module, tuple(_example(s) for s in specs), buf, dynamo=False,
-                          opset_version=opset, input_names=[s.name for s in specs],
-                          do_constant_folding=True, training=torch.onnx.TrainingMode.PRESERVE)
+        torch.onnx.export(
+            module,
+            tuple(_example(s) for s in specs),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[s.name for s in specs],
+            do_constant_folding=True,
+            training=torch.onnx.TrainingMode.PRESERVE,
+        )
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -119,8 +149,14 @@ def _export_module(module, specs: list[InputSpec], opset: int) -> onnx.ModelProt
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prog = torch.onnx.export(module, args, dynamo=True, input_names=[s.name for s in specs],
-                                     verbose=False, optimize=True)
+            prog = torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                input_names=[s.name for s in specs],
+                verbose=False,
+                optimize=True,
+            )
         return _program_proto(prog)
     except Exception as e:  # noqa: BLE001
         logger.info("dynamo export failed (%s); using the TorchScript exporter", type(e).__name__)

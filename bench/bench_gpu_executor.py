@@ -31,8 +31,11 @@ def main() -> None:
     from autoglm_compress.runtime import TorchExecutor
     from autoglm_compress.targets.engine import tensorrt_available
 
-    res = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "torch": torch.__version__, "tensorrt": tensorrt_available()}
+    res = {
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "tensorrt": tensorrt_available(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("cnn", "transformer"):
             p = Path(tmp) / f"{name}.onnx"
@@ -52,10 +55,14 @@ def main() -> None:
                 fwd = (time.perf_counter() - t0) / 100 * 1e3
                 outs[dev] = next(iter(o.values())).cpu().numpy()
                 import os
+
                 os.environ["AUTOGLM_DEVICE"] = dev
                 t0 = time.perf_counter()
                 collect_stats(model, feeds, "entropy")
-                row[dev] = {"forward_ms": round(fwd, 3), "calibrate_128_s": round(time.perf_counter() - t0, 3)}
+                row[dev] = {
+                    "forward_ms": round(fwd, 3),
+                    "calibrate_128_s": round(time.perf_counter() - t0, 3),
+                }
             if "cuda" in outs:
                 row["max_abs_diff_cpu_vs_cuda"] = float(np.abs(outs["cpu"] - outs["cuda"]).max())
             res[name] = row

@@ -43,7 +43,9 @@ def prepare(name: str, work: Path, n_calib: int = 128, n_eval: int = 500) -> dic
 
         src = ROOT / "examples" / "digits_cnn.pt"
         if not src.exists():
-            subprocess.run([sys.executable, str(ROOT / "examples" / "make_demo_model.py")], check=True)
+            subprocess.run(
+                [sys.executable, str(ROOT / "examples" / "make_demo_model.py")], check=True
+            )
         calib = dict(np.load(ROOT / "examples" / "digits_calib.npz"))
         ev = dict(np.load(ROOT / "examples" / "digits_eval.npz"))
         labels = ev.pop("labels")
@@ -65,8 +67,12 @@ def prepare(name: str, work: Path, n_calib: int = 128, n_eval: int = 500) -> dic
     np.savez(work / f"{name}.calib.npz", **calib)
     np.savez(work / f"{name}.eval.npz", **ev)
     torch.set_num_threads(2)
-    return {"fp32": fp32, "calib": work / f"{name}.calib.npz", "eval": work / f"{name}.eval.npz",
-            "labels": labels}
+    return {
+        "fp32": fp32,
+        "calib": work / f"{name}.calib.npz",
+        "eval": work / f"{name}.eval.npz",
+        "labels": labels,
+    }
 
 
 def wide_cnn():
@@ -77,21 +83,38 @@ def wide_cnn():
     from torch import nn
 
     def block(cin, cout, stride):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                             nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        )
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-                        block(32, 32, 1), block(32, 64, 2), block(64, 128, 2), block(128, 128, 1),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        block(32, 32, 1),
+        block(32, 64, 2),
+        block(64, 128, 2),
+        block(128, 128, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    ).eval()
     models._randomize_bn(net, torch.Generator().manual_seed(1))
-    return models.ZooModel("wide_cnn", net, {"x": torch.randn(1, 3, 96, 96)}, ["logits"], "classifier")
+    return models.ZooModel(
+        "wide_cnn", net, {"x": torch.randn(1, 3, 96, 96)}, ["logits"], "classifier"
+    )
 
 
 def _per_sample(npz: Path) -> list[dict]:
     d = dict(np.load(npz))
     n = len(next(iter(d.values())))
-    return [{k: v[i:i + 1] for k, v in d.items()} for i in range(n)]
+    return [{k: v[i : i + 1] for k, v in d.items()} for i in range(n)]
 
 
 def quantize_one(tool: str, method: str, fp32: str, calib: str, out: str, samples: int) -> dict:
@@ -112,8 +135,13 @@ def quantize_one(tool: str, method: str, fp32: str, calib: str, out: str, sample
         q, _, _ = _quantize(model, X86Target(), stats, (), False)
         save_atomic(q, out)
     else:
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                              QuantType, quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
         t0 = time.perf_counter()
 
@@ -124,11 +152,21 @@ def quantize_one(tool: str, method: str, fp32: str, calib: str, out: str, sample
             def get_next(self):
                 return next(self.it, None)
 
-        quantize_static(fp32, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method))
-    return {"seconds": round(time.perf_counter() - t0, 3), "process_s": round(time.perf_counter() - t_proc, 3),
-            "peak_rss_mb": _peak_rss_mb()}
+        quantize_static(
+            fp32,
+            out,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, method),
+        )
+    return {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "process_s": round(time.perf_counter() - t_proc, 3),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def _peak_rss_mb() -> float:
@@ -145,7 +183,17 @@ def _cycle(feeds: list[dict], n: int):
 
 
 def run_sub(tool, method, fp32, calib, out, samples) -> dict:
-    cmd = [sys.executable, __file__, "--one", tool, method, str(fp32), str(calib), str(out), str(samples)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        tool,
+        method,
+        str(fp32),
+        str(calib),
+        str(out),
+        str(samples),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:300]}
@@ -164,19 +212,27 @@ def evaluate(fp32: Path, artifacts: dict[str, Path], eval_npz: Path, labels) -> 
     sessions = {"fp32": ref_sess}
     res: dict = {"fp32": {"size_bytes": fp32.stat().st_size}}
     if labels is not None:
-        res["fp32"]["accuracy"] = float((np.concatenate([r[0] for r in ref]).argmax(-1) == labels).mean())
+        res["fp32"]["accuracy"] = float(
+            (np.concatenate([r[0] for r in ref]).argmax(-1) == labels).mean()
+        )
     for key, path in artifacts.items():
         sess = ort_session(str(path))
         sessions[key] = sess
         fid = fidelity(ref, [ort_run(sess, f) for f in feeds], names, labels)
         first = next(iter(fid["outputs"].values()))
         fus = fusion_report(str(path))
-        res[key] = {"size_bytes": path.stat().st_size, "cosine": fid["cosine_min"],
-                    "top1_agreement": first.get("top1_agreement"), "accuracy": first.get("accuracy"),
-                    "int8_nodes": fus["int8_compute_nodes"], "float_compute_nodes": fus["float_compute_nodes"]}
+        res[key] = {
+            "size_bytes": path.stat().st_size,
+            "cosine": fid["cosine_min"],
+            "top1_agreement": first.get("top1_agreement"),
+            "accuracy": first.get("accuracy"),
+            "int8_nodes": fus["int8_compute_nodes"],
+            "float_compute_nodes": fus["float_compute_nodes"],
+        }
     feed = feeds[0]
-    lat = compare_latency({k: (lambda s=s: ort_run(s, feed)) for k, s in sessions.items()}, repeats=200,
-                          warmup=20)
+    lat = compare_latency(
+        {k: (lambda s=s: ort_run(s, feed)) for k, s in sessions.items()}, repeats=200, warmup=20
+    )
     for k in sessions:
         res[k]["latency_ms"] = lat[k]["median_ms"]
         res[k]["latency_vs_fp32"] = round(lat[k]["median_ms"] / lat["fp32"]["median_ms"], 3)
@@ -204,8 +260,10 @@ def bench_model(name: str, work: Path, samples: int) -> dict:
 
 def memory_scaling(work: Path) -> dict:
     d = prepare("cnn", work)
-    return {n: run_sub("ours", "entropy", d["fp32"], d["calib"], work / f"mem{n}.onnx", n)
-            for n in (128, 2048)}
+    return {
+        n: run_sub("ours", "entropy", d["fp32"], d["calib"], work / f"mem{n}.onnx", n)
+        for n in (128, 2048)
+    }
 
 
 def main() -> None:
@@ -234,19 +292,27 @@ def format_table(results: dict) -> str:
     lines = []
     for name, res in results.items():
         if name.startswith("memory"):
-            lines.append(f"\n{name}: " + ", ".join(f"{n} samples: {v.get('peak_rss_mb')} MB"
-                                                    for n, v in res.items()))
+            lines.append(
+                f"\n{name}: "
+                + ", ".join(f"{n} samples: {v.get('peak_rss_mb')} MB" for n, v in res.items())
+            )
             continue
-        lines += [f"\n### {name}", "| method | acc | top-1 agr | cosine | size | latency vs fp32 | "
-                  "int8/float nodes | quantize s | peak MB |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"\n### {name}",
+            "| method | acc | top-1 agr | cosine | size | latency vs fp32 | "
+            "int8/float nodes | quantize s | peak MB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for k, r in res.items():
             acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
             agr = "-" if r.get("top1_agreement") is None else f"{r['top1_agreement']:.4f}"
             cos = "-" if r.get("cosine") is None else f"{r['cosine']:.5f}"
-            lines.append(f"| {k} | {acc} | {agr} | {cos} | {r.get('size_bytes', 0) / 1e3:.0f} KB | "
-                         f"{r.get('latency_vs_fp32', '-')} | {r.get('int8_nodes', '-')}/"
-                         f"{r.get('float_compute_nodes', '-')} | {r.get('seconds', '-')} | "
-                         f"{r.get('peak_rss_mb', '-')} |")
+            lines.append(
+                f"| {k} | {acc} | {agr} | {cos} | {r.get('size_bytes', 0) / 1e3:.0f} KB | "
+                f"{r.get('latency_vs_fp32', '-')} | {r.get('int8_nodes', '-')}/"
+                f"{r.get('float_compute_nodes', '-')} | {r.get('seconds', '-')} | "
+                f"{r.get('peak_rss_mb', '-')} |"
+            )
     return "\n".join(lines)
 
 

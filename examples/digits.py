@@ -32,10 +32,16 @@ class DigitsCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
         )
         self.fc = nn.Linear(32, 10)
@@ -135,7 +141,7 @@ def train_digits_cnn(
         for _ in range(epochs):
             perm = torch.randperm(len(xt), generator=gen)
             for i in range(0, len(xt), batch_size):
-                idx = perm[i:i + batch_size]
+                idx = perm[i : i + batch_size]
                 opt.zero_grad(set_to_none=True)
                 loss_fn(model(xt[idx]), yt[idx]).backward()
                 opt.step()

@@ -75,16 +75,19 @@ def build(epochs: int, threads: int) -> None:
 
     _, _, x_calib, x_eval, y_eval = load_digits_split(n_calib=200)
     result = train_digits_cnn(epochs, seed=0, num_threads=threads)
-    print(f"trained {result.epochs} epochs in {result.seconds:.1f}s on {threads} thread(s); "
-          f"eval accuracy {result.eval_accuracy:.4f} ({len(x_eval)} samples)")
+    print(
+        f"trained {result.epochs} epochs in {result.seconds:.1f}s on {threads} thread(s); "
+        f"eval accuracy {result.eval_accuracy:.4f} ({len(x_eval)} samples)"
+    )
     example = torch.from_numpy(x_eval[:1].copy())
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(result.model, (example,))
         _atomic(MODEL, lambda p: torch.jit.save(traced, str(p)))
     _atomic(CALIB, lambda p: np.savez(p, x=x_calib.astype(np.float32)))
-    _atomic(EVAL, lambda p: np.savez(p, x=x_eval.astype(np.float32),
-                                     labels=y_eval.astype(np.int64)))
+    _atomic(
+        EVAL, lambda p: np.savez(p, x=x_eval.astype(np.float32), labels=y_eval.astype(np.int64))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,12 @@ def saved(model_dir):
     import models
 
     cache: dict = {}
-    savers = {"torchscript": (models.save_torchscript, ".pt"), "export": (models.save_export, ".pt2"),
-              "onnx": (models.save_onnx, ".onnx"), "pickle": (models.save_pickle, ".pkl")}
+    savers = {
+        "torchscript": (models.save_torchscript, ".pt"),
+        "export": (models.save_export, ".pt2"),
+        "onnx": (models.save_onnx, ".onnx"),
+        "pickle": (models.save_pickle, ".pkl"),
+    }
 
     def get(name: str, fmt: str) -> Path:
         key = (name, fmt)
@@ -47,5 +51,6 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "autoglm-compress"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "autoglm_compress.cli"]
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=600)
+    return subprocess.run(
+        [*cmd, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )

@@ -29,9 +29,22 @@ import digits  # noqa: E402 - examples/digits.py, found through the path inserte
 from digits import DigitsCNN, accuracy, load_digits_split  # noqa: E402
 
 __all__ = [
-    "ZOO", "ZooModel", "DigitsCNN", "accuracy", "load_digits_split", "mlp", "cnn", "transformer",
-    "two_input", "digits_cnn", "train_digits_cnn", "save_torchscript", "save_export", "save_onnx",
-    "save_pickle", "ONNX_OPSET",
+    "ZOO",
+    "ZooModel",
+    "DigitsCNN",
+    "accuracy",
+    "load_digits_split",
+    "mlp",
+    "cnn",
+    "transformer",
+    "two_input",
+    "digits_cnn",
+    "train_digits_cnn",
+    "save_torchscript",
+    "save_export",
+    "save_onnx",
+    "save_pickle",
+    "ONNX_OPSET",
 ]
 
 ONNX_OPSET = 17
@@ -84,8 +97,9 @@ class MLP(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
-                                 nn.Linear(64, 10))
+        self.net = nn.Sequential(
+            nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -102,8 +116,9 @@ def mlp() -> ZooModel:
 
 
 def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)
+    )
 
 
 class ResidualBlock(nn.Module):
@@ -170,8 +185,9 @@ def cnn() -> ZooModel:
     m = SmallCNN()
     _randomize_bn(m, gen)
     m.eval()
-    return ZooModel("cnn", m, {"x": torch.randn(1, 3, 32, 32, generator=gen)}, ["logits"],
-                    "classifier")
+    return ZooModel(
+        "cnn", m, {"x": torch.randn(1, 3, 32, 32, generator=gen)}, ["logits"], "classifier"
+    )
 
 
 # ------------------------------------------------------------------------------------- transformer
@@ -189,7 +205,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
         q, k, v = self.qkv(x).reshape(b, s, 3, self.heads, self.dh).permute(2, 0, 3, 1, 4)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (self.dh ** -0.5) + bias
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (self.dh**-0.5) + bias
         ctx = torch.matmul(torch.softmax(scores, dim=-1), v)  # [b, h, s, dh]
         return self.out(ctx.transpose(1, 2).reshape(b, s, d))
 
@@ -212,8 +228,15 @@ class EncoderLayer(nn.Module):
 class TinyEncoder(nn.Module):
     """Token + learned position embeddings, 2 encoder layers, masked mean pool, Linear → 8."""
 
-    def __init__(self, vocab: int = 100, d: int = 32, heads: int = 4, layers: int = 2,
-                 max_len: int = 16, num_classes: int = 8) -> None:
+    def __init__(
+        self,
+        vocab: int = 100,
+        d: int = 32,
+        heads: int = 4,
+        layers: int = 2,
+        max_len: int = 16,
+        num_classes: int = 8,
+    ) -> None:
         super().__init__()
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Parameter(torch.randn(1, max_len, d) * 0.1)
@@ -240,8 +263,9 @@ def transformer() -> ZooModel:
     ids = torch.randint(0, 100, (1, 16), generator=gen, dtype=torch.int64)
     mask = torch.ones(1, 16, dtype=torch.int64)
     mask[:, -4:] = 0
-    return ZooModel("transformer", m, {"input_ids": ids, "attention_mask": mask}, ["logits"],
-                    "encoder")
+    return ZooModel(
+        "transformer", m, {"input_ids": ids, "attention_mask": mask}, ["logits"], "encoder"
+    )
 
 
 # --------------------------------------------------------------------------------------- two_input
@@ -252,8 +276,12 @@ class TwoInput(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.conv = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.lin = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
         self.head = nn.Linear(16, 4)
 
@@ -278,12 +306,18 @@ def digits_cnn() -> ZooModel:
     m = DigitsCNN()
     _randomize_bn(m, gen)
     m.eval()
-    return ZooModel("digits_cnn", m, {"x": torch.rand(1, 1, 8, 8, generator=gen) * 2 - 1},
-                    ["logits"], "classifier")
+    return ZooModel(
+        "digits_cnn",
+        m,
+        {"x": torch.rand(1, 1, 8, 8, generator=gen) * 2 - 1},
+        ["logits"],
+        "classifier",
+    )
 
 
-def train_digits_cnn(epochs: int = 8, seconds: float | None = None, *, seed: int = 0,
-                     num_threads: int | None = None) -> ZooModel:
+def train_digits_cnn(
+    epochs: int = 8, seconds: float | None = None, *, seed: int = 0, num_threads: int | None = None
+) -> ZooModel:
     """The digits CNN trained on the fixed split (see ``digits.train_digits_cnn``).
 
     ``meta`` holds ``eval_accuracy`` (500 held-out samples), ``seconds`` and ``epochs``; the example
@@ -291,13 +325,21 @@ def train_digits_cnn(epochs: int = 8, seconds: float | None = None, *, seed: int
     """
     r = digits.train_digits_cnn(epochs, seconds, seed=seed, num_threads=num_threads)
     x_eval = load_digits_split()[3]
-    return ZooModel("digits_cnn", r.model, {"x": torch.from_numpy(x_eval[:1].copy())}, ["logits"],
-                    "classifier",
-                    {"eval_accuracy": r.eval_accuracy, "seconds": r.seconds, "epochs": r.epochs})
+    return ZooModel(
+        "digits_cnn",
+        r.model,
+        {"x": torch.from_numpy(x_eval[:1].copy())},
+        ["logits"],
+        "classifier",
+        {"eval_accuracy": r.eval_accuracy, "seconds": r.seconds, "epochs": r.epochs},
+    )
 
 
 ZOO: dict[str, Callable[[], ZooModel]] = {
-    "mlp": mlp, "cnn": cnn, "transformer": transformer, "two_input": two_input,
+    "mlp": mlp,
+    "cnn": cnn,
+    "transformer": transformer,
+    "two_input": two_input,
 }
 
 
@@ -331,9 +373,17 @@ def save_onnx(zm: ZooModel, path: str | Path, opset: int = ONNX_OPSET) -> Path:
     path = Path(path)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(zm.module, zm.args, str(path), dynamo=False, opset_version=opset,
-                          input_names=list(zm.example_inputs), output_names=list(zm.output_names),
-                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
+        torch.onnx.export(
+            zm.module,
+            zm.args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(zm.example_inputs),
+            output_names=list(zm.output_names),
+            training=torch.onnx.TrainingMode.PRESERVE,
+            do_constant_folding=True,
+        )
     return path
 
 

@@ -41,6 +41,7 @@ def _pattern(seed: int, h: int = 4, w: int = 4) -> np.ndarray:
 
 # --- npz ---------------------------------------------------------------------------------------
 
+
 def test_npz_two_inputs(tmp_path, two_inputs):
     a = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     b = np.arange(20, dtype=np.int64).reshape(5, 4)
@@ -207,6 +208,7 @@ def test_nan_empty_and_failing_callables(script, two_inputs):
 
 
 # --- random, batching ----------------------------------------------------------------------------
+
 
 def test_random_only_when_asked(two_inputs):
     with pytest.raises(ConfigError):

@@ -15,8 +15,20 @@ def _report(out):
 @pytest.mark.parametrize("name", ["cnn", "transformer"])
 def test_fp16_x86_end_to_end(saved, tmp_path, name):
     out = tmp_path / "out"
-    r = run_cli(saved(name, "torchscript"), "--fp16", "--target", "x86", "-o", out, "--samples", "8",
-                "--latency-repeats", "5", "--min-cosine", "0.999")
+    r = run_cli(
+        saved(name, "torchscript"),
+        "--fp16",
+        "--target",
+        "x86",
+        "-o",
+        out,
+        "--samples",
+        "8",
+        "--latency-repeats",
+        "5",
+        "--min-cosine",
+        "0.999",
+    )
     assert r.returncode == 0, r.stderr
     stem = saved(name, "torchscript").stem
     art = out / f"{stem}.x86.fp16.onnx"
@@ -43,8 +55,17 @@ def test_fp32_default_with_eval_labels_and_dump(saved, tmp_path):
     x = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
     np.savez(tmp_path / "eval.npz", x=x, labels=np.arange(6) % 10)
     out = tmp_path / "o"
-    r = run_cli(saved("cnn", "onnx"), "-o", out, "--eval", tmp_path / "eval.npz",
-                "--dump-ir-after", "fold_bn", "--latency-repeats", "3")
+    r = run_cli(
+        saved("cnn", "onnx"),
+        "-o",
+        out,
+        "--eval",
+        tmp_path / "eval.npz",
+        "--dump-ir-after",
+        "fold_bn",
+        "--latency-repeats",
+        "3",
+    )
     assert r.returncode == 0, r.stderr
     rep = _report(out)
     fid = rep["artifacts"][0]["fidelity"]
@@ -105,15 +126,25 @@ def test_unwritable_output_folder(saved, tmp_path):
 
 def test_quality_gate_exit_3(saved, tmp_path):
     out = tmp_path / "q"
-    r = run_cli(saved("mlp", "onnx"), "--fp16", "-o", out, "--min-cosine", "1.01", "--latency-repeats", "2")
+    r = run_cli(
+        saved("mlp", "onnx"), "--fp16", "-o", out, "--min-cosine", "1.01", "--latency-repeats", "2"
+    )
     assert r.returncode == 3 and "quality gate" in r.stderr
     assert _report(out)["quality_gate"]["passed"] is False
 
 
 def test_trust_pickle_path(saved, tmp_path):
     out = tmp_path / "p"
-    r = run_cli(saved("mlp", "pickle"), "--trust-pickle", "--input-shape", "x=1x64", "-o", out,
-                "--latency-repeats", "2")
+    r = run_cli(
+        saved("mlp", "pickle"),
+        "--trust-pickle",
+        "--input-shape",
+        "x=1x64",
+        "-o",
+        out,
+        "--latency-repeats",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     assert _report(out)["model"]["format"] == "pickle"
 

@@ -43,7 +43,9 @@ def test_hook_sees_and_replaces_every_tensor(saved):
         return t * 0 if node is not None and node.op_type == "Relu" else None
 
     out = TorchExecutor(model).run(feed, hook=hook)
-    produced = [v.name for n in model.graph for v in n.outputs] + [v.name for v in model.graph.inputs]
+    produced = [v.name for n in model.graph for v in n.outputs] + [
+        v.name for v in model.graph.inputs
+    ]
     assert set(produced) <= set(seen)
     base = run_model(model, feed)
     name = model.graph.outputs[0].name

@@ -30,7 +30,9 @@ def test_load_formats_match_torch(saved, name, fmt):
     check(model)
     zm, want = _torch_out(name)
     specs = {v.name: v for v in model.graph.inputs}
-    assert list(specs) == list(zm.example_inputs), "input names follow the model's forward arguments"
+    assert list(specs) == list(zm.example_inputs), (
+        "input names follow the model's forward arguments"
+    )
     for n, t in zm.example_inputs.items():
         assert tuple(specs[n].shape) == tuple(t.shape)
         assert specs[n].dtype.numpy() == t.numpy().dtype
@@ -59,7 +61,9 @@ def test_state_dict_is_refused_with_advice(tmp_path):
         load(p)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00" * 10, bytes(range(256)) * 40, b"PK\x03\x04garbage"])
+@pytest.mark.parametrize(
+    "content", [b"", b"\x00" * 10, bytes(range(256)) * 40, b"PK\x03\x04garbage"]
+)
 def test_garbage_files(tmp_path, content):
     p = tmp_path / "model.onnx"
     p.write_bytes(content)

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"),
+]
 
 from autoglm_compress import load  # noqa: E402
 from autoglm_compress.inputs import random_feeds  # noqa: E402
@@ -53,7 +55,14 @@ def test_tensorrt_engines(saved, tmp_path):
     pytest.importorskip("tensorrt", reason="tensorrt not installed")
     from autoglm_compress import compress
 
-    res = compress(saved("cnn", "onnx"), int8=True, targets=("cuda",), calib_random=True,
-                   out_dir=tmp_path, build_engine=True, latency_repeats=5)
+    res = compress(
+        saved("cnn", "onnx"),
+        int8=True,
+        targets=("cuda",),
+        calib_random=True,
+        out_dir=tmp_path,
+        build_engine=True,
+        latency_repeats=5,
+    )
     trt = res.artifact("cuda").extra["tensorrt"]
     assert trt["status"] == "built" and trt["fidelity"]["cosine_min"] > 0.99

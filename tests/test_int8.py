@@ -31,9 +31,26 @@ def _bad(tmp_path, *args, match):
 @pytest.mark.parametrize("method", ["minmax", "entropy"])
 def test_int8_x86_and_cuda_keep_accuracy(tmp_path, method):
     out = tmp_path / "o"
-    r = run_cli(DEMO, "--int8", "--target", "x86", "--target", "cuda", "--calib", CALIB,
-                "--calib-method", method, "--eval", EVAL, "--samples", "300", "-o", out,
-                "--latency-repeats", "5")
+    r = run_cli(
+        DEMO,
+        "--int8",
+        "--target",
+        "x86",
+        "--target",
+        "cuda",
+        "--calib",
+        CALIB,
+        "--calib-method",
+        method,
+        "--eval",
+        EVAL,
+        "--samples",
+        "300",
+        "-o",
+        out,
+        "--latency-repeats",
+        "5",
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
     assert rep["calibration"]["samples"] == 128 and rep["calibration"]["method"] == method
@@ -44,7 +61,10 @@ def test_int8_x86_and_cuda_keep_accuracy(tmp_path, method):
         assert first["top1_agreement"] >= 0.98 and arts[target]["fidelity"]["cosine_min"] >= 0.998
     fusion = arts["x86"]["extra"]["ort_fusion"]
     assert fusion["float_compute_nodes"] == 0 and fusion["int8_compute_nodes"] >= 4
-    assert "trtexec" in arts["cuda"]["extra"] and "--stronglyTyped" in arts["cuda"]["extra"]["trtexec"]["tensorrt>=10"]
+    assert (
+        "trtexec" in arts["cuda"]["extra"]
+        and "--stronglyTyped" in arts["cuda"]["extra"]["trtexec"]["tensorrt>=10"]
+    )
     layers = next(p for p in rep["passes"] if p["name"] == "quantize[x86]")["stats"]["layers"]
     assert len(layers) == 4 and all(layer["sqnr_db"] > 20 for layer in layers)
     assert all("input_scale" in layer for layer in layers)
@@ -69,7 +89,17 @@ def test_fallback_until_target_met():
 
 def test_calib_random_is_flagged(tmp_path):
     out = tmp_path / "r"
-    r = run_cli(DEMO, "--int8", "--calib-random", "--calib-samples", "16", "-o", out, "--latency-repeats", "2")
+    r = run_cli(
+        DEMO,
+        "--int8",
+        "--calib-random",
+        "--calib-samples",
+        "16",
+        "-o",
+        out,
+        "--latency-repeats",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     assert "random" in json.loads((out / "report.json").read_text())["calibration"]["warning"]
 
@@ -97,7 +127,9 @@ def test_bad_calibration_data(tmp_path):
 def test_zero_range_tensor_gives_finite_scales(tmp_path):
     out = tmp_path / "z"
     np.savez(tmp_path / "zeros.npz", x=np.zeros((8, 1, 8, 8), np.float32))
-    r = run_cli(DEMO, "--int8", "--calib", tmp_path / "zeros.npz", "-o", out, "--latency-repeats", "2")
+    r = run_cli(
+        DEMO, "--int8", "--calib", tmp_path / "zeros.npz", "-o", out, "--latency-repeats", "2"
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
     for layer in rep["passes"][-1]["stats"]["layers"]:

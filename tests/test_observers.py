@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from autoglm_compress.calibration.observers import (EntropyObserver, HistogramObserver,
-                                                    MinMaxObserver, MSEObserver, PercentileObserver,
-                                                    make_observer)
+from autoglm_compress.calibration.observers import (
+    EntropyObserver,
+    HistogramObserver,
+    MinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+    make_observer,
+)
 from autoglm_compress.calibration.qparams import MIN_SCALE, compute_qparams, quant_range
 from autoglm_compress.errors import CalibrationError, ConfigError
 
@@ -36,6 +41,7 @@ def _observe_chunks(obs, x: np.ndarray, chunks: int = 10):
 
 # --- MinMax ------------------------------------------------------------------------------------
 
+
 def test_minmax_exact_and_streaming_equals_one_shot():
     x = np.random.default_rng(1).normal(size=(64, 33)).astype(np.float32)
     stream = _observe_chunks(MinMaxObserver(), x, 7)
@@ -61,6 +67,7 @@ def test_minmax_per_channel_shape_and_values():
 
 
 # --- histogram-based ---------------------------------------------------------------------------
+
 
 def test_percentile_matches_numpy_within_a_bin():
     x = np.random.default_rng(2).normal(size=200_000).astype(np.float32)
@@ -126,6 +133,7 @@ def test_memory_is_flat_over_2000_batches(method):
 
 # --- guards ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("value", [0.0, 3.0])
 def test_zero_width_range_gives_finite_positive_scale(method, value):
@@ -162,6 +170,7 @@ def test_unobserved_and_unknown_method():
 
 
 # --- qparams ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", ["int8", "uint8"])
 @pytest.mark.parametrize("symmetric", [True, False])

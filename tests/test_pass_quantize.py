@@ -34,7 +34,9 @@ def _ops(model):
 def _cos(fp32, q, feeds):
     a, b = ort_session(fp32), ort_session(q)
     names = [v.name for v in fp32.graph.outputs]
-    return fidelity([ort_run(a, f) for f in feeds], [ort_run(b, f) for f in feeds], names)["cosine_min"]
+    return fidelity([ort_run(a, f) for f in feeds], [ort_run(b, f) for f in feeds], names)[
+        "cosine_min"
+    ]
 
 
 def test_x86_qdq_fuses_every_conv(cnn, tmp_path):
@@ -70,8 +72,11 @@ def test_tensorrt_scheme_symmetric_inputs_only(cnn):
         if n.op_type == "Conv":
             assert n.inputs[1].producer().op_type == "DequantizeLinear"
         if n.op_type == "Add":
-            dq_inputs = [v for v in n.inputs if v.producer() is not None and
-                         v.producer().op_type == "DequantizeLinear"]
+            dq_inputs = [
+                v
+                for v in n.inputs
+                if v.producer() is not None and v.producer().op_type == "DequantizeLinear"
+            ]
             assert len(dq_inputs) <= 1, "only the residual branch of a skip Add is quantized"
     assert qs.get("biases_int32", 0) == 0
     assert _cos(model, q, feeds) > 0.99
@@ -81,7 +86,9 @@ def test_keep_fp32_by_op_type_and_name(cnn):
     model, stats, _ = cnn
     q, qs, _ = _quantize(model, X86Target(), stats, ("Gemm",), False)
     gemm = next(n for n in q.graph if n.op_type == "Gemm")
-    assert gemm.inputs[1].producer() is None or gemm.inputs[1].producer().op_type != "DequantizeLinear"
+    assert (
+        gemm.inputs[1].producer() is None or gemm.inputs[1].producer().op_type != "DequantizeLinear"
+    )
     first_conv = next(n for n in model.graph if n.op_type == "Conv").name
     q2, _, _ = _quantize(model, X86Target(), stats, (first_conv,), False)
     conv = next(n for n in q2.graph if n.name == first_conv)

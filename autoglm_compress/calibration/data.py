@@ -30,13 +30,23 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
-from autoglm_compress.calibration.images import (ImagePreprocess, list_images, load_image,
-                                                 resolve_target)
+from autoglm_compress.calibration.images import (
+    ImagePreprocess,
+    list_images,
+    load_image,
+    resolve_target,
+)
 from autoglm_compress.errors import CalibrationError, ConfigError
 from autoglm_compress.inputs import InputSpec, load_npz_feeds, model_inputs, random_feeds
 
-__all__ = ["CalibrationSource", "ImagePreprocess", "open_calibration_source", "fit_feed", "batched",
-           "DEFAULT_RANDOM_SAMPLES"]
+__all__ = [
+    "CalibrationSource",
+    "ImagePreprocess",
+    "open_calibration_source",
+    "fit_feed",
+    "batched",
+    "DEFAULT_RANDOM_SAMPLES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +85,8 @@ class CalibrationSource:
             yield feed
         if count == 0:
             raise CalibrationError(
-                f"empty calibration set: {self.name!r} ({self.kind}) gave no samples")
+                f"empty calibration set: {self.name!r} ({self.kind}) gave no samples"
+            )
 
 
 def _shape_str(shape) -> str:
@@ -89,9 +100,11 @@ def _fit_array(value, spec: InputSpec, origin: str) -> np.ndarray:
     expected = f"expects {want.name} {_shape_str(spec.shape)}"
     got = f"got {arr.dtype.name} {_shape_str(arr.shape)}"
     dims_ok = arr.ndim == len(spec.shape) and all(
-        not isinstance(d, int) or d < 0 or d == a for d, a in zip(spec.shape, arr.shape))
+        not isinstance(d, int) or d < 0 or d == a for d, a in zip(spec.shape, arr.shape)
+    )
     kinds_ok = np.issubdtype(arr.dtype, np.floating) == np.issubdtype(want, np.floating) and (
-        arr.dtype.kind in "biuf")
+        arr.dtype.kind in "biuf"
+    )
     if not (dims_ok and kinds_ok):
         raise CalibrationError(f"{origin}: input {spec.name!r} {expected}, {got}")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
@@ -118,8 +131,10 @@ def _split(item, specs: list[InputSpec], origin: str) -> list[Feed]:
     """A callable's item (dict or bare array, maybe a batch) → per-sample feeds."""
     if not isinstance(item, dict):
         if len(specs) != 1 or not hasattr(item, "shape"):
-            raise CalibrationError(f"{origin}: yielded {type(item).__name__}; expected a dict of "
-                                   f"arrays keyed by {[s.name for s in specs]}")
+            raise CalibrationError(
+                f"{origin}: yielded {type(item).__name__}; expected a dict of "
+                f"arrays keyed by {[s.name for s in specs]}"
+            )
         item = {specs[0].name: item}
     arrays, counts = {}, set()
     for s in specs:
@@ -134,11 +149,13 @@ def _split(item, specs: list[InputSpec], origin: str) -> list[Feed]:
         arrays[s.name] = a
         counts.add(len(a) // _sample_batch(s))
     if len(counts) != 1:
-        raise CalibrationError(f"{origin}: inputs hold different batch sizes "
-                               f"{ {k: v.shape for k, v in arrays.items()} }")
+        raise CalibrationError(
+            f"{origin}: inputs hold different batch sizes "
+            f"{ {k: v.shape for k, v in arrays.items()} }"
+        )
     n = counts.pop()
     step = {s.name: _sample_batch(s) for s in specs}
-    return [{k: a[i * step[k]:(i + 1) * step[k]] for k, a in arrays.items()} for i in range(n)]
+    return [{k: a[i * step[k] : (i + 1) * step[k]] for k, a in arrays.items()} for i in range(n)]
 
 
 def _npz_source(path: Path, model: ir.Model, specs: list[InputSpec]) -> CalibrationSource:
@@ -151,11 +168,14 @@ def _npz_source(path: Path, model: ir.Model, specs: list[InputSpec]) -> Calibrat
     return CalibrationSource(origin, "npz", produce)
 
 
-def _image_source(folder: Path, specs: list[InputSpec], pre: ImagePreprocess | None,
-                  skip_invalid: bool) -> CalibrationSource:
+def _image_source(
+    folder: Path, specs: list[InputSpec], pre: ImagePreprocess | None, skip_invalid: bool
+) -> CalibrationSource:
     if len(specs) != 1:
-        raise CalibrationError(f"image folder {str(folder)!r} needs a single-input model; this one "
-                               f"has inputs {[s.name for s in specs]}")
+        raise CalibrationError(
+            f"image folder {str(folder)!r} needs a single-input model; this one "
+            f"has inputs {[s.name for s in specs]}"
+        )
     pre = pre or ImagePreprocess()
     target = resolve_target(specs[0], pre)
     files = list_images(folder, skip_invalid)
@@ -186,7 +206,8 @@ def _load_callable(text: str) -> Callable:
         raise
     except Exception as e:  # noqa: BLE001 - the user's module failed to import
         raise CalibrationError(
-            f"cannot import {target!r} for calibration data {text!r}: {e}") from None
+            f"cannot import {target!r} for calibration data {text!r}: {e}"
+        ) from None
     fn = getattr(module, func, None)
     if not callable(fn):
         raise CalibrationError(f"{target!r} has no callable {func!r} (calibration data {text!r})")
@@ -201,14 +222,17 @@ def _user_items(fn: Callable, text: str) -> Iterator:
             yield out
             return
         if not isinstance(out, Iterable):
-            raise CalibrationError(f"calibration callable {text!r} returned {type(out).__name__}; "
-                                   "expected dicts of arrays (returned, listed or yielded)")
+            raise CalibrationError(
+                f"calibration callable {text!r} returned {type(out).__name__}; "
+                "expected dicts of arrays (returned, listed or yielded)"
+            )
         yield from out
     except (CalibrationError, GeneratorExit):
         raise
     except Exception as e:  # noqa: BLE001 - the user's function failed
         raise CalibrationError(
-            f"calibration callable {text!r} raised {type(e).__name__}: {e}") from None
+            f"calibration callable {text!r} raised {type(e).__name__}: {e}"
+        ) from None
 
 
 def _callable_source(text: str, specs: list[InputSpec]) -> CalibrationSource:
@@ -230,14 +254,22 @@ def _random_source(model: ir.Model, seed: int) -> CalibrationSource:
     return CalibrationSource("random", "random", produce)
 
 
-def open_calibration_source(spec: str | Path | None, model: ir.Model, *,
-                            preprocess: ImagePreprocess | None = None, random: bool = False,
-                            seed: int = 0, skip_invalid: bool = False) -> CalibrationSource:
+def open_calibration_source(
+    spec: str | Path | None,
+    model: ir.Model,
+    *,
+    preprocess: ImagePreprocess | None = None,
+    random: bool = False,
+    seed: int = 0,
+    skip_invalid: bool = False,
+) -> CalibrationSource:
     """The calibration source ``spec`` names (see the module docstring); random only on request."""
     if spec is None:
         if not random:
-            raise ConfigError("no calibration data: give a .npz/.npy file, an image folder or "
-                              "module:function, or ask for random data explicitly")
+            raise ConfigError(
+                "no calibration data: give a .npz/.npy file, an image folder or "
+                "module:function, or ask for random data explicitly"
+            )
         return _random_source(model, seed)
     if random:
         raise ConfigError(f"calibration data {str(spec)!r} and random=True both given; choose one")
@@ -249,12 +281,16 @@ def open_calibration_source(spec: str | Path | None, model: ir.Model, *,
     if path.is_file():
         if path.suffix.lower() in (".npz", ".npy"):
             return _npz_source(path, model, specs)
-        raise CalibrationError(f"calibration data {text!r}: unsupported file type; use .npz/.npy, "
-                               "an image folder or module:function")
+        raise CalibrationError(
+            f"calibration data {text!r}: unsupported file type; use .npz/.npy, "
+            "an image folder or module:function"
+        )
     if _CALLABLE.match(text):
         return _callable_source(text, specs)
-    raise CalibrationError(f"calibration data {text!r} not found (expected a .npz/.npy file, an "
-                           "image folder, or module:function)")
+    raise CalibrationError(
+        f"calibration data {text!r} not found (expected a .npz/.npy file, an "
+        "image folder, or module:function)"
+    )
 
 
 def batched(feeds: Iterable[Feed], batch_size: int = 1) -> Iterator[Feed]:

@@ -100,16 +100,21 @@ class StreamingHistogram:
     def fold(self, side: str = "abs") -> tuple[torch.Tensor, float]:
         """One-sided histogram ``(counts, width)`` of the non-zero values on ``[0, a]``, ``side`` in
         abs (``|x|``), pos (``x > 0``), neg (``-x`` for ``x < 0``); exact zeros are not included."""
-        amax = {"abs": max(abs(self.min_val), abs(self.max_val)), "pos": max(self.max_val, 0.0),
-                "neg": max(-self.min_val, 0.0)}[side]
+        amax = {
+            "abs": max(abs(self.min_val), abs(self.max_val)),
+            "pos": max(self.max_val, 0.0),
+            "neg": max(-self.min_val, 0.0),
+        }[side]
         if amax <= 0.0:
             return torch.zeros(self.bins, dtype=_F64), 0.0
         t = torch.linspace(0.0, amax, self.bins + 1, dtype=_F64)
         f0 = self.cdf(torch.zeros(1, dtype=_F64))
         total = self.counts.sum().reshape(1)
-        g, side_total = {"abs": (lambda: self.cdf(t) - self.cdf(-t), total),
-                         "pos": (lambda: self.cdf(t) - f0, total - f0),
-                         "neg": (lambda: f0 - self.cdf(-t), f0)}[side]
+        g, side_total = {
+            "abs": (lambda: self.cdf(t) - self.cdf(-t), total),
+            "pos": (lambda: self.cdf(t) - f0, total - f0),
+            "neg": (lambda: f0 - self.cdf(-t), f0),
+        }[side]
         g = g()
         g[0], g[-1] = 0.0, side_total[0]  # mass a bin edge model puts past ±a still counts
         return torch.diff(g).clamp_min_(0.0), amax / self.bins

@@ -17,8 +17,14 @@ import numpy as np
 from autoglm_compress.errors import CalibrationError, ConfigError
 from autoglm_compress.inputs import InputSpec
 
-__all__ = ["IMAGE_SUFFIXES", "ImagePreprocess", "ImageTarget", "list_images", "resolve_target",
-           "load_image"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImagePreprocess",
+    "ImageTarget",
+    "list_images",
+    "resolve_target",
+    "load_image",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +92,8 @@ def list_images(folder: Path, skip_invalid: bool = False) -> list[Path]:
             if not skip_invalid:
                 raise CalibrationError(
                     f"{str(p)!r} in image folder {str(folder)!r} is not an image "
-                    f"({', '.join(sorted(IMAGE_SUFFIXES))}); remove it")
+                    f"({', '.join(sorted(IMAGE_SUFFIXES))}); remove it"
+                )
             logger.warning("skipping non-image file %s", p)
             continue
         files.append(p)
@@ -102,8 +109,9 @@ def _layout(spec: InputSpec, pre: ImagePreprocess) -> str:
         return "NCHW"
     if spec.shape[3] in (1, 3):
         return "NHWC"
-    raise CalibrationError(f"input {spec.name!r} shape {spec.shape}: cannot tell NCHW from NHWC; "
-                           "set the image layout")
+    raise CalibrationError(
+        f"input {spec.name!r} shape {spec.shape}: cannot tell NCHW from NHWC; set the image layout"
+    )
 
 
 def _hw(spec: InputSpec, pre: ImagePreprocess, layout: str) -> tuple[int, int]:
@@ -114,15 +122,17 @@ def _hw(spec: InputSpec, pre: ImagePreprocess, layout: str) -> tuple[int, int]:
         return h, w
     if isinstance(pre.size, tuple):
         return _pair(pre.size)
-    raise CalibrationError(f"input {spec.name!r} has symbolic height/width {spec.shape}; "
-                           "set the image crop size")
+    raise CalibrationError(
+        f"input {spec.name!r} has symbolic height/width {spec.shape}; set the image crop size"
+    )
 
 
 def resolve_target(spec: InputSpec, pre: ImagePreprocess) -> ImageTarget:
     """Layout, channels and ``H x W`` for ``spec`` (rank 4), preferring what ``pre`` sets."""
     if len(spec.shape) != 4:
-        raise CalibrationError(f"image data needs a 4-d image input; input {spec.name!r} has shape "
-                               f"{spec.shape}")
+        raise CalibrationError(
+            f"image data needs a 4-d image input; input {spec.name!r} has shape {spec.shape}"
+        )
     layout = _layout(spec, pre)
     c = spec.shape[1] if layout == "NCHW" else spec.shape[3]
     c = c if isinstance(c, int) else (1 if pre.grayscale else 3)
@@ -133,7 +143,8 @@ def resolve_target(spec: InputSpec, pre: ImagePreprocess) -> ImageTarget:
     for v, what in ((pre.mean, "mean"), (pre.std, "std")):
         if len(v) not in (1, c):
             raise ConfigError(
-                f"image {what} {v} has {len(v)} values; input {spec.name!r} has {c} channels")
+                f"image {what} {v} has {len(v)} values; input {spec.name!r} has {c} channels"
+            )
     h, w = _hw(spec, pre, layout)
     gray = c == 1 or bool(pre.grayscale)
     return ImageTarget(spec.name, layout, c, h, w, spec.dtype, gray)
@@ -154,8 +165,10 @@ def _resize(im, t: ImageTarget, pre: ImagePreprocess):
 def _center_crop(im, t: ImageTarget, path: Path):
     iw, ih = im.size
     if iw < t.width or ih < t.height:
-        raise CalibrationError(f"image {str(path)!r} is {iw}x{ih} after resizing, smaller than the "
-                               f"{t.width}x{t.height} crop; set a larger resize")
+        raise CalibrationError(
+            f"image {str(path)!r} is {iw}x{ih} after resizing, smaller than the "
+            f"{t.width}x{t.height} crop; set a larger resize"
+        )
     left, top = int(round((iw - t.width) / 2.0)), int(round((ih - t.height) / 2.0))
     return im.crop((left, top, left + t.width, top + t.height))
 

@@ -27,8 +27,16 @@ from autoglm_compress.calibration.qparams import compute_qparams
 from autoglm_compress.calibration.search import entropy_range, mse_range, percentile_range
 from autoglm_compress.errors import CalibrationError, ConfigError
 
-__all__ = ["Observer", "MinMaxObserver", "HistogramObserver", "PercentileObserver",
-           "EntropyObserver", "MSEObserver", "OBSERVERS", "make_observer"]
+__all__ = [
+    "Observer",
+    "MinMaxObserver",
+    "HistogramObserver",
+    "PercentileObserver",
+    "EntropyObserver",
+    "MSEObserver",
+    "OBSERVERS",
+    "make_observer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +57,18 @@ class Observer:
     def range(self, symmetric: bool | None = None, bits: int = 8) -> Range:
         raise NotImplementedError
 
-    def qparams(self, dtype: str = "int8", symmetric: bool = True, narrow_range: bool = False,
-                reduce_range: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def qparams(
+        self,
+        dtype: str = "int8",
+        symmetric: bool = True,
+        narrow_range: bool = False,
+        reduce_range: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(scale float32, zero_point int32)`` for this observer's range under the scheme."""
         lo, hi = self.range(symmetric=symmetric, bits=7 if reduce_range else 8)
-        return compute_qparams(lo.numpy(), hi.numpy(), dtype, symmetric, narrow_range, reduce_range,
-                               name=self.name)
+        return compute_qparams(
+            lo.numpy(), hi.numpy(), dtype, symmetric, narrow_range, reduce_range, name=self.name
+        )
 
     def state_nbytes(self) -> int:
         """Bytes held in tensors — constant in the number of observed batches."""
@@ -62,8 +76,10 @@ class Observer:
 
     def _check(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-            raise CalibrationError(f"tensor {self.name!r} holds NaN or Inf values during "
-                                   "calibration; check the calibration data and model numerics")
+            raise CalibrationError(
+                f"tensor {self.name!r} holds NaN or Inf values during "
+                "calibration; check the calibration data and model numerics"
+            )
 
     def _empty(self) -> CalibrationError:
         return CalibrationError(f"tensor {self.name!r} was never observed (empty calibration set?)")
@@ -92,8 +108,10 @@ class MinMaxObserver(Observer):
             self.min_val, self.max_val = lo.clone(), hi.clone()
             return
         if lo.shape != self.min_val.shape:
-            raise CalibrationError(f"tensor {self.name!r}: {lo.numel()} channels on axis "
-                                   f"{self.axis}, earlier batches had {self.min_val.numel()}")
+            raise CalibrationError(
+                f"tensor {self.name!r}: {lo.numel()} channels on axis "
+                f"{self.axis}, earlier batches had {self.min_val.numel()}"
+            )
         torch.minimum(self.min_val, lo, out=self.min_val)
         torch.maximum(self.max_val, hi, out=self.max_val)
 
@@ -146,8 +164,13 @@ class HistogramObserver(Observer):
 class PercentileObserver(HistogramObserver):
     """Clip at the ``percentile``-th percentile: of ``|x|`` (symmetric) or of each tail of ``x``."""
 
-    def __init__(self, percentile: float = 99.99, bins: int = 2048, name: str = "tensor",
-                 symmetric: bool | None = None):
+    def __init__(
+        self,
+        percentile: float = 99.99,
+        bins: int = 2048,
+        name: str = "tensor",
+        symmetric: bool | None = None,
+    ):
         super().__init__(bins, name, symmetric)
         if not 50.0 < float(percentile) <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {percentile}")
@@ -178,8 +201,13 @@ class EntropyObserver(HistogramObserver):
 
     symmetric_default = True
 
-    def __init__(self, bins: int = 2048, name: str = "tensor", symmetric: bool | None = None,
-                 min_coverage: float = 99.9):
+    def __init__(
+        self,
+        bins: int = 2048,
+        name: str = "tensor",
+        symmetric: bool | None = None,
+        min_coverage: float = 99.9,
+    ):
         super().__init__(bins, name, symmetric)
         self.min_coverage = float(min_coverage)
 
@@ -196,8 +224,13 @@ class MSEObserver(HistogramObserver):
     :func:`autoglm_compress.calibration.search.mse_range`.
     """
 
-    def __init__(self, bins: int = 2048, name: str = "tensor", symmetric: bool | None = None,
-                 candidates: int = 512):
+    def __init__(
+        self,
+        bins: int = 2048,
+        name: str = "tensor",
+        symmetric: bool | None = None,
+        candidates: int = 512,
+    ):
         super().__init__(bins, name, symmetric)
         self.candidates = int(candidates)
 
@@ -205,8 +238,12 @@ class MSEObserver(HistogramObserver):
         return mse_range(self.hist, bits, symmetric, self.candidates)
 
 
-OBSERVERS: dict[str, type[Observer]] = {"minmax": MinMaxObserver, "percentile": PercentileObserver,
-                                        "entropy": EntropyObserver, "mse": MSEObserver}
+OBSERVERS: dict[str, type[Observer]] = {
+    "minmax": MinMaxObserver,
+    "percentile": PercentileObserver,
+    "entropy": EntropyObserver,
+    "mse": MSEObserver,
+}
 
 
 def make_observer(method: str, name: str = "tensor", **kwargs) -> Observer:

@@ -37,8 +37,9 @@ MIN_SCALE = 1e-8  # guard for zero-width ranges: never a zero, NaN or Inf scale
 _DTYPES = ("int8", "uint8")
 
 
-def quant_range(dtype: str = "int8", narrow_range: bool = False,
-                reduce_range: bool = False) -> tuple[int, int]:
+def quant_range(
+    dtype: str = "int8", narrow_range: bool = False, reduce_range: bool = False
+) -> tuple[int, int]:
     """Integer limits ``(q_min, q_max)`` of ``dtype`` (8 bits, or 7 with ``reduce_range``)."""
     if dtype not in _DTYPES:
         raise ConfigError(f"quantized dtype {dtype!r} is not supported; use one of {list(_DTYPES)}")
@@ -64,9 +65,16 @@ def _to_numpy(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else x
 
 
-def compute_qparams(lo, hi, dtype: str = "int8", symmetric: bool = True, narrow_range: bool = False,
-                    reduce_range: bool = False, *, name: str = "?"
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def compute_qparams(
+    lo,
+    hi,
+    dtype: str = "int8",
+    symmetric: bool = True,
+    narrow_range: bool = False,
+    reduce_range: bool = False,
+    *,
+    name: str = "?",
+) -> tuple[np.ndarray, np.ndarray]:
     """Scale and zero point for the range ``[lo, hi]`` (scalars, or arrays for per-channel ranges).
 
     Returns ``(scale, zero_point)``: ``scale`` float32, finite and ``>= MIN_SCALE``; ``zero_point``

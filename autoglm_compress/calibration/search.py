@@ -38,8 +38,9 @@ def inverse_cdf(counts: torch.Tensor, lo: float, width: float, q: float) -> floa
     return lo + (i + min(max(frac, 0.0), 1.0)) * width
 
 
-def percentile_range(h: StreamingHistogram, percentile: float,
-                     symmetric: bool) -> tuple[float, float]:
+def percentile_range(
+    h: StreamingHistogram, percentile: float, symmetric: bool
+) -> tuple[float, float]:
     """``t = P_p(|x|)`` (symmetric) or ``[P_(100-p)(x), P_p(x)]`` read off the histogram's CDF
     (exact zeros included, as a point mass in the bin holding 0)."""
     q = percentile / 100.0
@@ -54,8 +55,9 @@ def percentile_range(h: StreamingHistogram, percentile: float,
     return max(lo, h.min_val), min(hi, h.max_val)  # a one-signed side is moot: 0 joins the range
 
 
-def _kl_chunk(counts: torch.Tensor, cands: torch.Tensor, quant_bins: int,
-              outliers: torch.Tensor) -> torch.Tensor:
+def _kl_chunk(
+    counts: torch.Tensor, cands: torch.Tensor, quant_bins: int, outliers: torch.Tensor
+) -> torch.Tensor:
     """KL(P || Q) for each candidate bin count ``i`` in ``cands`` (see entropy_threshold)."""
     n = counts.numel()
     j = torch.arange(n)
@@ -100,7 +102,9 @@ def entropy_threshold(counts: torch.Tensor, width: float, quant_bins: int = 128)
     best_kl, best_i = math.inf, n
     for start in range(quant_bins, n + 1, _KL_CHUNK):
         cands = torch.arange(start, min(start + _KL_CHUNK, n + 1))
-        kl = _kl_chunk(counts[:int(cands[-1])], cands, quant_bins, outliers)  # bins past t_i: P/Q 0
+        kl = _kl_chunk(
+            counts[: int(cands[-1])], cands, quant_bins, outliers
+        )  # bins past t_i: P/Q 0
         k = int(torch.argmin(kl))
         if float(kl[k]) < best_kl:
             best_kl, best_i = float(kl[k]), int(cands[k])
@@ -144,8 +148,9 @@ def _clip_errors(h: StreamingHistogram, lo: torch.Tensor, hi: torch.Tensor):
     return err_lo, n_lo, err_hi, n_hi
 
 
-def mse_range(h: StreamingHistogram, bits: int, symmetric: bool,
-              candidates: int = 512) -> tuple[float, float]:
+def mse_range(
+    h: StreamingHistogram, bits: int, symmetric: bool, candidates: int = 512
+) -> tuple[float, float]:
     """Range ``[a, b]`` minimizing the expected squared quantization error read from the histogram.
 
     ``E(a, b) = Σ_{c<a} m (a - c)² + Σ_{c>b} m (c - b)² + N_in · Δ² / 12``: clipped values move

@@ -30,7 +30,9 @@ class PassConfig:
 def field(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse/click naming
     """A dataclass field with a description (shown in CLI help and the report)."""
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"help": help}, **kw
+        )
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
 
 

@@ -48,16 +48,29 @@ class CleanupPass(CompressPass):
             from onnxscript import rewriter
 
             onnxscript.optimizer.fold_constants(model)
-            rules = [r for r in rewriter._DEFAULT_REWRITE_RULES if "BatchNorm" not in (getattr(r, "name", None) or "")]
+            rules = [
+                r
+                for r in rewriter._DEFAULT_REWRITE_RULES
+                if "BatchNorm" not in (getattr(r, "name", None) or "")
+            ]
             rewriter.RewritePass(rules)(model)
-        steps = [ir_common.IdentityEliminationPass(), ir_common.DeduplicateInitializersPass(),
-                 ir_common.RemoveUnusedNodesPass(), ir_common.RemoveUnusedOpsetsPass(),
-                 ir_common.TopologicalSortPass()]
+        steps = [
+            ir_common.IdentityEliminationPass(),
+            ir_common.DeduplicateInitializersPass(),
+            ir_common.RemoveUnusedNodesPass(),
+            ir_common.RemoveUnusedOpsetsPass(),
+            ir_common.TopologicalSortPass(),
+        ]
         if self.config.cse:
             steps.insert(1, ir_common.CommonSubexpressionEliminationPass())
         ir.passes.Sequential(*steps)(model)
         nodes1, inits1 = _counts(model)
-        self.stats.update(nodes_before=nodes0, nodes_after=nodes1, nodes_removed=nodes0 - nodes1,
-                          initializers_before=inits0, initializers_after=inits1)
+        self.stats.update(
+            nodes_before=nodes0,
+            nodes_after=nodes1,
+            nodes_removed=nodes0 - nodes1,
+            initializers_before=inits0,
+            initializers_after=inits1,
+        )
         logger.info("cleanup: %d → %d nodes", nodes0, nodes1)
         return PassResult(model, modified=(nodes0, inits0) != (nodes1, inits1))

@@ -34,7 +34,11 @@ def _bn_rules():
     from onnxscript import rewriter
     from onnxscript.rewriter import pattern
 
-    rules = [r for r in rewriter._DEFAULT_REWRITE_RULES if "BatchNorm" in (getattr(r, "name", None) or "")]
+    rules = [
+        r
+        for r in rewriter._DEFAULT_REWRITE_RULES
+        if "BatchNorm" in (getattr(r, "name", None) or "")
+    ]
     return pattern.RewriteRuleSet(rules)
 
 

@@ -27,8 +27,19 @@ __all__ = ["ConvertFloat16Pass", "Float16Config", "DEFAULT_OP_BLOCK_LIST"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OP_BLOCK_LIST = ("Range", "CumSum", "TopK", "NonMaxSuppression", "RoiAlign", "Upsample",
-                         "RandomUniformLike", "RandomNormalLike", "ReduceSum", "ReduceProd", "ReduceL2")
+DEFAULT_OP_BLOCK_LIST = (
+    "Range",
+    "CumSum",
+    "TopK",
+    "NonMaxSuppression",
+    "RoiAlign",
+    "Upsample",
+    "RandomUniformLike",
+    "RandomNormalLike",
+    "ReduceSum",
+    "ReduceProd",
+    "ReduceL2",
+)
 _FLOAT32_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}
 _F32, _F16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
 _MAX, _TINY = 65504.0, 2.0**-24
@@ -36,7 +47,9 @@ _MAX, _TINY = 65504.0, 2.0**-24
 
 @dataclasses.dataclass(frozen=True)
 class Float16Config(PassConfig):
-    keep_io_types: bool = field(True, help="graph inputs/outputs stay float32 (Casts at the boundary)")
+    keep_io_types: bool = field(
+        True, help="graph inputs/outputs stay float32 (Casts at the boundary)"
+    )
     op_block_list: tuple[str, ...] = field(DEFAULT_OP_BLOCK_LIST, help="op types kept in float32")
     node_block_list: tuple[str, ...] = field((), help="node names kept in float32")
 
@@ -48,7 +61,9 @@ class ConvertFloat16Pass(CompressPass):
 
     def call(self, model: ir.Model) -> PassResult:
         g = model.graph
-        self.bytes_before = sum(v.const_value.nbytes for v in g.initializers.values() if v.const_value is not None)
+        self.bytes_before = sum(
+            v.const_value.nbytes for v in g.initializers.values() if v.const_value is not None
+        )
         self._casts: dict[tuple[str, int], ir.Value] = {}
         fp16_nodes = {id(n) for n in g if self._is_fp16(n)}
         self._convert_constants(g, fp16_nodes)
@@ -57,10 +72,17 @@ class ConvertFloat16Pass(CompressPass):
             if id(node) in fp16_nodes:
                 self._retype_node(node)
         self._fix_graph_io(g)
-        after = sum(v.const_value.nbytes for v in g.initializers.values() if v.const_value is not None)
-        self.stats.update(nodes_fp16=len(fp16_nodes), nodes_kept_fp32=sum(1 for _ in g) - len(fp16_nodes)
-                          - self.stats.get("casts_inserted", 0), bytes_before=self.bytes_before,
-                          bytes_after=after)
+        after = sum(
+            v.const_value.nbytes for v in g.initializers.values() if v.const_value is not None
+        )
+        self.stats.update(
+            nodes_fp16=len(fp16_nodes),
+            nodes_kept_fp32=sum(1 for _ in g)
+            - len(fp16_nodes)
+            - self.stats.get("casts_inserted", 0),
+            bytes_before=self.bytes_before,
+            bytes_after=after,
+        )
         logger.info("fp16: %s", self.stats)
         return PassResult(model, modified=bool(fp16_nodes))
 
@@ -80,8 +102,10 @@ class ConvertFloat16Pass(CompressPass):
             uses = list(v.uses())
             if v.dtype != _F32 or not uses or v.is_graph_output():
                 continue
-            if not all(id(u[0]) in fp16_nodes and u[1] not in _FLOAT32_INPUTS.get(u[0].op_type, ())
-                       for u in uses):
+            if not all(
+                id(u[0]) in fp16_nodes and u[1] not in _FLOAT32_INPUTS.get(u[0].op_type, ())
+                for u in uses
+            ):
                 continue
             prod = v.producer()
             src = prod.attributes["value"].as_tensor() if prod is not None else v.const_value
@@ -133,7 +157,9 @@ class ConvertFloat16Pass(CompressPass):
         if node.op_type == "ConstantOfShape" and "value" in node.attributes:
             t = node.attributes["value"].as_tensor()
             if t.dtype == _F32:
-                node.attributes["value"] = ir.AttrTensor("value", ir.tensor(t.numpy().astype(np.float16)))
+                node.attributes["value"] = ir.AttrTensor(
+                    "value", ir.tensor(t.numpy().astype(np.float16))
+                )
         for v in node.outputs:
             if v.dtype == _F32:
                 v.dtype = _F16

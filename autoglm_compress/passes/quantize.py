@@ -15,7 +15,6 @@ import dataclasses
 import fnmatch
 import logging
 
-import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
@@ -48,13 +47,17 @@ class QuantizePass(CompressPass):
 
     def _kept(self, node: ir.Node) -> bool:
         pats = self.config.keep_fp32
-        return any(fnmatch.fnmatchcase(node.name or "", p) or fnmatch.fnmatchcase(node.op_type, p)
-                   for p in pats)
+        return any(
+            fnmatch.fnmatchcase(node.name or "", p) or fnmatch.fnmatchcase(node.op_type, p)
+            for p in pats
+        )
 
     def call(self, model: ir.Model) -> PassResult:
         cfg = self.config
         if cfg.scheme is None or cfg.ranges is None:
-            raise ConfigError("quantize pass needs a scheme and calibration ranges (use --int8 with --calib)")
+            raise ConfigError(
+                "quantize pass needs a scheme and calibration ranges (use --int8 with --calib)"
+            )
         scheme = cfg.scheme
         if cfg.per_tensor:
             scheme = scheme.with_(weight=dataclasses.replace(scheme.weight, per_channel=False))
@@ -76,7 +79,9 @@ class QuantizePass(CompressPass):
         self.stats["float_initializers_removed"] = n_init - len(g.initializers)
         self.stats.update(writer.stats)
         self.stats["layers"] = writer.layers
-        self.count("nodes_kept_fp32", sum(1 for n in g if self._kept(n) and n.op_type in scheme.input_ops))
+        self.count(
+            "nodes_kept_fp32", sum(1 for n in g if self._kept(n) and n.op_type in scheme.input_ops)
+        )
         logger.info("quantize: %s", {k: v for k, v in self.stats.items() if k != "layers"})
         return PassResult(model, modified=bool(writer.stats.get("qdq_inserted")))
 
@@ -123,5 +128,3 @@ def _fused_output(y: ir.Value, scheme: QuantScheme) -> ir.Value:
         if user.op_type in scheme.fused_activations:
             return user.outputs[0]
     return y
-
-

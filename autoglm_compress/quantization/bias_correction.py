@@ -44,8 +44,9 @@ def _shift(node: ir.Node, eps: np.ndarray, mean: np.ndarray) -> np.ndarray | Non
     return None
 
 
-def correct_biases(model: ir.Model, channel_means: dict, weight_quant: TensorQuant,
-                   skip: set[str] = frozenset()) -> dict:
+def correct_biases(
+    model: ir.Model, channel_means: dict, weight_quant: TensorQuant, skip: set[str] = frozenset()
+) -> dict:
     """Shift the biases of Conv/Gemm nodes; returns {"biases_corrected", "max_shift"}."""
     stats = {"biases_corrected": 0, "max_shift": 0.0}
     for node in model.graph:
@@ -73,8 +74,12 @@ def _set_bias(g: ir.Graph, node: ir.Node, shift: np.ndarray) -> None:
     if b is None:
         b = np.zeros(shift.shape, np.float32)
     name = f"{node.name or 'node'}_bias_corrected"
-    v = ir.Value(name=name, shape=ir.Shape(shift.shape), type=ir.TensorType(ir.DataType.FLOAT),
-                 const_value=ir.tensor((b.reshape(-1) - shift).astype(np.float32), name=name))
+    v = ir.Value(
+        name=name,
+        shape=ir.Shape(shift.shape),
+        type=ir.TensorType(ir.DataType.FLOAT),
+        const_value=ir.tensor((b.reshape(-1) - shift).astype(np.float32), name=name),
+    )
     g.register_initializer(v)
     if len(node.inputs) > 2:
         node.replace_input_with(2, v)

@@ -37,7 +37,9 @@ class CalibrationStats:
     peak_rss_mb: float
     holdout: list = dataclasses.field(default_factory=list)  # first samples, for fallback decisions
 
-    def ranges(self, symmetric: bool | None = None, bits: int = 8) -> dict[str, tuple[float, float]]:
+    def ranges(
+        self, symmetric: bool | None = None, bits: int = 8
+    ) -> dict[str, tuple[float, float]]:
         """Chosen float range per tensor; histogram methods search it for the target's symmetry."""
         out = {}
         for name, obs in self.observers.items():
@@ -50,13 +52,23 @@ def _mean_targets(model: ir.Model) -> dict[str, int]:
     """Inputs of weighted ops -> their channel axis (1 for convs, -1 for Gemm/MatMul)."""
     names: dict[str, int] = {}
     for node in model.graph:
-        if node.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose") and node.inputs[0] is not None:
+        if (
+            node.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")
+            and node.inputs[0] is not None
+        ):
             names[node.inputs[0].name] = 1 if node.op_type.startswith("Conv") else -1
     return names
 
 
-def collect_stats(model: ir.Model, feeds: Iterable[dict[str, np.ndarray]], method: str = "minmax", *,
-                  limit: int | None = None, progress: bool = False, **observer_kw) -> CalibrationStats:
+def collect_stats(
+    model: ir.Model,
+    feeds: Iterable[dict[str, np.ndarray]],
+    method: str = "minmax",
+    *,
+    limit: int | None = None,
+    progress: bool = False,
+    **observer_kw,
+) -> CalibrationStats:
     from autoglm_compress.runtime import TorchExecutor
 
     ex = TorchExecutor(model)
@@ -82,7 +94,9 @@ def collect_stats(model: ir.Model, feeds: Iterable[dict[str, np.ndarray]], metho
         return None
 
     n = 0
-    for feed in tqdm(feeds, total=limit, desc="calibrating", unit="sample", disable=not progress, leave=False):
+    for feed in tqdm(
+        feeds, total=limit, desc="calibrating", unit="sample", disable=not progress, leave=False
+    ):
         if limit is not None and n >= limit:
             break
         ex.run(feed, hook=hook)
@@ -90,9 +104,14 @@ def collect_stats(model: ir.Model, feeds: Iterable[dict[str, np.ndarray]], metho
     if n == 0:
         raise CalibrationError("empty calibration set: no samples were read; check --calib")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    stats = CalibrationStats(method, n, observers,
-                             {k: (v / n).float().cpu().numpy() for k, v in means.items()},
-                             {k: v.cpu().numpy() for k, v in absmax.items()},
-                             round(time.perf_counter() - t0, 3), round(peak, 1))
+    stats = CalibrationStats(
+        method,
+        n,
+        observers,
+        {k: (v / n).float().cpu().numpy() for k, v in means.items()},
+        {k: v.cpu().numpy() for k, v in absmax.items()},
+        round(time.perf_counter() - t0, 3),
+        round(peak, 1),
+    )
     logger.info("calibration: %d samples, %d tensors, %.2fs", n, len(observers), stats.seconds)
     return stats

@@ -24,13 +24,16 @@ logger = logging.getLogger(__name__)
 FALLBACK_SAMPLES = 16
 
 
-def calibrate(model: ir.Model, calib, method: str, samples: int, allow_random: bool,
-              progress: bool) -> tuple[CalibrationStats, dict]:
+def calibrate(
+    model: ir.Model, calib, method: str, samples: int, allow_random: bool, progress: bool
+) -> tuple[CalibrationStats, dict]:
     from autoglm_compress.calibration.data import open_calibration_source
 
     if calib is None and not allow_random:
-        raise ConfigError("--int8 needs calibration data: --calib DATA (.npz/.npy, image folder, "
-                          "module:function), or --calib-random to accept random data")
+        raise ConfigError(
+            "--int8 needs calibration data: --calib DATA (.npz/.npy, image folder, "
+            "module:function), or --calib-random to accept random data"
+        )
     source = open_calibration_source(calib, model, random=allow_random and calib is None)
     kept: list = []
 
@@ -42,9 +45,15 @@ def calibrate(model: ir.Model, calib, method: str, samples: int, allow_random: b
 
     stats = collect_stats(model, feeds(), method, limit=samples, progress=progress)
     stats.holdout = kept
-    info = {"source": str(calib) if calib else "random", "kind": source.kind, "method": method,
-            "samples": stats.samples, "tensors": len(stats.observers), "seconds": stats.seconds,
-            "peak_rss_mb": stats.peak_rss_mb}
+    info = {
+        "source": str(calib) if calib else "random",
+        "kind": source.kind,
+        "method": method,
+        "samples": stats.samples,
+        "tensors": len(stats.observers),
+        "seconds": stats.seconds,
+        "peak_rss_mb": stats.peak_rss_mb,
+    }
     if source.is_random:
         info["warning"] = "calibrated on random data: scales may not fit real inputs"
     return stats, info
@@ -54,8 +63,9 @@ def _copy(model: ir.Model) -> ir.Model:
     return from_proto(to_proto(model))
 
 
-def _quantize(fp32: ir.Model, target, stats: CalibrationStats, keep, per_tensor,
-              bias_correction: bool = True):
+def _quantize(
+    fp32: ir.Model, target, stats: CalibrationStats, keep, per_tensor, bias_correction: bool = True
+):
     import dataclasses
     import fnmatch
 
@@ -66,13 +76,22 @@ def _quantize(fp32: ir.Model, target, stats: CalibrationStats, keep, per_tensor,
     scheme = target.scheme()
     bc = None
     if bias_correction and stats.channel_means:
-        wq = scheme.weight if not per_tensor else dataclasses.replace(scheme.weight, per_channel=False)
-        skip = {n.name for n in model.graph
-                if any(fnmatch.fnmatchcase(n.name or "", p) or fnmatch.fnmatchcase(n.op_type, p) for p in keep)}
+        wq = (
+            scheme.weight
+            if not per_tensor
+            else dataclasses.replace(scheme.weight, per_channel=False)
+        )
+        skip = {
+            n.name
+            for n in model.graph
+            if any(
+                fnmatch.fnmatchcase(n.name or "", p) or fnmatch.fnmatchcase(n.op_type, p)
+                for p in keep
+            )
+        }
         bc = correct_biases(model, stats.channel_means, wq, skip)
     ranges = stats.ranges(symmetric=scheme.activation.symmetric)
-    cfg = QuantizeConfig(scheme=scheme, ranges=ranges, keep_fp32=tuple(keep),
-                         per_tensor=per_tensor)
+    cfg = QuantizeConfig(scheme=scheme, ranges=ranges, keep_fp32=tuple(keep), per_tensor=per_tensor)
     p = QuantizePass(cfg)
     p(model)
     check(model)
@@ -93,9 +112,15 @@ def _cosine_fn(fp32: ir.Model, feeds):
     return cosine
 
 
-def quantize_for_target(model: ir.Model, target, stats: CalibrationStats, keep_fp32=(),
-                        per_tensor: bool = False, min_cosine: float | None = None,
-                        bias_correction: bool = True) -> tuple[ir.Model, PassRecord]:
+def quantize_for_target(
+    model: ir.Model,
+    target,
+    stats: CalibrationStats,
+    keep_fp32=(),
+    per_tensor: bool = False,
+    min_cosine: float | None = None,
+    bias_correction: bool = True,
+) -> tuple[ir.Model, PassRecord]:
     """Quantize a copy of ``model`` for ``target``; returns it and the pass record for the report."""
     t0 = time.perf_counter()
     keep = list(keep_fp32)
@@ -107,10 +132,17 @@ def quantize_for_target(model: ir.Model, target, stats: CalibrationStats, keep_f
         cos = cosine(q)
         if cos < min_cosine:
             ranking = isolated_sensitivity(
-                model, lambda k: _quantize(model, target, stats, keep + list(k), per_tensor, bias_correction)[0], cosine)
+                model,
+                lambda k: _quantize(
+                    model, target, stats, keep + list(k), per_tensor, bias_correction
+                )[0],
+                cosine,
+            )
             for name, _ in ranking:
                 fallen.append(name)
-                q, qstats, cfg = _quantize(model, target, stats, keep + fallen, per_tensor, bias_correction)
+                q, qstats, cfg = _quantize(
+                    model, target, stats, keep + fallen, per_tensor, bias_correction
+                )
                 cos = cosine(q)
                 logger.info("fallback %s to fp32: cosine %.5f", name, cos)
                 if cos >= min_cosine:
@@ -120,12 +152,21 @@ def quantize_for_target(model: ir.Model, target, stats: CalibrationStats, keep_f
     for layer in qstats.get("layers", []):
         layer["sqnr_db"] = sq.get(layer["node"])
     qstats["fell_back"] = fallen
-    qstats["layers_fp32"] = [{"node": n, "reason": "fallback" if n in fallen else "--keep-fp32"}
-                             for n in keep + fallen]
-    rec = PassRecord(f"quantize[{target.name}]", qstats, round(time.perf_counter() - t0, 4), True,
-                     {"scheme": cfg.scheme.name, "keep_fp32": list(keep_fp32), "per_tensor": per_tensor,
-                      "method": stats.method, "min_cosine": min_cosine,
-                      "bias_correction": bias_correction})
+    qstats["layers_fp32"] = [
+        {"node": n, "reason": "fallback" if n in fallen else "--keep-fp32"} for n in keep + fallen
+    ]
+    rec = PassRecord(
+        f"quantize[{target.name}]",
+        qstats,
+        round(time.perf_counter() - t0, 4),
+        True,
+        {
+            "scheme": cfg.scheme.name,
+            "keep_fp32": list(keep_fp32),
+            "per_tensor": per_tensor,
+            "method": stats.method,
+            "min_cosine": min_cosine,
+            "bias_correction": bias_correction,
+        },
+    )
     return q, rec
-
-

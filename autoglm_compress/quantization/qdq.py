@@ -25,7 +25,9 @@ def quant_limits(tq: TensorQuant) -> tuple[int, int]:
     return lo, 2 ** (bits - 1) - 1
 
 
-def weight_qparams(w: np.ndarray, axis: int | None, tq: TensorQuant) -> tuple[np.ndarray, np.ndarray]:
+def weight_qparams(
+    w: np.ndarray, axis: int | None, tq: TensorQuant
+) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric weight scales: s[c] = max|W_c| / q_max (per channel along ``axis``, or one)."""
     _, qmax = quant_limits(tq)
     if axis is None:
@@ -36,7 +38,9 @@ def weight_qparams(w: np.ndarray, axis: int | None, tq: TensorQuant) -> tuple[np
     return scale, np.zeros(scale.shape, dtype=_NP[tq.dtype])
 
 
-def _quantize_array(w: np.ndarray, scale: np.ndarray, axis: int | None, tq: TensorQuant) -> np.ndarray:
+def _quantize_array(
+    w: np.ndarray, scale: np.ndarray, axis: int | None, tq: TensorQuant
+) -> np.ndarray:
     lo, hi = quant_limits(tq)
     s = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
     return np.clip(np.round(w / s), lo, hi).astype(_NP[tq.dtype])
@@ -65,8 +69,11 @@ def shared_scale_groups(g: ir.Graph, scheme: QuantScheme, ranges: dict, targets:
     for node in g:
         if node.op_type not in scheme.shared_scale_ops:
             continue
-        names = [v.name for v in (*node.inputs[:1 if node.op_type != "Concat" else None], *node.outputs[:1])
-                 if v is not None and v.const_value is None]
+        names = [
+            v.name
+            for v in (*node.inputs[: 1 if node.op_type != "Concat" else None], *node.outputs[:1])
+            if v is not None and v.const_value is None
+        ]
         for other in names[1:]:
             parent[find(other)] = find(names[0])
     merged: dict = {}
@@ -95,15 +102,20 @@ class QDQWriter:
         while name in self.g.initializers:
             i += 1
             name = f"{base}_{i}"
-        v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
-                     const_value=ir.tensor(arr, name=name))
+        v = ir.Value(
+            name=name,
+            shape=ir.Shape(arr.shape),
+            type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
+            const_value=ir.tensor(arr, name=name),
+        )
         self.g.register_initializer(v)
         return v
 
     def quantize_activation(self, value: ir.Value, lo: float, hi: float) -> ir.Value:
         tq = self.scheme.activation
-        scale, zp = compute_qparams(np.float32(lo), np.float32(hi), tq.dtype, tq.symmetric,
-                                    tq.narrow_range, tq.reduce_range)
+        scale, zp = compute_qparams(
+            np.float32(lo), np.float32(hi), tq.dtype, tq.symmetric, tq.narrow_range, tq.reduce_range
+        )
         s = self._const(f"{value.name}_scale", np.asarray(scale, np.float32).reshape(()))
         z = self._const(f"{value.name}_zp", np.asarray(zp).astype(_NP[tq.dtype]).reshape(()))
         q = ir.node("QuantizeLinear", [value, s, z], name=f"{value.name}_Q")
@@ -120,8 +132,10 @@ class QDQWriter:
             self.g.insert_before(next(iter(self.g)), [q, dq])
         for user, idx in uses:
             user.replace_input_with(idx, dq.outputs[0])
-        self.act_qparams[dq.outputs[0].name] = (float(np.asarray(scale).reshape(-1)[0]),
-                                                int(np.asarray(zp).reshape(-1)[0]))
+        self.act_qparams[dq.outputs[0].name] = (
+            float(np.asarray(scale).reshape(-1)[0]),
+            int(np.asarray(zp).reshape(-1)[0]),
+        )
         self._count("qdq_inserted")
         return dq.outputs[0]
 
@@ -143,8 +157,10 @@ class QDQWriter:
         if not np.isfinite(w).all():
             from autoglm_compress.errors import ModelLoadError
 
-            raise ModelLoadError(f"weights {w_val.name!r} of node {node.name!r} hold NaN or Inf; "
-                                 "fix the model before quantizing")
+            raise ModelLoadError(
+                f"weights {w_val.name!r} of node {node.name!r} hold NaN or Inf; "
+                "fix the model before quantizing"
+            )
         tq = self.scheme.weight
         ax = axis if tq.per_channel and w.ndim > 1 else None
         if node.op_type == "MatMul" and w.ndim != 2:
@@ -164,9 +180,14 @@ class QDQWriter:
             self._count("weights_quantized")
         node.replace_input_with(w_idx, self._wcache[key])
         scale = self._wcache[key].producer().inputs[1].const_value.numpy()
-        layer = {"node": node.name, "op": node.op_type, "weight": w_val.name,
-                 "weight_scale_min": float(scale.min()), "weight_scale_max": float(scale.max()),
-                 "per_channel": ax is not None}
+        layer = {
+            "node": node.name,
+            "op": node.op_type,
+            "weight": w_val.name,
+            "weight_scale_min": float(scale.min()),
+            "weight_scale_max": float(scale.max()),
+            "per_channel": ax is not None,
+        }
         x = node.inputs[0]
         if x is not None and x.name in self.act_qparams:
             layer["input_scale"], layer["input_zero_point"] = self.act_qparams[x.name]
@@ -174,7 +195,9 @@ class QDQWriter:
                 self._quantize_bias(node, b_idx, layer["input_scale"], scale, w.shape[axis])
         self.layers.append(layer)
 
-    def _quantize_bias(self, node: ir.Node, b_idx: int, s_x: float, s_w: np.ndarray, n_out: int) -> None:
+    def _quantize_bias(
+        self, node: ir.Node, b_idx: int, s_x: float, s_w: np.ndarray, n_out: int
+    ) -> None:
         b_val = node.inputs[b_idx]
         b = _const_array(b_val)
         if b is None or b.ndim != 1 or b.shape[0] != n_out:
@@ -184,7 +207,9 @@ class QDQWriter:
         qv = self._const(f"{b_val.name}_quantized", bq)
         sv = self._const(f"{b_val.name}_scale", bs)
         zv = self._const(f"{b_val.name}_zp", np.zeros(b.shape, np.int32))
-        dq = ir.node("DequantizeLinear", [qv, sv, zv], attributes={"axis": 0}, name=f"{node.name}_bias_DQ")
+        dq = ir.node(
+            "DequantizeLinear", [qv, sv, zv], attributes={"axis": 0}, name=f"{node.name}_bias_DQ"
+        )
         dq.outputs[0].name, dq.outputs[0].dtype = f"{b_val.name}_{node.name}_dq", ir.DataType.FLOAT
         dq.outputs[0].shape = ir.Shape(b.shape)
         self.g.insert_before(node, dq)

@@ -56,8 +56,13 @@ def layer_sqnr(fp32: ir.Model, quantized: ir.Model, feeds) -> dict[str, float]:
     res = {}
     for node, val in outs.items():
         if ref[val] and got[val]:
-            res[node] = round(sqnr_db(np.concatenate([r.ravel() for r in ref[val]]),
-                                      np.concatenate([g.ravel() for g in got[val]])), 2)
+            res[node] = round(
+                sqnr_db(
+                    np.concatenate([r.ravel() for r in ref[val]]),
+                    np.concatenate([g.ravel() for g in got[val]]),
+                ),
+                2,
+            )
     return res
 
 

@@ -29,7 +29,9 @@ Hook = Callable[[str, "ir.Node | None", torch.Tensor], "torch.Tensor | None"]
 
 
 class TorchExecutor:
-    def __init__(self, model: ir.Model, device: str | torch.device | None = None, dtype_policy=None):
+    def __init__(
+        self, model: ir.Model, device: str | torch.device | None = None, dtype_policy=None
+    ):
         from autoglm_compress.runtime.device import default_device
 
         self.model, self.graph = model, model.graph
@@ -39,10 +41,15 @@ class TorchExecutor:
             torch.backends.cuda.matmul.allow_tf32 = False
         self.nodes = list(self.graph)
         for node in self.nodes:
-            if node.domain not in ("", "ai.onnx") or (node.op_type not in OPS and node.op_type != "Constant"):
-                raise UnsupportedOpError(f"{node.domain + '::' if node.domain else ''}{node.op_type}",
-                                         node.name or "?", "torch executor",
-                                         "keep it out of the model or add it to runtime/ops_*.py")
+            if node.domain not in ("", "ai.onnx") or (
+                node.op_type not in OPS and node.op_type != "Constant"
+            ):
+                raise UnsupportedOpError(
+                    f"{node.domain + '::' if node.domain else ''}{node.op_type}",
+                    node.name or "?",
+                    "torch executor",
+                    "keep it out of the model or add it to runtime/ops_*.py",
+                )
         self._params: dict[str, torch.nn.Parameter] = {}
         self._consts: dict[str, torch.Tensor] = {}
         for name, v in self.graph.initializers.items():
@@ -86,11 +93,14 @@ class TorchExecutor:
             if v.name not in feeds:
                 raise KeyError(f"missing input {v.name!r}")
             x = feeds[v.name]
-            env[v.name] = (torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray)
-                           else x).to(self.device)
+            env[v.name] = (
+                torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+            ).to(self.device)
         return env
 
-    def run(self, feeds: dict, *, hook: Hook | None = None, keep_grad: bool = False) -> dict[str, torch.Tensor]:
+    def run(
+        self, feeds: dict, *, hook: Hook | None = None, keep_grad: bool = False
+    ) -> dict[str, torch.Tensor]:
         with torch.set_grad_enabled(keep_grad):
             return self._run(feeds, hook, keep_grad)
 
@@ -106,8 +116,10 @@ class TorchExecutor:
             if node.op_type == "Constant":
                 env[node.outputs[0].name] = lookup[node.outputs[0].name]
                 continue
-            args = [None if v is None else env[v.name] if v.name in env else lookup[v.name]
-                    for v in node.inputs]
+            args = [
+                None if v is None else env[v.name] if v.name in env else lookup[v.name]
+                for v in node.inputs
+            ]
             out = OPS[node.op_type](args, node)
             outs = out if isinstance(out, tuple) else (out,)
             for v, t in zip(node.outputs, outs):
@@ -119,7 +131,9 @@ class TorchExecutor:
                 for v in node.inputs:
                     if v is not None and self._last_use.get(v.name) == i and v.name in env:
                         del env[v.name]
-        return {v.name: env[v.name] if v.name in env else lookup[v.name] for v in self.graph.outputs}
+        return {
+            v.name: env[v.name] if v.name in env else lookup[v.name] for v in self.graph.outputs
+        }
 
 
 def run_model(model: ir.Model, feeds: dict) -> dict[str, np.ndarray]:

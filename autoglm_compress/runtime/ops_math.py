@@ -63,7 +63,10 @@ def _clip(x, n):
 
 
 def _gelu(x, n):
-    return F.gelu(x[0], approximate="tanh" if n.attributes.get_string("approximate", "none") == "tanh" else "none")
+    return F.gelu(
+        x[0],
+        approximate="tanh" if n.attributes.get_string("approximate", "none") == "tanh" else "none",
+    )
 
 
 def _prelu(x, n):
@@ -77,6 +80,7 @@ def _hardsigmoid(x, n):
 def _softmax(fn):
     def run(x, n):
         return fn(x[0], dim=_i(n, "axis", -1))
+
     return run
 
 
@@ -95,6 +99,7 @@ def _reduce(fn):
                 return x[0]
             axes = list(range(x[0].dim()))
         return fn(x[0], axes, keep)
+
     return run
 
 
@@ -117,8 +122,9 @@ def _argmax(fn):
         axis, keep = _i(n, "axis", 0), bool(_i(n, "keepdims", 1))
         t = x[0]
         if _i(n, "select_last_index", 0):
-            return (t.shape[axis] - 1 - fn(torch.flip(t, [axis]), dim=axis, keepdim=keep))
+            return t.shape[axis] - 1 - fn(torch.flip(t, [axis]), dim=axis, keepdim=keep)
         return fn(t, dim=axis, keepdim=keep)
+
     return run
 
 
@@ -127,8 +133,13 @@ def _layernorm(x, n):
     shape = t.shape[axis:]
     w = x[1] if len(x) > 1 else None
     b = x[2] if len(x) > 2 else None
-    return F.layer_norm(t, shape, w.expand(shape) if w is not None else None,
-                        b.expand(shape) if b is not None else None, eps=_f(n, "epsilon", 1e-5))
+    return F.layer_norm(
+        t,
+        shape,
+        w.expand(shape) if w is not None else None,
+        b.expand(shape) if b is not None else None,
+        eps=_f(n, "epsilon", 1e-5),
+    )
 
 
 def _instancenorm(x, n):
@@ -145,6 +156,7 @@ def _variadic(fn):
         for t in x[1:]:
             out = fn(out, t)
         return out
+
     return run
 
 
@@ -160,31 +172,65 @@ def _cumsum(x, n):
 
 
 MATH_OPS = {
-    "Add": _binary(torch.add), "Sub": _binary(torch.sub), "Mul": _binary(torch.mul), "Div": _div,
-    "Pow": _pow, "Mod": _mod, "Max": _variadic(torch.maximum), "Min": _variadic(torch.minimum),
-    "Sum": _variadic(torch.add), "Mean": lambda x, n: _variadic(torch.add)(x, n) / len(x),
-    "Relu": _unary(torch.relu), "Sigmoid": _unary(torch.sigmoid), "Tanh": _unary(torch.tanh),
-    "Exp": _unary(torch.exp), "Log": _unary(torch.log), "Neg": _unary(torch.neg),
-    "Abs": _unary(torch.abs), "Sqrt": _unary(torch.sqrt), "Reciprocal": _unary(torch.reciprocal),
-    "Erf": _unary(torch.erf), "Floor": _unary(torch.floor), "Ceil": _unary(torch.ceil),
-    "Round": _unary(torch.round), "Sign": _unary(torch.sign), "Sin": _unary(torch.sin),
-    "Cos": _unary(torch.cos), "IsNaN": _unary(torch.isnan), "Not": _unary(torch.logical_not),
-    "Softplus": _unary(F.softplus), "Mish": _unary(F.mish), "HardSwish": _unary(F.hardswish),
+    "Add": _binary(torch.add),
+    "Sub": _binary(torch.sub),
+    "Mul": _binary(torch.mul),
+    "Div": _div,
+    "Pow": _pow,
+    "Mod": _mod,
+    "Max": _variadic(torch.maximum),
+    "Min": _variadic(torch.minimum),
+    "Sum": _variadic(torch.add),
+    "Mean": lambda x, n: _variadic(torch.add)(x, n) / len(x),
+    "Relu": _unary(torch.relu),
+    "Sigmoid": _unary(torch.sigmoid),
+    "Tanh": _unary(torch.tanh),
+    "Exp": _unary(torch.exp),
+    "Log": _unary(torch.log),
+    "Neg": _unary(torch.neg),
+    "Abs": _unary(torch.abs),
+    "Sqrt": _unary(torch.sqrt),
+    "Reciprocal": _unary(torch.reciprocal),
+    "Erf": _unary(torch.erf),
+    "Floor": _unary(torch.floor),
+    "Ceil": _unary(torch.ceil),
+    "Round": _unary(torch.round),
+    "Sign": _unary(torch.sign),
+    "Sin": _unary(torch.sin),
+    "Cos": _unary(torch.cos),
+    "IsNaN": _unary(torch.isnan),
+    "Not": _unary(torch.logical_not),
+    "Softplus": _unary(F.softplus),
+    "Mish": _unary(F.mish),
+    "HardSwish": _unary(F.hardswish),
     "Selu": _unary(F.selu),
     "Elu": lambda x, n: F.elu(x[0], alpha=_f(n, "alpha", 1.0)),
     "LeakyRelu": lambda x, n: F.leaky_relu(x[0], _f(n, "alpha", 0.01)),
-    "Clip": _clip, "Gelu": _gelu, "PRelu": _prelu, "HardSigmoid": _hardsigmoid,
-    "Softmax": _softmax(torch.softmax), "LogSoftmax": _softmax(torch.log_softmax),
+    "Clip": _clip,
+    "Gelu": _gelu,
+    "PRelu": _prelu,
+    "HardSigmoid": _hardsigmoid,
+    "Softmax": _softmax(torch.softmax),
+    "LogSoftmax": _softmax(torch.log_softmax),
     "ReduceMean": _reduce(lambda t, a, k: torch.mean(t, dim=a, keepdim=k)),
     "ReduceSum": _reduce(lambda t, a, k: torch.sum(t, dim=a, keepdim=k)),
-    "ReduceMax": _reduce(_reduce_max), "ReduceMin": _reduce(_reduce_min),
+    "ReduceMax": _reduce(_reduce_max),
+    "ReduceMin": _reduce(_reduce_min),
     "ReduceProd": _reduce(_reduce_prod),
     "ReduceL2": _reduce(lambda t, a, k: torch.sqrt(torch.sum(t * t, dim=a, keepdim=k))),
-    "ArgMax": _argmax(torch.argmax), "ArgMin": _argmax(torch.argmin),
-    "LayerNormalization": _layernorm, "InstanceNormalization": _instancenorm, "Where": _where,
-    "Equal": _binary(torch.eq), "Less": _binary(torch.lt), "Greater": _binary(torch.gt),
-    "LessOrEqual": _binary(torch.le), "GreaterOrEqual": _binary(torch.ge),
-    "And": _binary(torch.logical_and), "Or": _binary(torch.logical_or),
-    "Xor": _binary(torch.logical_xor), "CumSum": _cumsum,
+    "ArgMax": _argmax(torch.argmax),
+    "ArgMin": _argmax(torch.argmin),
+    "LayerNormalization": _layernorm,
+    "InstanceNormalization": _instancenorm,
+    "Where": _where,
+    "Equal": _binary(torch.eq),
+    "Less": _binary(torch.lt),
+    "Greater": _binary(torch.gt),
+    "LessOrEqual": _binary(torch.le),
+    "GreaterOrEqual": _binary(torch.ge),
+    "And": _binary(torch.logical_and),
+    "Or": _binary(torch.logical_or),
+    "Xor": _binary(torch.logical_xor),
+    "CumSum": _cumsum,
     "MatMul": _binary(torch.matmul),
 }

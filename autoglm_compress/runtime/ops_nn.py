@@ -12,7 +12,9 @@ from autoglm_compress.runtime.ops_math import _f, _i, _ints
 __all__ = ["NN_OPS"]
 
 
-def _explicit_pads(n, x: torch.Tensor, kernel: list[int], strides: list[int], dil: list[int]) -> list[int]:
+def _explicit_pads(
+    n, x: torch.Tensor, kernel: list[int], strides: list[int], dil: list[int]
+) -> list[int]:
     """ONNX pads [b1, b2, .., e1, e2, ..] honouring auto_pad."""
     nd = len(kernel)
     auto = n.attributes.get_string("auto_pad", "NOTSET")
@@ -62,9 +64,19 @@ def _conv_transpose(x, n):
     pads = _ints(n, "pads", [0] * (2 * nd))
     outpad = _ints(n, "output_padding", [0] * nd)
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
-    y = fn(t, w, b, stride=strides, padding=0, output_padding=outpad, groups=_i(n, "group", 1),
-           dilation=dil)
-    slices = [slice(None), slice(None)] + [slice(pads[i], y.shape[2 + i] - pads[i + nd]) for i in range(nd)]
+    y = fn(
+        t,
+        w,
+        b,
+        stride=strides,
+        padding=0,
+        output_padding=outpad,
+        groups=_i(n, "group", 1),
+        dilation=dil,
+    )
+    slices = [slice(None), slice(None)] + [
+        slice(pads[i], y.shape[2 + i] - pads[i + nd]) for i in range(nd)
+    ]
     return y[tuple(slices)]
 
 
@@ -98,6 +110,7 @@ def _pool(kind):
                 return _avg_pool_exclusive(t, kernel, strides, pads, ceil)
         fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
         return fn(t, kernel, strides, pads[:nd], ceil_mode=ceil, count_include_pad=include)
+
     return run
 
 
@@ -144,8 +157,9 @@ def _resize(x, n):
         torch_mode = "bicubic"
     if ctm == "align_corners":
         return F.interpolate(t, size=out, mode=torch_mode, align_corners=True)
-    return F.interpolate(t, scale_factor=scales, mode=torch_mode, align_corners=False,
-                         recompute_scale_factor=False)
+    return F.interpolate(
+        t, scale_factor=scales, mode=torch_mode, align_corners=False, recompute_scale_factor=False
+    )
 
 
 def _nearest(t, out, ctm, nm, scales=None):
@@ -179,16 +193,26 @@ def _upsample(x, n):
     mode = n.attributes.get_string("mode", "nearest")
     sizes = [int(math.floor(d * float(s))) for d, s in zip(x[0].shape, x[1].tolist())]
     if mode == "nearest":
-        return _nearest(x[0], sizes[2:], "asymmetric", "floor", [float(s) for s in x[1].tolist()[2:]])
+        return _nearest(
+            x[0], sizes[2:], "asymmetric", "floor", [float(s) for s in x[1].tolist()[2:]]
+        )
     return F.interpolate(x[0], size=sizes[2:], mode="bilinear", align_corners=False)
 
 
 def _pad(x, n):
     t = x[0]
     pads = [int(p) for p in x[1].tolist()] if len(x) > 1 and x[1] is not None else _ints(n, "pads")
-    value = float(x[2].reshape(-1)[0]) if len(x) > 2 and x[2] is not None and x[2].numel() else _f(n, "value", 0.0)
+    value = (
+        float(x[2].reshape(-1)[0])
+        if len(x) > 2 and x[2] is not None and x[2].numel()
+        else _f(n, "value", 0.0)
+    )
     rank = t.dim()
-    axes = [int(a) % rank for a in x[3].tolist()] if len(x) > 3 and x[3] is not None else list(range(rank))
+    axes = (
+        [int(a) % rank for a in x[3].tolist()]
+        if len(x) > 3 and x[3] is not None
+        else list(range(rank))
+    )
     full = [0] * (2 * rank)
     for k, a in enumerate(axes):
         full[a], full[a + rank] = pads[k], pads[k + len(axes)]
@@ -276,10 +300,19 @@ def _global(fn):
 
 
 NN_OPS = {
-    "Conv": _conv, "ConvTranspose": _conv_transpose, "BatchNormalization": _batchnorm,
-    "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
-    "GlobalAveragePool": _global(torch.mean), "GlobalMaxPool": _global(torch.amax),
-    "Gemm": _gemm, "Resize": _resize, "Upsample": _upsample, "Pad": _pad,
-    "QuantizeLinear": _quantize, "DequantizeLinear": _dequantize,
-    "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "BatchNormalization": _batchnorm,
+    "MaxPool": _pool("max"),
+    "AveragePool": _pool("avg"),
+    "GlobalAveragePool": _global(torch.mean),
+    "GlobalMaxPool": _global(torch.amax),
+    "Gemm": _gemm,
+    "Resize": _resize,
+    "Upsample": _upsample,
+    "Pad": _pad,
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": _dequantize,
+    "DepthToSpace": _depth_to_space,
+    "SpaceToDepth": _space_to_depth,
 }

@@ -11,9 +11,15 @@ from autoglm_compress.runtime.ops_math import _i, _ints
 __all__ = ["TENSOR_OPS", "torch_dtype", "to_torch"]
 
 _DT = {
-    ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16, ir.DataType.DOUBLE: torch.float64,
-    ir.DataType.BFLOAT16: torch.bfloat16, ir.DataType.INT64: torch.int64, ir.DataType.INT32: torch.int32,
-    ir.DataType.INT16: torch.int16, ir.DataType.INT8: torch.int8, ir.DataType.UINT8: torch.uint8,
+    ir.DataType.FLOAT: torch.float32,
+    ir.DataType.FLOAT16: torch.float16,
+    ir.DataType.DOUBLE: torch.float64,
+    ir.DataType.BFLOAT16: torch.bfloat16,
+    ir.DataType.INT64: torch.int64,
+    ir.DataType.INT32: torch.int32,
+    ir.DataType.INT16: torch.int16,
+    ir.DataType.INT8: torch.int8,
+    ir.DataType.UINT8: torch.uint8,
     ir.DataType.BOOL: torch.bool,
 }
 
@@ -92,8 +98,14 @@ def _split(x, n):
 def _slice(x, n):
     t = x[0]
     starts, ends = [int(v) for v in x[1].tolist()], [int(v) for v in x[2].tolist()]
-    axes = [int(v) for v in x[3].tolist()] if len(x) > 3 and x[3] is not None else list(range(len(starts)))
-    steps = [int(v) for v in x[4].tolist()] if len(x) > 4 and x[4] is not None else [1] * len(starts)
+    axes = (
+        [int(v) for v in x[3].tolist()]
+        if len(x) > 3 and x[3] is not None
+        else list(range(len(starts)))
+    )
+    steps = (
+        [int(v) for v in x[4].tolist()] if len(x) > 4 and x[4] is not None else [1] * len(starts)
+    )
     for s, e, a, st in zip(starts, ends, axes, steps):
         a %= t.dim()
         dim = t.shape[a]
@@ -109,7 +121,7 @@ def _gather(x, n):
     t, idx, axis = x[0], x[1].long(), _i(n, "axis", 0) % x[0].dim()
     idx = torch.where(idx < 0, idx + t.shape[axis], idx)
     out = torch.index_select(t, axis, idx.reshape(-1))
-    return out.reshape(*t.shape[:axis], *idx.shape, *t.shape[axis + 1:])
+    return out.reshape(*t.shape[:axis], *idx.shape, *t.shape[axis + 1 :])
 
 
 def _gather_elements(x, n):
@@ -154,13 +166,19 @@ def _constant(x, n, device=None):
 def _constant_of_shape(x, n):
     shape = [int(s) for s in x[0].tolist()]
     v = n.attributes.get("value")
-    val = torch.from_numpy(np.array(v.as_tensor().numpy()).reshape(-1)) if v is not None else torch.zeros(1)
+    val = (
+        torch.from_numpy(np.array(v.as_tensor().numpy()).reshape(-1))
+        if v is not None
+        else torch.zeros(1)
+    )
     return torch.full(shape, val[0].item(), dtype=val.dtype, device=x[0].device)
 
 
 def _range(x, n):
     start, limit, delta = (v.reshape(()) for v in x[:3])
-    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
+    return torch.arange(
+        start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device
+    )
 
 
 def _tile(x, n):
@@ -169,8 +187,13 @@ def _tile(x, n):
 
 def _topk(x, n):
     k = int(x[1].reshape(-1)[0])
-    v, i = torch.topk(x[0], k, dim=_i(n, "axis", -1), largest=bool(_i(n, "largest", 1)),
-                      sorted=bool(_i(n, "sorted", 1)))
+    v, i = torch.topk(
+        x[0],
+        k,
+        dim=_i(n, "axis", -1),
+        largest=bool(_i(n, "largest", 1)),
+        sorted=bool(_i(n, "sorted", 1)),
+    )
     return v, i
 
 
@@ -184,12 +207,27 @@ def _dropout(x, n):
 
 
 TENSOR_OPS = {
-    "Reshape": _reshape, "Flatten": _flatten, "Transpose": _transpose, "Squeeze": _squeeze,
-    "Unsqueeze": _unsqueeze, "Concat": lambda x, n: torch.cat(x, dim=_i(n, "axis", 0)),
-    "Split": _split, "Slice": _slice, "Gather": _gather, "GatherElements": _gather_elements,
-    "Expand": _expand, "Shape": _shape, "Size": lambda x, n: torch.tensor(x[0].numel()),
-    "Cast": _cast, "CastLike": lambda x, n: x[0].to(x[1].dtype), "Identity": lambda x, n: x[0],
-    "Dropout": _dropout, "ConstantOfShape": _constant_of_shape, "Range": _range, "Tile": _tile,
-    "TopK": _topk, "Trilu": _trilu,
+    "Reshape": _reshape,
+    "Flatten": _flatten,
+    "Transpose": _transpose,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Concat": lambda x, n: torch.cat(x, dim=_i(n, "axis", 0)),
+    "Split": _split,
+    "Slice": _slice,
+    "Gather": _gather,
+    "GatherElements": _gather_elements,
+    "Expand": _expand,
+    "Shape": _shape,
+    "Size": lambda x, n: torch.tensor(x[0].numel()),
+    "Cast": _cast,
+    "CastLike": lambda x, n: x[0].to(x[1].dtype),
+    "Identity": lambda x, n: x[0],
+    "Dropout": _dropout,
+    "ConstantOfShape": _constant_of_shape,
+    "Range": _range,
+    "Tile": _tile,
+    "TopK": _topk,
+    "Trilu": _trilu,
     "Einsum": lambda x, n: torch.einsum(n.attributes.get_string("equation"), *x),
 }

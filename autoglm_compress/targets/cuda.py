@@ -33,15 +33,27 @@ def tensorrt_scheme() -> QuantScheme:
         name="tensorrt-s8s8-sym",
         activation=TensorQuant("int8", symmetric=True),
         weight=TensorQuant("int8", symmetric=True, per_channel=True, narrow_range=True),
-        input_ops=_TRT_INPUT_OPS, output_ops=frozenset(), fused_activations=frozenset(),
-        shared_scale_ops=frozenset(), bias_int32=False, residual_add_only=True)
+        input_ops=_TRT_INPUT_OPS,
+        output_ops=frozenset(),
+        fused_activations=frozenset(),
+        shared_scale_ops=frozenset(),
+        bias_int32=False,
+        residual_add_only=True,
+    )
 
 
 def trtexec_command(onnx_path: Path, precision: str) -> dict:
     """Commands that build the engine: TensorRT 10+/11 (strongly typed from the ONNX types) and 8.x."""
-    base = ["trtexec", f"--onnx={onnx_path.name}", f"--saveEngine={onnx_path.with_suffix('.plan').name}"]
+    base = [
+        "trtexec",
+        f"--onnx={onnx_path.name}",
+        f"--saveEngine={onnx_path.with_suffix('.plan').name}",
+    ]
     legacy = {"int8": ["--int8", "--fp16"], "fp16": ["--fp16"]}.get(precision, [])
-    return {"tensorrt>=10": shlex.join([*base, "--stronglyTyped"]), "tensorrt8": shlex.join([*base, *legacy])}
+    return {
+        "tensorrt>=10": shlex.join([*base, "--stronglyTyped"]),
+        "tensorrt8": shlex.join([*base, *legacy]),
+    }
 
 
 class CudaTarget(X86Target):
@@ -59,14 +71,24 @@ class CudaTarget(X86Target):
         return tensorrt_scheme()
 
     def legalize(self, model: ir.Model, precision: str) -> list[str]:
-        bad = [n for n in model.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-               and len(n.inputs) > 2 and n.inputs[2] is not None and n.inputs[2].const_value is not None
-               and n.inputs[2].const_value.numpy().any()]
+        bad = [
+            n
+            for n in model.graph
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and len(n.inputs) > 2
+            and n.inputs[2] is not None
+            and n.inputs[2].const_value is not None
+            and n.inputs[2].const_value.numpy().any()
+        ]
         if bad:
             from autoglm_compress.errors import UnsupportedOpError
 
-            raise UnsupportedOpError(bad[0].op_type, bad[0].name, "cuda target",
-                                     "TensorRT needs zero points of 0 (symmetric quantization)")
+            raise UnsupportedOpError(
+                bad[0].op_type,
+                bad[0].name,
+                "cuda target",
+                "TensorRT needs zero points of 0 (symmetric quantization)",
+            )
         return []
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:

@@ -103,6 +103,10 @@ def build_and_compare(artifact, ctx) -> dict:
         ref(f)
     fid = fidelity(ctx.reference_outputs, got, ctx.output_names, ctx.labels)
     lat_ref, lat_art = ref.latency_ms(), art.latency_ms()
-    return {"status": "built", "engine_bytes": {"fp32": ref_size, artifact.precision: art_size},
-            "fidelity": fid, "latency_ms": {"fp32": round(lat_ref, 4), artifact.precision: round(lat_art, 4)},
-            "speedup_vs_fp32": round(lat_ref / max(lat_art, 1e-9), 3)}
+    return {
+        "status": "built",
+        "engine_bytes": {"fp32": ref_size, artifact.precision: art_size},
+        "fidelity": fid,
+        "latency_ms": {"fp32": round(lat_ref, 4), artifact.precision: round(lat_art, 4)},
+        "speedup_vs_fp32": round(lat_ref / max(lat_art, 1e-9), 3),
+    }

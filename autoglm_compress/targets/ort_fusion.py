@@ -14,12 +14,36 @@ import onnx
 
 __all__ = ["fusion_report", "INT8_OPS", "FLOAT_COMPUTE_OPS"]
 
-INT8_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
-            "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool",
-            "QLinearSigmoid", "QLinearSoftmax", "QLinearLeakyRelu", "QLinearWhere", "ConvInteger",
-            "MatMulInteger", "QAttention", "NhwcQLinearConv"}
-FLOAT_COMPUTE_OPS = {"Conv", "FusedConv", "NhwcFusedConv", "Gemm", "MatMul", "FusedMatMul",
-                     "ConvTranspose", "FusedGemm"}
+INT8_OPS = {
+    "QLinearConv",
+    "QGemm",
+    "QLinearMatMul",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearConcat",
+    "QLinearAveragePool",
+    "QLinearGlobalAveragePool",
+    "QLinearSigmoid",
+    "QLinearSoftmax",
+    "QLinearLeakyRelu",
+    "QLinearWhere",
+    "ConvInteger",
+    "MatMulInteger",
+    "QAttention",
+    "NhwcQLinearConv",
+}
+FLOAT_COMPUTE_OPS = {
+    "Conv",
+    "FusedConv",
+    "NhwcFusedConv",
+    "Gemm",
+    "MatMul",
+    "FusedMatMul",
+    "ConvTranspose",
+    "FusedGemm",
+}
 
 
 def fusion_report(model_path: str) -> dict:
@@ -38,5 +62,9 @@ def fusion_report(model_path: str) -> dict:
     q = sum(v for k, v in hist.items() if k in INT8_OPS)
     f = sum(v for k, v in hist.items() if k in FLOAT_COMPUTE_OPS)
     unfused = hist.get("QuantizeLinear", 0) + hist.get("DequantizeLinear", 0)
-    return {"int8_compute_nodes": q, "float_compute_nodes": f, "remaining_qdq_nodes": unfused,
-            "optimized_ops": dict(hist.most_common())}
+    return {
+        "int8_compute_nodes": q,
+        "float_compute_nodes": f,
+        "remaining_qdq_nodes": unfused,
+        "optimized_ops": dict(hist.most_common()),
+    }

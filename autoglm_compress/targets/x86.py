@@ -32,8 +32,9 @@ __all__ = ["X86Target", "x86_scheme"]
 
 logger = logging.getLogger(__name__)
 
-_QOPS = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "AveragePool",
-                   "GlobalAveragePool"})
+_QOPS = frozenset(
+    {"Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool"}
+)
 _SHARED = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"})
 
 
@@ -41,9 +42,13 @@ def x86_scheme(reduce_range: bool = True, activation_dtype: str = "uint8") -> Qu
     return QuantScheme(
         name=f"x86-{'u8' if activation_dtype == 'uint8' else 's8'}s8{'-rr' if reduce_range else ''}",
         activation=TensorQuant(activation_dtype, symmetric=activation_dtype == "int8"),
-        weight=TensorQuant("int8", symmetric=True, per_channel=True, narrow_range=True,
-                           reduce_range=reduce_range),
-        input_ops=_QOPS, output_ops=_QOPS, shared_scale_ops=_SHARED)
+        weight=TensorQuant(
+            "int8", symmetric=True, per_channel=True, narrow_range=True, reduce_range=reduce_range
+        ),
+        input_ops=_QOPS,
+        output_ops=_QOPS,
+        shared_scale_ops=_SHARED,
+    )
 
 
 class X86Target(Target):
@@ -67,21 +72,32 @@ class X86Target(Target):
             sess = ort_session(str(artifact.path))
             got = [ort_run(sess, f) for f in ctx.feeds]
         except Exception as e:  # noqa: BLE001
-            raise VerificationError(f"{artifact.path}: onnxruntime cannot run the artifact: "
-                                    f"{str(e).splitlines()[0]}") from None
+            raise VerificationError(
+                f"{artifact.path}: onnxruntime cannot run the artifact: {str(e).splitlines()[0]}"
+            ) from None
         artifact.fidelity = fidelity(ctx.reference_outputs, got, ctx.output_names, ctx.labels)
         ref_sess = ort_session(to_proto(ctx.reference_model).SerializeToString())
         feed = ctx.feeds[0]
-        lat = compare_latency({"fp32": lambda: ort_run(ref_sess, feed),
-                               artifact.precision: lambda: ort_run(sess, feed)},
-                              repeats=ctx.latency_repeats)
-        lat["speedup_vs_fp32"] = round(lat["fp32"]["median_ms"] / max(lat[artifact.precision]["median_ms"], 1e-9), 3)
+        lat = compare_latency(
+            {
+                "fp32": lambda: ort_run(ref_sess, feed),
+                artifact.precision: lambda: ort_run(sess, feed),
+            },
+            repeats=ctx.latency_repeats,
+        )
+        lat["speedup_vs_fp32"] = round(
+            lat["fp32"]["median_ms"] / max(lat[artifact.precision]["median_ms"], 1e-9), 3
+        )
         artifact.latency = lat
         if artifact.precision == "int8":
             fusion = fusion_report(str(artifact.path))
             artifact.extra["ort_fusion"] = fusion
             if fusion["float_compute_nodes"]:
-                artifact.notes.append(f"{fusion['float_compute_nodes']} compute nodes still run in float "
-                                      f"in onnxruntime ({fusion['int8_compute_nodes']} in int8)")
+                artifact.notes.append(
+                    f"{fusion['float_compute_nodes']} compute nodes still run in float "
+                    f"in onnxruntime ({fusion['int8_compute_nodes']} in int8)"
+                )
             if lat["speedup_vs_fp32"] < 1.0:
-                artifact.notes.append(f"INT8 runs slower than FP32 here ({lat['speedup_vs_fp32']}x)")
+                artifact.notes.append(
+                    f"INT8 runs slower than FP32 here ({lat['speedup_vs_fp32']}x)"
+                )
