@@ -94,6 +94,7 @@ def compress(
     samples: int = 64,
     dump_ir_after: tuple[str, ...] = (),
     min_cosine: float | None = None,
+    max_drop: float | None = None,
     latency_repeats: int = 30,
     build_engine: bool = False,
     reduce_range: bool = True,
@@ -123,6 +124,10 @@ def compress(
     stats0 = model_stats(model)
     reference = _copy(model)
     feeds, labels, source = _sample_feeds(model, eval_data, calib, samples)
+    if max_drop is not None and labels is None:
+        raise ConfigError(
+            "--max-drop needs labelled eval data: --eval DATA.npz with a 'labels' array"
+        )
     ref_outs, out_names = _reference(reference, feeds)
     records = pipeline.run(model)
     calib_stats = None
@@ -174,7 +179,7 @@ def compress(
         "artifacts": [a.as_dict() for a in artifacts],
         "seconds": round(time.perf_counter() - t_start, 3),
     }
-    gate = _quality_gate(artifacts, min_cosine)
+    gate = _quality_gate(artifacts, min_cosine, max_drop)
     report["quality_gate"] = gate
     report_path = write_report(report, out_dir / "report.json")
     if gate and not gate["passed"]:
@@ -182,21 +187,33 @@ def compress(
     return CompressResult(artifacts, report, report_path)
 
 
-def _quality_gate(artifacts: list[Artifact], min_cosine: float | None) -> dict | None:
-    if min_cosine is None:
+def _quality_gate(
+    artifacts: list[Artifact], min_cosine: float | None, max_drop: float | None
+) -> dict | None:
+    """CI thresholds: worst cosine vs FP32, and the accuracy drop on labelled eval data."""
+    if min_cosine is None and max_drop is None:
         return None
-    worst = min(artifacts, key=lambda a: a.fidelity["cosine_min"])
-    cos = worst.fidelity["cosine_min"]
-    ok = bool(cos >= min_cosine) and bool(np.isfinite(cos))
-    msg = (
-        (
-            f"quality gate: {worst.path.name} cosine {cos:.5f} < --min-cosine {min_cosine} "
-            f"(report: report.json)"
-        )
-        if not ok
+    failures, gate = [], {"min_cosine": min_cosine, "max_drop": max_drop}
+    if min_cosine is not None:
+        worst = min(artifacts, key=lambda a: a.fidelity["cosine_min"])
+        cos = worst.fidelity["cosine_min"]
+        gate["worst_cosine"] = cos
+        if not (np.isfinite(cos) and cos >= min_cosine):
+            failures.append(f"{worst.path.name} cosine {cos:.5f} < --min-cosine {min_cosine}")
+    if max_drop is not None:
+        for a in artifacts:
+            first = next(iter(a.fidelity["outputs"].values()))
+            drop = first["accuracy_ref"] - first["accuracy"]
+            gate.setdefault("accuracy_drop", {})[a.path.name] = round(drop, 6)
+            if drop > max_drop:
+                failures.append(f"{a.path.name} accuracy drop {drop:.4f} > --max-drop {max_drop}")
+    gate["passed"] = not failures
+    gate["message"] = (
+        ("quality gate: " + "; ".join(failures) + " (report: report.json)")
+        if failures
         else "passed"
     )
-    return {"min_cosine": min_cosine, "worst_cosine": cos, "passed": ok, "message": msg}
+    return gate
 
 
 def _version() -> str:

@@ -127,6 +127,11 @@ _pickle_opt = click.option(
 )
 @click.option("--samples", default=64, show_default=True, help="Samples used for verification.")
 @click.option(
+    "--max-drop",
+    type=float,
+    help="Fail (exit 3) when accuracy on the --eval labels drops by more than this (e.g. 0.01).",
+)
+@click.option(
     "--min-cosine", type=float, help="Fail (exit 3) when an artifact's cosine vs FP32 is lower."
 )
 @click.option(
@@ -158,6 +163,7 @@ def compress_cmd(
     eval_data,
     samples,
     min_cosine,
+    max_drop,
     dump_ir_after,
     latency_repeats,
     input_shapes,
@@ -194,6 +200,7 @@ def compress_cmd(
         samples=samples,
         dump_ir_after=dump_ir_after,
         min_cosine=min_cosine,
+        max_drop=max_drop,
         latency_repeats=latency_repeats,
         progress=sys.stderr.isatty(),
     )

@@ -156,3 +156,52 @@ def test_bias_correction_reduces_error():
         if bc:
             assert s["biases_corrected"] == 4
     assert 1 - cos[True] < 0.7 * (1 - cos[False]), cos
+
+
+def test_max_drop_gate(tmp_path):
+    args = [
+        "--int8",
+        "--calib",
+        CALIB,
+        "--eval",
+        EVAL,
+        "--samples",
+        "500",
+        "--latency-repeats",
+        "2",
+    ]
+    ok = run_cli(DEMO, *args, "--max-drop", "0.01", "-o", tmp_path / "a")
+    assert ok.returncode == 0, ok.stderr
+    # full 8-bit weights saturate on AVX2 without VNNI: a measurable drop that a strict gate catches
+    bad = run_cli(
+        DEMO,
+        *args,
+        "--full-range",
+        "--no-bias-correction",
+        "--max-drop",
+        "0.001",
+        "-o",
+        tmp_path / "b",
+    )
+    drop = json.loads((tmp_path / "b" / "report.json").read_text())["quality_gate"]["accuracy_drop"]
+    assert max(drop.values()) > 0.001  # measured 0.010 here
+    assert bad.returncode == 3 and "accuracy drop" in bad.stderr
+    assert (
+        run_cli(
+            DEMO, "--int8", "--calib", CALIB, "--max-drop", "0.01", "-o", tmp_path / "c"
+        ).returncode
+        == 2
+    )
+
+
+def test_cuda_fp16_artifact(tmp_path):
+    r = run_cli(
+        DEMO, "--fp16", "--target", "cuda", "--eval", EVAL, "-o", tmp_path, "--latency-repeats", "2"
+    )
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "report.json").read_text())
+    art = rep["artifacts"][0]
+    assert (
+        art["path"].endswith("digits_cnn.cuda.fp16.onnx") and art["fidelity"]["cosine_min"] > 0.9999
+    )
+    assert "--fp16" in art["extra"]["trtexec"]["tensorrt8"]
