@@ -90,6 +90,7 @@ def compress(
     keep_fp32: tuple[str, ...] = (),
     per_tensor: bool = False,
     bias_correction: bool = True,
+    smoothquant: float | None = None,
     eval_data: str | Path | None = None,
     samples: int = 64,
     dump_ir_after: tuple[str, ...] = (),
@@ -135,7 +136,7 @@ def compress(
         from autoglm_compress.quantization.flow import calibrate
 
         calib_stats, calib_info = calibrate(
-            model, calib, calib_method, calib_samples, calib_random, progress
+            model, calib, calib_method, calib_samples, calib_random, progress, smoothquant
         )
 
     ctx = VerifyContext(reference, feeds, ref_outs, out_names, labels, latency_repeats)

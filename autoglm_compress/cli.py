@@ -127,6 +127,12 @@ _pickle_opt = click.option(
 )
 @click.option("--samples", default=64, show_default=True, help="Samples used for verification.")
 @click.option(
+    "--smoothquant",
+    type=float,
+    metavar="ALPHA",
+    help="Migrate activation outliers of LayerNorm→MatMul into weights (e.g. 0.5) before INT8.",
+)
+@click.option(
     "--max-drop",
     type=float,
     help="Fail (exit 3) when accuracy on the --eval labels drops by more than this (e.g. 0.01).",
@@ -163,6 +169,7 @@ def compress_cmd(
     eval_data,
     samples,
     min_cosine,
+    smoothquant,
     max_drop,
     dump_ir_after,
     latency_repeats,
@@ -201,6 +208,7 @@ def compress_cmd(
         dump_ir_after=dump_ir_after,
         min_cosine=min_cosine,
         max_drop=max_drop,
+        smoothquant=smoothquant,
         latency_repeats=latency_repeats,
         progress=sys.stderr.isatty(),
     )

@@ -25,8 +25,16 @@ FALLBACK_SAMPLES = 16
 
 
 def calibrate(
-    model: ir.Model, calib, method: str, samples: int, allow_random: bool, progress: bool
+    model: ir.Model,
+    calib,
+    method: str,
+    samples: int,
+    allow_random: bool,
+    progress: bool,
+    smoothquant: float | None = None,
 ) -> tuple[CalibrationStats, dict]:
+    """Observe every tensor over ``samples`` calibration feeds (after SmoothQuant, if asked, which
+    rewrites ``model`` in place — exact in FP32 — from a short per-channel max|x| pre-pass)."""
     from autoglm_compress.calibration.data import open_calibration_source
 
     if calib is None and not allow_random:
@@ -35,6 +43,7 @@ def calibrate(
             "module:function), or --calib-random to accept random data"
         )
     source = open_calibration_source(calib, model, random=allow_random and calib is None)
+    sq_stats = _smoothquant(model, source, smoothquant) if smoothquant is not None else None
     kept: list = []
 
     def feeds():
@@ -54,9 +63,21 @@ def calibrate(
         "seconds": stats.seconds,
         "peak_rss_mb": stats.peak_rss_mb,
     }
+    if sq_stats is not None:
+        info["smoothquant"] = {"alpha": smoothquant, **sq_stats}
     if source.is_random:
         info["warning"] = "calibrated on random data: scales may not fit real inputs"
     return stats, info
+
+
+def _smoothquant(model: ir.Model, source, alpha: float, pre_samples: int = 32) -> dict:
+    from autoglm_compress.passes.smoothquant import SmoothQuantConfig, SmoothQuantPass
+
+    pre = collect_stats(model, source.take(pre_samples), "minmax", limit=pre_samples)
+    p = SmoothQuantPass(SmoothQuantConfig(alpha=alpha, act_absmax=pre.channel_absmax))
+    p(model)
+    check(model)
+    return dict(p.stats)
 
 
 def _copy(model: ir.Model) -> ir.Model:
