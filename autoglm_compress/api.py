@@ -91,6 +91,7 @@ def compress(
     per_tensor: bool = False,
     bias_correction: bool = True,
     smoothquant: float | None = None,
+    equalize: bool = False,
     eval_data: str | Path | None = None,
     samples: int = 64,
     dump_ir_after: tuple[str, ...] = (),
@@ -112,6 +113,8 @@ def compress(
     target_objs = [get_target(t, **options.get(t, {})) for t in dict.fromkeys(targets)]
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     pass_names = list(passes) if passes is not None else ["cleanup", "fold_bn"]
+    if equalize and "equalize" not in pass_names:
+        pass_names.append("equalize")
     if fp16 and "fp16" not in pass_names:
         pass_names.append("fp16")
     pipeline = Pipeline(

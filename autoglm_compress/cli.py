@@ -127,6 +127,11 @@ _pickle_opt = click.option(
 )
 @click.option("--samples", default=64, show_default=True, help="Samples used for verification.")
 @click.option(
+    "--equalize",
+    is_flag=True,
+    help="Cross-layer equalization of Conv→[Relu]→Conv pairs (exact in FP32) before INT8.",
+)
+@click.option(
     "--smoothquant",
     type=float,
     metavar="ALPHA",
@@ -170,6 +175,7 @@ def compress_cmd(
     samples,
     min_cosine,
     smoothquant,
+    equalize,
     max_drop,
     dump_ir_after,
     latency_repeats,
@@ -209,6 +215,7 @@ def compress_cmd(
         min_cosine=min_cosine,
         max_drop=max_drop,
         smoothquant=smoothquant,
+        equalize=equalize,
         latency_repeats=latency_repeats,
         progress=sys.stderr.isatty(),
     )

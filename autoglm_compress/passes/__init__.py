@@ -7,4 +7,4 @@ from autoglm_compress.passes.base import CompressPass, PassConfig, get_pass, reg
 __all__ = ["CompressPass", "PassConfig", "get_pass", "register", "registered"]
 
 # Built-in passes register themselves on import.
-from autoglm_compress.passes import cleanup, fold_bn, fp16, smoothquant  # noqa: E402,F401
+from autoglm_compress.passes import cleanup, equalize, fold_bn, fp16, smoothquant  # noqa: E402,F401
