@@ -11,6 +11,7 @@ import onnx
 import onnx_ir as ir
 
 __all__ = [
+    "add_initializer",
     "to_proto",
     "from_proto",
     "check",
@@ -27,6 +28,23 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 
 def from_proto(proto: onnx.ModelProto) -> ir.Model:
     return ir.serde.deserialize_model(proto)
+
+
+def add_initializer(graph: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:
+    """Register ``arr`` as a new initializer under a unique name derived from ``name``."""
+    base, i = name, 0
+    while name in graph.initializers:
+        i += 1
+        name = f"{base}_{i}"
+    arr = np.asarray(arr)
+    v = ir.Value(
+        name=name,
+        shape=ir.Shape(arr.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
+        const_value=ir.tensor(arr, name=name),
+    )
+    graph.register_initializer(v)
+    return v
 
 
 def check(model: ir.Model) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
+from autoglm_compress.ir_utils import add_initializer
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 from autoglm_compress.quantization.qdq import _const_array
 
@@ -44,19 +45,7 @@ def _single_reader(v: ir.Value) -> ir.Node | None:
 def _set(g: ir.Graph, node: ir.Node, idx: int, arr: np.ndarray) -> None:
     old = node.inputs[idx]
     stem = old.name.split("_eq")[0] if old is not None else f"{node.name}_bias"
-    name = f"{stem}_eq"
-    base, k = name, 0
-    while name in g.initializers:
-        k += 1
-        name = f"{base}{k}"
-    v = ir.Value(
-        name=name,
-        shape=ir.Shape(arr.shape),
-        type=ir.TensorType(ir.DataType.FLOAT),
-        const_value=ir.tensor(arr.astype(np.float32), name=name),
-    )
-    g.register_initializer(v)
-    node.replace_input_with(idx, v)
+    node.replace_input_with(idx, add_initializer(g, f"{stem}_eq", arr.astype(np.float32)))
 
 
 def _channel_ratio(w: np.ndarray) -> float:

@@ -21,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
+from autoglm_compress.ir_utils import add_initializer
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 from autoglm_compress.quantization.qdq import _const_array
 
@@ -73,18 +74,7 @@ def _matmul_readers(t: ir.Value) -> tuple[list[ir.Node], bool]:
 
 
 def _new_const(g: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:
-    base, i = name, 0
-    while name in g.initializers:
-        i += 1
-        name = f"{base}_{i}"
-    v = ir.Value(
-        name=name,
-        shape=ir.Shape(arr.shape),
-        type=ir.TensorType(ir.DataType.FLOAT),
-        const_value=ir.tensor(arr.astype(np.float32), name=name),
-    )
-    g.register_initializer(v)
-    return v
+    return add_initializer(g, name, arr.astype(np.float32))
 
 
 @register

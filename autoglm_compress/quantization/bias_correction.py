@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from autoglm_compress.ir_utils import add_initializer
 from autoglm_compress.quantization.qdq import _const_array, _quantize_array, weight_qparams
 from autoglm_compress.quantization.scheme import TensorQuant
 
@@ -71,18 +72,8 @@ def correct_biases(
 def _set_bias(g: ir.Graph, node: ir.Node, shift: np.ndarray) -> None:
     b_val = node.inputs[2] if len(node.inputs) > 2 else None
     b = _const_array(b_val)
-    if b is None:
-        b = np.zeros(shift.shape, np.float32)
-    name = f"{node.name or 'node'}_bias_corrected"
-    v = ir.Value(
-        name=name,
-        shape=ir.Shape(shift.shape),
-        type=ir.TensorType(ir.DataType.FLOAT),
-        const_value=ir.tensor((b.reshape(-1) - shift).astype(np.float32), name=name),
-    )
-    g.register_initializer(v)
-    if len(node.inputs) > 2:
-        node.replace_input_with(2, v)
-    else:
+    b = np.zeros(shift.shape, np.float32) if b is None else b.reshape(-1)
+    v = add_initializer(g, f"{node.name or 'node'}_bias_corrected", (b - shift).astype(np.float32))
+    if len(node.inputs) < 3:
         node.resize_inputs(3)
-        node.replace_input_with(2, v)
+    node.replace_input_with(2, v)

@@ -8,6 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from autoglm_compress.calibration.qparams import compute_qparams
+from autoglm_compress.ir_utils import add_initializer
 from autoglm_compress.quantization.scheme import WEIGHT_INPUTS, QuantScheme, TensorQuant
 
 __all__ = ["QDQWriter", "shared_scale_groups", "weight_qparams", "quant_limits"]
@@ -98,18 +99,7 @@ class QDQWriter:
         self.stats[k] = self.stats.get(k, 0) + n
 
     def _const(self, name: str, arr: np.ndarray) -> ir.Value:
-        base, i = name, 0
-        while name in self.g.initializers:
-            i += 1
-            name = f"{base}_{i}"
-        v = ir.Value(
-            name=name,
-            shape=ir.Shape(arr.shape),
-            type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
-            const_value=ir.tensor(arr, name=name),
-        )
-        self.g.register_initializer(v)
-        return v
+        return add_initializer(self.g, name, arr)
 
     def quantize_activation(self, value: ir.Value, lo: float, hi: float) -> ir.Value:
         tq = self.scheme.activation
