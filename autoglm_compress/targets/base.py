@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 from pathlib import Path
@@ -57,7 +58,7 @@ class VerifyContext:
     latency_repeats: int = 30
 
 
-class Target:
+class Target(abc.ABC):
     name: ClassVar[str] = ""
     runtime: ClassVar[str] = ""
     precisions: ClassVar[tuple[str, ...]] = ()
@@ -66,8 +67,10 @@ class Target:
         """Apply target rules in place; return notes for the report. Raise UnsupportedOpError early."""
         return []
 
+    @abc.abstractmethod
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
-        raise NotImplementedError
+        """Write the artifact for ``model`` atomically into ``out_dir``."""
 
+    @abc.abstractmethod
     def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
-        raise NotImplementedError
+        """Run the artifact in its runtime; fill ``artifact.fidelity`` and ``artifact.latency``."""
