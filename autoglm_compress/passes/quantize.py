@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class QuantizeConfig(PassConfig):
     scheme: QuantScheme | None = field(None, help="the target's quantization scheme")
-    ranges: dict | None = field(None, help="tensor name -> (lo, hi) calibrated float range")
+    ranges: dict | None = field(
+        None, help="tensor name -> (lo, hi) calibrated range, or a callable(names) returning that"
+    )
     keep_fp32: tuple[str, ...] = field((), help="node names or op types (glob) left in float")
     per_tensor: bool = field(False, help="per-tensor weight scales instead of per-channel")
 
@@ -63,7 +65,10 @@ class QuantizePass(CompressPass):
             scheme = scheme.with_(weight=dataclasses.replace(scheme.weight, per_channel=False))
         g = model.graph
         targets = self._activation_targets(g, scheme)
-        ranges = shared_scale_groups(g, scheme, cfg.ranges, targets)
+        ranges = cfg.ranges
+        if callable(ranges):  # compute (histogram searches) only for tensors this scheme touches
+            ranges = ranges(_needed(g, scheme, targets))
+        ranges = shared_scale_groups(g, scheme, ranges, targets)
         writer = QDQWriter(g, scheme)
         for name in sorted(targets, key=list(targets).index):
             value = targets[name]
@@ -106,6 +111,14 @@ class QuantizePass(CompressPass):
                 if _is_float(y) and any(True for _ in y.uses()):
                     out.setdefault(y.name, y)
         return out
+
+
+def _needed(g: ir.Graph, scheme: QuantScheme, targets: dict) -> set[str]:
+    names = set(targets)
+    for node in g:
+        if node.op_type in scheme.shared_scale_ops:
+            names.update(v.name for v in (*node.inputs, *node.outputs) if v is not None)
+    return names
 
 
 def _from_weighted_op(v: ir.Value | None) -> bool:

@@ -38,11 +38,14 @@ class CalibrationStats:
     holdout: list = dataclasses.field(default_factory=list)  # first samples, for fallback decisions
 
     def ranges(
-        self, symmetric: bool | None = None, bits: int = 8
+        self, symmetric: bool | None = None, bits: int = 8, names=None
     ) -> dict[str, tuple[float, float]]:
-        """Chosen float range per tensor; histogram methods search it for the target's symmetry."""
+        """Chosen float range per tensor (only ``names`` when given: histogram searches cost time);
+        histogram methods search it for the target's symmetry."""
         out = {}
         for name, obs in self.observers.items():
+            if names is not None and name not in names:
+                continue
             lo, hi = obs.range(symmetric=symmetric, bits=bits)
             out[name] = (float(lo), float(hi))
         return out

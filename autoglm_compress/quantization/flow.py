@@ -111,7 +111,10 @@ def _quantize(
             )
         }
         bc = correct_biases(model, stats.channel_means, wq, skip)
-    ranges = stats.ranges(symmetric=scheme.activation.symmetric)
+
+    def ranges(names):
+        return stats.ranges(symmetric=scheme.activation.symmetric, names=names)
+
     cfg = QuantizeConfig(scheme=scheme, ranges=ranges, keep_fp32=tuple(keep), per_tensor=per_tensor)
     p = QuantizePass(cfg)
     p(model)
