@@ -92,6 +92,7 @@ def compress(
     bias_correction: bool = True,
     smoothquant: float | None = None,
     equalize: bool = False,
+    latency_guard: bool = False,
     eval_data: str | Path | None = None,
     samples: int = 64,
     dump_ir_after: tuple[str, ...] = (),
@@ -154,6 +155,17 @@ def compress(
                 lowered, tgt, calib_stats, keep_fp32, per_tensor, min_cosine, bias_correction
             )
             records.append(rec)
+            if latency_guard and tgt.name == "x86":
+                lowered = _guard(
+                    model,
+                    lowered,
+                    tgt,
+                    calib_stats,
+                    rec,
+                    feeds[0],
+                    notes,
+                    (tuple(keep_fp32), per_tensor, bias_correction),
+                )
         notes += tgt.legalize(lowered, precision)
         art = tgt.emit(lowered, precision, out_dir, Path(model_path).stem)
         art.notes.extend(notes)
@@ -189,6 +201,28 @@ def compress(
     if gate and not gate["passed"]:
         raise QualityGateError(gate["message"])
     return CompressResult(artifacts, report, report_path)
+
+
+def _guard(fp32, quantized, tgt, stats, rec, feed, notes, opts):
+    """--latency-guard: leave op types in float where onnxruntime runs them slower in int8."""
+    from autoglm_compress.quantization.flow import _quantize
+    from autoglm_compress.quantization.latency_guard import latency_guard
+
+    keep, per_tensor, bc = opts
+    keep = keep + tuple(rec.stats.get("fell_back", ()))
+
+    def requantize(extra):
+        return _quantize(fp32, tgt, stats, keep + tuple(extra), per_tensor, bc)[0]
+
+    quantized, record = latency_guard(fp32, quantized, requantize, feed)
+    rec.stats["latency_guard"] = record
+    if record["kept_float_for_speed"]:
+        notes.append(
+            f"left in float for speed: {', '.join(record['kept_float_for_speed'])} "
+            f"(int8 {record['int8_ms_before'] / record['fp32_ms']:.2f}x → "
+            f"{record['int8_vs_fp32_after']:.2f}x of FP32 in onnxruntime)"
+        )
+    return quantized
 
 
 def _quality_gate(

@@ -127,6 +127,11 @@ _pickle_opt = click.option(
 )
 @click.option("--samples", default=64, show_default=True, help="Samples used for verification.")
 @click.option(
+    "--latency-guard",
+    is_flag=True,
+    help="x86 INT8: leave op types in float where onnxruntime runs them slower in int8 (measured).",
+)
+@click.option(
     "--equalize",
     is_flag=True,
     help="Cross-layer equalization of Conv→[Relu]→Conv pairs (exact in FP32) before INT8.",
@@ -176,6 +181,7 @@ def compress_cmd(
     min_cosine,
     smoothquant,
     equalize,
+    latency_guard,
     max_drop,
     dump_ir_after,
     latency_repeats,
@@ -216,6 +222,7 @@ def compress_cmd(
         max_drop=max_drop,
         smoothquant=smoothquant,
         equalize=equalize,
+        latency_guard=latency_guard,
         latency_repeats=latency_repeats,
         progress=sys.stderr.isatty(),
     )

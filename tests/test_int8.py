@@ -205,3 +205,17 @@ def test_cuda_fp16_artifact(tmp_path):
         art["path"].endswith("digits_cnn.cuda.fp16.onnx") and art["fidelity"]["cosine_min"] > 0.9999
     )
     assert "--fp16" in art["extra"]["trtexec"]["tensorrt8"]
+
+
+def test_latency_guard_on_transformer(saved, tmp_path):
+    out = tmp_path / "lg"
+    r = run_cli(saved("transformer", "onnx"), "--int8", "--calib-random", "--calib-samples", "16",
+                "--latency-guard", "-o", out, "--latency-repeats", "5")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    lg = next(p for p in rep["passes"] if p["name"] == "quantize[x86]")["stats"]["latency_guard"]
+    before = lg["int8_ms_before"] / lg["fp32_ms"]
+    assert lg["int8_vs_fp32_after"] <= before
+    if lg["kept_float_for_speed"]:  # what was left in float is really float in the artifact
+        assert any("left in float for speed" in n for n in rep["artifacts"][0]["notes"])
+    assert rep["artifacts"][0]["fidelity"]["cosine_min"] > 0.99
