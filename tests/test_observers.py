@@ -248,3 +248,21 @@ def test_entropy_threshold_matches_reference_loop():
     hist[200:290] = 0  # gaps make some candidates infinite
     got = entropy_threshold(torch.from_numpy(hist), 1.0, 64)
     assert got == float(_naive_kl_threshold(hist, 64))
+
+
+def test_batched_calibration_equals_per_sample(saved):
+    """vmap-batched calibration gives the per-sample ranges and channel means."""
+    from autoglm_compress import load
+    from autoglm_compress.inputs import random_feeds
+    from autoglm_compress.quantization.collect import collect_stats
+
+    for name in ("cnn", "transformer"):
+        model = load(saved(name, "onnx"))
+        feeds = random_feeds(model, 40, seed=0)
+        a, b = collect_stats(model, feeds, "minmax", batch=1), collect_stats(model, feeds, "minmax")
+        ra, rb = a.ranges(), b.ranges()
+        assert ra.keys() == rb.keys() and b.samples == 40
+        for k in ra:
+            np.testing.assert_allclose(ra[k], rb[k], rtol=1e-5, atol=1e-5)
+        for k in a.channel_means:
+            np.testing.assert_allclose(a.channel_means[k], b.channel_means[k], rtol=1e-5, atol=1e-6)

@@ -63,6 +63,62 @@ def _mean_targets(model: ir.Model) -> dict[str, int]:
     return names
 
 
+def _batched_runner(ex, output_names: list[str]):
+    """Run a batch-1 IR over a chunk of samples at once with ``torch.func.vmap``; returns a function
+    chunk -> {tensor name: [B, *per-sample shape]} of every float tensor, or None if it cannot."""
+
+    def run(chunk: list[dict]) -> dict[str, torch.Tensor]:
+        keys = list(chunk[0])
+        stacked = [torch.from_numpy(np.stack([f[k] for f in chunk])).to(ex.device) for k in keys]
+
+        def one(*xs):
+            captured = {}
+
+            def hook(name, node, t):
+                if torch.is_floating_point(t) and t.numel():
+                    captured[name] = t
+
+            ex.run(dict(zip(keys, xs)), hook=hook)
+            return captured
+
+        return torch.func.vmap(one)(*stacked)
+
+    return run
+
+
+def _vmap_ok(ex, runner, chunk: list[dict], output_names: list[str]) -> bool:
+    """vmap must reproduce per-sample execution exactly on the first chunk, or it is not used."""
+    try:
+        batched = runner(chunk[:2])
+        for i, feed in enumerate(chunk[:2]):
+            single = ex.run(feed)
+            for name in output_names:
+                if name in batched and not torch.allclose(
+                    batched[name][i], single[name], rtol=1e-5, atol=1e-6
+                ):
+                    return False
+        return True
+    except Exception as e:  # noqa: BLE001 - any op vmap cannot batch: fall back per sample
+        logger.info(
+            "batched calibration unavailable (%s); running sample by sample", type(e).__name__
+        )
+        return False
+
+
+def _chunks(feeds, limit: int | None, size: int):
+    chunk, n = [], 0
+    for feed in feeds:
+        if limit is not None and n >= limit:
+            break
+        chunk.append(feed)
+        n += 1
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def collect_stats(
     model: ir.Model,
     feeds: Iterable[dict[str, np.ndarray]],
@@ -70,6 +126,7 @@ def collect_stats(
     *,
     limit: int | None = None,
     progress: bool = False,
+    batch: int = 16,
     **observer_kw,
 ) -> CalibrationStats:
     from autoglm_compress.runtime import TorchExecutor
@@ -81,29 +138,40 @@ def collect_stats(
     mean_names = _mean_targets(model)
     t0 = time.perf_counter()
 
-    def hook(name, node, t):
+    def observe(name, t, count=1):
+        """``t``: one sample's tensor, or ``count`` samples stacked on a new leading axis."""
         if not torch.is_floating_point(t) or t.numel() == 0:
             return None
+        if count > 1:  # [B, 1, C, ...] -> [B, C, ...]: the same layout as a batch-1 sample
+            t = t.reshape(-1, *t.shape[2:]) if t.dim() >= 2 and t.shape[1] == 1 else t
         if name not in observers:
             observers[name] = make_observer(method, name=name, **observer_kw)
         observers[name].observe(t.detach())
         if name in mean_names and t.dim() >= 2:
             axis = mean_names[name] % t.dim()
             dims = [d for d in range(t.dim()) if d != axis]
-            m = t.detach().double().mean(dim=dims)
+            m = t.detach().double().mean(dim=dims) * count
             a = t.detach().abs().amax(dim=dims).float()
             means[name] = means[name] + m if name in means else m
             absmax[name] = torch.maximum(absmax[name], a) if name in absmax else a
         return None
 
+    outputs = [v.name for v in model.graph.outputs]
+    runner, use_vmap = _batched_runner(ex, outputs), None
     n = 0
-    for feed in tqdm(
-        feeds, total=limit, desc="calibrating", unit="sample", disable=not progress, leave=False
-    ):
-        if limit is not None and n >= limit:
-            break
-        ex.run(feed, hook=hook)
-        n += 1
+    bar = tqdm(total=limit, desc="calibrating", unit="sample", disable=not progress, leave=False)
+    for chunk in _chunks(feeds, limit, max(1, batch)):
+        if use_vmap is None:
+            use_vmap = len(chunk) > 1 and _vmap_ok(ex, runner, chunk, outputs)
+        if use_vmap and len(chunk) > 1:
+            for name, t in runner(chunk).items():
+                observe(name, t, len(chunk))
+        else:
+            for feed in chunk:
+                ex.run(feed, hook=lambda name, node, t: observe(name, t))
+        n += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
     if n == 0:
         raise CalibrationError("empty calibration set: no samples were read; check --calib")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
