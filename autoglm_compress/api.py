@@ -93,6 +93,9 @@ def compress(
     smoothquant: float | None = None,
     equalize: bool = False,
     latency_guard: bool = False,
+    qat_steps: int = 0,
+    qat_lr: float = 1e-4,
+    qat_batch: int = 16,
     eval_data: str | Path | None = None,
     samples: int = 64,
     dump_ir_after: tuple[str, ...] = (),
@@ -110,6 +113,7 @@ def compress(
     if fp16 and int8:
         raise ConfigError("--fp16 and --int8 are exclusive; choose one precision per run")
     specs = [s if isinstance(s, InputSpec) else parse_input_shape(s) for s in input_shapes]
+    qat = _qat_config(int8, qat_steps, qat_lr, qat_batch, calib_samples)
     options = {"cuda": {"build_engine": build_engine}, "x86": {"reduce_range": reduce_range}}
     target_objs = [get_target(t, **options.get(t, {})) for t in dict.fromkeys(targets)]
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
@@ -155,16 +159,23 @@ def compress(
                 lowered, tgt, calib_stats, keep_fp32, per_tensor, min_cosine, bias_correction
             )
             records.append(rec)
+            src, bc = model, bias_correction
+            if qat is not None:
+                lowered, src, qrec = _qat(
+                    model, lowered, tgt, calib_stats, rec, qat, per_tensor, bc
+                )
+                records.append(qrec)
+                bc = bc and not qrec.modified  # trained biases need no correction
             if latency_guard and tgt.name == "x86":
                 lowered = _guard(
-                    model,
+                    src,
                     lowered,
                     tgt,
                     calib_stats,
                     rec,
                     feeds[0],
                     notes,
-                    (tuple(keep_fp32), per_tensor, bias_correction),
+                    (tuple(keep_fp32), per_tensor, bc),
                 )
         notes += tgt.legalize(lowered, precision)
         art = tgt.emit(lowered, precision, out_dir, Path(model_path).stem)
@@ -201,6 +212,26 @@ def compress(
     if gate and not gate["passed"]:
         raise QualityGateError(gate["message"])
     return CompressResult(artifacts, report, report_path)
+
+
+def _qat_config(int8: bool, steps: int, lr: float, batch: int, samples: int):
+    if not steps:
+        return None
+    if not int8:
+        raise ConfigError("--qat-steps fine-tunes INT8 weights: add --int8")
+    from autoglm_compress.quantization.qat import QATConfig
+
+    cfg = QATConfig(steps=steps, lr=lr, batch=batch, samples=samples)
+    cfg.validate()
+    return cfg
+
+
+def _qat(fp32, ptq, tgt, stats, rec, cfg, per_tensor, bc):
+    """QAT by distillation on the layers PTQ quantized (fallen-back layers stay float)."""
+    from autoglm_compress.quantization.qat import finetune_for_target
+
+    keep = tuple(rec.config["keep_fp32"]) + tuple(rec.stats.get("fell_back", ()))
+    return finetune_for_target(fp32, ptq, tgt, stats, keep, per_tensor, bc, cfg)
 
 
 def _guard(fp32, quantized, tgt, stats, rec, feed, notes, opts):

@@ -143,6 +143,16 @@ _pickle_opt = click.option(
     help="Migrate activation outliers of LayerNorm→MatMul into weights (e.g. 0.5) before INT8.",
 )
 @click.option(
+    "--qat-steps",
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="INT8: fine-tune the quantized weights for N steps by distillation from FP32 "
+    "(fake-quant in the torch executor, on CUDA when present); 0 = off.",
+)
+@click.option("--qat-lr", default=1e-4, show_default=True, help="QAT learning rate (Adam).")
+@click.option("--qat-batch", default=16, show_default=True, help="QAT samples per step.")
+@click.option(
     "--max-drop",
     type=float,
     help="Fail (exit 3) when accuracy on the --eval labels drops by more than this (e.g. 0.01).",
@@ -182,6 +192,9 @@ def compress_cmd(
     smoothquant,
     equalize,
     latency_guard,
+    qat_steps,
+    qat_lr,
+    qat_batch,
     max_drop,
     dump_ir_after,
     latency_repeats,
@@ -223,6 +236,9 @@ def compress_cmd(
         smoothquant=smoothquant,
         equalize=equalize,
         latency_guard=latency_guard,
+        qat_steps=qat_steps,
+        qat_lr=qat_lr,
+        qat_batch=qat_batch,
         latency_repeats=latency_repeats,
         progress=sys.stderr.isatty(),
     )

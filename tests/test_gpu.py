@@ -51,6 +51,32 @@ def test_calibration_on_cuda_equals_cpu(saved, monkeypatch, method):
         np.testing.assert_allclose(gpu[k], cpu[k], rtol=1e-3, atol=1e-4)
 
 
+def test_qat_runs_on_cuda():
+    """Distillation/QAT trains on the GPU (the executor's default device there) and the result is
+    the same kind of model as on the CPU: int8 QDQ ONNX that onnxruntime verifies."""
+    from pathlib import Path
+
+    from autoglm_compress.ir_utils import check
+    from autoglm_compress.pipeline import Pipeline, build_passes
+    from autoglm_compress.quantization.flow import _quantize, calibrate
+    from autoglm_compress.quantization.qat import QATConfig, finetune_for_target
+    from autoglm_compress.targets.cuda import CudaTarget
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    model = load(root / "digits_cnn.pt")
+    Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)
+    stats, _ = calibrate(model, str(root / "digits_calib.npz"), "minmax", 128, False, False)
+    ptq, _, _ = _quantize(model, CudaTarget(), stats, [], False, True)
+    q, _, rec = finetune_for_target(
+        model, ptq, CudaTarget(), stats, [], False, True, QATConfig(steps=150)
+    )
+    s = rec.stats
+    assert s["device"].startswith("cuda") and s["batched"], s
+    assert s["loss_after"] < 0.8 * s["loss_before"], s
+    assert s["holdout_cosine_qat"] >= s["holdout_cosine_ptq"] and s["kept"] == "qat"
+    check(q)
+
+
 def test_tensorrt_engines(saved, tmp_path):
     pytest.importorskip("tensorrt", reason="tensorrt not installed")
     from autoglm_compress import compress

@@ -172,19 +172,20 @@ def test_max_drop_gate(tmp_path):
     ]
     ok = run_cli(DEMO, *args, "--max-drop", "0.01", "-o", tmp_path / "a")
     assert ok.returncode == 0, ok.stderr
-    # full 8-bit weights saturate on AVX2 without VNNI: a measurable drop that a strict gate catches
+    # Calibration data 50x too dim: activation ranges far too narrow, outputs clip, accuracy drops.
+    # (Deterministic on any CPU, unlike the AVX2 int16 saturation of full-range weights.)
+    dim = tmp_path / "dim.npz"
+    np.savez(dim, x=np.load(CALIB)["x"] * 0.02)
     bad = run_cli(
         DEMO,
-        *args,
-        "--full-range",
-        "--no-bias-correction",
+        *[a if a != CALIB else dim for a in args],
         "--max-drop",
         "0.001",
         "-o",
         tmp_path / "b",
     )
     drop = json.loads((tmp_path / "b" / "report.json").read_text())["quality_gate"]["accuracy_drop"]
-    assert max(drop.values()) > 0.001  # measured 0.010 here
+    assert max(drop.values()) > 0.05, drop
     assert bad.returncode == 3 and "accuracy drop" in bad.stderr
     assert (
         run_cli(
@@ -209,8 +210,18 @@ def test_cuda_fp16_artifact(tmp_path):
 
 def test_latency_guard_on_transformer(saved, tmp_path):
     out = tmp_path / "lg"
-    r = run_cli(saved("transformer", "onnx"), "--int8", "--calib-random", "--calib-samples", "16",
-                "--latency-guard", "-o", out, "--latency-repeats", "5")
+    r = run_cli(
+        saved("transformer", "onnx"),
+        "--int8",
+        "--calib-random",
+        "--calib-samples",
+        "16",
+        "--latency-guard",
+        "-o",
+        out,
+        "--latency-repeats",
+        "5",
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
     lg = next(p for p in rep["passes"] if p["name"] == "quantize[x86]")["stats"]["latency_guard"]

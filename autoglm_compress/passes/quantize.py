@@ -36,6 +36,9 @@ class QuantizeConfig(PassConfig):
     )
     keep_fp32: tuple[str, ...] = field((), help="node names or op types (glob) left in float")
     per_tensor: bool = field(False, help="per-tensor weight scales instead of per-channel")
+    fake_weights: bool = field(
+        False, help="keep float weights behind QuantizeLinear (QAT training form), float biases"
+    )
 
 
 def _is_float(v: ir.Value | None) -> bool:
@@ -69,7 +72,7 @@ class QuantizePass(CompressPass):
         if callable(ranges):  # compute (histogram searches) only for tensors this scheme touches
             ranges = ranges(_needed(g, scheme, targets))
         ranges = shared_scale_groups(g, scheme, ranges, targets)
-        writer = QDQWriter(g, scheme)
+        writer = QDQWriter(g, scheme, fake_weights=cfg.fake_weights)
         for name in sorted(targets, key=list(targets).index):
             value = targets[name]
             if name not in ranges:

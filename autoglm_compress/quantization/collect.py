@@ -36,6 +36,7 @@ class CalibrationStats:
     seconds: float
     peak_rss_mb: float
     holdout: list = dataclasses.field(default_factory=list)  # first samples, for fallback decisions
+    source: object = None  # the calibration source (QAT reads its samples again)
 
     def ranges(
         self, symmetric: bool | None = None, bits: int = 8, names=None

@@ -53,7 +53,7 @@ def calibrate(
             yield f
 
     stats = collect_stats(model, feeds(), method, limit=samples, progress=progress)
-    stats.holdout = kept
+    stats.holdout, stats.source = kept, source
     info = {
         "source": str(calib) if calib else "random",
         "kind": source.kind,
@@ -85,7 +85,13 @@ def _copy(model: ir.Model) -> ir.Model:
 
 
 def _quantize(
-    fp32: ir.Model, target, stats: CalibrationStats, keep, per_tensor, bias_correction: bool = True
+    fp32: ir.Model,
+    target,
+    stats: CalibrationStats,
+    keep,
+    per_tensor,
+    bias_correction: bool = True,
+    fake_weights: bool = False,
 ):
     import dataclasses
     import fnmatch
@@ -115,7 +121,13 @@ def _quantize(
     def ranges(names):
         return stats.ranges(symmetric=scheme.activation.symmetric, names=names)
 
-    cfg = QuantizeConfig(scheme=scheme, ranges=ranges, keep_fp32=tuple(keep), per_tensor=per_tensor)
+    cfg = QuantizeConfig(
+        scheme=scheme,
+        ranges=ranges,
+        keep_fp32=tuple(keep),
+        per_tensor=per_tensor,
+        fake_weights=fake_weights,
+    )
     p = QuantizePass(cfg)
     p(model)
     check(model)

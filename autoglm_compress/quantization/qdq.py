@@ -88,8 +88,10 @@ def shared_scale_groups(g: ir.Graph, scheme: QuantScheme, ranges: dict, targets:
 
 
 class QDQWriter:
-    def __init__(self, graph: ir.Graph, scheme: QuantScheme):
-        self.g, self.scheme = graph, scheme
+    def __init__(self, graph: ir.Graph, scheme: QuantScheme, fake_weights: bool = False):
+        """``fake_weights``: float weights behind a QuantizeLinear (the QAT training form: the
+        weights stay trainable) instead of int8 initializers; biases then stay float."""
+        self.g, self.scheme, self.fake_weights = graph, scheme, fake_weights
         self.stats: dict[str, int] = {}
         self.act_qparams: dict[str, tuple[float, int]] = {}  # DQ output name -> (scale, zp)
         self.layers: list[dict] = []
@@ -158,10 +160,10 @@ class QDQWriter:
         key = (w_val.name, ax)
         if key not in self._wcache:
             scale, zp = weight_qparams(w, ax, tq)
-            wq = self._const(f"{w_val.name}_quantized", _quantize_array(w, scale, ax, tq))
             s = self._const(f"{w_val.name}_scale", scale)
             z = self._const(f"{w_val.name}_zp", zp)
             attrs = {"axis": ax} if ax is not None else {}
+            wq = self._weight_source(w_val, w, s, z, ax, attrs, node)
             dq = ir.node("DequantizeLinear", [wq, s, z], attributes=attrs, name=f"{w_val.name}_DQ")
             dq.outputs[0].name, dq.outputs[0].dtype = f"{w_val.name}_dq", ir.DataType.FLOAT
             dq.outputs[0].shape = ir.Shape(w.shape)
@@ -181,9 +183,27 @@ class QDQWriter:
         x = node.inputs[0]
         if x is not None and x.name in self.act_qparams:
             layer["input_scale"], layer["input_zero_point"] = self.act_qparams[x.name]
-            if b_idx is not None and self.scheme.bias_int32 and len(node.inputs) > b_idx:
+            if (
+                b_idx is not None
+                and self.scheme.bias_int32
+                and not self.fake_weights
+                and len(node.inputs) > b_idx
+            ):
                 self._quantize_bias(node, b_idx, layer["input_scale"], scale, w.shape[axis])
         self.layers.append(layer)
+
+    def _weight_source(self, w_val, w, s, z, ax, attrs, node) -> ir.Value:
+        """int8 initializer W_q, or (fake_weights) the float W through a QuantizeLinear node."""
+        tq = self.scheme.weight
+        if not self.fake_weights:
+            return self._const(
+                f"{w_val.name}_quantized", _quantize_array(w, s.const_value.numpy(), ax, tq)
+            )
+        q = ir.node("QuantizeLinear", [w_val, s, z], attributes=attrs, name=f"{w_val.name}_Q")
+        q.outputs[0].name, q.outputs[0].dtype = f"{w_val.name}_q", _dtype(tq.dtype)
+        q.outputs[0].shape = ir.Shape(w.shape)
+        self.g.insert_before(node, q)
+        return q.outputs[0]
 
     def _quantize_bias(
         self, node: ir.Node, b_idx: int, s_x: float, s_w: np.ndarray, n_out: int

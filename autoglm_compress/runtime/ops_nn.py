@@ -225,14 +225,9 @@ def _pad(x, n):
     return F.pad(t, tp, mode={"reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode])
 
 
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
+def _round_ste(x):
+    """round() with a straight-through gradient (identity), written so torch.func.vmap batches it."""
+    return x + (torch.round(x) - x).detach()
 
 
 def _qshape(scale, t, axis):
@@ -247,24 +242,15 @@ _QLIMITS = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int32: (-(2**3
 
 
 def _quantize(x, n):
+    """Affine quantization. With gradients on, the result stays float (fake-quant: integer tensors
+    carry no gradient) and the rounding is straight-through; clamping zeroes the gradient outside."""
     t, scale = x[0], x[1]
     zp = x[2] if len(x) > 2 and x[2] is not None else torch.zeros((), dtype=torch.uint8)
     axis = _i(n, "axis", 1)
     s, z = _qshape(scale.to(t.dtype), t, axis), _qshape(zp, t, axis)
     lo, hi = _QLIMITS[zp.dtype]
-    q = torch.clamp(_RoundSTE.apply(t / s) + z.to(t.dtype), lo, hi)
-    if torch.is_grad_enabled() and t.requires_grad:
-        return _FakeInt.wrap(q, zp.dtype)
-    return q.to(zp.dtype)
-
-
-class _FakeInt:
-    """With gradients on, quantized values stay float (integer tensors carry no grad); DQ accepts both."""
-
-    @staticmethod
-    def wrap(q, dtype):
-        q.qdtype = dtype
-        return q
+    q = torch.clamp(_round_ste(t / s) + z.to(t.dtype), lo, hi)
+    return q if torch.is_grad_enabled() else q.to(zp.dtype)
 
 
 def _dequantize(x, n):

@@ -1,0 +1,193 @@
+"""Quantization-aware fine-tuning (QAT) by distillation from the FP32 model, per target.
+
+1. Build the training graph: the target's QDQ graph, but with float weights behind QuantizeLinear
+   (``fake_weights``) and float biases; activation scales are the calibrated ones, fixed.
+2. Train the quantized layers' weights and biases in the torch executor (fake-quant, straight-through
+   rounding) to reproduce the FP32 model's outputs on calibration samples (``runtime.train_loop``).
+   After every step each weight scale is recomputed as max|W_c| / q_max — the export's own rule.
+3. Write the trained weights into a copy of the FP32 model and quantize it again under the same
+   scheme and activation ranges (no bias correction: the biases were trained), so the exported
+   model is the trained student up to int32 bias rounding.
+4. Keep whichever of PTQ / QAT has the higher worst-case cosine on held-out calibration samples
+   (never the eval data the report scores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import onnx_ir as ir
+
+from autoglm_compress.errors import ConfigError
+from autoglm_compress.ir_utils import add_initializer, check, from_proto, to_proto
+from autoglm_compress.pipeline import PassRecord
+from autoglm_compress.quantization.qdq import MIN_SCALE, quant_limits
+from autoglm_compress.quantization.scheme import WEIGHT_INPUTS
+
+__all__ = ["QATConfig", "finetune_for_target"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class QATConfig:
+    steps: int = 0  # optimizer steps; 0 = off
+    lr: float = 1e-4
+    batch: int = 16
+    samples: int = 256  # calibration samples to train on (held-out ones excluded)
+    device: str | None = None  # None: CUDA when present, else CPU
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.batch < 1 or self.samples < 1 or not self.lr > 0:
+            raise ConfigError(
+                f"QAT needs steps ≥ 0, batch ≥ 1, samples ≥ 1 and lr > 0; got steps={self.steps} "
+                f"batch={self.batch} samples={self.samples} lr={self.lr}"
+            )
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    return from_proto(to_proto(model))
+
+
+def _weight_quantizers(g: ir.Graph) -> list[tuple[str, str, int | None]]:
+    """(weight, scale, axis) for every QuantizeLinear that reads a float initializer."""
+    out = []
+    for node in g:
+        w = node.inputs[0] if node.op_type == "QuantizeLinear" else None
+        if w is not None and w.name in g.initializers and w.dtype == ir.DataType.FLOAT:
+            ax = node.attributes.get_int("axis", 1) if node.inputs[1].shape.rank() else None
+            out.append((w.name, node.inputs[1].name, ax))
+    return out
+
+
+def _trained_biases(g: ir.Graph) -> list[str]:
+    names = []
+    for node in g:
+        spec = WEIGHT_INPUTS.get(node.op_type)
+        if spec is None or spec[2] is None or len(node.inputs) <= spec[2]:
+            continue
+        w, b = node.inputs[spec[0]], node.inputs[spec[2]]
+        quantized = w is not None and w.producer() is not None
+        if quantized and b is not None and b.name in g.initializers:
+            names.append(b.name)
+    return names
+
+
+def _scale_refresher(params: dict, quantizers, qmax: int):
+    def refresh() -> None:
+        for w_name, s_name, ax in quantizers:
+            w = params[w_name]
+            if ax is None:
+                amax = w.abs().amax()
+            else:
+                amax = w.abs().movedim(ax, 0).reshape(w.shape[ax], -1).amax(dim=1)
+            params[s_name].copy_((amax / qmax).clamp_min(MIN_SCALE).reshape(params[s_name].shape))
+
+    return refresh
+
+
+def _transfer(train: ir.Graph, params: dict, trained: set, tuned: ir.Model) -> ir.Model:
+    """Write the trained weights and biases into the FP32 copy, node by node (bias correction may
+    have given a layer a new or a first bias in the training graph)."""
+    by_name = {n.name: n for n in tuned.graph if n.op_type in WEIGHT_INPUTS}
+    for node in train:
+        spec, dst = WEIGHT_INPUTS.get(node.op_type), by_name.get(node.name)
+        if spec is None or dst is None:
+            continue
+        for idx in (spec[0], spec[2]):
+            v = node.inputs[idx] if idx is not None and len(node.inputs) > idx else None
+            while v is not None and v.name not in trained and v.producer() is not None:
+                v = v.producer().inputs[0]  # weight: DQ ← Q ← float W
+            if v is None or v.name not in trained:
+                continue
+            arr = params[v.name].detach().cpu().numpy().astype(np.float32)
+            if len(dst.inputs) <= idx:
+                dst.resize_inputs(idx + 1)
+            old = dst.inputs[idx]
+            if old is not None and old.name == v.name and old.name in tuned.graph.initializers:
+                old.const_value = ir.tensor(arr, name=v.name)
+            else:
+                dst.replace_input_with(idx, add_initializer(tuned.graph, v.name, arr))
+    return tuned
+
+
+def _holdout_cosine(fp32: ir.Model, holdout: list[dict]):
+    from autoglm_compress.quantization.flow import _cosine_fn
+
+    return _cosine_fn(fp32, holdout)
+
+
+def finetune_for_target(
+    fp32: ir.Model,
+    ptq: ir.Model,
+    target,
+    stats,
+    keep,
+    per_tensor: bool,
+    bias_correction: bool,
+    cfg: QATConfig,
+) -> tuple[ir.Model, ir.Model, PassRecord]:
+    """Returns (quantized model, FP32 model it was quantized from, pass record)."""
+    from autoglm_compress.quantization.flow import _quantize
+    from autoglm_compress.runtime import TorchExecutor
+
+    cfg.validate()
+    t0 = time.perf_counter()
+    holdout = list(getattr(stats, "holdout", []))
+    feeds = _training_feeds(stats, len(holdout), cfg.samples)
+    train, _, _ = _quantize(fp32, target, stats, list(keep), per_tensor, bias_correction, True)
+    student = TorchExecutor(train, device=cfg.device)
+    teacher = TorchExecutor(fp32, device=student.device)
+    for p in (*student.parameters().values(), *teacher.parameters().values()):
+        p.requires_grad_(False)
+    quantizers = _weight_quantizers(train.graph)
+    trained = [w for w, _, _ in quantizers] + _trained_biases(train.graph)
+    params = student.parameters()
+    for name in trained:
+        params[name].requires_grad_(True)
+    qmax = quant_limits(target.scheme().weight)[1]
+    from autoglm_compress.runtime.train_loop import distill
+
+    res = distill(
+        student,
+        teacher,
+        feeds,
+        [params[n] for n in trained],
+        steps=cfg.steps,
+        lr=cfg.lr,
+        batch=cfg.batch,
+        after_step=_scale_refresher(params, quantizers, qmax),
+    )
+    tuned = _transfer(train.graph, params, set(trained), _copy(fp32))
+    check(tuned)
+    qat, _, _ = _quantize(tuned, target, stats, list(keep), per_tensor, False)
+    info = {**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained)}
+    info["kept"], chosen = "qat", (qat, tuned)
+    if holdout:
+        cosine = _holdout_cosine(fp32, holdout)
+        info["holdout_cosine_ptq"] = round(cosine(ptq), 6)
+        info["holdout_cosine_qat"] = round(cosine(qat), 6)
+        if info["holdout_cosine_qat"] < info["holdout_cosine_ptq"]:
+            info["kept"], chosen = "ptq", (ptq, fp32)
+    rec = PassRecord(
+        f"qat[{target.name}]",
+        info,
+        round(time.perf_counter() - t0, 4),
+        info["kept"] == "qat",
+        dataclasses.asdict(cfg),
+    )
+    logger.info("qat[%s]: %s", target.name, info)
+    return chosen[0], chosen[1], rec
+
+
+def _training_feeds(stats, n_holdout: int, n: int) -> list[dict[str, np.ndarray]]:
+    """Calibration samples after the held-out ones (all of them when too few are left)."""
+    source = getattr(stats, "source", None)
+    if source is None:
+        raise ConfigError("QAT needs the calibration data source; run calibrate() first")
+    feeds = list(source.take(n + n_holdout))
+    rest = feeds[n_holdout:]
+    return rest if len(rest) >= max(8, len(feeds) // 2) else feeds
