@@ -71,29 +71,28 @@ class CudaTarget(X86Target):
         return tensorrt_scheme()
 
     def legalize(self, model: ir.Model, precision: str) -> list[str]:
-        bad = [
-            n
-            for n in model.graph
-            if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-            and len(n.inputs) > 2
-            and n.inputs[2] is not None
-            and n.inputs[2].const_value is not None
-            and n.inputs[2].const_value.numpy().any()
-        ]
-        if bad:
-            from autoglm_compress.errors import UnsupportedOpError
+        """Check TensorRT's explicit-quantization rules (trt_rules.py); the first violation stops
+        the run before anything is written."""
+        from autoglm_compress.errors import UnsupportedOpError
+        from autoglm_compress.targets.trt_rules import check_tensorrt_rules
 
+        self._rules = check_tensorrt_rules(model)
+        if self._rules["violations"]:
+            node, _, what = self._rules["violations"][0].partition(": ")
             raise UnsupportedOpError(
-                bad[0].op_type,
-                bad[0].name,
-                "cuda target",
-                "TensorRT needs zero points of 0 (symmetric quantization)",
+                "QDQ", node, "cuda target", f"TensorRT rule: {what}; quantize with --target cuda"
             )
+        if self._rules["float_input_layers"]:
+            names = ", ".join(self._rules["float_input_layers"][:5])
+            return [f"TensorRT runs these weighted layers in float (input not quantized): {names}"]
         return []
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
         art = super().emit(model, precision, out_dir, stem)
         art.extra["trtexec"] = trtexec_command(art.path, precision)
+        rules = getattr(self, "_rules", None)
+        if rules is not None and precision == "int8":
+            art.extra["tensorrt_rules"] = {**rules, "checked": "zero points, scales, axes, ranges"}
         return art
 
     def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
