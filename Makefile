@@ -26,6 +26,7 @@ demo: venv
 
 bench: venv
 	$(PY) bench/bench_int8.py
+	$(PY) bench/bench_qat.py
 
 test: venv
 	$(PY) -m pytest -q -x tests
