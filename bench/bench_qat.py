@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_qat.py [--steps 300] [--out bench/qat_results.json]
 
 Models: the shipped digits CNN, and a depthwise-separable digits net with ReLU6 (trained here for 30
-epochs, ~15 s; per-tensor weights make it the hard case). 128 calibration samples (QAT trains on the 112 after
-the 16 held out for the PTQ/QAT choice); fidelity on the 500 labelled eval digits, artifacts run in
+epochs, ~15 s; per-tensor weights make it the hard case). 128 calibration samples; QAT trains on
+samples 17-144 of the calibration file (the first 16 are held out for the PTQ/QAT choice); fidelity on the 500 labelled eval digits, artifacts run in
 onnxruntime. rel MSE = Σ(y_q − y)² / Σy² over the eval logits.
 """
 
