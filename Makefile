@@ -22,7 +22,8 @@ demo: venv
 	$(VENV)/bin/autoglm-compress examples/digits_cnn.pt --fp16 --target x86 \
 		--calib examples/digits_calib.npz --eval examples/digits_eval.npz -o out/demo
 	$(VENV)/bin/autoglm-compress examples/digits_cnn.pt --int8 --target x86 --target cuda \
-		--calib examples/digits_calib.npz --eval examples/digits_eval.npz --samples 500 -o out/demo-int8
+		--calib examples/digits_calib.npz --eval examples/digits_eval.npz --samples 500 --qat-steps 200 \
+		-o out/demo-int8
 
 bench: venv
 	$(PY) bench/bench_int8.py
