@@ -15,6 +15,27 @@ sys.path.insert(0, str(TESTS))
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+DEMO = ROOT / "examples" / "digits_cnn.pt"
+CALIB = ROOT / "examples" / "digits_calib.npz"
+EVAL = ROOT / "examples" / "digits_eval.npz"
+
+
+def calibrated_digits(calib_samples: int = 128, eval_limit: int = 300):
+    """The demo digits CNN after cleanup + fold_bn, calibrated (minmax), with eval feeds, labels and
+    the FP32 model's onnxruntime outputs on them: (model, stats, feeds, labels, ref)."""
+    from autoglm_compress import load
+    from autoglm_compress.inputs import load_npz_feeds
+    from autoglm_compress.ir_utils import ort_run, ort_session
+    from autoglm_compress.pipeline import Pipeline, build_passes
+    from autoglm_compress.quantization.flow import calibrate
+
+    model = load(DEMO)
+    Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)
+    stats, _ = calibrate(model, str(CALIB), "minmax", calib_samples, False, False)
+    feeds, labels = load_npz_feeds(EVAL, model, limit=eval_limit)
+    sess = ort_session(model)
+    return model, stats, feeds, labels, [ort_run(sess, f) for f in feeds]
+
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:

@@ -7,16 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import CALIB, DEMO, EVAL, calibrated_digits, run_cli
 
 from autoglm_compress import load
 from autoglm_compress.pipeline import Pipeline, build_passes
 from autoglm_compress.quantization.flow import calibrate, quantize_for_target
 from autoglm_compress.targets.x86 import X86Target
-
-DEMO = ROOT / "examples" / "digits_cnn.pt"
-CALIB = ROOT / "examples" / "digits_calib.npz"
-EVAL = ROOT / "examples" / "digits_eval.npz"
 
 
 def _bad(tmp_path, *args, match):
@@ -138,16 +134,11 @@ def test_zero_range_tensor_gives_finite_scales(tmp_path):
 
 
 def test_bias_correction_reduces_error():
-    from autoglm_compress.inputs import load_npz_feeds
     from autoglm_compress.ir_utils import ort_run, ort_session
     from autoglm_compress.metrics import fidelity
     from autoglm_compress.quantization.flow import _quantize
 
-    model = load(DEMO)
-    Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)
-    stats, _ = calibrate(model, str(CALIB), "minmax", 128, False, False)
-    feeds, _ = load_npz_feeds(EVAL, model, limit=200)
-    ref = [ort_run(ort_session(model), f) for f in feeds]
+    model, stats, feeds, _, ref = calibrated_digits(128, 200)
     cos = {}
     for bc in (False, True):
         q, s, _ = _quantize(model, X86Target(), stats, (), False, bc)

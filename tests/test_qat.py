@@ -8,33 +8,23 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import CALIB, DEMO, EVAL, calibrated_digits, run_cli
 
 from autoglm_compress import load
-from autoglm_compress.inputs import load_npz_feeds, random_feeds
+from autoglm_compress.inputs import random_feeds
 from autoglm_compress.ir_utils import check, ort_run, ort_session
 from autoglm_compress.metrics import fidelity
-from autoglm_compress.pipeline import Pipeline, build_passes
-from autoglm_compress.quantization.flow import _quantize, calibrate
+from autoglm_compress.quantization.flow import _quantize
 from autoglm_compress.quantization.qat import QATConfig, finetune_for_target
 from autoglm_compress.runtime import TorchExecutor
 from autoglm_compress.runtime import train_loop
 from autoglm_compress.targets.cuda import CudaTarget
 from autoglm_compress.targets.x86 import X86Target
 
-DEMO = ROOT / "examples" / "digits_cnn.pt"
-CALIB = ROOT / "examples" / "digits_calib.npz"
-EVAL = ROOT / "examples" / "digits_eval.npz"
-
 
 @pytest.fixture(scope="module")
 def digits():
-    model = load(DEMO)
-    Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)
-    stats, _ = calibrate(model, str(CALIB), "minmax", 128, False, False)
-    feeds, labels = load_npz_feeds(EVAL, model, limit=300)
-    ref = [ort_run(ort_session(model), f) for f in feeds]
-    return model, stats, feeds, labels, ref
+    return calibrated_digits(128, 300)
 
 
 def _eval(q, feeds, ref):

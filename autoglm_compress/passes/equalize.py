@@ -22,7 +22,7 @@ from onnx_ir.passes import PassResult
 
 from autoglm_compress.ir_utils import add_initializer
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
-from autoglm_compress.quantization.qdq import _const_array
+from autoglm_compress.quantization.qdq import const_array
 
 __all__ = ["CrossLayerEqualizationPass", "EqualizeConfig"]
 
@@ -62,7 +62,7 @@ class CrossLayerEqualizationPass(CompressPass):
         pairs = self._pairs(model.graph)
         if pairs:
             self.stats["range_ratio_before"] = round(
-                float(np.mean([_channel_ratio(_const_array(a.inputs[1])) for a, _ in pairs])), 3
+                float(np.mean([_channel_ratio(const_array(a.inputs[1])) for a, _ in pairs])), 3
             )
         for _ in range(max(1, self.config.iterations)):
             for c1, c2 in pairs:
@@ -71,7 +71,7 @@ class CrossLayerEqualizationPass(CompressPass):
             ir.passes.common.RemoveUnusedNodesPass()(model)  # drops the replaced initializers
             self.stats["pairs_equalized"] = len(pairs)
             self.stats["range_ratio_after"] = round(
-                float(np.mean([_channel_ratio(_const_array(a.inputs[1])) for a, _ in pairs])), 3
+                float(np.mean([_channel_ratio(const_array(a.inputs[1])) for a, _ in pairs])), 3
             )
         logger.info("equalize: %s", self.stats)
         return PassResult(model, modified=bool(pairs))
@@ -79,7 +79,7 @@ class CrossLayerEqualizationPass(CompressPass):
     def _pairs(self, g: ir.Graph) -> list[tuple[ir.Node, ir.Node]]:
         pairs = []
         for c1 in g:
-            if c1.op_type != "Conv" or _const_array(c1.inputs[1]) is None:
+            if c1.op_type != "Conv" or const_array(c1.inputs[1]) is None:
                 continue
             nxt = _single_reader(c1.outputs[0])
             if nxt is not None and nxt.op_type not in ("Conv",) and len(nxt.outputs) == 1:
@@ -89,20 +89,20 @@ class CrossLayerEqualizationPass(CompressPass):
                         self.count("skipped_nonhomogeneous")
                     continue
                 nxt = _single_reader(nxt.outputs[0])
-            if nxt is None or nxt.op_type != "Conv" or _const_array(nxt.inputs[1]) is None:
+            if nxt is None or nxt.op_type != "Conv" or const_array(nxt.inputs[1]) is None:
                 continue
             if self._compatible(c1, nxt):
                 pairs.append((c1, nxt))
         return pairs
 
     def _compatible(self, c1: ir.Node, c2: ir.Node) -> bool:
-        w1, w2 = _const_array(c1.inputs[1]), _const_array(c2.inputs[1])
+        w1, w2 = const_array(c1.inputs[1]), const_array(c2.inputs[1])
         g2 = c2.attributes.get_int("group", 1)
         depthwise = g2 == w1.shape[0] and w2.shape[1] == 1 and w2.shape[0] == w1.shape[0]
         return g2 == 1 and w2.shape[1] == w1.shape[0] or depthwise
 
     def _equalize(self, g: ir.Graph, c1: ir.Node, c2: ir.Node) -> None:
-        w1, w2 = _const_array(c1.inputs[1]), _const_array(c2.inputs[1])
+        w1, w2 = const_array(c1.inputs[1]), const_array(c2.inputs[1])
         depthwise = c2.attributes.get_int("group", 1) != 1
         r1 = np.abs(w1.reshape(w1.shape[0], -1)).max(axis=1)
         w2c = w2 if depthwise else np.swapaxes(w2, 0, 1)  # channel i of conv1's output first
@@ -111,7 +111,7 @@ class CrossLayerEqualizationPass(CompressPass):
         s = np.where(ok, np.sqrt(np.where(ok, r1, 1) / np.where(ok, r2, 1)), 1.0)
         shape1 = [-1] + [1] * (w1.ndim - 1)
         _set(g, c1, 1, w1 / s.reshape(shape1))
-        b1 = _const_array(c1.inputs[2]) if len(c1.inputs) > 2 else None
+        b1 = const_array(c1.inputs[2]) if len(c1.inputs) > 2 else None
         if b1 is not None:
             _set(g, c1, 2, b1 / s)
         shape2 = shape1 if depthwise else [1, -1] + [1] * (w2.ndim - 2)

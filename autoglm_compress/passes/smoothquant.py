@@ -23,7 +23,7 @@ from onnx_ir.passes import PassResult
 
 from autoglm_compress.ir_utils import add_initializer
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
-from autoglm_compress.quantization.qdq import _const_array
+from autoglm_compress.quantization.qdq import const_array
 
 __all__ = ["SmoothQuantPass", "SmoothQuantConfig"]
 
@@ -42,7 +42,7 @@ def _weight_kn(node: ir.Node, idx: int) -> np.ndarray | None:
     """The constant weight of a MatMul/Gemm reading the activation as input 0, laid out [K, N]."""
     if idx != 0 or node.op_type not in ("MatMul", "Gemm"):
         return None
-    w = _const_array(node.inputs[1])
+    w = const_array(node.inputs[1])
     if w is None or w.ndim != 2 or w.dtype != np.float32:
         return None
     if node.op_type == "Gemm":
@@ -87,7 +87,7 @@ class SmoothQuantPass(CompressPass):
         for ln in [n for n in model.graph if n.op_type == "LayerNormalization"]:
             t = _feature_tensor(ln.outputs[0])
             readers, only = _matmul_readers(t)
-            gamma = _const_array(ln.inputs[1]) if len(ln.inputs) > 1 else None
+            gamma = const_array(ln.inputs[1]) if len(ln.inputs) > 1 else None
             if not readers or t.name not in absmax or gamma is None:
                 self.count("layernorms_skipped")
                 continue
@@ -113,10 +113,10 @@ class SmoothQuantPass(CompressPass):
         self._ratios(xmax, s)
 
     def _fold_into_layernorm(self, g: ir.Graph, ln: ir.Node, s: np.ndarray) -> None:
-        gamma = _const_array(ln.inputs[1]).astype(np.float64)
+        gamma = const_array(ln.inputs[1]).astype(np.float64)
         ln.replace_input_with(1, _new_const(g, f"{ln.name}_scale_smoothed", gamma / s))
         if len(ln.inputs) > 2 and ln.inputs[2] is not None:
-            beta = _const_array(ln.inputs[2]).astype(np.float64)
+            beta = const_array(ln.inputs[2]).astype(np.float64)
             ln.replace_input_with(2, _new_const(g, f"{ln.name}_bias_smoothed", beta / s))
         self.count("layernorms_folded")
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from autoglm_compress.ir_utils import add_initializer
-from autoglm_compress.quantization.qdq import _const_array, _quantize_array, weight_qparams
+from autoglm_compress.quantization.qdq import const_array, _quantize_array, weight_qparams
 from autoglm_compress.quantization.scheme import TensorQuant
 
 __all__ = ["correct_biases"]
@@ -54,7 +54,7 @@ def correct_biases(
         if node.op_type not in ("Conv", "Gemm") or node.name in skip:
             continue
         x, w_val = node.inputs[0], node.inputs[1]
-        w = _const_array(w_val)
+        w = const_array(w_val)
         mean = channel_means.get(x.name) if x is not None else None
         if w is None or mean is None or w.dtype != np.float32:
             continue
@@ -71,7 +71,7 @@ def correct_biases(
 
 def _set_bias(g: ir.Graph, node: ir.Node, shift: np.ndarray) -> None:
     b_val = node.inputs[2] if len(node.inputs) > 2 else None
-    b = _const_array(b_val)
+    b = const_array(b_val)
     b = np.zeros(shift.shape, np.float32) if b is None else b.reshape(-1)
     v = add_initializer(g, f"{node.name or 'node'}_bias_corrected", (b - shift).astype(np.float32))
     if len(node.inputs) < 3:

@@ -114,12 +114,6 @@ def _transfer(train: ir.Graph, params: dict, trained: set, tuned: ir.Model) -> i
     return tuned
 
 
-def _holdout_cosine(fp32: ir.Model, holdout: list[dict]):
-    from autoglm_compress.quantization.flow import _cosine_fn
-
-    return _cosine_fn(fp32, holdout)
-
-
 def finetune_for_target(
     fp32: ir.Model,
     ptq: ir.Model,
@@ -131,7 +125,7 @@ def finetune_for_target(
     cfg: QATConfig,
 ) -> tuple[ir.Model, ir.Model, PassRecord]:
     """Returns (quantized model, FP32 model it was quantized from, pass record)."""
-    from autoglm_compress.quantization.flow import _quantize
+    from autoglm_compress.quantization.flow import _cosine_fn, _quantize
     from autoglm_compress.runtime import TorchExecutor
 
     cfg.validate()
@@ -167,7 +161,7 @@ def finetune_for_target(
     info = {**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained)}
     info["kept"], chosen = "qat", (qat, tuned)
     if holdout:
-        cosine = _holdout_cosine(fp32, holdout)
+        cosine = _cosine_fn(fp32, holdout)
         info["holdout_cosine_ptq"] = round(cosine(ptq), 6)
         info["holdout_cosine_qat"] = round(cosine(qat), 6)
         if info["holdout_cosine_qat"] < info["holdout_cosine_ptq"]:

@@ -9,9 +9,14 @@ import onnx_ir as ir
 
 from autoglm_compress.calibration.qparams import compute_qparams
 from autoglm_compress.ir_utils import add_initializer
-from autoglm_compress.quantization.scheme import WEIGHT_INPUTS, QuantScheme, TensorQuant
+from autoglm_compress.quantization.scheme import (
+    WEIGHT_INPUTS,
+    QuantScheme,
+    TensorQuant,
+    weight_axis,
+)
 
-__all__ = ["QDQWriter", "shared_scale_groups", "weight_qparams", "quant_limits"]
+__all__ = ["QDQWriter", "shared_scale_groups", "weight_qparams", "quant_limits", "const_array"]
 
 logger = logging.getLogger(__name__)
 _NP = {"int8": np.int8, "uint8": np.uint8}
@@ -47,7 +52,7 @@ def _quantize_array(
     return np.clip(np.round(w / s), lo, hi).astype(_NP[tq.dtype])
 
 
-def _const_array(v: ir.Value) -> np.ndarray | None:
+def const_array(v: ir.Value) -> np.ndarray | None:
     if v is None:
         return None
     if v.const_value is not None:
@@ -131,19 +136,11 @@ class QDQWriter:
         self._count("qdq_inserted")
         return dq.outputs[0]
 
-    def _weight_axis(self, node: ir.Node) -> tuple[int, int, int | None]:
-        w_idx, axis, b_idx = WEIGHT_INPUTS[node.op_type]
-        if node.op_type == "Gemm" and not node.attributes.get_int("transB", 0):
-            axis = 1
-        if node.op_type == "MatMul":
-            w = node.inputs[1]
-            axis = (w.shape.rank() - 1) if w is not None and w.shape is not None else 1
-        return w_idx, axis, b_idx
-
     def quantize_weights(self, node: ir.Node) -> None:
-        w_idx, axis, b_idx = self._weight_axis(node)
+        w_idx, _, b_idx = WEIGHT_INPUTS[node.op_type]
+        axis = weight_axis(node)
         w_val = node.inputs[w_idx] if len(node.inputs) > w_idx else None
-        w = _const_array(w_val)
+        w = const_array(w_val)
         if w is None or w.dtype != np.float32:
             return
         if not np.isfinite(w).all():
@@ -209,7 +206,7 @@ class QDQWriter:
         self, node: ir.Node, b_idx: int, s_x: float, s_w: np.ndarray, n_out: int
     ) -> None:
         b_val = node.inputs[b_idx]
-        b = _const_array(b_val)
+        b = const_array(b_val)
         if b is None or b.ndim != 1 or b.shape[0] != n_out:
             return
         bs = (np.float32(s_x) * np.broadcast_to(s_w, b.shape)).astype(np.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["TensorQuant", "QuantScheme", "WEIGHT_INPUTS"]
+__all__ = ["TensorQuant", "QuantScheme", "WEIGHT_INPUTS", "weight_axis"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,17 @@ WEIGHT_INPUTS: dict[str, tuple[int, int, int | None]] = {
     "Gemm": (1, 0, 2),
     "MatMul": (1, 1, None),
 }
+
+
+def weight_axis(node) -> int:
+    """Output-channel axis of ``node``'s weight: the table's, Gemm by transB, MatMul's last axis."""
+    axis = WEIGHT_INPUTS[node.op_type][1]
+    if node.op_type == "Gemm" and not node.attributes.get_int("transB", 0):
+        return 1
+    if node.op_type == "MatMul":
+        w = node.inputs[1]
+        return (w.shape.rank() - 1) if w is not None and w.shape is not None else 1
+    return axis
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from autoglm_compress.errors import UnsupportedOpError
 from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
 from autoglm_compress.targets.base import Artifact, VerifyContext
+from autoglm_compress.targets.trt_rules import check_tensorrt_rules
 from autoglm_compress.targets.x86 import X86Target
 
 __all__ = ["CudaTarget", "tensorrt_scheme", "trtexec_command"]
@@ -73,26 +75,22 @@ class CudaTarget(X86Target):
     def legalize(self, model: ir.Model, precision: str) -> list[str]:
         """Check TensorRT's explicit-quantization rules (trt_rules.py); the first violation stops
         the run before anything is written."""
-        from autoglm_compress.errors import UnsupportedOpError
-        from autoglm_compress.targets.trt_rules import check_tensorrt_rules
-
-        self._rules = check_tensorrt_rules(model)
-        if self._rules["violations"]:
-            node, _, what = self._rules["violations"][0].partition(": ")
+        rules = check_tensorrt_rules(model)
+        if rules["violations"]:
+            node, _, what = rules["violations"][0].partition(": ")
             raise UnsupportedOpError(
                 "QDQ", node, "cuda target", f"TensorRT rule: {what}; quantize with --target cuda"
             )
-        if self._rules["float_input_layers"]:
-            names = ", ".join(self._rules["float_input_layers"][:5])
+        if rules["float_input_layers"]:
+            names = ", ".join(rules["float_input_layers"][:5])
             return [f"TensorRT runs these weighted layers in float (input not quantized): {names}"]
         return []
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
         art = super().emit(model, precision, out_dir, stem)
         art.extra["trtexec"] = trtexec_command(art.path, precision)
-        rules = getattr(self, "_rules", None)
-        if rules is not None and precision == "int8":
-            art.extra["tensorrt_rules"] = {**rules, "checked": "zero points, scales, axes, ranges"}
+        if precision == "int8":
+            art.extra["tensorrt_rules"] = check_tensorrt_rules(model)
         return art
 
     def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:

@@ -13,35 +13,19 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from autoglm_compress.quantization.scheme import WEIGHT_INPUTS
+from autoglm_compress.quantization.qdq import const_array
+from autoglm_compress.quantization.scheme import WEIGHT_INPUTS, weight_axis
 
-__all__ = ["check_tensorrt_rules", "expected_weight_axis"]
+__all__ = ["check_tensorrt_rules"]
 
 _UNSUPPORTED = frozenset(
     {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
 )
 
 
-def expected_weight_axis(node: ir.Node) -> int:
-    if node.op_type == "Gemm":
-        return 0 if node.attributes.get_int("transB", 0) else 1
-    return WEIGHT_INPUTS[node.op_type][1]
-
-
-def _const(v: ir.Value | None) -> np.ndarray | None:
-    if v is None:
-        return None
-    if v.const_value is not None:
-        return v.const_value.numpy()
-    p = v.producer()
-    if p is not None and p.op_type == "Constant" and "value" in p.attributes:
-        return p.attributes["value"].as_tensor().numpy()
-    return None
-
-
 def _check_qdq(node: ir.Node, errors: list[str]) -> None:
-    scale = _const(node.inputs[1])
-    zp = _const(node.inputs[2]) if len(node.inputs) > 2 else None
+    scale = const_array(node.inputs[1])
+    zp = const_array(node.inputs[2]) if len(node.inputs) > 2 else None
     if scale is None or not (np.isfinite(scale).all() and (scale > 0).all()):
         errors.append(f"{node.name}: scale must be a positive finite constant")
     if zp is not None and (zp.dtype != np.int8 or zp.any()):
@@ -53,13 +37,15 @@ def _check_weight(node: ir.Node, errors: list[str]) -> bool:
     w_idx = WEIGHT_INPUTS[node.op_type][0]
     w = node.inputs[w_idx] if len(node.inputs) > w_idx else None
     dq = w.producer() if w is not None else None
-    if dq is None or dq.op_type != "DequantizeLinear" or _const(dq.inputs[0]) is None:
+    if dq is None or dq.op_type != "DequantizeLinear":
         return False
-    q, scale = _const(dq.inputs[0]), _const(dq.inputs[1])
+    q, scale = const_array(dq.inputs[0]), const_array(dq.inputs[1])
+    if q is None:
+        return False
     if q.dtype == np.int8 and (q == -128).any():
         errors.append(f"{node.name}: weights must lie in [-127, 127] (narrow range)")
     if scale is not None and scale.size > 1:
-        axis, want = dq.attributes.get_int("axis", 1) % q.ndim, expected_weight_axis(node)
+        axis, want = dq.attributes.get_int("axis", 1) % q.ndim, weight_axis(node)
         if node.op_type == "MatMul" and q.ndim != 2:
             errors.append(f"{node.name}: per-channel MatMul weights must be 2-D [K, N]")
         elif axis != want % q.ndim or scale.size != q.shape[axis]:
@@ -80,10 +66,10 @@ def check_tensorrt_rules(model: ir.Model) -> dict:
             errors.append(f"{node.name}: {node.op_type} is not parsed by TensorRT; use Q/DQ")
         elif node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             _check_qdq(node, errors)
-            scale = _const(node.inputs[1])
+            scale = const_array(node.inputs[1])
             per_channel |= scale is not None and scale.size > 1
             w = node.inputs[0]
-            is_act_q = node.op_type == "QuantizeLinear" and _const(w) is None
+            is_act_q = node.op_type == "QuantizeLinear" and const_array(w) is None
             if is_act_q and scale is not None and scale.size > 1:
                 errors.append(f"{node.name}: activation scales must be per-tensor")
         elif node.op_type in WEIGHT_INPUTS and _check_weight(node, errors):
