@@ -22,8 +22,9 @@ import numpy as np
 import onnx_ir as ir
 
 from autoglm_compress.errors import ConfigError
-from autoglm_compress.ir_utils import add_initializer, check, from_proto, to_proto
+from autoglm_compress.ir_utils import add_initializer, check
 from autoglm_compress.pipeline import PassRecord
+from autoglm_compress.quantization.flow import _copy, _cosine_fn, _quantize
 from autoglm_compress.quantization.qdq import MIN_SCALE, quant_limits
 from autoglm_compress.quantization.scheme import WEIGHT_INPUTS
 
@@ -46,10 +47,6 @@ class QATConfig:
                 f"QAT needs steps ≥ 0, batch ≥ 1, samples ≥ 1 and lr > 0; got steps={self.steps} "
                 f"batch={self.batch} samples={self.samples} lr={self.lr}"
             )
-
-
-def _copy(model: ir.Model) -> ir.Model:
-    return from_proto(to_proto(model))
 
 
 def _weight_quantizers(g: ir.Graph) -> list[tuple[str, str, int | None]]:
@@ -125,8 +122,8 @@ def finetune_for_target(
     cfg: QATConfig,
 ) -> tuple[ir.Model, ir.Model, PassRecord]:
     """Returns (quantized model, FP32 model it was quantized from, pass record)."""
-    from autoglm_compress.quantization.flow import _cosine_fn, _quantize
     from autoglm_compress.runtime import TorchExecutor
+    from autoglm_compress.runtime.train_loop import distill
 
     cfg.validate()
     t0 = time.perf_counter()
@@ -143,8 +140,6 @@ def finetune_for_target(
     for name in trained:
         params[name].requires_grad_(True)
     qmax = quant_limits(target.scheme().weight)[1]
-    from autoglm_compress.runtime.train_loop import distill
-
     res = distill(
         student,
         teacher,

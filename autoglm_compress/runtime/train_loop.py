@@ -4,7 +4,7 @@ loss = Σ_outputs mean((y_student − y_teacher)²) / var(y_teacher)   (normalis
 
 The teacher's outputs are computed once (no grad). The student runs in batches through
 ``torch.func.vmap`` over the batch-1 graph when that reproduces per-sample execution (checked on the
-first batch, forward and gradient), else sample by sample with accumulated gradients. Adam with a
+first batch, forward and gradient), else sample by sample. Adam with a
 cosine-decayed learning rate; tensors live on the executors' device (CUDA when present).
 """
 
