@@ -104,6 +104,7 @@ def compress(
     latency_repeats: int = 30,
     build_engine: bool = False,
     reduce_range: bool = True,
+    static_shapes: bool = False,
     progress: bool = False,
 ) -> CompressResult:
     """Compress ``model_path`` for each target; verified artifacts and report.json go in ``out_dir``."""
@@ -130,9 +131,13 @@ def compress(
     )
 
     model = frontend.load(model_path, specs, trust_pickle=trust_pickle)
-    stats0 = model_stats(model)
-    reference = _copy(model)
+    model, opset_note = _ensure_opset(model, target_objs, precision)
     feeds, labels, source = _sample_feeds(model, eval_data, calib, samples)
+    shapes = _shape_record(model, feeds, source)
+    if static_shapes:
+        model = frontend.make_static(model, {k: v["shape"] for k, v in shapes.items()})
+    stats0 = model_stats(model, {k: v["shape"] for k, v in shapes.items()})
+    reference = _copy(model)
     if max_drop is not None and labels is None:
         raise ConfigError(
             "--max-drop needs labelled eval data: --eval DATA.npz with a 'labels' array"
@@ -194,6 +199,9 @@ def compress(
             "stats": stats0.as_dict(),
         },
         "passes": [dataclasses.asdict(r) for r in records],
+        "input_shapes": shapes,
+        "static_shapes": static_shapes,
+        "opset_conversion": opset_note,
         "verification": {
             "samples": len(feeds),
             "source": source,
@@ -212,6 +220,35 @@ def compress(
     if gate and not gate["passed"]:
         raise QualityGateError(gate["message"])
     return CompressResult(artifacts, report, report_path)
+
+
+def _ensure_opset(model: ir.Model, targets, precision: str):
+    """Raise the model's opset up front when a target's artifact needs more (int8 per-channel Q/DQ
+    needs 13): converted before any calibration, and said in the report."""
+    need = max(t.min_opset(precision) for t in targets)
+    have = model.graph.opset_imports.get("", 0)
+    if have >= need:
+        return model, None
+    logger.info("converting opset %d → %d (%s needs it)", have, need, precision)
+    return frontend.upgrade_opset(model, need), {"from": have, "to": need, "why": precision}
+
+
+def _shape_record(model: ir.Model, feeds, source: str) -> dict:
+    """Per input: the IR's (maybe symbolic) shape, the concrete shape verification and calibration
+    use, and where that shape came from."""
+    from autoglm_compress.inputs import model_inputs, shape_hints
+
+    hints, out = shape_hints(model), {}
+    for s in model_inputs(model):
+        concrete = list(feeds[0][s.name].shape)
+        if all(isinstance(d, int) for d in s.shape):
+            origin = "model"
+        elif source == "random":
+            origin = "--input-shape" if s.name in hints else "model, symbolic batch = 1"
+        else:
+            origin = f"{source} data"
+        out[s.name] = {"model": list(s.shape), "shape": concrete, "from": origin}
+    return out
 
 
 def _qat_config(int8: bool, steps: int, lr: float, batch: int, samples: int):
@@ -259,7 +296,12 @@ def _guard(fp32, quantized, tgt, stats, rec, feed, notes, opts):
 def _quality_gate(
     artifacts: list[Artifact], min_cosine: float | None, max_drop: float | None
 ) -> dict | None:
-    """CI thresholds: worst cosine vs FP32, and the accuracy drop on labelled eval data."""
+    """CI thresholds: worst cosine vs FP32 (flagged outputs fail it), and the accuracy drop."""
+    from autoglm_compress.metrics import accuracy_output, flag_messages
+
+    flagged = [m for a in artifacts for m in flag_messages(a.fidelity, a.path.name)]
+    for m in flagged:
+        logger.warning("verification: %s", m)
     if min_cosine is None and max_drop is None:
         return None
     failures, gate = [], {"min_cosine": min_cosine, "max_drop": max_drop}
@@ -269,10 +311,15 @@ def _quality_gate(
         gate["worst_cosine"] = cos
         if not (np.isfinite(cos) and cos >= min_cosine):
             failures.append(f"{worst.path.name} cosine {cos:.5f} < --min-cosine {min_cosine}")
+        failures += [f"{m} fails --min-cosine" for m in flagged]
     if max_drop is not None:
         for a in artifacts:
-            first = next(iter(a.fidelity["outputs"].values()))
-            drop = first["accuracy_ref"] - first["accuracy"]
+            scored = accuracy_output(a.fidelity)
+            if scored is None:  # check_eval_labels refuses this before any work; kept as a guard
+                why = a.fidelity.get("labels_ignored", "no labels")
+                failures.append(f"{a.path.name} has no accuracy for --max-drop ({why})")
+                continue
+            drop = scored[1]["accuracy_ref"] - scored[1]["accuracy"]
             gate.setdefault("accuracy_drop", {})[a.path.name] = round(drop, 6)
             if drop > max_drop:
                 failures.append(f"{a.path.name} accuracy drop {drop:.4f} > --max-drop {max_drop}")

@@ -164,6 +164,11 @@ _pickle_opt = click.option(
     "--dump-ir-after", multiple=True, metavar="PASS", help="Write the IR after this pass."
 )
 @click.option("--latency-repeats", default=30, show_default=True, help="Timed runs per model.")
+@click.option(
+    "--static-shapes",
+    is_flag=True,
+    help="Fix symbolic input dims (batch …) in the artifacts to the shapes of the data used.",
+)
 @_shape_opt
 @_pickle_opt
 @click.option(
@@ -198,6 +203,7 @@ def compress_cmd(
     max_drop,
     dump_ir_after,
     latency_repeats,
+    static_shapes,
     input_shapes,
     trust_pickle,
     as_json,
@@ -240,6 +246,7 @@ def compress_cmd(
         qat_lr=qat_lr,
         qat_batch=qat_batch,
         latency_repeats=latency_repeats,
+        static_shapes=static_shapes,
         progress=sys.stderr.isatty(),
     )
     if as_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 from pathlib import Path
@@ -12,9 +13,18 @@ import onnx_ir as ir
 
 from autoglm_compress.errors import CalibrationError, ConfigError
 
-__all__ = ["InputSpec", "parse_input_shape", "model_inputs", "random_feeds", "load_npz_feeds"]
+__all__ = [
+    "SHAPE_HINTS",
+    "InputSpec",
+    "concrete_inputs",
+    "load_npz_feeds",
+    "model_inputs",
+    "parse_input_shape",
+    "random_feeds",
+]
 
 logger = logging.getLogger(__name__)
+SHAPE_HINTS = "autoglm.input_shapes"  # metadata key: the --input-shape values, as JSON
 
 _DTYPES = {
     "float32": np.float32,
@@ -58,6 +68,7 @@ def parse_input_shape(text: str) -> InputSpec:
 
 
 def model_inputs(model: ir.Model) -> list[InputSpec]:
+    """The model's inputs as the IR holds them: symbolic dims stay strings."""
     specs = []
     for v in model.graph.inputs:
         shape = tuple(d if isinstance(d, int) else str(d) for d in (v.shape or ()))
@@ -66,46 +77,88 @@ def model_inputs(model: ir.Model) -> list[InputSpec]:
     return specs
 
 
+def shape_hints(model: ir.Model) -> dict[str, tuple[int, ...]]:
+    text = model.metadata_props.get(SHAPE_HINTS)
+    return {k: tuple(v) for k, v in json.loads(text).items()} if text else {}
+
+
+def concrete_inputs(model: ir.Model) -> list[InputSpec]:
+    """Inputs with concrete shapes for random feeds: ``--input-shape`` where given, a symbolic
+    leading (batch) dim as 1; any other symbolic dim is a ConfigError asking for data or a shape."""
+    hints, specs = shape_hints(model), []
+    for s in model_inputs(model):
+        shape = hints.get(s.name) or tuple(
+            1 if (i == 0 and not isinstance(d, int)) else d for i, d in enumerate(s.shape)
+        )
+        spec = InputSpec(s.name, tuple(shape), s.dtype)
+        if not spec.static:
+            dyn = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+            raise ConfigError(
+                f"input {s.name!r} has symbolic dims {dyn} {list(s.shape)}: give data "
+                f"(--calib/--eval) or --input-shape {s.name}=1x..."
+            )
+        specs.append(spec)
+    return specs
+
+
+_PASS_THROUGH = frozenset(
+    {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Clip"}
+)
+
+
 def _int_upper_bound(model: ir.Model, name: str) -> int:
-    """Largest safe value+1 for an integer input: the table size when it indexes a Gather."""
+    """Largest safe value+1 for an integer input: the table size when it indexes a Gather
+    (followed through casts and reshapes); 2 otherwise (flags, masks)."""
     value = next(v for v in model.graph.inputs if v.name == name)
-    bounds = []
-    for user, idx in value.uses():
-        if user.op_type == "Gather" and idx == 1 and user.inputs[0] is not None:
+    bounds, todo, seen = [], [value], set()
+    while todo:
+        v = todo.pop()
+        for user, idx in v.uses():
+            if id(user) in seen:
+                continue
+            seen.add(id(user))
             data = user.inputs[0]
-            if data.const_value is not None or (data.shape and isinstance(data.shape[0], int)):
-                bounds.append(int(data.shape[0]))
+            if user.op_type == "Gather" and idx == 1 and data is not None and data.shape:
+                axis = user.attributes.get_int("axis", 0)
+                if isinstance(data.shape[axis], int):
+                    bounds.append(int(data.shape[axis]))
+            elif user.op_type in _PASS_THROUGH and idx == 0:
+                todo.extend(user.outputs)
     return min(bounds) if bounds else 2
 
 
+def _random_array(rng, model: ir.Model, s: InputSpec) -> np.ndarray:
+    if s.dtype == "bool":
+        return rng.integers(0, 2, size=s.shape).astype(bool)
+    if not np.issubdtype(np.dtype(s.dtype), np.integer):
+        return rng.standard_normal(s.shape).astype(s.dtype)
+    if "mask" in s.name.lower() and len(s.shape) >= 1:
+        # attention-mask convention: a prefix of ones (at least one), then padding zeros
+        flat = np.zeros((int(np.prod(s.shape[:-1])), s.shape[-1]), s.dtype)
+        for row in flat:
+            row[: rng.integers(1, s.shape[-1] + 1)] = 1
+        return flat.reshape(s.shape)
+    return rng.integers(0, _int_upper_bound(model, s.name), size=s.shape).astype(s.dtype)
+
+
 def random_feeds(model: ir.Model, n: int = 1, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """``n`` random feeds that fit the model: N(0,1) floats; integer ids within the embedding size."""
+    """``n`` random feeds that fit the model: N(0,1) floats; integer ids within the table they
+    index; 0/1 for other integer inputs; masks as a prefix of ones."""
     rng = np.random.default_rng(seed)
-    feeds = []
-    specs = model_inputs(model)
-    for _ in range(n):
-        feed = {}
-        for s in specs:
-            if not s.static:
-                raise ConfigError(
-                    f"input {s.name!r} has symbolic shape {s.shape}; pass --input-shape"
-                )
-            if np.issubdtype(np.dtype(s.dtype), np.integer) or s.dtype == "bool":
-                hi = _int_upper_bound(model, s.name)
-                feed[s.name] = rng.integers(0, hi, size=s.shape).astype(s.dtype)
-            else:
-                feed[s.name] = rng.standard_normal(s.shape).astype(s.dtype)
-        feeds.append(feed)
-    return feeds
+    specs = concrete_inputs(model)
+    return [{s.name: _random_array(rng, model, s) for s in specs} for _ in range(n)]
 
 
 def load_npz_feeds(
     path: str | Path, model: ir.Model, limit: int | None = None, label_key: str = "labels"
 ) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
-    """Split arrays in an .npz/.npy (leading axis = samples) into per-sample feeds for the model.
+    """Split arrays in an .npz/.npy into per-sample feeds for the model.
 
-    Each array is matched to an input by name (a single-input model also takes a lone array under
-    any key). Returns the feeds and the labels array when the file holds one under ``label_key``.
+    Arrays are ``(N, *sample_shape)``: an array of the input's rank holds samples along axis 0 (each
+    gets batch 1; for an input with a fixed batch ``b > 1`` consecutive groups of ``b`` rows form
+    one sample), an array of rank + 1 holds N whole input tensors. Each array is matched to an
+    input by name (a single-input model also takes a lone array under any key). Returns the feeds
+    and the labels array when the file holds one under ``label_key`` (one per sample row).
     """
     path = Path(path)
     if not path.is_file():
@@ -124,31 +177,78 @@ def load_npz_feeds(
         raise CalibrationError(
             f"{str(path)!r} lacks arrays for inputs {missing}; it has {sorted(arrays)}"
         )
-    counts = {len(arrays[s.name]) for s in specs}
+    grouped = {s.name: _as_samples(arrays[s.name], s, path) for s in specs}
+    counts = {len(g) for g in grouped.values()}
     if len(counts) != 1 or 0 in counts:
-        raise CalibrationError(
-            f"{str(path)!r}: inputs have different or zero sample counts {counts}"
-        )
+        got = {k: len(g) for k, g in grouped.items()}
+        raise CalibrationError(f"{str(path)!r}: inputs have different or zero sample counts {got}")
     n = counts.pop() if limit is None else min(counts.pop(), limit)
-    feeds = [{s.name: _fit(arrays[s.name][i], s, path) for s in specs} for i in range(n)]
-    return feeds, (None if labels is None else np.asarray(labels)[:n])
+    feeds = [{s.name: _fit(grouped[s.name][i], s, path) for s in specs} for i in range(n)]
+    if labels is not None:
+        labels = np.asarray(labels)
+        per = len(labels) // max(len(grouped[specs[0].name]), 1) if len(labels) else 1
+        labels = labels[: n * per] if per > 1 else labels[:n]
+    return feeds, labels
+
+
+def _sample_dims(spec: InputSpec) -> str:
+    return "x".join(str(d) if isinstance(d, int) else "?" for d in spec.shape)
+
+
+class _Grouped:
+    """Lazy per-sample view of one array: sample ``i`` is ``arr[i]`` (whole tensors) or rows
+    ``[i*b, (i+1)*b)`` (batch ``b``)."""
+
+    def __init__(self, arr: np.ndarray, batch: int | None):
+        self.arr, self.batch = arr, batch
+
+    def __len__(self) -> int:
+        return len(self.arr) if self.batch is None else len(self.arr) // self.batch
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self.batch is None:
+            return self.arr[i]
+        return self.arr[i * self.batch : (i + 1) * self.batch]
+
+
+def _as_samples(arr: np.ndarray, spec: InputSpec, path: Path) -> _Grouped:
+    rank = len(spec.shape)
+    first = spec.shape[0] if rank else None
+    b = first if isinstance(first, int) and first > 0 else 1
+    def dims_fit(got, want) -> bool:
+        return all(not isinstance(w, int) or w == g for w, g in zip(want, got))
+
+    if rank and arr.ndim == rank + 1 and dims_fit(arr.shape[1:], spec.shape):
+        return _Grouped(arr, None)
+    if rank and arr.ndim == rank and len(arr) % b == 0 and dims_fit(arr.shape[1:], spec.shape[1:]):
+        return _Grouped(arr, b)
+    want = _sample_dims(spec)
+    alt = f" or (N·{b}, {want.split('x', 1)[1]})" if b > 1 and rank > 1 else ""
+    hint = f" or (N, {want.split('x', 1)[1]})" if b == 1 and rank > 1 else ""
+    raise CalibrationError(
+        f"{str(path)!r}: input {spec.name!r} ({want}) expects an array (N, {want}){alt}{hint}; "
+        f"got {tuple(arr.shape)}"
+    )
 
 
 def _fit(sample: np.ndarray, spec: InputSpec, path: Path) -> np.ndarray:
     want = tuple(spec.shape)
     arr = np.asarray(sample)
-    if spec.static and arr.shape != want:
-        if len(want) == arr.ndim + 1 and want[0] == 1 and tuple(want[1:]) == arr.shape:
-            arr = arr[None]
-        else:
-            raise CalibrationError(
-                f"{str(path)!r}: input {spec.name!r} expects per-sample shape {want}, got {arr.shape}"
-            )
+    if arr.ndim == len(want) - 1:
+        arr = arr[None]
+    fits = arr.ndim == len(want) and all(
+        not isinstance(w, int) or w == a for w, a in zip(want, arr.shape)
+    )
+    if want and not fits:
+        raise CalibrationError(
+            f"{str(path)!r}: input {spec.name!r} expects per-sample shape "
+            f"({_sample_dims(spec)}), got {arr.shape}"
+        )
     if arr.dtype != np.dtype(spec.dtype):
         same_kind = np.issubdtype(arr.dtype, np.floating) == np.issubdtype(
             np.dtype(spec.dtype), np.floating
         )
-        if not same_kind:
+        if not same_kind or arr.dtype.kind not in "biuf":
             raise CalibrationError(
                 f"{str(path)!r}: input {spec.name!r} expects {spec.dtype}, got {arr.dtype}"
             )

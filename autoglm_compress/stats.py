@@ -8,7 +8,7 @@ import math
 
 import onnx_ir as ir
 
-from autoglm_compress.inputs import model_inputs
+from autoglm_compress.inputs import concrete_inputs, model_inputs
 
 __all__ = ["ModelStats", "model_stats", "format_stats"]
 
@@ -23,6 +23,7 @@ class ModelStats:
     param_bytes: int
     macs: int
     opset: int
+    macs_at: dict | str | None = None  # input shapes MACs were counted at (symbolic inputs)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,7 +69,42 @@ def _all_nodes(graph: ir.Graph):
     yield from ir.traversal.RecursiveGraphIterator(graph)
 
 
-def model_stats(model: ir.Model) -> ModelStats:
+def _concrete_shapes(model: ir.Model) -> dict[str, tuple[int, ...]] | None:
+    try:
+        return {s.name: s.shape for s in concrete_inputs(model)}
+    except Exception:  # noqa: BLE001 - symbolic dims without a hint: MACs stay per known dims
+        return None
+
+
+def _with_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> ir.Model:
+    """A copy with the inputs' symbolic dims fixed and shapes re-inferred (for counting MACs)."""
+    import onnx
+
+    from autoglm_compress.ir_utils import from_proto, to_proto
+
+    proto = to_proto(model)
+    for inp in proto.graph.input:
+        for d, w in zip(inp.type.tensor_type.shape.dim, shapes.get(inp.name, ())):
+            if not d.HasField("dim_value"):
+                d.Clear()
+                d.dim_value = int(w)
+    del proto.graph.value_info[:]
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - keep what is known
+        return model
+    return from_proto(proto)
+
+
+def model_stats(model: ir.Model, shapes: dict | None = None) -> ModelStats:
+    """Op histogram, parameters, bytes and MACs; MACs of a model with symbolic input dims are
+    counted at ``shapes`` (else ``--input-shape`` hints, else batch 1) and ``macs_at`` says so."""
+    symbolic = any(not s.static for s in model_inputs(model))
+    macs_at, sized = None, model
+    if symbolic:
+        known = shapes or _concrete_shapes(model)
+        macs_at = {k: list(v) for k, v in known.items()} if known else "unknown"
+        sized = _with_shapes(model, known) if known else model
     g = model.graph
     hist = collections.Counter(n.op_type for n in _all_nodes(g))
     params = nbytes = 0
@@ -79,12 +115,14 @@ def model_stats(model: ir.Model) -> ModelStats:
     for n in _all_nodes(g):
         if n.op_type == "Constant" and n.outputs[0].shape is not None:
             params += _numel(n.outputs[0].shape) or 0
-    macs = sum(_MACS[n.op_type](n) for n in _all_nodes(g) if n.op_type in _MACS)
+    macs = sum(_MACS[n.op_type](n) for n in _all_nodes(sized.graph) if n.op_type in _MACS)
     ins = [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in model_inputs(model)]
     outs = [
         {
             "name": v.name,
-            "shape": list(v.shape) if v.shape is not None else None,
+            "shape": [d if isinstance(d, int) else str(d) for d in v.shape]
+            if v.shape is not None
+            else None,
             "dtype": str(v.dtype),
         }
         for v in g.outputs
@@ -98,6 +136,7 @@ def model_stats(model: ir.Model) -> ModelStats:
         nbytes,
         macs,
         g.opset_imports.get("", 0),
+        macs_at,
     )
 
 
@@ -117,6 +156,13 @@ def format_stats(s: ModelStats, file_bytes: int | None = None) -> str:
     lines.append(
         f"opset {s.opset}, {s.nodes} nodes, {_human(s.params)} parameters "
         f"({_human(s.param_bytes, 'B')} of weights), {_human(s.macs)} MACs"
+        + (
+            " (symbolic input dims: give --input-shape to count them)"
+            if s.macs_at == "unknown"
+            else f" at input shapes {s.macs_at}"
+            if s.macs_at
+            else ""
+        )
         + (f", file {_human(file_bytes, 'B')}" if file_bytes is not None else "")
     )
     lines.append("ops:")

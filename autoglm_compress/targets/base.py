@@ -63,6 +63,10 @@ class Target(abc.ABC):
     runtime: ClassVar[str] = ""
     precisions: ClassVar[tuple[str, ...]] = ()
 
+    def min_opset(self, precision: str) -> int:
+        """The opset the artifact needs: per-channel Q/DQ (the ``axis`` attribute) needs 13."""
+        return 13 if precision == "int8" else 7
+
     def legalize(self, model: ir.Model, precision: str) -> list[str]:
         """Apply target rules in place; return notes for the report. Raise UnsupportedOpError early."""
         return []
