@@ -9,6 +9,7 @@ Torch models go through ``torch.onnx.export``: the dynamo exporter for ``nn.Modu
 
 from __future__ import annotations
 
+import json
 import logging
 import pickletools
 import zipfile
@@ -17,11 +18,12 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from autoglm_compress.control_flow import fold_control_flow
 from autoglm_compress.errors import ConfigError, ModelLoadError
-from autoglm_compress.inputs import InputSpec, model_inputs
-from autoglm_compress.ir_utils import check, from_proto
+from autoglm_compress.inputs import SHAPE_HINTS, InputSpec, model_inputs
+from autoglm_compress.ir_utils import check, from_proto, to_proto
 
-__all__ = ["load", "detect_format", "OPSET"]
+__all__ = ["OPSET", "detect_format", "load", "make_static", "upgrade_opset"]
 
 logger = logging.getLogger(__name__)
 OPSET = 17
@@ -97,10 +99,47 @@ def load(
         proto = torch_import.to_onnx(path, fmt, shapes, trust_pickle=trust_pickle, opset=OPSET)
     proto = _fix_input_shapes(proto, shapes, path)
     model = _finish(proto, simplify, path)
+    fold_control_flow(model, str(path))  # constant If inlined; data-dependent If/Loop refused
+    _lift_constants(model)
     _name_outputs(model)
     model.metadata_props["autoglm.source_format"] = fmt
     model.metadata_props["autoglm.source_path"] = str(path)
     return model
+
+
+def _lift_constants(model: ir.Model) -> None:
+    """Constant-node tensors (paddle2onnx keeps weights there) become initializers, so every pass
+    sees them as weights; initializers that old exporters also list as graph inputs are unlisted."""
+    from onnx_ir.passes.common import (
+        LiftConstantsToInitializersPass,
+        RemoveInitializersFromInputsPass,
+    )
+
+    RemoveInitializersFromInputsPass()(model)
+    result = LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
+    if result.modified:
+        logger.info("lifted Constant-node tensors to initializers")
+
+
+def upgrade_opset(model: ir.Model, opset: int) -> ir.Model:
+    """Convert ``model`` to ``opset`` with onnx's version converter (e.g. per-channel QDQ needs 13).
+
+    Raises ModelLoadError naming the op the converter could not take, before any calibration."""
+    from onnx import version_converter
+
+    proto = to_proto(model)
+    path = Path(model.metadata_props.get("autoglm.source_path", "model"))
+    have = model.graph.opset_imports.get("", 0)
+    try:
+        converted = version_converter.convert_version(proto, opset)
+    except Exception as e:  # noqa: BLE001 - the converter raises RuntimeError/ValidationError
+        raise ModelLoadError(
+            f"{path}: opset {have} → {opset} conversion failed ({str(e).splitlines()[0][:160]}); "
+            f"re-export the model at opset ≥ {opset}"
+        ) from None
+    out = _finish(converted, False, path)
+    out.metadata_props.update(model.metadata_props)
+    return out
 
 
 def _name_outputs(model: ir.Model) -> None:
@@ -127,7 +166,13 @@ def _read_onnx(path: Path) -> onnx.ModelProto:
 
 
 def _fix_input_shapes(proto: onnx.ModelProto, shapes: dict[str, InputSpec], path: Path):
-    """Overwrite input dims with the user's shapes; a lone symbolic batch dim becomes 1."""
+    """Check the user's shapes against the model's inputs; make every unknown dim symbolic.
+
+    ``dim_param``, a missing dim and ``dim_value <= 0`` (paddle2onnx writes -1) are all dynamic: they
+    become ``dim_param`` and stay symbolic in the IR (artifacts keep them dynamic). A user shape must
+    agree with the model's fixed dims; it is the concrete shape used for random feeds (kept as a
+    hint in the model's metadata, see :func:`autoglm_compress.inputs.concrete_inputs`).
+    """
     inits = {i.name for i in proto.graph.initializer}
     graph_inputs = [i for i in proto.graph.input if i.name not in inits]
     names = {i.name for i in graph_inputs}
@@ -138,34 +183,56 @@ def _fix_input_shapes(proto: onnx.ModelProto, shapes: dict[str, InputSpec], path
         )
     for inp in graph_inputs:
         dims = inp.type.tensor_type.shape.dim
-        if inp.name in shapes:
-            want = shapes[inp.name].shape
-            if len(dims) and len(dims) != len(want):
+        for i, d in enumerate(dims):
+            if not d.HasField("dim_param") and (not d.HasField("dim_value") or d.dim_value <= 0):
+                d.Clear()
+                d.dim_param = f"{inp.name}_dim{i}"
+        if inp.name not in shapes:
+            continue
+        want = shapes[inp.name].shape
+        if inp.type.tensor_type.HasField("shape") and len(dims) != len(want):
+            raise ConfigError(
+                f"--input-shape {inp.name}: rank {len(want)} but the model's input "
+                f"has rank {len(dims)}"
+            )
+        for i, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value != want[i]:
                 raise ConfigError(
-                    f"--input-shape {inp.name}: rank {len(want)} but the model's input "
-                    f"has rank {len(dims)}"
+                    f"--input-shape {inp.name}={'x'.join(map(str, want))}: dim {i} "
+                    f"is fixed to {d.dim_value} in the model"
                 )
-            for i, d in enumerate(dims):
-                if d.HasField("dim_value") and d.dim_value != want[i]:
-                    raise ConfigError(
-                        f"--input-shape {inp.name}={'x'.join(map(str, want))}: dim {i} "
-                        f"is fixed to {d.dim_value} in the model"
-                    )
-            del dims[:]
-            for w in want:
-                dims.add().dim_value = w
-        else:
-            symbolic = [i for i, d in enumerate(dims) if not d.HasField("dim_value")]
-            if symbolic == [0]:
-                dims[0].Clear()
-                dims[0].dim_value = 1
-                logger.info("input %s: symbolic batch dim set to 1", inp.name)
-            elif symbolic:
-                raise ConfigError(
-                    f"{path}: input {inp.name!r} has symbolic dims {symbolic}; "
-                    f"give --input-shape {inp.name}=1x..."
-                )
+    hints = {s.name: list(s.shape) for s in shapes.values()}
+    if hints:
+        set_shape_hints(proto, hints)
     return proto
+
+
+def set_shape_hints(proto: onnx.ModelProto, hints: dict[str, list[int]]) -> None:
+    meta = {p.key: p for p in proto.metadata_props}
+    if SHAPE_HINTS in meta:
+        meta[SHAPE_HINTS].value = json.dumps(hints)
+    else:
+        proto.metadata_props.add(key=SHAPE_HINTS, value=json.dumps(hints))
+
+
+def make_static(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> ir.Model:
+    """``--static-shapes``: fix every symbolic input dim to ``shapes`` and re-simplify."""
+    proto = to_proto(model)
+    for inp in proto.graph.input:
+        if inp.name not in shapes:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        for d, w in zip(dims, shapes[inp.name]):
+            if not d.HasField("dim_value"):
+                d.Clear()
+                d.dim_value = int(w)
+    for vi in list(proto.graph.value_info):  # re-inferred below with the fixed dims
+        proto.graph.value_info.remove(vi)
+    for out in proto.graph.output:
+        for d in out.type.tensor_type.shape.dim:
+            if d.HasField("dim_param"):
+                d.Clear()
+    return _finish(proto, True, Path(model.metadata_props.get("autoglm.source_path", "model")))
 
 
 def _finish(proto: onnx.ModelProto, simplify: bool, path: Path) -> ir.Model:

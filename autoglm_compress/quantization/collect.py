@@ -143,8 +143,8 @@ def collect_stats(
         """``t``: one sample's tensor, or ``count`` samples stacked on a new leading axis."""
         if not torch.is_floating_point(t) or t.numel() == 0:
             return None
-        if count > 1:  # [B, 1, C, ...] -> [B, C, ...]: the same layout as a batch-1 sample
-            t = t.reshape(-1, *t.shape[2:]) if t.dim() >= 2 and t.shape[1] == 1 else t
+        if count > 1 and t.dim() >= 2:  # [B, b, C, ...] -> [B·b, C, ...]: one batch of samples
+            t = t.reshape(-1, *t.shape[2:])
         if name not in observers:
             observers[name] = make_observer(method, name=name, **observer_kw)
         observers[name].observe(t.detach())
