@@ -16,6 +16,7 @@ from autoglm_compress import frontend
 from autoglm_compress.errors import ConfigError, QualityGateError
 from autoglm_compress.inputs import InputSpec, load_npz_feeds, parse_input_shape, random_feeds
 from autoglm_compress.ir_utils import from_proto, to_proto
+from autoglm_compress.labels import check_eval_labels
 from autoglm_compress.pipeline import Pipeline, build_passes
 from autoglm_compress.report import write_report
 from autoglm_compress.stats import model_stats
@@ -138,11 +139,10 @@ def compress(
         model = frontend.make_static(model, {k: v["shape"] for k, v in shapes.items()})
     stats0 = model_stats(model, {k: v["shape"] for k, v in shapes.items()})
     reference = _copy(model)
-    if max_drop is not None and labels is None:
-        raise ConfigError(
-            "--max-drop needs labelled eval data: --eval DATA.npz with a 'labels' array"
-        )
     ref_outs, out_names = _reference(reference, feeds)
+    batch = _feed_batch(feeds, ref_outs)
+    check_eval_labels(labels, ref_outs, out_names, str(eval_data), max_drop is not None, batch)
+    _check_reference(ref_outs, out_names, min_cosine)
     records = pipeline.run(model)
     calib_stats = None
     if int8:
@@ -152,7 +152,7 @@ def compress(
             model, calib, calib_method, calib_samples, calib_random, progress, smoothquant
         )
 
-    ctx = VerifyContext(reference, feeds, ref_outs, out_names, labels, latency_repeats)
+    ctx = VerifyContext(reference, feeds, ref_outs, out_names, labels, latency_repeats, batch)
     artifacts = []
     for tgt in target_objs:
         lowered = _copy(model)
@@ -220,6 +220,30 @@ def compress(
     if gate and not gate["passed"]:
         raise QualityGateError(gate["message"])
     return CompressResult(artifacts, report, report_path)
+
+
+def _feed_batch(feeds, ref_outs) -> int:
+    """Rows per sample, for per-row top-1 and labels: the leading dim that every input and every
+    output of a sample share (a model traced at a fixed batch b > 1), else 1."""
+    firsts = {a.shape[0] for a in feeds[0].values() if getattr(a, "ndim", 0) >= 1}
+    firsts |= {np.shape(o)[0] if np.ndim(o) else -1 for o in ref_outs[0]}
+    return firsts.pop() if len(firsts) == 1 else 1
+
+
+def _check_reference(ref_outs, names, min_cosine) -> None:
+    """A degenerate FP32 reference (all-zero, constant, non-finite) cannot pass --min-cosine:
+    say so before any calibration rather than after."""
+    from autoglm_compress.metrics import reference_flags
+
+    flags = reference_flags(ref_outs, names)
+    if flags:
+        text = "; ".join(f"output {k!r}: {', '.join(v)}" for k, v in flags.items())
+        logger.warning("the FP32 reference itself is degenerate: %s", text)
+        if min_cosine is not None:
+            raise QualityGateError(
+                f"the FP32 model's own outputs are degenerate on the verification data ({text}): "
+                "no artifact can pass --min-cosine; check the model and its inputs"
+            )
 
 
 def _ensure_opset(model: ir.Model, targets, precision: str):

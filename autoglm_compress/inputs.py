@@ -185,10 +185,19 @@ def load_npz_feeds(
     n = counts.pop() if limit is None else min(counts.pop(), limit)
     feeds = [{s.name: _fit(grouped[s.name][i], s, path) for s in specs} for i in range(n)]
     if labels is not None:
-        labels = np.asarray(labels)
-        per = len(labels) // max(len(grouped[specs[0].name]), 1) if len(labels) else 1
-        labels = labels[: n * per] if per > 1 else labels[:n]
+        from autoglm_compress.labels import normalize_labels
+
+        per = _rows_per_sample(grouped[specs[0].name], specs[0])
+        rows = len(grouped[specs[0].name]) * per
+        labels = normalize_labels(labels, rows, f"{str(path)!r} '{label_key}'")[: n * per]
     return feeds, labels
+
+
+def _rows_per_sample(g: _Grouped, spec: InputSpec) -> int:
+    """Label rows per sample: the sample's batch size (fixed batch, or N whole tensors)."""
+    if g.batch is not None:
+        return g.batch
+    return int(g.arr.shape[1]) if g.arr.ndim > 1 else 1
 
 
 def _sample_dims(spec: InputSpec) -> str:

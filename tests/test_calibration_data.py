@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 import re
 import textwrap
 
@@ -116,13 +117,18 @@ def test_non_image_file_is_named(tmp_path, caplog):
     (tmp_path / "notes.txt").write_text("hello")
     model = _model("float[1,3,4,4] x")
     with pytest.raises(CalibrationError, match="notes.txt"):
-        open_calibration_source(tmp_path, model)
+        open_calibration_source(tmp_path, model, skip_invalid=False)
     with caplog.at_level(logging.WARNING):
-        src = open_calibration_source(tmp_path, model, skip_invalid=True)
+        src = open_calibration_source(tmp_path, model)  # default: skipped and counted
     assert src.size == 1 and "notes.txt" in caplog.text
+    assert [Path(p).name for p in src.skipped] == ["notes.txt"]
     (tmp_path / "bad.png").write_text("not a png")
+    (tmp_path / "notes.txt").unlink()
     with pytest.raises(CalibrationError, match="bad.png"):
-        list(open_calibration_source(tmp_path, model, skip_invalid=True))
+        list(open_calibration_source(tmp_path, model, skip_invalid=False))
+    src = open_calibration_source(tmp_path, model)
+    assert len(list(src)) == 1
+    assert [Path(p).name for p in src.skipped] == ["bad.png"]
 
 
 def test_empty_image_folder(tmp_path):

@@ -67,6 +67,7 @@ class CalibrationSource:
     kind: str  # "npz" | "images" | "callable" | "random"
     _produce: Callable[[int | None], Iterable[Feed]] = dataclasses.field(repr=False)
     size: int | None = None
+    skipped: list[str] = dataclasses.field(default_factory=list)  # files that were not samples
 
     @property
     def is_random(self) -> bool:
@@ -178,13 +179,25 @@ def _image_source(
         )
     pre = pre or ImagePreprocess()
     target = resolve_target(specs[0], pre)
-    files = list_images(folder, skip_invalid)
+    skipped: list[Path] = []
+    files = list_images(folder, skip_invalid, skipped)
+    source = CalibrationSource(str(folder), "images", lambda n: (), size=len(files))
+    source.skipped.extend(str(p) for p in skipped)
 
     def produce(n):
         for path in files:
-            yield fit_feed({target.name: load_image(path, target, pre)}, specs, str(path))
+            try:
+                image = load_image(path, target, pre)
+            except CalibrationError:
+                if not skip_invalid:
+                    raise
+                logger.warning("skipping unreadable image %s", path)
+                source.skipped.append(str(path))
+                continue
+            yield fit_feed({target.name: image}, specs, str(path))
 
-    return CalibrationSource(str(folder), "images", produce, size=len(files))
+    source._produce = produce
+    return source
 
 
 def _load_callable(text: str) -> Callable:
@@ -261,7 +274,7 @@ def open_calibration_source(
     preprocess: ImagePreprocess | None = None,
     random: bool = False,
     seed: int = 0,
-    skip_invalid: bool = False,
+    skip_invalid: bool = True,
 ) -> CalibrationSource:
     """The calibration source ``spec`` names (see the module docstring); random only on request."""
     if spec is None:

@@ -77,7 +77,9 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
 
 
-def list_images(folder: Path, skip_invalid: bool = False) -> list[Path]:
+def list_images(
+    folder: Path, skip_invalid: bool = False, skipped: list[Path] | None = None
+) -> list[Path]:
     """Image files under ``folder`` (recursive, hidden entries ignored), sorted by relative path.
 
     A file with another suffix raises :class:`CalibrationError` naming it, or is skipped with a
@@ -95,6 +97,8 @@ def list_images(folder: Path, skip_invalid: bool = False) -> list[Path]:
                     f"({', '.join(sorted(IMAGE_SUFFIXES))}); remove it"
                 )
             logger.warning("skipping non-image file %s", p)
+            if skipped is not None:
+                skipped.append(p)
             continue
         files.append(p)
     if not files:

@@ -65,6 +65,8 @@ def calibrate(
     }
     if sq_stats is not None:
         info["smoothquant"] = {"alpha": smoothquant, **sq_stats}
+    if source.skipped:
+        info["skipped_files"] = {"count": len(source.skipped), "first": source.skipped[:5]}
     if source.is_random:
         info["warning"] = "calibrated on random data: scales may not fit real inputs"
     return stats, info

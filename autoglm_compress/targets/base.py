@@ -56,6 +56,7 @@ class VerifyContext:
     output_names: list[str]
     labels: np.ndarray | None = None
     latency_repeats: int = 30
+    batch: int = 1  # rows per sample feed (a fixed batch > 1): top-1 and labels are per row
 
 
 class Target(abc.ABC):

@@ -101,7 +101,7 @@ def build_and_compare(artifact, ctx) -> dict:
     got = [art(f) for f in ctx.feeds]
     for f in ctx.feeds[:3]:
         ref(f)
-    fid = fidelity(ctx.reference_outputs, got, ctx.output_names, ctx.labels)
+    fid = fidelity(ctx.reference_outputs, got, ctx.output_names, ctx.labels, ctx.batch)
     lat_ref, lat_art = ref.latency_ms(), art.latency_ms()
     return {
         "status": "built",

@@ -75,7 +75,9 @@ class X86Target(Target):
             raise VerificationError(
                 f"{artifact.path}: onnxruntime cannot run the artifact: {str(e).splitlines()[0]}"
             ) from None
-        artifact.fidelity = fidelity(ctx.reference_outputs, got, ctx.output_names, ctx.labels)
+        artifact.fidelity = fidelity(
+            ctx.reference_outputs, got, ctx.output_names, ctx.labels, ctx.batch
+        )
         ref_sess = ort_session(to_proto(ctx.reference_model).SerializeToString())
         feed = ctx.feeds[0]
         lat = compare_latency(
