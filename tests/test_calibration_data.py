@@ -233,3 +233,42 @@ def test_batched_concatenates_along_axis_0(two_inputs):
     assert list(batched(feeds, 1)) == feeds
     with pytest.raises(ConfigError):
         list(batched(feeds, 0))
+
+
+def test_cli_finds_calibration_module_in_current_folder(tmp_path):
+    """`--calib mydata:fn` from a shell in the folder holding mydata.py (the console script's own
+    sys.path[0] is its bin folder), and `--calib path/to/file.py:fn` from elsewhere."""
+    import subprocess
+    import sys
+
+    (tmp_path / "digits_calib_fn.py").write_text(
+        "import numpy as np\n"
+        "def samples():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    return [{'x': rng.random((1, 1, 8, 8), dtype=np.float32)} for _ in range(8)]\n"
+    )
+    exe = Path(sys.executable).with_name("autoglm-compress")
+    model = Path(__file__).resolve().parents[1] / "examples" / "digits_cnn.pt"
+    for calib, cwd in (
+        ("digits_calib_fn:samples", tmp_path),
+        (f"{tmp_path}/digits_calib_fn.py:samples", "/"),
+    ):
+        r = subprocess.run(
+            [
+                str(exe),
+                str(model),
+                "--int8",
+                "--calib",
+                calib,
+                "--samples",
+                "4",
+                "--latency-repeats",
+                "2",
+                "-o",
+                str(tmp_path / "out"),
+            ],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr

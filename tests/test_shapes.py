@@ -101,7 +101,9 @@ def test_symbolic_batch_and_width_from_data(tmp_path):
 def test_static_shapes_fixes_the_symbolic_dims(tmp_path):
     path = _cnn(tmp_path / "m.onnx", "N")
     np.savez(tmp_path / "calib.npz", x=_arr(8, 1, 8, 8))
-    res = compress(path, fp16=True, calib=tmp_path / "calib.npz", static_shapes=True, out_dir=tmp_path)
+    res = compress(
+        path, fp16=True, calib=tmp_path / "calib.npz", static_shapes=True, out_dir=tmp_path
+    )
     sess = ort.InferenceSession(str(res.artifacts[0].path))
     assert sess.get_inputs()[0].shape == [1, 1, 8, 8]
     assert res.report["static_shapes"] is True

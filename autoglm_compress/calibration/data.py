@@ -214,7 +214,7 @@ def _load_callable(text: str) -> Callable:
             sys.modules[mod_name] = module
             spec.loader.exec_module(module)
         else:
-            module = importlib.import_module(target)
+            module = _import_from_cwd(target)
     except CalibrationError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's module failed to import
@@ -225,6 +225,20 @@ def _load_callable(text: str) -> Callable:
     if not callable(fn):
         raise CalibrationError(f"{target!r} has no callable {func!r} (calibration data {text!r})")
     return fn
+
+
+def _import_from_cwd(name: str):
+    """Import ``name`` with the current folder first on the path (a console script's own
+    ``sys.path[0]`` is its bin folder, so ``--calib mydata:samples`` would not find mydata.py)."""
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    finally:
+        if added:
+            sys.path.remove(cwd)
 
 
 def _user_items(fn: Callable, text: str) -> Iterator:
