@@ -184,9 +184,14 @@ def _fix_input_shapes(proto: onnx.ModelProto, shapes: dict[str, InputSpec], path
     for inp in graph_inputs:
         dims = inp.type.tensor_type.shape.dim
         for i, d in enumerate(dims):
-            if not d.HasField("dim_param") and (not d.HasField("dim_value") or d.dim_value <= 0):
-                d.Clear()
+            unnamed = d.HasField("dim_param") and d.dim_param in ("", "?", "-1")
+            if unnamed or (not d.HasField("dim_param") and d.dim_value <= 0):
+                d.Clear()  # one name per unknown dim: a shared name would claim equal sizes
                 d.dim_param = f"{inp.name}_dim{i}"
+    for out in proto.graph.output:
+        for d in out.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.Clear()  # -1 written as a size: unknown, left to shape inference
         if inp.name not in shapes:
             continue
         want = shapes[inp.name].shape

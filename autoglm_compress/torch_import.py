@@ -1,16 +1,25 @@
 """Torch model files → ONNX protobuf (the front end's torch half).
 
 TorchScript archives go through the TorchScript exporter (a ScriptModule cannot be re-traced by
-torch.export); ``nn.Module`` and ``ExportedProgram`` through the dynamo exporter, falling back to
-the TorchScript exporter when dynamo fails. Input names, shapes and dtypes come from the file
-(TorchScript keeps its traced inputs, ``.pt2`` its example inputs) or from ``--input-shape``.
+torch.export), after ``torch_rewrites``: fused attention ops (``_native_multi_head_attention``,
+``_transformer_encoder_layer_fwd``) get decomposing symbolics, and dict/namedtuple/nested outputs
+are flattened by a traced wrapper (output names from the keys). Non-tensor arguments are bound
+to their defaults or refused in one line. When the exporter still fails, ``pnnx_route`` tries
+pnnx; if that fails too, one line names the aten op(s) and the ways out. ``nn.Module`` and
+``ExportedProgram`` go through the dynamo exporter, falling back to the TorchScript exporter
+when dynamo fails. Input names, shapes and dtypes come from the file (TorchScript keeps its
+traced inputs, ``.pt2`` its example inputs) or from ``--input-shape``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,7 +28,7 @@ import onnx
 from autoglm_compress.errors import ConfigError, ModelLoadError
 from autoglm_compress.inputs import InputSpec
 
-__all__ = ["to_onnx"]
+__all__ = ["first_line", "to_onnx"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +40,10 @@ def to_onnx(
 
     try:
         if fmt == "torchscript":
-            module = torch.jit.load(str(path), map_location="cpu", _restore_shapes=True)
-            specs = _torchscript_specs(module, shapes, path)
-            return _export_legacy(module.eval(), specs, opset)
+            with _quiet_stderr():  # "cannot restore shapes" for scripted archives is expected
+                module = torch.jit.load(str(path), map_location="cpu", _restore_shapes=True)
+            specs, bound = _torchscript_specs(module, shapes, path)
+            return _torchscript_to_onnx(module.eval(), specs, bound, path, opset)
         if fmt == "export":
             ep = torch.export.load(str(path))
             return _export_program(ep, opset)
@@ -53,8 +63,7 @@ def to_onnx(
     except (ModelLoadError, ConfigError):
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many types for broken files
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{path}: cannot load {fmt} model: {msg}") from None
+        raise ModelLoadError(f"{path}: cannot load {fmt} model: {first_line(e)}") from None
     raise ModelLoadError(f"{path}: unknown format {fmt}")
 
 
@@ -74,23 +83,46 @@ def _example(spec: InputSpec):
     )
 
 
-def _torchscript_specs(module, shapes: dict[str, InputSpec], path: Path) -> list[InputSpec]:
+def _torchscript_specs(
+    module, shapes: dict[str, InputSpec], path: Path
+) -> tuple[list[InputSpec], dict[int, object]]:
+    """Tensor inputs' specs, and the non-tensor arguments bound to their defaults (by position)."""
+    schema_args = module.forward.schema.arguments[1:]
+    inputs = [(i.debugName().split(".")[0], i.type()) for i in list(module.graph.inputs())[1:]]
+    bound = {
+        pos: _non_tensor_default(schema_args[pos], name, t, path)
+        for pos, (name, t) in enumerate(inputs)
+        if t.kind() != "TensorType"
+    }
     specs = []
-    for inp in list(module.graph.inputs())[1:]:
-        name = inp.debugName().split(".")[0]
-        t = inp.type()
+    for pos, (name, t) in enumerate(inputs):
+        if pos in bound:
+            continue
         if name in shapes:
             specs.append(InputSpec(name, shapes[name].shape, shapes[name].dtype))
             continue
-        sizes = t.sizes() if hasattr(t, "sizes") else None
-        dtype = t.scalarType() if hasattr(t, "scalarType") else None
+        sizes = t.sizes()
         if sizes is None:
             raise ConfigError(
                 f"{path}: TorchScript input {name!r} carries no shape (scripted, not "
                 f"traced); pass --input-shape {name}=1x...[:dtype]"
             )
-        specs.append(InputSpec(name, tuple(sizes), _TS_DTYPES.get(dtype or "Float", "float32")))
-    return specs
+        specs.append(InputSpec(name, tuple(sizes), _TS_DTYPES.get(t.scalarType(), "float32")))
+    return specs, bound
+
+
+def _non_tensor_default(arg, name: str, jit_type, path: Path):
+    """An int/float/bool argument becomes a constant: its default, else a one-line refusal."""
+    if arg.default_value is not None or str(jit_type).startswith("Optional"):
+        logger.info(
+            "TorchScript input %s (%s) fixed to its default %r", name, jit_type, arg.default_value
+        )
+        return arg.default_value
+    raise ModelLoadError(
+        f"{path}: TorchScript input {name!r} is {jit_type}, not a tensor, and has no default; "
+        f"ONNX inputs are tensors: re-save the model with {name} fixed (a wrapper module whose "
+        f"forward calls the model with a constant {name}, then torch.jit.trace/script + save)"
+    )
 
 
 _TS_DTYPES = {
@@ -121,11 +153,86 @@ def _module_specs(module, shapes: dict[str, InputSpec], path: Path) -> list[Inpu
     return [shapes[n] for n in names]
 
 
-def _export_legacy(module, specs: list[InputSpec], opset: int) -> onnx.ModelProto:
+def first_line(e: BaseException) -> str:
+    """One line of an exception's message; torch's internal assertion text is not passed on."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    if "INTERNAL ASSERT" in text:
+        return f"{type(e).__name__} inside torch (an internal assertion)"
+    return text.splitlines()[0].split(" [Caused by")[0].strip()[:200]
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence C++ stdout/stderr (the TorchScript exporter dumps the whole graph on failure)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def _torchscript_to_onnx(module, specs, bound, path: Path, opset: int) -> onnx.ModelProto:
+    """Legacy exporter (fused attention decomposed, outputs flattened); pnnx when that fails."""
+    import torch
+
+    from autoglm_compress import torch_rewrites
+
+    torch_rewrites.register_symbolics()
+    args = [_example(s) for s in specs]
+    full, it = [], iter(args)
+    for i in range(len(args) + len(bound)):
+        full.append(bound[i] if i in bound else next(it))
+    with torch.no_grad():
+        try:
+            out = module(*full)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(
+                f"{path}: the TorchScript model fails on example inputs "
+                f"{[(s.name, s.shape, s.dtype) for s in specs]}: {first_line(e)}; "
+                "check --input-shape"
+            ) from None
+    flat = torch_rewrites.needs_flattening(out)
+    target = torch_rewrites.flatten_outputs(module, tuple(args), bound) if flat or bound else module
+    names = torch_rewrites.output_names(out) if flat else None
+    try:
+        return _export_legacy(target, specs, opset, output_names=names)
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types
+        legacy_error = e
+    from autoglm_compress import pnnx_route
+
+    ops = pnnx_route.unsupported_ops(module, legacy_error, opset)
+    logger.info(
+        "TorchScript exporter failed on %s (%s); trying pnnx", ops, first_line(legacy_error)
+    )
+    try:
+        return pnnx_route.convert(path, specs, out, opset)
+    except ModelLoadError as e:
+        pnnx_reason = str(e)
+    what = f"cannot convert {', '.join(ops)}" if ops else f"failed ({first_line(legacy_error)})"
+    raise ModelLoadError(
+        f"{path}: torch's TorchScript→ONNX exporter {what}, and pnnx failed "
+        f"({pnnx_reason}); re-export the model with torch.export.save (.pt2) or "
+        "torch.onnx.export(..., dynamo=True), or replace the op(s) in the model"
+    )
+
+
+def _export_legacy(
+    module, specs: list[InputSpec], opset: int, output_names: list[str] | None = None
+) -> onnx.ModelProto:
     import torch
 
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_stderr():
         warnings.simplefilter("ignore")
         # PRESERVE keeps BatchNormalization in the graph: folding it is our fold_bn pass's job,
         # which reports what it changed (the exporter would fold it silently).
@@ -136,6 +243,7 @@ def _export_legacy(module, specs: list[InputSpec], opset: int) -> onnx.ModelProt
             dynamo=False,
             opset_version=opset,
             input_names=[s.name for s in specs],
+            output_names=output_names,
             do_constant_folding=True,
             training=torch.onnx.TrainingMode.PRESERVE,
         )
