@@ -9,22 +9,32 @@ estimator when gradients are on. Unknown ops fail at construction, naming the op
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 import torch
 
 from autoglm_compress.errors import UnsupportedOpError
+from autoglm_compress.runtime.ops_attention import ATTENTION_OPS
+from autoglm_compress.runtime.ops_index import INDEX_OPS
 from autoglm_compress.runtime.ops_math import MATH_OPS
 from autoglm_compress.runtime.ops_nn import NN_OPS
+from autoglm_compress.runtime.ops_recurrent import RECURRENT_OPS
 from autoglm_compress.runtime.ops_tensor import TENSOR_OPS, _constant, to_torch
 
-__all__ = ["TorchExecutor", "run_model", "OPS"]
+__all__ = ["OPS", "TorchExecutor", "run_model"]
 
 logger = logging.getLogger(__name__)
 
-OPS: dict[str, Callable] = {**MATH_OPS, **NN_OPS, **TENSOR_OPS}
+OPS: dict[str, Callable] = {
+    **MATH_OPS,
+    **NN_OPS,
+    **TENSOR_OPS,
+    **INDEX_OPS,
+    **RECURRENT_OPS,
+    **ATTENTION_OPS,
+}
 Hook = Callable[[str, "ir.Node | None", torch.Tensor], "torch.Tensor | None"]
 
 
@@ -93,9 +103,10 @@ class TorchExecutor:
             if v.name not in feeds:
                 raise KeyError(f"missing input {v.name!r}")
             x = feeds[v.name]
-            env[v.name] = (
-                torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-            ).to(self.device)
+            if isinstance(x, (np.ndarray, np.generic)):  # keep 0-d: ascontiguousarray makes 1-d
+                arr = np.ascontiguousarray(x).reshape(np.shape(x))
+                x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+            env[v.name] = x.to(self.device)
         return env
 
     def run(

@@ -103,12 +103,38 @@ def _reduce(fn):
     return run
 
 
+def _empty_reduce(t, axes, keep, fill):
+    """Reducing over a zero-length axis: the identity of the reduction (ONNX: ±inf, dtype limits)."""
+    axes = {a % t.dim() for a in axes}
+    shape = [1 if i in axes else d for i, d in enumerate(t.shape) if keep or i not in axes]
+    return torch.full(shape, fill, dtype=t.dtype, device=t.device)
+
+
+def _extreme(t, high: bool):
+    if t.dtype == torch.bool:
+        return high
+    if t.is_floating_point():
+        return float("inf") if high else float("-inf")
+    info = torch.iinfo(t.dtype)
+    return info.max if high else info.min
+
+
 def _reduce_max(t, axes, keep):
+    if any(t.shape[a] == 0 for a in axes):
+        return _empty_reduce(t, axes, keep, _extreme(t, high=False))
     return torch.amax(t, dim=axes, keepdim=keep)
 
 
 def _reduce_min(t, axes, keep):
+    if any(t.shape[a] == 0 for a in axes):
+        return _empty_reduce(t, axes, keep, _extreme(t, high=True))
     return torch.amin(t, dim=axes, keepdim=keep)
+
+
+def _reduce_logsumexp(t, axes, keep):
+    if any(t.shape[a] == 0 for a in axes):
+        return _empty_reduce(t, axes, keep, float("-inf"))
+    return torch.logsumexp(t, dim=axes, keepdim=keep)
 
 
 def _reduce_prod(t, axes, keep):
@@ -128,22 +154,50 @@ def _argmax(fn):
     return run
 
 
+_STASH = {1: torch.float32, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
+
+
 def _layernorm(x, n):
+    """y = (x − mean)·rsqrt(var + ε)·scale + bias over axes ≥ axis; statistics in stash_type
+    (float32 by default), returned as the optional Mean / InvStdDev outputs (reduced dims kept)."""
     t, axis = x[0], _i(n, "axis", -1) % x[0].dim()
     shape = t.shape[axis:]
     w = x[1] if len(x) > 1 else None
     b = x[2] if len(x) > 2 else None
-    return F.layer_norm(
-        t,
-        shape,
-        w.expand(shape) if w is not None else None,
-        b.expand(shape) if b is not None else None,
-        eps=_f(n, "epsilon", 1e-5),
-    )
+    eps = _f(n, "epsilon", 1e-5)
+    if len(n.outputs) == 1 and t.dtype == torch.float32:
+        return F.layer_norm(
+            t,
+            shape,
+            w.expand(shape) if w is not None else None,
+            b.expand(shape) if b is not None else None,
+            eps=eps,
+        )
+    xs = t.to(_STASH[_i(n, "stash_type", 1)])
+    dims = list(range(axis, t.dim()))
+    mean = xs.mean(dims, keepdim=True)
+    inv = torch.rsqrt((xs - mean).square().mean(dims, keepdim=True) + eps)
+    y = ((xs - mean) * inv).to(t.dtype)
+    y = y * w if w is not None else y
+    y = y + b if b is not None else y
+    return (y, mean, inv) if len(n.outputs) > 1 else y
 
 
 def _instancenorm(x, n):
     return F.instance_norm(x[0], weight=x[1], bias=x[2], eps=_f(n, "epsilon", 1e-5))
+
+
+def _isinf(x, n):
+    t = x[0]
+    pos = (
+        torch.isposinf(t) if _i(n, "detect_positive", 1) else torch.zeros_like(t, dtype=torch.bool)
+    )
+    return pos | torch.isneginf(t) if _i(n, "detect_negative", 1) else pos
+
+
+def _shrink(x, n):
+    t, lambd, bias = x[0], _f(n, "lambd", 0.5), _f(n, "bias", 0.0)
+    return torch.where(t < -lambd, t + bias, torch.where(t > lambd, t - bias, torch.zeros_like(t)))
 
 
 def _where(x, n):
@@ -199,11 +253,30 @@ MATH_OPS = {
     "Sin": _unary(torch.sin),
     "Cos": _unary(torch.cos),
     "IsNaN": _unary(torch.isnan),
+    "IsInf": _isinf,
+    "Tan": _unary(torch.tan),
+    "Asin": _unary(torch.asin),
+    "Acos": _unary(torch.acos),
+    "Atan": _unary(torch.atan),
+    "Sinh": _unary(torch.sinh),
+    "Cosh": _unary(torch.cosh),
+    "Asinh": _unary(torch.asinh),
+    "Acosh": _unary(torch.acosh),
+    "Atanh": _unary(torch.atanh),
+    "Softsign": _unary(F.softsign),
+    "Shrink": _shrink,
+    "Celu": lambda x, n: F.celu(x[0], alpha=_f(n, "alpha", 1.0)),
+    "ThresholdedRelu": lambda x, n: torch.where(
+        x[0] > _f(n, "alpha", 1.0), x[0], torch.zeros_like(x[0])
+    ),
     "Not": _unary(torch.logical_not),
     "Softplus": _unary(F.softplus),
     "Mish": _unary(F.mish),
     "HardSwish": _unary(F.hardswish),
-    "Selu": _unary(F.selu),
+    "Selu": lambda x, n: (
+        _f(n, "gamma", 1.05070102214813232421875)
+        * F.elu(x[0], alpha=_f(n, "alpha", 1.67326319217681884765625))
+    ),
     "Elu": lambda x, n: F.elu(x[0], alpha=_f(n, "alpha", 1.0)),
     "LeakyRelu": lambda x, n: F.leaky_relu(x[0], _f(n, "alpha", 0.01)),
     "Clip": _clip,
@@ -218,6 +291,10 @@ MATH_OPS = {
     "ReduceMin": _reduce(_reduce_min),
     "ReduceProd": _reduce(_reduce_prod),
     "ReduceL2": _reduce(lambda t, a, k: torch.sqrt(torch.sum(t * t, dim=a, keepdim=k))),
+    "ReduceL1": _reduce(lambda t, a, k: torch.sum(t.abs(), dim=a, keepdim=k)),
+    "ReduceSumSquare": _reduce(lambda t, a, k: torch.sum(t * t, dim=a, keepdim=k)),
+    "ReduceLogSum": _reduce(lambda t, a, k: torch.log(torch.sum(t, dim=a, keepdim=k))),
+    "ReduceLogSumExp": _reduce(_reduce_logsumexp),
     "ArgMax": _argmax(torch.argmax),
     "ArgMin": _argmax(torch.argmin),
     "LayerNormalization": _layernorm,

@@ -1,44 +1,17 @@
-"""Executor op table, part 2: convolution, pooling, normalization, Gemm, Resize, Pad, QDQ."""
+"""Executor op table, part 2: convolution, normalization, Gemm, Pad, QDQ, depth/space moves;
+the pooling (ops_pool.py) and Resize (ops_resize.py) tables are merged in here."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 
 from autoglm_compress.runtime.ops_math import _f, _i, _ints
+from autoglm_compress.runtime.ops_pool import POOL_OPS, explicit_pads, torch_pad
+from autoglm_compress.runtime.ops_resize import RESIZE_OPS
+from autoglm_compress.runtime.ops_tensor import torch_dtype
 
 __all__ = ["NN_OPS"]
-
-
-def _explicit_pads(
-    n, x: torch.Tensor, kernel: list[int], strides: list[int], dil: list[int]
-) -> list[int]:
-    """ONNX pads [b1, b2, .., e1, e2, ..] honouring auto_pad."""
-    nd = len(kernel)
-    auto = n.attributes.get_string("auto_pad", "NOTSET")
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads_b, pads_e = [], []
-        for i in range(nd):
-            size = x.shape[2 + i]
-            out = math.ceil(size / strides[i])
-            total = max((out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size, 0)
-            small, big = total // 2, total - total // 2
-            pads_b.append(small if auto == "SAME_UPPER" else big)
-            pads_e.append(big if auto == "SAME_UPPER" else small)
-        return pads_b + pads_e
-    if auto == "VALID":
-        return [0] * (2 * nd)
-    return _ints(n, "pads", [0] * (2 * nd))
-
-
-def _torch_pad(pads: list[int]) -> list[int]:
-    nd = len(pads) // 2
-    out = []
-    for i in reversed(range(nd)):
-        out += [pads[i], pads[i + nd]]
-    return out
 
 
 def _conv(x, n):
@@ -47,13 +20,33 @@ def _conv(x, n):
     nd = w.dim() - 2
     kernel = _ints(n, "kernel_shape", list(w.shape[2:]))
     strides, dil = _ints(n, "strides", [1] * nd), _ints(n, "dilations", [1] * nd)
-    pads = _explicit_pads(n, t, kernel, strides, dil)
+    pads = explicit_pads(n, t, kernel, strides, dil)
     if pads[:nd] == pads[nd:]:
         padding = pads[:nd]
     else:
-        t, padding = F.pad(t, _torch_pad(pads)), [0] * nd
+        t, padding = F.pad(t, torch_pad(pads)), [0] * nd
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
     return fn(t, w, b, stride=strides, padding=padding, dilation=dil, groups=_i(n, "group", 1))
+
+
+def _convt_pads(n, t, w, strides, dil, outpad) -> list[int]:
+    """Begin/end crop of the full transposed convolution; from ``output_shape`` or SAME_* when
+    set: total = s(L − 1) + output_padding + d(k − 1) + 1 − out, the odd one at the end for
+    SAME_UPPER (at the begin otherwise). Negative values extend the output."""
+    nd = w.dim() - 2
+    kernel = _ints(n, "kernel_shape", list(w.shape[2:]))
+    auto = n.attributes.get_string("auto_pad", "NOTSET")
+    out = _ints(n, "output_shape")
+    if out is None and auto not in ("SAME_UPPER", "SAME_LOWER"):
+        return _ints(n, "pads", [0] * (2 * nd))
+    out = out[-nd:] if out is not None else [t.shape[2 + i] * strides[i] for i in range(nd)]
+    total = [
+        strides[i] * (t.shape[2 + i] - 1) + outpad[i] + (kernel[i] - 1) * dil[i] + 1 - out[i]
+        for i in range(nd)
+    ]
+    if auto == "SAME_UPPER":
+        return [p // 2 for p in total] + [p - p // 2 for p in total]
+    return [p - p // 2 for p in total] + [p // 2 for p in total]
 
 
 def _conv_transpose(x, n):
@@ -61,65 +54,31 @@ def _conv_transpose(x, n):
     b = x[2] if len(x) > 2 else None
     nd = w.dim() - 2
     strides, dil = _ints(n, "strides", [1] * nd), _ints(n, "dilations", [1] * nd)
-    pads = _ints(n, "pads", [0] * (2 * nd))
     outpad = _ints(n, "output_padding", [0] * nd)
+    pads = _convt_pads(n, t, w, strides, dil, outpad)
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
-    y = fn(
-        t,
-        w,
-        b,
-        stride=strides,
-        padding=0,
-        output_padding=outpad,
-        groups=_i(n, "group", 1),
-        dilation=dil,
-    )
-    slices = [slice(None), slice(None)] + [
-        slice(pads[i], y.shape[2 + i] - pads[i + nd]) for i in range(nd)
-    ]
-    return y[tuple(slices)]
+    y = fn(t, w, None, stride=strides, padding=0, groups=_i(n, "group", 1), dilation=dil)
+    crop = [-p for p in pads[:nd]] + [outpad[i] - pads[nd + i] for i in range(nd)]
+    y = F.pad(y, torch_pad(crop))
+    return y if b is None else y + b.reshape([1, -1] + [1] * nd)
 
 
 def _batchnorm(x, n):
+    """Inference: (x − mean)/√(var + ε)·scale + bias. With training_mode the batch statistics
+    (population variance) normalise and the outputs add the updated running mean / var:
+    running = input · momentum + batch · (1 − momentum)."""
     t, scale, bias, mean, var = x[:5]
     shape = [1, -1] + [1] * (t.dim() - 2)  # written out so gradients may reach mean/var too
-    inv = torch.rsqrt(var + _f(n, "epsilon", 1e-5)) * scale
-    return (t - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)
-
-
-def _pool(kind):
-    def run(x, n):
-        t = x[0]
-        kernel = _ints(n, "kernel_shape")
-        nd = len(kernel)
-        strides, dil = _ints(n, "strides", [1] * nd), _ints(n, "dilations", [1] * nd)
-        pads = _explicit_pads(n, t, kernel, strides, dil)
-        ceil = bool(_i(n, "ceil_mode", 0))
-        if kind == "max":
-            if pads[:nd] != pads[nd:] or any(p > k // 2 for p, k in zip(pads, kernel * 2)):
-                t = F.pad(t, _torch_pad(pads), value=float("-inf"))
-                pads = [0] * (2 * nd)
-            fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
-            return fn(t, kernel, strides, pads[:nd], dil, ceil_mode=ceil)
-        include = bool(_i(n, "count_include_pad", 0))
-        if pads[:nd] != pads[nd:] or any(p > k // 2 for p, k in zip(pads, kernel * 2)):
-            if include:
-                t = F.pad(t, _torch_pad(pads))
-                pads = [0] * (2 * nd)
-            else:
-                return _avg_pool_exclusive(t, kernel, strides, pads, ceil)
-        fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
-        return fn(t, kernel, strides, pads[:nd], ceil_mode=ceil, count_include_pad=include)
-
-    return run
-
-
-def _avg_pool_exclusive(t, kernel, strides, pads, ceil):
-    nd = len(kernel)
-    ones = torch.ones_like(t[:1, :1])
-    tp, op = F.pad(t, _torch_pad(pads)), F.pad(ones, _torch_pad(pads))
-    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
-    return fn(tp, kernel, strides, 0, ceil_mode=ceil) / fn(op, kernel, strides, 0, ceil_mode=ceil)
+    eps = _f(n, "epsilon", 1e-5)
+    if not _i(n, "training_mode", 0):
+        inv = torch.rsqrt(var + eps) * scale
+        return (t - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)
+    dims = [0] + list(range(2, t.dim()))
+    bmean, bvar = t.mean(dims), t.var(dims, unbiased=False)
+    inv = torch.rsqrt(bvar + eps) * scale
+    y = (t - bmean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)
+    m = _f(n, "momentum", 0.9)
+    return y, mean * m + bmean * (1 - m), var * m + bvar * (1 - m)
 
 
 def _gemm(x, n):
@@ -132,71 +91,6 @@ def _gemm(x, n):
     if len(x) > 2 and x[2] is not None:
         y = y + _f(n, "beta", 1.0) * x[2]
     return y
-
-
-def _resize_sizes(x, n, t):
-    """(output sizes, spatial scales) — scales as given, else output/input (ONNX semantics)."""
-    if len(x) > 3 and x[3] is not None and x[3].numel():
-        sizes = [int(s) for s in x[3].tolist()]
-        return sizes, [o / d for o, d in zip(sizes[2:], t.shape[2:])]
-    scales = [float(s) for s in x[2].tolist()]
-    return [int(math.floor(d * s)) for d, s in zip(t.shape, scales)], scales[2:]
-
-
-def _resize(x, n):
-    t = x[0]
-    sizes, scales = _resize_sizes(x, n, t)
-    mode = n.attributes.get_string("mode", "nearest")
-    ctm = n.attributes.get_string("coordinate_transformation_mode", "half_pixel")
-    out = sizes[2:]
-    if mode == "nearest":
-        nm = n.attributes.get_string("nearest_mode", "round_prefer_floor")
-        return _nearest(t, out, ctm, nm, scales)
-    torch_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(out)]
-    if mode == "cubic":
-        torch_mode = "bicubic"
-    if ctm == "align_corners":
-        return F.interpolate(t, size=out, mode=torch_mode, align_corners=True)
-    return F.interpolate(
-        t, scale_factor=scales, mode=torch_mode, align_corners=False, recompute_scale_factor=False
-    )
-
-
-def _nearest(t, out, ctm, nm, scales=None):
-    idx = []
-    for i, o in enumerate(out):
-        size = t.shape[2 + i]
-        scale = scales[i] if scales else o / size
-        d = torch.arange(o, dtype=torch.float64)
-        if ctm == "asymmetric":
-            src = d / scale
-        elif ctm == "align_corners":
-            src = d * (size - 1) / max(o - 1, 1)
-        else:  # half_pixel / pytorch_half_pixel
-            src = (d + 0.5) / scale - 0.5
-        if nm == "floor":
-            s = torch.floor(src)
-        elif nm == "ceil":
-            s = torch.ceil(src)
-        elif nm == "round_prefer_ceil":
-            s = torch.floor(src + 0.5)
-        else:
-            s = torch.ceil(src - 0.5)
-        idx.append(s.clamp(0, size - 1).long().to(t.device))
-    y = t
-    for i, ix in enumerate(idx):
-        y = torch.index_select(y, 2 + i, ix)
-    return y
-
-
-def _upsample(x, n):
-    mode = n.attributes.get_string("mode", "nearest")
-    sizes = [int(math.floor(d * float(s))) for d, s in zip(x[0].shape, x[1].tolist())]
-    if mode == "nearest":
-        return _nearest(
-            x[0], sizes[2:], "asymmetric", "floor", [float(s) for s in x[1].tolist()[2:]]
-        )
-    return F.interpolate(x[0], size=sizes[2:], mode="bilinear", align_corners=False)
 
 
 def _pad(x, n):
@@ -217,7 +111,7 @@ def _pad(x, n):
     for k, a in enumerate(axes):
         full[a], full[a + rank] = pads[k], pads[k + len(axes)]
     mode = n.attributes.get_string("mode", "constant")
-    tp = _torch_pad(full)
+    tp = torch_pad(full)
     while len(tp) > 2 and tp[-1] == 0 and tp[-2] == 0 and mode != "constant":
         tp = tp[:-2]
     if mode == "constant":
@@ -230,11 +124,16 @@ def _round_ste(x):
     return x + (torch.round(x) - x).detach()
 
 
-def _qshape(scale, t, axis):
+def _qshape(scale, t, axis, block: int = 0):
+    """Scale / zero point broadcastable to ``t``: scalar, per-axis, or blocked (each entry covers
+    ``block`` consecutive elements along ``axis``)."""
     if scale.dim() == 0 or scale.numel() == 1:
         return scale.reshape(())
+    axis %= t.dim()
+    if block > 0:
+        return scale.repeat_interleave(block, dim=axis).narrow(axis, 0, t.shape[axis])
     shape = [1] * t.dim()
-    shape[axis % t.dim()] = -1
+    shape[axis] = -1
     return scale.reshape(shape)
 
 
@@ -245,9 +144,11 @@ def _quantize(x, n):
     """Affine quantization. With gradients on, the result stays float (fake-quant: integer tensors
     carry no gradient) and the rounding is straight-through; clamping zeroes the gradient outside."""
     t, scale = x[0], x[1]
-    zp = x[2] if len(x) > 2 and x[2] is not None else torch.zeros((), dtype=torch.uint8)
-    axis = _i(n, "axis", 1)
-    s, z = _qshape(scale.to(t.dtype), t, axis), _qshape(zp, t, axis)
+    zp = x[2] if len(x) > 2 and x[2] is not None else None
+    if zp is None:
+        zp = torch.zeros((), dtype=torch_dtype(_i(n, "output_dtype", 0) or 2), device=t.device)
+    axis, block = _i(n, "axis", 1), _i(n, "block_size", 0)
+    s, z = _qshape(scale.to(t.dtype), t, axis, block), _qshape(zp, t, axis, block)
     lo, hi = _QLIMITS[zp.dtype]
     q = torch.clamp(_round_ste(t / s) + z.to(t.dtype), lo, hi)
     return q if torch.is_grad_enabled() else q.to(zp.dtype)
@@ -256,11 +157,11 @@ def _quantize(x, n):
 def _dequantize(x, n):
     q, scale = x[0], x[1]
     zp = x[2] if len(x) > 2 and x[2] is not None else None
-    axis = _i(n, "axis", 1)
-    s = _qshape(scale, q, axis)
+    axis, block = _i(n, "axis", 1), _i(n, "block_size", 0)
+    s = _qshape(scale, q, axis, block)
     y = q.to(scale.dtype)
     if zp is not None:
-        y = y - _qshape(zp, q, axis).to(scale.dtype)
+        y = y - _qshape(zp, q, axis, block).to(scale.dtype)
     return y * s
 
 
@@ -277,25 +178,21 @@ def _depth_to_space(x, n):
 def _space_to_depth(x, n):
     t, b = x[0], _i(n, "blocksize", 1)
     N, C, H, W = t.shape
-    y = t.reshape(N, C, H // b, b, W // b, b).permute(0, 3, 5, 1, 2, 4)
+    y = t.reshape(N, C, H // b, b, W // b, b)
+    if n.attributes.get_string("mode", "DCR") == "DCR":
+        y = y.permute(0, 3, 5, 1, 2, 4)
+    else:
+        y = y.permute(0, 1, 3, 5, 2, 4)
     return y.reshape(N, C * b * b, H // b, W // b)
-
-
-def _global(fn):
-    return lambda x, n: fn(x[0], dim=list(range(2, x[0].dim())), keepdim=True)
 
 
 NN_OPS = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
     "BatchNormalization": _batchnorm,
-    "MaxPool": _pool("max"),
-    "AveragePool": _pool("avg"),
-    "GlobalAveragePool": _global(torch.mean),
-    "GlobalMaxPool": _global(torch.amax),
+    **POOL_OPS,
     "Gemm": _gemm,
-    "Resize": _resize,
-    "Upsample": _upsample,
+    **RESIZE_OPS,
     "Pad": _pad,
     "QuantizeLinear": _quantize,
     "DequantizeLinear": _dequantize,

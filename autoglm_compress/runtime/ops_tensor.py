@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx_ir as ir
 import torch
 
 from autoglm_compress.runtime.ops_math import _i, _ints
 
-__all__ = ["TENSOR_OPS", "torch_dtype", "to_torch"]
+__all__ = ["TENSOR_OPS", "to_torch", "torch_dtype"]
 
 _DT = {
     ir.DataType.FLOAT: torch.float32,
@@ -47,9 +49,11 @@ def _reshape(x, n):
 
 
 def _flatten(x, n):
-    t, axis = x[0], _i(n, "axis", 1) % max(x[0].dim(), 1) if x[0].dim() else 0
-    lead = int(np.prod(t.shape[:axis])) if axis else 1
-    return t.reshape(lead, -1)
+    """axis in [-r, r]: [prod(shape[:axis]), prod(shape[axis:])] (axis == r gives [numel, 1])."""
+    t = x[0]
+    axis = _i(n, "axis", 1)
+    axis = axis + t.dim() if axis < 0 else axis
+    return t.reshape(math.prod(t.shape[:axis]), math.prod(t.shape[axis:]))
 
 
 def _transpose(x, n):
@@ -109,7 +113,7 @@ def _slice(x, n):
     for s, e, a, st in zip(starts, ends, axes, steps):
         a %= t.dim()
         dim = t.shape[a]
-        lo, hi, step = slice(s, e, st).indices(dim)
+        lo, hi, _ = slice(s, e, st).indices(dim)
         if st == 1:
             t = t.narrow(a, lo, max(0, hi - lo))
         else:
@@ -121,7 +125,7 @@ def _gather(x, n):
     t, idx, axis = x[0], x[1].long(), _i(n, "axis", 0) % x[0].dim()
     idx = torch.where(idx < 0, idx + t.shape[axis], idx)
     out = torch.index_select(t, axis, idx.reshape(-1))
-    return out.reshape(*t.shape[:axis], *idx.shape, *t.shape[axis + 1 :])
+    return out.reshape((*t.shape[:axis], *idx.shape, *t.shape[axis + 1 :]))
 
 
 def _gather_elements(x, n):
@@ -186,15 +190,10 @@ def _tile(x, n):
 
 
 def _topk(x, n):
-    k = int(x[1].reshape(-1)[0])
-    v, i = torch.topk(
-        x[0],
-        k,
-        dim=_i(n, "axis", -1),
-        largest=bool(_i(n, "largest", 1)),
-        sorted=bool(_i(n, "sorted", 1)),
-    )
-    return v, i
+    """A stable sort, so that of equal values the lower index comes first (as ONNX requires)."""
+    k, axis = int(x[1].reshape(-1)[0]), _i(n, "axis", -1)
+    v, i = torch.sort(x[0], dim=axis, descending=bool(_i(n, "largest", 1)), stable=True)
+    return v.narrow(axis, 0, k), i.narrow(axis, 0, k)
 
 
 def _trilu(x, n):
@@ -203,7 +202,20 @@ def _trilu(x, n):
 
 
 def _dropout(x, n):
-    return (x[0], torch.ones_like(x[0], dtype=torch.bool)) if len(n.outputs) > 1 else x[0]
+    """Identity unless the ``training_mode`` input is true: then y = x·mask/(1 − ratio) with
+    mask = U[0, 1) ≥ ratio drawn from torch's generator (seeded by the ``seed`` attribute)."""
+    t = x[0]
+    ratio = float(x[1].reshape(())) if len(x) > 1 and x[1] is not None else 0.5
+    train = len(x) > 2 and x[2] is not None and bool(x[2].reshape(()))
+    if not train or ratio == 0.0:
+        y, mask = t, torch.ones_like(t, dtype=torch.bool)
+    else:
+        gen = None
+        if n.attributes.get("seed") is not None:
+            gen = torch.Generator(device=t.device).manual_seed(_i(n, "seed", 0))
+        mask = torch.rand(t.shape, generator=gen, device=t.device) >= ratio
+        y = t * mask.to(t.dtype) / (1.0 - ratio)
+    return (y, mask) if len(n.outputs) > 1 else y
 
 
 TENSOR_OPS = {
