@@ -118,7 +118,7 @@ def test_non_image_file_is_named(tmp_path, caplog):
     model = _model("float[1,3,4,4] x")
     with pytest.raises(CalibrationError, match="notes.txt"):
         open_calibration_source(tmp_path, model, skip_invalid=False)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         src = open_calibration_source(tmp_path, model)  # default: skipped and counted
     assert src.size == 1 and "notes.txt" in caplog.text
     assert [Path(p).name for p in src.skipped] == ["notes.txt"]

@@ -116,7 +116,13 @@ def test_bad_calibration_data(tmp_path):
 
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a.png")
     (folder / "notes.txt").write_text("not an image")
-    _bad(tmp_path, "--calib", folder, match="notes.txt")
+    (folder / "b.png").write_text("a truncated download")
+    _bad(tmp_path, "--calib", folder / "notes.txt", match="unsupported file type")
+    # a folder with a stray file and a broken image: both skipped and counted, not fatal
+    r = run_cli(DEMO, "--int8", "--calib", folder, "-o", tmp_path / "imgs_out")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "imgs_out" / "report.json").read_text())["calibration"]
+    assert info["samples"] == 1 and info["skipped_files"]["count"] == 2
     _bad(tmp_path, "--fp16", "--calib", CALIB, match="exclusive")
 
 

@@ -191,7 +191,7 @@ def _image_source(
             except CalibrationError:
                 if not skip_invalid:
                     raise
-                logger.warning("skipping unreadable image %s", path)
+                logger.info("skipping unreadable image %s", path)
                 source.skipped.append(str(path))
                 continue
             yield fit_feed({target.name: image}, specs, str(path))

@@ -7,8 +7,10 @@ re-binned a few times instead of every batch) and the existing counts are *re-hi
 new bins with proportional spreading: treating the density as uniform inside each old bin, the
 piecewise-linear CDF ``F`` is evaluated at the new edges and differenced, ``c'_k = F(e'_{k+1}) -
 F(e'_k)``. That conserves the total count exactly (the sum telescopes) and memory stays ``O(bins)``
-whatever the number of samples. The exact running min/max are kept beside it, so estimates can be
-clamped to values that were actually seen.
+whatever the number of samples. A value past the range by at most ``SLACK`` of the width (float
+rounding: two runtimes, or a batched and a per-sample run, differ in the last bits) is counted in
+the edge bin instead, so re-binning does not depend on rounding. The exact running min/max are
+kept beside it, so estimates can be clamped to values that were actually seen.
 
 Exact zeros (ReLU outputs, padding) are counted apart in ``zeros`` rather than binned: 0 is always
 exactly representable, so that spike must not steer a clipping search (it would drag a KL threshold
@@ -24,11 +26,12 @@ import logging
 
 import torch
 
-__all__ = ["StreamingHistogram", "GROW"]
+__all__ = ["GROW", "SLACK", "StreamingHistogram"]
 
 logger = logging.getLogger(__name__)
 
 GROW = 0.1  # headroom (fraction of the new width) added to a side that had to grow
+SLACK = 1e-5  # overshoot (fraction of the width) counted in the edge bin instead of re-binning
 _F64 = torch.float64
 
 
@@ -65,10 +68,14 @@ class StreamingHistogram:
         if self.counts is None:
             self.lo, self.hi = bmin, bmax if bmax > bmin else bmin + _tiny(bmin)
             self.counts = torch.zeros(self.bins, dtype=_F64)
-        elif bmin < self.lo or bmax > self.hi:
+        elif bmin < self.lo - SLACK * (self.hi - self.lo) or bmax > self.hi + SLACK * (
+            self.hi - self.lo
+        ):
             self._grow(bmin, bmax)
         self.min_val, self.max_val = min(self.min_val, bmin), max(self.max_val, bmax)
         nonzero = x[x != 0]
+        if bmin < self.lo or bmax > self.hi:  # within SLACK: counted in the edge bins
+            nonzero = nonzero.clamp(self.lo, self.hi)
         self.zeros += float(x.numel() - nonzero.numel())
         self.counts += torch.histc(nonzero, self.bins, self.lo, self.hi).to("cpu", _F64)
 

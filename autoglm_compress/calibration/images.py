@@ -96,7 +96,7 @@ def list_images(
                     f"{str(p)!r} in image folder {str(folder)!r} is not an image "
                     f"({', '.join(sorted(IMAGE_SUFFIXES))}); remove it"
                 )
-            logger.warning("skipping non-image file %s", p)
+            logger.info("skipping non-image file %s", p)
             if skipped is not None:
                 skipped.append(p)
             continue

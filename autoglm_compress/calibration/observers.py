@@ -103,6 +103,16 @@ class MinMaxObserver(Observer):
         else:
             flat = x.float().movedim(self.axis, 0).reshape(x.shape[self.axis], -1)
             lo, hi = torch.aminmax(flat, dim=1)
+        self._merge(lo, hi)
+
+    def observe_minmax(self, lo: float, hi: float) -> None:
+        """Merge a per-tensor ``[lo, hi]`` reduced elsewhere (onnxruntime) — the same state as
+        observing the tensor itself; per-channel observers need the tensor."""
+        if self.axis is not None:
+            raise ValueError("a per-channel observer needs the tensor, not its range")
+        self._merge(torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32))
+
+    def _merge(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         self._check(lo, hi)
         if self.min_val is None:
             self.min_val, self.max_val = lo.clone(), hi.clone()
