@@ -5,13 +5,16 @@ The observed tensors are exactly those the torch executor's calibration hook see
 inputs and the float outputs of every non-Constant node. Two augmentations:
 
 * ``reduce`` (minmax): per tensor ``x`` the graph computes ``lo = ReduceMin(x)``, ``hi =
-  ReduceMax(x)`` over all axes and a NaN probe ``ReduceMean(x)`` (onnxruntime's ReduceMin /
-  ReduceMax may skip NaN; a mean does not), and for the inputs of Conv/Gemm/MatMul the per-channel
-  ``mean_c = ReduceMean(x, axes ≠ c)`` and ``absmax_c = ReduceMax(|x|, axes ≠ c)``. Only those
-  small results leave the session, so memory is one inference's activations, whatever the number
-  of tensors or samples, and the reductions run in onnxruntime's threaded kernels.
+  ReduceMax(x)`` over all axes — for the inputs of Conv/Gemm/MatMul over all axes but the channel
+  ``c`` instead (``min_c``, ``max_c``, plus ``mean_c = ReduceMean``), whence ``lo = min min_c`` and
+  ``absmax_c = max(|min_c|, |max_c|)``; the output of a reshape, Relu or constant Clip of an
+  observed tensor needs no node (``clip([lo, hi], a, b)`` of its source is exact). Only those small
+  results leave the session, so memory is one inference's activations, whatever the number of
+  tensors or samples, and the reductions run in onnxruntime's threaded kernels.
   ``min(lo_s)``/``max(hi_s)`` over samples is the running min/max; the mean of per-sample channel
   means is the mean over all samples (every sample has the same number of values per channel).
+  onnxruntime's ReduceMin/ReduceMax may skip NaN, a mean does not: NaN is caught where it reaches
+  a channel mean or a graph output (probed with ``ReduceMean``) — NaN propagates to those.
 * ``tensors`` (histogram methods): every observed tensor is a graph output, streamed to the
   observers in byte-bounded chunks by :mod:`autoglm_compress.quantization.collect`.
 
@@ -74,12 +77,15 @@ def _inferred(model: ir.Model) -> dict[str, tuple[ir.DataType, int | None]]:
     return out
 
 
-def _session(proto: onnx.ModelProto):
+def _session(proto: onnx.ModelProto, arena: bool = False):
+    """A CPU session; ``arena=False`` returns each run's buffers (for sessions whose outputs are
+    large tensors), ``True`` keeps onnxruntime's arena: 2.4× faster runs of the reduce graph on
+    EfficientNet-Lite1 (54 → 23 ms), holding one inference's activations between runs."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    so.enable_cpu_mem_arena = False  # return each run's buffers: memory is one inference's
+    so.enable_cpu_mem_arena = arena
     try:
         return ort.InferenceSession(
             proto.SerializeToString(), so, providers=["CPUExecutionProvider"]
@@ -125,49 +131,128 @@ class _Builder:
         return self.proto
 
 
+_SAME_VALUES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"})
+_ELEMENTWISE = frozenset({"Relu", "Clip", "Identity"})  # channel i of the output from channel i
+
+
+def _derivation(node: ir.Node, observed) -> tuple[str, float, float] | None:
+    """(source, a, b) when the node's output range is exactly ``clip([lo, hi] of source, a, b)``:
+    value-preserving reshapes (a, b = ±inf), Relu (0, inf) and Clip with constant bounds."""
+    x = node.inputs[0] if node.inputs else None
+    if x is None or x.name not in observed or len(node.outputs) != 1:
+        return None
+    if node.op_type in _SAME_VALUES:
+        return x.name, -np.inf, np.inf
+    if node.op_type == "Relu":
+        return x.name, 0.0, np.inf
+    if node.op_type != "Clip":
+        return None
+    if len(node.inputs) == 1:  # opset < 11: attributes
+        return (
+            x.name,
+            node.attributes.get_float("min", -np.inf),
+            node.attributes.get_float("max", np.inf),
+        )
+    bounds = []
+    for i, default in ((1, -np.inf), (2, np.inf)):
+        v = node.inputs[i] if len(node.inputs) > i else None
+        if v is not None and v.const_value is None:
+            return None
+        bounds.append(default if v is None else float(v.const_value.numpy()))
+    return x.name, *bounds
+
+
 class ReduceRunner:
     """Per-sample min/max (and channel mean/absmax of ``mean_axes``' tensors) from onnxruntime.
+
+    Per tensor, the cheapest exact plan: ``chan`` (a Conv input: ``min_c``, ``max_c``, ``mean_c``;
+    ``lo = min min_c``, ``absmax_c = max(|min_c|, |max_c|)``), ``rows`` (a Gemm/MatMul input,
+    channels last: the same three from the tensor in numpy, where a last-axis reduction is about
+    3× faster than onnxruntime's), ``derive`` (the output
+    of a reshape / Relu / constant Clip of an observed tensor: ``clip`` of its range, no node),
+    ``chanderive`` (a Conv input made by Relu/Clip of a tensor whose channel min/max are at hand:
+    those clipped, and only ``mean_c`` reduced) or
+    ``tensor`` (ReduceMin, ReduceMax; for rank ≥ 3 over all axes but 1, then
+    the min/max of those vectors: about 25% faster on NCHW tensors). NaN is detected where it reaches a channel mean or a graph
+    output (``ReduceMean`` probe there): NaN propagates through arithmetic to those.
 
     ``run(feed)`` -> {tensor: (lo, hi, no_nan, mean_c | None, absmax_c | None)}.
     """
 
     def __init__(self, model: ir.Model, mean_axes: dict[str, int]):
         ranks = observed_tensors(model)
+        producers = {v.name: n for n in model.graph for v in n.outputs}
+        outputs = {v.name for v in model.graph.outputs}
         b = _Builder(to_proto(model))
-        self.plan: dict[str, list[str]] = {}
+        self.plan: dict[str, tuple] = {}  # name -> (kind, graph outputs read, derivation)
+        self.vec: set[str] = set()  # tensors whose per-dim-1 min/max vectors are kept
         for name, rank in ranks.items():
-            outs = [b.reduce("ReduceMin", name, None), b.reduce("ReduceMax", name, None)]
             if name in mean_axes and rank is None:
                 raise OrtStatsUnavailable(f"rank of {name!r} unknown")
-            if name in mean_axes and rank >= 2:
-                c = mean_axes[name] % rank
+            node = producers.get(name)
+            der = _derivation(node, self.plan) if node is not None else None
+            c = mean_axes[name] % rank if name in mean_axes and rank >= 2 else None
+            if c is not None and c == rank - 1:
+                self.plan[name] = ("rows", [name], None)  # numpy reduces a last axis faster
+            elif c == 1 and der and node.op_type in _ELEMENTWISE and der[0] in self.vec:
+                self.plan[name] = (
+                    "chanderive",
+                    [b.reduce("ReduceMean", name, [0, *range(2, rank)])],
+                    der,
+                )
+            elif c is not None:
                 axes = [d for d in range(rank) if d != c]
-                outs += [
-                    b.reduce("ReduceMean", name, axes),
-                    b.reduce("ReduceMax", b.abs(name), axes),
-                ]
+                ops = ("ReduceMin", "ReduceMax", "ReduceMean")
+                self.plan[name] = ("chan", [b.reduce(op, name, axes) for op in ops], None)
+            elif der is not None and name not in outputs:
+                self.plan[name] = ("derive", [], der)
             else:
-                outs.append(b.reduce("ReduceMean", name, None))
-            self.plan[name] = outs
-        self.outputs = [o for outs in self.plan.values() for o in outs]
-        self.sess = _session(b.finish(self.outputs))
+                ops = ("ReduceMin", "ReduceMax") + (("ReduceMean",) if name in outputs else ())
+                axes = None if rank is None or rank < 3 else [d for d in range(rank) if d != 1]
+                self.plan[name] = ("tensor", [b.reduce(op, name, axes) for op in ops], None)
+                c = 1 if axes else None
+            if c == 1 and self.plan[name][0] in ("chan", "chanderive", "tensor"):
+                self.vec.add(name)
+        self.outputs = [o for _, outs, _ in self.plan.values() for o in outs]
+        self.sess = _session(b.finish(self.outputs), arena=True)
         self.inputs = {i.name for i in self.sess.get_inputs()}
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, tuple]:
         got = self.sess.run(self.outputs, {k: v for k, v in feed.items() if k in self.inputs})
-        res, i = {}, 0
-        for name, outs in self.plan.items():
+        res, vecs, i = {}, {}, 0
+        for name, (kind, outs, der) in self.plan.items():
             vals = got[i : i + len(outs)]
             i += len(outs)
-            lo, hi = float(vals[0]), float(vals[1])
-            if len(vals) == 4:
-                mean, amax = vals[2].astype(np.float64), vals[3].astype(np.float32)
-                finite = not np.isnan(mean).any()
-            else:
-                mean = amax = None
-                finite = not np.isnan(vals[2])
-            res[name] = (lo, hi, finite, mean, amax)
+            if kind == "derive":
+                (_, a, b), (lo, hi, ok) = der, res[der[0]][:3]
+                res[name] = (float(np.clip(lo, a, b)), float(np.clip(hi, a, b)), ok, None, None)
+                continue
+            if kind == "chanderive":  # clip of the source's channel min/max: exact
+                (_, a, b), (mn, mx) = der, vecs[der[0]]
+                kind, vals = "chan", [np.clip(mn, a, b), np.clip(mx, a, b), vals[0]]
+            if name in self.vec:
+                vecs[name] = (vals[0], vals[1])
+            res[name] = _summarize(kind, vals)
         return res
+
+
+def _summarize(kind: str, vals: list[np.ndarray]) -> tuple:
+    if kind == "tensor":  # scalars, or per dim-1 vectors (rank ≥ 3: faster in onnxruntime)
+        if vals[0].size == 0:
+            return np.inf, -np.inf, True, None, None
+        ok = len(vals) < 3 or not np.isnan(vals[2]).any()
+        return float(vals[0].min()), float(vals[1].max()), ok, None, None
+    if kind == "rows":  # the tensor itself, channels last: [rows, C]
+        x = vals[0].reshape(-1, vals[0].shape[-1])
+        if x.size == 0:
+            return np.inf, -np.inf, True, None, None
+        vals = [x.min(axis=0), x.max(axis=0), x.mean(axis=0, dtype=np.float64)]
+    mn, mx, mean = vals
+    if mn.size == 0:  # an empty tensor: nothing observed, like the executor's hook
+        return np.inf, -np.inf, True, None, None
+    amax = np.maximum(np.abs(mn), np.abs(mx)).astype(np.float32)
+    ok = not np.isnan(mean).any()
+    return float(mn.min()), float(mx.max()), ok, mean.astype(np.float64), amax
 
 
 class TensorRunner:

@@ -1,17 +1,38 @@
-"""Run the FP32 IR in the torch executor over calibration feeds and observe every float activation.
+"""Run the FP32 IR over calibration feeds and observe every float activation.
 
 One pass over the data feeds a streaming observer per tensor (memory independent of the sample count)
-plus a per-channel mean of each compute node's input (for bias correction). The result is
-target-independent: each target turns the ranges into qparams under its own scheme.
+plus a per-channel mean and max|x| of each compute node's input (bias correction, SmoothQuant). The
+result is target-independent: each target turns the ranges into qparams under its own scheme.
+
+Backends (``backend="auto"`` picks the first that applies):
+
+* ``onnxruntime`` (CPU): the model augmented by :mod:`autoglm_compress.calibration.ort_stats`.
+  minmax reduces inside the graph (only ``[lo, hi]`` and the channel vectors leave the session);
+  histogram methods stream the tensors. The statistics equal the executor's (tests/test_ort_stats.py).
+* ``executor``: the torch executor's hook (on CUDA when present, vmap-batched where that is exact);
+  used when onnxruntime cannot run the model, or with a GPU.
+
+Observers see *chunks*: the tensors of ``k`` consecutive samples concatenated on their first axis
+(0-d tensors stacked), ``k = clamp(chunk_bytes // bytes of one sample's activations, 1, batch)`` —
+memory is bounded by one chunk, not by samples × tensors, and every backend feeds identical chunks
+(histograms depend on them). Channel statistics of a tensor whose one-sample rank is ``r ≥ 2`` are
+taken over all axes but ``c`` (1 for Conv inputs, ``r-1`` for Gemm/MatMul); a chunk's mean is
+weighted by its ``k`` samples, so the result is the mean over all samples.
+
+NaN anywhere is a CalibrationError naming the tensor. A tensor holding ±inf but no NaN (an additive
+attention mask built with -inf) has no int8 range: it gets no observer, is listed in
+``CalibrationStats.infinite``, and the quantizer leaves it in float.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import math
 import resource
 import time
-from typing import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -21,9 +42,10 @@ from tqdm import tqdm
 from autoglm_compress.calibration.observers import make_observer
 from autoglm_compress.errors import CalibrationError
 
-__all__ = ["CalibrationStats", "collect_stats"]
+__all__ = ["CHUNK_BYTES", "CalibrationStats", "collect_stats"]
 
 logger = logging.getLogger(__name__)
+CHUNK_BYTES = 128 << 20  # activations of one observed chunk
 
 
 @dataclasses.dataclass
@@ -37,6 +59,8 @@ class CalibrationStats:
     peak_rss_mb: float
     holdout: list = dataclasses.field(default_factory=list)  # first samples, for fallback decisions
     source: object = None  # the calibration source (QAT reads its samples again)
+    backend: str = "executor"
+    infinite: list = dataclasses.field(default_factory=list)  # ±inf tensors: no range, float
 
     def ranges(
         self, symmetric: bool | None = None, bits: int = 8, names=None
@@ -64,9 +88,124 @@ def _mean_targets(model: ir.Model) -> dict[str, int]:
     return names
 
 
-def _batched_runner(ex, output_names: list[str]):
-    """Run a batch-1 IR over a chunk of samples at once with ``torch.func.vmap``; returns a function
-    chunk -> {tensor name: [B, *per-sample shape]} of every float tensor, or None if it cannot."""
+class _Accumulator:
+    """Observers plus channel mean/absmax sums; fed chunks (tensors) or reduced ranges."""
+
+    def __init__(self, method: str, mean_axes: dict[str, int], observer_kw: dict):
+        self.method, self.mean_axes, self.kw = method, mean_axes, observer_kw
+        self.observers: dict = {}
+        self.means: dict[str, torch.Tensor] = {}
+        self.absmax: dict[str, torch.Tensor] = {}
+        self.infinite: set[str] = set()  # tensors holding ±inf (attention masks): left in float
+        self.pending: dict[str, list[float]] = {}  # running [lo, hi] of reduced tensors
+
+    def finish(self) -> None:
+        for name, (lo, hi) in self.pending.items():
+            self._obs(name).observe_minmax(lo, hi)
+        self.pending.clear()
+
+    def _obs(self, name: str):
+        if name not in self.observers:
+            self.observers[name] = make_observer(self.method, name=name, **self.kw)
+        return self.observers[name]
+
+    def chunk(self, name: str, t: torch.Tensor, count: int, rank: int) -> None:
+        """``t``: ``count`` samples' tensors of one-sample rank ``rank`` in chunk layout."""
+        if not torch.is_floating_point(t) or t.numel() == 0 or name in self.infinite:
+            return
+        t = t.detach()
+        try:
+            self._obs(name).observe(t)
+        except CalibrationError:
+            if bool(torch.isnan(t).any()):
+                raise
+            return self._drop(name)
+        if name in self.mean_axes and rank >= 2:
+            axis = self.mean_axes[name] % rank
+            dims = [d for d in range(rank) if d != axis]
+            self._add(
+                name, t.mean(dim=dims, dtype=torch.float64) * count, t.abs().amax(dim=dims).float()
+            )
+
+    def reduced(self, name: str, lo: float, hi: float, finite: bool, mean, amax) -> None:
+        """One sample reduced in onnxruntime (lo > hi: an empty tensor, skipped like the hook)."""
+        if lo > hi or name in self.infinite:
+            return
+        if not finite or math.isnan(lo) or math.isnan(hi):
+            self._obs(name).observe_minmax(float("nan"), hi)  # raises, naming the tensor
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return self._drop(name)
+        r = self.pending.get(name)
+        if r is None:
+            self.pending[name] = [lo, hi]
+        else:  # plain floats here, one observer update at the end: the same min/max
+            r[0], r[1] = min(r[0], lo), max(r[1], hi)
+        if mean is not None:
+            self._add(name, torch.from_numpy(mean), torch.from_numpy(amax))
+
+    def _drop(self, name: str) -> None:
+        """±inf values (no NaN): no int8 range exists; the quantizer leaves the tensor in float."""
+        logger.info("tensor %r holds ±inf values: it stays in float", name)
+        self.infinite.add(name)
+        for d in (self.observers, self.means, self.absmax, self.pending):
+            d.pop(name, None)
+
+    def _add(self, name: str, m: torch.Tensor, a: torch.Tensor) -> None:
+        self.means[name] = self.means[name] + m if name in self.means else m
+        self.absmax[name] = torch.maximum(self.absmax[name], a) if name in self.absmax else a
+
+
+def _layout(ts: list[torch.Tensor]) -> torch.Tensor:
+    """One-sample tensors -> chunk layout: concatenated on axis 0 (0-d: stacked)."""
+    if len(ts) == 1:
+        return ts[0] if ts[0].dim() else ts[0].reshape(1)
+    return torch.cat(ts) if ts[0].dim() else torch.stack(ts)
+
+
+def _chunk_size(sample: dict, chunk_bytes: int, batch: int) -> int:
+    nbytes = sum(t.numel() * t.element_size() for t in sample.values() if torch.is_tensor(t))
+    return int(max(1, min(batch, chunk_bytes // max(nbytes, 1))))
+
+
+def _observe_samples(acc: _Accumulator, samples: Iterator[dict], chunk_bytes: int, batch: int):
+    """Group one-sample tensor dicts into byte-bounded chunks and observe each chunk."""
+    pending: dict[str, list] = {}
+    size, k = None, 0
+    for outs in samples:
+        outs = {n: torch.from_numpy(t) if isinstance(t, np.ndarray) else t for n, t in outs.items()}
+        size = size or _chunk_size(outs, chunk_bytes, batch)
+        for n, t in outs.items():
+            pending.setdefault(n, []).append(t)
+        k += 1
+        if k == size:
+            _flush(acc, pending, k)
+            pending, k = {}, 0
+    if k:
+        _flush(acc, pending, k)
+
+
+def _flush(acc: _Accumulator, pending: dict[str, list], k: int) -> None:
+    for name in list(pending):
+        ts = pending.pop(name)
+        acc.chunk(name, _layout(ts), k, ts[0].dim())
+        del ts
+
+
+def _executor_samples(ex, feeds) -> Iterator[dict]:
+    for feed in feeds:
+        captured: dict = {}
+
+        def hook(name, node, t, captured=captured):
+            if torch.is_floating_point(t) and t.numel():
+                captured[name] = t.detach()
+
+        ex.run(feed, hook=hook)
+        yield captured
+
+
+def _batched_runner(ex):
+    """chunk of feeds -> {tensor: [k, *one-sample shape]} of every float tensor, by vmapping the
+    executor over the stacked feeds."""
 
     def run(chunk: list[dict]) -> dict[str, torch.Tensor]:
         keys = list(chunk[0])
@@ -106,18 +245,90 @@ def _vmap_ok(ex, runner, chunk: list[dict], output_names: list[str]) -> bool:
         return False
 
 
-def _chunks(feeds, limit: int | None, size: int):
-    chunk, n = [], 0
-    for feed in feeds:
-        if limit is not None and n >= limit:
-            break
-        chunk.append(feed)
-        n += 1
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _run_executor(model, acc, feeds, batch: int, chunk_bytes: int) -> None:
+    from autoglm_compress.runtime import TorchExecutor
+
+    ex = TorchExecutor(model)
+    first = next(feeds, None)
+    if first is None:
+        return
+    size = _chunk_size(next(_executor_samples(ex, [first])), chunk_bytes, batch)
+    head = [first, *itertools.islice(feeds, size - 1)]
+    runner = _batched_runner(ex)
+    outputs = [v.name for v in model.graph.outputs]
+    if len(head) < 2 or not _vmap_ok(ex, runner, head, outputs):
+        samples = _executor_samples(ex, itertools.chain(head, feeds))
+        _observe_samples(acc, samples, chunk_bytes, batch)
+        return
+    chunk = head
+    while chunk:
+        for name, t in runner(chunk).items():
+            r = t.dim() - 1  # [k, b, ...] -> [k·b, ...]: the samples concatenated
+            acc.chunk(name, t.reshape(-1, *t.shape[2:]) if r >= 1 else t, len(chunk), r)
+        chunk = list(itertools.islice(feeds, size))
+
+
+def _run_ort(model, acc, feeds, batch: int, chunk_bytes: int, reduce: bool) -> bool:
+    """False (nothing consumed) when onnxruntime cannot calibrate this model."""
+    from autoglm_compress.calibration import ort_stats
+
+    first = next(feeds, None)
+    if first is None:
+        return True
+    try:
+        if reduce:
+            runner = ort_stats.ReduceRunner(model, acc.mean_axes)
+        else:
+            runner = ort_stats.TensorRunner(model)
+        head = runner.run(first)
+    except Exception as e:  # noqa: BLE001 - whatever onnxruntime refuses, the executor runs
+        logger.info("calibration in onnxruntime unavailable (%s); using the executor", e)
+        feeds.send_back(first)
+        return False
+    if reduce:
+        for feed in itertools.chain([None], feeds):
+            for name, r in (head if feed is None else runner.run(feed)).items():
+                acc.reduced(name, *r)
+        return True
+    samples = itertools.chain([head], (runner.run(f) for f in feeds))
+    _observe_samples(acc, samples, chunk_bytes, batch)
+    return True
+
+
+class _Feeds:
+    """The feed iterator (``limit`` samples at most) with a progress bar and a one-item push-back."""
+
+    def __init__(self, feeds: Iterable, limit: int | None, progress: bool):
+        self.it = iter(feeds if limit is None else itertools.islice(feeds, limit))
+        self.back: list = []
+        self.n = 0
+        self.bar = tqdm(
+            total=limit, desc="calibrating", unit="sample", disable=not progress, leave=False
+        )
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.back:
+            return self.back.pop()
+        f = next(self.it)
+        self.n += 1
+        self.bar.update(1)
+        return f
+
+    def send_back(self, f) -> None:
+        self.back.append(f)
+
+
+def _pick(backend: str, observer_kw: dict) -> str:
+    from autoglm_compress.runtime.device import default_device
+
+    if backend != "auto":
+        return backend
+    if "axis" in observer_kw or default_device().type == "cuda":
+        return "executor"
+    return "onnxruntime"
 
 
 def collect_stats(
@@ -128,62 +339,44 @@ def collect_stats(
     limit: int | None = None,
     progress: bool = False,
     batch: int = 16,
+    backend: str = "auto",
+    chunk_bytes: int = CHUNK_BYTES,
     **observer_kw,
 ) -> CalibrationStats:
-    from autoglm_compress.runtime import TorchExecutor
-
-    ex = TorchExecutor(model)
-    observers: dict = {}
-    means: dict[str, torch.Tensor] = {}
-    absmax: dict[str, torch.Tensor] = {}
-    mean_names = _mean_targets(model)
+    """Observe every float tensor of ``model`` over ``feeds``; ``backend``: auto, onnxruntime,
+    executor (see the module docstring)."""
+    acc = _Accumulator(method, _mean_targets(model), observer_kw)
+    make_observer(method, name="probe", **observer_kw)  # a bad method fails before any work
     t0 = time.perf_counter()
-
-    def observe(name, t, count=1):
-        """``t``: one sample's tensor, or ``count`` samples stacked on a new leading axis."""
-        if not torch.is_floating_point(t) or t.numel() == 0:
-            return None
-        if count > 1 and t.dim() >= 2:  # [B, b, C, ...] -> [B·b, C, ...]: one batch of samples
-            t = t.reshape(-1, *t.shape[2:])
-        if name not in observers:
-            observers[name] = make_observer(method, name=name, **observer_kw)
-        observers[name].observe(t.detach())
-        if name in mean_names and t.dim() >= 2:
-            axis = mean_names[name] % t.dim()
-            dims = [d for d in range(t.dim()) if d != axis]
-            m = t.detach().double().mean(dim=dims) * count
-            a = t.detach().abs().amax(dim=dims).float()
-            means[name] = means[name] + m if name in means else m
-            absmax[name] = torch.maximum(absmax[name], a) if name in absmax else a
-        return None
-
-    outputs = [v.name for v in model.graph.outputs]
-    runner, use_vmap = _batched_runner(ex, outputs), None
-    n = 0
-    bar = tqdm(total=limit, desc="calibrating", unit="sample", disable=not progress, leave=False)
-    for chunk in _chunks(feeds, limit, max(1, batch)):
-        if use_vmap is None:
-            use_vmap = len(chunk) > 1 and _vmap_ok(ex, runner, chunk, outputs)
-        if use_vmap and len(chunk) > 1:
-            for name, t in runner(chunk).items():
-                observe(name, t, len(chunk))
-        else:
-            for feed in chunk:
-                ex.run(feed, hook=lambda name, node, t: observe(name, t))
-        n += len(chunk)
-        bar.update(len(chunk))
-    bar.close()
+    it = _Feeds(feeds, limit, progress)
+    used = _pick(backend, observer_kw)
+    reduce = method == "minmax" and "axis" not in observer_kw
+    if used == "onnxruntime" and not _run_ort(model, acc, it, batch, chunk_bytes, reduce):
+        used = "executor"
+    if used == "executor":
+        _run_executor(model, acc, it, batch, chunk_bytes)
+    it.bar.close()
+    acc.finish()
+    n = it.n
     if n == 0:
         raise CalibrationError("empty calibration set: no samples were read; check --calib")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     stats = CalibrationStats(
         method,
         n,
-        observers,
-        {k: (v / n).float().cpu().numpy() for k, v in means.items()},
-        {k: v.cpu().numpy() for k, v in absmax.items()},
+        acc.observers,
+        {k: (v / n).float().cpu().numpy() for k, v in acc.means.items()},
+        {k: v.cpu().numpy() for k, v in acc.absmax.items()},
         round(time.perf_counter() - t0, 3),
         round(peak, 1),
+        backend=used,
+        infinite=sorted(acc.infinite),
     )
-    logger.info("calibration: %d samples, %d tensors, %.2fs", n, len(observers), stats.seconds)
+    logger.info(
+        "calibration (%s): %d samples, %d tensors, %.2fs",
+        used,
+        n,
+        len(acc.observers),
+        stats.seconds,
+    )
     return stats

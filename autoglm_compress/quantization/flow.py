@@ -61,6 +61,8 @@ def calibrate(
         "samples": stats.samples,
         "tensors": len(stats.observers),
         "seconds": stats.seconds,
+        "backend": stats.backend,
+        "left_float_infinite": stats.infinite,
         "peak_rss_mb": stats.peak_rss_mb,
     }
     if sq_stats is not None:

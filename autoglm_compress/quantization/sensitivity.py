@@ -2,7 +2,8 @@
 
 SQNR(y, ŷ) = 10·log10(Σy² / Σ(y − ŷ)²) in dB, on a weighted op's output.
   * layer_sqnr: every layer's output in the fully quantized IR vs FP32 (cumulative error), from one
-    executor run of each model — this is the report's per-layer table.
+    run of each model (onnxruntime, whose DQ→float op is the executor's fake-quant maths; the
+    executor when onnxruntime cannot run it), summed sample by sample — the report's per-layer table.
   * isolated sensitivity: quantize one layer alone, SQNR of the model output — ranks layers for
     fallback. Layers are returned to FP32 worst-first until the model output reaches the target cosine.
 """
@@ -33,37 +34,59 @@ def weighted_nodes(model: ir.Model) -> list[ir.Node]:
     return [n for n in model.graph if n.op_type in WEIGHT_INPUTS]
 
 
-def _capture(model: ir.Model, feeds, names: set[str]) -> dict[str, list[np.ndarray]]:
+def _runner(model: ir.Model, names: list[str]):
+    """feed -> {name: array} of ``names``: onnxruntime when it runs the model, else the executor."""
+    from autoglm_compress.calibration.ort_stats import TensorRunner
+
+    try:
+        return TensorRunner(model, names).run
+    except Exception as e:  # noqa: BLE001 - whatever onnxruntime refuses, the executor runs
+        logger.info("layer SQNR in the torch executor (onnxruntime: %s)", e)
     from autoglm_compress.runtime import TorchExecutor
 
-    ex = TorchExecutor(model)
-    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    ex, wanted = TorchExecutor(model), set(names)
 
-    def hook(name, node, t):
-        if name in got:
-            got[name].append(t.detach().float().cpu().numpy())
+    def run(feed):
+        got = {}
 
-    for f in feeds:
-        ex.run(f, hook=hook)
-    return got
+        def hook(name, node, t):
+            if name in wanted:
+                got[name] = t.detach().float().cpu().numpy()
+
+        ex.run(feed, hook=hook)
+        return got
+
+    return run
 
 
 def layer_sqnr(fp32: ir.Model, quantized: ir.Model, feeds) -> dict[str, float]:
-    """Node name -> SQNR (dB) of its output in the quantized IR vs the FP32 IR."""
+    """Node name -> SQNR (dB) of its output in the quantized IR vs the FP32 IR, over ``feeds``.
+
+    Streaming: Σy² and Σ(y − ŷ)² are summed sample by sample, so memory is one sample's outputs.
+    """
     outs = {n.name: n.outputs[0].name for n in weighted_nodes(fp32)}
-    ref = _capture(fp32, feeds, set(outs.values()))
-    got = _capture(quantized, feeds, set(outs.values()))
+    if not outs or not feeds:
+        return {}
+    names = sorted(set(outs.values()))
+    ref_run, q_run = _runner(fp32, names), _runner(quantized, names)
+    sums = {v: [0.0, 0.0] for v in names}
+    for f in feeds:
+        ref, got = ref_run(f), q_run(f)
+        for v in names:
+            if v in ref and v in got:
+                r, g = ref[v].astype(np.float64), got[v].astype(np.float64)
+                sums[v][0] += float(np.sum(r * r))
+                sums[v][1] += float(np.sum((r - g) ** 2))
     res = {}
-    for node, val in outs.items():
-        if ref[val] and got[val]:
-            res[node] = round(
-                sqnr_db(
-                    np.concatenate([r.ravel() for r in ref[val]]),
-                    np.concatenate([g.ravel() for g in got[val]]),
-                ),
-                2,
-            )
+    for node, v in outs.items():
+        signal, noise = sums[v]
+        if signal or noise:
+            res[node] = round(_db(signal, noise), 2)
     return res
+
+
+def _db(signal: float, noise: float) -> float:
+    return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
 def isolated_sensitivity(fp32: ir.Model, quantize_with_keep, evaluate) -> list[tuple[str, float]]:
