@@ -67,13 +67,14 @@ def _sample_feeds(model, eval_data, calib, samples):
 
 def _reference(model: ir.Model, feeds):
     """FP32 reference outputs: onnxruntime on the FP32 IR when it runs it, else the torch executor
-    (the executor's own results then are what artifacts are compared with)."""
+    (the executor's own results then are what artifacts are compared with). Returns the outputs,
+    output names, which runtime, and the onnxruntime session (reused for latency) or None."""
     from autoglm_compress.ir_utils import ort_run, ort_session
 
     names = [v.name for v in model.graph.outputs]
     try:
         sess = ort_session(model)
-        return [ort_run(sess, f) for f in feeds], names, "onnxruntime on the FP32 IR"
+        return [ort_run(sess, f) for f in feeds], names, "onnxruntime on the FP32 IR", sess
     except Exception as e:  # noqa: BLE001 - whatever onnxruntime refuses, the executor runs
         logger.info("FP32 reference in the torch executor (onnxruntime: %s)", e)
     from autoglm_compress.runtime import TorchExecutor
@@ -81,7 +82,7 @@ def _reference(model: ir.Model, feeds):
     ex = TorchExecutor(model)
     outs = [ex.run(f) for f in feeds]
     outs = [[o[n].detach().cpu().numpy() for n in names] for o in outs]
-    return outs, names, "torch executor on the FP32 IR"
+    return outs, names, "torch executor on the FP32 IR", None
 
 
 def compress(
@@ -149,7 +150,7 @@ def compress(
         model = frontend.make_static(model, {k: v["shape"] for k, v in shapes.items()})
     stats0 = model_stats(model, {k: v["shape"] for k, v in shapes.items()})
     reference = _copy(model)
-    ref_outs, out_names, ref_runtime = _reference(reference, feeds)
+    ref_outs, out_names, ref_runtime, ref_sess = _reference(reference, feeds)
     batch = _feed_batch(feeds, ref_outs)
     check_eval_labels(labels, ref_outs, out_names, str(eval_data), max_drop is not None, batch)
     _check_reference(ref_outs, out_names, min_cosine)
@@ -162,7 +163,9 @@ def compress(
             model, calib, calib_method, calib_samples, calib_random, progress, smoothquant
         )
 
-    ctx = VerifyContext(reference, feeds, ref_outs, out_names, labels, latency_repeats, batch)
+    ctx = VerifyContext(
+        reference, feeds, ref_outs, out_names, labels, latency_repeats, batch, ref_sess
+    )
     artifacts = []
     for tgt in target_objs:
         lowered = _copy(model)

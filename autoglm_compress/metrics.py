@@ -210,14 +210,23 @@ def accuracy_output(fid: dict) -> tuple[str, dict] | None:
 
 
 def compare_latency(
-    runners: dict[str, Callable[[], object]], *, repeats: int = 30, warmup: int = 3
+    runners: dict[str, Callable[[], object]],
+    *,
+    repeats: int = 30,
+    warmup: int = 3,
+    budget_s: float = 3.0,
+    min_repeats: int = 7,
 ) -> dict[str, dict]:
-    """Median/p90 milliseconds per runner, timed interleaved so both see the same machine load."""
+    """Median/p90 milliseconds per runner, timed interleaved so both see the same machine load:
+    ``repeats`` rounds, or fewer (at least ``min_repeats``) once ``budget_s`` seconds are spent."""
     for fn in runners.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(repeats):
+    start = time.perf_counter()
+    for i in range(repeats):
+        if i >= min_repeats and time.perf_counter() - start > budget_s:
+            break  # big models: enough interleaved rounds for a median, not minutes of timing
         for k, fn in runners.items():
             t0 = time.perf_counter()
             fn()
@@ -226,6 +235,7 @@ def compare_latency(
         k: {
             "median_ms": round(statistics.median(v), 4),
             "p90_ms": round(sorted(v)[int(0.9 * (len(v) - 1))], 4),
+            "repeats": len(v),
         }
         for k, v in times.items()
     }

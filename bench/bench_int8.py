@@ -230,8 +230,11 @@ def evaluate(fp32: Path, artifacts: dict[str, Path], eval_npz: Path, labels) -> 
             "float_compute_nodes": fus["float_compute_nodes"],
         }
     feed = feeds[0]
-    lat = compare_latency(
-        {k: (lambda s=s: ort_run(s, feed)) for k, s in sessions.items()}, repeats=200, warmup=20
+    lat = compare_latency(  # all repeats: a benchmark, not a verification budget
+        {k: (lambda s=s: ort_run(s, feed)) for k, s in sessions.items()},
+        repeats=200,
+        warmup=20,
+        budget_s=float("inf"),
     )
     for k in sessions:
         res[k]["latency_ms"] = lat[k]["median_ms"]

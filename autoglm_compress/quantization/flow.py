@@ -152,6 +152,12 @@ def _cosine_fn(fp32: ir.Model, feeds):
     return cosine
 
 
+def _fallback_candidates(model: ir.Model, scheme) -> list[str]:
+    """Nodes the fallback may return to float: every named node the scheme puts Q/DQ on, weighted
+    or not (an activation-only Add/Mul/Concat can be the sensitive spot)."""
+    return [n.name for n in model.graph if n.name and n.op_type in scheme.input_ops]
+
+
 def quantize_for_target(
     model: ir.Model,
     target,
@@ -177,6 +183,7 @@ def quantize_for_target(
                     model, target, stats, keep + list(k), per_tensor, bias_correction
                 )[0],
                 cosine,
+                _fallback_candidates(model, target.scheme()),
             )
             for name, _ in ranking:
                 fallen.append(name)

@@ -89,12 +89,16 @@ def _db(signal: float, noise: float) -> float:
     return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
-def isolated_sensitivity(fp32: ir.Model, quantize_with_keep, evaluate) -> list[tuple[str, float]]:
+def isolated_sensitivity(
+    fp32: ir.Model, quantize_with_keep, evaluate, candidates: list[str] | None = None
+) -> list[tuple[str, float]]:
     """(node, score) worst-first; ``quantize_with_keep(keep_names) -> model``, ``evaluate(model) -> cos``.
 
-    Each weighted layer is quantized alone (every other weighted node kept in float).
+    Each candidate (default: the weighted layers; the flow also passes the activation-only ops the
+    scheme quantizes, e.g. an Add of squared STFT parts) is quantized alone, every other candidate
+    kept in float.
     """
-    names = [n.name for n in weighted_nodes(fp32)]
+    names = candidates if candidates is not None else [n.name for n in weighted_nodes(fp32)]
     scores = []
     for name in names:
         keep = tuple(n for n in names if n != name)

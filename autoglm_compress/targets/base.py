@@ -57,6 +57,15 @@ class VerifyContext:
     labels: np.ndarray | None = None
     latency_repeats: int = 30
     batch: int = 1  # rows per sample feed (a fixed batch > 1): top-1 and labels are per row
+    fp32_session: object = None  # onnxruntime session of the FP32 IR, made once and shared
+
+    def reference_session(self):
+        """The FP32 model in onnxruntime (latency side by side), built at most once per run."""
+        if self.fp32_session is None:
+            from autoglm_compress.ir_utils import ort_session
+
+            self.fp32_session = ort_session(self.reference_model)
+        return self.fp32_session
 
 
 class Target(abc.ABC):

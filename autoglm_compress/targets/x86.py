@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from autoglm_compress.errors import VerificationError
-from autoglm_compress.ir_utils import ort_run, ort_session, save_atomic, to_proto
+from autoglm_compress.ir_utils import ort_run, ort_session, save_atomic
 from autoglm_compress.metrics import compare_latency, fidelity
 from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
 from autoglm_compress.targets.base import Artifact, Target, VerifyContext
@@ -78,7 +78,7 @@ class X86Target(Target):
         artifact.fidelity = fidelity(
             ctx.reference_outputs, got, ctx.output_names, ctx.labels, ctx.batch
         )
-        ref_sess = ort_session(to_proto(ctx.reference_model).SerializeToString())
+        ref_sess = ctx.reference_session()
         feed = ctx.feeds[0]
         lat = compare_latency(
             {
