@@ -151,6 +151,8 @@ def compress(
     stats0 = model_stats(model, {k: v["shape"] for k, v in shapes.items()})
     reference = _copy(model)
     ref_outs, out_names, ref_runtime, ref_sess = _reference(reference, feeds)
+    if int8:
+        ref_sess = None  # not held through calibration's peak; verification makes it again
     batch = _feed_batch(feeds, ref_outs)
     check_eval_labels(labels, ref_outs, out_names, str(eval_data), max_drop is not None, batch)
     _check_reference(ref_outs, out_names, min_cosine)
