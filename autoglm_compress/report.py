@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from autoglm_compress.ir_utils import write_bytes_atomic
+from autoglm_compress.metrics import accuracy_output, flag_messages
 
 __all__ = ["write_report", "summary_table"]
 
@@ -20,19 +21,24 @@ def _fmt_size(n: int) -> str:
 
 def summary_table(report: dict) -> str:
     rows = [("artifact", "size", "cosine", "max|err|", "top-1", "acc", "latency", "vs fp32")]
+    flagged: list[str] = []
     for a in report["artifacts"]:
         fid = a.get("fidelity", {})
-        first = next(iter(fid.get("outputs", {}).values()), {})
+        outs = list(fid.get("outputs", {}).values())
+        scored = accuracy_output(fid)
+        cls = scored[1] if scored else next((m for m in outs if "top1_agreement" in m), {})
         lat = a.get("latency", {})
-        acc = first.get("accuracy")
-        acc_s = "-" if acc is None else f"{acc:.3f} ({first['accuracy_ref']:.3f})"
-        top1 = first.get("top1_agreement")
+        acc = cls.get("accuracy")
+        acc_s = "-" if acc is None else f"{acc:.3f} ({cls['accuracy_ref']:.3f})"
+        top1 = cls.get("top1_agreement")
+        max_err = max((m.get("max_abs_err", float("nan")) for m in outs), default=float("nan"))
+        flagged += flag_messages(fid, Path(a["path"]).name)
         rows.append(
             (
                 Path(a["path"]).name,
                 _fmt_size(a["size_bytes"]),
                 f"{fid.get('cosine_min', float('nan')):.5f}",
-                f"{first.get('max_abs_err', float('nan')):.3g}",
+                f"{max_err:.3g}",
                 "-" if top1 is None else f"{top1:.3f}",
                 acc_s,
                 f"{lat.get(a['precision'], {}).get('median_ms', float('nan')):.3f} ms",
@@ -48,4 +54,5 @@ def summary_table(report: dict) -> str:
         f"passes: {', '.join(p['name'] for p in report['passes']) or 'none'}; "
         f"verified on {report['verification']['samples']} {report['verification']['source']} samples"
     )
+    lines += [f"flagged: {f}" for f in flagged]
     return head + "\n" + "\n".join(lines)
