@@ -15,7 +15,8 @@ from onnx import TensorProto, helper
 from autoglm_compress import load
 from autoglm_compress.errors import CalibrationError
 from autoglm_compress.inputs import random_feeds
-from autoglm_compress.quantization.collect import _chunk_size, collect_stats
+from autoglm_compress.quantization.collect import collect_stats
+from autoglm_compress.quantization.collect_backends import chunk_size as _chunk_size
 
 
 def _pair(model, feeds, method, **kw):

@@ -32,7 +32,7 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import onnx_ir as ir
@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from autoglm_compress.calibration.observers import make_observer
 from autoglm_compress.errors import CalibrationError
+from autoglm_compress.quantization.collect_backends import run_executor, run_ort
 
 __all__ = ["CHUNK_BYTES", "CalibrationStats", "collect_stats"]
 
@@ -155,146 +156,6 @@ class _Accumulator:
         self.absmax[name] = torch.maximum(self.absmax[name], a) if name in self.absmax else a
 
 
-def _layout(ts: list[torch.Tensor]) -> torch.Tensor:
-    """One-sample tensors -> chunk layout: concatenated on axis 0 (0-d: stacked)."""
-    if len(ts) == 1:
-        return ts[0] if ts[0].dim() else ts[0].reshape(1)
-    return torch.cat(ts) if ts[0].dim() else torch.stack(ts)
-
-
-def _chunk_size(sample: dict, chunk_bytes: int, batch: int) -> int:
-    nbytes = sum(t.numel() * t.element_size() for t in sample.values() if torch.is_tensor(t))
-    return int(max(1, min(batch, chunk_bytes // max(nbytes, 1))))
-
-
-def _observe_samples(acc: _Accumulator, samples: Iterator[dict], chunk_bytes: int, batch: int):
-    """Group one-sample tensor dicts into byte-bounded chunks and observe each chunk."""
-    pending: dict[str, list] = {}
-    size, k = None, 0
-    for outs in samples:
-        outs = {n: torch.from_numpy(t) if isinstance(t, np.ndarray) else t for n, t in outs.items()}
-        size = size or _chunk_size(outs, chunk_bytes, batch)
-        for n, t in outs.items():
-            pending.setdefault(n, []).append(t)
-        k += 1
-        if k == size:
-            _flush(acc, pending, k)
-            pending, k = {}, 0
-    if k:
-        _flush(acc, pending, k)
-
-
-def _flush(acc: _Accumulator, pending: dict[str, list], k: int) -> None:
-    for name in list(pending):
-        ts = pending.pop(name)
-        acc.chunk(name, _layout(ts), k, ts[0].dim())
-        del ts
-
-
-def _executor_samples(ex, feeds) -> Iterator[dict]:
-    for feed in feeds:
-        captured: dict = {}
-
-        def hook(name, node, t, captured=captured):
-            if torch.is_floating_point(t) and t.numel():
-                captured[name] = t.detach()
-
-        ex.run(feed, hook=hook)
-        yield captured
-
-
-def _batched_runner(ex):
-    """chunk of feeds -> {tensor: [k, *one-sample shape]} of every float tensor, by vmapping the
-    executor over the stacked feeds."""
-
-    def run(chunk: list[dict]) -> dict[str, torch.Tensor]:
-        keys = list(chunk[0])
-        stacked = [torch.from_numpy(np.stack([f[k] for f in chunk])).to(ex.device) for k in keys]
-
-        def one(*xs):
-            captured = {}
-
-            def hook(name, node, t):
-                if torch.is_floating_point(t) and t.numel():
-                    captured[name] = t
-
-            ex.run(dict(zip(keys, xs)), hook=hook)
-            return captured
-
-        return torch.func.vmap(one)(*stacked)
-
-    return run
-
-
-def _vmap_ok(ex, runner, chunk: list[dict], output_names: list[str]) -> bool:
-    """vmap must reproduce per-sample execution exactly on the first chunk, or it is not used."""
-    try:
-        batched = runner(chunk[:2])
-        for i, feed in enumerate(chunk[:2]):
-            single = ex.run(feed)
-            for name in output_names:
-                if name in batched and not torch.allclose(
-                    batched[name][i], single[name], rtol=1e-5, atol=1e-6
-                ):
-                    return False
-        return True
-    except Exception as e:  # noqa: BLE001 - any op vmap cannot batch: fall back per sample
-        logger.info(
-            "batched calibration unavailable (%s); running sample by sample", type(e).__name__
-        )
-        return False
-
-
-def _run_executor(model, acc, feeds, batch: int, chunk_bytes: int) -> None:
-    from autoglm_compress.runtime import TorchExecutor
-
-    ex = TorchExecutor(model)
-    first = next(feeds, None)
-    if first is None:
-        return
-    size = _chunk_size(next(_executor_samples(ex, [first])), chunk_bytes, batch)
-    head = [first, *itertools.islice(feeds, size - 1)]
-    runner = _batched_runner(ex)
-    outputs = [v.name for v in model.graph.outputs]
-    if len(head) < 2 or not _vmap_ok(ex, runner, head, outputs):
-        samples = _executor_samples(ex, itertools.chain(head, feeds))
-        _observe_samples(acc, samples, chunk_bytes, batch)
-        return
-    chunk = head
-    while chunk:
-        for name, t in runner(chunk).items():
-            r = t.dim() - 1  # [k, b, ...] -> [k·b, ...]: the samples concatenated
-            acc.chunk(name, t.reshape(-1, *t.shape[2:]) if r >= 1 else t, len(chunk), r)
-        chunk = list(itertools.islice(feeds, size))
-
-
-def _run_ort(model, acc, feeds, batch: int, chunk_bytes: int, reduce: bool) -> bool:
-    """False (nothing consumed) when onnxruntime cannot calibrate this model."""
-    from autoglm_compress.calibration import ort_stats
-
-    first = next(feeds, None)
-    if first is None:
-        return True
-    try:
-        if reduce:
-            runner = ort_stats.ReduceRunner(model, acc.mean_axes)
-        else:
-            runner = ort_stats.TensorRunner(model)
-        head = runner.run(first)
-    except Exception as e:  # noqa: BLE001 - whatever onnxruntime refuses, the executor runs
-        logger.info("calibration in onnxruntime unavailable (%s); using the executor", e)
-        feeds.send_back(first)
-        return False
-    if reduce:
-        for feed in itertools.chain([None], feeds):
-            for name, r in (head if feed is None else runner.run(feed)).items():
-                acc.reduced(name, *r)
-        return True
-    samples = itertools.chain([head], (runner.run(f) for f in feeds))
-    _observe_samples(acc, samples, chunk_bytes, batch)
-    return True
-
-
 class _Feeds:
     """The feed iterator (``limit`` samples at most) with a progress bar and a one-item push-back."""
 
@@ -351,10 +212,10 @@ def collect_stats(
     it = _Feeds(feeds, limit, progress)
     used = _pick(backend, observer_kw)
     reduce = method == "minmax" and "axis" not in observer_kw
-    if used == "onnxruntime" and not _run_ort(model, acc, it, batch, chunk_bytes, reduce):
+    if used == "onnxruntime" and not run_ort(model, acc, it, batch, chunk_bytes, reduce):
         used = "executor"
     if used == "executor":
-        _run_executor(model, acc, it, batch, chunk_bytes)
+        run_executor(model, acc, it, batch, chunk_bytes)
     it.bar.close()
     acc.finish()
     n = it.n
