@@ -21,7 +21,7 @@ import onnx_ir as ir
 from autoglm_compress.control_flow import fold_control_flow
 from autoglm_compress.errors import ConfigError, ModelLoadError
 from autoglm_compress.inputs import SHAPE_HINTS, InputSpec, model_inputs
-from autoglm_compress.ir_utils import check, from_proto, to_proto
+from autoglm_compress.ir_utils import from_proto, to_proto
 
 __all__ = ["OPSET", "detect_format", "load", "make_static", "upgrade_opset"]
 
@@ -245,8 +245,8 @@ def _finish(proto: onnx.ModelProto, simplify: bool, path: Path) -> ir.Model:
         proto = _simplify(proto)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+        onnx.checker.check_model(proto, full_check=True)  # the IR check, on the proto at hand
         model = from_proto(proto)
-        check(model)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(
             f"{path}: converted model fails the ONNX check: {str(e).splitlines()[0]}"

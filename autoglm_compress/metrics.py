@@ -214,7 +214,7 @@ def compare_latency(
     *,
     repeats: int = 30,
     warmup: int = 3,
-    budget_s: float = 3.0,
+    budget_s: float = 2.0,
     min_repeats: int = 7,
 ) -> dict[str, dict]:
     """Median/p90 milliseconds per runner, timed interleaved so both see the same machine load:

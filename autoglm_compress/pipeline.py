@@ -76,7 +76,7 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 result = p(model)
-                if self.check_ir:
+                if self.check_ir and result.modified:  # an unchanged IR was checked already
                     check(result.model)
             except CompressError:
                 raise
