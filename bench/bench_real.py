@@ -300,9 +300,10 @@ vmap), 1.62 GB peak; BERT (hidden 512, 6 layers) INT8 stopped with `CalibrationE
 Targets (issue 9): INT8 wall ≤ 2× ORT's, calibration ≤ 1× ORT's, peak ≤ 1 GB for a 224² CNN and
 ≤ 2 GB for a ~30 M-parameter transformer, FP16 ≤ 15 s. Timings on this shared 2-core machine vary
 ±30 % between runs (calibration ratios of 0.67–1.15× were seen for the same code), so read ratios
-near 1× as "about equal". The BERT FP16 run is the one clear miss: most of it is TorchScript
-export + simplify and the 64-sample verification of a 35 M-parameter model in onnxruntime (FP32
-reference and the FP16 artifact, which onnxruntime's CPU EP runs no faster than FP32).
+near 1× as "about equal". BERT is where targets are missed: FP16 just over 15 s (TorchScript
+export + simplify + check ≈ 6 s, then the 64-sample verification of a 35 M-parameter model in
+onnxruntime: FP32 reference and FP16 artifact, ≈ 45 ms a run each) and calibration ≈ 1.1× ORT's
+(FP32 inference itself is most of both).
 Tried and not kept: 8 calibration samples per onnxruntime call when the batch is symbolic
 (YOLOv8n: calibration 5.7 s vs ORT's 4.8 s, peak 1.6 GB — the arena grows, 2 cores gain nothing).
 """
