@@ -125,10 +125,33 @@ class _Builder:
         return out
 
     def finish(self, outputs: list[str]) -> onnx.ModelProto:
-        self.g.node.extend(self.nodes)
+        """Each statistics node goes right after the producer of what it reads: onnxruntime runs
+        nodes in this order, so an activation is freed as soon as the model is done with it (all
+        reductions appended at the end kept every activation alive: 0.6 GB more on a 640² DBNet)."""
+        after: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.nodes:
+            after.setdefault(n.input[0], []).append(n)
+        ordered = [n for x in [i.name for i in self.g.input] for n in after.pop(x, [])]
+        for node in self.g.node:
+            ordered.append(node)
+            for y in node.output:
+                ordered += self._chain(after, y)
+        ordered += [n for rest in after.values() for n in rest]  # initializers, if any
+        del self.g.node[:]
+        self.g.node.extend(ordered)
         del self.g.output[:]
         self.g.output.extend(onnx.ValueInfoProto(name=o) for o in outputs)
         return self.proto
+
+
+    @staticmethod
+    def _chain(after: dict, y: str) -> list[onnx.NodeProto]:
+        """The statistics nodes reading ``y``, and those reading theirs (Abs → ReduceMax)."""
+        out = []
+        for n in after.pop(y, []):
+            out.append(n)
+            out += _Builder._chain(after, n.output[0])
+        return out
 
 
 _SAME_VALUES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"})
