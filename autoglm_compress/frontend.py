@@ -21,7 +21,7 @@ import onnx_ir as ir
 from autoglm_compress.control_flow import fold_control_flow
 from autoglm_compress.errors import ConfigError, ModelLoadError
 from autoglm_compress.inputs import SHAPE_HINTS, InputSpec, model_inputs
-from autoglm_compress.ir_utils import from_proto, to_proto
+from autoglm_compress.ir_utils import fix_input_dims, from_proto, to_proto
 
 __all__ = ["OPSET", "detect_format", "load", "make_static", "upgrade_opset"]
 
@@ -222,17 +222,7 @@ def set_shape_hints(proto: onnx.ModelProto, hints: dict[str, list[int]]) -> None
 
 def make_static(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> ir.Model:
     """``--static-shapes``: fix every symbolic input dim to ``shapes`` and re-simplify."""
-    proto = to_proto(model)
-    for inp in proto.graph.input:
-        if inp.name not in shapes:
-            continue
-        dims = inp.type.tensor_type.shape.dim
-        for d, w in zip(dims, shapes[inp.name]):
-            if not d.HasField("dim_value"):
-                d.Clear()
-                d.dim_value = int(w)
-    for vi in list(proto.graph.value_info):  # re-inferred below with the fixed dims
-        proto.graph.value_info.remove(vi)
+    proto = fix_input_dims(to_proto(model), shapes)  # re-inferred below with the fixed dims
     for out in proto.graph.output:
         for d in out.type.tensor_type.shape.dim:
             if d.HasField("dim_param"):

@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 __all__ = [
     "add_initializer",
+    "fix_input_dims",
     "to_proto",
     "from_proto",
     "check",
@@ -45,6 +46,18 @@ def add_initializer(graph: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:
     )
     graph.register_initializer(v)
     return v
+
+
+def fix_input_dims(proto: onnx.ModelProto, shapes: dict) -> onnx.ModelProto:
+    """Set every symbolic dim of the named graph inputs to ``shapes[name]``; drop the inferred
+    intermediate shapes, which a caller re-infers with the fixed dims."""
+    for inp in proto.graph.input:
+        for d, w in zip(inp.type.tensor_type.shape.dim, shapes.get(inp.name, ())):
+            if not d.HasField("dim_value"):
+                d.Clear()
+                d.dim_value = int(w)
+    del proto.graph.value_info[:]
+    return proto
 
 
 def check(model: ir.Model) -> None:

@@ -80,15 +80,9 @@ def _with_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> ir.Mode
     """A copy with the inputs' symbolic dims fixed and shapes re-inferred (for counting MACs)."""
     import onnx
 
-    from autoglm_compress.ir_utils import from_proto, to_proto
+    from autoglm_compress.ir_utils import fix_input_dims, from_proto, to_proto
 
-    proto = to_proto(model)
-    for inp in proto.graph.input:
-        for d, w in zip(inp.type.tensor_type.shape.dim, shapes.get(inp.name, ())):
-            if not d.HasField("dim_value"):
-                d.Clear()
-                d.dim_value = int(w)
-    del proto.graph.value_info[:]
+    proto = fix_input_dims(to_proto(model), shapes)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - keep what is known
