@@ -13,16 +13,17 @@ import numpy as np
 import onnx_ir as ir
 
 from autoglm_compress import frontend
+from autoglm_compress.config import CompressConfig
 from autoglm_compress.errors import ConfigError, QualityGateError
-from autoglm_compress.inputs import InputSpec, load_npz_feeds, parse_input_shape, random_feeds
+from autoglm_compress.inputs import load_npz_feeds, parse_input_shape, random_feeds
 from autoglm_compress.ir_utils import from_proto, to_proto
 from autoglm_compress.labels import check_eval_labels
 from autoglm_compress.pipeline import Pipeline, build_passes
 from autoglm_compress.report import write_report
 from autoglm_compress.stats import model_stats
-from autoglm_compress.targets import Artifact, VerifyContext, get_target
+from autoglm_compress.targets.base import Artifact, VerifyContext
 
-__all__ = ["compress", "CompressResult"]
+__all__ = ["compress", "CompressResult", "CompressConfig"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +54,17 @@ def _copy(model: ir.Model) -> ir.Model:
     return from_proto(to_proto(model))
 
 
-def _sample_feeds(model, eval_data, calib, samples):
+def _sample_feeds(model, eval_data, calibration, samples):
     """Verification feeds: eval data (with labels), else calibration data, else random (flagged)."""
     if eval_data:
         feeds, labels = load_npz_feeds(eval_data, model, limit=samples)
         return feeds, labels, "eval"
-    if calib:
+    if calibration.data:
         from autoglm_compress.calibration.data import open_calibration_source
 
-        return list(open_calibration_source(calib, model).take(samples)), None, "calibration"
+        src = open_calibration_source(calibration.data, model, preprocess=_image_preprocess(calibration)
+        )
+        return list(src.take(samples)), None, "calibration"
     return random_feeds(model, n=min(samples, 8)), None, "random"
 
 
@@ -86,155 +89,247 @@ def _reference(model: ir.Model, feeds):
 
 
 def compress(
-    model_path: str | Path,
+    config: CompressConfig | str | Path,
     *,
-    targets: tuple[str, ...] = ("x86",),
-    fp16: bool = False,
-    int8: bool = False,
-    passes: tuple[str, ...] | None = None,
-    out_dir: str | Path = "out",
-    input_shapes: tuple[str | InputSpec, ...] = (),
-    trust_pickle: bool = False,
-    calib: str | Path | None = None,
-    calib_method: str = "minmax",
-    calib_samples: int = 128,
-    calib_random: bool = False,
-    keep_fp32: tuple[str, ...] = (),
-    per_tensor: bool = False,
-    bias_correction: bool = True,
-    smoothquant: float | None = None,
-    equalize: bool = False,
-    latency_guard: bool = False,
-    qat_steps: int = 0,
-    qat_lr: float = 1e-4,
-    qat_batch: int = 16,
-    eval_data: str | Path | None = None,
-    samples: int = 64,
-    dump_ir_after: tuple[str, ...] = (),
-    min_cosine: float | None = None,
-    max_drop: float | None = None,
-    latency_repeats: int = 30,
-    build_engine: bool = False,
-    reduce_range: bool = True,
-    static_shapes: bool = False,
     progress: bool = False,
+    argv: list[str] | None = None,
+    recipe: dict | None = None,
+    **fields,
 ) -> CompressResult:
-    """Compress ``model_path`` for each target; verified artifacts and report.json go in ``out_dir``."""
-    t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
-    if fp16 and int8:
-        raise ConfigError("--fp16 and --int8 are exclusive; choose one precision per run")
-    specs = [s if isinstance(s, InputSpec) else parse_input_shape(s) for s in input_shapes]
-    qat = _qat_config(int8, qat_steps, qat_lr, qat_batch, calib_samples)
-    options = {"cuda": {"build_engine": build_engine}, "x86": {"reduce_range": reduce_range}}
-    target_objs = [get_target(t, **options.get(t, {})) for t in dict.fromkeys(targets)]
-    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
-    pass_names = list(passes) if passes is not None else ["cleanup", "fold_bn"]
-    if equalize and "equalize" not in pass_names:
-        pass_names.append("equalize")
-    if fp16 and "fp16" not in pass_names:
-        pass_names.append("fp16")
-    pipeline = Pipeline(
-        build_passes(pass_names),
-        dump_ir_after=tuple(dump_ir_after),
-        dump_dir=out_dir,
-        progress=progress,
-    )
+    """Compress a model for each target; verified artifacts and report.json go in ``out_dir``.
 
-    model = frontend.load(model_path, specs, trust_pickle=trust_pickle)
-    model, opset_note = _ensure_opset(model, target_objs, precision)
-    feeds, labels, source = _sample_feeds(model, eval_data, calib, samples)
-    shapes = _shape_record(model, feeds, source)
-    if static_shapes:
-        model = frontend.make_static(model, {k: v["shape"] for k, v in shapes.items()})
-    stats0 = model_stats(model, {k: v["shape"] for k, v in shapes.items()})
-    reference = _copy(model)
-    ref_outs, out_names, ref_runtime, ref_sess = _reference(reference, feeds)
-    if int8:
-        ref_sess = None  # not held through calibration's peak; verification makes it again
-    batch = _feed_batch(feeds, ref_outs)
-    check_eval_labels(labels, ref_outs, out_names, str(eval_data), max_drop is not None, batch)
-    _check_reference(ref_outs, out_names, min_cosine)
-    records = pipeline.run(model)
-    calib_stats = None
-    if int8:
-        from autoglm_compress.quantization.flow import calibrate
+    ``compress(CompressConfig(...))`` or ``compress("model.pt", int8=True, calib="c.npz",
+    targets="x86")``: keywords are the config's flat names (the CLI options with ``_``), and may
+    also override a given config. Usage errors raise before the model is loaded."""
+    from autoglm_compress.config_build import check_combinations, from_flat
 
-        calib_stats, calib_info = calibrate(
-            model, calib, calib_method, calib_samples, calib_random, progress, smoothquant
+    if isinstance(config, CompressConfig):
+        cfg = from_flat(None, base=config, **fields) if fields else config
+    else:
+        cfg = from_flat(config, **fields)
+    check_combinations(cfg)
+    return _Run(cfg, progress, argv, recipe).run()
+
+
+class _Run:
+    """One compression run, step by step (each step a method, state on the instance)."""
+
+    def __init__(self, cfg: CompressConfig, progress: bool, argv, recipe):
+        self.cfg, self.progress, self.argv, self.recipe = cfg, progress, argv, recipe
+        self.t_start = time.perf_counter()
+        self.out_dir = Path(cfg.out_dir)
+        self.precision = cfg.precision
+        self.notes: list[str] = []
+
+    def _preflight(self) -> None:
+        """Everything checkable without the model: output folder, targets and their precision,
+        pass names — before any loading."""
+        from autoglm_compress.targets.registry import get_target
+
+        cfg = self.cfg
+        _check_out_dir(self.out_dir)
+        self.targets = [get_target(t, cfg.options_for(t)) for t in dict.fromkeys(cfg.targets)]
+        for t in self.targets:
+            if self.precision not in t.precisions:
+                raise ConfigError(
+                    f"target {t.name} has no {self.precision} lowering "
+                    f"(it has {', '.join(t.precisions)}); choose another precision or target"
+                )
+        self.specs = [parse_input_shape(s) for s in cfg.load.input_shapes]
+        self.pipeline = Pipeline(
+            build_passes(cfg.pass_names, _pass_configs(cfg)),
+            dump_ir_after=tuple(cfg.debug.dump_ir_after),
+            dump_dir=self.out_dir,
+            progress=self.progress,
         )
 
-    ctx = VerifyContext(
-        reference, feeds, ref_outs, out_names, labels, latency_repeats, batch, ref_sess
-    )
-    artifacts = []
-    for tgt in target_objs:
-        lowered = _copy(model)
-        notes = []
-        if int8:
-            from autoglm_compress.quantization.flow import quantize_for_target
+    def _load(self) -> None:
+        cfg = self.cfg
+        model = frontend.load(cfg.model, self.specs, trust_pickle=cfg.load.trust_pickle)
+        model, self.opset_note = _ensure_opset(model, self.targets, self.precision)
+        self.feeds, self.labels, self.source = _sample_feeds(
+            model, cfg.verify.eval_data, cfg.calibration, cfg.verify.samples
+        )
+        self.shapes = _shape_record(model, self.feeds, self.source)
+        concrete = {k: v["shape"] for k, v in self.shapes.items()}
+        if cfg.load.static_shapes:
+            model = frontend.make_static(model, concrete)
+        self.stats_before = model_stats(model, concrete)
+        self.model = model
 
-            lowered, rec = quantize_for_target(
-                lowered, tgt, calib_stats, keep_fp32, per_tensor, min_cosine, bias_correction
+    def _reference(self) -> None:
+        cfg = self.cfg
+        self.reference = _copy(self.model)
+        outs, names, self.ref_runtime, sess = _reference(self.reference, self.feeds)
+        self.ref_outs, self.out_names = outs, names
+        self.ref_sess = None if self.precision == "int8" else sess  # not held through calibration
+        self.batch = _feed_batch(self.feeds, outs)
+        check_eval_labels(
+            self.labels, outs, names, str(cfg.verify.eval_data), cfg.gates.max_drop is not None,
+            self.batch,
+        )
+        _check_reference(outs, names, cfg.gates.min_cosine)
+
+    def _context(self):
+        from autoglm_compress.passes.context import PassContext
+
+        cal = self.cfg.calibration
+        source = None
+        if cal.data is not None or cal.random:
+            from autoglm_compress.calibration.data import open_calibration_source
+
+            source = open_calibration_source(
+                cal.data, self.model, preprocess=_image_preprocess(cal), random=cal.random
             )
-            records.append(rec)
-            src, bc = model, bias_correction
-            if qat is not None:
-                lowered, src, qrec = _qat(
-                    model, lowered, tgt, calib_stats, rec, qat, per_tensor, bc
-                )
-                records.append(qrec)
-                bc = bc and not qrec.modified  # trained biases need no correction
-            if latency_guard and tgt.name == "x86":
-                lowered = _guard(
-                    src,
-                    lowered,
-                    tgt,
-                    calib_stats,
-                    rec,
-                    feeds[0],
-                    notes,
-                    (tuple(keep_fp32), per_tensor, bc),
-                )
-        notes += tgt.legalize(lowered, precision)
-        art = tgt.emit(lowered, precision, out_dir, Path(model_path).stem)
-        art.notes.extend(notes)
-        tgt.verify(art, ctx)
-        artifacts.append(art)
-        logger.info("%s: %s cosine %.5f", tgt.name, art.path.name, art.fidelity["cosine_min"])
+        return PassContext(data=source, teacher=self.reference, progress=self.progress)
 
-    report = {
-        "tool": "autoglm-compress",
-        "version": _version(),
-        "model": {
-            "path": str(model_path),
-            "format": model.metadata_props.get("autoglm.source_format"),
-            "size_bytes": Path(model_path).stat().st_size,
-            "stats": stats0.as_dict(),
-        },
-        "passes": [dataclasses.asdict(r) for r in records],
-        "input_shapes": shapes,
-        "static_shapes": static_shapes,
-        "opset_conversion": opset_note,
-        "verification": {
-            "samples": len(feeds),
-            "source": source,
-            "reference": ref_runtime,
-            "warning": "random inputs: fidelity on real data may differ"
-            if source == "random"
-            else None,
-        },
-        "calibration": calib_info if int8 else None,
-        "artifacts": [a.as_dict() for a in artifacts],
-        "seconds": round(time.perf_counter() - t_start, 3),
-    }
-    gate = _quality_gate(artifacts, min_cosine, max_drop)
-    report["quality_gate"] = gate
-    report_path = write_report(report, out_dir / "report.json")
-    if gate and not gate["passed"]:
-        raise QualityGateError(gate["message"])
-    return CompressResult(artifacts, report, report_path)
+    def run(self) -> CompressResult:
+        self._preflight()
+        self._load()
+        self._reference()
+        ctx = self._context()
+        records = self.pipeline.run(self.model, ctx)
+        self.stats_after = model_stats(self.model, {k: v["shape"] for k, v in self.shapes.items()})
+        for tgt in self.targets:
+            self.notes += tgt.check(self.model, self.precision)
+        calib_info = None
+        if self.precision == "int8":
+            from autoglm_compress import lowering
+
+            ctx.stats, calib_info = lowering.calibrate(
+                self.model, ctx, self.cfg.calibration.method, self.cfg.calibration.samples
+            )
+            if ctx.data.skipped:
+                calib_info["skipped_files"] = {
+                    "count": len(ctx.data.skipped), "first": ctx.data.skipped[:5]
+                }
+        vctx = VerifyContext(
+            self.reference, self.feeds, self.ref_outs, self.out_names, self.labels,
+            self.cfg.verify.latency_repeats, self.batch, self.ref_sess,
+        )
+        results = [self._target(tgt, ctx, vctx, records) for tgt in self.targets]
+        return self._finish(records, calib_info, results)
+
+    def _target(self, tgt, ctx, vctx, records):
+        """Prepare → lower (precision) → validate → emit → verify, for one target."""
+        from autoglm_compress import lowering
+        from autoglm_compress.artifact_info import artifact_io, layer_counts
+
+        lowered = _copy(self.model)
+        notes = list(tgt.prepare(lowered, self.precision))
+        ctx.target = tgt
+        low = lowering.lower_for_target(lowered, tgt, self.precision, ctx, self.cfg)
+        records.extend(low.records)
+        notes += low.notes
+        notes += tgt.validate(low.model, self.precision)
+        art = tgt.emit(low.model, self.precision, self.out_dir, Path(self.cfg.model).stem)
+        art.notes.extend(notes)
+        tgt.verify(art, vctx)
+        fell = [r.stats.get("fell_back", []) for r in low.records if r.name.startswith("quantize")]
+        kept = [r.config.get("keep_fp32", []) for r in low.records if r.name.startswith("quantize")]
+        d = art.as_dict()
+        d["io"] = artifact_io(low.model)
+        d["layers"] = layer_counts(
+            low.model, fell_back=sum(fell, []), kept=sum(kept, [])
+        ) if self.precision == "int8" else None
+        logger.info("%s: %s cosine %.5f", tgt.name, art.path.name, art.fidelity["cosine_min"])
+        return art, d
+
+    def _finish(self, records, calib_info, results) -> CompressResult:
+        from autoglm_compress.artifact_info import run_info, source_info
+        from autoglm_compress.gates import quality_gate
+        from autoglm_compress.report import REPORT_SCHEMA_VERSION
+
+        cfg = self.cfg
+        artifacts = [a for a, _ in results]
+        source = source_info(cfg.model)
+        source.update(format=self.model.metadata_props.get("autoglm.source_format"))
+        report = {
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "tool": {"name": "autoglm-compress", "version": _version()},
+            "run": run_info(self.argv, self.recipe),
+            "model": {
+                **source,
+                "stats": self.stats_before.as_dict(),
+                "stats_before": self.stats_before.as_dict(),
+                "stats_after": self.stats_after.as_dict(),
+            },
+            "passes": [dataclasses.asdict(r) for r in records],
+            "input_shapes": self.shapes,
+            "static_shapes": cfg.load.static_shapes,
+            "opset_conversion": self.opset_note,
+            "verification": {
+                "samples": len(self.feeds),
+                "source": self.source,
+                "reference": self.ref_runtime,
+                "warning": "random inputs: fidelity on real data may differ"
+                if self.source == "random"
+                else None,
+            },
+            "calibration": calib_info,
+            "warnings": self.notes,
+            "artifacts": [d for _, d in results],
+        }
+        gate = quality_gate(artifacts, cfg.gates.min_cosine, cfg.gates.max_drop)
+        report["quality_gate"] = gate
+        report["seconds"] = round(time.perf_counter() - self.t_start, 3)
+        stale = _stale_files(self.out_dir, artifacts)
+        report_path = write_report(report, self.out_dir / "report.json")
+        for f in stale:
+            f.unlink(missing_ok=True)
+        if gate and not gate["passed"]:
+            raise QualityGateError(gate["message"])
+        return CompressResult(artifacts, report, report_path)
+
+
+def _stale_files(out_dir: Path, artifacts) -> list[Path]:
+    """Files an earlier run's report.json in ``out_dir`` lists that this run did not write again:
+    removed once the new report is in place, so no stale artifact sits beside it."""
+    import json
+
+    old = out_dir / "report.json"
+    try:
+        prev = json.loads(old.read_text())
+    except (OSError, ValueError):
+        return []
+    new = {Path(p).resolve() for a in artifacts for p in a.files.values()}
+    listed = []
+    for a in prev.get("artifacts", []):
+        files = a.get("files") or {"model": {"path": a.get("path")}}
+        for f in files.values():
+            p = f.get("path") if isinstance(f, dict) else f
+            if p:
+                listed.append(Path(p))
+    root = out_dir.resolve()
+    return [
+        p for p in listed
+        if p.resolve() not in new and p.resolve().parent == root and p.is_file()
+    ]
+
+
+def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
+    """Options that passes take from the config (SmoothQuant's alpha …)."""
+    out: dict[str, dict] = {}
+    if cfg.int8.smoothquant is not None:
+        out["smoothquant"] = {"alpha": cfg.int8.smoothquant}
+    return out
+
+
+def _image_preprocess(calibration):
+    """The image-folder preprocessing a CalibrationConfig describes (None when all defaults)."""
+    from autoglm_compress.calibration.images import ImagePreprocess
+
+    im = calibration.image
+    if im == type(im)():
+        return None
+
+    def pair(v):
+        return None if not v else (v[0] if len(v) == 1 else (v[0], v[1]))
+
+    return ImagePreprocess(
+        size=pair(im.size), crop=pair(im.crop), scale=im.scale, mean=im.mean, std=im.std,
+        layout=im.layout, channel_order=im.channel_order, grayscale=im.grayscale,
+    )
 
 
 def _feed_batch(feeds, ref_outs) -> int:
@@ -288,87 +383,6 @@ def _shape_record(model: ir.Model, feeds, source: str) -> dict:
             origin = f"{source} data"
         out[s.name] = {"model": list(s.shape), "shape": concrete, "from": origin}
     return out
-
-
-def _qat_config(int8: bool, steps: int, lr: float, batch: int, samples: int):
-    if not steps:
-        return None
-    if not int8:
-        raise ConfigError("--qat-steps fine-tunes INT8 weights: add --int8")
-    from autoglm_compress.quantization.qat import QATConfig
-
-    cfg = QATConfig(steps=steps, lr=lr, batch=batch, samples=samples)
-    cfg.validate()
-    return cfg
-
-
-def _qat(fp32, ptq, tgt, stats, rec, cfg, per_tensor, bc):
-    """QAT by distillation on the layers PTQ quantized (fallen-back layers stay float)."""
-    from autoglm_compress.quantization.qat import finetune_for_target
-
-    keep = tuple(rec.config["keep_fp32"]) + tuple(rec.stats.get("fell_back", ()))
-    return finetune_for_target(fp32, ptq, tgt, stats, keep, per_tensor, bc, cfg)
-
-
-def _guard(fp32, quantized, tgt, stats, rec, feed, notes, opts):
-    """--latency-guard: leave op types in float where onnxruntime runs them slower in int8."""
-    from autoglm_compress.quantization.flow import _quantize
-    from autoglm_compress.quantization.latency_guard import latency_guard
-
-    keep, per_tensor, bc = opts
-    keep = keep + tuple(rec.stats.get("fell_back", ()))
-
-    def requantize(extra):
-        return _quantize(fp32, tgt, stats, keep + tuple(extra), per_tensor, bc)[0]
-
-    quantized, record = latency_guard(fp32, quantized, requantize, feed)
-    rec.stats["latency_guard"] = record
-    if record["kept_float_for_speed"]:
-        notes.append(
-            f"left in float for speed: {', '.join(record['kept_float_for_speed'])} "
-            f"(int8 {record['int8_ms_before'] / record['fp32_ms']:.2f}x → "
-            f"{record['int8_vs_fp32_after']:.2f}x of FP32 in onnxruntime)"
-        )
-    return quantized
-
-
-def _quality_gate(
-    artifacts: list[Artifact], min_cosine: float | None, max_drop: float | None
-) -> dict | None:
-    """CI thresholds: worst cosine vs FP32 (flagged outputs fail it), and the accuracy drop."""
-    from autoglm_compress.metrics import accuracy_output, flag_messages
-
-    flagged = [m for a in artifacts for m in flag_messages(a.fidelity, a.path.name)]
-    for m in flagged:
-        logger.warning("verification: %s", m)
-    if min_cosine is None and max_drop is None:
-        return None
-    failures, gate = [], {"min_cosine": min_cosine, "max_drop": max_drop}
-    if min_cosine is not None:
-        worst = min(artifacts, key=lambda a: a.fidelity["cosine_min"])
-        cos = worst.fidelity["cosine_min"]
-        gate["worst_cosine"] = cos
-        if not (np.isfinite(cos) and cos >= min_cosine):
-            failures.append(f"{worst.path.name} cosine {cos:.5f} < --min-cosine {min_cosine}")
-        failures += [f"{m} fails --min-cosine" for m in flagged]
-    if max_drop is not None:
-        for a in artifacts:
-            scored = accuracy_output(a.fidelity)
-            if scored is None:  # check_eval_labels refuses this before any work; kept as a guard
-                why = a.fidelity.get("labels_ignored", "no labels")
-                failures.append(f"{a.path.name} has no accuracy for --max-drop ({why})")
-                continue
-            drop = scored[1]["accuracy_ref"] - scored[1]["accuracy"]
-            gate.setdefault("accuracy_drop", {})[a.path.name] = round(drop, 6)
-            if drop > max_drop:
-                failures.append(f"{a.path.name} accuracy drop {drop:.4f} > --max-drop {max_drop}")
-    gate["passed"] = not failures
-    gate["message"] = (
-        ("quality gate: " + "; ".join(failures) + " (report: report.json)")
-        if failures
-        else "passed"
-    )
-    return gate
 
 
 def _version() -> str:

@@ -12,7 +12,8 @@ import warnings
 
 import click
 
-from autoglm_compress.errors import EXIT_INTERNAL, CompressError
+from autoglm_compress.cli_options import GroupedCommand, config_options, given
+from autoglm_compress.errors import CompressError
 
 __all__ = ["main", "cli"]
 
@@ -40,10 +41,12 @@ def _setup_logging(verbose: int) -> None:
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="autoglm-compress")
 def cli():
-    """Compress a model (TorchScript .pt, torch.export .pt2, ONNX) for x86 and verify it.
+    """Compress a model (TorchScript .pt, torch.export .pt2, ONNX) and verify every artifact.
 
     \b
-    autoglm-compress MODEL --fp16 --target x86 -o out/
+    autoglm-compress MODEL --int8 --calib DATA --target x86 -o out/
+    autoglm-compress MODEL --int8 --calib DATA --print-recipe > recipe.toml
+    autoglm-compress run recipe.toml
     autoglm-compress inspect MODEL
     """
 
@@ -60,200 +63,78 @@ _pickle_opt = click.option(
     is_flag=True,
     help="Allow loading a pickled nn.Module (unpickling runs code from the file).",
 )
-
-
-@cli.command("compress")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option(
-    "--target",
-    "targets",
-    multiple=True,
-    default=("x86",),
-    show_default=True,
-    help="Target to lower to: x86, cuda. Repeatable.",
-)
-@click.option("--fp16", is_flag=True, help="Convert weights and compute to FP16 (I/O stays FP32).")
-@click.option(
-    "--int8", is_flag=True, help="INT8 post-training quantization (QDQ) from --calib data."
-)
-@click.option(
-    "--calib-method",
-    default="minmax",
-    show_default=True,
-    type=click.Choice(["minmax", "percentile", "entropy", "mse"]),
-    help="Range estimator.",
-)
-@click.option("--calib-samples", default=128, show_default=True, help="Calibration samples to use.")
-@click.option(
-    "--calib-random", is_flag=True, help="Calibrate on random data (flagged in the report)."
-)
-@click.option(
-    "--keep-fp32",
-    multiple=True,
-    metavar="PATTERN",
-    help="Node name or op type (glob) to leave in float. Repeatable.",
-)
-@click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel.")
-@click.option(
-    "--bias-correction/--no-bias-correction",
-    default=True,
-    show_default=True,
-    help="Remove the mean output shift of quantized weights (calibration channel means).",
-)
-@click.option(
-    "--reduce-range/--full-range",
-    default=True,
-    show_default=True,
-    help="x86: 7-bit weights; full 8-bit range saturates int16 sums on AVX2 without VNNI.",
-)
-@click.option(
-    "--build-engine", is_flag=True, help="cuda: build and run TensorRT engines (needs a GPU)."
-)
-@click.option(
-    "--passes",
-    "passes",
-    default=None,
-    metavar="A,B",
-    help="Comma-separated pass list replacing the default (cleanup,fold_bn).",
-)
-@click.option("-o", "--out", "out_dir", default="out", show_default=True, help="Output folder.")
-@click.option(
-    "--calib",
-    help="Calibration data: .npz/.npy (arrays named like the inputs), an image "
-    "folder, or module:function yielding dicts of arrays.",
-)
-@click.option(
-    "--eval", "eval_data", type=click.Path(), help=".npz eval data; a 'labels' array adds accuracy."
-)
-@click.option("--samples", default=64, show_default=True, help="Samples used for verification.")
-@click.option(
-    "--latency-guard",
-    is_flag=True,
-    help="x86 INT8: leave op types in float where onnxruntime runs them slower in int8 (measured).",
-)
-@click.option(
-    "--equalize",
-    is_flag=True,
-    help="Cross-layer equalization of Conv→[Relu]→Conv pairs (exact in FP32) before INT8.",
-)
-@click.option(
-    "--smoothquant",
-    type=float,
-    metavar="ALPHA",
-    help="Migrate activation outliers of LayerNorm→MatMul into weights (e.g. 0.5) before INT8.",
-)
-@click.option(
-    "--qat-steps",
-    default=0,
-    show_default=True,
-    metavar="N",
-    help="INT8: fine-tune the quantized weights for N steps by distillation from FP32 "
-    "(fake-quant in the torch executor, on CUDA when present); 0 = off.",
-)
-@click.option("--qat-lr", default=1e-4, show_default=True, help="QAT learning rate (Adam).")
-@click.option("--qat-batch", default=16, show_default=True, help="QAT samples per step.")
-@click.option(
-    "--max-drop",
-    type=float,
-    help="Fail (exit 3) when accuracy on the --eval labels drops by more than this (e.g. 0.01).",
-)
-@click.option(
-    "--min-cosine", type=float, help="Fail (exit 3) when an artifact's cosine vs FP32 is lower."
-)
-@click.option(
-    "--dump-ir-after", multiple=True, metavar="PASS", help="Write the IR after this pass."
-)
-@click.option("--latency-repeats", default=30, show_default=True, help="Timed runs per model.")
-@click.option(
-    "--static-shapes",
-    is_flag=True,
-    help="Fix symbolic input dims (batch …) in the artifacts to the shapes of the data used.",
-)
-@_shape_opt
-@_pickle_opt
-@click.option(
+_json_opt = click.option(
     "--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table."
 )
-@click.option("-v", "--verbose", count=True, help="-v: per-pass log; -vv: debug.")
-def compress_cmd(
-    model,
-    targets,
-    fp16,
-    int8,
-    calib_method,
-    calib_samples,
-    calib_random,
-    keep_fp32,
-    per_tensor,
-    bias_correction,
-    reduce_range,
-    build_engine,
-    passes,
-    out_dir,
-    calib,
-    eval_data,
-    samples,
-    min_cosine,
-    smoothquant,
-    equalize,
-    latency_guard,
-    qat_steps,
-    qat_lr,
-    qat_batch,
-    max_drop,
-    dump_ir_after,
-    latency_repeats,
-    static_shapes,
-    input_shapes,
-    trust_pickle,
-    as_json,
-    verbose,
-):
-    """Compress MODEL for each --target and verify the artifacts in their runtimes."""
+_verbose_opt = click.option("-v", "--verbose", count=True, help="-v: per-pass log; -vv: debug.")
+
+_EXAMPLES = """\b
+Examples:
+  autoglm-compress model.pt --fp16 --target x86 -o out/
+  autoglm-compress model.onnx --int8 --calib images/ --image-mean 0.5,0.5,0.5 \\
+      --image-std 0.5,0.5,0.5 --eval eval.npz --min-cosine 0.99 --target x86 --target cuda
+  autoglm-compress model.pt --int8 --calib calib.npz --qat-steps 500 --print-recipe > r.toml
+  autoglm-compress run r.toml -o out/again
+\b
+Exit codes: 0 ok, 1 internal error, 2 bad input/usage, 3 a quality gate failed, 130 interrupted."""
+
+
+def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
     import json
 
     from autoglm_compress.api import compress
     from autoglm_compress.report import summary_table
 
     _setup_logging(verbose)
-    res = compress(
-        model,
-        targets=targets,
-        fp16=fp16,
-        int8=int8,
-        calib_method=calib_method,
-        calib_samples=calib_samples,
-        calib_random=calib_random,
-        keep_fp32=keep_fp32,
-        per_tensor=per_tensor,
-        bias_correction=bias_correction,
-        reduce_range=reduce_range,
-        build_engine=build_engine,
-        out_dir=out_dir,
-        input_shapes=input_shapes,
-        passes=tuple(p for p in passes.split(",") if p) if passes is not None else None,
-        trust_pickle=trust_pickle,
-        calib=calib,
-        eval_data=eval_data,
-        samples=samples,
-        dump_ir_after=dump_ir_after,
-        min_cosine=min_cosine,
-        max_drop=max_drop,
-        smoothquant=smoothquant,
-        equalize=equalize,
-        latency_guard=latency_guard,
-        qat_steps=qat_steps,
-        qat_lr=qat_lr,
-        qat_batch=qat_batch,
-        latency_repeats=latency_repeats,
-        static_shapes=static_shapes,
-        progress=sys.stderr.isatty(),
-    )
+    res = compress(cfg, progress=sys.stderr.isatty(), argv=argv, recipe=recipe)
     if as_json:
         click.echo(json.dumps(res.report, indent=2, default=str))
     else:
         click.echo(summary_table(res.report))
         click.echo(f"report: {res.report_path}")
+
+
+@cli.command("compress", cls=GroupedCommand, epilog=_EXAMPLES)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--fp16", is_flag=True, help="Shorthand for --precision fp16.")
+@click.option("--int8", is_flag=True, help="Shorthand for --precision int8 (QDQ from --calib).")
+@click.option(
+    "--print-recipe", is_flag=True, help="Print the recipe (TOML) this command line means; run nothing."
+)
+@_json_opt
+@_verbose_opt
+@config_options
+def compress_cmd(model, fp16, int8, print_recipe, as_json, verbose, **options):
+    """Compress MODEL for each --target and verify the artifacts in their runtimes."""
+    from autoglm_compress.config_build import check_combinations, from_flat
+
+    cfg = from_flat(model, cli=True, fp16=fp16, int8=int8, **given(options))
+    if print_recipe:
+        from autoglm_compress.recipe import dump_recipe
+
+        click.echo(dump_recipe(cfg), nl=False)
+        return
+    check_combinations(cfg)
+    _run(cfg, as_json, verbose, list(sys.argv[1:]) if _ARGV is None else _ARGV)
+
+
+@cli.command("run")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", default=None, help="Output folder (overrides the recipe's).")
+@click.option("--print-recipe", is_flag=True, help="Print the checked recipe; run nothing.")
+@_json_opt
+@_verbose_opt
+def run_cmd(recipe, out_dir, print_recipe, as_json, verbose):
+    """Run the compression a recipe file (TOML) describes."""
+    from autoglm_compress.config_build import check_combinations, to_dict
+    from autoglm_compress.recipe import dump_recipe, load_recipe
+
+    cfg = load_recipe(recipe, {"out_dir": out_dir} if out_dir else None)
+    if print_recipe:
+        click.echo(dump_recipe(cfg), nl=False)
+        return
+    check_combinations(cfg)
+    _run(cfg, as_json, verbose, list(sys.argv[1:]) if _ARGV is None else _ARGV, to_dict(cfg))
 
 
 @cli.command("inspect")
@@ -284,25 +165,30 @@ def passes_cmd():
 
     for name, cls in sorted(registered().items()):
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        click.echo(f"{name}: {doc}")
+        doc = doc[len(name) + 1 :].strip() if doc.startswith(f"{name}:") else doc
+        needs = f" (needs {', '.join(sorted(cls.needs))})" if getattr(cls, "needs", None) else ""
+        click.echo(f"{name}: {doc}{needs}")
         for f in dataclasses.fields(cls.config_class):
             click.echo(f"    {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
 
 
+_ARGV: list[str] | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _ARGV
+    _ARGV = list(argv) if argv is not None else list(sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="autoglm-compress", standalone_mode=False)
     except CompressError as e:
         click.echo(f"error: {e}", err=True)
         return e.exit_code
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
-        return EXIT_INTERNAL
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted (Ctrl-C): stopped, no partial artifact left", err=True)
+        return 130
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         return e.exit_code
-    except KeyboardInterrupt:
-        return 130
     except Exception as e:  # noqa: BLE001 - last resort: one line, exit 1
         if os.environ.get("AUTOGLM_DEBUG"):
             raise
@@ -310,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             f"internal error: {type(e).__name__}: {e} (set AUTOGLM_DEBUG=1 for a traceback)",
             err=True,
         )
-        return EXIT_INTERNAL
+        return 1
     return 0
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from autoglm_compress.ir_utils import check, from_proto, ort_run, ort_session, to_proto
 from autoglm_compress.passes.equalize import CrossLayerEqualizationPass
-from autoglm_compress.quantization.qdq import _quantize_array, weight_qparams
+from autoglm_compress.quantization.qdq import quantize_array, weight_qparams
 from autoglm_compress.quantization.scheme import TensorQuant
 
 RNG = np.random.default_rng(0)
@@ -50,7 +50,7 @@ def _per_tensor_error(model, x):
             w = n.inputs[1].const_value.numpy()
             s, _ = weight_qparams(w, None, tq)
             n.inputs[1].const_value = ir.tensor(
-                _quantize_array(w, s, None, tq).astype(np.float32) * s
+                quantize_array(w, s, None, tq).astype(np.float32) * s
             )
     ref = ort_run(ort_session(model), {"x": x})[0]
     return np.abs(ort_run(ort_session(m), {"x": x})[0] - ref).mean()

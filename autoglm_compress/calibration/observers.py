@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from autoglm_compress.calibration.histogram import StreamingHistogram
-from autoglm_compress.calibration.qparams import compute_qparams
+from autoglm_compress.calibration.qparams import compute_qparams, quant_bits
 from autoglm_compress.calibration.search import entropy_range, mse_range, percentile_range
 from autoglm_compress.errors import CalibrationError, ConfigError
 
@@ -65,7 +65,7 @@ class Observer:
         reduce_range: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(scale float32, zero_point int32)`` for this observer's range under the scheme."""
-        lo, hi = self.range(symmetric=symmetric, bits=7 if reduce_range else 8)
+        lo, hi = self.range(symmetric=symmetric, bits=quant_bits(dtype, reduce_range))
         return compute_qparams(
             lo.numpy(), hi.numpy(), dtype, symmetric, narrow_range, reduce_range, name=self.name
         )

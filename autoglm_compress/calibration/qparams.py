@@ -18,18 +18,24 @@ u8·s8 multiply-adds); int8 is ``[-2^(b-1), 2^(b-1) - 1]``, with ``narrow_range`
 Guards: a zero-width range (a constant tensor, e.g. all zeros) would give ``s = 0`` and a division
 by zero downstream, so ``s = max(s, MIN_SCALE)`` with ``MIN_SCALE = 1e-8`` (far below any useful
 float32 activation resolution, far above float32's smallest normal); a non-finite range raises
-:class:`CalibrationError`. The returned scale is always finite and positive.
+:class:`CalibrationError`. The returned scale is always finite and positive. ``MIN_SCALE`` and :func:`quant_range` are the
+only definitions of the guard and of the integer limits: weights, activations, biases and QAT all
+take them from here.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from autoglm_compress.errors import CalibrationError, ConfigError
 
-__all__ = ["MIN_SCALE", "quant_range", "compute_qparams"]
+if TYPE_CHECKING:
+    from autoglm_compress.quantization.scheme import TensorQuant
+
+__all__ = ["MIN_SCALE", "quant_bits", "quant_range", "compute_qparams"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +43,28 @@ MIN_SCALE = 1e-8  # guard for zero-width ranges: never a zero, NaN or Inf scale
 _DTYPES = ("int8", "uint8")
 
 
+def _spec(dtype, narrow_range: bool, reduce_range: bool) -> tuple[str, bool, bool]:
+    """``(dtype, narrow_range, reduce_range)`` of a dtype name or a :class:`TensorQuant`."""
+    if isinstance(dtype, str):
+        return dtype, narrow_range, reduce_range
+    return dtype.dtype, dtype.narrow_range, dtype.reduce_range
+
+
+def quant_bits(tq: TensorQuant | str = "int8", reduce_range: bool = False) -> int:
+    """Integer width of the quantized values: 8, or 7 with ``reduce_range``."""
+    return 7 if _spec(tq, False, reduce_range)[2] else 8
+
+
 def quant_range(
-    dtype: str = "int8", narrow_range: bool = False, reduce_range: bool = False
+    tq: TensorQuant | str = "int8", narrow_range: bool = False, reduce_range: bool = False
 ) -> tuple[int, int]:
-    """Integer limits ``(q_min, q_max)`` of ``dtype`` (8 bits, or 7 with ``reduce_range``)."""
+    """Integer limits ``(q_min, q_max)`` of a :class:`TensorQuant` (its dtype, narrow and reduce
+    flags), or of a dtype name with the flags given here. The one place these limits are computed.
+    """
+    dtype, narrow_range, reduce_range = _spec(tq, narrow_range, reduce_range)
     if dtype not in _DTYPES:
         raise ConfigError(f"quantized dtype {dtype!r} is not supported; use one of {list(_DTYPES)}")
-    bits = 7 if reduce_range else 8
+    bits = quant_bits(dtype, reduce_range)
     if dtype == "uint8":
         return 0, 2**bits - 1
     return -(2 ** (bits - 1)) + (1 if narrow_range else 0), 2 ** (bits - 1) - 1
@@ -68,7 +89,7 @@ def _to_numpy(x):
 def compute_qparams(
     lo,
     hi,
-    dtype: str = "int8",
+    dtype: TensorQuant | str = "int8",
     symmetric: bool = True,
     narrow_range: bool = False,
     reduce_range: bool = False,
@@ -79,7 +100,11 @@ def compute_qparams(
 
     Returns ``(scale, zero_point)``: ``scale`` float32, finite and ``>= MIN_SCALE``; ``zero_point``
     int32 inside ``[q_min, q_max]``; both shaped like the broadcast of ``lo`` and ``hi``.
+    ``dtype`` may be a :class:`TensorQuant`: its dtype, symmetry and range flags are used.
     """
+    if not isinstance(dtype, str):
+        symmetric = dtype.symmetric
+    dtype, narrow_range, reduce_range = _spec(dtype, narrow_range, reduce_range)
     qmin, qmax = quant_range(dtype, narrow_range, reduce_range)
     lo, hi = _as_range(lo, hi, name)
     if symmetric:

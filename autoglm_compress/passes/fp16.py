@@ -31,6 +31,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
+from autoglm_compress.ir_ops import const_array
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 
 __all__ = ["DEFAULT_OP_BLOCK_LIST", "ConvertFloat16Pass", "Float16Config"]
@@ -117,7 +118,7 @@ class ConvertFloat16Pass(CompressPass):
             ]
             if not users or all(n.op_type in _BOUND_OPS for n in users):
                 continue
-            why = _misfit(_const_array(v))
+            why = _misfit(const_array(v))
             for n in users if why else ():
                 self._keep(n, fp16_nodes, f"{v.name}: {why}")
         for n in list(g):
@@ -125,7 +126,7 @@ class ConvertFloat16Pass(CompressPass):
                 self._check_bn(n, fp16_nodes)
 
     def _check_bn(self, n: ir.Node, fp16_nodes: set[int]) -> None:
-        mean, var = _const_array(n.inputs[3]), _const_array(n.inputs[4])
+        mean, var = const_array(n.inputs[3]), const_array(n.inputs[4])
         if mean is None or var is None:
             return
         eps = n.attributes.get_float("epsilon", 1e-5)
@@ -162,7 +163,7 @@ class ConvertFloat16Pass(CompressPass):
         for v in values:
             if v.dtype not in (_F32, None):
                 continue
-            a = _const_array(v)
+            a = const_array(v)
             if a is not None and a.dtype == np.float32:
                 v.dtype = _F32
                 out.append(v)
@@ -179,7 +180,7 @@ class ConvertFloat16Pass(CompressPass):
                 for u in uses
             ):
                 continue
-            arr = self._clamp(_const_array(v).astype(np.float32)).astype(np.float16)
+            arr = self._clamp(const_array(v).astype(np.float32)).astype(np.float16)
             prod = v.producer()
             if prod is not None:
                 for key in ("value_float", "value_floats"):
@@ -263,24 +264,6 @@ class ConvertFloat16Pass(CompressPass):
                 cast.replace_all_uses_with(v)
                 g.remove(cast.producer(), safe=True)
                 self.count("casts_inserted", -1)
-
-
-def _const_array(v: ir.Value | None) -> np.ndarray | None:
-    """The value of an initializer or a Constant node's output (value/value_float/value_floats)."""
-    if v is None:
-        return None
-    if v.const_value is not None:
-        return v.const_value.numpy()
-    p = v.producer()
-    if p is None or p.op_type != "Constant":
-        return None
-    if "value" in p.attributes:
-        return p.attributes["value"].as_tensor().numpy()
-    if "value_float" in p.attributes:
-        return np.array(p.attributes["value_float"].as_float(), np.float32)
-    if "value_floats" in p.attributes:
-        return np.array(p.attributes["value_floats"].as_floats(), np.float32)
-    return None
 
 
 def _f16(a: np.ndarray) -> np.ndarray:

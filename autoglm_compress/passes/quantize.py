@@ -19,9 +19,10 @@ import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
 from autoglm_compress.errors import ConfigError
+from autoglm_compress.ir_ops import bias_input, is_weighted, weight_input
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 from autoglm_compress.quantization.qdq import QDQWriter, shared_scale_groups
-from autoglm_compress.quantization.scheme import WEIGHT_INPUTS, QuantScheme
+from autoglm_compress.quantization.scheme import QuantScheme
 
 __all__ = ["QuantizePass", "QuantizeConfig"]
 
@@ -80,7 +81,7 @@ class QuantizePass(CompressPass):
                 continue
             writer.quantize_activation(value, *ranges[name])
         for node in list(g):
-            if node.op_type in WEIGHT_INPUTS and not self._kept(node):
+            if is_weighted(node) and not self._kept(node):
                 writer.quantize_weights(node)
         n_init = len(g.initializers)
         ir.passes.common.RemoveUnusedNodesPass()(model)  # the float weights now read by nobody
@@ -99,9 +100,9 @@ class QuantizePass(CompressPass):
         for node in g:
             if node.op_type not in scheme.input_ops or self._kept(node):
                 continue
-            w = WEIGHT_INPUTS.get(node.op_type)
+            params = (weight_input(node), bias_input(node)) if is_weighted(node) else ()
             for i, v in enumerate(node.inputs):
-                if w and i in (w[0], w[2]) and v is not None and v.const_value is not None:
+                if i in params and v is not None and v.const_value is not None:
                     continue
                 if scheme.residual_add_only and node.op_type == "Add" and _from_weighted_op(v):
                     continue
@@ -126,7 +127,7 @@ def _needed(g: ir.Graph, scheme: QuantScheme, targets: dict) -> set[str]:
 
 def _from_weighted_op(v: ir.Value | None) -> bool:
     p = v.producer() if v is not None else None
-    return p is not None and p.op_type in WEIGHT_INPUTS
+    return p is not None and is_weighted(p)
 
 
 def _is_const(v: ir.Value) -> bool:

@@ -21,9 +21,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
+from autoglm_compress.ir_ops import activation_channel_axis, const_array, in_channel_axis
 from autoglm_compress.ir_utils import add_initializer
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
-from autoglm_compress.quantization.qdq import const_array
 
 __all__ = ["SmoothQuantPass", "SmoothQuantConfig"]
 
@@ -40,16 +40,12 @@ class SmoothQuantConfig(PassConfig):
 
 def _weight_kn(node: ir.Node, idx: int) -> np.ndarray | None:
     """The constant weight of a MatMul/Gemm reading the activation as input 0, laid out [K, N]."""
-    if idx != 0 or node.op_type not in ("MatMul", "Gemm"):
+    if idx != 0 or node.op_type not in ("MatMul", "Gemm") or activation_channel_axis(node) != -1:
         return None
     w = const_array(node.inputs[1])
     if w is None or w.ndim != 2 or w.dtype != np.float32:
         return None
-    if node.op_type == "Gemm":
-        if node.attributes.get_int("transA", 0):
-            return None
-        return w.T if node.attributes.get_int("transB", 0) else w
-    return w
+    return np.moveaxis(w, in_channel_axis(node, 2), 0)  # ir_ops: Gemm transB=1 holds [N, K]
 
 
 def _feature_tensor(y: ir.Value) -> ir.Value:
@@ -105,9 +101,7 @@ class SmoothQuantPass(CompressPass):
         else:
             self._insert_mul(g, t, readers, s)
         for r, w in zip(readers, ws):
-            w2 = w * s[:, None]
-            if r.op_type == "Gemm" and r.attributes.get_int("transB", 0):
-                w2 = w2.T
+            w2 = np.moveaxis(w * s[:, None], 0, in_channel_axis(r, 2))  # back to r's layout
             r.replace_input_with(1, _new_const(g, f"{r.name}_weight_smoothed", w2))
         self.count("matmuls_smoothed", len(readers))
         self._ratios(xmax, s)

@@ -6,6 +6,8 @@ output channel o is E[ε·x]_o = Σ_{i,k} ε[o, i, k] · E[x_i] (convolution: i 
 of o's group, k over the kernel window; padding is ignored, so border outputs are corrected by the
 interior mean). Setting b' = b − E[ε·x] makes the quantized layer unbiased on the calibration data.
 E[x_i] is the per-channel input mean recorded during calibration (``CalibrationStats.channel_means``).
+Gemm (y = α·A·B + β·C) shifts by α·E[ε·x] and sets C ← C − α·E[ε·x] / β (skipped when β = 0).
+Weight and bias inputs and the output/input channel axes come from :mod:`autoglm_compress.ir_ops`.
 Runs on the FP32 IR before QDQ insertion; nodes left in float are not touched.
 """
 
@@ -16,33 +18,51 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from autoglm_compress.ir_ops import (
+    bias_input,
+    const_array,
+    groups,
+    in_channel_axis,
+    out_channel_axis,
+    weight_value,
+)
 from autoglm_compress.ir_utils import add_initializer
-from autoglm_compress.quantization.qdq import const_array, _quantize_array, weight_qparams
+from autoglm_compress.quantization.qdq import quantize_array, weight_qparams
 from autoglm_compress.quantization.scheme import TensorQuant
 
-__all__ = ["correct_biases"]
+__all__ = ["CORRECTED_OPS", "correct_biases"]
 
 logger = logging.getLogger(__name__)
+# Ops whose output shift is Σ ε·E[x] per output channel. ConvTranspose is left out: its output
+# positions sum a stride-dependent number of kernel taps, so one shift per channel is not exact.
+CORRECTED_OPS = ("Conv", "Gemm")
 
 
 def _weight_error(w: np.ndarray, axis: int, tq: TensorQuant) -> np.ndarray:
+    """ε = DQ(Q(W)) − W under ``tq`` (per channel along ``axis`` when ``tq`` says so)."""
     ax = axis if tq.per_channel else None
     scale, _ = weight_qparams(w, ax, tq)
-    q = _quantize_array(w, scale, ax, tq).astype(np.float32)
+    q = quantize_array(w, scale, ax, tq).astype(np.float32)
     s = scale if ax is None else scale.reshape([-1 if i == ax else 1 for i in range(w.ndim)])
     return q * s - w
 
 
 def _shift(node: ir.Node, eps: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
-    if node.op_type == "Conv":
-        groups = node.attributes.get_int("group", 1)
-        o, cin_g = eps.shape[:2]
-        per_out = eps.reshape(o, cin_g, -1).sum(axis=2)  # [O, Cin/g]
-        m = mean.reshape(groups, cin_g)
-        return np.einsum("gpc,gc->gp", per_out.reshape(groups, o // groups, cin_g), m).reshape(o)
-    if node.op_type == "Gemm":
-        return eps @ mean if node.attributes.get_int("transB", 0) else mean @ eps
-    return None
+    """E[ε·x] per output channel: ε as [O, I/g, taps] (axes from ir_ops), summed over the taps and
+    contracted with the group's input means; Gemm's ``alpha`` scales it."""
+    out_ax, in_ax = out_channel_axis(node, eps.ndim), in_channel_axis(node, eps.ndim)
+    if mean.shape != (eps.shape[in_ax] * groups(node),):
+        return None
+    if eps.ndim == 2:  # Gemm: contract the input-channel axis with the means
+        shift = eps @ mean if out_ax == 0 else mean @ eps
+        return shift * node.attributes.get_float("alpha", 1.0)
+    e = np.moveaxis(eps, (out_ax, in_ax), (0, 1))
+    o, cin_g = e.shape[:2]
+    g = groups(node)
+    if o % g:
+        return None
+    per_out = e.reshape(o, cin_g, -1).sum(axis=2).reshape(g, o // g, cin_g)
+    return np.einsum("gpc,gc->gp", per_out, mean.reshape(g, cin_g)).reshape(o)
 
 
 def correct_biases(
@@ -51,29 +71,42 @@ def correct_biases(
     """Shift the biases of Conv/Gemm nodes; returns {"biases_corrected", "max_shift"}."""
     stats = {"biases_corrected": 0, "max_shift": 0.0}
     for node in model.graph:
-        if node.op_type not in ("Conv", "Gemm") or node.name in skip:
+        if node.op_type not in CORRECTED_OPS or node.name in skip or _bias_scale(node) == 0:
             continue
-        x, w_val = node.inputs[0], node.inputs[1]
-        w = const_array(w_val)
+        x = node.inputs[0]
+        w = const_array(weight_value(node))
         mean = channel_means.get(x.name) if x is not None else None
-        if w is None or mean is None or w.dtype != np.float32:
+        if w is None or mean is None or w.dtype != np.float32 or w.ndim < 2:
             continue
-        axis = 0 if node.op_type == "Conv" or node.attributes.get_int("transB", 0) else 1
+        axis = out_channel_axis(node, w.ndim)
         shift = _shift(node, _weight_error(w, axis, weight_quant), mean.astype(np.float32))
         if shift is None or shift.shape != (w.shape[axis],) or not np.isfinite(shift).all():
             continue
-        _set_bias(model.graph, node, shift)
+        if not _set_bias(model.graph, node, shift / _bias_scale(node)):
+            continue
         stats["biases_corrected"] += 1
         stats["max_shift"] = max(stats["max_shift"], float(np.abs(shift).max()))
     logger.info("bias correction: %s", stats)
     return stats
 
 
-def _set_bias(g: ir.Graph, node: ir.Node, shift: np.ndarray) -> None:
-    b_val = node.inputs[2] if len(node.inputs) > 2 else None
+def _bias_scale(node: ir.Node) -> float:
+    """What the op multiplies its bias by: Gemm's ``beta`` (y = α·A·B + β·C), else 1."""
+    return node.attributes.get_float("beta", 1.0) if node.op_type == "Gemm" else 1.0
+
+
+def _set_bias(g: ir.Graph, node: ir.Node, shift: np.ndarray) -> bool:
+    """b ← b − shift (a missing bias is zeros); False when the bias is not one value per channel."""
+    b_idx = bias_input(node)
+    b_val = node.inputs[b_idx] if len(node.inputs) > b_idx else None
     b = const_array(b_val)
+    if b_val is not None and b is None:
+        return False
     b = np.zeros(shift.shape, np.float32) if b is None else b.reshape(-1)
+    if b.size not in (1, shift.size):
+        return False
     v = add_initializer(g, f"{node.name or 'node'}_bias_corrected", (b - shift).astype(np.float32))
-    if len(node.inputs) < 3:
-        node.resize_inputs(3)
-    node.replace_input_with(2, v)
+    if len(node.inputs) <= b_idx:
+        node.resize_inputs(b_idx + 1)
+    node.replace_input_with(b_idx, v)
+    return True

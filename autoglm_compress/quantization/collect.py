@@ -16,7 +16,8 @@ Observers see *chunks*: the tensors of ``k`` consecutive samples concatenated on
 (0-d tensors stacked), ``k = clamp(chunk_bytes // bytes of one sample's activations, 1, batch)`` —
 memory is bounded by one chunk, not by samples × tensors, and every backend feeds identical chunks
 (histograms depend on them). Channel statistics of a tensor whose one-sample rank is ``r ≥ 2`` are
-taken over all axes but ``c`` (1 for Conv inputs, ``r-1`` for Gemm/MatMul); a chunk's mean is
+taken over all axes but ``c`` (:func:`autoglm_compress.ir_ops.activation_channel_axis`: 1 for Conv
+inputs, ``r-1`` for Gemm/MatMul); a chunk's mean is
 weighted by its ``k`` samples, so the result is the mean over all samples.
 
 NaN anywhere is a CalibrationError naming the tensor. A tensor holding ±inf but no NaN (an additive
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 from autoglm_compress.calibration.observers import make_observer
 from autoglm_compress.errors import CalibrationError
+from autoglm_compress.ir_ops import activation_channel_axis, is_weighted
 from autoglm_compress.quantization.collect_backends import run_executor, run_ort
 
 __all__ = ["CHUNK_BYTES", "CalibrationStats", "collect_stats"]
@@ -78,14 +80,12 @@ class CalibrationStats:
 
 
 def _mean_targets(model: ir.Model) -> dict[str, int]:
-    """Inputs of weighted ops -> their channel axis (1 for convs, -1 for Gemm/MatMul)."""
+    """Activation inputs of weighted ops -> their channel axis (``ir_ops``: 1 for convs, -1 for
+    Gemm/MatMul rows, 0 for Gemm with transA)."""
     names: dict[str, int] = {}
     for node in model.graph:
-        if (
-            node.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")
-            and node.inputs[0] is not None
-        ):
-            names[node.inputs[0].name] = 1 if node.op_type.startswith("Conv") else -1
+        if is_weighted(node) and node.inputs and node.inputs[0] is not None:
+            names[node.inputs[0].name] = activation_channel_axis(node)
     return names
 
 

@@ -21,12 +21,12 @@ import time
 import numpy as np
 import onnx_ir as ir
 
+from autoglm_compress.calibration.qparams import MIN_SCALE, quant_range
 from autoglm_compress.errors import ConfigError
+from autoglm_compress.ir_ops import WEIGHTED_OPS, is_weighted
 from autoglm_compress.ir_utils import add_initializer, check
 from autoglm_compress.pipeline import PassRecord
 from autoglm_compress.quantization.flow import _copy, _cosine_fn, _quantize
-from autoglm_compress.quantization.qdq import MIN_SCALE, quant_limits
-from autoglm_compress.quantization.scheme import WEIGHT_INPUTS
 
 __all__ = ["QATConfig", "finetune_for_target"]
 
@@ -63,10 +63,10 @@ def _weight_quantizers(g: ir.Graph) -> list[tuple[str, str, int | None]]:
 def _trained_biases(g: ir.Graph) -> list[str]:
     names = []
     for node in g:
-        spec = WEIGHT_INPUTS.get(node.op_type)
-        if spec is None or spec[2] is None or len(node.inputs) <= spec[2]:
+        spec = WEIGHTED_OPS.get(node.op_type)
+        if spec is None or spec.bias is None or len(node.inputs) <= spec.bias:
             continue
-        w, b = node.inputs[spec[0]], node.inputs[spec[2]]
+        w, b = node.inputs[spec.weight], node.inputs[spec.bias]
         quantized = w is not None and w.producer() is not None
         if quantized and b is not None and b.name in g.initializers:
             names.append(b.name)
@@ -89,12 +89,12 @@ def _scale_refresher(params: dict, quantizers, qmax: int):
 def _transfer(train: ir.Graph, params: dict, trained: set, tuned: ir.Model) -> ir.Model:
     """Write the trained weights and biases into the FP32 copy, node by node (bias correction may
     have given a layer a new or a first bias in the training graph)."""
-    by_name = {n.name: n for n in tuned.graph if n.op_type in WEIGHT_INPUTS}
+    by_name = {n.name: n for n in tuned.graph if is_weighted(n)}
     for node in train:
-        spec, dst = WEIGHT_INPUTS.get(node.op_type), by_name.get(node.name)
+        spec, dst = WEIGHTED_OPS.get(node.op_type), by_name.get(node.name)
         if spec is None or dst is None:
             continue
-        for idx in (spec[0], spec[2]):
+        for idx in (spec.weight, spec.bias):
             v = node.inputs[idx] if idx is not None and len(node.inputs) > idx else None
             while v is not None and v.name not in trained and v.producer() is not None:
                 v = v.producer().inputs[0]  # weight: DQ ← Q ← float W
@@ -139,7 +139,7 @@ def finetune_for_target(
     params = student.parameters()
     for name in trained:
         params[name].requires_grad_(True)
-    qmax = quant_limits(target.scheme().weight)[1]
+    qmax = quant_range(target.scheme().weight)[1]
     res = distill(
         student,
         teacher,

@@ -1,4 +1,11 @@
-"""Writing QDQ into the IR: activation Q/DQ pairs, int8 weights + DQ, int32 biases, shared scales."""
+"""Writing QDQ into the IR: activation Q/DQ pairs, int8 weights + DQ, int32 biases, shared scales.
+
+Activations: s, z from the calibrated range by :func:`compute_qparams` under the scheme's
+activation :class:`TensorQuant`. Weights: symmetric, s[c] = max(max|W_c| / q_max, MIN_SCALE) per
+output channel c (the axis from :mod:`autoglm_compress.ir_ops`), W_q = clamp(round(W / s), q_min,
+q_max) with (q_min, q_max) = :func:`quant_range`. Biases: b_q = round(b / (s_x · s_w[c])) in int32.
+:mod:`.qdq_read` reads these parameters back from any QDQ graph.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +14,44 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from autoglm_compress.calibration.qparams import compute_qparams
-from autoglm_compress.ir_utils import add_initializer
-from autoglm_compress.quantization.scheme import (
-    WEIGHT_INPUTS,
-    QuantScheme,
-    TensorQuant,
-    weight_axis,
+from autoglm_compress.calibration.qparams import MIN_SCALE, compute_qparams, quant_range
+from autoglm_compress.errors import ModelLoadError
+from autoglm_compress.ir_ops import (
+    bias_input,
+    const_array,
+    out_channel_axis,
+    weight_input,
+    weight_value,
 )
+from autoglm_compress.ir_utils import add_initializer
+from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
 
-__all__ = ["QDQWriter", "shared_scale_groups", "weight_qparams", "quant_limits", "const_array"]
+__all__ = [
+    "QDQWriter",
+    "shared_scale_groups",
+    "weight_qparams",
+    "quantize_array",
+    "weight_quant_axis",
+    "const_array",
+]
 
 logger = logging.getLogger(__name__)
 _NP = {"int8": np.int8, "uint8": np.uint8}
-MIN_SCALE = 1e-8  # guard: a zero-width weight channel still gets a finite, positive scale
 
 
-def quant_limits(tq: TensorQuant) -> tuple[int, int]:
-    bits = 7 if tq.reduce_range else 8
-    if tq.dtype == "uint8":
-        return 0, 2**bits - 1
-    lo = -(2 ** (bits - 1)) + (1 if tq.narrow_range else 0)
-    return lo, 2 ** (bits - 1) - 1
+def weight_quant_axis(node: ir.Node, w: np.ndarray, tq: TensorQuant) -> int | None:
+    """Axis of ``node``'s weight scales under ``tq``: the output-channel axis when per-channel
+    (MatMul only for a 2-D [K, N] weight), None (one scale) otherwise."""
+    if not tq.per_channel or w.ndim < 2 or (node.op_type == "MatMul" and w.ndim != 2):
+        return None
+    return out_channel_axis(node, w.ndim)
 
 
 def weight_qparams(
     w: np.ndarray, axis: int | None, tq: TensorQuant
 ) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric weight scales: s[c] = max|W_c| / q_max (per channel along ``axis``, or one)."""
-    _, qmax = quant_limits(tq)
+    _, qmax = quant_range(tq)
     if axis is None:
         amax = np.abs(w).max(keepdims=False).reshape(())
     else:
@@ -44,23 +60,13 @@ def weight_qparams(
     return scale, np.zeros(scale.shape, dtype=_NP[tq.dtype])
 
 
-def _quantize_array(
+def quantize_array(
     w: np.ndarray, scale: np.ndarray, axis: int | None, tq: TensorQuant
 ) -> np.ndarray:
-    lo, hi = quant_limits(tq)
+    """q = clamp(round(w / s), q_min, q_max) with ``s`` broadcast along ``axis`` (zero point 0)."""
+    lo, hi = quant_range(tq)
     s = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
     return np.clip(np.round(w / s), lo, hi).astype(_NP[tq.dtype])
-
-
-def const_array(v: ir.Value) -> np.ndarray | None:
-    if v is None:
-        return None
-    if v.const_value is not None:
-        return v.const_value.numpy()
-    p = v.producer()
-    if p is not None and p.op_type == "Constant" and "value" in p.attributes:
-        return p.attributes["value"].as_tensor().numpy()
-    return None
 
 
 def shared_scale_groups(g: ir.Graph, scheme: QuantScheme, ranges: dict, targets: dict) -> dict:
@@ -110,9 +116,7 @@ class QDQWriter:
 
     def quantize_activation(self, value: ir.Value, lo: float, hi: float) -> ir.Value:
         tq = self.scheme.activation
-        scale, zp = compute_qparams(
-            np.float32(lo), np.float32(hi), tq.dtype, tq.symmetric, tq.narrow_range, tq.reduce_range
-        )
+        scale, zp = compute_qparams(np.float32(lo), np.float32(hi), tq, name=value.name)
         s = self._const(f"{value.name}_scale", np.asarray(scale, np.float32).reshape(()))
         z = self._const(f"{value.name}_zp", np.asarray(zp).astype(_NP[tq.dtype]).reshape(()))
         q = ir.node("QuantizeLinear", [value, s, z], name=f"{value.name}_Q")
@@ -137,23 +141,18 @@ class QDQWriter:
         return dq.outputs[0]
 
     def quantize_weights(self, node: ir.Node) -> None:
-        w_idx, _, b_idx = WEIGHT_INPUTS[node.op_type]
-        axis = weight_axis(node)
-        w_val = node.inputs[w_idx] if len(node.inputs) > w_idx else None
+        w_idx, b_idx = weight_input(node), bias_input(node)
+        w_val = weight_value(node)
         w = const_array(w_val)
         if w is None or w.dtype != np.float32:
             return
         if not np.isfinite(w).all():
-            from autoglm_compress.errors import ModelLoadError
-
             raise ModelLoadError(
                 f"weights {w_val.name!r} of node {node.name!r} hold NaN or Inf; "
                 "fix the model before quantizing"
             )
         tq = self.scheme.weight
-        ax = axis if tq.per_channel and w.ndim > 1 else None
-        if node.op_type == "MatMul" and w.ndim != 2:
-            ax = None
+        ax = weight_quant_axis(node, w, tq)
         key = (w_val.name, ax)
         if key not in self._wcache:
             scale, zp = weight_qparams(w, ax, tq)
@@ -186,7 +185,7 @@ class QDQWriter:
                 and not self.fake_weights
                 and len(node.inputs) > b_idx
             ):
-                self._quantize_bias(node, b_idx, layer["input_scale"], scale, w.shape[axis])
+                self._quantize_bias(node, b_idx, layer["input_scale"], scale)
         self.layers.append(layer)
 
     def _weight_source(self, w_val, w, s, z, ax, attrs, node) -> ir.Value:
@@ -194,7 +193,7 @@ class QDQWriter:
         tq = self.scheme.weight
         if not self.fake_weights:
             return self._const(
-                f"{w_val.name}_quantized", _quantize_array(w, s.const_value.numpy(), ax, tq)
+                f"{w_val.name}_quantized", quantize_array(w, s.const_value.numpy(), ax, tq)
             )
         q = ir.node("QuantizeLinear", [w_val, s, z], attributes=attrs, name=f"{w_val.name}_Q")
         q.outputs[0].name, q.outputs[0].dtype = f"{w_val.name}_q", _dtype(tq.dtype)
@@ -202,12 +201,11 @@ class QDQWriter:
         self.g.insert_before(node, q)
         return q.outputs[0]
 
-    def _quantize_bias(
-        self, node: ir.Node, b_idx: int, s_x: float, s_w: np.ndarray, n_out: int
-    ) -> None:
+    def _quantize_bias(self, node: ir.Node, b_idx: int, s_x: float, s_w: np.ndarray) -> None:
+        """b_q = round(b / (s_x · s_w[c])) in int32, for a 1-D bias of one value per channel."""
         b_val = node.inputs[b_idx]
         b = const_array(b_val)
-        if b is None or b.ndim != 1 or b.shape[0] != n_out:
+        if b is None or b.ndim != 1 or (s_w.ndim == 1 and b.shape[0] != s_w.shape[0]):
             return
         bs = (np.float32(s_x) * np.broadcast_to(s_w, b.shape)).astype(np.float32)
         bq = np.clip(np.round(b / bs), -(2**31), 2**31 - 1).astype(np.int32)

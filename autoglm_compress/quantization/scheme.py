@@ -4,13 +4,20 @@ Generic code observes tensors, turns ranges into qparams under a scheme, and wri
 owns its scheme(s): x86/onnxruntime wants uint8 asymmetric activations (fused either way on AVX2),
 TensorRT wants symmetric int8 with zero point 0, TFLite int8 asymmetric activations with shared scales
 through pooling/concat/reshape.
+
+A :class:`TensorQuant`'s integer limits are
+:func:`autoglm_compress.calibration.qparams.quant_range`; where a weighted op keeps its weight and
+which axis is its output channel is :mod:`autoglm_compress.ir_ops`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
-__all__ = ["TensorQuant", "QuantScheme", "WEIGHT_INPUTS", "weight_axis"]
+__all__ = ["TensorQuant", "QuantScheme"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,27 +27,6 @@ class TensorQuant:
     per_channel: bool = False
     narrow_range: bool = False  # [-127, 127] instead of [-128, 127]
     reduce_range: bool = False  # 7-bit range (avoids u8·s8 int16 saturation without VNNI)
-
-
-# op -> (index of the weight input, per-channel axis of that weight, index of the bias input or None).
-# Gemm's axis depends on transB and MatMul's weight is [K, N] (channels on axis 1): resolved in code.
-WEIGHT_INPUTS: dict[str, tuple[int, int, int | None]] = {
-    "Conv": (1, 0, 2),
-    "ConvTranspose": (1, 1, 2),
-    "Gemm": (1, 0, 2),
-    "MatMul": (1, 1, None),
-}
-
-
-def weight_axis(node) -> int:
-    """Output-channel axis of ``node``'s weight: the table's, Gemm by transB, MatMul's last axis."""
-    axis = WEIGHT_INPUTS[node.op_type][1]
-    if node.op_type == "Gemm" and not node.attributes.get_int("transB", 0):
-        return 1
-    if node.op_type == "MatMul":
-        w = node.inputs[1]
-        return (w.shape.rank() - 1) if w is not None and w.shape is not None else 1
-    return axis
 
 
 @dataclasses.dataclass(frozen=True)

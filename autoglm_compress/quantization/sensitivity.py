@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from autoglm_compress.quantization.scheme import WEIGHT_INPUTS
+from autoglm_compress.ir_ops import is_weighted
 
 __all__ = ["sqnr_db", "layer_sqnr", "weighted_nodes", "isolated_sensitivity"]
 
@@ -31,7 +31,7 @@ def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def weighted_nodes(model: ir.Model) -> list[ir.Node]:
-    return [n for n in model.graph if n.op_type in WEIGHT_INPUTS]
+    return [n for n in model.graph if is_weighted(n)]
 
 
 def _runner(model: ir.Model, names: list[str]):

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from autoglm_compress.quantization.qdq import const_array
-from autoglm_compress.quantization.scheme import WEIGHT_INPUTS, weight_axis
+from autoglm_compress.ir_ops import const_array, is_weighted, out_channel_axis, weight_input
 
 __all__ = ["check_tensorrt_rules"]
 
@@ -34,7 +33,7 @@ def _check_qdq(node: ir.Node, errors: list[str]) -> None:
 
 def _check_weight(node: ir.Node, errors: list[str]) -> bool:
     """True when the node's weight comes through a DequantizeLinear (a quantized layer)."""
-    w_idx = WEIGHT_INPUTS[node.op_type][0]
+    w_idx = weight_input(node)
     w = node.inputs[w_idx] if len(node.inputs) > w_idx else None
     dq = w.producer() if w is not None else None
     if dq is None or dq.op_type != "DequantizeLinear":
@@ -45,7 +44,7 @@ def _check_weight(node: ir.Node, errors: list[str]) -> bool:
     if q.dtype == np.int8 and (q == -128).any():
         errors.append(f"{node.name}: weights must lie in [-127, 127] (narrow range)")
     if scale is not None and scale.size > 1:
-        axis, want = dq.attributes.get_int("axis", 1) % q.ndim, weight_axis(node)
+        axis, want = dq.attributes.get_int("axis", 1) % q.ndim, out_channel_axis(node, q.ndim)
         if node.op_type == "MatMul" and q.ndim != 2:
             errors.append(f"{node.name}: per-channel MatMul weights must be 2-D [K, N]")
         elif axis != want % q.ndim or scale.size != q.shape[axis]:
@@ -72,7 +71,7 @@ def check_tensorrt_rules(model: ir.Model) -> dict:
             is_act_q = node.op_type == "QuantizeLinear" and const_array(w) is None
             if is_act_q and scale is not None and scale.size > 1:
                 errors.append(f"{node.name}: activation scales must be per-tensor")
-        elif node.op_type in WEIGHT_INPUTS and _check_weight(node, errors):
+        elif is_weighted(node) and _check_weight(node, errors):
             layers += 1
             x = node.inputs[0]
             p = x.producer() if x is not None else None

@@ -1,0 +1,262 @@
+"""``CompressConfig``: the one typed description of a compression run.
+
+The CLI options (cli_options.py), the Python API (``compress(config)`` / ``compress(path, **fields)``)
+and recipe files (recipe.py, TOML) are all generated from these frozen dataclasses. Each field carries
+its help text and CLI spelling in ``metadata`` (made with :func:`field`); adding an option is one field.
+
+Every field has a *flat name* (``calib_method``), unique across sections: the API keyword and, with
+``_`` → ``-``, the CLI option (``--calib-method``), unless ``cli=`` spells the option otherwise.
+This module imports neither torch nor onnx_ir (``--help`` must start fast).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+__all__ = [
+    "field",
+    "LoadConfig",
+    "ImageConfig",
+    "CalibrationConfig",
+    "Int8Config",
+    "QATOptions",
+    "VerifyConfig",
+    "GateConfig",
+    "DebugConfig",
+    "CompressConfig",
+    "PRECISIONS",
+    "CALIB_METHODS",
+]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
+def field(
+    default: Any,
+    help: str,  # noqa: A002 - mirrors click's naming
+    *,
+    flat: str | None = None,
+    cli: str | None = None,
+    choices: tuple | None = None,
+    min: float | None = None,  # noqa: A002
+    max: float | None = None,  # noqa: A002
+    metavar: str | None = None,
+    path: bool = False,
+    group: str | None = None,
+) -> Any:
+    """A config field: default, help, and how the CLI spells it. ``min``/``max`` bound numbers
+    (inclusive); ``path``: relative paths in a recipe are taken from the recipe's folder."""
+    meta = {"help": help, "flat": flat, "cli": cli, "choices": choices, "min": min, "max": max}
+    meta.update(metavar=metavar, path=path, group=group)
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    if dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadConfig:
+    """Load"""
+
+    input_shapes: tuple[str, ...] = field(
+        (),
+        "Shape (and dtype) of an input the model does not fix, NAME=1x3x224x224[:dtype]. Repeatable.",
+        cli="--input-shape",
+        metavar="NAME=DIMS[:dtype]",
+    )
+    trust_pickle: bool = field(
+        False, "Allow loading a pickled nn.Module (unpickling runs code from the file)."
+    )
+    static_shapes: bool = field(
+        False, "Fix symbolic input dims (batch …) in the artifacts to the shapes of the data used."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+    """Image preprocessing (calibration image folders)"""
+
+    size: tuple[int, ...] = field(
+        (),
+        "Resize: one int = shorter side (aspect kept), HxW = exact; default: the crop's larger side.",
+        flat="image_size",
+        metavar="N|HxW",
+    )
+    crop: tuple[int, ...] = field(
+        (), "Center crop HxW (or N); default: the model input's H, W.", flat="image_crop",
+        metavar="N|HxW",
+    )
+    scale: float = field(
+        1.0 / 255.0, "Pixel scale: a = pixel * scale (before mean/std).", flat="image_scale", min=0.0
+    )
+    mean: tuple[float, ...] = field(
+        (0.0,), "Per-channel mean subtracted after scaling, e.g. 0.5,0.5,0.5 for [-1, 1] models.",
+        flat="image_mean", metavar="M[,M,M]",
+    )
+    std: tuple[float, ...] = field(
+        (1.0,), "Per-channel std divided after the mean, e.g. 0.5,0.5,0.5.", flat="image_std",
+        metavar="S[,S,S]",
+    )
+    layout: str | None = field(
+        None, "NCHW or NHWC; default: inferred from the model input.", flat="image_layout",
+        choices=("NCHW", "NHWC"),
+    )
+    channel_order: str = field(
+        "RGB", "Channel order the model expects.", flat="image_channel_order",
+        choices=("RGB", "BGR"),
+    )
+    grayscale: bool | None = field(
+        None, "Decode as one channel; default: inferred from the model input.",
+        flat="image_grayscale",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    """Calibration"""
+
+    data: str | None = field(
+        None,
+        "Calibration data: .npz/.npy (arrays named like the inputs), an image folder, or "
+        "module:function yielding dicts of arrays.",
+        flat="calib",
+        metavar="DATA",
+        path=True,
+    )
+    method: str = field("minmax", "Range estimator.", flat="calib_method", choices=CALIB_METHODS)
+    samples: int = field(128, "Calibration samples to use.", flat="calib_samples", min=1)
+    random: bool = field(
+        False, "Calibrate on random data (flagged in the report).", flat="calib_random"
+    )
+    image: ImageConfig = field(ImageConfig(), "Image preprocessing.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Config:
+    """INT8"""
+
+    keep_fp32: tuple[str, ...] = field(
+        (), "Node name or op type (glob) to leave in float. Repeatable.", metavar="PATTERN"
+    )
+    per_tensor: bool = field(False, "Per-tensor weight scales instead of per-channel.")
+    bias_correction: bool = field(
+        True, "Remove the mean output shift of quantized weights (calibration channel means)."
+    )
+    smoothquant: float | None = field(
+        None,
+        "Migrate activation outliers of LayerNorm→MatMul into weights (e.g. 0.5) before INT8.",
+        metavar="ALPHA",
+        min=0.0,
+        max=1.0,
+    )
+    equalize: bool = field(
+        False, "Cross-layer equalization of Conv→[Relu]→Conv pairs (exact in FP32) before INT8."
+    )
+    latency_guard: bool = field(
+        False,
+        "x86 INT8: leave op types in float where onnxruntime runs them slower in int8 (measured).",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class QATOptions:
+    """Quantization-aware training"""
+
+    steps: int = field(
+        0,
+        "INT8: fine-tune the quantized weights for N steps by distillation from FP32 (fake-quant "
+        "in the torch executor, on CUDA when present); 0 = off.",
+        flat="qat_steps",
+        metavar="N",
+        min=0,
+    )
+    lr: float = field(1e-4, "QAT learning rate (Adam).", flat="qat_lr", min=0.0)
+    batch: int = field(16, "QAT samples per step.", flat="qat_batch", min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyConfig:
+    """Verification"""
+
+    eval_data: str | None = field(
+        None, ".npz eval data; a 'labels' array adds accuracy.", cli="--eval", metavar="NPZ",
+        path=True,
+    )
+    samples: int = field(64, "Samples used for verification.", min=1)
+    latency_repeats: int = field(30, "Timed runs per model.", min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    """Quality gates (exit 3)"""
+
+    min_cosine: float | None = field(
+        None, "Fail when an artifact's cosine vs FP32 is lower (INT8: fall back layers to FP32 to "
+        "reach it).", min=-1.0, max=1.0,
+    )
+    max_drop: float | None = field(
+        None, "Fail when accuracy on the --eval labels drops by more than this (e.g. 0.01).",
+        min=0.0, max=1.0,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DebugConfig:
+    """Debugging"""
+
+    dump_ir_after: tuple[str, ...] = field((), "Write the IR after this pass.", metavar="PASS")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressConfig:
+    """A compression run: model → passes → per-target lowering → verified artifacts + report."""
+
+    model: str = field("", "The model: TorchScript .pt, torch.export .pt2, ONNX.", path=True)
+    out_dir: str = field("out", "Output folder.", cli="-o/--out", path=True, group="Output")
+    targets: tuple[str, ...] = field(
+        ("x86",), "Target to lower to (x86, cuda, …). Repeatable.", cli="--target", group="Output"
+    )
+    precision: str = field(
+        "fp32", "fp32, fp16 or int8 (also --fp16 / --int8).", choices=PRECISIONS, group="Output"
+    )
+    passes: tuple[str, ...] | None = field(
+        None,
+        "Comma-separated pass list replacing the default (cleanup,fold_bn).",
+        metavar="A,B",
+        group="Output",
+    )
+    load: LoadConfig = field(LoadConfig(), "Loading.")
+    calibration: CalibrationConfig = field(CalibrationConfig(), "Calibration.")
+    int8: Int8Config = field(Int8Config(), "INT8 quantization.")
+    qat: QATOptions = field(QATOptions(), "Quantization-aware training.")
+    verify: VerifyConfig = field(VerifyConfig(), "Verification.")
+    gates: GateConfig = field(GateConfig(), "Quality gates.")
+    debug: DebugConfig = field(DebugConfig(), "Debugging.")
+    target_options: dict = field({}, "Per-target options, by target name.")
+
+    @property
+    def pass_names(self) -> list[str]:
+        """The pipeline: the given passes (default cleanup, fold_bn) plus those the options imply."""
+        names = list(self.passes) if self.passes is not None else ["cleanup", "fold_bn"]
+        if self.int8.equalize and "equalize" not in names:
+            names.append("equalize")
+        if self.int8.smoothquant is not None and self.precision == "int8":
+            names.append("smoothquant")
+        return names
+
+    def options_for(self, target: str):
+        """The target's option dataclass: given in ``target_options`` or its defaults."""
+        if target in self.target_options:
+            return self.target_options[target]
+        from autoglm_compress.targets.registry import target_options_class
+
+        return target_options_class(target)()
+
+
+def type_hints(cls) -> dict[str, Any]:
+    """Resolved annotations of a config dataclass (strings under ``from __future__``)."""
+    return typing.get_type_hints(cls)
