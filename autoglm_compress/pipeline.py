@@ -13,8 +13,9 @@ from tqdm import tqdm
 from autoglm_compress.errors import CompressError, PassError
 from autoglm_compress.ir_utils import check, save_atomic
 from autoglm_compress.passes.base import CompressPass, get_pass
+from autoglm_compress.passes.context import PassContext
 
-__all__ = ["Pipeline", "PassRecord", "build_passes"]
+__all__ = ["Pipeline", "PassRecord", "PassContext", "build_passes", "infer_shapes"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,43 @@ def build_passes(names: list[str], configs: dict[str, dict] | None = None) -> li
         cls = get_pass(name)
         kwargs = (configs or {}).get(name, {})
         out.append(cls(cls.config_class(**kwargs)))
+    return out
+
+
+def infer_shapes(model: ir.Model) -> ir.Model:
+    """Value shapes re-inferred (onnx shape inference) after a pass that changed them: in place
+    when possible (the same model object, so in-place passes stay in place)."""
+    import onnx
+
+    from autoglm_compress.ir_utils import from_proto, to_proto
+
+    proto = onnx.shape_inference.infer_shapes(to_proto(model), strict_mode=False, data_prop=True)
+    inferred = from_proto(proto)
+    shapes = {v.name: (v.shape, v.dtype) for v in _values(inferred.graph)}
+    for v in _values(model.graph):
+        if v.name in shapes and shapes[v.name][0] is not None:
+            v.shape, v.dtype = shapes[v.name][0], shapes[v.name][1] or v.dtype
+    return model
+
+
+def _values(g: ir.Graph):
+    for node in g:
+        yield from (o for o in node.outputs)
+
+
+def _config_dict(config) -> dict:
+    """The pass config for the report: plain values (schemes by name, callables and arrays as
+    their kind), so a record is JSON."""
+    out = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if hasattr(v, "name") and dataclasses.is_dataclass(v):
+            v = v.name
+        elif callable(v) or (isinstance(v, dict) and len(v) > 16):
+            v = f"<{type(v).__name__}>"
+        elif isinstance(v, dict):
+            v = {k: (x.tolist() if hasattr(x, "tolist") else x) for k, x in v.items()}
+        out[f.name] = v
     return out
 
 
@@ -62,7 +100,25 @@ class Pipeline:
                 f"({', '.join(p.name for p in passes) or 'no passes'})"
             )
 
-    def run(self, model: ir.Model) -> list[PassRecord]:
+    def check_needs(self, ctx: PassContext | None) -> None:
+        """Every pass's needs against ``ctx``, before the first pass runs."""
+        ctx = ctx if ctx is not None else PassContext()
+        for p in self.passes:
+            ctx.check(p.name, p.required())
+
+    def run(self, model: ir.Model, ctx: PassContext | None = None) -> list[PassRecord]:
+        """Run the passes in place on ``model`` (in-place passes only); the records."""
+        out, records = self.apply(model, ctx)
+        if out is not model:
+            raise PassError("pipeline", [r.name for r in records], "a pass replaced the model")
+        return records
+
+    def apply(
+        self, model: ir.Model, ctx: PassContext | None = None
+    ) -> tuple[ir.Model, list[PassRecord]]:
+        """Run the passes (a pass may return a new model); the final model and the records."""
+        ctx = ctx if ctx is not None else PassContext()
+        self.check_needs(ctx)
         records: list[PassRecord] = []
         bar = tqdm(
             self.passes,
@@ -74,27 +130,33 @@ class Pipeline:
         for p in bar:
             bar.set_postfix_str(p.name)
             t0 = time.perf_counter()
+            p.ctx = ctx
             try:
                 result = p(model)
+                model = result.model
+                if result.modified and p.changes_shapes:
+                    model = infer_shapes(model)
                 if self.check_ir and result.modified:  # an unchanged IR was checked already
-                    check(result.model)
+                    check(model)
             except CompressError:
                 raise
             except Exception as e:  # noqa: BLE001 - wrap with the pass context
                 cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise PassError(p.name, [r.name for r in records], cause) from e
+            finally:
+                p.ctx = None
             rec = PassRecord(
                 p.name,
                 dict(p.stats),
                 round(time.perf_counter() - t0, 4),
                 result.modified,
-                dataclasses.asdict(p.config),
+                _config_dict(p.config),
             )
             records.append(rec)
             logger.info("pass %-10s %.2fs %s", p.name, rec.seconds, rec.stats)
             if p.name in self.dump_ir_after:
                 self._dump(model, p.name)
-        return records
+        return model, records
 
     def _dump(self, model: ir.Model, name: str) -> None:
         folder = self.dump_dir or Path(".")

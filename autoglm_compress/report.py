@@ -1,4 +1,5 @@
-"""report.json (machine-readable) and the short summary table printed at the end of a run."""
+"""report.json (machine-readable, versioned: ``report_schema.json`` beside this file describes it)
+and the short summary table printed at the end of a run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,21 @@ from pathlib import Path
 from autoglm_compress.ir_utils import write_bytes_atomic
 from autoglm_compress.metrics import accuracy_output, flag_messages
 
-__all__ = ["write_report", "summary_table"]
+__all__ = ["REPORT_SCHEMA_VERSION", "write_report", "summary_table", "validate_report", "schema"]
+
+REPORT_SCHEMA_VERSION = "2.0"
+SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
+
+
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate_report(report: dict) -> None:
+    """Raise ``jsonschema.ValidationError`` when ``report`` does not follow the schema."""
+    import jsonschema
+
+    jsonschema.validate(json.loads(json.dumps(report, default=str)), schema())
 
 
 def write_report(report: dict, path: Path) -> Path:
@@ -22,6 +37,7 @@ def _fmt_size(n: int) -> str:
 def summary_table(report: dict) -> str:
     rows = [("artifact", "size", "cosine", "max|err|", "top-1", "acc", "latency", "vs fp32")]
     flagged: list[str] = []
+    footnotes: list[str] = []
     for a in report["artifacts"]:
         fid = a.get("fidelity", {})
         outs = list(fid.get("outputs", {}).values())
@@ -32,7 +48,9 @@ def summary_table(report: dict) -> str:
         acc_s = "-" if acc is None else f"{acc:.3f} ({cls['accuracy_ref']:.3f})"
         top1 = cls.get("top1_agreement")
         max_err = max((m.get("max_abs_err", float("nan")) for m in outs), default=float("nan"))
-        flagged += flag_messages(fid, Path(a["path"]).name)
+        name = Path(a["path"]).name
+        flagged += flag_messages(fid, name)
+        footnotes += _footnotes(a, name)
         rows.append(
             (
                 Path(a["path"]).name,
@@ -42,7 +60,7 @@ def summary_table(report: dict) -> str:
                 "-" if top1 is None else f"{top1:.3f}",
                 acc_s,
                 f"{lat.get(a['precision'], {}).get('median_ms', float('nan')):.3f} ms",
-                f"{lat.get('speedup_vs_fp32', float('nan')):.2f}x",
+                _speed(lat.get("speedup_vs_fp32")),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -54,5 +72,25 @@ def summary_table(report: dict) -> str:
         f"passes: {', '.join(p['name'] for p in report['passes']) or 'none'}; "
         f"verified on {report['verification']['samples']} {report['verification']['source']} samples"
     )
-    lines += [f"flagged: {f}" for f in flagged]
+    lines += [f"flagged: {f}" for f in flagged] + footnotes
     return head + "\n" + "\n".join(lines)
+
+
+def _speed(ratio) -> str:
+    if ratio is None or ratio != ratio:
+        return "-"
+    return f"{ratio:.2f}× faster" if ratio >= 1.0 else f"{ratio:.2f}× (slower)"
+
+
+def _footnotes(a: dict, name: str) -> list[str]:
+    out = []
+    layers = a.get("layers") or {}
+    if a["precision"] == "int8" and layers and layers.get("int8", 1) == 0:
+        out.append(
+            f"WARNING: {name} is labelled int8 but no layer runs in int8 "
+            "(every quantizable layer fell back to FP32)"
+        )
+    measured = (a.get("latency") or {}).get("measured_on", "")
+    if a["target"] != "x86" and "onnxruntime" in measured:
+        out.append(f"note: {name} latency measured with {measured}, not on the target")
+    return out

@@ -29,7 +29,7 @@ def main() -> None:
     from autoglm_compress.inputs import random_feeds
     from autoglm_compress.quantization.collect import collect_stats
     from autoglm_compress.runtime import TorchExecutor
-    from autoglm_compress.targets.engine import tensorrt_available
+    from autoglm_compress.targets.cuda.engine import tensorrt_available
 
     res = {
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -125,14 +125,14 @@ def quantize_one(tool: str, method: str, fp32: str, calib: str, out: str, sample
         from autoglm_compress import load
         from autoglm_compress.ir_utils import save_atomic
         from autoglm_compress.quantization.collect import collect_stats
-        from autoglm_compress.quantization.flow import _quantize
+        from tests.qhelpers import quantize_with as _quantize
         from autoglm_compress.targets.x86 import X86Target
 
         t0 = time.perf_counter()
         model = load(fp32, simplify=False)
         feeds = _cycle(_per_sample(Path(calib)), samples)
         stats = collect_stats(model, feeds, method, limit=samples)
-        q, _, _ = _quantize(model, X86Target(), stats, (), False)
+        q, _ = _quantize(model, X86Target(), stats, (), False)
         save_atomic(q, out)
     else:
         from onnxruntime.quantization import (
@@ -203,7 +203,7 @@ def run_sub(tool, method, fp32, calib, out, samples) -> dict:
 def evaluate(fp32: Path, artifacts: dict[str, Path], eval_npz: Path, labels) -> dict:
     from autoglm_compress.ir_utils import ort_run, ort_session
     from autoglm_compress.metrics import compare_latency, fidelity
-    from autoglm_compress.targets.ort_fusion import fusion_report
+    from autoglm_compress.targets.x86.fusion import fusion_report
 
     feeds = _per_sample(eval_npz)
     ref_sess = ort_session(str(fp32))

@@ -84,8 +84,8 @@ def bench_model(name, path, steps: int) -> list[dict]:
     from autoglm_compress.inputs import load_npz_feeds
     from autoglm_compress.ir_utils import ort_run, ort_session
     from autoglm_compress.pipeline import Pipeline, build_passes
-    from autoglm_compress.quantization.flow import _quantize, calibrate
-    from autoglm_compress.quantization.qat import QATConfig, finetune_for_target
+    from tests.qhelpers import calibrate_with as calibrate, quantize_with as _quantize
+    from tests.qhelpers import finetune_with
     from autoglm_compress.targets.cuda import CudaTarget
     from autoglm_compress.targets.x86 import X86Target
 
@@ -104,11 +104,9 @@ def bench_model(name, path, steps: int) -> list[dict]:
         (CudaTarget(), False),
         (CudaTarget(), True),
     ]:
-        ptq, _, _ = _quantize(model, tgt, stats, [], per_tensor, True)
+        ptq, _ = _quantize(model, tgt, stats, [], per_tensor, True)
         t0 = time.perf_counter()
-        q, _, rec = finetune_for_target(
-            model, ptq, tgt, stats, [], per_tensor, True, QATConfig(steps=steps)
-        )
+        q, _, rec = finetune_with(model, ptq, tgt, stats, steps=steps, per_tensor=per_tensor)
         row = {
             "model": name,
             "target": tgt.name,

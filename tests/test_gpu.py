@@ -58,18 +58,16 @@ def test_qat_runs_on_cuda():
 
     from autoglm_compress.ir_utils import check
     from autoglm_compress.pipeline import Pipeline, build_passes
-    from autoglm_compress.quantization.flow import _quantize, calibrate
-    from autoglm_compress.quantization.qat import QATConfig, finetune_for_target
+    from tests.qhelpers import calibrate_with as calibrate, quantize_with as _quantize
+    from tests.qhelpers import finetune_with
     from autoglm_compress.targets.cuda import CudaTarget
 
     root = Path(__file__).resolve().parents[1] / "examples"
     model = load(root / "digits_cnn.pt")
     Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)
     stats, _ = calibrate(model, str(root / "digits_calib.npz"), "minmax", 128, False, False)
-    ptq, _, _ = _quantize(model, CudaTarget(), stats, [], False, True)
-    q, _, rec = finetune_for_target(
-        model, ptq, CudaTarget(), stats, [], False, True, QATConfig(steps=150)
-    )
+    ptq, _ = _quantize(model, CudaTarget(), stats, [], False, True)
+    q, _, rec = finetune_with(model, ptq, CudaTarget(), stats, steps=150)
     s = rec.stats
     assert s["device"].startswith("cuda") and s["batched"], s
     assert s["loss_after"] < 0.8 * s["loss_before"], s

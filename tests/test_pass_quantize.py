@@ -13,9 +13,9 @@ from autoglm_compress.ir_utils import check, ort_run, ort_session, save_atomic
 from autoglm_compress.metrics import fidelity
 from autoglm_compress.pipeline import Pipeline, build_passes
 from autoglm_compress.quantization.collect import collect_stats
-from autoglm_compress.quantization.flow import _quantize
+from tests.qhelpers import quantize_with as _quantize
 from autoglm_compress.targets.cuda import CudaTarget
-from autoglm_compress.targets.ort_fusion import fusion_report
+from autoglm_compress.targets.x86.fusion import fusion_report
 from autoglm_compress.targets.x86 import X86Target
 
 
@@ -41,7 +41,7 @@ def _cos(fp32, q, feeds):
 
 def test_x86_qdq_fuses_every_conv(cnn, tmp_path):
     model, stats, feeds = cnn
-    q, qs, _ = _quantize(model, X86Target(), stats, (), False)
+    q, qs = _quantize(model, X86Target(), stats, (), False)
     check(q)
     n_w = sum(1 for op in _ops(model) if op in ("Conv", "Gemm", "MatMul"))
     assert qs["weights_quantized"] == n_w and qs["biases_int32"] == n_w
@@ -59,7 +59,7 @@ def test_x86_qdq_fuses_every_conv(cnn, tmp_path):
 
 def test_tensorrt_scheme_symmetric_inputs_only(cnn):
     model, stats, feeds = cnn
-    q, qs, _ = _quantize(model, CudaTarget(), stats, (), False)
+    q, qs = _quantize(model, CudaTarget(), stats, (), False)
     check(q)
     for n in q.graph:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.inputs) > 2:
@@ -84,20 +84,20 @@ def test_tensorrt_scheme_symmetric_inputs_only(cnn):
 
 def test_keep_fp32_by_op_type_and_name(cnn):
     model, stats, _ = cnn
-    q, qs, _ = _quantize(model, X86Target(), stats, ("Gemm",), False)
+    q, qs = _quantize(model, X86Target(), stats, ("Gemm",), False)
     gemm = next(n for n in q.graph if n.op_type == "Gemm")
     assert (
         gemm.inputs[1].producer() is None or gemm.inputs[1].producer().op_type != "DequantizeLinear"
     )
     first_conv = next(n for n in model.graph if n.op_type == "Conv").name
-    q2, _, _ = _quantize(model, X86Target(), stats, (first_conv,), False)
+    q2, _ = _quantize(model, X86Target(), stats, (first_conv,), False)
     conv = next(n for n in q2.graph if n.name == first_conv)
     assert conv.inputs[1].const_value is not None, "kept conv keeps float weights"
 
 
 def test_per_tensor_weights(cnn):
     model, stats, feeds = cnn
-    q, qs, _ = _quantize(model, X86Target(), stats, (), True)
+    q, qs = _quantize(model, X86Target(), stats, (), True)
     assert all(not layer["per_channel"] for layer in qs["layers"])
     assert _cos(model, q, feeds) > 0.98
 

@@ -14,8 +14,8 @@ from autoglm_compress import load
 from autoglm_compress.inputs import random_feeds
 from autoglm_compress.ir_utils import check, ort_run, ort_session
 from autoglm_compress.metrics import fidelity
-from autoglm_compress.quantization.flow import _quantize
-from autoglm_compress.quantization.qat import QATConfig, finetune_for_target
+from tests.qhelpers import quantize_with as _quantize
+from tests.qhelpers import finetune_with
 from autoglm_compress.runtime import TorchExecutor
 from autoglm_compress.runtime import train_loop
 from autoglm_compress.targets.cuda import CudaTarget
@@ -50,10 +50,8 @@ def _ops(model):
 )
 def test_qat_cuts_int8_error_on_held_out_data(digits, target, ratio):
     model, stats, feeds, _, ref = digits
-    ptq, _, _ = _quantize(model, target, stats, [], False, True)
-    q, src, rec = finetune_for_target(
-        model, ptq, target, stats, [], False, True, QATConfig(steps=150, lr=1e-4)
-    )
+    ptq, _ = _quantize(model, target, stats, [], False, True)
+    q, src, rec = finetune_with(model, ptq, target, stats, steps=150, lr=1e-4)
     s = rec.stats
     assert s["kept"] == "qat" and rec.modified and s["tensors_trained"] == 8
     assert s["batched"] and s["loss_after"] < 0.7 * s["loss_before"], s
@@ -72,11 +70,11 @@ def test_exported_model_is_the_trained_student(digits):
     """The training graph (float W → Q → DQ) and the exported int8 model agree in onnxruntime."""
     model, stats, feeds, _, ref = digits
     target = X86Target()
-    train, _, _ = _quantize(model, target, stats, [], False, False, True)
+    train, _ = _quantize(model, target, stats, [], False, False, True)
     check(train)
     qs = [n for n in train.graph if n.op_type == "QuantizeLinear"]
     assert sum(n.inputs[0].name in train.graph.initializers for n in qs) == 4
-    exported, _, _ = _quantize(model, target, stats, [], False, False)
+    exported, _ = _quantize(model, target, stats, [], False, False)
     a, b = ort_session(train), ort_session(exported)
     for f in feeds[:32]:
         np.testing.assert_allclose(ort_run(a, f)[0], ort_run(b, f)[0], atol=2e-3, rtol=0)
@@ -85,12 +83,10 @@ def test_exported_model_is_the_trained_student(digits):
 def test_qat_that_does_not_help_keeps_ptq(digits):
     model, stats, feeds, _, ref = digits
     target = X86Target()
-    ptq, _, _ = _quantize(model, target, stats, [], False, True)
-    q, src, rec = finetune_for_target(
-        model, ptq, target, stats, [], False, True, QATConfig(steps=20, lr=0.5)
-    )
+    ptq, _ = _quantize(model, target, stats, [], False, True)
+    q, src, rec = finetune_with(model, ptq, target, stats, steps=20, lr=0.5)
     assert rec.stats["kept"] == "ptq" and not rec.modified, rec.stats
-    assert q is ptq and src is model
+    assert src is model and q.graph.num_nodes() == ptq.graph.num_nodes()
     assert rec.stats["holdout_cosine_qat"] < rec.stats["holdout_cosine_ptq"]
 
 

@@ -13,9 +13,9 @@ from autoglm_compress.errors import UnsupportedOpError
 from autoglm_compress.inputs import random_feeds
 from autoglm_compress.pipeline import Pipeline, build_passes
 from autoglm_compress.quantization.collect import collect_stats
-from autoglm_compress.quantization.flow import _quantize
+from tests.qhelpers import quantize_with as _quantize
 from autoglm_compress.targets.cuda import CudaTarget
-from autoglm_compress.targets.trt_rules import check_tensorrt_rules
+from autoglm_compress.targets.cuda.trt_rules import check_tensorrt_rules
 from autoglm_compress.targets.x86 import X86Target
 
 
@@ -66,7 +66,7 @@ def _calibrated(path):
 
 def test_weight_axes_per_op_follow_tensorrt(deconv):
     model, stats = _calibrated(deconv)
-    q, _, _ = _quantize(model, CudaTarget(), stats, (), False)
+    q, _ = _quantize(model, CudaTarget(), stats, (), False)
     rules = check_tensorrt_rules(q)
     assert rules["violations"] == [] and rules["quantized_layers"] == 3, rules
     assert rules["float_input_layers"] == []
@@ -100,7 +100,7 @@ def test_cuda_int8_artifact_verified_in_onnxruntime(deconv, tmp_path):
 def test_rules_reject_x86_style_qdq(deconv):
     """u8 asymmetric activations (the x86 scheme) break TensorRT's zero-point rule."""
     model, stats = _calibrated(deconv)
-    q, _, _ = _quantize(model, X86Target(), stats, (), False)
+    q, _ = _quantize(model, X86Target(), stats, (), False)
     rules = check_tensorrt_rules(q)
     assert any("zero point must be int8 0" in v for v in rules["violations"])
     with pytest.raises(UnsupportedOpError, match="TensorRT rule: zero point"):
@@ -109,7 +109,7 @@ def test_rules_reject_x86_style_qdq(deconv):
 
 def test_rules_catch_wrong_axis_and_full_range(deconv):
     model, stats = _calibrated(deconv)
-    q, _, _ = _quantize(model, CudaTarget(), stats, (), False)
+    q, _ = _quantize(model, CudaTarget(), stats, (), False)
     deconv_node = next(n for n in q.graph if n.op_type == "ConvTranspose")
     dq = deconv_node.inputs[1].producer()
     dq.attributes["axis"] = onnx_ir_attr("axis", 0)
@@ -132,7 +132,7 @@ def onnx_ir_attr(name, value):
 def test_float_input_layer_is_reported(deconv):
     """A weighted layer whose activation arrives unquantized runs in float in TensorRT: noted."""
     model, stats = _calibrated(deconv)
-    q, _, _ = _quantize(model, CudaTarget(), stats, (), False)
+    q, _ = _quantize(model, CudaTarget(), stats, (), False)
     gemm = next(n for n in q.graph if n.op_type == "Gemm")
     act_dq = gemm.inputs[0].producer()
     gemm.replace_input_with(0, act_dq.inputs[0].producer().inputs[0])  # skip its Q/DQ

@@ -7,4 +7,13 @@ from autoglm_compress.passes.base import CompressPass, PassConfig, get_pass, reg
 __all__ = ["CompressPass", "PassConfig", "get_pass", "register", "registered"]
 
 # Built-in passes register themselves on import.
-from autoglm_compress.passes import cleanup, equalize, fold_bn, fp16, smoothquant  # noqa: E402,F401
+from autoglm_compress.passes import (  # noqa: E402,F401
+    bias_correction,
+    cleanup,
+    equalize,
+    fold_bn,
+    fp16,
+    qat,
+    quantize,
+    smoothquant,
+)

@@ -1,7 +1,8 @@
 """Pass base class and the name registry the CLI and recipes use.
 
-A pass is an ``onnx_ir.passes.InPlacePass``: ``call(model) -> PassResult``. Ours add a typed, frozen
-config dataclass (each field carries a ``help`` in its metadata, from which the CLI help is written)
+A pass is an ``onnx_ir.passes.InPlacePass``: ``call(model) -> PassResult``. Ours add ``needs`` (what it
+reads from the :class:`~autoglm_compress.passes.context.PassContext`: data, teacher, stats, target), a
+typed, frozen config dataclass (each field carries a ``help`` in its metadata, from which the CLI help is written)
 and ``stats``: a small dict of counts saying what the pass changed ("bn_folded": 3), which the
 pipeline logs and writes into the report.
 """
@@ -41,11 +42,20 @@ class CompressPass(InPlacePass):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[PassConfig]] = PassConfig
+    # What the pass reads from its PassContext (passes/context.py); checked before any pass runs.
+    needs: ClassVar[frozenset[str]] = frozenset()
+    # The pass changes value shapes: the pipeline re-infers them afterwards.
+    changes_shapes: ClassVar[bool] = False
 
     def __init__(self, config: PassConfig | None = None):
         super().__init__()
         self.config = config if config is not None else self.config_class()
         self.stats: dict[str, Any] = {}
+        self.ctx = None  # the PassContext, set by the pipeline
+
+    def required(self) -> frozenset[str]:
+        """What this instance needs from the context (a config may supply some of it)."""
+        return self.needs
 
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n

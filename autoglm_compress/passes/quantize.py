@@ -18,7 +18,6 @@ import logging
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from autoglm_compress.errors import ConfigError
 from autoglm_compress.ir_ops import bias_input, is_weighted, weight_input
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 from autoglm_compress.quantization.qdq import QDQWriter, shared_scale_groups
@@ -50,6 +49,10 @@ def _is_float(v: ir.Value | None) -> bool:
 class QuantizePass(CompressPass):
     name = "quantize"
     config_class = QuantizeConfig
+    needs = frozenset({"stats", "target"})
+
+    def required(self) -> frozenset[str]:
+        return frozenset() if self.config.scheme and self.config.ranges else self.needs
 
     def _kept(self, node: ir.Node) -> bool:
         pats = self.config.keep_fp32
@@ -60,16 +63,17 @@ class QuantizePass(CompressPass):
 
     def call(self, model: ir.Model) -> PassResult:
         cfg = self.config
-        if cfg.scheme is None or cfg.ranges is None:
-            raise ConfigError(
-                "quantize pass needs a scheme and calibration ranges (use --int8 with --calib)"
-            )
-        scheme = cfg.scheme
+        scheme = cfg.scheme or self.ctx.target.scheme()
+        ranges = cfg.ranges
+        if ranges is None:
+            stats, symmetric = self.ctx.stats, scheme.activation.symmetric
+
+            def ranges(names):
+                return stats.ranges(symmetric=symmetric, names=names)
         if cfg.per_tensor:
             scheme = scheme.with_(weight=dataclasses.replace(scheme.weight, per_channel=False))
         g = model.graph
         targets = self._activation_targets(g, scheme)
-        ranges = cfg.ranges
         if callable(ranges):  # compute (histogram searches) only for tensors this scheme touches
             ranges = ranges(_needed(g, scheme, targets))
         ranges = shared_scale_groups(g, scheme, ranges, targets)

@@ -77,9 +77,20 @@ def _new_const(g: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:
 class SmoothQuantPass(CompressPass):
     name = "smoothquant"
     config_class = SmoothQuantConfig
+    needs = frozenset({"data"})
+    PRE_SAMPLES = 32  # calibration samples for the per-channel max|x| pre-pass
+
+    def required(self) -> frozenset[str]:
+        return frozenset() if self.config.act_absmax is not None else self.needs
 
     def call(self, model: ir.Model) -> PassResult:
-        absmax = self.config.act_absmax or {}
+        absmax = self.config.act_absmax
+        if absmax is None:  # a short max|x| pre-pass on the context's calibration data
+            from autoglm_compress.quantization.collect import collect_stats
+
+            n = self.PRE_SAMPLES
+            absmax = collect_stats(model, self.ctx.data.take(n), "minmax", limit=n).channel_absmax
+            self.stats["pre_pass_samples"] = n
         for ln in [n for n in model.graph if n.op_type == "LayerNormalization"]:
             t = _feature_tensor(ln.outputs[0])
             readers, only = _matmul_readers(t)

@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning (QAT) by distillation from the FP32 model, per target.
+"""Quantization-aware fine-tuning (QAT) numerics; the pass that runs them is passes/qat.py.
 
 1. Build the training graph: the target's QDQ graph, but with float weights behind QuantizeLinear
    (``fake_weights``) and float biases; activation scales are the calibrated ones, fixed.
@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import numpy as np
 import onnx_ir as ir
 
-from autoglm_compress.calibration.qparams import MIN_SCALE, quant_range
+from autoglm_compress.calibration.qparams import MIN_SCALE
 from autoglm_compress.errors import ConfigError
 from autoglm_compress.ir_ops import WEIGHTED_OPS, is_weighted
-from autoglm_compress.ir_utils import add_initializer, check
-from autoglm_compress.pipeline import PassRecord
-from autoglm_compress.quantization.flow import _copy, _cosine_fn, _quantize
+from autoglm_compress.ir_utils import add_initializer
 
-__all__ = ["QATConfig", "finetune_for_target"]
+__all__ = [
+    "QATConfig", "weight_quantizers", "trained_biases", "scale_refresher", "transfer", "training_feeds"
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class QATConfig:
             )
 
 
-def _weight_quantizers(g: ir.Graph) -> list[tuple[str, str, int | None]]:
+def weight_quantizers(g: ir.Graph) -> list[tuple[str, str, int | None]]:
     """(weight, scale, axis) for every QuantizeLinear that reads a float initializer."""
     out = []
     for node in g:
@@ -60,7 +59,7 @@ def _weight_quantizers(g: ir.Graph) -> list[tuple[str, str, int | None]]:
     return out
 
 
-def _trained_biases(g: ir.Graph) -> list[str]:
+def trained_biases(g: ir.Graph) -> list[str]:
     names = []
     for node in g:
         spec = WEIGHTED_OPS.get(node.op_type)
@@ -73,7 +72,7 @@ def _trained_biases(g: ir.Graph) -> list[str]:
     return names
 
 
-def _scale_refresher(params: dict, quantizers, qmax: int):
+def scale_refresher(params: dict, quantizers, qmax: int):
     def refresh() -> None:
         for w_name, s_name, ax in quantizers:
             w = params[w_name]
@@ -86,7 +85,7 @@ def _scale_refresher(params: dict, quantizers, qmax: int):
     return refresh
 
 
-def _transfer(train: ir.Graph, params: dict, trained: set, tuned: ir.Model) -> ir.Model:
+def transfer(train: ir.Graph, params: dict, trained: set, tuned: ir.Model) -> ir.Model:
     """Write the trained weights and biases into the FP32 copy, node by node (bias correction may
     have given a layer a new or a first bias in the training graph)."""
     by_name = {n.name: n for n in tuned.graph if is_weighted(n)}
@@ -111,72 +110,8 @@ def _transfer(train: ir.Graph, params: dict, trained: set, tuned: ir.Model) -> i
     return tuned
 
 
-def finetune_for_target(
-    fp32: ir.Model,
-    ptq: ir.Model,
-    target,
-    stats,
-    keep,
-    per_tensor: bool,
-    bias_correction: bool,
-    cfg: QATConfig,
-) -> tuple[ir.Model, ir.Model, PassRecord]:
-    """Returns (quantized model, FP32 model it was quantized from, pass record)."""
-    from autoglm_compress.runtime import TorchExecutor
-    from autoglm_compress.runtime.train_loop import distill
-
-    cfg.validate()
-    t0 = time.perf_counter()
-    holdout = list(getattr(stats, "holdout", []))
-    feeds = _training_feeds(stats, len(holdout), cfg.samples)
-    train, _, _ = _quantize(fp32, target, stats, list(keep), per_tensor, bias_correction, True)
-    student = TorchExecutor(train, device=cfg.device)
-    teacher = TorchExecutor(fp32, device=student.device)
-    for p in (*student.parameters().values(), *teacher.parameters().values()):
-        p.requires_grad_(False)
-    quantizers = _weight_quantizers(train.graph)
-    trained = [w for w, _, _ in quantizers] + _trained_biases(train.graph)
-    params = student.parameters()
-    for name in trained:
-        params[name].requires_grad_(True)
-    qmax = quant_range(target.scheme().weight)[1]
-    res = distill(
-        student,
-        teacher,
-        feeds,
-        [params[n] for n in trained],
-        steps=cfg.steps,
-        lr=cfg.lr,
-        batch=cfg.batch,
-        after_step=_scale_refresher(params, quantizers, qmax),
-    )
-    tuned = _transfer(train.graph, params, set(trained), _copy(fp32))
-    check(tuned)
-    qat, _, _ = _quantize(tuned, target, stats, list(keep), per_tensor, False)
-    info = {**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained)}
-    info["kept"], chosen = "qat", (qat, tuned)
-    if holdout:
-        cosine = _cosine_fn(fp32, holdout)
-        info["holdout_cosine_ptq"] = round(cosine(ptq), 6)
-        info["holdout_cosine_qat"] = round(cosine(qat), 6)
-        if info["holdout_cosine_qat"] < info["holdout_cosine_ptq"]:
-            info["kept"], chosen = "ptq", (ptq, fp32)
-    rec = PassRecord(
-        f"qat[{target.name}]",
-        info,
-        round(time.perf_counter() - t0, 4),
-        info["kept"] == "qat",
-        dataclasses.asdict(cfg),
-    )
-    logger.info("qat[%s]: %s", target.name, info)
-    return chosen[0], chosen[1], rec
-
-
-def _training_feeds(stats, n_holdout: int, n: int) -> list[dict[str, np.ndarray]]:
+def training_feeds(source, n_holdout: int, n: int) -> list[dict[str, np.ndarray]]:
     """Calibration samples after the held-out ones (all of them when too few are left)."""
-    source = getattr(stats, "source", None)
-    if source is None:
-        raise ConfigError("QAT needs the calibration data source; run calibrate() first")
     feeds = list(source.take(n + n_holdout))
     rest = feeds[n_holdout:]
     return rest if len(rest) >= max(8, len(feeds) // 2) else feeds

@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from autoglm_compress.ir_ops import is_weighted
 
-__all__ = ["sqnr_db", "layer_sqnr", "weighted_nodes", "isolated_sensitivity"]
+__all__ = ["sqnr_db", "layer_sqnr", "weighted_nodes", "isolated_sensitivity", "holdout_cosine"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,3 +104,20 @@ def isolated_sensitivity(
         keep = tuple(n for n in names if n != name)
         scores.append((name, evaluate(quantize_with_keep(keep))))
     return sorted(scores, key=lambda s: s[1])
+
+
+def holdout_cosine(fp32: ir.Model, feeds):
+    """``cosine(model)``: worst output cosine of ``model`` vs ``fp32`` on ``feeds`` in onnxruntime
+    (the FP32 outputs computed once)."""
+    from autoglm_compress.ir_utils import ort_run, ort_session
+    from autoglm_compress.metrics import fidelity
+
+    ref_sess = ort_session(fp32)
+    ref = [ort_run(ref_sess, f) for f in feeds]
+    names = [v.name for v in fp32.graph.outputs]
+
+    def cosine(model: ir.Model) -> float:
+        sess = ort_session(model)
+        return fidelity(ref, [ort_run(sess, f) for f in feeds], names)["cosine_min"]
+
+    return cosine

@@ -122,6 +122,7 @@ def distill(
     batch: int = 16,
     seed: int = 0,
     after_step: Callable[[], None] | None = None,
+    progress: bool = False,
 ) -> DistillResult:
     """Train ``params`` (tensors of ``student``) for ``steps`` optimizer steps on ``feeds``."""
     t0 = time.perf_counter()
@@ -140,7 +141,10 @@ def distill(
     )
     fwd.try_batching(list(range(batch)), params)
     before = _full_loss(fwd, targets, denom, batch)
-    for _ in range(steps):
+    from tqdm import tqdm
+
+    bar = tqdm(range(steps), desc="qat", unit="step", disable=not progress, leave=False)
+    for k in bar:
         if len(order) < batch:
             order += torch.randperm(len(feeds), generator=gen).tolist()
         idx, order = order[:batch], order[batch:]
@@ -152,6 +156,9 @@ def distill(
         if after_step is not None:
             with torch.no_grad():
                 after_step()
+        if progress and k % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4g}")
+    bar.close()
     res = DistillResult(
         steps,
         len(feeds),

@@ -1,18 +1,28 @@
-"""Targets by the name the user types (``--target``)."""
+"""Targets: one folder each (options, target class, lowering table), found through the registry.
+
+Kept light: the registry and option classes import without onnx_ir or torch (``--help`` is fast);
+``Artifact``, ``Target`` and ``VerifyContext`` are imported on first use.
+"""
 
 from __future__ import annotations
 
-from autoglm_compress.errors import ConfigError
-from autoglm_compress.targets.base import Artifact, Target, VerifyContext
-from autoglm_compress.targets.cuda import CudaTarget
-from autoglm_compress.targets.x86 import X86Target
+import importlib
 
-__all__ = ["Artifact", "Target", "VerifyContext", "TARGETS", "get_target"]
+from autoglm_compress.targets.registry import (
+    TARGETS,
+    get_target,
+    register_target,
+    target_names,
+    target_options_class,
+)
 
-TARGETS: dict[str, type[Target]] = {X86Target.name: X86Target, CudaTarget.name: CudaTarget}
+__all__ = [
+    "Artifact", "Target", "VerifyContext", "TARGETS", "get_target", "register_target",
+    "target_names", "target_options_class", "verify_in_runtime",
+]
 
 
-def get_target(name: str, **options) -> Target:
-    if name not in TARGETS:
-        raise ConfigError(f"unknown target {name!r}; available: {', '.join(sorted(TARGETS))}")
-    return TARGETS[name](**options)
+def __getattr__(name: str):
+    if name in ("Artifact", "Target", "VerifyContext", "verify_in_runtime"):
+        return getattr(importlib.import_module("autoglm_compress.targets.base"), name)
+    raise AttributeError(f"module 'autoglm_compress.targets' has no attribute {name!r}")

@@ -1,17 +1,38 @@
-"""What every target provides: legalize the IR, emit an artifact atomically, verify it in its runtime."""
+"""What every target provides, and the pieces they share.
+
+A target lowers the FP32 IR for one runtime: ``check`` (before any calibration: can the target
+express every op at this precision? its lowering table says, as data), ``prepare`` (rewrites before
+quantization), ``precision_passes`` (how FP32 becomes this precision *here*: fp16 means FP16 weights
+and compute for onnxruntime, another thing for TFLite or ncnn), ``scheme`` (its INT8 rules),
+``validate`` (after lowering: the runtime's own rules), ``emit`` (files, atomically) and ``verify``
+(run them in the runtime through :func:`verify_in_runtime`, the one shared verifier).
+"""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
 import hashlib
+import logging
+import tomllib
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["Artifact", "Target", "VerifyContext", "sha256_of"]
+from autoglm_compress.errors import UnsupportedOpError, VerificationError
+
+__all__ = [
+    "Artifact",
+    "LoweringTable",
+    "Target",
+    "VerifyContext",
+    "sha256_of",
+    "verify_in_runtime",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def sha256_of(path: str | Path) -> str:
@@ -24,25 +45,36 @@ def sha256_of(path: str | Path) -> str:
 
 @dataclasses.dataclass
 class Artifact:
+    """The files a target wrote for one precision (``files``: role → path, the first is the main
+    one, e.g. ``{"model": .onnx}``, ``{"param": .param, "bin": .bin}``) and what verification found."""
+
     target: str
     precision: str
-    path: Path
-    size_bytes: int = 0
-    sha256: str = ""
+    files: dict[str, Path]
     runtime: str = ""
+    size_bytes: int = 0
+    sha256: str = ""  # of the main file
     notes: list[str] = dataclasses.field(default_factory=list)
     fidelity: dict = dataclasses.field(default_factory=dict)
     latency: dict = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
 
+    @property
+    def path(self) -> Path:
+        return next(iter(self.files.values()))
+
     def finalize(self) -> Artifact:
-        self.size_bytes = self.path.stat().st_size
+        self.size_bytes = sum(p.stat().st_size for p in self.files.values())
         self.sha256 = sha256_of(self.path)
         return self
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["path"] = str(self.path)
+        d["files"] = {
+            role: {"path": str(p), "size_bytes": p.stat().st_size, "sha256": sha256_of(p)}
+            for role, p in self.files.items()
+        }
         return d
 
 
@@ -68,23 +100,152 @@ class VerifyContext:
         return self.fp32_session
 
 
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def verify_in_runtime(
+    make_runner: Callable[[], Runner],
+    artifact: Artifact,
+    ctx: VerifyContext,
+    measured_on: str,
+) -> Runner:
+    """Run ``artifact`` on every sample feed through the runner ``make_runner()`` builds (the
+    target's runtime), compare with the FP32 reference (fidelity per output), and time FP32 in
+    onnxruntime and the artifact side by side. Fills ``artifact.fidelity`` / ``.latency``;
+    returns the runner. A runtime that cannot load or run the artifact is one line."""
+    from autoglm_compress.ir_utils import ort_run
+    from autoglm_compress.metrics import compare_latency, fidelity
+
+    try:
+        run = make_runner()
+        got = [run(f) for f in ctx.feeds]
+    except Exception as e:  # noqa: BLE001 - whatever the runtime says, one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise VerificationError(
+            f"{artifact.path}: {artifact.runtime or artifact.target} cannot run the artifact: {first}"
+        ) from None
+    artifact.fidelity = fidelity(
+        ctx.reference_outputs, got, ctx.output_names, ctx.labels, ctx.batch
+    )
+    ref_sess, feed = ctx.reference_session(), ctx.feeds[0]
+    lat = compare_latency(
+        {"fp32": lambda: ort_run(ref_sess, feed), artifact.precision: lambda: run(feed)},
+        repeats=ctx.latency_repeats,
+    )
+    lat["speedup_vs_fp32"] = round(
+        lat["fp32"]["median_ms"] / max(lat[artifact.precision]["median_ms"], 1e-9), 3
+    )
+    lat["measured_on"] = measured_on
+    artifact.latency = lat
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class LoweringTable:
+    """A target's op-lowering table (``lowering.toml`` beside the target): per precision, the op
+    domains its runtime implements, ops refused even so, and the passes that lower FP32 to it."""
+
+    precisions: dict[str, dict]
+
+    @classmethod
+    def load(cls, path: Path) -> LoweringTable:
+        data = tomllib.loads(Path(path).read_text())["precision"]
+        for p, entry in data.items():
+            base = data.get(entry.get("inherit", ""), {})
+            for key in ("domains", "unsupported", "passes"):
+                entry.setdefault(key, list(base.get(key, [])))
+        return cls(data)
+
+    def entry(self, precision: str) -> dict:
+        return self.precisions[precision]
+
+    def refusal(self, node: ir.Node, precision: str, opset: int) -> str | None:
+        """Why this target cannot express ``node`` at ``precision`` (None: it can)."""
+        e = self.entry(precision)
+        domain = node.domain or ""
+        if domain == "ai.onnx":
+            domain = ""
+        if domain not in e["domains"]:
+            return f"op domain {domain!r} is not implemented"
+        if node.op_type in e["unsupported"]:
+            return "the runtime has no kernel for it"
+        if domain == "":
+            import onnx.defs
+
+            if not onnx.defs.has(node.op_type, max(opset, 1)):
+                return f"not an ONNX op at opset {opset}"
+        return None
+
+
 class Target(abc.ABC):
+    """One runtime's lowering. Subclasses set the class attributes, ``lowering_file`` (next to
+    them) and implement ``scheme``, ``emit`` and ``verify``."""
+
     name: ClassVar[str] = ""
     runtime: ClassVar[str] = ""
     precisions: ClassVar[tuple[str, ...]] = ()
+    options_class: ClassVar[type | None] = None
+    lowering_file: ClassVar[Path | None] = None
+
+    def __init__(self, options=None, **kw):
+        cls = self.options_class
+        if options is None:
+            options = cls(**kw) if cls is not None else None
+        elif kw:
+            options = dataclasses.replace(options, **kw)
+        self.options = options
+        self._table: LoweringTable | None = None
+
+    @property
+    def table(self) -> LoweringTable:
+        if self._table is None:
+            self._table = LoweringTable.load(self.lowering_file)
+        return self._table
+
+    def scheme(self):
+        """The target's INT8 :class:`~autoglm_compress.quantization.scheme.QuantScheme`."""
+        raise NotImplementedError(f"{self.name}: no INT8 scheme")
 
     def min_opset(self, precision: str) -> int:
         """The opset the artifact needs: per-channel Q/DQ (the ``axis`` attribute) needs 13."""
         return 13 if precision == "int8" else 7
 
-    def legalize(self, model: ir.Model, precision: str) -> list[str]:
-        """Apply target rules in place; return notes for the report. Raise UnsupportedOpError early."""
+    def precision_passes(self, precision: str) -> tuple[str, ...]:
+        """Registered passes that lower the FP32 IR to ``precision`` for this target (data)."""
+        return tuple(self.table.entry(precision)["passes"])
+
+    def check(self, model: ir.Model, precision: str) -> list[str]:
+        """Before any calibration: every op must be one this target expresses at ``precision``;
+        the first that is not stops the run (op, node, what to do)."""
+        opset = model.opset_imports.get("", 0)
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            why = self.table.refusal(node, precision, opset)
+            if why:
+                others = ", ".join(t for t in _other_targets(self.name)) or "another target"
+                raise UnsupportedOpError(
+                    node.op_type, node.name or "?", f"target {self.name} ({precision})",
+                    f"{why}; replace the op in the model, or use --target {others}",
+                )
+        return []
+
+    def prepare(self, model: ir.Model, precision: str) -> list[str]:
+        """Rewrite ``model`` in place before quantization (layout …); notes for the report."""
+        return []
+
+    def validate(self, model: ir.Model, precision: str) -> list[str]:
+        """Check the lowered IR against the runtime's rules; raise on a violation, return notes."""
         return []
 
     @abc.abstractmethod
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
-        """Write the artifact for ``model`` atomically into ``out_dir``."""
+        """Write the artifact's files for ``model`` atomically into ``out_dir``."""
 
     @abc.abstractmethod
     def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
-        """Run the artifact in its runtime; fill ``artifact.fidelity`` and ``artifact.latency``."""
+        """Run the artifact in its runtime (:func:`verify_in_runtime`); fill fidelity, latency."""
+
+
+def _other_targets(name: str) -> list[str]:
+    from autoglm_compress.targets.registry import target_names
+
+    return [t for t in target_names() if t != name]

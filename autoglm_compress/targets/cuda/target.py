@@ -5,8 +5,10 @@ TensorRT's rules (formats.md, TensorRT section): zero points 0 (symmetric int8 a
 MatMul weight axis 1); Q/DQ on the inputs of Conv/ConvTranspose/Gemm/MatMul and not on their outputs
 (TensorRT fuses BN/ReLU itself and decides output precision); the residual input of a skip Add is
 quantized so the Add fuses into the producing conv; biases stay float (TensorRT folds them).
-Verification on CPU runs the QDQ ONNX in onnxruntime. With ``build_engine`` and a GPU with the
-``tensorrt`` package, the engine is built with the TensorRT Python builder and run (engine.py).
+``validate`` checks those rules on the lowered graph (trt_rules.py). Verification on CPU runs the QDQ
+ONNX in onnxruntime (said in the report: ``latency.measured_on``). With ``build_engine`` and a GPU with
+the ``tensorrt`` package, the engine is built with the TensorRT Python builder and run (engine.py).
+Composes the ONNX writer and the onnxruntime runner; it is not an x86 target.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import onnx_ir as ir
 
 from autoglm_compress.errors import UnsupportedOpError
 from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
-from autoglm_compress.targets.base import Artifact, VerifyContext
-from autoglm_compress.targets.trt_rules import check_tensorrt_rules
-from autoglm_compress.targets.x86 import X86Target
+from autoglm_compress.targets.base import Artifact, Target, VerifyContext, verify_in_runtime
+from autoglm_compress.targets.cuda.options import Options
+from autoglm_compress.targets.cuda.trt_rules import check_tensorrt_rules
+from autoglm_compress.targets.ort_runner import ort_runner
+from autoglm_compress.targets.x86.target import emit_onnx
 
-__all__ = ["CudaTarget", "tensorrt_scheme", "trtexec_command"]
+__all__ = ["CudaTarget", "tensorrt_scheme", "trtexec_command", "TARGET"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,23 +62,27 @@ def trtexec_command(onnx_path: Path, precision: str) -> dict:
     }
 
 
-class CudaTarget(X86Target):
+class CudaTarget(Target):
     """Emits TensorRT-ready ONNX; verifies it in onnxruntime on CPU (and TensorRT where available)."""
 
     name = "cuda"
     runtime = "onnxruntime (CPU) — TensorRT engine where a GPU exists"
     precisions = ("fp32", "fp16", "int8")
+    options_class = Options
+    lowering_file = Path(__file__).with_name("lowering.toml")
 
-    def __init__(self, build_engine: bool = False):
-        super().__init__()
-        self.build_engine = build_engine
+    @property
+    def build_engine(self) -> bool:
+        return self.options.build_engine
 
     def scheme(self) -> QuantScheme:
         return tensorrt_scheme()
 
-    def legalize(self, model: ir.Model, precision: str) -> list[str]:
-        """Check TensorRT's explicit-quantization rules (trt_rules.py); the first violation stops
-        the run before anything is written."""
+    def validate(self, model: ir.Model, precision: str) -> list[str]:
+        """TensorRT's explicit-quantization rules (trt_rules.py); the first violation stops the
+        run before anything is written."""
+        if precision != "int8":
+            return []
         rules = check_tensorrt_rules(model)
         if rules["violations"]:
             node, _, what = rules["violations"][0].partition(": ")
@@ -87,19 +95,21 @@ class CudaTarget(X86Target):
         return []
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
-        art = super().emit(model, precision, out_dir, stem)
+        art = emit_onnx(model, self, precision, out_dir, stem)
         art.extra["trtexec"] = trtexec_command(art.path, precision)
         if precision == "int8":
             art.extra["tensorrt_rules"] = check_tensorrt_rules(model)
         return art
 
     def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
-        # CPU verification in onnxruntime (CI has no GPU); fusion counts are x86-specific, drop them.
-        super().verify(artifact, ctx)
-        artifact.extra.pop("ort_fusion", None)
-        artifact.notes = [n for n in artifact.notes if "onnxruntime" not in n and "slower" not in n]
+        verify_in_runtime(
+            ort_runner(artifact.path), artifact, ctx, "onnxruntime CPU (not TensorRT)"
+        )
         artifact.notes.append("latency above is onnxruntime on CPU, not TensorRT")
         if self.build_engine:
-            from autoglm_compress.targets.engine import build_and_compare
+            from autoglm_compress.targets.cuda.engine import build_and_compare
 
             artifact.extra["tensorrt"] = build_and_compare(artifact, ctx)
+
+
+TARGET = CudaTarget

@@ -1,0 +1,107 @@
+"""Facts for the report: how the run was asked for, the source model's identity, each artifact's
+inputs/outputs (names, shapes with dynamic dims, dtypes, IO quantization) and how many compute
+layers run in int8 vs float. One dtype spelling everywhere: numpy names (``float32``, ``int8``)."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = ["run_info", "source_info", "artifact_io", "layer_counts", "dtype_name"]
+
+_RUNTIMES = ("onnx", "onnxruntime", "torch", "onnx-ir", "numpy", "onnxscript")
+
+
+def dtype_name(dtype: ir.DataType | None) -> str | None:
+    """The numpy spelling of an IR dtype (``float32``); None when unknown."""
+    if dtype is None:
+        return None
+    try:
+        return np.dtype(dtype.numpy()).name
+    except Exception:  # noqa: BLE001 - a type numpy has no name for (e.g. float8)
+        return dtype.name.lower()
+
+
+def run_info(argv: list[str] | None = None, recipe: dict | None = None) -> dict:
+    """The command line (or recipe), when, and the versions of the tool's runtimes."""
+    versions = {"python": platform.python_version()}
+    for pkg in _RUNTIMES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "command": list(argv) if argv is not None else None,
+        "recipe": recipe,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "runtimes": versions,
+    }
+
+
+def source_info(path: str | Path) -> dict:
+    from autoglm_compress.targets.base import sha256_of
+
+    p = Path(path)
+    return {"path": str(path), "size_bytes": p.stat().st_size, "sha256": sha256_of(p)}
+
+
+def _shape(v: ir.Value) -> list | None:
+    if v.shape is None:
+        return None
+    return [d if isinstance(d, int) else (str(d) if d is not None else "?") for d in v.shape]
+
+
+def _io_quant(v: ir.Value, consumer: bool) -> dict | None:
+    """Scale/zero point when the graph input is read by a QuantizeLinear (or the output made by a
+    DequantizeLinear): what an integer pipeline must feed/expect."""
+    from autoglm_compress.quantization.qdq_read import read_qparams
+
+    nodes = [u for u, _ in v.uses()] if consumer else [v.producer()]
+    want = "QuantizeLinear" if consumer else "DequantizeLinear"
+    for n in nodes:
+        if n is not None and n.op_type == want:
+            q = read_qparams(n)
+            if q is not None:
+                return {
+                    "scale": np.asarray(q.scale).tolist(),
+                    "zero_point": np.asarray(q.zero_point).tolist(),
+                    "dtype": q.dtype,
+                }
+    return None
+
+
+def artifact_io(model: ir.Model) -> dict:
+    """Inputs and outputs of the artifact's graph."""
+
+    def one(v: ir.Value, consumer: bool) -> dict:
+        return {
+            "name": v.name,
+            "shape": _shape(v),
+            "dtype": dtype_name(v.dtype),
+            "quant": _io_quant(v, consumer),
+        }
+
+    return {
+        "inputs": [one(v, True) for v in model.graph.inputs],
+        "outputs": [one(v, False) for v in model.graph.outputs],
+    }
+
+
+def layer_counts(model: ir.Model, fell_back=(), kept=()) -> dict:
+    """Compute layers that run in int8 vs float (read from the QDQ structure), and the layers
+    returned to FP32 by the fallback / kept by ``--keep-fp32``."""
+    from autoglm_compress.quantization.qdq_read import int8_split
+
+    split = int8_split(model)
+    return {
+        "int8": len(split.int8),
+        "float": len(split.float),
+        "float_nodes": split.float[:50],
+        "fell_back": list(fell_back),
+        "kept_fp32": list(kept),
+    }

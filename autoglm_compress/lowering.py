@@ -1,0 +1,236 @@
+"""Per-target precision lowering: the public INT8 / FP16 API the compress flow (and users) call.
+
+- :func:`calibrate`: one pass of statistics over the context's calibration data (every target
+  turns them into its own scheme).
+- :func:`quantize`: FP32 IR → the target's QDQ IR: the ``bias_correction`` and ``quantize``
+  passes, and, under a cosine target, automatic fallback: layers ranked by isolated sensitivity on
+  held-out calibration samples (never the eval data) go back to FP32 worst-first until it is met.
+- :func:`lower_for_target`: FP32 → the precision, for one target: fp16 by the target's precision
+  passes (its lowering table), int8 by ``quantize`` → ``qat`` pass → latency guard (x86).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import time
+
+import onnx_ir as ir
+
+from autoglm_compress.config import CompressConfig, Int8Config
+from autoglm_compress.ir_utils import from_proto, to_proto
+from autoglm_compress.pipeline import PassRecord, Pipeline, build_passes
+from autoglm_compress.quantization.collect import CalibrationStats, collect_stats
+from autoglm_compress.quantization.sensitivity import (
+    holdout_cosine,
+    isolated_sensitivity,
+    layer_sqnr,
+)
+
+__all__ = ["Lowered", "calibrate", "quantizer", "quantize", "lower_for_target", "FALLBACK_SAMPLES"]
+
+logger = logging.getLogger(__name__)
+FALLBACK_SAMPLES = 16
+
+
+@dataclasses.dataclass
+class Lowered:
+    model: ir.Model
+    records: list[PassRecord]
+    notes: list[str]
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    return from_proto(to_proto(model))
+
+
+def calibrate(model: ir.Model, ctx, method: str, samples: int) -> tuple[CalibrationStats, dict]:
+    """Observe every tensor over ``samples`` feeds of ``ctx.data``; the first
+    ``FALLBACK_SAMPLES`` are kept as the hold-out for fallback and QAT decisions."""
+    source, kept = ctx.data, []
+
+    def feeds():
+        for f in source.take(samples):
+            if len(kept) < FALLBACK_SAMPLES:
+                kept.append(f)
+            yield f
+
+    stats = collect_stats(model, feeds(), method, limit=samples, progress=ctx.progress)
+    stats.holdout, stats.source = kept, source
+    info = {
+        "source": source.name,
+        "kind": source.kind,
+        "method": method,
+        "samples": stats.samples,
+        "tensors": len(stats.observers),
+        "seconds": stats.seconds,
+        "backend": stats.backend,
+        "left_float_infinite": stats.infinite,
+        "peak_rss_mb": stats.peak_rss_mb,
+    }
+    if source.is_random:
+        info["source"] = "random"
+        info["warning"] = "calibrated on random data: scales may not fit real inputs"
+    return stats, info
+
+
+def _matches(node: ir.Node, patterns) -> bool:
+    return any(
+        fnmatch.fnmatchcase(node.name or "", p) or fnmatch.fnmatchcase(node.op_type, p)
+        for p in patterns
+    )
+
+
+def quantizer(target, ctx, int8: Int8Config):
+    """``quantizer(fp32, keep=(), fake_weights=False, bias_correction=None) -> (model, stats)``:
+    the target's INT8 pipeline (bias correction, QDQ) on a copy of ``fp32``."""
+
+    def run(fp32: ir.Model, keep=(), fake_weights: bool = False, bias_correction=None):
+        keep = tuple(int8.keep_fp32) + tuple(keep)
+        bc = int8.bias_correction if bias_correction is None else bias_correction
+        passes = []
+        if bc:
+            passes += build_passes(
+                ["bias_correction"],
+                {"bias_correction": {"keep_fp32": keep, "per_tensor": int8.per_tensor}},
+            )
+        passes += build_passes(
+            ["quantize"],
+            {"quantize": {"keep_fp32": keep, "per_tensor": int8.per_tensor,
+                          "fake_weights": fake_weights}},
+        )
+        model, records = Pipeline(passes, progress=False).apply(_copy(fp32), ctx)
+        stats = dict(records[-1].stats)
+        if bc:
+            stats.update(records[0].stats)
+        return model, stats
+
+    return run
+
+
+def quantize(
+    model: ir.Model, target, ctx, int8: Int8Config, min_cosine: float | None = None
+) -> tuple[ir.Model, PassRecord]:
+    """A quantized copy of ``model`` for ``target`` (``ctx.stats`` calibrated); the record."""
+    t0 = time.perf_counter()
+    ctx.target = target
+    qrun = quantizer(target, ctx, int8)
+    unmatched = [p for p in int8.keep_fp32 if not any(_matches(n, [p]) for n in model.graph)]
+    for p in unmatched:
+        logger.warning("--keep-fp32 %r matches no node or op type: nothing kept for it", p)
+    q, qstats = qrun(model)
+    fallen: list[str] = []
+    holdout = getattr(ctx.stats, "holdout", [])
+    candidates = [n.name for n in model.graph if n.name and n.op_type in target.scheme().input_ops]
+    if min_cosine is not None and holdout:
+        cosine = holdout_cosine(model, holdout)
+        cos = cosine(q)
+        if cos < min_cosine:
+            ranking = isolated_sensitivity(model, lambda k: qrun(model, k)[0], cosine, candidates)
+            for name, _ in ranking:
+                fallen.append(name)
+                q, qstats = qrun(model, fallen)
+                cos = cosine(q)
+                logger.info("fallback %s to fp32: cosine %.5f", name, cos)
+                if cos >= min_cosine:
+                    break
+        qstats["calibration_cosine"] = round(cos, 6)
+    sq = layer_sqnr(model, q, holdout[:8]) if holdout else {}
+    for layer in qstats.get("layers", []):
+        layer["sqnr_db"] = sq.get(layer["node"])
+    qstats["fell_back"] = fallen
+    qstats["layers_fp32"] = [
+        {"node": n, "reason": "fallback" if n in fallen else "--keep-fp32"}
+        for n in list(int8.keep_fp32) + fallen
+    ]
+    if unmatched:
+        qstats["keep_fp32_unmatched"] = unmatched
+    if fallen and candidates and set(candidates) <= set(fallen) | _kept_names(model, int8):
+        qstats["all_fell_back"] = True
+        logger.warning(
+            "%s: fallback returned every quantizable layer to FP32: the int8 artifact has no "
+            "int8 compute", target.name,
+        )
+    ctx.quantized_from = model
+    rec = PassRecord(
+        f"quantize[{target.name}]",
+        qstats,
+        round(time.perf_counter() - t0, 4),
+        True,
+        {
+            "scheme": target.scheme().name,
+            "keep_fp32": list(int8.keep_fp32),
+            "per_tensor": int8.per_tensor,
+            "method": ctx.stats.method,
+            "min_cosine": min_cosine,
+            "bias_correction": int8.bias_correction,
+        },
+    )
+    return q, rec
+
+
+def _kept_names(model: ir.Model, int8: Int8Config) -> set[str]:
+    return {n.name for n in model.graph if _matches(n, int8.keep_fp32)}
+
+
+def lower_for_target(
+    model: ir.Model, target, precision: str, ctx, cfg: CompressConfig
+) -> Lowered:
+    """``model`` (FP32, not modified) lowered to ``precision`` for ``target``."""
+    ctx.target, ctx.teacher = target, model
+    if precision == "int8":
+        return _lower_int8(model, target, ctx, cfg)
+    names = list(target.precision_passes(precision))
+    lowered = _copy(model)
+    if not names:
+        return Lowered(lowered, [], [])
+    lowered, records = Pipeline(build_passes(names), progress=False).apply(lowered, ctx)
+    for r in records:
+        r.name = f"{r.name}[{target.name}]"
+    return Lowered(lowered, records, [])
+
+
+def _lower_int8(model: ir.Model, target, ctx, cfg: CompressConfig) -> Lowered:
+    q, rec = quantize(model, target, ctx, cfg.int8, cfg.gates.min_cosine)
+    records, notes = [rec], []
+    keep = tuple(rec.stats.get("fell_back", ()))
+    qrun = quantizer(target, ctx, cfg.int8)
+    bc = cfg.int8.bias_correction
+
+    def requantize(fp32, fake_weights=False, bias_correction=None):
+        return qrun(fp32, keep, fake_weights, bias_correction)[0]
+
+    ctx.quantizer = requantize
+    if cfg.qat.steps:
+        qcfg = {"steps": cfg.qat.steps, "lr": cfg.qat.lr, "batch": cfg.qat.batch,
+                "samples": cfg.calibration.samples}
+        q, qrecs = Pipeline(build_passes(["qat"], {"qat": qcfg}), progress=False).apply(q, ctx)
+        qrecs[0].name = f"qat[{target.name}]"
+        records += qrecs
+        bc = bc and not qrecs[0].modified  # trained biases need no correction
+    if cfg.int8.latency_guard and target.name == "x86":
+        q = _guard(q, target, ctx, rec, keep, bc, qrun, notes)
+    ctx.quantizer = None
+    return Lowered(q, records, notes)
+
+
+def _guard(q, target, ctx, rec, keep, bc, qrun, notes):
+    """--latency-guard: leave op types in float where onnxruntime runs them slower in int8."""
+    from autoglm_compress.quantization.latency_guard import latency_guard
+
+    src = ctx.quantized_from
+
+    def requantize(extra):
+        return qrun(src, keep + tuple(extra), False, bc)[0]
+
+    feed = ctx.stats.holdout[0] if ctx.stats.holdout else next(iter(ctx.data.take(1)))
+    q, record = latency_guard(src, q, requantize, feed)
+    rec.stats["latency_guard"] = record
+    if record["kept_float_for_speed"]:
+        notes.append(
+            f"left in float for speed: {', '.join(record['kept_float_for_speed'])} "
+            f"(int8 {record['int8_ms_before'] / record['fp32_ms']:.2f}x → "
+            f"{record['int8_vs_fp32_after']:.2f}x of FP32 in onnxruntime)"
+        )
+    return q

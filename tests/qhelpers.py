@@ -1,0 +1,51 @@
+"""Short calls of the INT8 lowering API for tests (calibrate, quantize with a target, QAT)."""
+
+from __future__ import annotations
+
+from autoglm_compress import lowering
+from autoglm_compress.config import Int8Config
+from autoglm_compress.passes.context import PassContext
+
+
+def calibrate_with(model, data, method="minmax", samples=128, random=False, progress=False):
+    """(stats, info) as the compress flow computes them; stats.source is the opened source."""
+    from autoglm_compress.calibration.data import open_calibration_source
+
+    src = open_calibration_source(data, model, random=random)
+    return lowering.calibrate(model, PassContext(data=src, progress=progress), method, samples)
+
+
+def _ctx(stats, target):
+    return PassContext(data=getattr(stats, "source", None), stats=stats, target=target)
+
+
+def quantize_with(model, target, stats, keep=(), per_tensor=False, bias_correction=True,
+                  fake_weights=False):
+    """The target's INT8 pipeline (bias correction, QDQ) on a copy: (model, stats)."""
+    int8 = Int8Config(keep_fp32=tuple(keep), per_tensor=per_tensor,
+                      bias_correction=bias_correction)
+    return lowering.quantizer(target, _ctx(stats, target), int8)(model, fake_weights=fake_weights)
+
+
+def quantize_for(model, target, stats, keep_fp32=(), per_tensor=False, min_cosine=None,
+                 bias_correction=True):
+    """lowering.quantize (with fallback under ``min_cosine``): (model, record)."""
+    int8 = Int8Config(keep_fp32=tuple(keep_fp32), per_tensor=per_tensor,
+                      bias_correction=bias_correction)
+    return lowering.quantize(model, target, _ctx(stats, target), int8, min_cosine)
+
+
+def finetune_with(fp32, ptq, target, stats, steps, lr=1e-4, batch=16, samples=256,
+                  bias_correction=True, device=None, per_tensor=False):
+    """The qat pass on ``ptq``: (model, FP32 model it was quantized from, record)."""
+    from autoglm_compress.pipeline import Pipeline, build_passes
+
+    ctx = _ctx(stats, target)
+    ctx.teacher = fp32
+    int8 = Int8Config(bias_correction=bias_correction, per_tensor=per_tensor)
+    qrun = lowering.quantizer(target, ctx, int8)
+    ctx.quantizer = lambda m, fake_weights=False, bias_correction=None: qrun(
+        m, (), fake_weights, bias_correction)[0]
+    cfg = {"steps": steps, "lr": lr, "batch": batch, "samples": samples, "device": device}
+    q, recs = Pipeline(build_passes(["qat"], {"qat": cfg}), progress=False).apply(ptq, ctx)
+    return q, ctx.quantized_from or fp32, recs[0]
