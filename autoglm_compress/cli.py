@@ -85,8 +85,13 @@ def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
     from autoglm_compress.api import compress
     from autoglm_compress.report import summary_table
 
+    from autoglm_compress.errors import Interrupted
+
     _setup_logging(verbose)
-    res = compress(cfg, progress=sys.stderr.isatty(), argv=argv, recipe=recipe)
+    try:
+        res = compress(cfg, progress=sys.stderr.isatty(), argv=argv, recipe=recipe)
+    except KeyboardInterrupt:  # before click turns it into Abort (and a blank line)
+        raise Interrupted("interrupted (Ctrl-C): stopped; no partial file left") from None
     if as_json:
         click.echo(json.dumps(res.report, indent=2, default=str))
     else:

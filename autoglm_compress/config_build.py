@@ -190,7 +190,9 @@ def _target_options(value, path, where) -> dict:
                 f"{where(path + (name,))}: unknown target (known: {', '.join(target_names())})"
             )
         cls = target_options_class(name)
-        out[name] = opts if isinstance(opts, cls) else _build(cls, opts, path + (name,), where)
+        opts = opts if isinstance(opts, cls) else _build(cls, opts, path + (name,), where)
+        if opts != cls():  # defaults are implied: one spelling of a config
+            out[name] = opts
     return out
 
 

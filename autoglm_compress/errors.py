@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "CompressError",
     "ModelLoadError",
+    "Interrupted",
     "UnsupportedOpError",
     "CalibrationError",
     "PassError",
@@ -27,6 +28,12 @@ class CompressError(Exception):
     """Root of all errors the tool reports to a user as one line."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class Interrupted(CompressError):
+    """The user pressed Ctrl-C (exit 130, the shell's convention for SIGINT)."""
+
+    exit_code = 130
 
 
 class ModelLoadError(CompressError):

@@ -125,7 +125,7 @@ def quantize_one(tool: str, method: str, fp32: str, calib: str, out: str, sample
         from autoglm_compress import load
         from autoglm_compress.ir_utils import save_atomic
         from autoglm_compress.quantization.collect import collect_stats
-        from tests.qhelpers import quantize_with as _quantize
+        from qhelpers import quantize_with as _quantize
         from autoglm_compress.targets.x86 import X86Target
 
         t0 = time.perf_counter()

@@ -84,8 +84,8 @@ def bench_model(name, path, steps: int) -> list[dict]:
     from autoglm_compress.inputs import load_npz_feeds
     from autoglm_compress.ir_utils import ort_run, ort_session
     from autoglm_compress.pipeline import Pipeline, build_passes
-    from tests.qhelpers import calibrate_with as calibrate, quantize_with as _quantize
-    from tests.qhelpers import finetune_with
+    from qhelpers import calibrate_with as calibrate, quantize_with as _quantize
+    from qhelpers import finetune_with
     from autoglm_compress.targets.cuda import CudaTarget
     from autoglm_compress.targets.x86 import X86Target
 

@@ -27,7 +27,7 @@ def calibrated_digits(calib_samples: int = 128, eval_limit: int = 300):
     from autoglm_compress.inputs import load_npz_feeds
     from autoglm_compress.ir_utils import ort_run, ort_session
     from autoglm_compress.pipeline import Pipeline, build_passes
-    from tests.qhelpers import calibrate_with as calibrate
+    from qhelpers import calibrate_with as calibrate
 
     model = load(DEMO)
     Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)

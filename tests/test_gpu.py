@@ -58,8 +58,8 @@ def test_qat_runs_on_cuda():
 
     from autoglm_compress.ir_utils import check
     from autoglm_compress.pipeline import Pipeline, build_passes
-    from tests.qhelpers import calibrate_with as calibrate, quantize_with as _quantize
-    from tests.qhelpers import finetune_with
+    from qhelpers import calibrate_with as calibrate, quantize_with as _quantize
+    from qhelpers import finetune_with
     from autoglm_compress.targets.cuda import CudaTarget
 
     root = Path(__file__).resolve().parents[1] / "examples"

@@ -11,7 +11,7 @@ from conftest import CALIB, DEMO, EVAL, calibrated_digits, run_cli
 
 from autoglm_compress import load
 from autoglm_compress.pipeline import Pipeline, build_passes
-from tests.qhelpers import calibrate_with as calibrate, quantize_for as quantize_for_target
+from qhelpers import calibrate_with as calibrate, quantize_for as quantize_for_target
 from autoglm_compress.targets.x86 import X86Target
 
 
@@ -142,7 +142,7 @@ def test_zero_range_tensor_gives_finite_scales(tmp_path):
 def test_bias_correction_reduces_error():
     from autoglm_compress.ir_utils import ort_run, ort_session
     from autoglm_compress.metrics import fidelity
-    from tests.qhelpers import quantize_with as _quantize
+    from qhelpers import quantize_with as _quantize
 
     model, stats, feeds, _, ref = calibrated_digits(128, 200)
     cos = {}

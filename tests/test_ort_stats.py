@@ -145,7 +145,7 @@ def test_layer_sqnr_onnxruntime_equals_executor(monkeypatch):
 
     from autoglm_compress.calibration import ort_stats
     from autoglm_compress.quantization import sensitivity
-    from tests.qhelpers import quantize_with as _quantize
+    from qhelpers import quantize_with as _quantize
     from autoglm_compress.targets import get_target
 
     model, stats, feeds, _, _ = calibrated_digits(64, 8)

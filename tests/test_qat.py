@@ -14,8 +14,8 @@ from autoglm_compress import load
 from autoglm_compress.inputs import random_feeds
 from autoglm_compress.ir_utils import check, ort_run, ort_session
 from autoglm_compress.metrics import fidelity
-from tests.qhelpers import quantize_with as _quantize
-from tests.qhelpers import finetune_with
+from qhelpers import quantize_with as _quantize
+from qhelpers import finetune_with
 from autoglm_compress.runtime import TorchExecutor
 from autoglm_compress.runtime import train_loop
 from autoglm_compress.targets.cuda import CudaTarget

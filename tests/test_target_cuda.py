@@ -13,7 +13,7 @@ from autoglm_compress.errors import UnsupportedOpError
 from autoglm_compress.inputs import random_feeds
 from autoglm_compress.pipeline import Pipeline, build_passes
 from autoglm_compress.quantization.collect import collect_stats
-from tests.qhelpers import quantize_with as _quantize
+from qhelpers import quantize_with as _quantize
 from autoglm_compress.targets.cuda import CudaTarget
 from autoglm_compress.targets.cuda.trt_rules import check_tensorrt_rules
 from autoglm_compress.targets.x86 import X86Target
