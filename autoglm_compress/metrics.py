@@ -59,6 +59,8 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na == 0 or nb == 0:
         return 0.0
+    if np.array_equal(a, b):
+        return 1.0  # exactly, not 1 − 1e-16 (a gate at 1.0 passes identical outputs)
     return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
 
 
@@ -123,7 +125,7 @@ def _compare(r_samples: list[np.ndarray], g_samples: list[np.ndarray]) -> dict:
         }
     err = np.abs(r.astype(np.float64) - g.astype(np.float64))
     m = {
-        "cosine": round(_cos(r, g), 6),
+        "cosine": float(_cos(r, g)),  # unrounded: a gate at 1.0 must see 0.9999996
         "max_abs_err": float(err.max()) if err.size else 0.0,
         "mean_abs_err": float(err.mean()) if err.size else 0.0,
         "finite": bool(np.isfinite(g).all()),

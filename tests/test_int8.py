@@ -223,7 +223,7 @@ def test_latency_guard_on_transformer(saved, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     lg = next(p for p in rep["passes"] if p["name"] == "quantize[x86]")["stats"]["latency_guard"]
     before = lg["int8_ms_before"] / lg["fp32_ms"]
-    assert lg["int8_vs_fp32_after"] <= before
+    assert lg["int8_vs_fp32_after"] <= round(before, 3) + 1e-9
     if lg["kept_float_for_speed"]:  # what was left in float is really float in the artifact
         assert any("left in float for speed" in n for n in rep["artifacts"][0]["notes"])
     assert rep["artifacts"][0]["fidelity"]["cosine_min"] > 0.99

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from autoglm_compress.api import _quality_gate
+from autoglm_compress.gates import below, quality_gate as _quality_gate
 from autoglm_compress.metrics import (
     accuracy_output,
     class_count,
@@ -79,7 +79,7 @@ def test_same_output_for_every_sample_is_a_warning_only():
     fid = _fid([anchors], [anchors], ["anchors"])
     m = fid["outputs"]["anchors"]
     assert m["flags"] == [] and m["warnings"] == ["reference_same_for_all_samples"]
-    assert m["cosine"] == 1.0
+    assert m["cosine"] == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_degenerate_flags_direct():
 
 
 def _art(name: str, fid: dict) -> Artifact:
-    return Artifact(target="x86", precision="fp16", path=Path(name), fidelity=fid)
+    return Artifact(target="x86", precision="fp16", files={"model": Path(name)}, fidelity=fid)
 
 
 def test_quality_gate_fails_on_flags_and_reads_the_class_output():
@@ -217,3 +217,11 @@ def test_reference_flags_before_any_work():
     ok, zeros = _samples(3, 1, 10), [np.zeros((1, 10), np.float32)] * 3
     ref = [list(s) for s in zip(ok, zeros)]
     assert reference_flags(ref, ["a", "b"]) == {"b": ["reference_zero"]}
+
+
+def test_gate_message_never_rounds_a_failure_to_the_bound():
+    assert below(0.9999999, 1.0) == "0.9999999"
+    assert below(0.98765, 0.99) == "0.98765"
+    fid = {"cosine_min": 0.9999999, "outputs": {"y": {"cosine": 0.9999999}}}
+    gate = _quality_gate([_art("a.onnx", fid)], 1.0, None)
+    assert not gate["passed"] and "cosine 0.9999999 < --min-cosine 1.0" in gate["message"]

@@ -104,7 +104,7 @@ def test_rules_reject_x86_style_qdq(deconv):
     rules = check_tensorrt_rules(q)
     assert any("zero point must be int8 0" in v for v in rules["violations"])
     with pytest.raises(UnsupportedOpError, match="TensorRT rule: zero point"):
-        CudaTarget().legalize(q, "int8")
+        CudaTarget().validate(q, "int8")
 
 
 def test_rules_catch_wrong_axis_and_full_range(deconv):
@@ -138,5 +138,5 @@ def test_float_input_layer_is_reported(deconv):
     gemm.replace_input_with(0, act_dq.inputs[0].producer().inputs[0])  # skip its Q/DQ
     rules = check_tensorrt_rules(q)
     assert rules["violations"] == [] and rules["float_input_layers"] == ["gemm"]
-    notes = CudaTarget().legalize(q, "int8")
+    notes = CudaTarget().validate(q, "int8")
     assert len(notes) == 1 and "gemm" in notes[0]
