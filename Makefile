@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml Makefile requirements-real.txt
 demo: venv
 	$(PY) examples/make_demo_model.py
 	$(VENV)/bin/autoglm-compress examples/digits_cnn.pt --fp16 --target x86 \
-		--calib examples/digits_calib.npz --eval examples/digits_eval.npz -o out/demo
-	$(VENV)/bin/autoglm-compress examples/digits_cnn.pt --int8 --target x86 --target cuda \
-		--calib examples/digits_calib.npz --eval examples/digits_eval.npz --samples 500 --qat-steps 200 \
-		-o out/demo-int8
+		--calib examples/digits_calib.npz --eval examples/digits_eval.npz --samples 500 -o out/demo
+	# INT8 + 200 QAT steps for x86 and cuda, from a recipe (the same as: autoglm-compress
+	# examples/digits_cnn.pt --int8 --target x86 --target cuda --calib examples/digits_calib.npz
+	# --eval examples/digits_eval.npz --samples 500 --qat-steps 200 -o out/demo-int8)
+	$(VENV)/bin/autoglm-compress run examples/demo-int8.toml
 
 bench: venv
 	$(PY) bench/bench_int8.py

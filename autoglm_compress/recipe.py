@@ -3,7 +3,9 @@
 The layout is the config's: top-level ``model``, ``out_dir``, ``targets``, ``precision``, ``passes``,
 then one table per section (``[calibration]``, ``[calibration.image]``, ``[int8]``, ``[qat]``,
 ``[verify]``, ``[gates]``, ``[debug]``, ``[target_options.x86]`` …). Relative paths in a recipe are
-taken from the recipe file's folder. Errors name the key path and its line in the file.
+taken from the current folder, as on the command line (so ``--print-recipe > anywhere.toml`` runs
+the same), unless the recipe sets ``base_dir`` (relative to the recipe file's folder). Errors name
+the key path and its line in the file.
 """
 
 from __future__ import annotations
@@ -75,7 +77,11 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> CompressConf
         tree = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
-    _resolve_paths(tree, p.parent)
+    base = tree.pop("base_dir", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{p}:{key_line(text, ('base_dir',))}: base_dir: expected a string")
+        _resolve_paths(tree, p.parent / base)
     for k, v in (overrides or {}).items():
         tree[k] = v
 
@@ -93,7 +99,8 @@ def dump_recipe(cfg: CompressConfig, defaults: bool = False) -> str:
     tree = to_dict(cfg, defaults=defaults)
     head = (
         "# autoglm-compress recipe: `autoglm-compress run THIS_FILE`\n"
-        "# relative paths are taken from this file's folder\n"
+        "# relative paths are taken from the current folder (set base_dir = \"..\" to take them\n"
+        "# from a folder relative to this file instead)\n"
     )
     return head + tomli_w.dumps(_order(tree))
 

@@ -92,5 +92,5 @@ def _footnotes(a: dict, name: str) -> list[str]:
         )
     measured = (a.get("latency") or {}).get("measured_on", "")
     if a["target"] != "x86" and "onnxruntime" in measured:
-        out.append(f"note: {name} latency measured with {measured}, not on the target")
+        out.append(f"note: {name}: latency measured with {measured}")
     return out
