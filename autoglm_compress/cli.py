@@ -156,7 +156,11 @@ def inspect_cmd(model, graph, input_shapes, trust_pickle):
     from autoglm_compress.stats import format_stats, model_stats
 
     _setup_logging(0)
-    m = load(model, [parse_input_shape(s) for s in input_shapes], trust_pickle=trust_pickle)
+    # as the file holds it (no simplification: onnx-simplifier imports torch, 2 s of start-up)
+    m = load(
+        model, [parse_input_shape(s) for s in input_shapes], trust_pickle=trust_pickle,
+        simplify=False,
+    )
     click.echo(f"{model}: {m.metadata_props.get('autoglm.source_format')}")
     click.echo(format_stats(model_stats(m), Path(model).stat().st_size))
     if graph:

@@ -46,11 +46,15 @@ def infer_shapes(model: ir.Model) -> ir.Model:
 
     from autoglm_compress.ir_utils import from_proto, to_proto
 
-    proto = onnx.shape_inference.infer_shapes(to_proto(model), strict_mode=False, data_prop=True)
+    proto = to_proto(model)
+    del proto.graph.value_info[:]  # the old intermediate shapes would contradict the new ones
+    for out in proto.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     inferred = from_proto(proto)
     shapes = {v.name: (v.shape, v.dtype) for v in _values(inferred.graph)}
     for v in _values(model.graph):
-        if v.name in shapes and shapes[v.name][0] is not None:
+        if v.name in shapes:
             v.shape, v.dtype = shapes[v.name][0], shapes[v.name][1] or v.dtype
     return model
 
