@@ -176,6 +176,10 @@ class QATOptions:
     )
     lr: float = field(1e-4, "QAT learning rate (Adam).", flat="qat_lr", min=0.0)
     batch: int = field(16, "QAT samples per step.", flat="qat_batch", min=1)
+    device: str | None = field(
+        None, "Where QAT trains: cpu or cuda; default: CUDA when present, else CPU.",
+        flat="qat_device", choices=("cpu", "cuda"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

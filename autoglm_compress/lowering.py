@@ -204,7 +204,7 @@ def _lower_int8(model: ir.Model, target, ctx, cfg: CompressConfig) -> Lowered:
     ctx.quantizer = requantize
     if cfg.qat.steps:
         qcfg = {"steps": cfg.qat.steps, "lr": cfg.qat.lr, "batch": cfg.qat.batch,
-                "samples": cfg.calibration.samples}
+                "samples": cfg.calibration.samples, "device": cfg.qat.device}
         q, qrecs = Pipeline(build_passes(["qat"], {"qat": qcfg}), progress=False).apply(q, ctx)
         qrecs[0].name = f"qat[{target.name}]"
         records += qrecs
