@@ -12,19 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from autoglm_compress.ir_utils import dtype_name
+
 __all__ = ["run_info", "source_info", "artifact_io", "layer_counts", "dtype_name"]
 
 _RUNTIMES = ("onnx", "onnxruntime", "torch", "onnx-ir", "numpy", "onnxscript")
-
-
-def dtype_name(dtype: ir.DataType | None) -> str | None:
-    """The numpy spelling of an IR dtype (``float32``); None when unknown."""
-    if dtype is None:
-        return None
-    try:
-        return np.dtype(dtype.numpy()).name
-    except Exception:  # noqa: BLE001 - a type numpy has no name for (e.g. float8)
-        return dtype.name.lower()
 
 
 def run_info(argv: list[str] | None = None, recipe: dict | None = None) -> dict:

@@ -156,10 +156,15 @@ def inspect_cmd(model, graph, input_shapes, trust_pickle):
     from autoglm_compress.stats import format_stats, model_stats
 
     _setup_logging(0)
-    # as the file holds it (no simplification: onnx-simplifier imports torch, 2 s of start-up)
+    # An ONNX file is shown as it is: onnx-simplifier imports torch (2 s of start-up); converted
+    # torch models are simplified as compress does (torch is loaded for them anyway).
+    from autoglm_compress.frontend import detect_format
+
+    p = Path(model)
+    onnx_file = p.is_file() and p.stat().st_size > 0 and detect_format(p) == "onnx"
     m = load(
         model, [parse_input_shape(s) for s in input_shapes], trust_pickle=trust_pickle,
-        simplify=False,
+        simplify=not onnx_file,
     )
     click.echo(f"{model}: {m.metadata_props.get('autoglm.source_format')}")
     click.echo(format_stats(model_stats(m), Path(model).stat().st_size))

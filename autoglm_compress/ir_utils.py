@@ -11,6 +11,7 @@ import onnx
 import onnx_ir as ir
 
 __all__ = [
+    "dtype_name",
     "add_initializer",
     "fix_input_dims",
     "to_proto",
@@ -104,3 +105,13 @@ def ort_session(
 def ort_run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     names = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+
+
+def dtype_name(dtype: ir.DataType | None) -> str | None:
+    """The numpy spelling of an IR dtype (``float32``); None when unknown."""
+    if dtype is None:
+        return None
+    try:
+        return np.dtype(dtype.numpy()).name
+    except Exception:  # noqa: BLE001 - a type numpy has no name for (e.g. float8)
+        return dtype.name.lower()

@@ -9,6 +9,7 @@ import math
 import onnx_ir as ir
 
 from autoglm_compress.inputs import concrete_inputs, model_inputs
+from autoglm_compress.ir_utils import dtype_name
 
 __all__ = ["ModelStats", "model_stats", "format_stats"]
 
@@ -117,7 +118,7 @@ def model_stats(model: ir.Model, shapes: dict | None = None) -> ModelStats:
             "shape": [d if isinstance(d, int) else str(d) for d in v.shape]
             if v.shape is not None
             else None,
-            "dtype": str(v.dtype),
+            "dtype": dtype_name(v.dtype),
         }
         for v in g.outputs
     ]
