@@ -58,20 +58,26 @@ class Artifact:
     fidelity: dict = dataclasses.field(default_factory=dict)
     latency: dict = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
+    file_info: dict = dataclasses.field(default_factory=dict)  # role → path, size, sha256
 
     @property
     def path(self) -> Path:
         return next(iter(self.files.values()))
 
     def finalize(self) -> Artifact:
-        self.size_bytes = sum(p.stat().st_size for p in self.files.values())
-        self.sha256 = sha256_of(self.path)
+        """Sizes and hashes of the written files (once: a 140 MB model is hashed one time)."""
+        self.file_info = {
+            role: {"path": str(p), "size_bytes": p.stat().st_size, "sha256": sha256_of(p)}
+            for role, p in self.files.items()
+        }
+        self.size_bytes = sum(f["size_bytes"] for f in self.file_info.values())
+        self.sha256 = next(iter(self.file_info.values()))["sha256"]
         return self
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["path"] = str(self.path)
-        d["files"] = {
+        d["files"] = d.pop("file_info") or {
             role: {"path": str(p), "size_bytes": p.stat().st_size, "sha256": sha256_of(p)}
             for role, p in self.files.items()
         }
