@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile requirements-real.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,runtimes]"
 	$(PY) -m pip install -q --no-deps -r requirements-real.txt
 	touch $(STAMP)
 

@@ -59,7 +59,7 @@ def summary_table(report: dict) -> str:
                 f"{max_err:.3g}",
                 "-" if top1 is None else f"{top1:.3f}",
                 acc_s,
-                f"{lat.get(a['precision'], {}).get('median_ms', float('nan')):.3f} ms",
+                f"{lat.get(_lat_key(a['precision']), {}).get('median_ms', float('nan')):.3f} ms",
                 _speed(lat.get("speedup_vs_fp32")),
             )
         )
@@ -74,6 +74,10 @@ def summary_table(report: dict) -> str:
     )
     lines += [f"flagged: {f}" for f in flagged] + footnotes
     return head + "\n" + "\n".join(lines)
+
+
+def _lat_key(precision: str) -> str:
+    return "artifact" if precision == "fp32" else precision
 
 
 def _speed(ratio) -> str:

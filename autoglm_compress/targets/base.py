@@ -28,6 +28,7 @@ __all__ = [
     "LoweringTable",
     "Target",
     "VerifyContext",
+    "latency_key",
     "sha256_of",
     "verify_in_runtime",
 ]
@@ -109,6 +110,12 @@ class VerifyContext:
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
+def latency_key(precision: str) -> str:
+    """The artifact's entry in ``latency``: its precision, or "artifact" for an FP32 artifact
+    (``fp32`` is the FP32 model in onnxruntime it is timed against)."""
+    return "artifact" if precision == "fp32" else precision
+
+
 def verify_in_runtime(
     make_runner: Callable[[], Runner],
     artifact: Artifact,
@@ -134,13 +141,12 @@ def verify_in_runtime(
         ctx.reference_outputs, got, ctx.output_names, ctx.labels, ctx.batch
     )
     ref_sess, feed = ctx.reference_session(), ctx.feeds[0]
+    key = latency_key(artifact.precision)
     lat = compare_latency(
-        {"fp32": lambda: ort_run(ref_sess, feed), artifact.precision: lambda: run(feed)},
+        {"fp32": lambda: ort_run(ref_sess, feed), key: lambda: run(feed)},
         repeats=ctx.latency_repeats,
     )
-    lat["speedup_vs_fp32"] = round(
-        lat["fp32"]["median_ms"] / max(lat[artifact.precision]["median_ms"], 1e-9), 3
-    )
+    lat["speedup_vs_fp32"] = round(lat["fp32"]["median_ms"] / max(lat[key]["median_ms"], 1e-9), 3)
     lat["measured_on"] = measured_on
     artifact.latency = lat
     return run
@@ -158,7 +164,9 @@ class LoweringTable:
         data = tomllib.loads(Path(path).read_text())["precision"]
         for p, entry in data.items():
             base = data.get(entry.get("inherit", ""), {})
-            for key in ("domains", "unsupported", "passes"):
+            for key in ("domains", "unsupported", "passes", "supported"):
+                if key == "supported" and "supported" not in base and "supported" not in entry:
+                    continue
                 entry.setdefault(key, list(base.get(key, [])))
         return cls(data)
 
@@ -175,6 +183,8 @@ class LoweringTable:
             return f"op domain {domain!r} is not implemented"
         if node.op_type in e["unsupported"]:
             return "the runtime has no kernel for it"
+        if "supported" in e and node.op_type not in e["supported"]:
+            return "the target has no lowering for it"
         if domain == "":
             import onnx.defs
 

@@ -1,0 +1,447 @@
+"""Lower the IR (ONNX ops, NCHW) to TFLite builtins (NHWC), FP32 or FP16 weights.
+
+Layout: every 4-D activation is carried NHWC inside the model; graph inputs and outputs keep the
+ONNX (NCHW) layout, with one TRANSPOSE at each edge, and a TRANSPOSE back only where an op needs the
+ONNX order (a Flatten/Reshape of a map larger than 1×1). Filters: CONV_2D [O,H,W,I] (from OIHW),
+DEPTHWISE_CONV_2D [1,H,W,O]; Gemm/MatMul with a constant weight → FULLY_CONNECTED [out, in].
+ONNX pads become SAME or VALID when they equal them, else an explicit PAD (PADV2 with the lowest
+float for max pooling). A Relu/Clip(0, 6) read only by a conv/FC is fused into it. FP16 (the TFLite
+convention): weights stored float16 and DEQUANTIZE'd to float32 in the graph.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from autoglm_compress.errors import UnsupportedOpError
+from autoglm_compress.ir_ops import const_array
+from autoglm_compress.targets.tflite.builder import TFLiteBuilder
+
+__all__ = ["lower_to_tflite", "unsupported_reason", "OPS"]
+
+logger = logging.getLogger(__name__)
+
+_TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+_UNARY = {"Relu": 19, "Sigmoid": 14, "Tanh": 28, "HardSwish": 117, "Exp": 47, "Sqrt": 75,
+          "Abs": 101, "Neg": 59, "Floor": 8}
+_BINARY = {"Add": (0, 11), "Sub": (41, 28), "Mul": (18, 21), "Div": (42, 29),
+           "Max": (55, 0), "Min": (57, 0), "Pow": (78, 0)}
+OPS = frozenset({"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
+                 "GlobalMaxPool", "Flatten", "Reshape", "Softmax", "Concat", "Transpose",
+                 "Clip", "LeakyRelu", "ReduceMean", "Identity", "Dropout", "Resize",
+                 *_UNARY, *_BINARY})
+
+
+def _ints(node: ir.Node, name: str, default):
+    a = node.attributes.get(name)
+    return list(a.as_ints()) if a is not None else list(default)
+
+
+def _shape(v: ir.Value) -> list[int]:
+    return [d if isinstance(d, int) else 1 for d in (v.shape or [])]
+
+
+def unsupported_reason(node: ir.Node) -> str | None:
+    """Why this node has no TFLite lowering here (None: it has one)."""
+    op = node.op_type
+    if op not in OPS:
+        return "no TFLite lowering for this op yet"
+    if op == "Conv":
+        w = const_array(node.inputs[1])
+        if w is None or w.ndim != 4:
+            return "only 2-D convolutions with constant weights"
+        g = node.attributes.get_int("group", 1)
+        cin = w.shape[1] * g
+        if g != 1 and not (g == cin and w.shape[1] == 1):
+            return "grouped (non-depthwise) convolution"
+    if op == "Gemm":
+        if node.attributes.get_int("transA", 0) or node.attributes.get_float("alpha", 1.0) != 1.0:
+            return "Gemm with transA or alpha ≠ 1"
+        if const_array(node.inputs[1]) is None:
+            return "Gemm with a non-constant weight"
+    if op in ("MaxPool", "AveragePool") and node.attributes.get_int("ceil_mode", 0):
+        return "ceil_mode pooling"
+    if op == "Resize":
+        return _resize_mode(node)[1]
+    if op == "Clip" and (len(node.inputs) < 3 or const_array(node.inputs[1]) is None
+                         or const_array(node.inputs[2]) is None):
+        return "Clip without constant bounds"
+    return None
+
+
+def _resize_mode(node: ir.Node) -> tuple[tuple[int, bool, bool] | None, str | None]:
+    """((builtin, align_corners, half_pixel_centers), None) or (None, why)."""
+    mode = node.attributes.get_string("mode", "nearest")
+    ct = node.attributes.get_string("coordinate_transformation_mode", "half_pixel")
+    nearest = node.attributes.get_string("nearest_mode", "round_prefer_floor")
+    if len(_shape(node.outputs[0])) != 4:
+        return None, "only 4-D (NCHW) resizes"
+    if mode == "nearest" and ct == "asymmetric" and nearest == "floor":
+        return (97, False, False), None
+    if mode == "nearest" and ct in ("half_pixel", "pytorch_half_pixel") and nearest == "round_prefer_ceil":
+        return (97, False, True), None
+    if mode == "linear" and ct in ("half_pixel", "pytorch_half_pixel"):
+        return (23, False, True), None
+    if mode == "linear" and ct == "align_corners":
+        return (23, True, False), None
+    return None, f"Resize mode {mode}/{ct}/{nearest} has no TFLite equivalent"
+
+
+class _Lowerer:
+    def __init__(self, model: ir.Model, fp16: bool):
+        self.m, self.g, self.fp16 = model, model.graph, fp16
+        self.b = TFLiteBuilder()
+        self.vals: dict[str, tuple[int, str]] = {}  # onnx name → (tensor, "nhwc" | "onnx")
+        self.alt: dict[tuple[str, str], int] = {}  # cached layout conversions
+        self.fused: set[int] = set()
+        self._n = 0
+
+    # -- tensors ---------------------------------------------------------------------------
+    def _name(self, base: str) -> str:
+        self._n += 1
+        return f"{base}#{self._n}"
+
+    def const(self, name: str, arr: np.ndarray, weight: bool = False) -> int:
+        arr = np.asarray(arr)
+        if weight and self.fp16 and arr.dtype == np.float32:
+            c16 = self.b.const(name + "_fp16", arr.astype(np.float16))
+            out = self.b.tensor(self._name(name), arr.shape)
+            self.b.op(6, [c16], [out])  # DEQUANTIZE
+            return out
+        return self.b.const(name, arr)
+
+    def get(self, name: str, want: str) -> int:
+        """The TFLite tensor of ONNX value ``name`` in layout ``want`` (a TRANSPOSE if needed)."""
+        if name in self.g.initializers or name not in self.vals:
+            arr = const_array(self.g.initializers.get(name)) if name in self.g.initializers else None
+            if arr is None:
+                raise UnsupportedOpError("?", name, "arm target", "value has no producer")
+            arr = arr.transpose(_TO_NHWC) if want == "nhwc" and arr.ndim == 4 else arr
+            return self.const(name, arr, weight=True)
+        idx, have = self.vals[name]
+        if have == want or len(self.b.shape_of(idx)) != 4:
+            return idx
+        key = (name, want)
+        if key not in self.alt:
+            perm = _TO_NHWC if want == "nhwc" else _TO_NCHW
+            shape = [self.b.shape_of(idx)[p] for p in perm]
+            out = self.b.tensor(self._name(name + "_" + want), shape)
+            self.b.op(39, [idx, self.b.const("perm" + "".join(map(str, perm)),
+                                             np.asarray(perm, np.int32))], [out])
+            self.alt[key] = out
+        return self.alt[key]
+
+    def layout(self, name: str) -> str:
+        return self.vals[name][1] if name in self.vals else "onnx"
+
+    def out(self, v: ir.Value, layout: str) -> int:
+        shape = _shape(v)
+        if layout == "nhwc" and len(shape) == 4:
+            shape = [shape[p] for p in _TO_NHWC]
+        idx = self.b.tensor(v.name, shape)
+        self.vals[v.name] = (idx, layout if len(shape) == 4 else "onnx")
+        return idx
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _fuse(self, node: ir.Node) -> tuple[int, ir.Value]:
+        """(fused activation code, the value the fused op writes)."""
+        y = node.outputs[0]
+        uses = list(y.uses())
+        if len(uses) != 1 or y in self.g.outputs:
+            return 0, y
+        nxt = uses[0][0]
+        code = None
+        if nxt.op_type == "Relu":
+            code = 1
+        elif nxt.op_type == "Clip" and unsupported_reason(nxt) is None:
+            lo, hi = float(const_array(nxt.inputs[1])), float(const_array(nxt.inputs[2]))
+            code = 3 if (lo, hi) == (0.0, 6.0) else 2 if (lo, hi) == (-1.0, 1.0) else None
+        if code is None:
+            return 0, y
+        self.fused.add(id(nxt))
+        return code, nxt.outputs[0]
+
+    @staticmethod
+    def _padding(in_hw, k, s, d, pads) -> tuple[int, list[int] | None]:
+        """(TFLite padding, explicit [t, l, b, r] or None): SAME/VALID when the pads equal them."""
+        if not any(pads):
+            return 1, None
+        same = []
+        for i in range(2):
+            out = -(-in_hw[i] // s[i])
+            total = max((out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - in_hw[i], 0)
+            same += [total // 2, total - total // 2]
+        if [pads[0], pads[2], pads[1], pads[3]] == same:
+            return 0, None
+        return 1, pads
+
+    def _pad(self, x: int, pads, value: float | None) -> int:
+        t, l, b_, r = pads
+        shape = self.b.shape_of(x)
+        shape = [shape[0], shape[1] + t + b_, shape[2] + l + r, shape[3]]
+        out = self.b.tensor(self._name("pad"), shape)
+        spec = self.b.const(self._name("pads"), np.asarray([[0, 0], [t, b_], [l, r], [0, 0]],
+                                                           np.int32))
+        if value is None:
+            self.b.op(34, [x, spec], [out])  # PAD
+        else:
+            cv = self.b.const(self._name("padv"), np.asarray([value], np.float32))
+            self.b.op(60, [x, spec, cv], [out])  # PADV2
+        return out
+
+    # -- ops -------------------------------------------------------------------------------
+    def conv(self, n: ir.Node) -> None:
+        s = self.b.s
+        x = self.get(n.inputs[0].name, "nhwc")
+        w = const_array(n.inputs[1]).astype(np.float32)
+        o = w.shape[0]
+        bias = const_array(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else None
+        bias = np.zeros(o, np.float32) if bias is None else bias.astype(np.float32)
+        k, st = list(w.shape[2:]), _ints(n, "strides", [1, 1])
+        dil, pads = _ints(n, "dilations", [1, 1]), _ints(n, "pads", [0, 0, 0, 0])
+        in_hw = self.b.shape_of(x)[1:3]
+        padding, explicit = self._padding(in_hw, k, st, dil, pads)
+        if explicit:
+            x = self._pad(x, explicit, None)
+        act, y = self._fuse(n)
+        g = n.attributes.get_int("group", 1)
+        if g > 1:
+            opt = s.DepthwiseConv2DOptionsT()
+            opt.depthMultiplier = o // g
+            filt, code, otype = w.transpose(1, 2, 3, 0), 4, s.BuiltinOptions.DepthwiseConv2DOptions
+        else:
+            opt = s.Conv2DOptionsT()
+            filt, code, otype = w.transpose(0, 2, 3, 1), 3, s.BuiltinOptions.Conv2DOptions
+        opt.padding, opt.strideH, opt.strideW = padding, st[0], st[1]
+        opt.dilationHFactor, opt.dilationWFactor, opt.fusedActivationFunction = dil[0], dil[1], act
+        wt = self.const(n.inputs[1].name + "_tfl", np.ascontiguousarray(filt), weight=True)
+        bt = self.const(self._name((n.name or "conv") + "_bias"), bias, weight=True)
+        self.b.op(code, [x, wt, bt], [self.out(y, "nhwc")], opt, otype)
+
+    def fully_connected(self, n: ir.Node, w_out_in: np.ndarray, bias, keep_dims: bool) -> None:
+        s = self.b.s
+        x = self.get(n.inputs[0].name, "onnx")
+        act, y = self._fuse(n)
+        opt = s.FullyConnectedOptionsT()
+        opt.fusedActivationFunction, opt.keepNumDims = act, keep_dims
+        wt = self.const(self._name((n.name or "fc") + "_w"), np.ascontiguousarray(w_out_in),
+                        weight=True)
+        ins = [x, wt]
+        if bias is not None:
+            ins.append(self.const(self._name((n.name or "fc") + "_b"),
+                                  np.asarray(bias, np.float32).reshape(-1), weight=True))
+        else:
+            ins.append(-1)
+        self.b.op(9, ins, [self.out(y, "onnx")], opt, s.BuiltinOptions.FullyConnectedOptions)
+
+    def gemm(self, n: ir.Node) -> None:
+        w = const_array(n.inputs[1]).astype(np.float32)
+        w = w if n.attributes.get_int("transB", 0) else w.T
+        c = const_array(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else None
+        if c is not None:
+            c = c.astype(np.float32) * n.attributes.get_float("beta", 1.0)
+            c = np.broadcast_to(c.reshape(-1) if c.size == w.shape[0] else c, (w.shape[0],))
+        self.fully_connected(n, w, c, False)
+
+    def matmul(self, n: ir.Node) -> None:
+        w = const_array(n.inputs[1])
+        if w is not None and w.ndim == 2:
+            self.fully_connected(n, w.astype(np.float32).T, None, len(_shape(n.inputs[0])) > 2)
+            return
+        a, b = (self.get(v.name, "onnx") for v in n.inputs)
+        self.b.op(126, [a, b], [self.out(n.outputs[0], "onnx")],
+                  self.b.s.BatchMatMulOptionsT(), self.b.s.BuiltinOptions.BatchMatMulOptions)
+
+    def pool(self, n: ir.Node) -> None:
+        s = self.b.s
+        x = self.get(n.inputs[0].name, "nhwc")
+        k, st = _ints(n, "kernel_shape", [1, 1]), _ints(n, "strides", [1, 1])
+        pads = _ints(n, "pads", [0, 0, 0, 0])
+        padding, explicit = self._padding(self.b.shape_of(x)[1:3], k, st, [1, 1], pads)
+        is_max = n.op_type == "MaxPool"
+        if explicit:
+            if not is_max:
+                raise UnsupportedOpError(n.op_type, n.name, "arm target",
+                                         "AveragePool pads that are neither SAME nor VALID")
+            x = self._pad(x, explicit, float(np.finfo(np.float32).min))
+        opt = s.Pool2DOptionsT()
+        opt.padding, opt.strideH, opt.strideW = padding, st[0], st[1]
+        opt.filterHeight, opt.filterWidth = k[0], k[1]
+        act, y = self._fuse(n)
+        opt.fusedActivationFunction = act
+        self.b.op(17 if is_max else 1, [x], [self.out(y, "nhwc")], opt,
+                  s.BuiltinOptions.Pool2DOptions)
+
+    def global_pool(self, n: ir.Node) -> None:
+        s = self.b.s
+        x = self.get(n.inputs[0].name, "nhwc")
+        opt = s.ReducerOptionsT()
+        opt.keepDims = True
+        axes = self.b.const("axes12", np.asarray([1, 2], np.int32))
+        code = 40 if n.op_type == "GlobalAveragePool" else 82  # MEAN / REDUCE_MAX
+        self.b.op(code, [x, axes], [self.out(n.outputs[0], "nhwc")], opt,
+                  s.BuiltinOptions.ReducerOptions)
+
+    def reshape(self, n: ir.Node) -> None:
+        src = n.inputs[0]
+        shape = _shape(src)
+        spatial_one = len(shape) == 4 and shape[2] * shape[3] == 1
+        if self.layout(src.name) == "nhwc" and spatial_one:
+            x = self.vals[src.name][0]  # [N,1,1,C] and [N,C,1,1] hold the same order
+        else:
+            x = self.get(src.name, "onnx")
+        y = n.outputs[0]
+        new = self.b.const(self._name("shape"), np.asarray(_shape(y), np.int32))
+        self.b.op(22, [x, new], [self.out(y, "onnx")])
+
+    def softmax(self, n: ir.Node) -> None:
+        s = self.b.s
+        v = n.inputs[0]
+        rank = len(_shape(v))
+        axis = n.attributes.get_int("axis", -1) % rank
+        if self.layout(v.name) == "nhwc" and axis == 1:
+            x, lay = self.vals[v.name][0], "nhwc"
+        elif axis == rank - 1:
+            x, lay = self.get(v.name, "onnx"), "onnx"
+        else:
+            raise UnsupportedOpError("Softmax", n.name, "arm target", "softmax over a middle axis")
+        opt = s.SoftmaxOptionsT()
+        opt.beta = 1.0
+        self.b.op(25, [x], [self.out(n.outputs[0], lay)], opt, s.BuiltinOptions.SoftmaxOptions)
+
+    def concat(self, n: ir.Node) -> None:
+        s = self.b.s
+        rank = len(_shape(n.outputs[0]))
+        lay = "nhwc" if rank == 4 and any(self.layout(v.name) == "nhwc" for v in n.inputs) \
+            else "onnx"
+        axis = n.attributes.get_int("axis", 0) % rank
+        if lay == "nhwc":
+            axis = _TO_NHWC.index(axis)
+        ins = [self.get(v.name, lay) for v in n.inputs]
+        opt = s.ConcatenationOptionsT()
+        opt.axis = axis
+        self.b.op(2, ins, [self.out(n.outputs[0], lay)], opt,
+                  s.BuiltinOptions.ConcatenationOptions)
+
+    def resize(self, n: ir.Node) -> None:
+        s = self.b.s
+        (code, align, half), _ = _resize_mode(n)
+        x = self.get(n.inputs[0].name, "nhwc")
+        y = n.outputs[0]
+        size = self.b.const(self._name("size"), np.asarray(_shape(y)[2:], np.int32))
+        if code == 23:
+            opt, otype = s.ResizeBilinearOptionsT(), s.BuiltinOptions.ResizeBilinearOptions
+        else:
+            opt, otype = s.ResizeNearestNeighborOptionsT(), s.BuiltinOptions.ResizeNearestNeighborOptions
+        opt.alignCorners, opt.halfPixelCenters = align, half
+        self.b.op(code, [x, size], [self.out(y, "nhwc")], opt, otype)
+
+    def binary(self, n: ir.Node) -> None:
+        code, otype = _BINARY[n.op_type]
+        a, c = n.inputs
+        rank = len(_shape(n.outputs[0]))
+        nhwc = rank == 4 and any(
+            v.name in self.vals and self.layout(v.name) == "nhwc" for v in (a, c))
+        lay = "nhwc" if nhwc else "onnx"
+        ins = []
+        for v in (a, c):
+            arr = const_array(v) if v.name not in self.vals else None
+            if arr is not None:
+                arr = arr.astype(np.float32) if arr.dtype == np.float64 else arr
+                if nhwc:
+                    arr = arr.reshape((1,) * (4 - arr.ndim) + arr.shape).transpose(_TO_NHWC)
+                ins.append(self.const(self._name(v.name or "c"), np.ascontiguousarray(arr),
+                                      weight=True))
+            else:
+                ins.append(self.get(v.name, lay))
+        self.b.op(code, ins, [self.out(n.outputs[0], lay)])
+
+    def unary(self, n: ir.Node, code: int, options=None, otype: int = 0) -> None:
+        v = n.inputs[0]
+        lay = self.layout(v.name)
+        self.b.op(code, [self.get(v.name, lay)], [self.out(n.outputs[0], lay)], options, otype)
+
+    def clip(self, n: ir.Node) -> None:
+        lo, hi = float(const_array(n.inputs[1])), float(const_array(n.inputs[2]))
+        if (lo, hi) == (0.0, 6.0):
+            return self.unary(n, 21)  # RELU6
+        v = n.inputs[0]
+        lay = self.layout(v.name)
+        mid = self.b.tensor(self._name("clip"), self.b.shape_of(self.get(v.name, lay)))
+        self.b.op(55, [self.get(v.name, lay), self.b.const(self._name("lo"),
+                                                            np.asarray(lo, np.float32))], [mid])
+        self.b.op(57, [mid, self.b.const(self._name("hi"), np.asarray(hi, np.float32))],
+                  [self.out(n.outputs[0], lay)])
+        return None
+
+    def node(self, n: ir.Node) -> None:
+        s, op = self.b.s, n.op_type
+        if id(n) in self.fused:
+            return
+        why = unsupported_reason(n)
+        if why:
+            raise UnsupportedOpError(op, n.name or "?", "arm target", why)
+        if op == "Conv":
+            self.conv(n)
+        elif op == "Gemm":
+            self.gemm(n)
+        elif op == "MatMul":
+            self.matmul(n)
+        elif op in ("MaxPool", "AveragePool"):
+            self.pool(n)
+        elif op in ("GlobalAveragePool", "GlobalMaxPool"):
+            self.global_pool(n)
+        elif op in ("Flatten", "Reshape"):
+            self.reshape(n)
+        elif op == "Softmax":
+            self.softmax(n)
+        elif op == "Concat":
+            self.concat(n)
+        elif op == "Resize":
+            self.resize(n)
+        elif op in _BINARY:
+            self.binary(n)
+        elif op in _UNARY:
+            self.unary(n, _UNARY[op])
+        elif op == "Clip":
+            self.clip(n)
+        elif op == "LeakyRelu":
+            opt = s.LeakyReluOptionsT()
+            opt.alpha = n.attributes.get_float("alpha", 0.01)
+            self.unary(n, 98, opt, s.BuiltinOptions.LeakyReluOptions)
+        elif op in ("Identity", "Dropout"):
+            self.vals[n.outputs[0].name] = self.vals[n.inputs[0].name]
+        elif op == "Transpose":
+            perm = _ints(n, "perm", reversed(range(len(_shape(n.inputs[0])))))
+            x = self.get(n.inputs[0].name, "onnx")
+            self.b.op(39, [x, self.b.const(self._name("perm"), np.asarray(perm, np.int32))],
+                      [self.out(n.outputs[0], "onnx")])
+        elif op == "ReduceMean":
+            axes = _ints(n, "axes", []) or list(const_array(n.inputs[1]).astype(int))
+            opt = s.ReducerOptionsT()
+            opt.keepDims = bool(n.attributes.get_int("keepdims", 1))
+            self.b.op(40, [self.get(n.inputs[0].name, "onnx"),
+                           self.b.const(self._name("axes"), np.asarray(axes, np.int32))],
+                      [self.out(n.outputs[0], "onnx")], opt, s.BuiltinOptions.ReducerOptions)
+        else:  # pragma: no cover - OPS and this dispatch are kept together
+            raise UnsupportedOpError(op, n.name, "arm target", "not dispatched")
+
+    def run(self) -> bytes:
+        for v in self.g.inputs:
+            idx = self.b.tensor(v.name, _shape(v), np.dtype(v.dtype.numpy()).name)
+            self.b.graph.inputs.append(idx)
+            self.vals[v.name] = (idx, "onnx")
+        for n in self.g:
+            self.node(n)
+        for v in self.g.outputs:
+            idx = self.get(v.name, "onnx")
+            self.b.graph.outputs.append(idx)
+        return self.b.to_bytes()
+
+
+def lower_to_tflite(model: ir.Model, precision: str) -> bytes:
+    """The .tflite bytes of ``model`` (FP32 IR) at ``precision`` (fp32 or fp16)."""
+    return _Lowerer(model, fp16=precision == "fp16").run()

@@ -1,0 +1,99 @@
+"""arm target, TFLite: a ``.tflite`` flatbuffer written by our own emitter (lower.py, builder.py),
+verified in LiteRT (``ai_edge_litert``) with XNNPACK (the default delegate) and with the reference
+kernels, which fail differently (formats.md). FP32 and FP16 (float16 weights + DEQUANTIZE) so far;
+INT8 (the TFLite quantization spec) is issue 11's next step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from autoglm_compress.errors import ConfigError, UnsupportedOpError
+from autoglm_compress.ir_utils import write_bytes_atomic
+from autoglm_compress.metrics import fidelity
+from autoglm_compress.targets.base import Artifact, Target, VerifyContext, verify_in_runtime
+from autoglm_compress.targets.tflite.lower import lower_to_tflite, unsupported_reason
+from autoglm_compress.targets.tflite.options import Options
+
+__all__ = ["TFLiteTarget", "litert_runner", "TARGET"]
+
+logger = logging.getLogger(__name__)
+
+
+def litert_runner(path: Path, threads: int, reference_kernels: bool = False):
+    """``make_runner`` for the shared verifier: a LiteRT interpreter on the file."""
+
+    def make():
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        kw = {"num_threads": threads}
+        if reference_kernels:
+            kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        it = Interpreter(model_path=str(path), **kw)
+        it.allocate_tensors()
+        ins, outs = it.get_input_details(), it.get_output_details()
+
+        def run(feed):
+            for d in ins:
+                it.set_tensor(d["index"], np.asarray(feed[d["name"]], d["dtype"]))
+            it.invoke()
+            return [np.array(it.get_tensor(d["index"])) for d in outs]
+
+        return run
+
+    return make
+
+
+class TFLiteTarget(Target):
+    name = "arm"
+    runtime = "LiteRT (ai_edge_litert, XNNPACK)"
+    precisions = ("fp32", "fp16")
+    options_class = Options
+    lowering_file = Path(__file__).with_name("lowering.toml")
+
+    def check(self, model: ir.Model, precision: str) -> list[str]:
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+            import flatbuffers  # noqa: F401
+        except ImportError as e:
+            raise ConfigError(
+                f"--target arm writes and verifies TFLite with LiteRT, but {e.name} is not "
+                "installed: pip install 'autoglm-compress[runtimes]'"
+            ) from None
+        super().check(model, precision)
+        for node in model.graph:
+            why = unsupported_reason(node)
+            if why:
+                raise UnsupportedOpError(
+                    node.op_type, node.name or "?", f"target arm ({precision})",
+                    f"{why}; replace it in the model, or use --target x86",
+                )
+        return []
+
+    def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
+        data = lower_to_tflite(model, precision)
+        path = out_dir / f"{stem}.arm.{precision}.tflite"
+        write_bytes_atomic(path, data)
+        return Artifact(self.name, precision, {"model": path}, runtime=self.runtime).finalize()
+
+    def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
+        threads = self.options.threads
+        verify_in_runtime(litert_runner(artifact.path, threads), artifact, ctx,
+                          f"LiteRT XNNPACK, {threads} threads")
+        ref = litert_runner(artifact.path, threads, reference_kernels=True)()
+        got = [ref(f) for f in ctx.feeds]
+        fid = fidelity(ctx.reference_outputs, got, ctx.output_names, ctx.labels, ctx.batch)
+        artifact.extra["reference_kernels"] = {"cosine_min": fid["cosine_min"]}
+        worst = min(artifact.fidelity["cosine_min"], fid["cosine_min"])
+        if fid["cosine_min"] < artifact.fidelity["cosine_min"] - 1e-3:
+            artifact.notes.append(
+                f"LiteRT reference kernels disagree with XNNPACK (cosine {fid['cosine_min']:.5f})"
+            )
+        artifact.fidelity["cosine_min"] = worst  # the gate sees the worse of both kernels
+
+
+TARGET = TFLiteTarget

