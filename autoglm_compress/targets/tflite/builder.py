@@ -44,6 +44,8 @@ class TFLiteBuilder:
         self.graph.inputs, self.graph.outputs = [], []
         self.graph.name = "main"
         self._codes: dict[tuple[int, int], int] = {}
+        self.dtypes: dict[int, np.dtype] = {}
+        self.quant: dict[int, dict | None] = {}
         self._consts: dict[tuple, int] = {}
 
     def tensor(self, name: str, shape, dtype="float32", quant: dict | None = None) -> int:
@@ -60,7 +62,9 @@ class TFLiteBuilder:
             q.quantizedDimension = int(quant.get("axis", 0))
             t.quantization = q
         self.graph.tensors.append(t)
-        return len(self.graph.tensors) - 1
+        idx = len(self.graph.tensors) - 1
+        self.dtypes[idx], self.quant[idx] = np.dtype(dtype), quant
+        return idx
 
     def const(self, name: str, array: np.ndarray, quant: dict | None = None) -> int:
         """A constant tensor with its own buffer (equal constants are shared)."""

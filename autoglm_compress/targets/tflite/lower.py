@@ -35,6 +35,19 @@ OPS = frozenset({"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAver
                  *_UNARY, *_BINARY})
 
 
+def wconst(v: ir.Value | None) -> np.ndarray | None:
+    """A constant input as float: an initializer, or the dequantized constant behind a
+    DequantizeLinear (weights of a QDQ graph)."""
+    a = const_array(v)
+    p = v.producer() if v is not None and a is None else None
+    if p is not None and p.op_type == "DequantizeLinear":
+        from autoglm_compress.quantization.qdq_read import read_qparams
+
+        q = read_qparams(p)
+        a = q.dequantize() if q is not None else None
+    return a
+
+
 def _ints(node: ir.Node, name: str, default):
     a = node.attributes.get(name)
     return list(a.as_ints()) if a is not None else list(default)
@@ -50,7 +63,7 @@ def unsupported_reason(node: ir.Node) -> str | None:
     if op not in OPS:
         return "no TFLite lowering for this op yet"
     if op == "Conv":
-        w = const_array(node.inputs[1])
+        w = wconst(node.inputs[1])
         if w is None or w.ndim != 4:
             return "only 2-D convolutions with constant weights"
         g = node.attributes.get_int("group", 1)
@@ -60,7 +73,7 @@ def unsupported_reason(node: ir.Node) -> str | None:
     if op == "Gemm":
         if node.attributes.get_int("transA", 0) or node.attributes.get_float("alpha", 1.0) != 1.0:
             return "Gemm with transA or alpha ≠ 1"
-        if const_array(node.inputs[1]) is None:
+        if wconst(node.inputs[1]) is None:
             return "Gemm with a non-constant weight"
     if op in ("MaxPool", "AveragePool") and node.attributes.get_int("ceil_mode", 0):
         return "ceil_mode pooling"
@@ -128,7 +141,8 @@ class _Lowerer:
         if key not in self.alt:
             perm = _TO_NHWC if want == "nhwc" else _TO_NCHW
             shape = [self.b.shape_of(idx)[p] for p in perm]
-            out = self.b.tensor(self._name(name + "_" + want), shape)
+            out = self.b.tensor(self._name(name + "_" + want), shape, self.b.dtypes[idx],
+                                self.b.quant[idx])
             self.b.op(39, [idx, self.b.const("perm" + "".join(map(str, perm)),
                                              np.asarray(perm, np.int32))], [out])
             self.alt[key] = out
@@ -182,7 +196,7 @@ class _Lowerer:
         t, l, b_, r = pads
         shape = self.b.shape_of(x)
         shape = [shape[0], shape[1] + t + b_, shape[2] + l + r, shape[3]]
-        out = self.b.tensor(self._name("pad"), shape)
+        out = self.b.tensor(self._name("pad"), shape, self.b.dtypes[x], self.b.quant[x])
         spec = self.b.const(self._name("pads"), np.asarray([[0, 0], [t, b_], [l, r], [0, 0]],
                                                            np.int32))
         if value is None:
@@ -196,9 +210,9 @@ class _Lowerer:
     def conv(self, n: ir.Node) -> None:
         s = self.b.s
         x = self.get(n.inputs[0].name, "nhwc")
-        w = const_array(n.inputs[1]).astype(np.float32)
+        w = wconst(n.inputs[1]).astype(np.float32)
         o = w.shape[0]
-        bias = const_array(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else None
+        bias = wconst(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else None
         bias = np.zeros(o, np.float32) if bias is None else bias.astype(np.float32)
         k, st = list(w.shape[2:]), _ints(n, "strides", [1, 1])
         dil, pads = _ints(n, "dilations", [1, 1]), _ints(n, "pads", [0, 0, 0, 0])
@@ -238,16 +252,16 @@ class _Lowerer:
         self.b.op(9, ins, [self.out(y, "onnx")], opt, s.BuiltinOptions.FullyConnectedOptions)
 
     def gemm(self, n: ir.Node) -> None:
-        w = const_array(n.inputs[1]).astype(np.float32)
+        w = wconst(n.inputs[1]).astype(np.float32)
         w = w if n.attributes.get_int("transB", 0) else w.T
-        c = const_array(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else None
+        c = wconst(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else None
         if c is not None:
             c = c.astype(np.float32) * n.attributes.get_float("beta", 1.0)
             c = np.broadcast_to(c.reshape(-1) if c.size == w.shape[0] else c, (w.shape[0],))
         self.fully_connected(n, w, c, False)
 
     def matmul(self, n: ir.Node) -> None:
-        w = const_array(n.inputs[1])
+        w = wconst(n.inputs[1])
         if w is not None and w.ndim == 2:
             self.fully_connected(n, w.astype(np.float32).T, None, len(_shape(n.inputs[0])) > 2)
             return

@@ -1,7 +1,13 @@
 """arm target, TFLite: a ``.tflite`` flatbuffer written by our own emitter (lower.py, builder.py),
 verified in LiteRT (``ai_edge_litert``) with XNNPACK (the default delegate) and with the reference
-kernels, which fail differently (formats.md). FP32 and FP16 (float16 weights + DEQUANTIZE) so far;
-INT8 (the TFLite quantization spec) is issue 11's next step.
+kernels, which fail differently (formats.md). FP32, FP16 (float16 weights + DEQUANTIZE) and INT8.
+
+INT8 scheme (TFLite quantization spec, formats.md): activations int8 asymmetric per-tensor, weights
+int8 symmetric per-channel in [-127, 127], int32 biases with scale = input scale × weight scale;
+equal scales in and out of pooling, concat, reshape, transpose, resize. The QDQ IR written under
+this scheme is lowered to int8 kernels (lower_int8.py); ops without an int8 kernel here run float
+between DEQUANTIZE/QUANTIZE. Verification also compares the .tflite with the QDQ IR run in
+onnxruntime (our own INT8 simulation), which separates lowering bugs from quantization error.
 """
 
 from __future__ import annotations
@@ -48,10 +54,29 @@ def litert_runner(path: Path, threads: int, reference_kernels: bool = False):
     return make
 
 
+_QOPS = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "AveragePool", "MaxPool",
+                   "GlobalAveragePool", "Reshape", "Flatten", "Resize"})
+_SHARED = frozenset({"MaxPool", "AveragePool", "Concat", "Reshape", "Flatten", "Transpose",
+                     "Resize"})
+
+
+def tflite_scheme():
+    from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
+
+    return QuantScheme(
+        name="tflite-s8s8",
+        activation=TensorQuant("int8", symmetric=False),
+        weight=TensorQuant("int8", symmetric=True, per_channel=True, narrow_range=True),
+        input_ops=_QOPS,
+        output_ops=_QOPS,
+        shared_scale_ops=_SHARED,
+    )
+
+
 class TFLiteTarget(Target):
     name = "arm"
     runtime = "LiteRT (ai_edge_litert, XNNPACK)"
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
     options_class = Options
     lowering_file = Path(__file__).with_name("lowering.toml")
 
@@ -74,11 +99,25 @@ class TFLiteTarget(Target):
                 )
         return []
 
+    def scheme(self):
+        return tflite_scheme()
+
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
-        data = lower_to_tflite(model, precision)
+        extra = {}
+        if precision == "int8":
+            from autoglm_compress.targets.tflite.lower_int8 import lower_qdq_to_tflite
+
+            data, split = lower_qdq_to_tflite(model)
+            extra["tflite_ops"] = {"int8": len(split["int8"]), "float": len(split["float"]),
+                                   "float_nodes": split["float"][:20]}
+            self._qdq = model
+        else:
+            data = lower_to_tflite(model, precision)
         path = out_dir / f"{stem}.arm.{precision}.tflite"
         write_bytes_atomic(path, data)
-        return Artifact(self.name, precision, {"model": path}, runtime=self.runtime).finalize()
+        art = Artifact(self.name, precision, {"model": path}, runtime=self.runtime).finalize()
+        art.extra.update(extra)
+        return art
 
     def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
         threads = self.options.threads
@@ -94,6 +133,16 @@ class TFLiteTarget(Target):
                 f"LiteRT reference kernels disagree with XNNPACK (cosine {fid['cosine_min']:.5f})"
             )
         artifact.fidelity["cosine_min"] = worst  # the gate sees the worse of both kernels
+        if artifact.precision == "int8" and getattr(self, "_qdq", None) is not None:
+            from autoglm_compress.ir_utils import ort_run, ort_session
+
+            sess = ort_session(self._qdq)
+            sim = [ort_run(sess, f) for f in ctx.feeds]
+            run = litert_runner(artifact.path, threads)()
+            got = [run(f) for f in ctx.feeds]
+            vs = fidelity(sim, got, ctx.output_names)
+            artifact.extra["vs_qdq_simulation"] = {"cosine_min": vs["cosine_min"]}
+            self._qdq = None
 
 
 TARGET = TFLiteTarget
