@@ -73,9 +73,37 @@ def test_op_without_lowering_is_refused_before_calibration(saved, tmp_path, caps
     assert not list(tmp_path.glob("*.tflite"))
 
 
-def test_int8_is_a_clear_usage_error_for_now(tmp_path, capsys):
-    rc = main([str(DEMO), "--target", "arm", "--int8", "--calib-random", "-o", str(tmp_path)])
-    assert rc == 2 and "arm has no int8 lowering" in capsys.readouterr().err
+CALIB = ROOT / "examples" / "digits_calib.npz"
+
+
+def test_digits_full_integer_int8(tmp_path):
+    """One calibration for x86 and arm; the .tflite runs every op in int8 (float edges only) and
+    keeps the FP32 accuracy within 0.5 point."""
+    res = compress(DEMO, int8=True, targets="arm,x86", calib=CALIB, eval_data=EVAL, samples=500,
+                   out_dir=tmp_path, latency_repeats=5)
+    arm = res.artifact("arm")
+    out = next(iter(arm.fidelity["outputs"].values()))
+    assert out["accuracy_ref"] - out["accuracy"] <= 0.005 and arm.fidelity["cosine_min"] > 0.999
+    assert arm.extra["tflite_ops"]["float"] == 0 and arm.extra["tflite_ops"]["int8"] >= 6
+    assert arm.extra["vs_qdq_simulation"]["cosine_min"] > 0.9999  # lowering adds no error
+    assert arm.extra["reference_kernels"]["cosine_min"] > 0.999
+    details = _details(arm.path)
+    convs = [d for d in details if d["dtype"] == np.int8 and len(d["shape"]) == 4
+             and d["quantization_parameters"]["scales"].size > 1]
+    assert convs, "per-channel int8 filters expected"
+    q = [p for p in res.report["passes"] if p["name"].startswith("quantize[")]
+    assert [p["name"] for p in q] == ["quantize[arm]", "quantize[x86]"]
+    assert res.report["calibration"]["samples"] > 0  # one calibration record for both
+    io = res.report["artifacts"][0]["io"]
+    assert io["inputs"][0]["quant"]["dtype"] == "int8" and io["outputs"][0]["dtype"] == "float32"
+
+
+def test_zoo_cnn_int8_lowering_matches_the_qdq_graph(saved, tmp_path):
+    res = compress(saved("cnn", "onnx"), int8=True, calib_random=True, calib_samples=16,
+                   targets="arm", out_dir=tmp_path, samples=4, latency_repeats=3)
+    art = res.artifact("arm")
+    assert art.extra["vs_qdq_simulation"]["cosine_min"] > 0.999
+    assert art.extra["tflite_ops"]["int8"] >= 8
 
 
 def _opcodes(path):

@@ -116,7 +116,8 @@ class QuantizePass(CompressPass):
                 y = _fused_output(node.outputs[0], scheme)
                 # A graph output read by nobody gets no Q/DQ: runtimes keep such a node's output in
                 # float anyway (ORT fuses DQ→Gemm into QGemm/MatMulIntegerToFloat with float output).
-                if _is_float(y) and any(True for _ in y.uses()):
+                if _is_float(y) and (any(True for _ in y.uses()) or (
+                        scheme.quantize_graph_outputs and y.is_graph_output())):
                     out.setdefault(y.name, y)
         return out
 

@@ -117,6 +117,9 @@ class QDQWriter:
     def quantize_activation(self, value: ir.Value, lo: float, hi: float) -> ir.Value:
         tq = self.scheme.activation
         scale, zp = compute_qparams(np.float32(lo), np.float32(hi), tq, name=value.name)
+        out_name = value.name if value.is_graph_output() else None
+        if out_name is not None:  # the DQ takes the output's place and name
+            value.name = f"{out_name}_float"
         s = self._const(f"{value.name}_scale", np.asarray(scale, np.float32).reshape(()))
         z = self._const(f"{value.name}_zp", np.asarray(zp).astype(_NP[tq.dtype]).reshape(()))
         q = ir.node("QuantizeLinear", [value, s, z], name=f"{value.name}_Q")
@@ -133,6 +136,10 @@ class QDQWriter:
             self.g.insert_before(next(iter(self.g)), [q, dq])
         for user, idx in uses:
             user.replace_input_with(idx, dq.outputs[0])
+        if out_name is not None:
+            outs = self.g.outputs
+            outs[[o is value for o in outs].index(True)] = dq.outputs[0]
+            dq.outputs[0].name = out_name
         self.act_qparams[dq.outputs[0].name] = (
             float(np.asarray(scale).reshape(-1)[0]),
             int(np.asarray(zp).reshape(-1)[0]),

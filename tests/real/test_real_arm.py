@@ -31,3 +31,12 @@ def test_efficientnet_lite1_in_litert(effnet, tmp_path, precision, min_cos):
     assert art.extra["reference_kernels"]["cosine_min"] >= min_cos
     size_mb = art.size_bytes / 1e6
     assert (20 < size_mb < 23) if precision == "fp32" else (10 < size_mb < 12), size_mb
+
+
+def test_efficientnet_lite1_int8_in_litert(effnet, tmp_path):
+    res = compress(effnet.model, int8=True, targets="arm", calib=effnet.calib, calib_samples=32,
+                   eval_data=effnet.eval, samples=8, out_dir=tmp_path, latency_repeats=5)
+    art = res.artifact("arm")
+    assert art.extra["tflite_ops"]["float"] == 0 and art.extra["tflite_ops"]["int8"] >= 80
+    assert art.fidelity["cosine_min"] > 0.99 and art.extra["vs_qdq_simulation"]["cosine_min"] > 0.998
+    assert art.size_bytes < 7e6  # int8 weights: ~6.2 MB vs 21.6 MB FP32

@@ -108,10 +108,15 @@ class _Int8Lowerer(_Lowerer):
         return v is not None and v.name in self.vals and self._is_int8(self.vals[v.name][0])
 
     def _q_after(self, n: ir.Node):
-        """The Q node reading n's (fused) output alone, and the fused activation, or None."""
-        act, y = self._fuse(n)
-        if act:
-            self.fused.discard(id(next(u for u, _ in n.outputs[0].uses())))
+        """The Q node reading n's output alone — after the activation the op fuses (conv, FC and
+        pools fuse Relu/Relu6; the emission fuses it again) — or None."""
+        y = n.outputs[0]
+        fusing = n.op_type in ("Conv", "Gemm", "MaxPool", "AveragePool") or (
+            n.op_type == "MatMul" and wconst(n.inputs[1]) is not None)
+        if fusing:
+            act, y = self._fuse(n)
+            if act:  # only looked at here: the op's emission marks it fused
+                self.fused.discard(id(next(u for u, _ in n.outputs[0].uses())))
         uses = list(y.uses())
         if len(uses) == 1 and uses[0][0].op_type == "QuantizeLinear" and not y.is_graph_output():
             return uses[0][0]

@@ -70,6 +70,7 @@ def tflite_scheme():
         input_ops=_QOPS,
         output_ops=_QOPS,
         shared_scale_ops=_SHARED,
+        quantize_graph_outputs=True,
     )
 
 
