@@ -47,6 +47,7 @@ class TFLiteBuilder:
         self.dtypes: dict[int, np.dtype] = {}
         self.quant: dict[int, dict | None] = {}
         self._consts: dict[tuple, int] = {}
+        self.io_names: tuple[list[str], list[str]] = ([], [])  # the model's names, for the signature
 
     def tensor(self, name: str, shape, dtype="float32", quant: dict | None = None) -> int:
         s = self.s
@@ -100,9 +101,30 @@ class TFLiteBuilder:
             o.builtinOptionsType, o.builtinOptions = options_type, options
         self.graph.operators.append(o)
 
+    def _signature(self) -> None:
+        """A ``serving_default`` signature naming the graph's inputs and outputs (LiteRT's
+        signature runner and tools such as ai-edge-quantizer address tensors through it)."""
+        s = self.s
+        sig = s.SignatureDefT()
+        sig.signatureKey, sig.subgraphIndex = "serving_default", 0
+
+        def maps(indices, names):
+            out = []
+            for i, name in zip(indices, names):
+                m = s.TensorMapT()
+                m.name, m.tensorIndex = name, int(i)
+                out.append(m)
+            return out
+
+        ins, outs = self.io_names
+        sig.inputs = maps(self.graph.inputs, ins)
+        sig.outputs = maps(self.graph.outputs, outs)
+        self.model.signatureDefs = [sig]
+
     def to_bytes(self) -> bytes:
         import flatbuffers
 
+        self._signature()
         self.model.subgraphs = [self.graph]
         b = flatbuffers.Builder(1024)
         b.Finish(self.model.Pack(b), file_identifier=b"TFL3")

@@ -447,12 +447,14 @@ class _Lowerer:
         for v in self.g.inputs:
             idx = self.b.tensor(v.name, _shape(v), np.dtype(v.dtype.numpy()).name)
             self.b.graph.inputs.append(idx)
+            self.b.io_names[0].append(v.name)
             self.vals[v.name] = (idx, "onnx")
         for n in self.g:
             self.node(n)
         for v in self.g.outputs:
             idx = self.get(v.name, "onnx")
             self.b.graph.outputs.append(idx)
+            self.b.io_names[1].append(v.name)
         return self.b.to_bytes()
 
 
