@@ -1,0 +1,168 @@
+"""arm target (TFLite) vs ai-edge-quantizer, side by side in one run.
+
+    .venv/bin/python bench/bench_arm.py [--models digits,effnet] [--calib 64] [--eval 64]
+        [--peer-python /tmp/peer_aeq/bin/python] [--work /tmp/bench_arm] [--write-results]
+
+Per model: ours = ``compress`` to ``--target arm`` at FP32, FP16 and INT8 (minmax, ``--calib``
+samples); peer = ai-edge-quantizer 0.10 ``static_wi8_ai8`` on *our* FP32 .tflite with the same
+calibration samples, in its own virtualenv (bench/peers/aeq_quantize.py; make it with
+``python -m venv /tmp/peer_aeq && /tmp/peer_aeq/bin/pip install ai-edge-quantizer``). Every .tflite
+then runs in LiteRT (XNNPACK, 2 threads) on the eval samples: cosine (worst sample) and top-1
+agreement vs the FP32 model in onnxruntime, size, and latency (median, interleaved runs; ratio to
+our FP32 .tflite in LiteRT). Wall time is the conversion (ours: the whole compress including
+verification; the peer: its calibration + quantization only). onnx2tf + tensorflow-cpu is not run
+here (its resolver changes numpy/onnx; not installed in this session).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real")]
+HEADING = "## arm target (TFLite) vs ai-edge-quantizer"
+
+
+def _models(names, work: Path, n_calib: int, n_eval: int) -> dict:
+    out = {}
+    if "digits" in names:
+        ex = ROOT / "examples"
+        out["digits"] = (ex / "digits_cnn.pt", ex / "digits_calib.npz", ex / "digits_eval.npz")
+    if "effnet" in names:
+        import zoo
+
+        rm = zoo.efficientnet_lite1(work, n_calib=n_calib, n_eval=n_eval)
+        out["effnet"] = (rm.model, rm.calib, rm.eval)
+    return out
+
+
+def _litert(path: Path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=2)
+    it.allocate_tensors()
+    ins, outs = it.get_input_details(), it.get_output_details()
+
+    def run(feed):
+        for d in ins:
+            x = feed[d["name"]] if d["name"] in feed else next(iter(feed.values()))
+            if d["dtype"] in (np.int8, np.uint8):  # full-integer IO (the peer's): quantize
+                s, z = d["quantization"]
+                info = np.iinfo(d["dtype"])
+                x = np.clip(np.rint(x / s) + z, info.min, info.max).astype(d["dtype"])
+            it.set_tensor(d["index"], x)
+        it.invoke()
+        got = []
+        for d in outs:
+            y = np.array(it.get_tensor(d["index"]))
+            if d["dtype"] in (np.int8, np.uint8):
+                s, z = d["quantization"]
+                y = (y.astype(np.float32) - z) * s
+            got.append(y)
+        return got
+
+    return run
+
+
+def _score(ref, got) -> dict:
+    from autoglm_compress.metrics import _cos
+
+    cos = min(_cos(r[0], g[0]) for r, g in zip(ref, got))
+    top1 = np.mean([np.argmax(r[0]) == np.argmax(g[0]) for r, g in zip(ref, got)])
+    return {"cosine": round(float(cos), 5), "top1": round(float(top1), 3)}
+
+
+def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int, peer_py: str) -> list:
+    from autoglm_compress import compress, load
+    from autoglm_compress.inputs import load_npz_feeds
+    from autoglm_compress.ir_utils import ort_run, ort_session
+
+    rows, files = [], {}
+    for prec in ("fp32", "fp16", "int8"):
+        kw = {"int8": True, "calib": str(calib), "calib_samples": n_calib} if prec == "int8" else {
+            "fp16": prec == "fp16"}
+        t0 = time.perf_counter()
+        res = compress(src, targets="arm", eval_data=str(ev), samples=8, latency_repeats=3,
+                       out_dir=work / f"{name}-{prec}", **kw)
+        files[f"ours {prec}"] = (res.artifact("arm").path, time.perf_counter() - t0)
+    peer_out = work / f"{name}-aeq.int8.tflite"
+    p = subprocess.run([peer_py, str(ROOT / "bench/peers/aeq_quantize.py"),
+                        str(files["ours fp32"][0]), str(calib), str(peer_out), str(n_calib)],
+                       capture_output=True, text=True, check=True)
+    files["ai-edge-quantizer int8"] = (peer_out, json.loads(p.stdout.strip().splitlines()[-1])["wall_s"])
+    model = load(src)
+    feeds, _ = load_npz_feeds(ev, model, limit=n_eval)
+    sess = ort_session(model)
+    ref = [ort_run(sess, f) for f in feeds]
+    runners = {k: _litert(v[0]) for k, v in files.items()}
+    scores = {k: _score(ref, [r(f) for f in feeds]) for k, r in runners.items()}
+    lat = {k: [] for k in runners}
+    for _ in range(30):  # interleaved
+        for k, r in runners.items():
+            t0 = time.perf_counter()
+            r(feeds[0])
+            lat[k].append((time.perf_counter() - t0) * 1e3)
+    base = statistics.median(lat["ours fp32"])
+    for k, (path, wall) in files.items():
+        ms = statistics.median(lat[k])
+        rows.append({"model": name, "artifact": k, "size_mb": round(path.stat().st_size / 1e6, 2),
+                     **scores[k], "latency_ms": round(ms, 3), "vs_fp32": round(ms / base, 2),
+                     "wall_s": round(wall, 1)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def render(rows: list[dict], cmd: str) -> str:
+    lines = [HEADING, "", f"`{cmd}` (2-core AVX2 VM shared with other jobs; LiteRT XNNPACK, "
+             "2 threads; latency ratio to our FP32 .tflite in the same interleaved run)", "",
+             "| model | artifact | size MB | cosine min | top-1 agree | LiteRT ms | vs FP32 | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['artifact']} | {r['size_mb']} | {r['cosine']} | {r['top1']} | "
+              f"{r['latency_ms']} | {r['vs_fp32']}× | {r['wall_s']} |" for r in rows]
+    lines += ["", "Wall time: ours = the whole `compress` (load, passes, calibration, lowering, "
+              "verification in LiteRT with both kernel sets); the peer's = its calibration and "
+              "quantization of our FP32 .tflite only.", ""]
+    return "\n".join(lines)
+
+
+def write_results(text: str) -> None:
+    path = ROOT / "bench" / "RESULTS.md"
+    old = path.read_text()
+    if HEADING in old:
+        head, _, rest = old.partition(HEADING)
+        nxt = rest.find("\n## ")
+        old = head + (rest[nxt + 1:] if nxt >= 0 else "")
+    path.write_text(old.rstrip() + "\n\n" + text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="digits,effnet")
+    ap.add_argument("--calib", type=int, default=64)
+    ap.add_argument("--eval", type=int, default=64)
+    ap.add_argument("--peer-python", default="/tmp/peer_aeq/bin/python")
+    ap.add_argument("--work", default="/tmp/bench_arm")
+    ap.add_argument("--write-results", action="store_true")
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, (src, calib, ev) in _models(a.models.split(","), work, a.calib, a.eval).items():
+        rows += run_model(name, src, calib, ev, work, a.calib, a.eval, a.peer_python)
+    cmd = "python bench/bench_arm.py --models " + a.models
+    text = render(rows, cmd)
+    print(text)
+    if a.write_results:
+        write_results(text)
+
+
+if __name__ == "__main__":
+    main()
