@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_arm.py [--models digits,effnet] [--calib 64] [--eval 64]
         [--peer-python /tmp/peer_aeq/bin/python] [--work /tmp/bench_arm] [--write-results]
 
-Per model: ours = ``compress`` to ``--target arm`` at FP32, FP16 and INT8 (minmax, ``--calib``
+Models: the digits CNN, EfficientNet-Lite1 (ImageNet weights, 240×240) and nudenet's YOLOv8n
+(320×320, ``static_shapes``). Per model: ours = ``compress`` to ``--target arm`` at FP32, FP16 and INT8 (minmax, ``--calib``
 samples); peer = ai-edge-quantizer 0.10 ``static_wi8_ai8`` on *our* FP32 .tflite with the same
 calibration samples, in its own virtualenv (bench/peers/aeq_quantize.py; make it with
 ``python -m venv /tmp/peer_aeq && /tmp/peer_aeq/bin/pip install ai-edge-quantizer``). Every .tflite
@@ -41,6 +42,11 @@ def _models(names, work: Path, n_calib: int, n_eval: int) -> dict:
 
         rm = zoo.efficientnet_lite1(work, n_calib=n_calib, n_eval=n_eval)
         out["effnet"] = (rm.model, rm.calib, rm.eval)
+    if "yolo" in names:
+        import zoo
+
+        rm = zoo.nudenet_yolov8n(work, n_calib=n_calib, n_eval=n_eval)
+        out["yolo"] = (rm.model, rm.calib, rm.eval)
     return out
 
 
@@ -76,6 +82,8 @@ def _score(ref, got) -> dict:
     from autoglm_compress.metrics import _cos
 
     cos = min(_cos(r[0], g[0]) for r, g in zip(ref, got))
+    if np.asarray(ref[0][0]).ndim > 2:  # detection maps: no class scores to agree on
+        return {"cosine": round(float(cos), 5), "top1": "-"}
     top1 = np.mean([np.argmax(r[0]) == np.argmax(g[0]) for r, g in zip(ref, got)])
     return {"cosine": round(float(cos), 5), "top1": round(float(top1), 3)}
 
@@ -91,15 +99,18 @@ def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int, peer_
             "fp16": prec == "fp16"}
         t0 = time.perf_counter()
         res = compress(src, targets="arm", eval_data=str(ev), samples=8, latency_repeats=3,
-                       out_dir=work / f"{name}-{prec}", **kw)
+                       out_dir=work / f"{name}-{prec}", static_shapes=True, **kw)
         files[f"ours {prec}"] = (res.artifact("arm").path, time.perf_counter() - t0)
     peer_out = work / f"{name}-aeq.int8.tflite"
     p = subprocess.run([peer_py, str(ROOT / "bench/peers/aeq_quantize.py"),
                         str(files["ours fp32"][0]), str(calib), str(peer_out), str(n_calib)],
                        capture_output=True, text=True, check=True)
     files["ai-edge-quantizer int8"] = (peer_out, json.loads(p.stdout.strip().splitlines()[-1])["wall_s"])
+    from autoglm_compress.frontend import make_static
+
     model = load(src)
     feeds, _ = load_npz_feeds(ev, model, limit=n_eval)
+    model = make_static(model, {k: v.shape for k, v in feeds[0].items()})
     sess = ort_session(model)
     ref = [ort_run(sess, f) for f in feeds]
     runners = {k: _litert(v[0]) for k, v in files.items()}
@@ -145,7 +156,7 @@ def write_results(text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="digits,effnet")
+    ap.add_argument("--models", default="digits,effnet,yolo")
     ap.add_argument("--calib", type=int, default=64)
     ap.add_argument("--eval", type=int, default=64)
     ap.add_argument("--peer-python", default="/tmp/peer_aeq/bin/python")

@@ -116,8 +116,11 @@ class QuantizePass(CompressPass):
                 y = _fused_output(node.outputs[0], scheme)
                 # A graph output read by nobody gets no Q/DQ: runtimes keep such a node's output in
                 # float anyway (ORT fuses DQ→Gemm into QGemm/MatMulIntegerToFloat with float output).
+                # quantize_graph_outputs: a classifier head's output (a weighted op) only; an
+                # output that joins several ranges (YOLO's Concat of boxes and scores) stays float.
                 if _is_float(y) and (any(True for _ in y.uses()) or (
-                        scheme.quantize_graph_outputs and y.is_graph_output())):
+                        scheme.quantize_graph_outputs and y.is_graph_output()
+                        and is_weighted(node))):
                     out.setdefault(y.name, y)
         return out
 

@@ -46,8 +46,8 @@ class QuantScheme:
     bias_int32: bool = True
     # Add: quantize only inputs not produced by a weighted op (TensorRT fuses the residual into the conv).
     residual_add_only: bool = False
-    # Quantize graph outputs too (the DQ becomes the output, same name): a full-integer runtime
-    # (TFLite) then runs the last layer in int8 and dequantizes at the edge.
+    # Quantize graph outputs made by a weighted op (the DQ becomes the output, same name): a
+    # full-integer runtime (TFLite) then runs the classifier head in int8 too.
     quantize_graph_outputs: bool = False
     # Ops with a fixed output scale/zero point, e.g. TFLite Softmax (1/256, -128).
     fixed_output: dict = dataclasses.field(default_factory=dict)

@@ -40,3 +40,23 @@ def test_efficientnet_lite1_int8_in_litert(effnet, tmp_path):
     assert art.extra["tflite_ops"]["float"] == 0 and art.extra["tflite_ops"]["int8"] >= 80
     assert art.fidelity["cosine_min"] > 0.99 and art.extra["vs_qdq_simulation"]["cosine_min"] > 0.998
     assert art.size_bytes < 7e6  # int8 weights: ~6.2 MB vs 21.6 MB FP32
+
+
+@pytest.fixture(scope="module")
+def yolo(tmp_path_factory):
+    if find_spec("nudenet") is None:
+        pytest.skip("wheel 'nudenet' not installed (requirements-real.txt)")
+    return zoo.nudenet_yolov8n(tmp_path_factory.mktemp("arm_yolo"), n_calib=16, n_eval=4)
+
+
+def test_yolov8n_fp32_and_int8_in_litert(yolo, tmp_path):
+    """Split / Slice / Softmax over a middle axis / Resize / Concat lower; INT8 keeps the QDQ
+    graph's outputs (the lowering adds no error of its own)."""
+    fp32 = compress(yolo.model, targets="arm", eval_data=yolo.eval, samples=4, static_shapes=True,
+                    out_dir=tmp_path / "fp32", latency_repeats=3).artifact("arm")
+    assert fp32.fidelity["cosine_min"] > 0.99999
+    q = compress(yolo.model, int8=True, targets="arm", calib=yolo.calib, calib_samples=16,
+                 eval_data=yolo.eval, samples=4, static_shapes=True, out_dir=tmp_path / "int8",
+                 latency_repeats=3).artifact("arm")
+    assert q.fidelity["cosine_min"] > 0.999 and q.extra["vs_qdq_simulation"]["cosine_min"] > 0.999
+    assert q.extra["tflite_ops"]["int8"] >= 150 and q.size_bytes < 0.3 * fp32.size_bytes

@@ -32,6 +32,7 @@ _BINARY = {"Add": (0, 11), "Sub": (41, 28), "Mul": (18, 21), "Div": (42, 29),
 OPS = frozenset({"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
                  "GlobalMaxPool", "Flatten", "Reshape", "Softmax", "Concat", "Transpose",
                  "Clip", "LeakyRelu", "ReduceMean", "Identity", "Dropout", "Resize",
+                 "Split", "Slice", "Constant", "Unsqueeze", "Squeeze",
                  *_UNARY, *_BINARY})
 
 
@@ -79,6 +80,10 @@ def unsupported_reason(node: ir.Node) -> str | None:
         return "ceil_mode pooling"
     if op == "Resize":
         return _resize_mode(node)[1]
+    if op == "Slice" and any(const_array(v) is None for v in node.inputs[1:] if v is not None):
+        return "Slice with non-constant starts/ends"
+    if op == "Split" and any(o.shape is None for o in node.outputs):
+        return "Split with unknown output shapes"
     if op == "Clip" and (len(node.inputs) < 3 or const_array(node.inputs[1]) is None
                          or const_array(node.inputs[2]) is None):
         return "Clip without constant bounds"
@@ -316,15 +321,69 @@ class _Lowerer:
         v = n.inputs[0]
         rank = len(_shape(v))
         axis = n.attributes.get_int("axis", -1) % rank
+        opt = s.SoftmaxOptionsT()
+        opt.beta = 1.0
         if self.layout(v.name) == "nhwc" and axis == 1:
             x, lay = self.vals[v.name][0], "nhwc"
         elif axis == rank - 1:
             x, lay = self.get(v.name, "onnx"), "onnx"
-        else:
-            raise UnsupportedOpError("Softmax", n.name, "arm target", "softmax over a middle axis")
-        opt = s.SoftmaxOptionsT()
-        opt.beta = 1.0
+        else:  # move the axis last, softmax, move it back
+            x = self.get(v.name, "onnx")
+            perm = [d for d in range(rank) if d != axis] + [axis]
+            moved = self._transpose(x, perm)
+            sm = self.b.tensor(self._name("softmax"), self.b.shape_of(moved))
+            self.b.op(25, [moved], [sm], opt, s.BuiltinOptions.SoftmaxOptions)
+            back = [perm.index(d) for d in range(rank)]
+            y = self.out(n.outputs[0], "onnx")
+            self.b.op(39, [sm, self.b.const(self._name("perm"), np.asarray(back, np.int32))], [y])
+            return
         self.b.op(25, [x], [self.out(n.outputs[0], lay)], opt, s.BuiltinOptions.SoftmaxOptions)
+
+    def _transpose(self, x: int, perm) -> int:
+        shape = [self.b.shape_of(x)[p] for p in perm]
+        out = self.b.tensor(self._name("t"), shape, self.b.dtypes[x], self.b.quant[x])
+        self.b.op(39, [x, self.b.const(self._name("perm"), np.asarray(perm, np.int32))], [out])
+        return out
+
+    def split(self, n: ir.Node) -> None:
+        s = self.b.s
+        v = n.inputs[0]
+        rank = len(_shape(v))
+        axis = n.attributes.get_int("axis", 0) % rank
+        sizes = [(_shape(o)[axis]) for o in n.outputs]
+        lay = self.layout(v.name) if rank == 4 else "onnx"
+        x = self.get(v.name, lay)
+        if lay == "nhwc":
+            axis = _TO_NHWC.index(axis)
+        opt = s.SplitVOptionsT()
+        opt.numSplits = len(sizes)
+        outs = [self.out(o, lay) for o in n.outputs]
+        self.b.op(102, [x, self.b.const(self._name("sizes"), np.asarray(sizes, np.int32)),
+                        self.b.const(self._name("axis"), np.asarray(axis, np.int32))], outs,
+                  opt, s.BuiltinOptions.SplitVOptions)
+
+    def slice(self, n: ir.Node) -> None:
+        s = self.b.s
+        v = n.inputs[0]
+        shape = _shape(v)
+        rank = len(shape)
+        starts, ends = const_array(n.inputs[1]), const_array(n.inputs[2])
+        axes = const_array(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] is not None \
+            else np.arange(len(starts))
+        steps = const_array(n.inputs[4]) if len(n.inputs) > 4 and n.inputs[4] is not None \
+            else np.ones(len(starts), np.int64)
+        begin, end, stride = [0] * rank, list(shape), [1] * rank
+        for a, b0, e0, st in zip(axes, starts, ends, steps):
+            a, dim = int(a) % rank, shape[int(a) % rank]
+            b0, e0 = int(b0), int(e0)
+            b0 = min(max(b0 + dim if b0 < 0 else b0, 0), dim)
+            e0 = min(max(e0 + dim if e0 < 0 else e0, 0), dim)
+            begin[a], end[a], stride[a] = b0, e0, int(st)
+        x = self.get(v.name, "onnx")
+        ins = [x] + [self.b.const(self._name(k), np.asarray(a, np.int32))
+                     for k, a in (("begin", begin), ("end", end), ("stride", stride))]
+        self.b.op(45, ins, [self.out(n.outputs[0], "onnx")], s.StridedSliceOptionsT(),
+                  s.BuiltinOptions.StridedSliceOptions)
 
     def concat(self, n: ir.Node) -> None:
         s = self.b.s
@@ -416,6 +475,14 @@ class _Lowerer:
             self.concat(n)
         elif op == "Resize":
             self.resize(n)
+        elif op == "Split":
+            self.split(n)
+        elif op == "Slice":
+            self.slice(n)
+        elif op == "Constant":
+            return  # read where used (const_array follows Constant nodes)
+        elif op in ("Unsqueeze", "Squeeze"):
+            self.reshape(n)
         elif op in _BINARY:
             self.binary(n)
         elif op in _UNARY:
