@@ -213,7 +213,7 @@ class _Run:
     def _target(self, tgt, ctx, vctx, records):
         """Prepare → lower (precision) → validate → emit → verify, for one target."""
         from autoglm_compress import lowering
-        from autoglm_compress.artifact_info import artifact_io, layer_counts
+        from autoglm_compress.artifact_info import layer_counts
 
         lowered = _copy(self.model)
         notes = list(tgt.prepare(lowered, self.precision))
@@ -228,7 +228,7 @@ class _Run:
         fell = [r.stats.get("fell_back", []) for r in low.records if r.name.startswith("quantize")]
         kept = [r.config.get("keep_fp32", []) for r in low.records if r.name.startswith("quantize")]
         d = art.as_dict()
-        d["io"] = artifact_io(low.model)
+        d["io"] = tgt.describe_io(art, low.model)
         d["layers"] = layer_counts(
             low.model, fell_back=sum(fell, []), kept=sum(kept, [])
         ) if self.precision == "int8" else None

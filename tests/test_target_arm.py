@@ -95,7 +95,8 @@ def test_digits_full_integer_int8(tmp_path):
     assert [p["name"] for p in q] == ["quantize[arm]", "quantize[x86]"]
     assert res.report["calibration"]["samples"] > 0  # one calibration record for both
     io = res.report["artifacts"][0]["io"]
-    assert io["inputs"][0]["quant"]["dtype"] == "int8" and io["outputs"][0]["dtype"] == "float32"
+    assert io["inputs"][0] == {"name": "x", "shape": [1, 1, 8, 8], "dtype": "float32", "quant": None}
+    assert io["outputs"][0]["dtype"] == "float32"  # float IO: QUANTIZE/DEQUANTIZE inside
 
 
 def test_zoo_cnn_int8_lowering_matches_the_qdq_graph(saved, tmp_path):
@@ -129,3 +130,17 @@ def test_report_lists_tflite_io(tmp_path):
     a = rep["artifacts"][0]
     assert a["files"]["model"]["path"].endswith(".arm.fp32.tflite")
     assert a["io"]["inputs"][0]["shape"] == [1, 1, 8, 8]
+
+
+@pytest.mark.parametrize("io", ["int8", "uint8"])
+def test_full_integer_io(tmp_path, io):
+    res = compress(DEMO, int8=True, targets="arm", calib=CALIB, eval_data=EVAL, samples=200,
+                   out_dir=tmp_path, latency_repeats=3, arm_io=io)
+    art = res.artifact("arm")
+    ins = [d for d in _details(art.path) if d["name"] == "x"]
+    assert ins and ins[0]["dtype"] == np.dtype(io)
+    rio = res.report["artifacts"][0]["io"]
+    assert rio["inputs"][0]["dtype"] == io and rio["inputs"][0]["quant"]["scale"] > 0
+    assert rio["outputs"][0]["name"] == "output" and rio["outputs"][0]["dtype"] == io
+    out = next(iter(art.fidelity["outputs"].values()))
+    assert out["accuracy_ref"] - out["accuracy"] <= 0.005 and art.fidelity["cosine_min"] > 0.999

@@ -256,6 +256,13 @@ class Target(abc.ABC):
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
         """Write the artifact's files for ``model`` atomically into ``out_dir``."""
 
+    def describe_io(self, artifact: Artifact, model: ir.Model) -> dict:
+        """The artifact's inputs/outputs for the report (names, shapes, dtypes, IO quantization);
+        by default read from the lowered IR."""
+        from autoglm_compress.artifact_info import artifact_io
+
+        return artifact_io(model)
+
     @abc.abstractmethod
     def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
         """Run the artifact in its runtime (:func:`verify_in_runtime`); fill fidelity, latency."""

@@ -33,8 +33,9 @@ def _quant(q) -> dict:
 
 
 class _Int8Lowerer(_Lowerer):
-    def __init__(self, model: ir.Model):
+    def __init__(self, model: ir.Model, io: str = "float"):
         super().__init__(model, fp16=False)
+        self.io = io
         self.qmode = None  # (Q node) while an int8 op is emitted
         self.w_axis = 0
         self.int8_nodes: list[str] = []
@@ -156,6 +157,22 @@ class _Int8Lowerer(_Lowerer):
         lay = self.layout(x.name)
         src = super().get(x.name, lay) if x.name in self.vals else self.get(x.name, lay)
         q = read_qparams(n)
+        if x.is_graph_input() and self.io != "float":  # full-integer IO: the input is the q
+            idx = self.vals[x.name][0]
+            t = self.b.graph.tensors[idx]
+            dt = np.dtype(self.io)
+            quant = _quant(q)
+            if dt == np.dtype("uint8"):
+                quant = {**quant, "zero_point": quant["zero_point"] + 128}
+            t.type = {np.dtype("int8"): 9, np.dtype("uint8"): 3}[dt]
+            qp = self.b.s.QuantizationParametersT()
+            qp.scale, qp.zeroPoint = quant["scale"], quant["zero_point"]
+            t.quantization = qp
+            self.b.dtypes[idx], self.b.quant[idx] = dt, quant
+            if dt == np.dtype(q.dtype):
+                self.vals[n.outputs[0].name] = (idx, lay)
+                return
+            src = idx  # uint8 → int8 QUANTIZE below
         out = self.b.tensor(n.outputs[0].name, self.b.shape_of(src), q.dtype, _quant(q))
         self.b.op(114, [src], [out])  # QUANTIZE
         self.vals[n.outputs[0].name] = (out, lay)
@@ -177,8 +194,33 @@ class _Int8Lowerer(_Lowerer):
         self.int8_nodes.append(n.name or n.op_type)
 
 
-def lower_qdq_to_tflite(model: ir.Model) -> tuple[bytes, dict]:
+    def run(self) -> bytes:
+        if self.io == "float":
+            return super().run()
+        for v in self.g.inputs:
+            idx = self.b.tensor(v.name, _shape(v), np.dtype(v.dtype.numpy()).name)
+            self.b.graph.inputs.append(idx)
+            self.b.io_names[0].append(v.name)
+            self.vals[v.name] = (idx, "onnx")
+        for n in self.g:
+            self.node(n)
+        for v in self.g.outputs:
+            idx = _Lowerer.get(self, v.name, "onnx")  # int8 stays int8
+            if self._is_int8(idx) and self.io == "uint8":
+                q = dict(self.b.quant[idx])
+                q["zero_point"] = np.asarray(q["zero_point"]) + 128
+                out = self.b.tensor(self._name(v.name + "_u8"), self.b.shape_of(idx), "uint8", q)
+                self.b.op(114, [idx], [out])
+                idx = out
+            if self._is_int8(idx) and idx not in self.b.graph.inputs:
+                self.b.graph.tensors[idx].name = v.name  # the model's output name
+            self.b.graph.outputs.append(idx)
+            self.b.io_names[1].append(v.name)
+        return self.b.to_bytes()
+
+
+def lower_qdq_to_tflite(model: ir.Model, io: str = "float") -> tuple[bytes, dict]:
     """The full-integer .tflite of a QDQ ``model``; and which nodes run int8 / float."""
-    lw = _Int8Lowerer(model)
+    lw = _Int8Lowerer(model, io)
     data = lw.run()
     return data, {"int8": lw.int8_nodes, "float": lw.float_nodes}

@@ -15,3 +15,9 @@ class Options:
 
     threads: int = field(2, "arm: LiteRT interpreter threads for verification and latency.",
                          flat="arm_threads", min=1, max=64)
+    io: str = field(
+        "float",
+        "arm INT8 input/output type: float (QUANTIZE/DEQUANTIZE inside the model), or int8 / "
+        "uint8 for full-integer IO (the scales are in the report's io).",
+        flat="arm_io", cli="--io", choices=("float", "int8", "uint8"),
+    )

@@ -45,9 +45,21 @@ def litert_runner(path: Path, threads: int, reference_kernels: bool = False):
 
         def run(feed):
             for d in ins:
-                it.set_tensor(d["index"], np.asarray(feed[d["name"]], d["dtype"]))
+                x = np.asarray(feed[d["name"]])
+                if d["dtype"] in (np.int8, np.uint8):  # full-integer IO: quantize the feed
+                    s, z = d["quantization"]
+                    info = np.iinfo(d["dtype"])
+                    x = np.clip(np.rint(x / s) + z, info.min, info.max)
+                it.set_tensor(d["index"], x.astype(d["dtype"]))
             it.invoke()
-            return [np.array(it.get_tensor(d["index"])) for d in outs]
+            got = []
+            for d in outs:
+                y = np.array(it.get_tensor(d["index"]))
+                if d["dtype"] in (np.int8, np.uint8):
+                    s, z = d["quantization"]
+                    y = (y.astype(np.float32) - z) * s
+                got.append(y)
+            return got
 
         return run
 
@@ -108,7 +120,7 @@ class TFLiteTarget(Target):
         if precision == "int8":
             from autoglm_compress.targets.tflite.lower_int8 import lower_qdq_to_tflite
 
-            data, split = lower_qdq_to_tflite(model)
+            data, split = lower_qdq_to_tflite(model, self.options.io)
             extra["tflite_ops"] = {"int8": len(split["int8"]), "float": len(split["float"]),
                                    "float_nodes": split["float"][:20]}
             self._qdq = model
@@ -119,6 +131,21 @@ class TFLiteTarget(Target):
         art = Artifact(self.name, precision, {"model": path}, runtime=self.runtime).finalize()
         art.extra.update(extra)
         return art
+
+    def describe_io(self, artifact: Artifact, model: ir.Model) -> dict:
+        """Inputs/outputs as LiteRT sees the file (full-integer IO shows int8/uint8 + scales)."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(artifact.path))
+
+        def one(d):
+            s, z = d["quantization"]
+            quant = {"scale": float(s), "zero_point": int(z), "dtype": np.dtype(d["dtype"]).name}
+            return {"name": d["name"], "shape": [int(x) for x in d["shape"]],
+                    "dtype": np.dtype(d["dtype"]).name, "quant": quant if s else None}
+
+        return {"inputs": [one(d) for d in it.get_input_details()],
+                "outputs": [one(d) for d in it.get_output_details()]}
 
     def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
         threads = self.options.threads
