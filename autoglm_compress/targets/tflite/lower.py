@@ -331,10 +331,11 @@ class _Lowerer:
             x = self.get(v.name, "onnx")
             perm = [d for d in range(rank) if d != axis] + [axis]
             moved = self._transpose(x, perm)
-            sm = self.b.tensor(self._name("softmax"), self.b.shape_of(moved))
+            y = self.out(n.outputs[0], "onnx")  # int8 (fixed 1/256, −128) under the INT8 lowering
+            sm = self.b.tensor(self._name("softmax"), self.b.shape_of(moved), self.b.dtypes[y],
+                               self.b.quant[y])
             self.b.op(25, [moved], [sm], opt, s.BuiltinOptions.SoftmaxOptions)
             back = [perm.index(d) for d in range(rank)]
-            y = self.out(n.outputs[0], "onnx")
             self.b.op(39, [sm, self.b.const(self._name("perm"), np.asarray(back, np.int32))], [y])
             return
         self.b.op(25, [x], [self.out(n.outputs[0], lay)], opt, s.BuiltinOptions.SoftmaxOptions)

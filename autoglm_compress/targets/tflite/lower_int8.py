@@ -24,7 +24,8 @@ __all__ = ["lower_qdq_to_tflite", "INT8_OPS"]
 logger = logging.getLogger(__name__)
 
 INT8_OPS = frozenset({"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
-                      "Reshape", "Flatten", "Concat", "Add", "Mul", "Resize"})
+                      "Reshape", "Flatten", "Concat", "Add", "Mul", "Resize", "Sigmoid",
+                      "Softmax"})
 
 
 def _quant(q) -> dict:

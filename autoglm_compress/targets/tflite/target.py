@@ -67,7 +67,9 @@ def litert_runner(path: Path, threads: int, reference_kernels: bool = False):
 
 
 _QOPS = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "AveragePool", "MaxPool",
-                   "GlobalAveragePool", "Reshape", "Flatten", "Resize"})
+                   "GlobalAveragePool", "Reshape", "Flatten", "Resize", "Sigmoid", "Softmax"})
+# Kernels with a fixed output scale / zero point (formats.md: LOGISTIC, SOFTMAX 1/256 and −128).
+_FIXED = {"Sigmoid": (1.0 / 256.0, -128), "Softmax": (1.0 / 256.0, -128)}
 _SHARED = frozenset({"MaxPool", "AveragePool", "Concat", "Reshape", "Flatten", "Transpose",
                      "Resize"})
 
@@ -83,6 +85,7 @@ def tflite_scheme():
         output_ops=_QOPS,
         shared_scale_ops=_SHARED,
         quantize_graph_outputs=True,
+        fixed_output=_FIXED,
     )
 
 
