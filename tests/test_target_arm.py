@@ -66,11 +66,63 @@ def test_zoo_cnn_lowers_depthwise_residual_upsample_concat(saved, tmp_path):
     assert _count(art.path, "TRANSPOSE") <= 3
 
 
-def test_op_without_lowering_is_refused_before_calibration(saved, tmp_path, capsys):
-    rc = main([str(saved("transformer", "onnx")), "--target", "arm", "-o", str(tmp_path)])
+def _lone_erf(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["t"], name="scale"),
+         helper.make_node("Erf", ["t"], ["y"], name="lone_erf")],
+        "erf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_op_without_lowering_is_refused_before_calibration(tmp_path, capsys):
+    """An Erf outside a GELU has no TFLite builtin: refused by the target's check, one line, no
+    file, before any calibration runs."""
+    src = _lone_erf(tmp_path / "erf.onnx")
+    rc = main([str(src), "--target", "arm", "--int8", "--calib-random", "-o", str(tmp_path)])
     err = capsys.readouterr().err
-    assert rc == 2 and "'Gather'" in err and "target arm" in err and "--target" in err
+    assert rc == 2 and "'Erf'" in err and "lone_erf" in err and "GELU" in err
+    assert "--target" in err and "calibrat" not in err.lower()
     assert not list(tmp_path.glob("*.tflite"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_zoo_transformer_in_three_precisions(saved, tmp_path, precision):
+    """Token ids + mask: GATHER (embedding), CAST, LayerNorm decomposed (MEAN,
+    SQUARED_DIFFERENCE, RSQRT), GELU fused from Erf, BATCH_MATMUL attention, 5-D reshape/transpose
+    and SUM pooling; INT8 runs the FCs and attention matmuls in int8 and matches the QDQ graph."""
+    res = compress(saved("transformer", "onnx"), targets="arm", out_dir=tmp_path, samples=4,
+                   latency_repeats=3, fp16=precision == "fp16", int8=precision == "int8",
+                   calib_random=precision == "int8", calib_samples=32)
+    art = res.artifact("arm")
+    ops = _ops(art.path)
+    assert {"GATHER", "CAST", "GELU", "BATCH_MATMUL", "RSQRT", "SQUARED_DIFFERENCE",
+            "FULLY_CONNECTED", "SOFTMAX", "SUM"} <= ops
+    assert "ERF" not in ops and any("GELU" in n for n in art.notes)
+    min_cos = {"fp32": 0.99999, "fp16": 0.9999, "int8": 0.99}[precision]
+    assert art.fidelity["cosine_min"] >= min_cos
+    if precision == "int8":
+        assert art.extra["vs_qdq_simulation"]["cosine_min"] > 0.999
+        assert art.extra["tflite_ops"]["int8"] >= 20
+        fc_w = [d for d in _details(art.path) if d["dtype"] == np.int8 and len(d["shape"]) == 2
+                and d["quantization_parameters"]["scales"].size > 1]
+        assert len(fc_w) >= 9  # every Gemm weight int8 per channel
+        assert art.size_bytes < 0.75 * len(_fp32_bytes(saved("transformer", "onnx")))
+
+
+def _fp32_bytes(path):
+    from autoglm_compress import load
+    from autoglm_compress.pipeline import Pipeline, build_passes
+    from autoglm_compress.targets.tflite.lower import lower_to_tflite
+
+    m = load(path)
+    Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(m)
+    return lower_to_tflite(m, "fp32")
 
 
 CALIB = ROOT / "examples" / "digits_calib.npz"
@@ -97,6 +149,13 @@ def test_digits_full_integer_int8(tmp_path):
     io = res.report["artifacts"][0]["io"]
     assert io["inputs"][0] == {"name": "x", "shape": [1, 1, 8, 8], "dtype": "float32", "quant": None}
     assert io["outputs"][0]["dtype"] == "float32"  # float IO: QUANTIZE/DEQUANTIZE inside
+    side = res.artifact("arm").latency["litert"]  # FP32 / FP16 / INT8 timed in LiteRT together
+    assert {"fp32", "fp16", "int8"} <= set(side) and side["threads"] == 2
+    assert side["vs_fp32"]["int8"] == pytest.approx(
+        side["int8"]["median_ms"] / side["fp32"]["median_ms"], rel=0.01)
+    from autoglm_compress.report import summary_table
+
+    assert "LiteRT side by side (2 threads): fp32" in summary_table(res.report)
 
 
 def test_zoo_cnn_int8_lowering_matches_the_qdq_graph(saved, tmp_path):

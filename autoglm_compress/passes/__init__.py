@@ -13,6 +13,7 @@ from autoglm_compress.passes import (  # noqa: E402,F401
     equalize,
     fold_bn,
     fp16,
+    fuse_gelu,
     qat,
     quantize,
     smoothquant,

@@ -76,8 +76,8 @@ class QuantizePass(CompressPass):
         targets = self._activation_targets(g, scheme)
         if callable(ranges):  # compute (histogram searches) only for tensors this scheme touches
             ranges = ranges(_needed(g, scheme, targets))
-        ranges = shared_scale_groups(g, scheme, ranges, targets)
-        ranges = _fixed_output_ranges(g, scheme, ranges)
+        ranges, pinned = _fixed_output_ranges(g, scheme, ranges)
+        ranges = shared_scale_groups(g, scheme, ranges, targets, pinned)
         writer = QDQWriter(g, scheme, fake_weights=cfg.fake_weights)
         for name in sorted(targets, key=list(targets).index):
             value = targets[name]
@@ -126,22 +126,24 @@ class QuantizePass(CompressPass):
         return out
 
 
-def _fixed_output_ranges(g: ir.Graph, scheme: QuantScheme, ranges: dict) -> dict:
+def _fixed_output_ranges(g: ir.Graph, scheme: QuantScheme, ranges: dict):
     """Ops whose runtime kernel fixes the output scale/zero point (TFLite LOGISTIC and SOFTMAX:
     1/256, −128): their output range is the one those parameters encode, [(q_min − z)·s,
-    (q_max − z)·s], so the writer's qparams come out exactly fixed."""
+    (q_max − z)·s], so the writer's qparams come out exactly fixed. Also returns those tensors'
+    names: a shared-scale group holding one takes its range (a Pad after a Tanh)."""
     if not scheme.fixed_output:
-        return ranges
+        return ranges, set()
     from autoglm_compress.calibration.qparams import quant_range
 
     qmin, qmax = quant_range(scheme.activation)
-    out = dict(ranges)
+    out, pinned = dict(ranges), set()
     for node in g:
         fixed = scheme.fixed_output.get(node.op_type)
         if fixed is not None and node.outputs[0].name in out:
             s, z = fixed
             out[node.outputs[0].name] = ((qmin - z) * s, (qmax - z) * s)
-    return out
+            pinned.add(node.outputs[0].name)
+    return out, pinned
 
 
 def _needed(g: ir.Graph, scheme: QuantScheme, targets: dict) -> set[str]:

@@ -69,8 +69,11 @@ def quantize_array(
     return np.clip(np.round(w / s), lo, hi).astype(_NP[tq.dtype])
 
 
-def shared_scale_groups(g: ir.Graph, scheme: QuantScheme, ranges: dict, targets: dict) -> dict:
-    """Union of ranges over tensors tied by shared-scale ops (concat/pool/reshape in/out)."""
+def shared_scale_groups(
+    g: ir.Graph, scheme: QuantScheme, ranges: dict, targets: dict, pinned=frozenset()
+) -> dict:
+    """Union of ranges over tensors tied by shared-scale ops (concat/pool/reshape in/out); a
+    group holding a ``pinned`` tensor (a kernel's fixed output range) takes that one's range."""
     parent: dict[str, str] = {}
 
     def find(a: str) -> str:
@@ -89,8 +92,13 @@ def shared_scale_groups(g: ir.Graph, scheme: QuantScheme, ranges: dict, targets:
         for other in names[1:]:
             parent[find(other)] = find(names[0])
     merged: dict = {}
+    for name in pinned:
+        if name in ranges:
+            merged[find(name)] = tuple(float(x) for x in ranges[name])
     for name, (lo, hi) in ranges.items():
         root = find(name)
+        if any(find(p) == root for p in pinned if p in ranges):
+            continue
         if root in merged:
             merged[root] = (min(merged[root][0], float(lo)), max(merged[root][1], float(hi)))
         else:

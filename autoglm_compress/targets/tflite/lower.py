@@ -19,6 +19,12 @@ import onnx_ir as ir
 from autoglm_compress.errors import UnsupportedOpError
 from autoglm_compress.ir_ops import const_array
 from autoglm_compress.targets.tflite.builder import TFLiteBuilder
+from autoglm_compress.targets.tflite.lower_seq import SEQ_OPS, SequenceOps, seq_unsupported_reason
+from autoglm_compress.targets.tflite.lower_spatial import (
+    SPATIAL_OPS,
+    SpatialOps,
+    spatial_unsupported_reason,
+)
 
 __all__ = ["lower_to_tflite", "unsupported_reason", "OPS"]
 
@@ -33,7 +39,7 @@ OPS = frozenset({"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAver
                  "GlobalMaxPool", "Flatten", "Reshape", "Softmax", "Concat", "Transpose",
                  "Clip", "LeakyRelu", "ReduceMean", "Identity", "Dropout", "Resize",
                  "Split", "Slice", "Constant", "Unsqueeze", "Squeeze",
-                 *_UNARY, *_BINARY})
+                 "Erf", *_UNARY, *_BINARY, *SEQ_OPS, *SPATIAL_OPS})
 
 
 def wconst(v: ir.Value | None) -> np.ndarray | None:
@@ -54,6 +60,23 @@ def _ints(node: ir.Node, name: str, default):
     return list(a.as_ints()) if a is not None else list(default)
 
 
+def _onnx_pads(n: ir.Node, in_hw, k, s, d) -> list[int]:
+    """[top, left, bottom, right] of a conv/pool, with auto_pad resolved (SAME_UPPER puts the odd
+    pixel at the end, as TFLite's SAME does; SAME_LOWER at the start)."""
+    auto = n.attributes.get_string("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        return _ints(n, "pads", [0, 0, 0, 0])
+    if auto == "VALID":
+        return [0, 0, 0, 0]
+    pads = [0, 0, 0, 0]
+    for i in range(2):
+        out = -(-in_hw[i] // s[i])
+        total = max((out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - in_hw[i], 0)
+        small, big = total // 2, total - total // 2
+        pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    return pads
+
+
 def _shape(v: ir.Value) -> list[int]:
     return [d if isinstance(d, int) else 1 for d in (v.shape or [])]
 
@@ -63,6 +86,16 @@ def unsupported_reason(node: ir.Node) -> str | None:
     op = node.op_type
     if op not in OPS:
         return "no TFLite lowering for this op yet"
+    if node.domain not in ("", "ai.onnx") and not (op == "Gelu" and node.domain == "com.microsoft"):
+        return f"no TFLite lowering for domain {node.domain!r}"
+    if op == "Erf":
+        from autoglm_compress.passes.fuse_gelu import match_gelu
+
+        if match_gelu(node) is None:
+            return "Erf outside a GELU (TFLite has GELU, not Erf)"
+    why = seq_unsupported_reason(node) or spatial_unsupported_reason(node)
+    if why:
+        return why
     if op == "Conv":
         w = wconst(node.inputs[1])
         if w is None or w.ndim != 4:
@@ -76,18 +109,30 @@ def unsupported_reason(node: ir.Node) -> str | None:
             return "Gemm with transA or alpha ≠ 1"
         if wconst(node.inputs[1]) is None:
             return "Gemm with a non-constant weight"
-    if op in ("MaxPool", "AveragePool") and node.attributes.get_int("ceil_mode", 0):
-        return "ceil_mode pooling"
+    if op == "AveragePool" and node.attributes.get_int("ceil_mode", 0):
+        return "ceil_mode average pooling"
+    if op == "MaxPool" and node.attributes.get_int("ceil_mode", 0) and any(
+            not isinstance(d, int) for d in (node.outputs[0].shape or [None])):
+        return "ceil_mode max pooling with unknown output size"
     if op == "Resize":
         return _resize_mode(node)[1]
     if op == "Slice" and any(const_array(v) is None for v in node.inputs[1:] if v is not None):
         return "Slice with non-constant starts/ends"
     if op == "Split" and any(o.shape is None for o in node.outputs):
         return "Split with unknown output shapes"
-    if op == "Clip" and (len(node.inputs) < 3 or const_array(node.inputs[1]) is None
-                         or const_array(node.inputs[2]) is None):
-        return "Clip without constant bounds"
+    if op == "Clip" and any(v is not None and v.name and const_array(v) is None
+                            for v in node.inputs[1:3]):
+        return "Clip with non-constant bounds"
     return None
+
+
+def _clip_bounds(node: ir.Node) -> tuple[float | None, float | None]:
+    """Clip's constant (min, max); None where that bound is absent."""
+    def bound(i):
+        v = node.inputs[i] if len(node.inputs) > i else None
+        return float(const_array(v)) if v is not None and v.name else None
+
+    return bound(1), bound(2)
 
 
 def _resize_mode(node: ir.Node) -> tuple[tuple[int, bool, bool] | None, str | None]:
@@ -108,8 +153,12 @@ def _resize_mode(node: ir.Node) -> tuple[tuple[int, bool, bool] | None, str | No
     return None, f"Resize mode {mode}/{ct}/{nearest} has no TFLite equivalent"
 
 
-class _Lowerer:
+class _Lowerer(SequenceOps, SpatialOps):
     def __init__(self, model: ir.Model, fp16: bool):
+        if any(n.op_type == "Erf" for n in model.graph):  # the target's prepare does this first
+            from autoglm_compress.passes.fuse_gelu import FuseGeluPass
+
+            FuseGeluPass()(model)
         self.m, self.g, self.fp16 = model, model.graph, fp16
         self.b = TFLiteBuilder()
         self.vals: dict[str, tuple[int, str]] = {}  # onnx name → (tensor, "nhwc" | "onnx")
@@ -156,11 +205,15 @@ class _Lowerer:
     def layout(self, name: str) -> str:
         return self.vals[name][1] if name in self.vals else "onnx"
 
+    def _shape_of_value(self, v: ir.Value) -> list[int]:
+        return _shape(v)
+
     def out(self, v: ir.Value, layout: str) -> int:
         shape = _shape(v)
         if layout == "nhwc" and len(shape) == 4:
             shape = [shape[p] for p in _TO_NHWC]
-        idx = self.b.tensor(v.name, shape)
+        dt = np.dtype(v.dtype.numpy()) if v.dtype is not None else np.dtype("float32")
+        idx = self.b.tensor(v.name, shape, dt)
         self.vals[v.name] = (idx, layout if len(shape) == 4 else "onnx")
         return idx
 
@@ -176,7 +229,7 @@ class _Lowerer:
         if nxt.op_type == "Relu":
             code = 1
         elif nxt.op_type == "Clip" and unsupported_reason(nxt) is None:
-            lo, hi = float(const_array(nxt.inputs[1])), float(const_array(nxt.inputs[2]))
+            lo, hi = _clip_bounds(nxt)
             code = 3 if (lo, hi) == (0.0, 6.0) else 2 if (lo, hi) == (-1.0, 1.0) else None
         if code is None:
             return 0, y
@@ -220,8 +273,9 @@ class _Lowerer:
         bias = wconst(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else None
         bias = np.zeros(o, np.float32) if bias is None else bias.astype(np.float32)
         k, st = list(w.shape[2:]), _ints(n, "strides", [1, 1])
-        dil, pads = _ints(n, "dilations", [1, 1]), _ints(n, "pads", [0, 0, 0, 0])
+        dil = _ints(n, "dilations", [1, 1])
         in_hw = self.b.shape_of(x)[1:3]
+        pads = _onnx_pads(n, in_hw, k, st, dil)
         padding, explicit = self._padding(in_hw, k, st, dil, pads)
         if explicit:
             x = self._pad(x, explicit, None)
@@ -278,7 +332,12 @@ class _Lowerer:
         s = self.b.s
         x = self.get(n.inputs[0].name, "nhwc")
         k, st = _ints(n, "kernel_shape", [1, 1]), _ints(n, "strides", [1, 1])
-        pads = _ints(n, "pads", [0, 0, 0, 0])
+        pads = _onnx_pads(n, self.b.shape_of(x)[1:3], k, st, [1, 1])
+        if n.attributes.get_int("ceil_mode", 0):  # pad the end so floor mode gives ceil's size
+            out_hw, in_hw = _shape(n.outputs[0])[2:], self.b.shape_of(x)[1:3]
+            for i in range(2):
+                need = (out_hw[i] - 1) * st[i] + k[i] - (in_hw[i] + pads[i] + pads[i + 2])
+                pads[i + 2] += max(need, 0)
         padding, explicit = self._padding(self.b.shape_of(x)[1:3], k, st, [1, 1], pads)
         is_max = n.op_type == "MaxPool"
         if explicit:
@@ -309,7 +368,7 @@ class _Lowerer:
         shape = _shape(src)
         spatial_one = len(shape) == 4 and shape[2] * shape[3] == 1
         if self.layout(src.name) == "nhwc" and spatial_one:
-            x = self.vals[src.name][0]  # [N,1,1,C] and [N,C,1,1] hold the same order
+            x = self.get(src.name, "nhwc")  # [N,1,1,C] and [N,C,1,1] hold the same order
         else:
             x = self.get(src.name, "onnx")
         y = n.outputs[0]
@@ -324,7 +383,7 @@ class _Lowerer:
         opt = s.SoftmaxOptionsT()
         opt.beta = 1.0
         if self.layout(v.name) == "nhwc" and axis == 1:
-            x, lay = self.vals[v.name][0], "nhwc"
+            x, lay = self.get(v.name, "nhwc"), "nhwc"
         elif axis == rank - 1:
             x, lay = self.get(v.name, "onnx"), "onnx"
         else:  # move the axis last, softmax, move it back
@@ -439,16 +498,23 @@ class _Lowerer:
         self.b.op(code, [self.get(v.name, lay)], [self.out(n.outputs[0], lay)], options, otype)
 
     def clip(self, n: ir.Node) -> None:
-        lo, hi = float(const_array(n.inputs[1])), float(const_array(n.inputs[2]))
+        lo, hi = _clip_bounds(n)
         if (lo, hi) == (0.0, 6.0):
             return self.unary(n, 21)  # RELU6
         v = n.inputs[0]
         lay = self.layout(v.name)
-        mid = self.b.tensor(self._name("clip"), self.b.shape_of(self.get(v.name, lay)))
-        self.b.op(55, [self.get(v.name, lay), self.b.const(self._name("lo"),
-                                                            np.asarray(lo, np.float32))], [mid])
-        self.b.op(57, [mid, self.b.const(self._name("hi"), np.asarray(hi, np.float32))],
-                  [self.out(n.outputs[0], lay)])
+        x = self.get(v.name, lay)
+        steps = [(55, lo)] * (lo is not None) + [(57, hi)] * (hi is not None)  # MAXIMUM, MINIMUM
+        if not steps:
+            self.vals[n.outputs[0].name] = self.vals[v.name]
+            return None
+        for i, (code, bound) in enumerate(steps):
+            last = i == len(steps) - 1
+            out = self.out(n.outputs[0], lay) if last else self.b.tensor(
+                self._name("clip"), self.b.shape_of(x))
+            self.b.op(code, [x, self.b.const(self._name("bound"),
+                                             np.asarray(bound, np.float32))], [out])
+            x = out
         return None
 
     def node(self, n: ir.Node) -> None:
@@ -458,7 +524,9 @@ class _Lowerer:
         why = unsupported_reason(n)
         if why:
             raise UnsupportedOpError(op, n.name or "?", "arm target", why)
-        if op == "Conv":
+        if op in SEQ_OPS or op in SPATIAL_OPS:
+            getattr(self, SEQ_OPS.get(op) or SPATIAL_OPS[op])(n)
+        elif op == "Conv":
             self.conv(n)
         elif op == "Gemm":
             self.gemm(n)
@@ -501,13 +569,6 @@ class _Lowerer:
             x = self.get(n.inputs[0].name, "onnx")
             self.b.op(39, [x, self.b.const(self._name("perm"), np.asarray(perm, np.int32))],
                       [self.out(n.outputs[0], "onnx")])
-        elif op == "ReduceMean":
-            axes = _ints(n, "axes", []) or list(const_array(n.inputs[1]).astype(int))
-            opt = s.ReducerOptionsT()
-            opt.keepDims = bool(n.attributes.get_int("keepdims", 1))
-            self.b.op(40, [self.get(n.inputs[0].name, "onnx"),
-                           self.b.const(self._name("axes"), np.asarray(axes, np.int32))],
-                      [self.out(n.outputs[0], "onnx")], opt, s.BuiltinOptions.ReducerOptions)
         else:  # pragma: no cover - OPS and this dispatch are kept together
             raise UnsupportedOpError(op, n.name, "arm target", "not dispatched")
 

@@ -23,9 +23,12 @@ __all__ = ["lower_qdq_to_tflite", "INT8_OPS"]
 
 logger = logging.getLogger(__name__)
 
+# Ops written as int8 kernels when the QDQ graph quantizes them (the TFLite scheme's input and
+# output ops): TFLite has int8 kernels for each (formats.md).
 INT8_OPS = frozenset({"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
-                      "Reshape", "Flatten", "Concat", "Add", "Mul", "Resize", "Sigmoid",
-                      "Softmax"})
+                      "Reshape", "Flatten", "Concat", "Add", "Sub", "Mul", "Resize", "Sigmoid",
+                      "Softmax", "Tanh", "Gelu", "Transpose", "Squeeze", "Unsqueeze", "Pad",
+                      "ConvTranspose"})
 
 
 def _quant(q) -> dict:
@@ -88,6 +91,9 @@ class _Int8Lowerer(_Lowerer):
         quant = {"scale": s_b.astype(np.float32), "zero_point": np.zeros(s_b.size, np.int64)}
         return self.b.const(name, q.astype(np.int32), quant)
 
+    def _out_quant(self, y):
+        return None if self.qmode is None else _quant(read_qparams(self.qmode))
+
     def _pad(self, x: int, pads, value):
         if self.qmode is None or value is None:
             return super()._pad(x, pads, value)
@@ -113,7 +119,7 @@ class _Int8Lowerer(_Lowerer):
         """The Q node reading n's output alone — after the activation the op fuses (conv, FC and
         pools fuse Relu/Relu6; the emission fuses it again) — or None."""
         y = n.outputs[0]
-        fusing = n.op_type in ("Conv", "Gemm", "MaxPool", "AveragePool") or (
+        fusing = n.op_type in ("Conv", "Gemm", "MaxPool", "AveragePool", "ConvTranspose") or (
             n.op_type == "MatMul" and wconst(n.inputs[1]) is not None)
         if fusing:
             act, y = self._fuse(n)
@@ -130,7 +136,7 @@ class _Int8Lowerer(_Lowerer):
             ins = ins[:1]
         elif n.op_type == "MatMul" and wconst(n.inputs[1]) is not None:
             ins = ins[:1]
-        elif n.op_type in ("Reshape", "Resize"):
+        elif n.op_type in ("Reshape", "Resize", "Squeeze", "Unsqueeze", "Pad", "ConvTranspose"):
             ins = ins[:1]
         return [v for v in ins if v is not None and v.name]
 

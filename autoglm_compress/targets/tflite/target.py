@@ -23,6 +23,7 @@ from autoglm_compress.ir_utils import write_bytes_atomic
 from autoglm_compress.metrics import fidelity
 from autoglm_compress.targets.base import Artifact, Target, VerifyContext, verify_in_runtime
 from autoglm_compress.targets.tflite.lower import lower_to_tflite, unsupported_reason
+from autoglm_compress.targets.tflite.lower_int8 import INT8_OPS as _QOPS
 from autoglm_compress.targets.tflite.options import Options
 
 __all__ = ["TFLiteTarget", "litert_runner", "TARGET"]
@@ -66,12 +67,12 @@ def litert_runner(path: Path, threads: int, reference_kernels: bool = False):
     return make
 
 
-_QOPS = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "AveragePool", "MaxPool",
-                   "GlobalAveragePool", "Reshape", "Flatten", "Resize", "Sigmoid", "Softmax"})
-# Kernels with a fixed output scale / zero point (formats.md: LOGISTIC, SOFTMAX 1/256 and −128).
-_FIXED = {"Sigmoid": (1.0 / 256.0, -128), "Softmax": (1.0 / 256.0, -128)}
+# Kernels with a fixed output scale / zero point (formats.md: LOGISTIC, SOFTMAX 1/256 and −128,
+# TANH 1/128 and 0).
+_FIXED = {"Sigmoid": (1.0 / 256.0, -128), "Softmax": (1.0 / 256.0, -128),
+          "Tanh": (1.0 / 128.0, 0)}
 _SHARED = frozenset({"MaxPool", "AveragePool", "Concat", "Reshape", "Flatten", "Transpose",
-                     "Resize"})
+                     "Resize", "Squeeze", "Unsqueeze", "Pad"})
 
 
 def tflite_scheme():
@@ -117,6 +118,16 @@ class TFLiteTarget(Target):
 
     def scheme(self):
         return tflite_scheme()
+
+    def prepare(self, model: ir.Model, precision: str) -> list[str]:
+        """GELU written out with Erf → one Gelu node (TFLite's GELU kernel; one int8 op)."""
+        from autoglm_compress.passes.fuse_gelu import FuseGeluPass
+
+        p = FuseGeluPass()
+        p(model)
+        self._fp32 = model  # the FP32 graph the precisions start from (LiteRT side by side)
+        n = p.stats.get("gelu_fused", 0)
+        return [f"{n} GELU patterns fused into TFLite GELU"] if n else []
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
         extra = {}
@@ -164,6 +175,7 @@ class TFLiteTarget(Target):
                 f"LiteRT reference kernels disagree with XNNPACK (cosine {fid['cosine_min']:.5f})"
             )
         artifact.fidelity["cosine_min"] = worst  # the gate sees the worse of both kernels
+        artifact.latency["litert"] = self._litert_side_by_side(artifact, ctx)
         if artifact.precision == "int8" and getattr(self, "_qdq", None) is not None:
             from autoglm_compress.ir_utils import ort_run, ort_session
 
@@ -174,6 +186,38 @@ class TFLiteTarget(Target):
             vs = fidelity(sim, got, ctx.output_names)
             artifact.extra["vs_qdq_simulation"] = {"cosine_min": vs["cosine_min"]}
             self._qdq = None
+
+    def _litert_side_by_side(self, artifact: Artifact, ctx: VerifyContext) -> dict:
+        """FP32, FP16 and (for an INT8 artifact) INT8 .tflite of the same model timed interleaved
+        in LiteRT (XNNPACK, the target's threads): what moving precision buys in the runtime the
+        artifact ships to. The FP32/FP16 files are lowered from the FP32 IR into a temporary
+        folder and not kept."""
+        import tempfile
+
+        from autoglm_compress.metrics import compare_latency
+
+        threads = self.options.threads
+        paths = {artifact.precision: artifact.path}
+        with tempfile.TemporaryDirectory(prefix="agc_litert_") as tmp:
+            for prec in ("fp32", "fp16"):
+                if prec not in paths:
+                    p = Path(tmp) / f"side.{prec}.tflite"
+                    src = getattr(self, "_fp32", None) or ctx.reference_model
+                    p.write_bytes(lower_to_tflite(ir.from_proto(ir.to_proto(src)), prec))
+                    paths[prec] = p
+            feed = ctx.feeds[0]
+            runners = {}
+            for prec in ("fp32", "fp16", "int8"):
+                if prec in paths:
+                    run = litert_runner(paths[prec], threads)()
+                    runners[prec] = (lambda r: (lambda: r(feed)))(run)
+            lat = compare_latency(runners, repeats=ctx.latency_repeats)
+        fp32 = lat["fp32"]["median_ms"]
+        lat["vs_fp32"] = {k: round(v["median_ms"] / max(fp32, 1e-9), 3)
+                          for k, v in lat.items() if k != "fp32"}
+        lat["threads"] = threads
+        self._fp32 = None
+        return lat
 
 
 TARGET = TFLiteTarget

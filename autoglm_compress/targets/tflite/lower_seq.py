@@ -1,0 +1,165 @@
+"""TFLite lowerings of the ops sequence models add: GATHER (embeddings), CAST, the reductions
+(SUM, REDUCE_MAX/MIN/PROD, MEAN), LayerNormalization and GELU.
+
+LayerNormalization has no TFLite builtin: it is decomposed the way TFLite's own converter writes
+it — MEAN, SQUARED_DIFFERENCE, MEAN, ADD ε, RSQRT, SUB, MUL, then scale and bias. GELU (the
+``com.microsoft.Gelu`` that the fuse_gelu pass writes, or ONNX ``Gelu`` from opset 20) is the GELU
+builtin (exact erf form unless ``approximate="tanh"``). A mixin of the lowerer (lower.py): it uses
+its ``get``/``out``/``const`` and the builder ``b``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from autoglm_compress.ir_ops import const_array
+
+__all__ = ["SequenceOps", "SEQ_OPS", "REDUCE_CODES"]
+
+REDUCE_CODES = {"ReduceMean": 40, "ReduceSum": 74, "ReduceMax": 82, "ReduceMin": 89,
+                "ReduceProd": 81}
+# Comparisons and logic (attention masks): ONNX op → TFLite builtin; IsNaN is NOT_EQUAL(x, x).
+LOGIC_CODES = {"Equal": 71, "Greater": 61, "Less": 58, "GreaterOrEqual": 62, "LessOrEqual": 63,
+               "And": 86, "Or": 84, "Not": 87, "IsNaN": 72, "Where": 123}
+SEQ_OPS = {"Gather": "gather", "Cast": "cast", "LayerNormalization": "layernorm",
+           "Gelu": "gelu", **{k: "reduce" for k in REDUCE_CODES},
+           **{k: "logic" for k in LOGIC_CODES}}
+
+
+def reduce_axes(n: ir.Node, rank: int) -> list[int] | None:
+    """The reduced axes (non-negative), all axes when none are given, None when not constant."""
+    a = n.attributes.get("axes")
+    if a is not None:
+        axes = list(a.as_ints())
+    elif len(n.inputs) > 1 and n.inputs[1] is not None:
+        arr = const_array(n.inputs[1])
+        if arr is None:
+            return None
+        axes = [int(x) for x in arr.reshape(-1)]
+    else:
+        axes = []
+    if not axes:
+        if n.attributes.get_int("noop_with_empty_axes", 0):
+            return []
+        axes = list(range(rank))
+    return sorted(int(x) % rank for x in axes)
+
+
+class SequenceOps:
+    """Mixin: GATHER, CAST, reductions, LayerNormalization, GELU."""
+
+    def gather(self, n: ir.Node) -> None:
+        s = self.b.s
+        data, idx = n.inputs
+        rank = len(self._shape_of_value(data))
+        opt = s.GatherOptionsT()
+        opt.axis = n.attributes.get_int("axis", 0) % rank
+        arr = const_array(idx) if idx.name not in self.vals else None
+        ind = (self.b.const(self._name("indices"), arr.astype(np.int32)) if arr is not None
+               else self.get(idx.name, "onnx"))
+        x = self.get(data.name, "onnx")
+        self.b.op(36, [x, ind], [self.out(n.outputs[0], "onnx")], opt,
+                  s.BuiltinOptions.GatherOptions)
+
+    def cast(self, n: ir.Node) -> None:
+        v = n.inputs[0]
+        lay = self.layout(v.name)
+        self.b.op(53, [self.get(v.name, lay)], [self.out(n.outputs[0], lay)])
+
+    def reduce(self, n: ir.Node) -> None:
+        s = self.b.s
+        v = n.inputs[0]
+        axes = reduce_axes(n, len(self._shape_of_value(v)))
+        opt = s.ReducerOptionsT()
+        opt.keepDims = bool(n.attributes.get_int("keepdims", 1))
+        self.b.op(REDUCE_CODES[n.op_type],
+                  [self.get(v.name, "onnx"),
+                   self.b.const(self._name("axes"), np.asarray(axes, np.int32))],
+                  [self.out(n.outputs[0], "onnx")], opt, s.BuiltinOptions.ReducerOptions)
+
+    def _float_op(self, code: int, ins: list[int], shape, like: int | None = None) -> int:
+        out = self.b.tensor(self._name("ln"), shape)
+        self.b.op(code, ins, [out])
+        return out
+
+    def layernorm(self, n: ir.Node) -> None:
+        s = self.b.s
+        v = n.inputs[0]
+        shape = self._shape_of_value(v)
+        rank = len(shape)
+        axis = n.attributes.get_int("axis", -1) % rank
+        eps = n.attributes.get_float("epsilon", 1e-5)
+        x = self.get(v.name, "onnx")
+        axes = self.b.const(self._name("axes"), np.arange(axis, rank, dtype=np.int32))
+        red = list(shape[:axis]) + [1] * (rank - axis)
+        opt = s.ReducerOptionsT()
+        opt.keepDims = True
+        mean = self.b.tensor(self._name("ln_mean"), red)
+        self.b.op(40, [x, axes], [mean], opt, s.BuiltinOptions.ReducerOptions)
+        sq = self._float_op(99, [x, mean], shape)  # SQUARED_DIFFERENCE
+        var = self.b.tensor(self._name("ln_var"), red)
+        self.b.op(40, [sq, axes], [var], opt, s.BuiltinOptions.ReducerOptions)
+        ve = self._float_op(0, [var, self.b.const(self._name("eps"),
+                                                  np.asarray(eps, np.float32))], red)
+        inv = self._float_op(76, [ve], red)  # RSQRT
+        xm = self._float_op(41, [x, mean], shape)  # SUB
+        y = self._float_op(18, [xm, inv], shape)  # MUL
+        gamma = const_array(n.inputs[1])
+        beta = (const_array(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None
+                else None)
+        out = self.out(n.outputs[0], "onnx")
+        if beta is None:
+            self.b.op(18, [y, self.const(self._name("ln_gamma"), gamma.astype(np.float32),
+                                         weight=True)], [out])
+            return
+        y = self._float_op(18, [y, self.const(self._name("ln_gamma"), gamma.astype(np.float32),
+                                              weight=True)], shape)
+        self.b.op(0, [y, self.const(self._name("ln_beta"), beta.astype(np.float32),
+                                    weight=True)], [out])
+
+    def logic(self, n: ir.Node) -> None:
+        """Comparisons, logic and Where (SELECT_V2, which broadcasts), in the ONNX layout."""
+        ins = []
+        for v in n.inputs:
+            arr = const_array(v) if v.name not in self.vals else None
+            if arr is not None:
+                arr = arr.astype(np.float32) if arr.dtype == np.float64 else arr
+                ins.append(self.b.const(self._name(v.name or "c"), np.ascontiguousarray(arr)))
+            else:
+                ins.append(self.get(v.name, "onnx"))
+        if n.op_type == "IsNaN":
+            ins = ins * 2
+        self.b.op(LOGIC_CODES[n.op_type], ins, [self.out(n.outputs[0], "onnx")])
+
+    def gelu(self, n: ir.Node) -> None:
+        s = self.b.s
+        v = n.inputs[0]
+        lay = self.layout(v.name)
+        opt = s.GeluOptionsT()
+        opt.approximate = n.attributes.get_string("approximate", "none") == "tanh"
+        self.b.op(150, [self.get(v.name, lay)], [self.out(n.outputs[0], lay)], opt,
+                  s.BuiltinOptions.GeluOptions)
+
+
+def seq_unsupported_reason(node: ir.Node) -> str | None:
+    op = node.op_type
+    if op == "Gather":
+        if const_array(node.inputs[1]) is not None and (const_array(node.inputs[1]) < 0).any():
+            return "Gather with negative constant indices"
+    if op in REDUCE_CODES:
+        shape = node.inputs[0].shape
+        if shape is None or reduce_axes(node, len(shape)) is None:
+            return f"{op} with non-constant axes or unknown rank"
+    if op == "LayerNormalization":
+        if const_array(node.inputs[1]) is None or (
+                len(node.inputs) > 2 and node.inputs[2] is not None
+                and const_array(node.inputs[2]) is None):
+            return "LayerNormalization with non-constant scale/bias"
+        if len(node.outputs) > 1 and any(o.uses() for o in node.outputs[1:]):
+            return "LayerNormalization whose mean/inv-std outputs are used"
+    if op == "Cast":
+        to = node.attributes.get_int("to", 1)
+        if to not in (1, 6, 7, 9, 10, 3, 2):
+            return "Cast to a type TFLite's CAST does not take"
+    return None
