@@ -60,6 +60,8 @@ def _litert(path: Path):
     def run(feed):
         for d in ins:
             x = feed[d["name"]] if d["name"] in feed else next(iter(feed.values()))
+            if x.ndim == 4 and tuple(d["shape"]) != x.shape:  # onnx2tf's NHWC input
+                x = x.transpose(0, 2, 3, 1)
             if d["dtype"] in (np.int8, np.uint8):  # full-integer IO (the peer's): quantize
                 s, z = d["quantization"]
                 info = np.iinfo(d["dtype"])
@@ -78,8 +80,19 @@ def _litert(path: Path):
     return run
 
 
+def _align(r, g):
+    """The peer's output in the reference's layout (onnx2tf may transpose a 3-D output)."""
+    g = np.asarray(g)
+    if g.shape != r.shape and g.ndim == r.ndim and sorted(g.shape) == sorted(r.shape):
+        g = g.transpose([list(g.shape).index(d) for d in r.shape]) if len(set(r.shape)) == r.ndim \
+            else g.reshape(r.shape)
+    return g
+
+
 def _score(ref, got) -> dict:
     from autoglm_compress.metrics import _cos
+
+    got = [[_align(r[0], g[0])] for r, g in zip(ref, got)]
 
     cos = min(_cos(r[0], g[0]) for r, g in zip(ref, got))
     if np.asarray(ref[0][0]).ndim > 2:  # detection maps: no class scores to agree on
@@ -88,7 +101,8 @@ def _score(ref, got) -> dict:
     return {"cosine": round(float(cos), 5), "top1": round(float(top1), 3)}
 
 
-def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int, peer_py: str) -> list:
+def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int, peer_py: str,
+              o2t_py: str | None) -> list:
     from autoglm_compress import compress, load
     from autoglm_compress.inputs import load_npz_feeds
     from autoglm_compress.ir_utils import ort_run, ort_session
@@ -106,11 +120,29 @@ def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int, peer_
                         str(files["ours fp32"][0]), str(calib), str(peer_out), str(n_calib)],
                        capture_output=True, text=True, check=True)
     files["ai-edge-quantizer int8"] = (peer_out, json.loads(p.stdout.strip().splitlines()[-1])["wall_s"])
+    import onnx_ir as ir
+
     from autoglm_compress.frontend import make_static
 
     model = load(src)
     feeds, _ = load_npz_feeds(ev, model, limit=n_eval)
     model = make_static(model, {k: v.shape for k, v in feeds[0].items()})
+    if o2t_py:  # the usual ONNX → TFLite route, from the same static ONNX
+        onnx_path = work / f"{name}.static.onnx"
+        ir.save(model, onnx_path)
+        p = subprocess.run([o2t_py, str(ROOT / "bench/peers/onnx2tf_quantize.py"), str(onnx_path),
+                            str(calib), str(work / f"{name}-o2t"), str(n_calib)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            print(f"onnx2tf failed on {name}: {p.stderr.strip().splitlines()[-1:]}", flush=True)
+        else:
+            o2t = json.loads(p.stdout.strip().splitlines()[-1])
+            for label, suffix in (("onnx2tf fp32", "_float32.tflite"),
+                                  ("onnx2tf int8", "_integer_quant.tflite")):
+                hit = [v for k, v in o2t["files"].items()
+                       if k.endswith(suffix) and "full_integer" not in k and "int16" not in k]
+                if hit:
+                    files[label] = (Path(hit[0]), o2t["wall_s"])
     sess = ort_session(model)
     ref = [ort_run(sess, f) for f in feeds]
     runners = {k: _litert(v[0]) for k, v in files.items()}
@@ -160,6 +192,8 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=64)
     ap.add_argument("--eval", type=int, default=64)
     ap.add_argument("--peer-python", default="/tmp/peer_aeq/bin/python")
+    ap.add_argument("--onnx2tf-python", default="/tmp/peer_o2t/bin/python",
+                    help="python of the onnx2tf + tensorflow-cpu virtualenv ('' to skip)")
     ap.add_argument("--work", default="/tmp/bench_arm")
     ap.add_argument("--write-results", action="store_true")
     a = ap.parse_args()
@@ -167,7 +201,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, (src, calib, ev) in _models(a.models.split(","), work, a.calib, a.eval).items():
-        rows += run_model(name, src, calib, ev, work, a.calib, a.eval, a.peer_python)
+        rows += run_model(name, src, calib, ev, work, a.calib, a.eval, a.peer_python,
+                          a.onnx2tf_python or None)
     cmd = "python bench/bench_arm.py --models " + a.models
     text = render(rows, cmd)
     print(text)

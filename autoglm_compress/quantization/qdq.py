@@ -28,6 +28,7 @@ from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
 
 __all__ = [
     "QDQWriter",
+    "int32_bias",
     "shared_scale_groups",
     "weight_qparams",
     "quantize_array",
@@ -88,6 +89,9 @@ def shared_scale_groups(
             v.name
             for v in (*node.inputs[: 1 if node.op_type != "Concat" else None], *node.outputs[:1])
             if v is not None and v.const_value is None
+            # a fixed-range input of a Concat keeps its range (the kernel rescales it) instead of
+            # forcing it on the other inputs (YOLO's boxes concatenated with sigmoid scores)
+            and not (node.op_type == "Concat" and v.name in pinned)
         ]
         for other in names[1:]:
             parent[find(other)] = find(names[0])
@@ -104,6 +108,14 @@ def shared_scale_groups(
         else:
             merged[root] = (float(lo), float(hi))
     return {name: merged[find(name)] for name in ranges}
+
+
+def int32_bias(b: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """round(b / scale) clipped to int32; 0 where the scale is 0 (a dead channel: 0/0 would cast
+    to INT_MIN)."""
+    scale = np.asarray(scale, np.float64)
+    q = np.divide(np.asarray(b, np.float64), scale, out=np.zeros(np.shape(b)), where=scale > 0)
+    return np.clip(np.rint(q), -(2**31), 2**31 - 1).astype(np.int32)
 
 
 class QDQWriter:
@@ -223,7 +235,7 @@ class QDQWriter:
         if b is None or b.ndim != 1 or (s_w.ndim == 1 and b.shape[0] != s_w.shape[0]):
             return
         bs = (np.float32(s_x) * np.broadcast_to(s_w, b.shape)).astype(np.float32)
-        bq = np.clip(np.round(b / bs), -(2**31), 2**31 - 1).astype(np.int32)
+        bq = int32_bias(b, bs)
         qv = self._const(f"{b_val.name}_quantized", bq)
         sv = self._const(f"{b_val.name}_scale", bs)
         zv = self._const(f"{b_val.name}_zp", np.zeros(b.shape, np.int32))

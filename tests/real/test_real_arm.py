@@ -61,3 +61,73 @@ def test_yolov8n_fp32_and_int8_in_litert(yolo, tmp_path):
     assert q.fidelity["cosine_min"] > 0.999 and q.extra["vs_qdq_simulation"]["cosine_min"] > 0.999
     assert q.extra["tflite_ops"]["int8"] >= 200 and q.extra["tflite_ops"]["float"] <= 25
     assert q.size_bytes < 0.3 * fp32.size_bytes
+
+
+def _ops(path):
+    import ai_edge_litert.schema_py_generated as s
+
+    m = s.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [names[max(c.builtinCode, c.deprecatedBuiltinCode)] for c in m.operatorCodes]
+    return {codes[o.opcodeIndex] for o in m.subgraphs[0].operators}
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    if find_spec("transformers") is None:
+        pytest.skip("transformers not installed (test extra)")
+    return zoo.bert_encoder(tmp_path_factory.mktemp("arm_bert"), n_calib=16, n_eval=8)
+
+
+@pytest.mark.parametrize(("precision", "min_cos"),
+                         [("fp32", 0.99999), ("fp16", 0.9999), ("int8", 0.995)])
+def test_bert_encoder_in_litert(bert, tmp_path, precision, min_cos):
+    """Hugging Face BERT (token ids + mask): the mask logic (CAST to bool, GATHER of bool, AND,
+    SELECT_V2, IsNaN as NOT_EQUAL), embeddings, LayerNorm, GELU and attention lower in all three
+    precisions; INT8 keeps the QDQ graph's outputs."""
+    kw = {"int8": True, "calib": bert.calib, "calib_samples": 16} if precision == "int8" else {
+        "fp16": precision == "fp16"}
+    art = compress(bert.model, targets="arm", eval_data=bert.eval, samples=4, out_dir=tmp_path,
+                   latency_repeats=3, **kw).artifact("arm")
+    assert {"GATHER", "SELECT_V2", "LOGICAL_AND", "GELU", "RSQRT", "BATCH_MATMUL"} <= _ops(art.path)
+    assert art.fidelity["cosine_min"] >= min_cos
+    if precision == "int8":
+        assert art.extra["vs_qdq_simulation"]["cosine_min"] > 0.999
+        assert art.extra["tflite_ops"]["int8"] >= 40
+    assert {"fp32", "fp16"} <= set(art.latency["litert"])
+
+
+@pytest.fixture(scope="module")
+def ppocr_det(tmp_path_factory):
+    if find_spec("rapidocr") is None:
+        pytest.skip("wheel 'rapidocr' not installed (requirements-real.txt)")
+    return zoo.ppocr(tmp_path_factory.mktemp("arm_ppocr"), "det", n_calib=8, n_eval=4)
+
+
+def test_ppocr_text_detector_in_litert(ppocr_det, tmp_path):
+    """PP-OCR DBNet (paddle2onnx, opset 11): auto_pad SAME_UPPER convs, HardSigmoid, the
+    paddle GELU spelling, TRANSPOSE_CONV upsampling head; FP32 exact, INT8 close to its QDQ graph."""
+    fp32 = compress(ppocr_det.model, targets="arm", eval_data=ppocr_det.eval, samples=2,
+                    static_shapes=True, out_dir=tmp_path / "fp32",
+                    latency_repeats=3).artifact("arm")
+    assert fp32.fidelity["cosine_min"] > 0.99999
+    assert {"TRANSPOSE_CONV", "GELU", "CONV_2D", "DEPTHWISE_CONV_2D"} <= _ops(fp32.path)
+    q = compress(ppocr_det.model, int8=True, targets="arm", calib=ppocr_det.calib,
+                 calib_samples=8, eval_data=ppocr_det.eval, samples=2, static_shapes=True,
+                 out_dir=tmp_path / "int8", latency_repeats=3).artifact("arm")
+    assert q.fidelity["cosine_min"] > 0.98 and q.extra["vs_qdq_simulation"]["cosine_min"] > 0.995
+    assert q.extra["tflite_ops"]["int8"] >= 100
+
+
+def test_mtcnn_pnet_prelu_and_ceil_mode_pool(tmp_path):
+    """MTCNN pnet (facenet-pytorch weights): PReLU and a ceil-mode max pool."""
+    if find_spec("facenet_pytorch") is None:
+        pytest.skip("wheel 'facenet-pytorch' not installed (requirements-real.txt)")
+    rm = zoo.mtcnn(tmp_path / "m", "pnet")
+    fp32 = compress(rm.model, targets="arm", eval_data=rm.eval, samples=4, static_shapes=True,
+                    out_dir=tmp_path / "fp32", latency_repeats=3).artifact("arm")
+    assert fp32.fidelity["cosine_min"] > 0.99999 and "PRELU" in _ops(fp32.path)
+    q = compress(rm.model, int8=True, targets="arm", calib=rm.calib, calib_samples=16,
+                 eval_data=rm.eval, samples=4, static_shapes=True, out_dir=tmp_path / "int8",
+                 latency_repeats=3).artifact("arm")
+    assert q.fidelity["cosine_min"] > 0.99 and q.extra["vs_qdq_simulation"]["cosine_min"] > 0.999

@@ -582,9 +582,21 @@ class _Lowerer(SequenceOps, SpatialOps):
             self.node(n)
         for v in self.g.outputs:
             idx = self.get(v.name, "onnx")
+            self.name_output(idx, v.name)
             self.b.graph.outputs.append(idx)
             self.b.io_names[1].append(v.name)
         return self.b.to_bytes()
+
+    def name_output(self, idx: int, name: str) -> None:
+        """The graph output tensor carries the model's output name (an inner NHWC tensor that
+        had it is renamed), so tools that read tensor names see the ONNX names."""
+        tensors = self.b.graph.tensors
+        if tensors[idx].name == name or idx in self.b.graph.inputs:
+            return
+        for i, t in enumerate(tensors):
+            if t.name == name and i != idx:
+                t.name = f"{name}_inner"
+        tensors[idx].name = name
 
 
 def lower_to_tflite(model: ir.Model, precision: str) -> bytes:

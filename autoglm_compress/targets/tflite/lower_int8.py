@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from autoglm_compress.quantization.qdq import int32_bias
 from autoglm_compress.quantization.qdq_read import read_qparams
 from autoglm_compress.targets.tflite.lower import _Lowerer, _shape, wconst
 
@@ -87,9 +88,8 @@ class _Int8Lowerer(_Lowerer):
             return self.b.const(name, q.astype(np.int8), quant)
         s_in = float(self.b.quant[self.cur_input]["scale"][0])
         s_b = s_in * self.wq.scale.reshape(-1).astype(np.float64)
-        q = np.rint(arr.astype(np.float64) / s_b)
         quant = {"scale": s_b.astype(np.float32), "zero_point": np.zeros(s_b.size, np.int64)}
-        return self.b.const(name, q.astype(np.int32), quant)
+        return self.b.const(name, int32_bias(arr, s_b), quant)
 
     def _out_quant(self, y):
         return None if self.qmode is None else _quant(read_qparams(self.qmode))
@@ -219,8 +219,7 @@ class _Int8Lowerer(_Lowerer):
                 out = self.b.tensor(self._name(v.name + "_u8"), self.b.shape_of(idx), "uint8", q)
                 self.b.op(114, [idx], [out])
                 idx = out
-            if self._is_int8(idx) and idx not in self.b.graph.inputs:
-                self.b.graph.tensors[idx].name = v.name  # the model's output name
+            self.name_output(idx, v.name)
             self.b.graph.outputs.append(idx)
             self.b.io_names[1].append(v.name)
         return self.b.to_bytes()
