@@ -1,4 +1,4 @@
-"""arm target (TFLite) vs ai-edge-quantizer, side by side in one run.
+"""arm target (TFLite) vs ai-edge-quantizer and onnx2tf, side by side in one run.
 
     .venv/bin/python bench/bench_arm.py [--models digits,effnet] [--calib 64] [--eval 64]
         [--peer-python /tmp/peer_aeq/bin/python] [--work /tmp/bench_arm] [--write-results]
@@ -11,8 +11,10 @@ calibration samples, in its own virtualenv (bench/peers/aeq_quantize.py; make it
 then runs in LiteRT (XNNPACK, 2 threads) on the eval samples: cosine (worst sample) and top-1
 agreement vs the FP32 model in onnxruntime, size, and latency (median, interleaved runs; ratio to
 our FP32 .tflite in LiteRT). Wall time is the conversion (ours: the whole compress including
-verification; the peer: its calibration + quantization only). onnx2tf + tensorflow-cpu is not run
-here (its resolver changes numpy/onnx; not installed in this session).
+verification; the peer: its calibration + quantization only). "ours int8 mse" is the same with
+``--calib-method mse``. onnx2tf (+ tensorflow-cpu, its own virtualenv:
+bench/peers/onnx2tf_quantize.py) converts the same static ONNX with the same calibration samples;
+its wall time is its whole conversion (FP32, FP16 and INT8 files in one call).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real")]
-HEADING = "## arm target (TFLite) vs ai-edge-quantizer"
+HEADING = "## arm target (TFLite) vs ai-edge-quantizer and onnx2tf"
 
 
 def _models(names, work: Path, n_calib: int, n_eval: int) -> dict:
@@ -89,14 +91,37 @@ def _align(r, g):
     return g
 
 
+def _detection(ref, got, k: int = 50) -> dict:
+    """The whole-output cosine is dominated by box coordinates (0…320) and hides what happens to
+    the class scores (0…1): box cosine and score cosine apart, and detection agreement — of the
+    reference's top-k anchors by best class score, the share the artifact ranks in its own top-k
+    with the same class."""
+    box = min(_cos(r[0][:, :4], g[0][:, :4]) for r, g in zip(ref, got))
+    sc = min(_cos(r[0][:, 4:], g[0][:, 4:]) for r, g in zip(ref, got))
+    agree = []
+    for r, g in zip(ref, got):
+        rs, gs = r[0][0, 4:], g[0][0, 4:]
+        rtop = np.argsort(-rs.max(0))[:k]
+        gtop = set(np.argsort(-gs.max(0))[:k].tolist())
+        agree.append(np.mean([a in gtop and rs[:, a].argmax() == gs[:, a].argmax() for a in rtop]))
+    return {"box_cos": round(float(box), 5), "score_cos": round(float(sc), 5),
+            "det_agree": round(float(np.mean(agree)), 3)}
+
+
+def _cos(a, b):
+    from autoglm_compress.metrics import _cos as cos
+
+    return cos(np.asarray(a), np.asarray(b))
+
+
 def _score(ref, got) -> dict:
     from autoglm_compress.metrics import _cos
 
     got = [[_align(r[0], g[0])] for r, g in zip(ref, got)]
 
     cos = min(_cos(r[0], g[0]) for r, g in zip(ref, got))
-    if np.asarray(ref[0][0]).ndim > 2:  # detection maps: no class scores to agree on
-        return {"cosine": round(float(cos), 5), "top1": "-"}
+    if np.asarray(ref[0][0]).ndim > 2:  # YOLO [1, 4 + classes, anchors]: boxes and scores apart
+        return {"cosine": round(float(cos), 5), "top1": "-", **_detection(ref, got)}
     top1 = np.mean([np.argmax(r[0]) == np.argmax(g[0]) for r, g in zip(ref, got)])
     return {"cosine": round(float(cos), 5), "top1": round(float(top1), 3)}
 
@@ -108,12 +133,14 @@ def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int, peer_
     from autoglm_compress.ir_utils import ort_run, ort_session
 
     rows, files = [], {}
-    for prec in ("fp32", "fp16", "int8"):
-        kw = {"int8": True, "calib": str(calib), "calib_samples": n_calib} if prec == "int8" else {
+    for prec in ("fp32", "fp16", "int8", "int8 mse"):
+        kw = {"int8": True, "calib": str(calib), "calib_samples": n_calib} if "int8" in prec else {
             "fp16": prec == "fp16"}
+        if prec == "int8 mse":  # the MSE range search instead of min/max (--calib-method mse)
+            kw["calib_method"] = "mse"
         t0 = time.perf_counter()
         res = compress(src, targets="arm", eval_data=str(ev), samples=8, latency_repeats=3,
-                       out_dir=work / f"{name}-{prec}", static_shapes=True, **kw)
+                       out_dir=work / f"{name}-{prec.replace(' ', '-')}", static_shapes=True, **kw)
         files[f"ours {prec}"] = (res.artifact("arm").path, time.perf_counter() - t0)
     peer_out = work / f"{name}-aeq.int8.tflite"
     p = subprocess.run([peer_py, str(ROOT / "bench/peers/aeq_quantize.py"),
@@ -170,9 +197,19 @@ def render(rows: list[dict], cmd: str) -> str:
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['artifact']} | {r['size_mb']} | {r['cosine']} | {r['top1']} | "
               f"{r['latency_ms']} | {r['vs_fp32']}× | {r['wall_s']} |" for r in rows]
+    det = [r for r in rows if "box_cos" in r]
+    if det:
+        lines += ["", "Detection output apart (YOLOv8n [1, 4 + 18, 2100]; worst sample): box "
+                  "cosine, class-score cosine, and agreement on the reference's top-50 anchors "
+                  "(same anchor in the artifact's top-50, same class):", "",
+                  "| model | artifact | box cosine | score cosine | top-50 detections agree |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['artifact']} | {r['box_cos']} | {r['score_cos']} | "
+                  f"{r['det_agree']} |" for r in det]
     lines += ["", "Wall time: ours = the whole `compress` (load, passes, calibration, lowering, "
-              "verification in LiteRT with both kernel sets); the peer's = its calibration and "
-              "quantization of our FP32 .tflite only.", ""]
+              "verification in LiteRT with both kernel sets); ai-edge-quantizer's = its "
+              "calibration and quantization of our FP32 .tflite only; onnx2tf's = its whole "
+              "conversion (FP32, FP16 and INT8 files in one call).", ""]
     return "\n".join(lines)
 
 

@@ -102,8 +102,21 @@ class QuantizePass(CompressPass):
     def _activation_targets(self, g: ir.Graph, scheme: QuantScheme) -> dict[str, ir.Value]:
         """Tensors to quantize, in graph order: float inputs of chosen ops and (fused) outputs."""
         out: dict[str, ir.Value] = {}
+
+        def dead_end(node: ir.Node) -> bool:
+            """quantize_graph_outputs schemes (TFLite): a weightless op writing a graph output
+            that stays float runs float (YOLO's final Concat), so its inputs need no Q/DQ —
+            a Sigmoid score feeding it keeps float resolution instead of 1/256 steps."""
+            y = node.outputs[0]
+            return (scheme.quantize_graph_outputs and not is_weighted(node)
+                    and y.is_graph_output() and not any(True for _ in y.uses()))
+
+        def read_quantized(y: ir.Value) -> bool:
+            return any(u.op_type in scheme.input_ops and not self._kept(u) and not dead_end(u)
+                       for u, _ in y.uses())
+
         for node in g:
-            if node.op_type not in scheme.input_ops or self._kept(node):
+            if node.op_type not in scheme.input_ops or self._kept(node) or dead_end(node):
                 continue
             params = (weight_input(node), bias_input(node)) if is_weighted(node) else ()
             for i, v in enumerate(node.inputs):
@@ -119,7 +132,9 @@ class QuantizePass(CompressPass):
                 # float anyway (ORT fuses DQ→Gemm into QGemm/MatMulIntegerToFloat with float output).
                 # quantize_graph_outputs: a classifier head's output (a weighted op) only; an
                 # output that joins several ranges (YOLO's Concat of boxes and scores) stays float.
-                if _is_float(y) and (any(True for _ in y.uses()) or (
+                readers = (read_quantized(y) if scheme.quantize_graph_outputs
+                           else any(True for _ in y.uses()))
+                if _is_float(y) and (readers or (
                         scheme.quantize_graph_outputs and y.is_graph_output()
                         and is_weighted(node))):
                     out.setdefault(y.name, y)

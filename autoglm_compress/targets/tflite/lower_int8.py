@@ -130,6 +130,18 @@ class _Int8Lowerer(_Lowerer):
             return uses[0][0]
         return None
 
+    @staticmethod
+    def _int8_weights(n: ir.Node) -> bool:
+        """A weighted op runs int8 only with int8 weights (a DequantizeLinear before the weight);
+        one kept in float (--keep-fp32) between quantized neighbours runs float."""
+        from autoglm_compress.ir_ops import is_weighted, weight_input
+
+        if not is_weighted(n) or n.op_type == "MatMul" and wconst(n.inputs[1]) is None:
+            return True
+        w = n.inputs[weight_input(n)]
+        p = w.producer() if w is not None else None
+        return p is not None and p.op_type == "DequantizeLinear"
+
     def _activation_inputs(self, n: ir.Node) -> list[ir.Value]:
         ins = list(n.inputs)
         if n.op_type in ("Conv", "Gemm"):
@@ -153,7 +165,8 @@ class _Int8Lowerer(_Lowerer):
         if id(n) in self.fused:
             return
         qn = self._q_after(n) if op in INT8_OPS else None
-        if qn is not None and all(self._int8_input(v) for v in self._activation_inputs(n)):
+        if qn is not None and all(self._int8_input(v) for v in self._activation_inputs(n)) \
+                and self._int8_weights(n):
             self._int8(n, qn)
             return
         self.float_nodes.append(n.name or op)
