@@ -34,8 +34,11 @@ class CompressResult:
     report: dict
     report_path: Path
 
-    def artifact(self, target: str) -> Artifact:
-        return next(a for a in self.artifacts if a.target == target)
+    def artifact(self, target: str, format: str | None = None) -> Artifact:  # noqa: A002
+        """The artifact of ``target`` (and ``format``, e.g. "ncnn", where a target writes
+        several: ``--target arm --format all``)."""
+        return next(a for a in self.artifacts if a.target == target
+                    and (format is None or a.extra.get("format") == format))
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -124,11 +127,12 @@ class _Run:
     def _preflight(self) -> None:
         """Everything checkable without the model: output folder, targets and their precision,
         pass names — before any loading."""
-        from autoglm_compress.targets.registry import get_target
+        from autoglm_compress.targets.registry import get_targets
 
         cfg = self.cfg
         _check_out_dir(self.out_dir)
-        self.targets = [get_target(t, cfg.options_for(t)) for t in dict.fromkeys(cfg.targets)]
+        self.targets = [tgt for t in dict.fromkeys(cfg.targets)
+                        for tgt in get_targets(t, cfg.options_for(t))]
         for t in self.targets:
             if self.precision not in t.precisions:
                 raise ConfigError(

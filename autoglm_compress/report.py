@@ -94,11 +94,13 @@ def _footnotes(a: dict, name: str) -> list[str]:
             f"WARNING: {name} is labelled int8 but no layer runs in int8 "
             "(every quantizable layer fell back to FP32)"
         )
-    side = (a.get("latency") or {}).get("litert")
-    if side:
-        cells = ", ".join(f"{k} {side[k]['median_ms']:.3g} ms" for k in ("fp32", "fp16", "int8")
-                          if k in side)
-        out.append(f"note: {name}: LiteRT side by side ({side.get('threads')} threads): {cells}")
+    for key, label in (("litert", "LiteRT"), ("ncnn", "ncnn")):
+        side = (a.get("latency") or {}).get(key)
+        if side:
+            cells = ", ".join(f"{k} {side[k]['median_ms']:.3g} ms" for k in ("fp32", "fp16", "int8")
+                              if k in side)
+            out.append(f"note: {name}: {label} side by side ({side.get('threads')} threads): "
+                       f"{cells}")
     measured = (a.get("latency") or {}).get("measured_on", "")
     if a["target"] != "x86" and "onnxruntime" in measured:
         out.append(f"note: {name}: latency measured with {measured}")

@@ -12,7 +12,8 @@ import importlib
 
 from autoglm_compress.errors import ConfigError
 
-__all__ = ["TARGETS", "register_target", "target_names", "target_options_class", "get_target"]
+__all__ = ["TARGETS", "register_target", "target_names", "target_options_class", "get_target",
+           "get_targets"]
 
 TARGETS: dict[str, str] = {
     "x86": "autoglm_compress.targets.x86",
@@ -45,3 +46,11 @@ def get_target(name: str, options=None, **kw):
     """A target instance with ``options`` (its Options dataclass) or keyword options."""
     cls = importlib.import_module(_package(name) + ".target").TARGET
     return cls(options, **kw)
+
+
+def get_targets(name: str, options=None) -> list:
+    """The target instances ``--target name`` stands for: one, or several where the package's
+    ``target.py`` has ``targets_for(options)`` (``--target arm --format all``: TFLite and ncnn)."""
+    mod = importlib.import_module(_package(name) + ".target")
+    classes = mod.targets_for(options) if hasattr(mod, "targets_for") else [mod.TARGET]
+    return [cls(options) for cls in classes]

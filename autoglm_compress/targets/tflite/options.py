@@ -21,3 +21,9 @@ class Options:
         "uint8 for full-integer IO (the scales are in the report's io).",
         flat="arm_io", cli="--io", choices=("float", "int8", "uint8"),
     )
+    format: str = field(
+        "tflite",
+        "arm: what to write — tflite (LiteRT), ncnn (.ncnn.param/.ncnn.bin, run in ncnn), or all "
+        "(both, one calibration).",
+        flat="arm_format", cli="--format", choices=("tflite", "ncnn", "all"),
+    )

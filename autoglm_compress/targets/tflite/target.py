@@ -143,6 +143,7 @@ class TFLiteTarget(Target):
         path = out_dir / f"{stem}.arm.{precision}.tflite"
         write_bytes_atomic(path, data)
         art = Artifact(self.name, precision, {"model": path}, runtime=self.runtime).finalize()
+        art.extra["format"] = "tflite"
         art.extra.update(extra)
         return art
 
@@ -221,3 +222,13 @@ class TFLiteTarget(Target):
 
 
 TARGET = TFLiteTarget
+
+
+def targets_for(options) -> list[type[Target]]:
+    """``--format``: tflite (this target), ncnn (targets/ncnn), or all (both, one calibration)."""
+    fmt = getattr(options, "format", "tflite")
+    if fmt == "tflite":
+        return [TFLiteTarget]
+    from autoglm_compress.targets.ncnn.target import NcnnTarget
+
+    return [NcnnTarget] if fmt == "ncnn" else [TFLiteTarget, NcnnTarget]

@@ -1,0 +1,111 @@
+"""An ncnn model under construction: layers, blobs, and the `.param` text / `.bin` weights writers.
+
+Facts (../shared/formats.md, ncnn's param-and-model-file-structure.md): `.param` starts with the
+magic `7767517`, then `layer_count blob_count`, then one line per layer
+`Type name n_in n_out in_blobs… out_blobs… k=v…`; keys 0–19 scalars (floats written with a point),
+arrays under key −23300−k as `len,v1,v2…`. A blob may be read by one layer only: ``finish`` inserts
+a ``Split`` wherever a blob has several readers (int8 inference crashes without it). `.bin`: a
+weight block read as "type 0" starts with a u32 tag (0 fp32, 0x01306B47 fp16, 0x000D4B38 int8);
+biases and scales are raw fp32; every block is padded to 4 bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+import numpy as np
+
+__all__ = ["NcnnGraph", "Layer", "TAG_FP32", "TAG_FP16", "TAG_INT8"]
+
+TAG_FP32, TAG_FP16, TAG_INT8 = 0x00000000, 0x01306B47, 0x000D4B38
+
+
+@dataclasses.dataclass
+class Layer:
+    type: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    params: dict[int, object] = dataclasses.field(default_factory=dict)
+    weights: list[tuple[str, np.ndarray]] = dataclasses.field(default_factory=list)
+    # weights: ("tagged", array) for a type-0 block (its dtype picks the tag), ("raw", fp32 array)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return str(int(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{float(v):e}"
+
+
+class NcnnGraph:
+    """Layers in execution order; blob names are ONNX value names (made unique and safe)."""
+
+    def __init__(self):
+        self.layers: list[Layer] = []
+        self._names: set[str] = set()
+
+    def unique(self, base: str) -> str:
+        base = "".join(c if c.isalnum() or c in "_.:/-" else "_" for c in (base or "layer"))
+        name, i = base, 1
+        while name in self._names:
+            i += 1
+            name = f"{base}_{i}"
+        self._names.add(name)
+        return name
+
+    def add(self, type_: str, name: str, inputs, outputs, params=None, weights=None) -> Layer:
+        layer = Layer(type_, self.unique(name), list(inputs), list(outputs), dict(params or {}),
+                      list(weights or []))
+        self.layers.append(layer)
+        return layer
+
+    def finish(self) -> None:
+        """Insert a Split after every blob read by more than one layer."""
+        readers: dict[str, list[tuple[Layer, int]]] = {}
+        for layer in self.layers:
+            for i, b in enumerate(layer.inputs):
+                readers.setdefault(b, []).append((layer, i))
+        out: list[Layer] = []
+        pending = {b: r for b, r in readers.items() if len(r) > 1}
+        producers = {b for layer in self.layers for b in layer.outputs}
+        for layer in self.layers:
+            out.append(layer)
+            for b in layer.outputs:
+                if b in pending and b in producers:
+                    copies = [f"{b}_split{j}" for j in range(len(pending[b]))]
+                    for (reader, i), c in zip(pending[b], copies):
+                        reader.inputs[i] = c
+                    out.append(Layer("Split", self.unique(f"split_{b}"), [b], copies))
+        self.layers = out
+
+    def param_text(self) -> str:
+        blobs = {b for layer in self.layers for b in (*layer.inputs, *layer.outputs)}
+        lines = ["7767517", f"{len(self.layers)} {len(blobs)}"]
+        for layer in self.layers:
+            parts = [f"{layer.type:<24}", f"{layer.name:<24}", str(len(layer.inputs)),
+                     str(len(layer.outputs)), *layer.inputs, *layer.outputs]
+            for k, v in layer.params.items():
+                if isinstance(v, (list, tuple, np.ndarray)):
+                    vals = list(np.asarray(v).reshape(-1))
+                    parts.append(f"{-23300 - k}={len(vals)}," + ",".join(_fmt(x) for x in vals))
+                else:
+                    parts.append(f"{k}={_fmt(v)}")
+            lines.append(" ".join(parts))
+        return "\n".join(lines) + "\n"
+
+    def bin_bytes(self) -> bytes:
+        chunks: list[bytes] = []
+        for layer in self.layers:
+            for kind, arr in layer.weights:
+                a = np.ascontiguousarray(arr)
+                if kind == "tagged":
+                    tag = {np.dtype("float32"): TAG_FP32, np.dtype("float16"): TAG_FP16,
+                           np.dtype("int8"): TAG_INT8}[a.dtype]
+                    data = struct.pack("<I", tag) + a.tobytes()
+                else:
+                    data = a.astype(np.float32).tobytes()
+                chunks.append(data + b"\0" * (-len(data) % 4))
+        return b"".join(chunks)

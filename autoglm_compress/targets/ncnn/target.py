@@ -1,0 +1,187 @@
+"""arm target, ncnn format (``--target arm --format ncnn|all``): ``<stem>.arm.<p>.ncnn.param`` +
+``.ncnn.bin`` written by our own emitter (lower.py, param.py), verified in the ``ncnn`` Python
+runtime. FP32 runs with fp16 storage off (exact to float rounding); FP16 = ncnn's fp16 weight tag,
+run with fp16 storage on; INT8 = int8 convolution / inner-product weights with per-channel scales and
+a per-layer input scale in ncnn's own int8 format, run with ``use_int8_inference``.
+
+INT8 scheme (ncnn's, as ncnn2table/ncnn2int8 make it): symmetric int8 activations (scale only),
+symmetric per-output-channel weights, fp32 biases; only the inputs of Conv / Gemm / MatMul are
+quantized — ncnn runs those layers int8 and everything else float.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from autoglm_compress.errors import ConfigError, UnsupportedOpError
+from autoglm_compress.ir_utils import write_bytes_atomic
+from autoglm_compress.targets.base import Artifact, Target, VerifyContext, verify_in_runtime
+from autoglm_compress.targets.ncnn.lower import lower_to_ncnn, unsupported_reason
+from autoglm_compress.targets.ncnn.options import Options
+
+__all__ = ["NcnnTarget", "ncnn_runner", "ncnn_scheme", "TARGET"]
+
+logger = logging.getLogger(__name__)
+
+_QOPS = frozenset({"Conv", "Gemm", "MatMul"})
+
+
+def ncnn_scheme():
+    from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
+
+    return QuantScheme(
+        name="ncnn-s8s8",
+        activation=TensorQuant("int8", symmetric=True, narrow_range=True),
+        weight=TensorQuant("int8", symmetric=True, per_channel=True, narrow_range=True),
+        input_ops=_QOPS,
+        output_ops=frozenset(),
+        fused_activations=frozenset(),
+        bias_int32=False,
+    )
+
+
+def ncnn_runner(param: Path, binf: Path, io: dict, precision: str, threads: int):
+    """``make_runner`` for the shared verifier: an ncnn Net on the files, options by precision."""
+
+    def make():
+        import ncnn
+
+        net = ncnn.Net()
+        o = net.opt
+        o.num_threads = threads
+        fp16 = precision == "fp16"
+        o.use_fp16_storage = o.use_fp16_packed = fp16
+        o.use_fp16_arithmetic = False
+        o.use_bf16_storage = False
+        o.use_int8_inference = precision == "int8"
+        o.use_vulkan_compute = False
+        if net.load_param(str(param)) != 0 or net.load_model(str(binf)) != 0:
+            raise RuntimeError(f"ncnn could not load {param.name} / {binf.name}")
+        ins, outs = io["inputs"], io["outputs"]
+        shapes = io["output_shapes"]
+
+        def run(feed):
+            ex = net.create_extractor()
+            for name, blob in ins.items():
+                x = np.asarray(feed[name], np.float32)
+                ex.input(blob, ncnn.Mat(np.ascontiguousarray(x[0])))
+            got = []
+            for name, blob in outs.items():
+                ret, m = ex.extract(blob)
+                if ret != 0:
+                    raise RuntimeError(f"ncnn extract {blob!r} failed ({ret})")
+                got.append(np.array(m).reshape(shapes[name]))
+            return got
+
+        return run
+
+    return make
+
+
+class NcnnTarget(Target):
+    name = "arm"
+    runtime = "ncnn"
+    precisions = ("fp32", "fp16", "int8")
+    options_class = Options
+    lowering_file = Path(__file__).with_name("lowering.toml")
+
+    def check(self, model: ir.Model, precision: str) -> list[str]:
+        try:
+            import ncnn  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--format ncnn verifies in the ncnn runtime, but ncnn is not installed: "
+                "pip install 'autoglm-compress[runtimes]'"
+            ) from None
+        super().check(model, precision)
+        for node in model.graph:
+            why = unsupported_reason(node)
+            if why:
+                raise UnsupportedOpError(
+                    node.op_type, node.name or "?", f"target arm, format ncnn ({precision})",
+                    f"{why}; replace it in the model, or use --format tflite",
+                )
+        return []
+
+    def scheme(self):
+        return ncnn_scheme()
+
+    def prepare(self, model: ir.Model, precision: str) -> list[str]:
+        from autoglm_compress.passes.fuse_gelu import FuseGeluPass
+
+        FuseGeluPass()(model)
+        self._fp32 = model
+        return []
+
+    def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
+        param, data, io = lower_to_ncnn(model, precision)
+        io["output_shapes"] = {v.name: [int(d) for d in v.shape] for v in model.graph.outputs}
+        p = out_dir / f"{stem}.arm.{precision}.ncnn.param"
+        b = out_dir / f"{stem}.arm.{precision}.ncnn.bin"
+        write_bytes_atomic(b, data)
+        write_bytes_atomic(p, param.encode())
+        art = Artifact(self.name, precision, {"param": p, "bin": b},
+                       runtime=self.runtime).finalize()
+        art.extra["format"] = "ncnn"
+        art.extra["ncnn_io"] = io
+        layers = [ln.split()[0] for ln in param.splitlines()[2:]]
+        art.extra["ncnn_layers"] = {"count": len(layers),
+                                    "types": {t: layers.count(t) for t in sorted(set(layers))}}
+        if precision == "int8":
+            art.extra["ncnn_int8"] = {"int8": len(io["int8"]), "float": len(io["float"]),
+                                      "float_layers": io["float"][:20]}
+        return art
+
+    def describe_io(self, artifact: Artifact, model: ir.Model) -> dict:
+        from autoglm_compress.artifact_info import artifact_io
+
+        return artifact_io(model)
+
+    def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
+        io = artifact.extra.pop("ncnn_io")
+        threads = self.options.threads
+        verify_in_runtime(ncnn_runner(artifact.files["param"], artifact.files["bin"], io,
+                                      artifact.precision, threads),
+                          artifact, ctx, f"ncnn CPU, {threads} threads")
+        artifact.extra["blobs"] = {"inputs": io["inputs"], "outputs": io["outputs"]}
+        artifact.latency["ncnn"] = self._side_by_side(artifact, ctx, io)
+
+    def _side_by_side(self, artifact: Artifact, ctx: VerifyContext, io: dict) -> dict:
+        """FP32, FP16 and (for INT8) INT8 ncnn models of the same graph timed interleaved."""
+        import tempfile
+
+        from autoglm_compress.metrics import compare_latency
+
+        threads = self.options.threads
+        files = {artifact.precision: (artifact.files["param"], artifact.files["bin"], io)}
+        src = getattr(self, "_fp32", None) or ctx.reference_model
+        with tempfile.TemporaryDirectory(prefix="agc_ncnn_") as tmp:
+            for prec in ("fp32", "fp16"):
+                if prec in files:
+                    continue
+                param, data, pio = lower_to_ncnn(ir.from_proto(ir.to_proto(src)), prec)
+                pio["output_shapes"] = io["output_shapes"]
+                pp, pb = Path(tmp) / f"s.{prec}.param", Path(tmp) / f"s.{prec}.bin"
+                pp.write_text(param)
+                pb.write_bytes(data)
+                files[prec] = (pp, pb, pio)
+            feed = ctx.feeds[0]
+            runners = {}
+            for prec in ("fp32", "fp16", "int8"):
+                if prec in files:
+                    run = ncnn_runner(*files[prec], prec, threads)()
+                    runners[prec] = (lambda r: (lambda: r(feed)))(run)
+            lat = compare_latency(runners, repeats=ctx.latency_repeats)
+        fp32 = lat["fp32"]["median_ms"]
+        lat["vs_fp32"] = {k: round(v["median_ms"] / max(fp32, 1e-9), 3)
+                          for k, v in lat.items() if k != "fp32"}
+        lat["threads"] = threads
+        self._fp32 = None
+        return lat
+
+
+TARGET = NcnnTarget
