@@ -238,11 +238,19 @@ class Target(abc.ABC):
             why = self.table.refusal(node, precision, opset)
             if why:
                 others = ", ".join(t for t in _other_targets(self.name)) or "another target"
+                instead = self.alternatives or f"--target {others}"
                 raise UnsupportedOpError(
-                    node.op_type, node.name or "?", f"target {self.name} ({precision})",
-                    f"{why}; replace the op in the model, or use --target {others}",
+                    node.op_type, node.name or "?", f"{self.label} ({precision})",
+                    f"{why}; replace the op in the model, or use {instead}",
                 )
         return []
+
+    @property
+    def label(self) -> str:
+        """How errors name this target ("target arm", "target arm, format ncnn")."""
+        return f"target {self.name}"
+
+    alternatives: ClassVar[str] = ""  # what to suggest instead when an op is refused
 
     def prepare(self, model: ir.Model, precision: str) -> list[str]:
         """Rewrite ``model`` in place before quantization (layout …); notes for the report."""

@@ -88,6 +88,8 @@ class NcnnTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     options_class = Options
     lowering_file = Path(__file__).with_name("lowering.toml")
+    label = "target arm, format ncnn"
+    alternatives = "--format tflite, or --target x86"
 
     def check(self, model: ir.Model, precision: str) -> list[str]:
         try:
@@ -102,7 +104,7 @@ class NcnnTarget(Target):
             why = unsupported_reason(node)
             if why:
                 raise UnsupportedOpError(
-                    node.op_type, node.name or "?", f"target arm, format ncnn ({precision})",
+                    node.op_type, node.name or "?", f"{self.label} ({precision})",
                     f"{why}; replace it in the model, or use --format tflite",
                 )
         return []

