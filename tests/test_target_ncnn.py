@@ -100,3 +100,61 @@ def test_op_without_ncnn_lowering_is_refused_before_calibration(saved, tmp_path,
     err = capsys.readouterr().err
     assert rc == 2 and "format ncnn" in err and "--format tflite" in err
     assert not list(tmp_path.glob("*.ncnn.*"))
+
+
+class _Layers:
+    """Torch model (built in the fixture) with BN on the input (in-place first layer), PReLU,
+    ceil-mode max pool, two deconvs (crop + output_padding), TanH, grouped conv, x·σ(x) → Swish,
+    ELU, HardSigmoid, GELU (Erf spelling) and a mean reduction."""
+
+
+@pytest.fixture(scope="module")
+def layers_model(tmp_path_factory) -> Path:
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn_in = nn.BatchNorm2d(3)
+            self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.pr = nn.PReLU(8)
+            self.pool = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+            self.up = nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1)
+            self.up2 = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+            self.g = nn.Conv2d(4, 8, 3, padding=1, groups=2)
+            self.hs = nn.Hardsigmoid()
+
+        def forward(self, x):
+            y = self.pool(self.pr(self.c1(self.bn_in(x))))
+            y = torch.tanh(self.up2(torch.relu(self.up(y))))
+            y = self.g(y)
+            y = y * torch.sigmoid(y)
+            y = nn.functional.elu(y) + self.hs(y)
+            return nn.functional.gelu(y).mean(dim=(2, 3), keepdim=True).flatten(1)
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    with torch.no_grad():
+        m.bn_in.running_mean.uniform_(-0.5, 0.5)
+        m.bn_in.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("ncnn_layers") / "layers.onnx"
+    torch.onnx.export(m, (torch.randn(1, 3, 15, 15),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"])
+    return path
+
+
+@pytest.mark.parametrize(("precision", "min_cos"),
+                         [("fp32", 0.99999), ("fp16", 0.999), ("int8", 0.99)])
+def test_layer_set_in_ncnn(layers_model, tmp_path, precision, min_cos):
+    res = compress(layers_model, targets="arm", arm_format="ncnn", out_dir=tmp_path, samples=4,
+                   latency_repeats=3, fp16=precision == "fp16", int8=precision == "int8",
+                   calib_random=True, calib_samples=32)
+    art = res.artifact("arm", "ncnn")
+    types = Counter(r[0] for r in _layers(art.files["param"]))
+    assert {"BatchNorm", "PReLU", "Deconvolution", "TanH", "ConvolutionDepthWise", "Swish",
+            "ELU", "HardSigmoid", "GELU", "Reduction", "Split"} <= set(types)
+    assert types["Deconvolution"] == 2 and "Sigmoid" not in types
+    assert art.fidelity["cosine_min"] >= min_cos
+    if precision == "int8":  # conv and grouped conv int8; ncnn's Deconvolution has no int8
+        assert art.extra["ncnn_int8"]["int8"] == 2

@@ -38,7 +38,9 @@ OPS = frozenset({
     "Elu", "PRelu", "Gelu", "Add", "Sub", "Mul", "Div", "Max", "Min", "Concat", "Flatten",
     "Reshape", "Squeeze", "Unsqueeze", "Softmax", "Resize", "Identity", "Dropout",
     "BatchNormalization", "Constant", "QuantizeLinear", "DequantizeLinear",
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
 })
+_REDUCE = {"ReduceSum": 0, "ReduceMean": 3, "ReduceMax": 4, "ReduceMin": 5}
 
 
 def _shape(v: ir.Value) -> list[int]:
@@ -97,6 +99,12 @@ def unsupported_reason(node: ir.Node) -> str | None:
         if not ((mode == "nearest" and ct == "asymmetric") or (mode == "linear" and ct in (
                 "half_pixel", "pytorch_half_pixel", "align_corners"))):
             return f"Resize mode {mode}/{ct} has no ncnn Interp equivalent"
+    if op in _REDUCE:
+        from autoglm_compress.targets.tflite.lower_seq import reduce_axes
+
+        axes = reduce_axes(node, len(_shape(node.inputs[0])))
+        if axes is None or 0 in axes:
+            return "reduction over the batch axis or with non-constant axes"
     if op == "Clip" and any(v is not None and v.name and const_array(v) is None
                             for v in node.inputs[1:3]):
         return "Clip with non-constant bounds"
@@ -454,6 +462,12 @@ class _Lowerer:
             self.simple(n, "Softmax", {0: axis - 1, 1: 1})
         elif op == "Resize":
             self.resize(n)
+        elif op in _REDUCE:
+            from autoglm_compress.targets.tflite.lower_seq import reduce_axes
+
+            axes = reduce_axes(n, len(_shape(n.inputs[0])))
+            self.simple(n, "Reduction", {0: _REDUCE[op], 1: 0, 2: 1.0, 3: [a - 1 for a in axes],
+                                         4: n.attributes.get_int("keepdims", 1), 5: 1})
         elif op in ("Identity", "Dropout"):
             self.blob[n.outputs[0].name] = self.b(n.inputs[0])
         else:  # pragma: no cover - OPS and this dispatch are kept together

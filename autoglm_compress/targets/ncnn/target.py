@@ -66,15 +66,21 @@ def ncnn_runner(param: Path, binf: Path, io: dict, precision: str, threads: int)
 
         def run(feed):
             ex = net.create_extractor()
+            keep = []
             for name, blob in ins.items():
-                x = np.asarray(feed[name], np.float32)
-                ex.input(blob, ncnn.Mat(np.ascontiguousarray(x[0])))
+                x = np.ascontiguousarray(np.asarray(feed[name], np.float32)[0])
+                # ncnn.Mat(x) wraps the numpy buffer with no reference count: an in-place first
+                # layer (BatchNorm, ReLU) then crashes the extractor. clone() owns its memory.
+                mat = ncnn.Mat(x).clone()
+                keep.append(mat)
+                ex.input(blob, mat)
             got = []
             for name, blob in outs.items():
                 ret, m = ex.extract(blob)
                 if ret != 0:
                     raise RuntimeError(f"ncnn extract {blob!r} failed ({ret})")
                 got.append(np.array(m).reshape(shapes[name]))
+            del keep
             return got
 
         return run
