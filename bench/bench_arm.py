@@ -218,11 +218,12 @@ def render(rows: list[dict], cmd: str) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
+def write_results(text: str, heading: str = HEADING) -> None:
+    """Replace (or append) the section ``heading`` of bench/RESULTS.md with ``text``."""
     path = ROOT / "bench" / "RESULTS.md"
     old = path.read_text()
-    if HEADING in old:
-        head, _, rest = old.partition(HEADING)
+    if heading in old:
+        head, _, rest = old.partition(heading)
         nxt = rest.find("\n## ")
         old = head + (rest[nxt + 1:] if nxt >= 0 else "")
     path.write_text(old.rstrip() + "\n\n" + text)

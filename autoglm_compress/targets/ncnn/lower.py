@@ -38,8 +38,12 @@ OPS = frozenset({
     "Elu", "PRelu", "Gelu", "Add", "Sub", "Mul", "Div", "Max", "Min", "Concat", "Flatten",
     "Reshape", "Squeeze", "Unsqueeze", "Softmax", "Resize", "Identity", "Dropout",
     "BatchNormalization", "Constant", "QuantizeLinear", "DequantizeLinear",
-    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Split", "Slice", "Transpose",
 })
+# ncnn Permute order types: the output's axes listed innermost first, in input letters
+_PERMUTE = {("W", "H"): 0, ("H", "W"): 1,
+            ("W", "H", "C"): 0, ("H", "W", "C"): 1, ("W", "C", "H"): 2, ("C", "W", "H"): 3,
+            ("H", "C", "W"): 4, ("C", "H", "W"): 5}
 _REDUCE = {"ReduceSum": 0, "ReduceMean": 3, "ReduceMax": 4, "ReduceMin": 5}
 
 
@@ -105,6 +109,23 @@ def unsupported_reason(node: ir.Node) -> str | None:
         axes = reduce_axes(node, len(_shape(node.inputs[0])))
         if axes is None or 0 in axes:
             return "reduction over the batch axis or with non-constant axes"
+    if op == "Transpose":
+        rank = len(_shape(node.inputs[0]))
+        perm = _ints(node, "perm", reversed(range(rank)))
+        if perm[0] != 0 or rank not in (3, 4):
+            return "Transpose other than of the non-batch axes of a 3-D/4-D tensor"
+    if op == "Slice" and any(const_array(v) is None for v in node.inputs[1:] if v is not None):
+        return "Slice with non-constant starts/ends"
+    if op == "Slice":
+        steps = const_array(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None \
+            else None
+        axes = const_array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None \
+            else np.arange(len(const_array(node.inputs[1])))
+        rank = len(_shape(node.inputs[0]))
+        if (steps is not None and (steps != 1).any()) or any(int(a) % rank == 0 for a in axes):
+            return "Slice with steps ≠ 1 or on the batch axis"
+    if op == "Split" and node.attributes.get_int("axis", 0) % max(len(_shape(node.inputs[0])), 1) == 0:
+        return "Split on the batch axis"
     if op == "Clip" and any(v is not None and v.name and const_array(v) is None
                             for v in node.inputs[1:3]):
         return "Clip with non-constant bounds"
@@ -170,8 +191,9 @@ class _Lowerer:
 
     def memory_data(self, arr: np.ndarray, name: str, rank: int | None = None) -> str:
         a = np.asarray(arr, np.float32)
-        if rank is not None:
-            a = a.reshape((1,) * (rank - a.ndim) + a.shape)[1:] if a.ndim <= rank else a
+        if rank is not None and a.ndim <= rank:  # broadcast to the blob's rank, batch dropped
+            full = (1,) * (rank - a.ndim) + a.shape
+            a = a.reshape(full[1:])
         d = a.shape or (1,)
         keys = {1: [0], 2: [1, 0], 3: [2, 1, 0], 4: [2, 11, 1, 0]}[len(d)]
         blob = self.ng.unique(f"{name}_mem")
@@ -350,6 +372,18 @@ class _Lowerer:
                     p)
 
     def global_pool(self, n: ir.Node) -> None:
+        """Global pooling gives ncnn a 1-D [C] blob: written straight into a following Flatten /
+        Reshape to [1, C] (pnnx's layout: one layer), else reshaped back to [C, 1, 1]."""
+        y = n.outputs[0]
+        uses = list(y.uses())
+        nxt = uses[0][0] if len(uses) == 1 and not y.is_graph_output() else None
+        if nxt is not None and nxt.op_type in ("Flatten", "Reshape") \
+                and _shape(nxt.outputs[0]) == _shape(y)[:2]:
+            self.fused.add(id(nxt))
+            self.ng.add("Pooling", n.name or "gpool", [self.b(n.inputs[0])],
+                        [self.out(nxt.outputs[0])],
+                        {0: 0 if n.op_type == "GlobalMaxPool" else 1, 4: 1})
+            return
         mid = self.ng.unique(n.outputs[0].name + "_flat")
         self.ng.add("Pooling", n.name or "gpool", [self.b(n.inputs[0])], [mid],
                     {0: 0 if n.op_type == "GlobalMaxPool" else 1, 4: 1})
@@ -382,6 +416,25 @@ class _Lowerer:
         if n.op_type == "Flatten" and n.attributes.get_int("axis", 1) == 1:
             return self.simple(n, "Flatten")
         return self.simple(n, "Reshape", _dims_params(shape))
+
+    def crop(self, n: ir.Node) -> None:
+        """ONNX Slice (steps 1) → ncnn Crop with starts/ends/axes arrays (axes without batch)."""
+        shape = _shape(n.inputs[0])
+        rank = len(shape)
+        starts, ends = const_array(n.inputs[1]), const_array(n.inputs[2])
+        axes = const_array(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] is not None \
+            else np.arange(len(starts))
+        b, e, ax = [], [], []
+        for a, s0, e0 in zip(axes, starts, ends):
+            a = int(a) % rank
+            dim = shape[a]
+            s0, e0 = int(s0), int(e0)
+            s0 = min(max(s0 + dim if s0 < 0 else s0, 0), dim)
+            e0 = min(max(e0 + dim if e0 < 0 else e0, 0), dim)
+            b.append(s0)
+            e.append(e0)
+            ax.append(a - 1)
+        self.simple(n, "Crop", {9: b, 10: e, 11: ax})
 
     def resize(self, n: ir.Node) -> None:
         mode = n.attributes.get_string("mode", "nearest")
@@ -462,6 +515,20 @@ class _Lowerer:
             self.simple(n, "Softmax", {0: axis - 1, 1: 1})
         elif op == "Resize":
             self.resize(n)
+        elif op == "Split":
+            rank = len(_shape(n.inputs[0]))
+            axis = n.attributes.get_int("axis", 0) % rank
+            sizes = [_shape(o)[axis] for o in n.outputs]
+            self.ng.add("Slice", n.name or "split", [self.b(n.inputs[0])],
+                        [self.out(o) for o in n.outputs], {0: sizes, 1: axis - 1})
+        elif op == "Slice":
+            self.crop(n)
+        elif op == "Transpose":
+            rank = len(_shape(n.inputs[0]))
+            perm = _ints(n, "perm", reversed(range(rank)))
+            letters = {1: "C", 2: "H", 3: "W"} if rank == 4 else {1: "H", 2: "W"}
+            key = tuple(letters[a] for a in reversed(perm[1:]))
+            self.simple(n, "Permute", {0: _PERMUTE[key]})
         elif op in _REDUCE:
             from autoglm_compress.targets.tflite.lower_seq import reduce_axes
 
