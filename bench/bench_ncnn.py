@@ -30,24 +30,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real"), str(ROOT / "bench")]
 HEADING = "## arm target, ncnn format, vs pnnx"
 
 
-def _models(names, work: Path, n_calib: int, n_eval: int) -> dict:
-    out = {}
-    if "digits" in names:
-        ex = ROOT / "examples"
-        out["digits"] = (ex / "digits_cnn.pt", ex / "digits_calib.npz", ex / "digits_eval.npz")
-    if "effnet" in names:
-        import zoo
-
-        rm = zoo.efficientnet_lite1(work, n_calib=n_calib, n_eval=n_eval)
-        out["effnet"] = (rm.model, rm.calib, rm.eval)
-    if "yolo" in names:
-        import zoo
-
-        rm = zoo.nudenet_yolov8n(work, n_calib=n_calib, n_eval=n_eval)
-        out["yolo"] = (rm.model, rm.calib, rm.eval)
-    return out
-
-
 def _runner(param: Path, binf: Path, ins: dict, outs: list[str], precision: str):
     import ncnn
 
@@ -208,6 +190,8 @@ def main() -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
+    from bench_arm import _models  # the same three models, made the same way
+
     for name, (src, calib, ev) in _models(a.models.split(","), work, a.calib, a.eval).items():
         rows += run_model(name, src, calib, ev, work, a.calib, a.eval)
     text = render(rows, "python bench/bench_ncnn.py --models " + a.models)
