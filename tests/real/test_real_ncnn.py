@@ -35,4 +35,8 @@ def test_efficientnet_lite1_in_ncnn(effnet, tmp_path, precision, min_cos):
     assert {"fp32": 21 < size_mb < 22.5, "fp16": 10.5 < size_mb < 11.5,
             "int8": 5 < size_mb < 6.5}[precision], size_mb
     if precision == "int8":  # every conv / FC int8 in ncnn's format
-        assert art.extra["ncnn_int8"] == {"int8": 65, "float": 0, "float_layers": []}
+        q = art.extra["ncnn_int8"]
+        assert (q["int8"], q["float"]) == (65, 0)
+        # conv → conv chains hand int8 over directly (ncnn2int8's requantize fusion): the 44
+        # conv/depthwise pairs not split by a residual Add or the pooling head
+        assert q["requantized"] == 44

@@ -301,8 +301,10 @@ class _Lowerer:
                 weights.append(("raw", bias.astype(np.float32)))
             if self.precision == "int8":
                 self.float_layers.append(n.name or "conv")
-        self.ng.add("ConvolutionDepthWise" if g > 1 else "Convolution", n.name or "conv", [x],
-                    [self.out(y)], p, weights)
+        layer = self.ng.add("ConvolutionDepthWise" if g > 1 else "Convolution", n.name or "conv",
+                            [x], [self.out(y)], p, weights)
+        if q is not None:
+            layer.bottom_scale = float(q[2])
 
     def conv_transpose(self, n: ir.Node) -> None:
         w = wconst(n.inputs[1]).astype(np.float32)  # [Cin, Cout, kh, kw]
@@ -550,9 +552,10 @@ class _Lowerer:
         for v in self.g.outputs:
             outs[v.name] = self.blob[v.name]
         self.ng.finish()
+        self.requantized = self.ng.fuse_requantize() if self.precision == "int8" else 0
         inputs = {v.name: self.blob[v.name] for v in self.g.inputs}
-        io = {"inputs": inputs, "outputs": outs,
-              "int8": self.int8_layers, "float": self.float_layers}
+        io = {"inputs": inputs, "outputs": outs, "int8": self.int8_layers,
+              "float": self.float_layers, "requantized": self.requantized}
         return self.ng.param_text(), self.ng.bin_bytes(), io
 
 

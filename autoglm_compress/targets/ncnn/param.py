@@ -30,6 +30,7 @@ class Layer:
     params: dict[int, object] = dataclasses.field(default_factory=dict)
     weights: list[tuple[str, np.ndarray]] = dataclasses.field(default_factory=list)
     # weights: ("tagged", array) for a type-0 block (its dtype picks the tag), ("raw", fp32 array)
+    bottom_scale: float | None = None  # an int8 conv's input scale (requantize fusion reads it)
 
 
 def _fmt(v) -> str:
@@ -80,6 +81,43 @@ class NcnnGraph:
                         reader.inputs[i] = c
                     out.append(Layer("Split", self.unique(f"split_{b}"), [b], copies))
         self.layers = out
+
+    def fuse_requantize(self) -> int:
+        """int8 conv → int8 conv (directly or through a Split whose every reader is one): the
+        first writes int8 for the next (8=int8_scale_term + 100, the reader's bottom scale
+        appended as its top scale), as ncnn2int8 does — no dequantize/quantize between them.
+        Only with activations ncnn's requantize applies (none, ReLU, LeakyReLU, Clip)."""
+        convs = ("Convolution", "ConvolutionDepthWise")
+        readers: dict[str, list[Layer]] = {}
+        for layer in self.layers:
+            for b in layer.inputs:
+                readers.setdefault(b, []).append(layer)
+
+        def int8_conv(layer: Layer) -> bool:
+            return layer.type in convs and layer.params.get(8) in (1, 2) \
+                and layer.bottom_scale is not None
+
+        fused = 0
+        for layer in self.layers:
+            if not int8_conv(layer) or layer.params.get(9, 0) not in (0, 1, 2, 3):
+                continue
+            nxt = readers.get(layer.outputs[0], [])
+            if len(nxt) != 1:
+                continue
+            targets = [nxt[0]]
+            if nxt[0].type == "Split":
+                targets = [r for b in nxt[0].outputs for r in readers.get(b, [])]
+                if len(targets) != len(nxt[0].outputs):
+                    continue
+            if not targets or not all(int8_conv(t) for t in targets):
+                continue
+            scales = {t.bottom_scale for t in targets}
+            if len(scales) != 1:
+                continue
+            layer.params[8] += 100
+            layer.weights.append(("raw", np.asarray([scales.pop()], np.float32)))
+            fused += 1
+        return fused
 
     def param_text(self) -> str:
         blobs = {b for layer in self.layers for b in (*layer.inputs, *layer.outputs)}

@@ -141,7 +141,8 @@ class NcnnTarget(Target):
                                     "types": {t: layers.count(t) for t in sorted(set(layers))}}
         if precision == "int8":
             art.extra["ncnn_int8"] = {"int8": len(io["int8"]), "float": len(io["float"]),
-                                      "float_layers": io["float"][:20]}
+                                      "float_layers": io["float"][:20],
+                                      "requantized": io["requantized"]}
         return art
 
     def describe_io(self, artifact: Artifact, model: ir.Model) -> dict:
