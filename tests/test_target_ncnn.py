@@ -161,3 +161,41 @@ def test_layer_set_in_ncnn(layers_model, tmp_path, precision, min_cos):
     assert art.fidelity["cosine_min"] >= min_cos
     if precision == "int8":  # conv and grouped conv int8; ncnn's Deconvolution has no int8
         assert art.extra["ncnn_int8"]["int8"] == 2
+
+
+@pytest.fixture(scope="module")
+def seq_model(tmp_path_factory) -> Path:
+    """Reflect and constant Padding, a conv map flattened to tokens (Permute), LayerNorm and
+    self-attention-style MatMuls of two activations with a Softmax between."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 16, 3, stride=2)
+            self.ln = nn.LayerNorm(16)
+
+        def forward(self, x):
+            y = nn.functional.pad(x, (1, 2, 0, 1), mode="reflect")
+            y = nn.functional.pad(self.c(y), (1, 1, 1, 1), value=0.25)
+            t = self.ln(y.flatten(2).transpose(1, 2))
+            a = torch.matmul(t, t.transpose(1, 2)).softmax(-1)
+            return torch.matmul(a, t)
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ncnn_seq") / "seq.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(1, 3, 12, 12),), str(path), dynamo=False,
+                      opset_version=17, input_names=["x"], output_names=["y"])
+    return path
+
+
+@pytest.mark.parametrize(("precision", "min_cos"), [("fp32", 0.99999), ("int8", 0.999)])
+def test_padding_layernorm_matmul_in_ncnn(seq_model, tmp_path, precision, min_cos):
+    art = compress(seq_model, targets="arm", arm_format="ncnn", out_dir=tmp_path, samples=4,
+                   latency_repeats=3, int8=precision == "int8", calib_random=True,
+                   calib_samples=16).artifact("arm", "ncnn")
+    types = Counter(r[0] for r in _layers(art.files["param"]))
+    assert types["Padding"] == 2 and types["MatMul"] == 2 and types["LayerNorm"] == 1
+    assert types["Permute"] >= 1
+    assert art.fidelity["cosine_min"] >= min_cos

@@ -39,7 +39,9 @@ OPS = frozenset({
     "Reshape", "Squeeze", "Unsqueeze", "Softmax", "Resize", "Identity", "Dropout",
     "BatchNormalization", "Constant", "QuantizeLinear", "DequantizeLinear",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Split", "Slice", "Transpose",
+    "Pad", "LayerNormalization",
 })
+_PAD_MODES = {"constant": 0, "edge": 1, "reflect": 2}
 # ncnn Permute order types: the output's axes listed innermost first, in input letters
 _PERMUTE = {("W", "H"): 0, ("H", "W"): 1,
             ("W", "H", "C"): 0, ("H", "W", "C"): 1, ("W", "C", "H"): 2, ("C", "W", "H"): 3,
@@ -92,9 +94,27 @@ def unsupported_reason(node: ir.Node) -> str | None:
             return "Gemm with transA or a non-constant weight"
         if len(_shape(node.inputs[0])) != 2:
             return "Gemm on a rank ≠ 2 input"
-    if op == "MatMul" and (wconst(node.inputs[1]) is None or wconst(node.inputs[1]).ndim != 2
-                           or len(_shape(node.inputs[0])) != 2):
-        return "MatMul other than [1, K] × constant [K, N]"
+    if op == "MatMul":
+        w = wconst(node.inputs[1])
+        if w is not None and (w.ndim != 2 or len(_shape(node.inputs[0])) != 2):
+            return "MatMul with a constant weight on a rank ≠ 2 input"
+        if w is None and not (3 <= len(_shape(node.inputs[0])) <= 4
+                              and len(_shape(node.inputs[1])) == len(_shape(node.inputs[0]))):
+            return "MatMul of two activations other than batched 3-D/4-D of equal rank"
+    if op == "Pad":
+        mode = node.attributes.get_string("mode", "constant")
+        rank = len(_shape(node.inputs[0]))
+        pads = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if mode not in _PAD_MODES or pads is None or rank != 4 or \
+                (len(node.inputs) > 3 and node.inputs[3] is not None):
+            return "Pad other than constant/edge/reflect with constant pads on a 4-D map"
+        if pads[0] or pads[4]:
+            return "Pad on the batch axis"
+    if op == "LayerNormalization":
+        rank = len(_shape(node.inputs[0]))
+        if node.attributes.get_int("axis", -1) % rank != rank - 1 or const_array(
+                node.inputs[1]) is None:
+            return "LayerNormalization over more than the last axis, or non-constant scale"
     if op == "Resize":
         mode = node.attributes.get_string("mode", "nearest")
         ct = node.attributes.get_string("coordinate_transformation_mode", "half_pixel")
@@ -469,8 +489,25 @@ class _Lowerer:
             self.conv_transpose(n)
         elif op == "Gemm":
             self.gemm(n)
+        elif op == "MatMul" and wconst(n.inputs[1]) is None:
+            self.ng.add("MatMul", n.name or "matmul", [self.b(v) for v in n.inputs],
+                        [self.out(n.outputs[0])], {0: 0})
         elif op == "MatMul":
             self.inner_product(n, wconst(n.inputs[1]).astype(np.float32).T, None, 1)
+        elif op == "Pad":
+            p = [int(x) for x in const_array(n.inputs[1]).reshape(-1)]
+            cv = const_array(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None \
+                else None
+            self.simple(n, "Padding", {0: p[2], 1: p[6], 2: p[3], 3: p[7],
+                                       4: _PAD_MODES[n.attributes.get_string("mode", "constant")],
+                                       5: float(cv.reshape(-1)[0]) if cv is not None else 0.0,
+                                       7: p[1], 8: p[5]})
+        elif op == "LayerNormalization":
+            gamma = const_array(n.inputs[1]).astype(np.float32).reshape(-1)
+            beta = const_array(n.inputs[2]).astype(np.float32).reshape(-1) \
+                if len(n.inputs) > 2 and n.inputs[2] is not None else np.zeros_like(gamma)
+            self.simple(n, "LayerNorm", {0: gamma.size, 1: n.attributes.get_float(
+                "epsilon", 1e-5), 2: 1}, [("raw", gamma), ("raw", beta)])
         elif op in ("MaxPool", "AveragePool"):
             self.pool(n)
         elif op in ("GlobalAveragePool", "GlobalMaxPool"):
