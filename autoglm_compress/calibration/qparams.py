@@ -16,8 +16,11 @@ u8·s8 multiply-adds); int8 is ``[-2^(b-1), 2^(b-1) - 1]``, with ``narrow_range`
 ``-2^(b-1) + 1`` (symmetric ``[-127, 127]``); uint8 is ``[0, 2^b - 1]``.
 
 Guards: a zero-width range (a constant tensor, e.g. all zeros) would give ``s = 0`` and a division
-by zero downstream, so ``s = max(s, MIN_SCALE)`` with ``MIN_SCALE = 1e-8`` (far below any useful
-float32 activation resolution, far above float32's smallest normal); a non-finite range raises
+by zero downstream, so ``s = max(s, MIN_SCALE)`` with ``MIN_SCALE = 1e-30`` — only a guard, never
+a floor that a real tensor reaches: a network whose activations are ~1e-12 (random-weight nets,
+outputs of 1e-9) keeps its own resolution (a 1e-8 floor zeroed such tensors: cosine 0.0), and
+products of two scales (int32 bias scales) stay above float32's smallest normal; a non-finite
+range raises
 :class:`CalibrationError`. The returned scale is always finite and positive. ``MIN_SCALE`` and :func:`quant_range` are the
 only definitions of the guard and of the integer limits: weights, activations, biases and QAT all
 take them from here.
@@ -39,7 +42,7 @@ __all__ = ["MIN_SCALE", "quant_bits", "quant_range", "compute_qparams"]
 
 logger = logging.getLogger(__name__)
 
-MIN_SCALE = 1e-8  # guard for zero-width ranges: never a zero, NaN or Inf scale
+MIN_SCALE = 1e-30  # guard for zero-width ranges: never a zero, NaN or Inf scale (not a floor)
 _DTYPES = ("int8", "uint8")
 
 
