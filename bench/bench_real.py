@@ -252,9 +252,9 @@ def table(rows: list[dict]) -> str:
     head = (
         "| model | ours INT8 wall s | ORT wall s | ratio | ours calib s | ORT calib s | ratio "
         "| ours peak MB | ORT peak MB | ours FP16 wall s / peak MB | cosine min ours / ORT "
-        "| top-1 ours / ORT | INT8 latency vs FP32 ours / ORT |"
+        "| top-1 ours / ORT | INT8 latency vs FP32 ours / ORT | INT8 MB ours / ORT |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         o, t, f16 = r["ours_int8"], r["ort_int8"], r.get("ours_fp16", {})
         fid = r.get("fidelity", {})
@@ -276,11 +276,16 @@ def table(rows: list[dict]) -> str:
                     f"{_f(fo.get('cosine_min'), '{:.4f}')} / {_f(ft.get('cosine_min'), '{:.4f}')}",
                     f"{_f(fo.get('top1'), '{:.3f}')} / {_f(ft.get('top1'), '{:.3f}')}",
                     f"{_f(fo.get('latency_vs_fp32'), '{:.2f}')} / {_f(ft.get('latency_vs_fp32'), '{:.2f}')}",
+                    f"{_f(_mb(o.get('artifact')))} / {_f(_mb(t.get('artifact')))}",
                 ]
             )
             + " |"
         )
     return "\n".join(lines)
+
+
+def _mb(path) -> float | None:
+    return Path(path).stat().st_size / 1e6 if path and Path(path).is_file() else None
 
 
 def _ratio(a, b):

@@ -88,6 +88,9 @@ class QuantizePass(CompressPass):
         for node in list(g):
             if is_weighted(node) and not self._kept(node):
                 writer.quantize_weights(node)
+        if scheme.quantize_embeddings:
+            for node in [n for n in g if n.op_type == "Gather" and not self._kept(n)]:
+                writer.quantize_embedding(node)
         n_init = len(g.initializers)
         ir.passes.common.RemoveUnusedNodesPass()(model)  # the float weights now read by nobody
         self.stats["float_initializers_removed"] = n_init - len(g.initializers)

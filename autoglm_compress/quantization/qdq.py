@@ -215,6 +215,31 @@ class QDQWriter:
                 self._quantize_bias(node, b_idx, layer["input_scale"], scale)
         self.layers.append(layer)
 
+    def quantize_embedding(self, node: ir.Node, min_size: int = 1024) -> bool:
+        """Gather(table, ids) with a constant float table: int8 rows, one scale per row (8 bits,
+        symmetric: weight-only, no u8·s8 product to saturate), DequantizeLinear → Gather."""
+        t_val = node.inputs[0]
+        t = const_array(t_val)
+        if (t is None or t.dtype != np.float32 or t.ndim != 2 or t.size < min_size
+                or node.attributes.get_int("axis", 0) != 0 or not np.isfinite(t).all()):
+            return False
+        key = (t_val.name, "rows")
+        if key not in self._wcache:
+            tq = TensorQuant("int8", symmetric=True, per_channel=True, narrow_range=True)
+            scale, zp = weight_qparams(t, 0, tq)
+            q = self._const(f"{t_val.name}_quantized", quantize_array(t, scale, 0, tq))
+            s = self._const(f"{t_val.name}_scale", scale)
+            z = self._const(f"{t_val.name}_zp", zp)
+            dq = ir.node("DequantizeLinear", [q, s, z], attributes={"axis": 0},
+                         name=f"{t_val.name}_DQ")
+            dq.outputs[0].name, dq.outputs[0].dtype = f"{t_val.name}_dq", ir.DataType.FLOAT
+            dq.outputs[0].shape = ir.Shape(t.shape)
+            self.g.insert_before(node, dq)
+            self._wcache[key] = dq.outputs[0]
+            self._count("embeddings_quantized")
+        node.replace_input_with(0, self._wcache[key])
+        return True
+
     def _weight_source(self, w_val, w, s, z, ax, attrs, node) -> ir.Value:
         """int8 initializer W_q, or (fake_weights) the float W through a QuantizeLinear node."""
         tq = self.scheme.weight

@@ -51,6 +51,10 @@ class QuantScheme:
     quantize_graph_outputs: bool = False
     # Ops with a fixed output scale/zero point, e.g. TFLite Softmax (1/256, -128).
     fixed_output: dict = dataclasses.field(default_factory=dict)
+    # Embedding tables (Gather of a constant float table of ≥ 1024 values, axis 0): int8 per-row
+    # weights with a DequantizeLinear before the Gather — weight-only, its output stays float
+    # (onnxruntime's quantizer does the same; a BERT's tables are most of its bytes).
+    quantize_embeddings: bool = False
 
     def with_(self, **kw) -> QuantScheme:
         return dataclasses.replace(self, **kw)

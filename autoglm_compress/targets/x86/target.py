@@ -47,6 +47,7 @@ def x86_scheme(reduce_range: bool = True, activation_dtype: str = "uint8") -> Qu
         input_ops=_QOPS,
         output_ops=_QOPS,
         shared_scale_ops=_SHARED,
+        quantize_embeddings=True,
     )
 
 
