@@ -316,6 +316,8 @@ def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
     out: dict[str, dict] = {}
     if cfg.int8.smoothquant is not None:
         out["smoothquant"] = {"alpha": cfg.int8.smoothquant}
+    if cfg.prune.ratio:
+        out["prune"] = {"ratio": cfg.prune.ratio, "multiple": cfg.prune.multiple}
     return out
 
 

@@ -16,7 +16,8 @@ from autoglm_compress.config_build import FlatField, flat_fields
 __all__ = ["GroupedCommand", "config_options", "given"]
 
 _ORDER = ["General", "Output", "Load", "Calibration", "Image preprocessing", "INT8",
-          "Quantization-aware training", "Verification", "Quality gates", "Target", "Debugging"]
+          "Quantization-aware training", "Pruning", "Verification", "Quality gates", "Target",
+          "Debugging"]
 
 
 class GroupedCommand(click.Command):

@@ -163,6 +163,19 @@ class Int8Config:
 
 
 @dataclasses.dataclass(frozen=True)
+class PruneOptions:
+    """Pruning"""
+
+    ratio: float | None = field(
+        None, "Structured pruning: remove this share of the channels of every prunable channel "
+        "space (e.g. 0.5) before precision lowering; frozen spaces are listed in the report.",
+        flat="prune", metavar="RATIO", min=0.0, max=0.95,
+    )
+    multiple: int = field(8, "Kept channel counts rounded up to a multiple of this.",
+                          flat="prune_multiple", min=1)
+
+
+@dataclasses.dataclass(frozen=True)
 class QATOptions:
     """Quantization-aware training"""
 
@@ -237,6 +250,7 @@ class CompressConfig:
     calibration: CalibrationConfig = field(CalibrationConfig(), "Calibration.")
     int8: Int8Config = field(Int8Config(), "INT8 quantization.")
     qat: QATOptions = field(QATOptions(), "Quantization-aware training.")
+    prune: PruneOptions = field(PruneOptions(), "Pruning.")
     verify: VerifyConfig = field(VerifyConfig(), "Verification.")
     gates: GateConfig = field(GateConfig(), "Quality gates.")
     debug: DebugConfig = field(DebugConfig(), "Debugging.")
@@ -246,6 +260,8 @@ class CompressConfig:
     def pass_names(self) -> list[str]:
         """The pipeline: the given passes (default cleanup, fold_bn) plus those the options imply."""
         names = list(self.passes) if self.passes is not None else ["cleanup", "fold_bn"]
+        if self.prune.ratio and "prune" not in names:
+            names.append("prune")
         if self.int8.equalize and "equalize" not in names:
             names.append("equalize")
         if self.int8.smoothquant is not None and self.precision == "int8":

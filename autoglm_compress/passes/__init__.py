@@ -14,6 +14,7 @@ from autoglm_compress.passes import (  # noqa: E402,F401
     fold_bn,
     fp16,
     fuse_gelu,
+    prune,
     qat,
     quantize,
     smoothquant,
