@@ -318,6 +318,9 @@ def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
         out["smoothquant"] = {"alpha": cfg.int8.smoothquant}
     if cfg.prune.ratio:
         out["prune"] = {"ratio": cfg.prune.ratio, "multiple": cfg.prune.multiple}
+    if cfg.distill.steps:
+        out["distill"] = {"steps": cfg.distill.steps, "lr": cfg.distill.lr,
+                          "samples": cfg.calibration.samples}
     return out
 
 

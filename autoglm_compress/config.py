@@ -176,6 +176,18 @@ class PruneOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillOptions:
+    """Distillation"""
+
+    steps: int = field(
+        0, "Distil the FP32 model after the graph passes (e.g. after --prune) from the model as "
+        "loaded, on the calibration data, for N steps in the torch executor; 0 = off.",
+        flat="distill_steps", metavar="N", min=0,
+    )
+    lr: float = field(1e-3, "Distillation learning rate (Adam).", flat="distill_lr", min=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class QATOptions:
     """Quantization-aware training"""
 
@@ -251,6 +263,7 @@ class CompressConfig:
     int8: Int8Config = field(Int8Config(), "INT8 quantization.")
     qat: QATOptions = field(QATOptions(), "Quantization-aware training.")
     prune: PruneOptions = field(PruneOptions(), "Pruning.")
+    distill: DistillOptions = field(DistillOptions(), "Distillation.")
     verify: VerifyConfig = field(VerifyConfig(), "Verification.")
     gates: GateConfig = field(GateConfig(), "Quality gates.")
     debug: DebugConfig = field(DebugConfig(), "Debugging.")
@@ -262,6 +275,8 @@ class CompressConfig:
         names = list(self.passes) if self.passes is not None else ["cleanup", "fold_bn"]
         if self.prune.ratio and "prune" not in names:
             names.append("prune")
+        if self.distill.steps and "distill" not in names:
+            names.append("distill")
         if self.int8.equalize and "equalize" not in names:
             names.append("equalize")
         if self.int8.smoothquant is not None and self.precision == "int8":

@@ -145,3 +145,20 @@ def test_cli_prune_then_int8_for_x86_and_arm(tmp_path):
     assert prune["stats"]["groups_pruned"] == 3 and prune["config"]["ratio"] == 0.5
     assert rep["model"]["stats_after"]["macs"] < 0.3 * rep["model"]["stats_before"]["macs"]
     assert {a["target"] for a in rep["artifacts"]} == {"x86", "arm"}
+
+
+def test_distill_recovers_the_pruned_digits_cnn(tmp_path):
+    """prune 0.5 alone: the digits accuracy collapses; 400 distillation steps from the unpruned
+    model on the 200 calibration images bring most of it back (label-free)."""
+    from autoglm_compress import compress
+
+    calib, ev = ROOT / "examples" / "digits_calib.npz", ROOT / "examples" / "digits_eval.npz"
+    kw = dict(targets="x86", calib=calib, calib_samples=200, eval_data=ev, samples=300,
+              latency_repeats=3, prune=0.5)
+    bare = compress(DEMO, out_dir=tmp_path / "p", **kw).artifact("x86")
+    res = compress(DEMO, out_dir=tmp_path / "d", distill_steps=400, distill_lr=3e-3, **kw)
+    art = res.artifact("x86")
+    acc = lambda a: next(iter(a.fidelity["outputs"].values()))["accuracy"]  # noqa: E731
+    rec = next(p for p in res.report["passes"] if p["name"] == "distill")
+    assert rec["stats"]["loss_after"] < 0.5 * rec["stats"]["loss_before"]
+    assert acc(bare) < 0.5 and acc(art) > acc(bare) + 0.3

@@ -1,0 +1,66 @@
+"""distill: train the current FP32 IR (the student — e.g. after ``prune``) to reproduce the teacher
+(the model as loaded, before any pass) on the calibration data, through the torch executor.
+
+Loss: the label-free normalised MSE of every float output (runtime/train_loop.py, the loop QAT
+uses): Σ mean((y_s − y_t)²) / var(y_t). Every float weight and bias with at least one dimension
+is trained (Adam, cosine-decayed learning rate, fixed seed); the trained tensors are written back
+into the IR. Runs before precision lowering, so INT8 (and QAT) start from the distilled weights.
+Not yet: softened-KL / feature losses, labels, torchrun (issue 14 parts 4–5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import onnx_ir as ir
+from onnx_ir.passes import PassResult
+
+from autoglm_compress.errors import ConfigError
+from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
+
+__all__ = ["DistillPass", "DistillConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(PassConfig):
+    steps: int = field(300, "Optimizer steps.")
+    lr: float = field(1e-3, "Adam learning rate.")
+    batch: int = field(16, "Samples per step.")
+    samples: int = field(512, "Calibration samples to train on.")
+    device: str | None = field(None, "None: CUDA when present, else CPU.")
+
+
+@register
+class DistillPass(CompressPass):
+    name = "distill"
+    config_class = DistillConfig
+    needs = frozenset({"data", "teacher"})
+
+    def call(self, model: ir.Model) -> PassResult:
+        from autoglm_compress.runtime import TorchExecutor
+        from autoglm_compress.runtime.train_loop import distill
+
+        cfg, ctx = self.config, self.ctx
+        if cfg.steps < 1 or cfg.batch < 1 or cfg.samples < 1 or not cfg.lr > 0:
+            raise ConfigError(
+                f"distill needs steps ≥ 1, batch ≥ 1, samples ≥ 1 and lr > 0; got "
+                f"steps={cfg.steps} batch={cfg.batch} samples={cfg.samples} lr={cfg.lr}"
+            )
+        feeds = list(ctx.data.take(cfg.samples))
+        student = TorchExecutor(model, device=cfg.device)
+        teacher = TorchExecutor(ctx.teacher, device=student.device)
+        for p in teacher.parameters().values():
+            p.requires_grad_(False)
+        params = student.parameters()
+        trained = [n for n, p in params.items() if p.is_floating_point() and p.dim() >= 1]
+        for n, p in params.items():
+            p.requires_grad_(n in trained)
+        res = distill(student, teacher, feeds, [params[n] for n in trained], steps=cfg.steps,
+                      lr=cfg.lr, batch=cfg.batch, progress=ctx.progress)
+        student.sync_to_model()  # the executor runs on model.graph itself
+        self.stats.update({**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained)})
+        logger.info("distill: %s", self.stats)
+        return PassResult(model, modified=res.loss_after < res.loss_before)
