@@ -162,3 +162,39 @@ def test_distill_recovers_the_pruned_digits_cnn(tmp_path):
     rec = next(p for p in res.report["passes"] if p["name"] == "distill")
     assert rec["stats"]["loss_after"] < 0.5 * rec["stats"]["loss_before"]
     assert acc(bare) < 0.5 and acc(art) > acc(bare) + 0.3
+
+
+def test_concat_branches_pruned_with_offsets(tmp_path):
+    """Two branches concatenated into a conv: the first branch's dead half is removed and the
+    conv after the Concat loses exactly those input channels (offset 0 … 31), the second branch's
+    channels shift down; outputs unchanged, shapes valid."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 32, 3, padding=1)
+            self.b = nn.Conv2d(3, 16, 1)
+            self.c = nn.Conv2d(48, 8, 3)
+
+        def forward(self, x):
+            return self.c(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.a.weight[::2] = 0  # every other filter of branch a is dead
+        net.a.bias[::2] = 0
+    path = tmp_path / "cat.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"])
+    m = _prepared(path)
+    feed = _feed(m)
+    before = ort_run(ort_session(m), feed)[0]
+    rec = _prune(m, 0.5, multiple=16)
+    assert rec.stats["groups_pruned"] == 1
+    c = [n for n in m.graph if n.op_type == "Conv"][-1]
+    assert tuple(c.inputs[1].shape) == (8, 32, 3, 3)
+    np.testing.assert_allclose(ort_run(ort_session(m), feed)[0], before, rtol=1e-5, atol=1e-5)
+    _check(m)

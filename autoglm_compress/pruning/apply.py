@@ -51,6 +51,14 @@ def _member(m: Member, keep: np.ndarray) -> None:
                 _set(n.inputs[2], np.take(b.reshape(-1), keep))
     elif m.kind == "consumer":
         _take(n, 1, keep, m.axis)
+    elif m.kind == "concat_consumer":
+        cat = m.concat
+        widths = [int(v.shape[1]) for v in cat.inputs]  # current (earlier inputs may be pruned)
+        offset, width = sum(widths[:m.slot]), widths[m.slot]
+        total = sum(widths)
+        cols = np.concatenate([np.arange(offset), offset + keep,
+                               np.arange(offset + width, total)])
+        _take(n, 1, cols, m.axis)
     elif m.kind == "flatten_gemm":
         cols = (keep[:, None] * m.block + np.arange(m.block)[None, :]).reshape(-1)
         _take(n, 1, cols, m.axis)
@@ -92,8 +100,15 @@ def _member(m: Member, keep: np.ndarray) -> None:
 def prune_group(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> None:
     """Keep channels ``keep`` (sorted indices) of ``group`` everywhere in ``model``."""
     keep = np.sort(np.asarray(keep, np.int64))
+    concats = {id(m.concat): m.concat for m in group.members if m.kind == "concat_consumer"}
     for m in group.members:
-        _member(m, keep)
+        _member(m, keep)  # concat consumers read the Concat's widths before they change below
+    for cat in concats.values():
+        y = cat.outputs[0]
+        dims = list(y.shape)
+        dims[1] = int(dims[1]) - (group.channels - int(keep.size)) * sum(
+            1 for v in cat.inputs if v.name in group.values)
+        y.shape = ir.Shape(dims)
     values = {v.name: v for n in model.graph for v in n.outputs if v is not None}
     for name in group.values:
         v = values.get(name)

@@ -8,13 +8,15 @@ value in it is written by a weighted op (Conv, ConvTranspose, Gemm/MatMul with a
 the sources, whose output channels are removed) or by a channel-preserving op of the space, and
 every reader is understood: a weighted op's input channels, BN parameters, a per-channel constant,
 a depthwise conv (its weights and ``group`` shrink with the space), Flatten → Gemm (the Gemm's input
-features are channel × spatial blocks). Anything else — a graph input or output, Concat, Reshape,
-Transpose, a grouped (non-depthwise) conv, a shared weight — *freezes* the space, and the reason is
-kept for the report (issue 14: "a group that cannot be pruned safely is left alone and listed").
+features are channel × spatial blocks), a channel Concat read only by plain convs (each input
+space is pruned on its own; the conv after it loses the matching input channels at that input's
+current offset). Anything else — a graph input or output, Reshape, Transpose, a grouped
+(non-depthwise) conv, a shared weight — *freezes* the space, and the reason is kept for the report
+(issue 14: "a group that cannot be pruned safely is left alone and listed").
 
 Supported now: CNN couplings (conv chains, BN, activations, pools, depthwise, residual Add, SE-style
-Mul by a [N, C, 1, 1] gate, Flatten/GlobalPool → Gemm). Concat offsets, Split/Slice on channels,
-Transpose and attention heads freeze their spaces (listed, not pruned).
+Mul by a [N, C, 1, 1] gate, Flatten/GlobalPool → Gemm, Concat → conv). Split/Slice on channels, a
+Concat read by other ops, Transpose and attention heads freeze their spaces (listed, not pruned).
 """
 
 from __future__ import annotations
@@ -44,10 +46,13 @@ class Member:
     """One place that changes when the space loses channels: ``kind`` says how."""
 
     kind: str  # "source" | "consumer" | "depthwise" | "bn" | "const" | "prelu" | "flatten_gemm"
+    #            | "concat_consumer"
     node: ir.Node
     index: int = 0  # input index of the tensor to slice (consumer / const / bn)
     axis: int = 0  # its axis that holds the space's channels
     block: int = 1  # flatten_gemm: input features per channel (H·W)
+    concat: ir.Node | None = None  # concat_consumer: the Concat, and which of its inputs this is
+    slot: int = 0
 
 
 @dataclasses.dataclass
@@ -186,6 +191,14 @@ def channel_groups(model: ir.Model) -> list[ChannelGroup]:
                         freeze.append((outs[0].name, f"{op} {node.name!r} with a constant "
                                        "that is not per channel"))
             continue
+        if op == "Concat" and outs and _channel_concat(node):
+            readers = _concat_readers(outs[0])
+            if readers is not None:
+                for slot, v in enumerate(node.inputs):
+                    for r, in_axis in readers:
+                        members.append((v.name, Member("concat_consumer", r, 1, in_axis,
+                                                       concat=node, slot=slot)))
+                continue
         if op in ("Flatten", "Reshape") and _flatten_of_map(node):
             y = outs[0]
             if all(u.op_type in ("Gemm", "MatMul") and u.inputs[0] is y for u, _ in y.uses()):
@@ -217,6 +230,28 @@ def channel_groups(model: ir.Model) -> list[ChannelGroup]:
         if grp.channels <= 1:
             grp.frozen.append("no channel axis")
     return [grp for grp in by_root.values() if grp.members or grp.frozen]
+
+
+def _channel_concat(node: ir.Node) -> bool:
+    """Concat along the channel axis (1) of activations only."""
+    y = node.outputs[0]
+    rank = len(y.shape or [])
+    return rank >= 2 and node.attributes.get_int("axis", 0) % rank == 1 and all(
+        _is_act(v) for v in node.inputs)
+
+
+def _concat_readers(y: ir.Value) -> list[tuple[ir.Node, int]] | None:
+    """(reader, weight in-channel axis) when every reader of a channel Concat's output is a
+    plain Conv/ConvTranspose (group 1) with a constant, unshared weight; else None (frozen)."""
+    if y.is_graph_output():
+        return None
+    out = []
+    for r, idx in y.uses():
+        if idx != 0 or r.op_type not in ("Conv", "ConvTranspose") or groups(r) != 1 \
+                or const_array(r.inputs[1]) is None:
+            return None
+        out.append((r, 1 if r.op_type == "Conv" else 0))
+    return out or None
 
 
 def _flatten_of_map(node: ir.Node) -> bool:
