@@ -41,6 +41,17 @@ def _feed(m: ir.Model, seed: int = 0) -> dict:
             .astype(np.float32) for v in m.graph.inputs}
 
 
+def _exported(net, path: Path):
+    """The torch module as prepared IR, a feed, and its onnxruntime output before pruning."""
+    import torch
+
+    torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"])
+    m = _prepared(path)
+    feed = _feed(m)
+    return m, feed, ort_run(ort_session(m), feed)[0]
+
+
 def _check(m: ir.Model) -> list[np.ndarray]:
     onnx.checker.check_model(ir.to_proto(m), full_check=True)
     feed = _feed(m)
@@ -86,12 +97,7 @@ def test_dead_channels_removed_exactly(tmp_path):
         net[0].bias[16:] = 0
         net[3].running_var.uniform_(0.5, 2)
     net.eval()
-    path = tmp_path / "dead.onnx"
-    torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"])
-    m = _prepared(path)
-    feed = _feed(m)
-    before = ort_run(ort_session(m), feed)[0]
+    m, feed, before = _exported(net, tmp_path / "dead.onnx")
     rec = _prune(m, 0.5, multiple=16)  # the 32-channel space → its 16 live channels
     assert rec.stats["groups_pruned"] == 1 and rec.stats["groups"][0]["kept"] == 16
     np.testing.assert_allclose(ort_run(ort_session(m), feed)[0], before, rtol=1e-5, atol=1e-5)
@@ -186,12 +192,7 @@ def test_concat_branches_pruned_with_offsets(tmp_path):
     with torch.no_grad():
         net.a.weight[::2] = 0  # every other filter of branch a is dead
         net.a.bias[::2] = 0
-    path = tmp_path / "cat.onnx"
-    torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"])
-    m = _prepared(path)
-    feed = _feed(m)
-    before = ort_run(ort_session(m), feed)[0]
+    m, feed, before = _exported(net, tmp_path / "cat.onnx")
     rec = _prune(m, 0.5, multiple=16)
     assert rec.stats["groups_pruned"] == 1
     c = [n for n in m.graph if n.op_type == "Conv"][-1]
