@@ -1,5 +1,6 @@
-"""distill: train the current FP32 IR (the student — e.g. after ``prune``) to reproduce the teacher
-(the model as loaded, before any pass) on the calibration data, through the torch executor.
+"""distill: train the FP32 IR (e.g. after prune) to reproduce the model as loaded, in the executor.
+
+The student is the current IR, the teacher the model before any pass; data: the calibration data.
 
 Loss: the label-free normalised MSE of every float output (runtime/train_loop.py, the loop QAT
 uses): Σ mean((y_s − y_t)²) / var(y_t). Every float weight and bias with at least one dimension

@@ -1,4 +1,4 @@
-"""prune: structured channel pruning on the IR (no fine-tuning here; distillation is a later pass).
+"""prune: structured channel pruning on the IR (fine-tuning is the distill pass).
 
 For every prunable channel space (pruning/groups.py: conv chains, BN, activations, pools, depthwise
 convs, residual Adds, per-channel constants, Flatten/GlobalPool → Gemm) keep the ``1 − ratio``
