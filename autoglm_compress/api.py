@@ -316,8 +316,9 @@ def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
     out: dict[str, dict] = {}
     if cfg.int8.smoothquant is not None:
         out["smoothquant"] = {"alpha": cfg.int8.smoothquant}
-    if cfg.prune.ratio:
-        out["prune"] = {"ratio": cfg.prune.ratio, "multiple": cfg.prune.multiple}
+    if cfg.prune.ratio or cfg.prune.macs:
+        out["prune"] = {"ratio": cfg.prune.ratio or 0.0, "multiple": cfg.prune.multiple,
+                        "macs": cfg.prune.macs}
     if cfg.distill.steps:
         out["distill"] = {"steps": cfg.distill.steps, "lr": cfg.distill.lr,
                           "samples": cfg.calibration.samples}

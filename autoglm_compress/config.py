@@ -173,6 +173,11 @@ class PruneOptions:
     )
     multiple: int = field(8, "Kept channel counts rounded up to a multiple of this.",
                           flat="prune_multiple", min=1)
+    macs: float | None = field(
+        None, "Structured pruning to a MACs budget (share of the model's, e.g. 0.5): the "
+        "smallest uniform channel ratio reaching it is searched.", flat="prune_macs",
+        metavar="SHARE", min=0.01, max=1.0,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +278,7 @@ class CompressConfig:
     def pass_names(self) -> list[str]:
         """The pipeline: the given passes (default cleanup, fold_bn) plus those the options imply."""
         names = list(self.passes) if self.passes is not None else ["cleanup", "fold_bn"]
-        if self.prune.ratio and "prune" not in names:
+        if (self.prune.ratio or self.prune.macs) and "prune" not in names:
             names.append("prune")
         if self.distill.steps and "distill" not in names:
             names.append("distill")

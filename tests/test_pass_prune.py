@@ -199,3 +199,17 @@ def test_concat_branches_pruned_with_offsets(tmp_path):
     assert tuple(c.inputs[1].shape) == (8, 32, 3, 3)
     np.testing.assert_allclose(ort_run(ort_session(m), feed)[0], before, rtol=1e-5, atol=1e-5)
     _check(m)
+
+
+def test_prune_to_a_macs_budget():
+    """--prune-macs 0.5: the smallest uniform ratio whose model has at most half the MACs."""
+    m = _prepared(DEMO)
+    macs0 = model_stats(m).macs
+    recs = Pipeline(build_passes(["prune"], {"prune": {"macs": 0.5}}), progress=False).run(m)
+    st = recs[0].stats
+    assert st["macs_share"] <= 0.5 and model_stats(m).macs == st["macs_after"]
+    assert model_stats(m).macs <= 0.5 * macs0 and 0 < st["ratio_found"] < 0.95
+    lighter = _prepared(DEMO)  # a slightly smaller ratio no longer meets the budget
+    _prune(lighter, max(st["ratio_found"] - 1 / 64, 0.0))
+    assert model_stats(lighter).macs > 0.5 * macs0
+    _check(m)

@@ -29,11 +29,67 @@ logger = logging.getLogger(__name__)
 class PruneConfig(PassConfig):
     ratio: float = field(0.5, "Share of the channels of each prunable space to remove (0–1).")
     multiple: int = field(8, "Kept channel counts are rounded up to a multiple of this.")
+    macs: float | None = field(
+        None, "Target MACs as a share of the model's (e.g. 0.5): the smallest uniform ratio "
+        "that reaches it is searched (bisection) and replaces ``ratio``.")
 
 
 def _params(model: ir.Model) -> int:
     return int(sum(v.const_value.size for v in model.graph.initializers.values()
                    if v.const_value is not None))
+
+
+def _macs(model: ir.Model) -> int:
+    from autoglm_compress.stats import model_stats
+
+    return int(model_stats(model).macs or 0)
+
+
+def _prune(model: ir.Model, ratio: float, multiple: int):
+    """Prune every prunable space of ``model`` by ``ratio``; (report rows, frozen rows)."""
+    from autoglm_compress.pruning.apply import importance_l1, prune_group
+    from autoglm_compress.pruning.groups import channel_groups
+
+    report, frozen = [], []
+    for grp in channel_groups(model):
+        if not grp.prunable:
+            if grp.frozen and any(m.kind == "source" for m in grp.members):
+                frozen.append({"values": grp.values[:3], "channels": grp.channels,
+                               "why": grp.frozen[:3]})
+            continue
+        c = grp.channels
+        k = max(int(np.ceil((1.0 - ratio) * c / multiple) * multiple), multiple)
+        if k >= c:
+            continue
+        keep = np.sort(np.argsort(-importance_l1(grp), kind="stable")[:k])
+        prune_group(model, grp, keep)
+        report.append({"values": grp.values[:3], "channels": c, "kept": k,
+                       "sources": [m.node.name for m in grp.sources]})
+    return report, frozen
+
+
+def _ratio_for_macs(model: ir.Model, target: float, multiple: int) -> tuple[float, float]:
+    """The smallest ratio (to 1/256) whose pruned copy has ≤ ``target`` × the MACs, and the share
+    it reaches; the largest tried (0.95) when none does."""
+    from autoglm_compress.ir_utils import from_proto, to_proto
+
+    base = max(_macs(model), 1)
+
+    def share(r: float) -> float:
+        m = from_proto(to_proto(model))
+        _prune(m, r, multiple)
+        return _macs(m) / base
+
+    lo, hi = 0.0, 0.95
+    if share(hi) > target:
+        return hi, share(hi)
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        if share(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi, share(hi)
 
 
 @register
@@ -43,35 +99,22 @@ class PrunePass(CompressPass):
     changes_shapes = False  # it sets the shapes it changes (every value of a pruned space)
 
     def call(self, model: ir.Model) -> PassResult:
-        from autoglm_compress.pruning.apply import importance_l1, prune_group
-        from autoglm_compress.pruning.groups import channel_groups
-
         cfg = self.config
-        if not 0.0 <= cfg.ratio < 1.0:
-            raise ValueError(f"prune ratio must be in [0, 1), got {cfg.ratio}")
-        before = _params(model)
-        groups = channel_groups(model)
-        pruned, frozen, report = 0, [], []
-        for grp in groups:
-            if not grp.prunable:
-                if grp.frozen and any(m.kind == "source" for m in grp.members):
-                    frozen.append({"values": grp.values[:3], "channels": grp.channels,
-                                   "why": grp.frozen[:3]})
-                continue
-            c = grp.channels
-            k = int(np.ceil((1.0 - cfg.ratio) * c / cfg.multiple) * cfg.multiple)
-            k = max(k, cfg.multiple)
-            if k >= c:
-                continue
-            imp = importance_l1(grp)
-            keep = np.sort(np.argsort(-imp, kind="stable")[:k])
-            prune_group(model, grp, keep)
-            pruned += 1
-            report.append({"values": grp.values[:3], "channels": c, "kept": k,
-                           "sources": [m.node.name for m in grp.sources]})
+        ratio = cfg.ratio
+        if cfg.macs is not None:
+            if not 0.0 < cfg.macs <= 1.0:
+                raise ValueError(f"prune MACs target must be in (0, 1], got {cfg.macs}")
+            ratio, reached = _ratio_for_macs(model, cfg.macs, cfg.multiple)
+            self.stats.update(macs_target=cfg.macs, ratio_found=round(ratio, 4),
+                              macs_share=round(reached, 4))
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
+        before, macs_before = _params(model), _macs(model)
+        report, frozen = _prune(model, ratio, cfg.multiple)
         after = _params(model)
-        self.stats.update(groups_pruned=pruned, groups_frozen=len(frozen), params_before=before,
-                          params_after=after, groups=report, frozen=frozen)
-        logger.info("prune: %d spaces pruned, %d frozen, params %d → %d", pruned, len(frozen),
-                    before, after)
-        return PassResult(model, modified=bool(pruned))
+        self.stats.update(groups_pruned=len(report), groups_frozen=len(frozen),
+                          params_before=before, params_after=after, macs_before=macs_before,
+                          macs_after=_macs(model), groups=report, frozen=frozen)
+        logger.info("prune: %d spaces pruned, %d frozen, params %d → %d", len(report),
+                    len(frozen), before, after)
+        return PassResult(model, modified=bool(report))
