@@ -318,7 +318,7 @@ def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
         out["smoothquant"] = {"alpha": cfg.int8.smoothquant}
     if cfg.prune.ratio or cfg.prune.macs:
         out["prune"] = {"ratio": cfg.prune.ratio or 0.0, "multiple": cfg.prune.multiple,
-                        "macs": cfg.prune.macs}
+                        "macs": cfg.prune.macs, "scope": cfg.prune.scope}
     if cfg.distill.steps:
         out["distill"] = {"steps": cfg.distill.steps, "lr": cfg.distill.lr,
                           "samples": cfg.calibration.samples}

@@ -175,8 +175,12 @@ class PruneOptions:
                           flat="prune_multiple", min=1)
     macs: float | None = field(
         None, "Structured pruning to a MACs budget (share of the model's, e.g. 0.5): the "
-        "smallest uniform channel ratio reaching it is searched.", flat="prune_macs",
+        "smallest channel ratio reaching it is searched.", flat="prune_macs",
         metavar="SHARE", min=0.01, max=1.0,
+    )
+    scope: str = field(
+        "uniform", "uniform: each channel space loses the ratio; global: one importance "
+        "threshold across all spaces.", flat="prune_scope", choices=("uniform", "global"),
     )
 
 

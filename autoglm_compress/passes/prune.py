@@ -30,8 +30,12 @@ class PruneConfig(PassConfig):
     ratio: float = field(0.5, "Share of the channels of each prunable space to remove (0–1).")
     multiple: int = field(8, "Kept channel counts are rounded up to a multiple of this.")
     macs: float | None = field(
-        None, "Target MACs as a share of the model's (e.g. 0.5): the smallest uniform ratio "
-        "that reaches it is searched (bisection) and replaces ``ratio``.")
+        None, "Target MACs as a share of the model's (e.g. 0.5): the smallest ratio that "
+        "reaches it is searched (bisection) and replaces ``ratio``.")
+    scope: str = field(
+        "uniform", "uniform: every space loses ``ratio`` of its channels; global: the channels "
+        "with the lowest normalised importance across all spaces go, ``ratio`` of them in all "
+        "(a space keeps at least ``multiple``).")
 
 
 def _params(model: ir.Model) -> int:
@@ -45,30 +49,37 @@ def _macs(model: ir.Model) -> int:
     return int(model_stats(model).macs or 0)
 
 
-def _prune(model: ir.Model, ratio: float, multiple: int):
+def _prune(model: ir.Model, ratio: float, multiple: int, scope: str = "uniform"):
     """Prune every prunable space of ``model`` by ``ratio``; (report rows, frozen rows)."""
     from autoglm_compress.pruning.apply import importance_l1, prune_group
     from autoglm_compress.pruning.groups import channel_groups
 
-    report, frozen = [], []
+    report, frozen, spaces = [], [], []
     for grp in channel_groups(model):
-        if not grp.prunable:
-            if grp.frozen and any(m.kind == "source" for m in grp.members):
-                frozen.append({"values": grp.values[:3], "channels": grp.channels,
-                               "why": grp.frozen[:3]})
-            continue
+        if grp.prunable:
+            spaces.append((grp, importance_l1(grp)))
+        elif grp.frozen and any(m.kind == "source" for m in grp.members):
+            frozen.append({"values": grp.values[:3], "channels": grp.channels,
+                           "why": grp.frozen[:3]})
+    cut = None
+    if scope == "global" and spaces:  # importances are normalised per producer: comparable
+        scores = np.concatenate([imp / len(g.sources) for g, imp in spaces])
+        cut = np.quantile(scores, ratio) if ratio > 0 else -np.inf
+    for grp, imp in spaces:
         c = grp.channels
-        k = max(int(np.ceil((1.0 - ratio) * c / multiple) * multiple), multiple)
+        want = (1.0 - ratio) * c if cut is None else int((imp / len(grp.sources) > cut).sum())
+        k = max(int(np.ceil(want / multiple) * multiple), multiple)
         if k >= c:
             continue
-        keep = np.sort(np.argsort(-importance_l1(grp), kind="stable")[:k])
+        keep = np.sort(np.argsort(-imp, kind="stable")[:k])
         prune_group(model, grp, keep)
         report.append({"values": grp.values[:3], "channels": c, "kept": k,
                        "sources": [m.node.name for m in grp.sources]})
     return report, frozen
 
 
-def _ratio_for_macs(model: ir.Model, target: float, multiple: int) -> tuple[float, float]:
+def _ratio_for_macs(model: ir.Model, target: float, multiple: int, scope: str
+                    ) -> tuple[float, float]:
     """The smallest ratio (to 1/256) whose pruned copy has ≤ ``target`` × the MACs, and the share
     it reaches; the largest tried (0.95) when none does."""
     from autoglm_compress.ir_utils import from_proto, to_proto
@@ -77,7 +88,7 @@ def _ratio_for_macs(model: ir.Model, target: float, multiple: int) -> tuple[floa
 
     def share(r: float) -> float:
         m = from_proto(to_proto(model))
-        _prune(m, r, multiple)
+        _prune(m, r, multiple, scope)
         return _macs(m) / base
 
     lo, hi = 0.0, 0.95
@@ -104,13 +115,15 @@ class PrunePass(CompressPass):
         if cfg.macs is not None:
             if not 0.0 < cfg.macs <= 1.0:
                 raise ValueError(f"prune MACs target must be in (0, 1], got {cfg.macs}")
-            ratio, reached = _ratio_for_macs(model, cfg.macs, cfg.multiple)
+            ratio, reached = _ratio_for_macs(model, cfg.macs, cfg.multiple, cfg.scope)
             self.stats.update(macs_target=cfg.macs, ratio_found=round(ratio, 4),
                               macs_share=round(reached, 4))
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
+        if cfg.scope not in ("uniform", "global"):
+            raise ValueError(f"prune scope must be uniform or global, got {cfg.scope!r}")
         before, macs_before = _params(model), _macs(model)
-        report, frozen = _prune(model, ratio, cfg.multiple)
+        report, frozen = _prune(model, ratio, cfg.multiple, cfg.scope)
         after = _params(model)
         self.stats.update(groups_pruned=len(report), groups_frozen=len(frozen),
                           params_before=before, params_after=after, macs_before=macs_before,
