@@ -185,7 +185,15 @@ class _Run:
             source = open_calibration_source(
                 cal.data, self.model, preprocess=_image_preprocess(cal), random=cal.random
             )
-        return PassContext(data=source, teacher=self.reference, progress=self.progress)
+        train = None
+        if self.cfg.distill.data is not None:
+            from autoglm_compress.calibration.data import open_calibration_source
+
+            train = open_calibration_source(
+                self.cfg.distill.data, self.model, preprocess=_image_preprocess(cal)
+            )
+        return PassContext(data=source if source is not None else train, teacher=self.reference,
+                           progress=self.progress, train_data=train)
 
     def run(self) -> CompressResult:
         self._preflight()
@@ -321,7 +329,8 @@ def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
                         "macs": cfg.prune.macs, "scope": cfg.prune.scope}
     if cfg.distill.steps:
         out["distill"] = {"steps": cfg.distill.steps, "lr": cfg.distill.lr,
-                          "samples": cfg.calibration.samples}
+                          "samples": cfg.distill.samples if cfg.distill.data
+                          else cfg.calibration.samples}
     return out
 
 

@@ -194,6 +194,12 @@ class DistillOptions:
         flat="distill_steps", metavar="N", min=0,
     )
     lr: float = field(1e-3, "Distillation learning rate (Adam).", flat="distill_lr", min=0.0)
+    data: str | None = field(
+        None, "What distillation trains on (.npz/.npy, image folder, module:function, like "
+        "--calib; labels not needed); default: the calibration data.", flat="train_data",
+        cli="--train-data", metavar="DATA", path=True,
+    )
+    samples: int = field(2048, "Training samples to use.", flat="distill_samples", min=1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -225,3 +225,26 @@ def test_global_scope_spends_the_budget_where_filters_are_weak(saved):
     shares = {round(r["kept"] / r["channels"], 3) for r in rows}
     assert rows and len(shares) > 1  # not the same share everywhere
     _check(m)
+
+
+def test_train_data_for_distillation(tmp_path, capsys):
+    """--train-data is what distillation trains on (no --calib needed); without any data
+    --distill-steps is a usage error before loading."""
+    import json
+    import sys
+
+    from autoglm_compress.cli import main
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from digits import load_digits_split
+
+    train = tmp_path / "train.npz"
+    np.savez(train, x=load_digits_split()[0][:300])
+    assert main([str(DEMO), "--distill-steps", "5", "--target", "x86", "-o",
+                 str(tmp_path / "a")]) == 2
+    assert "--train-data" in capsys.readouterr().err
+    assert main([str(DEMO), "--prune", "0.5", "--distill-steps", "20", "--train-data", str(train),
+                 "--target", "x86", "--samples", "8", "-o", str(tmp_path / "b")]) == 0
+    rep = json.loads((tmp_path / "b" / "report.json").read_text())
+    rec = next(p for p in rep["passes"] if p["name"] == "distill")
+    assert rec["stats"]["samples"] == 300 and rec["stats"]["loss_after"] < rec["stats"]["loss_before"]

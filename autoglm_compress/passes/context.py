@@ -40,6 +40,7 @@ class PassContext:
     device: str | None = None
     progress: bool = False
     quantized_from: Any = None  # the FP32 model the current INT8 model was quantized from
+    train_data: Any = None  # --train-data: what distillation trains on (default: ``data``)
 
     def check(self, pass_name: str, needs) -> None:
         """Raise one line naming the pass and the first thing it needs that is missing."""

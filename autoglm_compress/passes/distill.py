@@ -1,6 +1,7 @@
 """distill: train the FP32 IR (e.g. after prune) to reproduce the model as loaded, in the executor.
 
-The student is the current IR, the teacher the model before any pass; data: the calibration data.
+The student is the current IR, the teacher the model before any pass; data: ``--train-data``, else
+the calibration data.
 
 Loss: the label-free normalised MSE of every float output (runtime/train_loop.py, the loop QAT
 uses): Σ mean((y_s − y_t)²) / var(y_t). Every float weight and bias with at least one dimension
@@ -50,7 +51,7 @@ class DistillPass(CompressPass):
                 f"distill needs steps ≥ 1, batch ≥ 1, samples ≥ 1 and lr > 0; got "
                 f"steps={cfg.steps} batch={cfg.batch} samples={cfg.samples} lr={cfg.lr}"
             )
-        feeds = list(ctx.data.take(cfg.samples))
+        feeds = list((ctx.train_data or ctx.data).take(cfg.samples))
         student = TorchExecutor(model, device=cfg.device)
         teacher = TorchExecutor(ctx.teacher, device=student.device)
         for p in teacher.parameters().values():
