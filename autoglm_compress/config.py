@@ -182,6 +182,15 @@ class PruneOptions:
         "uniform", "uniform: each channel space loses the ratio; global: one importance "
         "threshold across all spaces.", flat="prune_scope", choices=("uniform", "global"),
     )
+    sparsity: float | None = field(
+        None, "Unstructured magnitude sparsity: zero this share of every conv/FC weight (after "
+        "pruning and distillation); dense runtimes gain no speed, the file compresses smaller.",
+        flat="sparsity", metavar="SHARE", min=0.0, max=0.99,
+    )
+    sparsity_pattern: str | None = field(
+        None, "2:4: two of every four input channels kept (sparse tensor-core layout).",
+        flat="sparsity_pattern", choices=("2:4",),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +301,8 @@ class CompressConfig:
             names.append("prune")
         if self.distill.steps and "distill" not in names:
             names.append("distill")
+        if (self.prune.sparsity or self.prune.sparsity_pattern) and "sparsify" not in names:
+            names.append("sparsify")  # after distillation, which would refill the zeros
         if self.int8.equalize and "equalize" not in names:
             names.append("equalize")
         if self.int8.smoothquant is not None and self.precision == "int8":

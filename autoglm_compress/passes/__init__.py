@@ -19,4 +19,5 @@ from autoglm_compress.passes import (  # noqa: E402,F401
     qat,
     quantize,
     smoothquant,
+    sparsify,
 )
