@@ -184,7 +184,8 @@ class PruneOptions:
     )
     sparsity: float | None = field(
         None, "Unstructured magnitude sparsity: zero this share of every conv/FC weight (after "
-        "pruning and distillation); dense runtimes gain no speed, the file compresses smaller.",
+        "pruning; distillation then keeps the zeros); dense runtimes gain no speed, the file "
+        "compresses smaller.",
         flat="sparsity", metavar="SHARE", min=0.0, max=0.99,
     )
     sparsity_pattern: str | None = field(
@@ -299,10 +300,10 @@ class CompressConfig:
         names = list(self.passes) if self.passes is not None else ["cleanup", "fold_bn"]
         if (self.prune.ratio or self.prune.macs) and "prune" not in names:
             names.append("prune")
+        if (self.prune.sparsity or self.prune.sparsity_pattern) and "sparsify" not in names:
+            names.append("sparsify")  # before distillation, which keeps the zeros (masked)
         if self.distill.steps and "distill" not in names:
             names.append("distill")
-        if (self.prune.sparsity or self.prune.sparsity_pattern) and "sparsify" not in names:
-            names.append("sparsify")  # after distillation, which would refill the zeros
         if self.int8.equalize and "equalize" not in names:
             names.append("equalize")
         if self.int8.smoothquant is not None and self.precision == "int8":

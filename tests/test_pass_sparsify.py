@@ -59,3 +59,34 @@ def test_two_of_four_along_input_channels():
 def test_two_of_four_keeps_the_largest():
     w = np.array([[1.0, -5.0, 0.5, 3.0, 2.0, 0.1, -0.2, 9.0]], np.float32)
     np.testing.assert_array_equal(two_of_four(w, 1), [[0, -5.0, 0, 3.0, 2.0, 0, 0, 9.0]])
+
+
+def test_distillation_keeps_the_zeros(tmp_path):
+    """--sparsity 0.5 then --distill-steps: the zeros stay (masked after every step) and the
+    accuracy comes back."""
+    import sys
+
+    import onnx
+    from onnx import numpy_helper
+
+    from autoglm_compress import compress
+
+    root = DEMO.parents[1]
+    sys.path.insert(0, str(root / "examples"))
+    from digits import load_digits_split
+
+    train = tmp_path / "train.npz"
+    np.savez(train, x=load_digits_split()[0])
+    kw = dict(targets="x86", eval_data=root / "examples" / "digits_eval.npz", samples=500,
+              latency_repeats=3, sparsity=0.5)
+    bare = compress(DEMO, out_dir=tmp_path / "s", **kw).artifact("x86")
+    res = compress(DEMO, out_dir=tmp_path / "d", distill_steps=300, distill_lr=3e-3,
+                   train_data=train, **kw)
+    art = res.artifact("x86")
+    assert [p["name"] for p in res.report["passes"]][-2:] == ["sparsify", "distill"]
+    ws = [numpy_helper.to_array(i) for i in onnx.load(art.path).graph.initializer]
+    ws = [w for w in ws if w.ndim >= 2]
+    assert sum(int((w == 0).sum()) for w in ws) / sum(w.size for w in ws) == pytest.approx(0.5,
+                                                                                           abs=0.01)
+    acc = lambda a: next(iter(a.fidelity["outputs"].values()))["accuracy"]  # noqa: E731
+    assert acc(art) > acc(bare) + 0.2

@@ -6,7 +6,8 @@ the calibration data.
 Loss: the label-free normalised MSE of every float output (runtime/train_loop.py, the loop QAT
 uses): Σ mean((y_s − y_t)²) / var(y_t). Every float weight and bias with at least one dimension
 is trained (Adam, cosine-decayed learning rate, fixed seed); the trained tensors are written back
-into the IR. Runs before precision lowering, so INT8 (and QAT) start from the distilled weights.
+into the IR. A weight that is already sparse (> 10 % zeros: the sparsify pass ran first) keeps its
+zeros — masked after every step (sparse fine-tuning). Runs before precision lowering, so INT8 (and QAT) start from the distilled weights.
 Not yet: softened-KL / feature losses, labels, torchrun (issue 14 parts 4–5).
 """
 
@@ -60,9 +61,19 @@ class DistillPass(CompressPass):
         trained = [n for n, p in params.items() if p.is_floating_point() and p.dim() >= 1]
         for n, p in params.items():
             p.requires_grad_(n in trained)
+        # weights made sparse before (the sparsify pass) keep their zeros: masked after each step
+        masks = {n: params[n] != 0 for n in trained
+                 if params[n].dim() >= 2 and (params[n] == 0).float().mean() > 0.1}
+
+        def keep_zeros():
+            for n, m in masks.items():
+                params[n].mul_(m)
+
         res = distill(student, teacher, feeds, [params[n] for n in trained], steps=cfg.steps,
-                      lr=cfg.lr, batch=cfg.batch, progress=ctx.progress)
+                      lr=cfg.lr, batch=cfg.batch, progress=ctx.progress,
+                      after_step=keep_zeros if masks else None)
         student.sync_to_model()  # the executor runs on model.graph itself
-        self.stats.update({**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained)})
+        self.stats.update({**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained),
+                           "sparse_masked": len(masks)})
         logger.info("distill: %s", self.stats)
         return PassResult(model, modified=res.loss_after < res.loss_before)
