@@ -160,6 +160,7 @@ def quantize(
         True,
         {
             "scheme": target.scheme().name,
+            **({"cpu": target.cpu_rule} if hasattr(target, "cpu_rule") else {}),
             "keep_fp32": list(int8.keep_fp32),
             "per_tensor": int8.per_tensor,
             "method": ctx.stats.method,

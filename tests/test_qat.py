@@ -43,10 +43,11 @@ def _ops(model):
     return sorted(n.op_type for n in model.graph)
 
 
-# Measured: x86 error energy 0.31x of PTQ's, cuda 0.86x (symmetric int8 activations after ReLU lose
-# a bit that weight tuning only partly recovers; activation scales stay calibrated).
+# Measured: x86 (7-bit weights) error energy 0.31x of PTQ's, cuda 0.86x (symmetric int8 activations
+# after ReLU lose a bit that weight tuning only partly recovers; activation scales stay calibrated).
+# x86 with 7-bit weights everywhere so that the ratio does not depend on the test machine's CPU.
 @pytest.mark.parametrize(
-    "target, ratio", [(X86Target(), 0.5), (CudaTarget(), 0.95)], ids=["x86", "cuda"]
+    "target, ratio", [(X86Target(reduce_range=True), 0.5), (CudaTarget(), 0.95)], ids=["x86", "cuda"]
 )
 def test_qat_cuts_int8_error_on_held_out_data(digits, target, ratio):
     model, stats, feeds, _, ref = digits

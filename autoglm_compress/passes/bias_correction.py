@@ -17,6 +17,7 @@ from onnx_ir.passes import PassResult
 
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 from autoglm_compress.quantization.bias_correction import correct_biases
+from autoglm_compress.quantization.saturation import widths_for
 
 __all__ = ["BiasCorrectionPass", "BiasCorrectionConfig"]
 
@@ -40,7 +41,8 @@ class BiasCorrectionPass(CompressPass):
         if not means:
             self.stats["skipped"] = "no calibration channel means"
             return PassResult(model, modified=False)
-        wq = self.ctx.target.scheme().weight
+        scheme = self.ctx.target.scheme()
+        wq = scheme.weight
         if self.config.per_tensor:
             wq = dataclasses.replace(wq, per_channel=False)
         pats = self.config.keep_fp32
@@ -50,5 +52,6 @@ class BiasCorrectionPass(CompressPass):
             if any(fnmatch.fnmatchcase(n.name or "", p) or fnmatch.fnmatchcase(n.op_type, p)
                    for p in pats)
         }
-        self.stats.update(correct_biases(model, means, wq, skip))
+        widths = widths_for(model, scheme, self.ctx.stats)
+        self.stats.update(correct_biases(model, means, wq, skip, widths))
         return PassResult(model, modified=bool(self.stats.get("biases_corrected")))

@@ -20,7 +20,6 @@ import logging
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from autoglm_compress.calibration.qparams import quant_range
 from autoglm_compress.errors import ConfigError
 from autoglm_compress.ir_utils import check, from_proto, to_proto
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
@@ -78,7 +77,7 @@ class QATPass(CompressPass):
         params = student.parameters()
         for name in trained:
             params[name].requires_grad_(True)
-        qmax = quant_range(ctx.target.scheme().weight)[1]
+        qmax = qn.weight_qmax(params, quantizers)  # per layer: the x86 rule may mix 8/7 bits
         res = distill(
             student, teacher, feeds, [params[n] for n in trained], steps=cfg.steps, lr=cfg.lr,
             batch=cfg.batch, after_step=qn.scale_refresher(params, quantizers, qmax),

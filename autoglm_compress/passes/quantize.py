@@ -21,6 +21,7 @@ from onnx_ir.passes import PassResult
 from autoglm_compress.ir_ops import bias_input, is_weighted, weight_input
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 from autoglm_compress.quantization.qdq import QDQWriter, shared_scale_groups
+from autoglm_compress.quantization.saturation import widths_for
 from autoglm_compress.quantization.scheme import QuantScheme
 
 __all__ = ["QuantizePass", "QuantizeConfig"]
@@ -78,7 +79,9 @@ class QuantizePass(CompressPass):
             ranges = ranges(_needed(g, scheme, targets))
         ranges, pinned = _fixed_output_ranges(g, scheme, ranges)
         ranges = shared_scale_groups(g, scheme, ranges, targets, pinned)
-        writer = QDQWriter(g, scheme, fake_weights=cfg.fake_weights)
+        widths = widths_for(model, scheme, getattr(self.ctx, "stats", None) if cfg.ranges is None else None,
+                            None if cfg.ranges is None else ranges)
+        writer = QDQWriter(g, scheme, fake_weights=cfg.fake_weights, widths=widths)
         for name in sorted(targets, key=list(targets).index):
             value = targets[name]
             if name not in ranges:
@@ -96,6 +99,14 @@ class QuantizePass(CompressPass):
         self.stats["float_initializers_removed"] = n_init - len(g.initializers)
         self.stats.update(writer.stats)
         self.stats["layers"] = writer.layers
+        if widths is not None:
+            used = [la for la in writer.layers if "weight_width_rule" in la]
+            self.stats["weight_widths"] = {
+                "rule": "x86 AVX2 without VNNI: 8-bit weights unless VPMADDUBSW's int16 pair "
+                        "sums saturate (then 7-bit)",
+                "8bit": sum(la["weight_bits"] == 8 for la in used),
+                "7bit": sum(la["weight_bits"] == 7 for la in used),
+            }
         self.count(
             "nodes_kept_fp32", sum(1 for n in g if self._kept(n) and n.op_type in scheme.input_ops)
         )

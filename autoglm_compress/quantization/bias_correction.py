@@ -28,6 +28,7 @@ from autoglm_compress.ir_ops import (
 )
 from autoglm_compress.ir_utils import add_initializer
 from autoglm_compress.quantization.qdq import quantize_array, weight_qparams
+from autoglm_compress.quantization.saturation import weight_quant_for
 from autoglm_compress.quantization.scheme import TensorQuant
 
 __all__ = ["CORRECTED_OPS", "correct_biases"]
@@ -66,9 +67,11 @@ def _shift(node: ir.Node, eps: np.ndarray, mean: np.ndarray) -> np.ndarray | Non
 
 
 def correct_biases(
-    model: ir.Model, channel_means: dict, weight_quant: TensorQuant, skip: set[str] = frozenset()
+    model: ir.Model, channel_means: dict, weight_quant: TensorQuant, skip: set[str] = frozenset(),
+    widths: dict | None = None,
 ) -> dict:
-    """Shift the biases of Conv/Gemm nodes; returns {"biases_corrected", "max_shift"}."""
+    """Shift the biases of Conv/Gemm nodes; returns {"biases_corrected", "max_shift"}.
+    ``widths``: the weight width picked per node (x86 saturation rule) overrides ``weight_quant``'s."""
     stats = {"biases_corrected": 0, "max_shift": 0.0}
     for node in model.graph:
         if node.op_type not in CORRECTED_OPS or node.name in skip or _bias_scale(node) == 0:
@@ -79,7 +82,8 @@ def correct_biases(
         if w is None or mean is None or w.dtype != np.float32 or w.ndim < 2:
             continue
         axis = out_channel_axis(node, w.ndim)
-        shift = _shift(node, _weight_error(w, axis, weight_quant), mean.astype(np.float32))
+        tq = weight_quant_for(weight_quant, widths, node.name)
+        shift = _shift(node, _weight_error(w, axis, tq), mean.astype(np.float32))
         if shift is None or shift.shape != (w.shape[axis],) or not np.isfinite(shift).all():
             continue
         if not _set_bias(model.graph, node, shift / _bias_scale(node)):

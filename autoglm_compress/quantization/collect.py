@@ -64,6 +64,7 @@ class CalibrationStats:
     source: object = None  # the calibration source (QAT reads its samples again)
     backend: str = "executor"
     infinite: list = dataclasses.field(default_factory=list)  # ±inf tensors: no range, float
+    cache: dict = dataclasses.field(default_factory=dict)  # decisions derived from these stats
 
     def ranges(
         self, symmetric: bool | None = None, bits: int = 8, names=None

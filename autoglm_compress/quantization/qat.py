@@ -26,7 +26,8 @@ from autoglm_compress.ir_ops import WEIGHTED_OPS, is_weighted
 from autoglm_compress.ir_utils import add_initializer
 
 __all__ = [
-    "QATConfig", "weight_quantizers", "trained_biases", "scale_refresher", "transfer", "training_feeds"
+    "QATConfig", "weight_quantizers", "trained_biases", "weight_qmax", "scale_refresher", "transfer",
+    "training_feeds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,15 +73,27 @@ def trained_biases(g: ir.Graph) -> list[str]:
     return names
 
 
-def scale_refresher(params: dict, quantizers, qmax: int):
+def _amax(w, ax):
+    return w.abs().amax() if ax is None else w.abs().movedim(ax, 0).reshape(w.shape[ax], -1).amax(dim=1)
+
+
+def weight_qmax(params: dict, quantizers) -> dict[str, int]:
+    """Each weight's q_max as its QuantizeLinear was written (127, or 63 where the layer got 7-bit
+    weights): max|W| / scale of its widest channel."""
+    out = {}
+    for w_name, s_name, ax in quantizers:
+        ratio = _amax(params[w_name].detach(), ax).reshape(-1) / params[s_name].detach().reshape(-1)
+        out[w_name] = int(round(float(ratio.max())))
+    return out
+
+
+def scale_refresher(params: dict, quantizers, qmax):
+    """After each step s = max|W_c| / q_max (``qmax``: one int, or weight name -> int)."""
     def refresh() -> None:
         for w_name, s_name, ax in quantizers:
-            w = params[w_name]
-            if ax is None:
-                amax = w.abs().amax()
-            else:
-                amax = w.abs().movedim(ax, 0).reshape(w.shape[ax], -1).amax(dim=1)
-            params[s_name].copy_((amax / qmax).clamp_min(MIN_SCALE).reshape(params[s_name].shape))
+            q = qmax[w_name] if isinstance(qmax, dict) else qmax
+            amax = _amax(params[w_name], ax)
+            params[s_name].copy_((amax / q).clamp_min(MIN_SCALE).reshape(params[s_name].shape))
 
     return refresh
 

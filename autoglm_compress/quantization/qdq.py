@@ -24,6 +24,7 @@ from autoglm_compress.ir_ops import (
     weight_value,
 )
 from autoglm_compress.ir_utils import add_initializer
+from autoglm_compress.quantization.saturation import weight_quant_for
 from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
 
 __all__ = [
@@ -119,10 +120,15 @@ def int32_bias(b: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 class QDQWriter:
-    def __init__(self, graph: ir.Graph, scheme: QuantScheme, fake_weights: bool = False):
+    def __init__(
+        self, graph: ir.Graph, scheme: QuantScheme, fake_weights: bool = False,
+        widths: dict | None = None,
+    ):
         """``fake_weights``: float weights behind a QuantizeLinear (the QAT training form: the
-        weights stay trainable) instead of int8 initializers; biases then stay float."""
+        weights stay trainable) instead of int8 initializers; biases then stay float.
+        ``widths``: node name -> picked weight width (:mod:`~autoglm_compress.quantization.saturation`)."""
         self.g, self.scheme, self.fake_weights = graph, scheme, fake_weights
+        self.widths = widths
         self.stats: dict[str, int] = {}
         self.act_qparams: dict[str, tuple[float, int]] = {}  # DQ output name -> (scale, zp)
         self.layers: list[dict] = []
@@ -178,15 +184,15 @@ class QDQWriter:
                 f"weights {w_val.name!r} of node {node.name!r} hold NaN or Inf; "
                 "fix the model before quantizing"
             )
-        tq = self.scheme.weight
+        tq = weight_quant_for(self.scheme.weight, self.widths, node.name)
         ax = weight_quant_axis(node, w, tq)
-        key = (w_val.name, ax)
+        key = (w_val.name, ax, tq.reduce_range)
         if key not in self._wcache:
             scale, zp = weight_qparams(w, ax, tq)
             s = self._const(f"{w_val.name}_scale", scale)
             z = self._const(f"{w_val.name}_zp", zp)
             attrs = {"axis": ax} if ax is not None else {}
-            wq = self._weight_source(w_val, w, s, z, ax, attrs, node)
+            wq = self._weight_source(w_val, w, s, z, ax, attrs, node, tq)
             dq = ir.node("DequantizeLinear", [wq, s, z], attributes=attrs, name=f"{w_val.name}_DQ")
             dq.outputs[0].name, dq.outputs[0].dtype = f"{w_val.name}_dq", ir.DataType.FLOAT
             dq.outputs[0].shape = ir.Shape(w.shape)
@@ -202,7 +208,12 @@ class QDQWriter:
             "weight_scale_min": float(scale.min()),
             "weight_scale_max": float(scale.max()),
             "per_channel": ax is not None,
+            "weight_bits": 7 if tq.reduce_range else 8,
         }
+        if self.widths and node.name in self.widths:
+            w_info = self.widths[node.name]
+            layer["weight_width_rule"] = w_info["rule"]
+            layer.update({k: v for k, v in w_info.items() if k not in ("bits", "rule")})
         x = node.inputs[0]
         if x is not None and x.name in self.act_qparams:
             layer["input_scale"], layer["input_zero_point"] = self.act_qparams[x.name]
@@ -240,9 +251,8 @@ class QDQWriter:
         node.replace_input_with(0, self._wcache[key])
         return True
 
-    def _weight_source(self, w_val, w, s, z, ax, attrs, node) -> ir.Value:
+    def _weight_source(self, w_val, w, s, z, ax, attrs, node, tq) -> ir.Value:
         """int8 initializer W_q, or (fake_weights) the float W through a QuantizeLinear node."""
-        tq = self.scheme.weight
         if not self.fake_weights:
             return self._const(
                 f"{w_val.name}_quantized", quantize_array(w, s.const_value.numpy(), ax, tq)

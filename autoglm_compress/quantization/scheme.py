@@ -55,6 +55,9 @@ class QuantScheme:
     # weights with a DequantizeLinear before the Gather — weight-only, its output stays float
     # (onnxruntime's quantizer does the same; a BERT's tables are most of its bytes).
     quantize_embeddings: bool = False
+    # x86 AVX2 without VNNI: weights 8-bit per layer unless VPMADDUBSW's int16 pair sums saturate
+    # there (then 7-bit), decided by :mod:`autoglm_compress.quantization.saturation`.
+    saturation_guard: bool = False
 
     def with_(self, **kw) -> QuantScheme:
         return dataclasses.replace(self, **kw)

@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from autoglm_compress.ir_ops import is_weighted
 
-__all__ = ["sqnr_db", "layer_sqnr", "weighted_nodes", "isolated_sensitivity", "holdout_cosine"]
+__all__ = ["tensor_runner", "sqnr_db", "layer_sqnr", "weighted_nodes", "isolated_sensitivity", "holdout_cosine"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def weighted_nodes(model: ir.Model) -> list[ir.Node]:
     return [n for n in model.graph if is_weighted(n)]
 
 
-def _runner(model: ir.Model, names: list[str]):
+def tensor_runner(model: ir.Model, names: list[str]):
     """feed -> {name: array} of ``names``: onnxruntime when it runs the model, else the executor."""
     from autoglm_compress.calibration.ort_stats import TensorRunner
 
@@ -68,7 +68,7 @@ def layer_sqnr(fp32: ir.Model, quantized: ir.Model, feeds) -> dict[str, float]:
     if not outs or not feeds:
         return {}
     names = sorted(set(outs.values()))
-    ref_run, q_run = _runner(fp32, names), _runner(quantized, names)
+    ref_run, q_run = tensor_runner(fp32, names), tensor_runner(quantized, names)
     sums = {v: [0.0, 0.0] for v in names}
     for f in feeds:
         ref, got = ref_run(f), q_run(f)

@@ -13,11 +13,21 @@ __all__ = ["Options"]
 class Options:
     """Target x86"""
 
-    reduce_range: bool = field(
-        True,
-        "x86 INT8: 7-bit weights; the full 8-bit range saturates int16 sums on AVX2 without VNNI.",
+    reduce_range: bool | None = field(
+        None,
+        "x86 INT8: 7-bit weights everywhere (--reduce-range) or 8-bit everywhere (--full-range). "
+        "Default: 8-bit, and on AVX2 without VNNI 7-bit only for the layers whose int16 pair "
+        "sums (VPMADDUBSW) would saturate, measured on the calibration data.",
         flat="reduce_range",
         cli="--reduce-range/--full-range",
+    )
+    cpu: str = field(
+        "auto",
+        "x86 CPU the INT8 artifact is for: avx2 (no VNNI: int16 pair sums can saturate), vnni "
+        "(AVX512-VNNI / AVX-VNNI: they cannot), or auto (this machine's CPU flags).",
+        flat="x86_cpu",
+        cli="--cpu",
+        choices=("auto", "avx2", "vnni"),
     )
     activation_dtype: str = field(
         "uint8",

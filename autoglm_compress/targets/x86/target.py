@@ -4,10 +4,14 @@ INT8 scheme (formats.md, ONNX Runtime section): activations uint8 asymmetric per
 QLinear* kernels whatever the fan-out; signed activations are fused only with a single consumer),
 weights int8 symmetric per-channel, int32 biases. Q/DQ on the inputs and outputs of the ops ORT has
 quantized kernels for; Relu/Clip before a Q are absorbed; reshape-like ops and MaxPool share their
-input's scale so that ORT drops the Q/DQ around them. ``reduce_range`` (7-bit weights) avoids the
-u8·s8 int16 saturation of VPMADDUBSW on AVX2 without VNNI: on the digits CNN full-range weights
-gave cosine 0.978 / top-1 agreement 0.95 in onnxruntime while the executor's exact int8 maths gave
-38 dB SQNR; 7-bit weights gave 0.9993 / 1.0. It is the default (``--full-range`` turns it off).
+input's scale so that ORT drops the Q/DQ around them.
+
+Weight width: onnxruntime's u8·s8 kernels on AVX2 without VNNI add pairs of products into int16 with
+saturation (VPMADDUBSW). On such a CPU (``--cpu avx2``, or ``auto`` on a host without VNNI flags)
+each Conv/Gemm/MatMul gets 8-bit weights unless its pair sums can saturate on the calibration data,
+then 7-bit (:mod:`autoglm_compress.quantization.saturation`); on the digits CNN full-range weights
+everywhere gave cosine 0.978 / top-1 agreement 0.95 there. On a VNNI CPU 8 bits everywhere.
+``--reduce-range`` / ``--full-range`` force one width for every layer.
 
 Verification runs the artifact in onnxruntime on the sample feeds (the shared verifier), and for
 INT8 reads onnxruntime's optimized graph to count what really runs in int8.
@@ -21,6 +25,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from autoglm_compress.ir_utils import save_atomic
+from autoglm_compress.quantization.saturation import host_cpu
 from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
 from autoglm_compress.targets.base import Artifact, Target, VerifyContext, verify_in_runtime
 from autoglm_compress.targets.ort_runner import ort_runner
@@ -37,9 +42,27 @@ _QOPS = frozenset(
 _SHARED = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"})
 
 
-def x86_scheme(reduce_range: bool = True, activation_dtype: str = "uint8") -> QuantScheme:
+def x86_cpu(cpu: str = "auto") -> str:
+    """``avx2`` or ``vnni``: ``auto`` reads this machine's flags (a non-x86 host counts as vnni:
+    its int8 dot products do not saturate)."""
+    if cpu != "auto":
+        return cpu
+    return "avx2" if host_cpu() == "avx2" else "vnni"
+
+
+def x86_scheme(
+    reduce_range: bool | None = None, activation_dtype: str = "uint8", cpu: str = "auto"
+) -> QuantScheme:
+    """``reduce_range`` None: per layer on an AVX2 CPU with uint8 activations (the saturation
+    rule), 7-bit everywhere on AVX2 with int8 activations, 8-bit on VNNI."""
+    guard = False
+    if reduce_range is None:
+        avx2 = x86_cpu(cpu) == "avx2"
+        guard = avx2 and activation_dtype == "uint8"
+        reduce_range = avx2 and not guard
+    tag = "-sat" if guard else "-rr" if reduce_range else ""
     return QuantScheme(
-        name=f"x86-{'u8' if activation_dtype == 'uint8' else 's8'}s8{'-rr' if reduce_range else ''}",
+        name=f"x86-{'u8' if activation_dtype == 'uint8' else 's8'}s8{tag}",
         activation=TensorQuant(activation_dtype, symmetric=activation_dtype == "int8"),
         weight=TensorQuant(
             "int8", symmetric=True, per_channel=True, narrow_range=True, reduce_range=reduce_range
@@ -48,6 +71,7 @@ def x86_scheme(reduce_range: bool = True, activation_dtype: str = "uint8") -> Qu
         output_ops=_QOPS,
         shared_scale_ops=_SHARED,
         quantize_embeddings=True,
+        saturation_guard=guard,
     )
 
 
@@ -67,10 +91,22 @@ class X86Target(Target):
 
     @property
     def reduce_range(self) -> bool:
-        return self.options.reduce_range
+        return self.scheme().weight.reduce_range
+
+    @property
+    def cpu_rule(self) -> str:
+        """For the report: which CPU the weight widths were chosen for, and why."""
+        cpu = self.options.cpu
+        got = x86_cpu(cpu)
+        how = "--cpu" if cpu != "auto" else (
+            "auto: this host has no VNNI" if got == "avx2" else "auto: this host's int8 dot products do not saturate")
+        if self.options.reduce_range is not None:
+            how += f"; every layer {'7' if self.options.reduce_range else '8'}-bit (forced)"
+        return f"{got} ({how})"
 
     def scheme(self) -> QuantScheme:
-        return x86_scheme(self.options.reduce_range, self.options.activation_dtype)
+        o = self.options
+        return x86_scheme(o.reduce_range, o.activation_dtype, o.cpu)
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
         return emit_onnx(model, self, precision, out_dir, stem)

@@ -1,0 +1,333 @@
+"""Weight width per layer for x86 AVX2 without VNNI: 8 bits unless VPMADDUBSW would saturate.
+
+onnxruntime's u8·s8 GEMM on AVX2 (and AVX-512BW) without VNNI multiplies u8 activations by s8
+weights with VPMADDUBSW: two adjacent products along the reduction axis K are added into an int16
+*with saturation* before the int32 accumulation. With 8-bit weights a pair can reach
+2·255·127 = 64770 > 32767; with 7-bit weights (|q| ≤ 63) at most 32130: never. The pairs are
+(k, k+1) for even k in onnxruntime's K order: Gemm/MatMul the reduction axis; Conv the channels-last
+im2col order (kh, kw, c) of each group (QLinearConv runs on NHWC); depthwise convs run a kernel with
+int32 products and are exempt. ``tests/test_saturation.py`` checks this model of the kernel
+against onnxruntime's own output, bit for bit, on this CPU.
+
+The rule, per Conv/Gemm/MatMul with a constant weight:
+
+1. **bound**: each input channel's u8 values lie in ``[u_lo, u_hi]`` (from the calibrated max|x| of
+   the channel, or the tensor's range); if no weight pair of the 8-bit weights can leave int16 over
+   those intervals, 8 bits — exact, nothing can saturate;
+2. **measured**: otherwise the layer's output on held-out calibration samples with 8-bit weights,
+   saturation simulated exactly, against 7-bit weights; the smaller mean squared error wins;
+3. without samples: 7 bits.
+
+A VNNI CPU (VPDPBUSD adds in int32) or a non-x86 host needs none of this: 8 bits everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from autoglm_compress.calibration.qparams import compute_qparams
+from autoglm_compress.ir_ops import const_array, groups, weight_value
+from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
+
+__all__ = [
+    "host_cpu", "pair_layout", "pair_bounds", "saturation_error", "weight_widths", "widths_for",
+    "weight_quant_for",
+]
+
+logger = logging.getLogger(__name__)
+
+INT16_MIN, INT16_MAX = -32768, 32767
+POSITIONS = 256  # sampled output positions (rows of the im2col matrix) per feed
+FEEDS = 16  # held-out samples the measured rule runs on (all of the fallback hold-out)
+
+
+def host_cpu() -> str:
+    """``"vnni"`` (x86 with AVX512-VNNI or AVX-VNNI), ``"avx2"`` (x86 without), ``"other"``.
+    CPUID as torch reads it (right under an emulator too), else ``/proc/cpuinfo``'s flags."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "other"
+    try:
+        import torch
+
+        caps = torch.cpu.get_capabilities()
+        flags = {k for k, v in caps.items() if v}
+    except Exception:  # noqa: BLE001 - an older torch: the kernel's view of the flags
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "avx2"
+        line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+        flags = set(line.split(":", 1)[-1].split())
+    return "vnni" if flags & {"avx512_vnni", "avx_vnni"} else "avx2"
+
+
+def pair_layout(node: ir.Node, w: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+    """``[(rows, W_k, channel)]`` per group: the output channels ``rows``, their weights ``[O_g, K]``
+    in onnxruntime's K order and the input channel of each k. ``[]``: exempt (depthwise);
+    None: a layout this rule does not know."""
+    op = node.op_type
+    if op == "Conv" and w.ndim >= 3:
+        g = groups(node)
+        o, cg = w.shape[:2]
+        if g > 1 and cg == 1:
+            return []
+        taps = int(np.prod(w.shape[2:]))
+        og = o // g
+        out = []
+        for gi in range(g):
+            wg = w[gi * og:(gi + 1) * og].reshape(og, cg, taps).transpose(0, 2, 1).reshape(og, -1)
+            chan = np.tile(np.arange(gi * cg, (gi + 1) * cg), taps)
+            out.append((np.arange(gi * og, (gi + 1) * og), wg, chan))
+        return out
+    if op in ("Gemm", "MatMul") and w.ndim == 2:
+        wk = w if op == "Gemm" and node.attributes.get_int("transB", 0) else w.T
+        return [(np.arange(wk.shape[0]), wk, np.arange(wk.shape[1]))]
+    return None
+
+
+def _pairs(a: np.ndarray) -> np.ndarray:
+    """``[..., K]`` → ``[..., ceil(K/2), 2]`` (a zero appended to odd K, as the kernel pads)."""
+    if a.shape[-1] % 2:
+        a = np.concatenate([a, np.zeros(a.shape[:-1] + (1,), a.dtype)], axis=-1)
+    return a.reshape(a.shape[:-1] + (-1, 2))
+
+
+def pair_bounds(wq: np.ndarray, u_lo: np.ndarray, u_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Largest and smallest int16 pair sum ``[O, K/2]`` of int weights ``wq [O, K]`` over inputs
+    ``u[k] ∈ [u_lo[k], u_hi[k]]``."""
+    a, b = wq.astype(np.int64) * u_lo.astype(np.int64), wq.astype(np.int64) * u_hi.astype(np.int64)
+    return _pairs(np.maximum(a, b)).sum(-1), _pairs(np.minimum(a, b)).sum(-1)
+
+
+def saturation_error(x: np.ndarray, wq: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """``[P, O]``: (saturated − exact) sum of the int16 pair sums of u8 rows ``x [P, K]`` times
+    int weights ``wq [O, K]`` — only over the pairs ``mask [O, K/2]`` marks (those that can
+    saturate at all)."""
+    xp, wp = _pairs(x.astype(np.int64)), _pairs(wq.astype(np.int64))
+    o_idx, j_idx = np.nonzero(mask if mask is not None else np.ones(wp.shape[:2], bool))
+    err = np.zeros((x.shape[0], wq.shape[0]), np.int64)
+    step = max(1, (1 << 22) // max(1, x.shape[0]))
+    for s in range(0, len(o_idx), step):
+        o, j = o_idx[s:s + step], j_idx[s:s + step]
+        sums = xp[:, j, 0] * wp[o, j, 0] + xp[:, j, 1] * wp[o, j, 1]  # [P, M]
+        d = np.clip(sums, INT16_MIN, INT16_MAX) - sums
+        uniq, starts = np.unique(o, return_index=True)  # o is sorted (np.nonzero's order)
+        err[:, uniq] += np.add.reduceat(d, starts, axis=1)
+    return err
+
+
+def _u8_intervals(x_name, chan_absmax, rng, tq: TensorQuant, n_chan: int):
+    """Per input channel u8 interval and the tensor's (scale, zero point)."""
+    lo, hi = rng
+    s, z = compute_qparams(np.float32(lo), np.float32(hi), tq, name=x_name)
+    s, z = float(np.asarray(s).reshape(-1)[0]), int(np.asarray(z).reshape(-1)[0])
+    t_lo = np.clip(np.floor(lo / s) + z, 0, 255)
+    t_hi = np.clip(np.ceil(hi / s) + z, 0, 255)
+    u_lo, u_hi = np.full(n_chan, t_lo), np.full(n_chan, t_hi)
+    if chan_absmax is not None and np.asarray(chan_absmax).shape == (n_chan,):
+        a = np.ceil(np.asarray(chan_absmax, np.float64) / s)
+        u_lo, u_hi = np.maximum(u_lo, z - a), np.minimum(u_hi, z + a)
+    return u_lo, u_hi, s, z
+
+
+@dataclasses.dataclass
+class _Layer:
+    node: ir.Node
+    kernel: tuple  # the weight's spatial shape (Conv)
+    groups: list
+    s_x: float
+    z_x: int
+    masks: list  # per group [O_g, K/2] pairs that can saturate
+    q8: list  # per group (wq8 [O_g, K], s8 [O_g])
+    q7: list
+    err: list = dataclasses.field(default_factory=list)  # [mse8, mse7, saturated, outputs]
+
+
+def _quant(wk: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    s = np.maximum(np.abs(wk).max(axis=1) / qmax, 1e-30)
+    return np.clip(np.round(wk / s[:, None]), -qmax, qmax), s
+
+
+def weight_widths(
+    model: ir.Model, scheme: QuantScheme, ranges: dict, channel_absmax: dict | None = None,
+    feeds=(), skip=frozenset(),
+) -> dict[str, dict]:
+    """Node name → ``{"bits": 8|7, "rule": "bound"|"measured"|"no data"|"exempt"|…}`` for the
+    weighted nodes whose input has a range in ``ranges``; see the module doc."""
+    out: dict[str, dict] = {}
+    pending: list[_Layer] = []
+    for node in model.graph:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or node.name in skip:
+            continue
+        w, x = const_array(weight_value(node)), node.inputs[0]
+        if w is None or w.dtype != np.float32 or x is None or x.name not in ranges:
+            continue
+        layout = pair_layout(node, w)
+        if layout is None:
+            out[node.name] = {"bits": 7, "rule": "layout unknown"}
+            continue
+        if not layout:
+            out[node.name] = {"bits": 8, "rule": "exempt (depthwise)"}
+            continue
+        n_chan = int(max(c.max() for _, _, c in layout)) + 1
+        u_lo, u_hi, s_x, z_x = _u8_intervals(
+            x.name, (channel_absmax or {}).get(x.name), ranges[x.name], scheme.activation, n_chan)
+        layer = _Layer(node, tuple(w.shape[2:]), layout, s_x, z_x, [], [], [])
+        for _, wk, chan in layout:
+            wq8, s8 = _quant(wk, 127)
+            hi, lo = pair_bounds(wq8, u_lo[chan], u_hi[chan])
+            layer.masks.append((hi > INT16_MAX) | (lo < INT16_MIN))
+            layer.q8.append((wq8, s8))
+            layer.q7.append(_quant(wk, 63))
+        if not any(m.any() for m in layer.masks):
+            out[node.name] = {"bits": 8, "rule": "bound"}
+        else:
+            pending.append(layer)
+    feeds = list(feeds)[:FEEDS]
+    if pending and feeds:
+        _measure(model, pending, feeds)
+    for layer in pending:
+        if not layer.err:
+            out[layer.node.name] = {"bits": 7, "rule": "no data"}
+            continue
+        mse8, mse7, sat, n = layer.err
+        out[layer.node.name] = {
+            "bits": 8 if mse8 <= mse7 else 7, "rule": "measured",
+            "saturated_outputs": round(sat / max(n, 1), 6),
+            "mse_8bit": float(f"{mse8:.4g}"), "mse_7bit": float(f"{mse7:.4g}"),
+        }
+    return out
+
+
+def _measure(model: ir.Model, layers: list[_Layer], feeds) -> None:
+    from autoglm_compress.quantization.sensitivity import tensor_runner
+
+    names = sorted({lay.node.inputs[0].name for lay in layers})
+    run = tensor_runner(model, names)
+    rng = np.random.default_rng(0)
+    acc = {id(lay): [0.0, 0.0, 0, 0] for lay in layers}
+    for feed in feeds:
+        acts = run(feed)
+        for lay in layers:
+            t = acts.get(lay.node.inputs[0].name)
+            if t is None:
+                continue
+            for (rows, wk, _), mask, (wq8, s8), (wq7, s7) in zip(lay.groups, lay.masks, lay.q8, lay.q7):
+                xf = _rows(lay.node, lay.kernel, t, rows, len(lay.groups), rng)
+                if xf is None:
+                    continue
+                x = np.clip(np.round(xf / lay.s_x) + lay.z_x, 0, 255)
+                xc = (x - lay.z_x).astype(np.float32)
+                ref = xc @ wk.T.astype(np.float32)
+                sat = saturation_error(x, wq8, mask)
+                y8 = (xc @ wq8.T.astype(np.float32) + sat) * s8.astype(np.float32)
+                y7 = (xc @ wq7.T.astype(np.float32)) * s7.astype(np.float32)
+                a = acc[id(lay)]
+                a[0] += float(np.sum((y8 - ref).astype(np.float64) ** 2))
+                a[1] += float(np.sum((y7 - ref).astype(np.float64) ** 2))
+                a[2] += int(np.count_nonzero(sat))
+                a[3] += sat.size
+    for lay in layers:
+        a = acc[id(lay)]
+        if a[3]:
+            lay.err = [a[0] / a[3], a[1] / a[3], a[2], a[3]]
+
+
+def _rows(node: ir.Node, kernel, t: np.ndarray, rows, n_groups: int, rng) -> np.ndarray | None:
+    """Float im2col rows ``[P, K]`` (K in onnxruntime's order) of one group of ``node`` at
+    :data:`POSITIONS` sampled output positions (padding reads 0, which quantizes to the zero
+    point as the kernel pads)."""
+    if node.op_type == "Conv":
+        return _im2col(node, kernel, t, 0.0, rows, n_groups, rng, POSITIONS)
+    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+        t = t.T
+    x = t.reshape(-1, t.shape[-1])
+    if len(x) > POSITIONS:
+        x = x[rng.choice(len(x), POSITIONS, replace=False)]
+    return x
+
+
+def _im2col(node: ir.Node, kernel, t: np.ndarray, fill, rows, n_groups: int, rng=None,
+            limit: int | None = None) -> np.ndarray | None:
+    """im2col rows ``[P, taps·C_g]`` in (kh, kw, c) order of the group holding output channels
+    ``rows``: every output position, or ``limit`` of them drawn by ``rng``."""
+    if t.ndim == 3:
+        t = t[:, :, None, :]
+    nd = len(kernel)
+    if t.ndim != 4 or nd not in (1, 2):
+        return None
+    ks = [1, *kernel] if nd == 1 else list(kernel)
+    a = node.attributes
+    strides = list(a.get_ints("strides", [1] * nd))
+    dil = list(a.get_ints("dilations", [1] * nd))
+    pads = list(a.get_ints("pads", [0] * 2 * nd))
+    if nd == 1:
+        strides, dil, pads = [1] + strides, [1] + dil, [0, pads[0], 0, pads[1]]
+    n, c, h, w = t.shape
+    auto = a.get_string("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = _same_pads((h, w), ks, strides, dil, auto == "SAME_UPPER")
+    oh = (h + pads[0] + pads[2] - dil[0] * (ks[0] - 1) - 1) // strides[0] + 1
+    ow = (w + pads[1] + pads[3] - dil[1] * (ks[1] - 1) - 1) // strides[1] + 1
+    total = n * oh * ow
+    sel = (np.arange(total) if limit is None or total <= limit
+           else np.sort(rng.choice(total, limit, replace=False)))
+    ni, rem = np.divmod(sel, oh * ow)
+    oy, ox = np.divmod(rem, ow)
+    ky, kx = (k.ravel() for k in np.meshgrid(np.arange(ks[0]), np.arange(ks[1]), indexing="ij"))
+    iy = oy[:, None] * strides[0] - pads[0] + ky[None] * dil[0]  # [P, taps]
+    ix = ox[:, None] * strides[1] - pads[1] + kx[None] * dil[1]
+    valid = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    cg = c // n_groups
+    gi = int(rows[0]) // max(1, len(rows))
+    tg = t[:, gi * cg:(gi + 1) * cg]
+    got = tg[ni[:, None], :, np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)]  # [P, taps, C_g]
+    got = np.where(valid[..., None], got, fill)
+    return got.reshape(len(sel), -1)
+
+
+def _same_pads(spatial, ks, strides, dil, upper: bool) -> list[int]:
+    begin, end = [], []
+    for size, k, s, d in zip(spatial, ks, strides, dil):
+        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        begin.append(small if upper else big)
+        end.append(big if upper else small)
+    return begin + end
+
+
+def widths_for(model: ir.Model, scheme: QuantScheme, stats=None, ranges=None) -> dict | None:
+    """:func:`weight_widths` when ``scheme.saturation_guard`` is on, else None: ranges and channel
+    max|x| from the calibration ``stats`` (or the given ``ranges``), measured on its held-out
+    samples; cached on ``stats`` (the fallback search and QAT quantize the same model again)."""
+    if not scheme.saturation_guard:
+        return None
+    if stats is None:
+        return weight_widths(model, scheme, ranges or {})
+    key = ("weight_widths", scheme.name, tuple(
+        (n.name, tuple(weight_value(n).shape or ())) for n in model.graph
+        if n.op_type in ("Conv", "Gemm", "MatMul") and weight_value(n) is not None))
+    cache = stats.cache
+    if key not in cache:
+        names = {n.inputs[0].name for n in model.graph
+                 if n.op_type in ("Conv", "Gemm", "MatMul") and n.inputs and n.inputs[0] is not None}
+        rng = ranges if ranges is not None else stats.ranges(
+            symmetric=scheme.activation.symmetric, names=names)
+        cache[key] = weight_widths(model, scheme, rng, stats.channel_absmax,
+                                   getattr(stats, "holdout", ()))
+        picked = [v["bits"] for v in cache[key].values()]
+        logger.info("x86 weight widths: %d layers 8-bit, %d 7-bit", picked.count(8), picked.count(7))
+    return cache[key]
+
+
+def weight_quant_for(tq: TensorQuant, widths: dict | None, node_name: str) -> TensorQuant:
+    """``tq`` with the width :func:`weight_widths` picked for the node (7 bits: reduce_range)."""
+    if not widths or node_name not in widths:
+        return tq
+    return dataclasses.replace(tq, reduce_range=widths[node_name]["bits"] == 7)
