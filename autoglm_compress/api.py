@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 class CompressResult:
     artifacts: list[Artifact]
     report: dict
-    report_path: Path
+    report_path: Path | None  # None: a torchrun rank > 0, which writes nothing
 
     def artifact(self, target: str, format: str | None = None) -> Artifact:  # noqa: A002
         """The artifact of ``target`` (and ``format``, e.g. "ncnn", where a target writes
@@ -201,6 +201,13 @@ class _Run:
         self._reference()
         ctx = self._context()
         records = self.pipeline.run(self.model, ctx)
+        from autoglm_compress.runtime import distributed
+
+        if not distributed.is_main():  # torchrun: rank 0 lowers, verifies and writes
+            distributed.release()
+            return CompressResult([], {"rank": distributed.rank(), "passes": [
+                {"name": r.name, "stats": r.stats} for r in records]}, None)
+        distributed.release()
         self.stats_after = model_stats(self.model, {k: v["shape"] for k, v in self.shapes.items()})
         for tgt in self.targets:
             self.notes += tgt.check(self.model, self.precision)

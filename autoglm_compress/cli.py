@@ -92,6 +92,8 @@ def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
         res = compress(cfg, progress=sys.stderr.isatty(), argv=argv, recipe=recipe)
     except KeyboardInterrupt:  # before click turns it into Abort (and a blank line)
         raise Interrupted("interrupted (Ctrl-C): stopped; no partial file left") from None
+    if res.report_path is None:  # a torchrun rank other than 0: it trained, rank 0 reports
+        return
     if as_json:
         click.echo(json.dumps(res.report, indent=2, default=str))
     else:

@@ -71,9 +71,12 @@ class DistillPass(CompressPass):
 
         res = distill(student, teacher, feeds, [params[n] for n in trained], steps=cfg.steps,
                       lr=cfg.lr, batch=cfg.batch, progress=ctx.progress,
-                      after_step=keep_zeros if masks else None)
+                      after_step=keep_zeros if masks else None, distributed=True)
         student.sync_to_model()  # the executor runs on model.graph itself
         self.stats.update({**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained),
                            "sparse_masked": len(masks)})
+        if res.world_size > 1:
+            self.stats["distributed"] = (f"DistributedDataParallel over {res.world_size} "
+                                         "torchrun processes")
         logger.info("distill: %s", self.stats)
         return PassResult(model, modified=res.loss_after < res.loss_before)

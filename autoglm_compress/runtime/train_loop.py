@@ -6,6 +6,11 @@ The teacher's outputs are computed once (no grad). The student runs in batches t
 ``torch.func.vmap`` over the batch-1 graph when that reproduces per-sample execution (checked on the
 first batch, forward and gradient), else sample by sample. Adam with a
 cosine-decayed learning rate; tensors live on the executors' device (CUDA when present).
+
+``distributed=True`` under torchrun (``WORLD_SIZE`` > 1): the trained tensors are wrapped in a
+DistributedDataParallel module; every rank draws the same batches (same seed) and runs its share
+``idx[rank::world]``; DDP averages the gradients, so a step equals the one-process step on the whole
+batch up to float summation order (when the batch divides evenly).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class DistillResult:
     seconds: float
     loss_before: float  # over all training samples, before the first step
     loss_after: float  # the same, after the last
+    world_size: int = 1  # processes that trained (torchrun + DDP)
 
     def as_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(self).items()}
@@ -96,6 +102,26 @@ def _close(x: torch.Tensor, y: torch.Tensor, rel: float) -> bool:
     return bool(torch.linalg.norm(x - y) <= rel * torch.linalg.norm(y) + 1e-9)
 
 
+class _Wrapped(torch.nn.Module):
+    """The trained tensors as one module (what DDP hooks), its forward the student's."""
+
+    def __init__(self, params, fwd):
+        super().__init__()
+        self.trained = torch.nn.ParameterList(params)
+        self._fwd = [fwd]  # not a submodule
+
+    def forward(self, idx):
+        return self._fwd[0](idx)
+
+
+def _ddp(params, fwd, device):
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index or 0] if device.type == "cuda" else None
+    return DistributedDataParallel(_Wrapped(params, fwd), device_ids=ids,
+                                   find_unused_parameters=True)
+
+
 def _full_loss(fwd: _Student, targets, denom, batch: int) -> float:
     """Loss over every training sample (no grad), the number the report compares."""
     n = len(fwd.feeds)
@@ -123,8 +149,11 @@ def distill(
     seed: int = 0,
     after_step: Callable[[], None] | None = None,
     progress: bool = False,
+    distributed: bool = False,
 ) -> DistillResult:
     """Train ``params`` (tensors of ``student``) for ``steps`` optimizer steps on ``feeds``."""
+    from autoglm_compress.runtime import distributed as dist_rt
+
     t0 = time.perf_counter()
     names = [
         v.name for v in student.graph.outputs if v.dtype is None or v.dtype.is_floating_point()
@@ -141,14 +170,23 @@ def distill(
     )
     fwd.try_batching(list(range(batch)), params)
     before = _full_loss(fwd, targets, denom, batch)
+    rank, world = 0, 1
+    model = fwd
+    if distributed and dist_rt.process_group(student.device):
+        rank, world = dist_rt.rank(), dist_rt.world_size()
+        if batch < world:
+            raise ValueError(f"batch {batch} is smaller than the {world} torchrun processes")
+        model = _ddp(params, fwd, student.device)
     from tqdm import tqdm
 
-    bar = tqdm(range(steps), desc="qat", unit="step", disable=not progress, leave=False)
+    bar = tqdm(range(steps), desc="train", unit="step", disable=not progress or rank > 0,
+               leave=False)
     for k in bar:
         if len(order) < batch:
             order += torch.randperm(len(feeds), generator=gen).tolist()
         idx, order = order[:batch], order[batch:]
-        loss = normalised_mse(fwd(idx), [t[idx] for t in targets], denom)
+        mine = idx[rank::world]
+        loss = normalised_mse(model(mine), [t[mine] for t in targets], denom)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -168,6 +206,7 @@ def distill(
         round(time.perf_counter() - t0, 3),
         before,
         _full_loss(fwd, targets, denom, batch),
+        world,
     )
     logger.info("distill: %s", res.as_dict())
     return res
