@@ -160,6 +160,12 @@ class Int8Config:
         False,
         "x86 INT8: leave op types in float where onnxruntime runs them slower in int8 (measured).",
     )
+    reconstruct: bool | None = field(
+        None,
+        "Layer-wise weight reconstruction (GPTQ-style rounding against each layer's output on "
+        "calibration data). Default: tried, and kept when the held-out calibration samples get "
+        "closer to FP32.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

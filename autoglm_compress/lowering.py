@@ -89,16 +89,18 @@ def quantizer(target, ctx, int8: Int8Config):
     def run(fp32: ir.Model, keep=(), fake_weights: bool = False, bias_correction=None):
         keep = tuple(int8.keep_fp32) + tuple(keep)
         bc = int8.bias_correction if bias_correction is None else bias_correction
+        rec = bool(int8.reconstruct)
         passes = []
         if bc:
             passes += build_passes(
                 ["bias_correction"],
-                {"bias_correction": {"keep_fp32": keep, "per_tensor": int8.per_tensor}},
+                {"bias_correction": {"keep_fp32": keep, "per_tensor": int8.per_tensor,
+                                     "reconstruct": rec}},
             )
         passes += build_passes(
             ["quantize"],
             {"quantize": {"keep_fp32": keep, "per_tensor": int8.per_tensor,
-                          "fake_weights": fake_weights}},
+                          "fake_weights": fake_weights, "reconstruct": rec}},
         )
         model, records = Pipeline(passes, progress=False).apply(_copy(fp32), ctx)
         stats = dict(records[-1].stats)
@@ -115,13 +117,16 @@ def quantize(
     """A quantized copy of ``model`` for ``target`` (``ctx.stats`` calibrated); the record."""
     t0 = time.perf_counter()
     ctx.target = target
+    holdout = getattr(ctx.stats, "holdout", [])
+    int8, rec_choice = _choose_reconstruct(model, target, ctx, int8, holdout)
     qrun = quantizer(target, ctx, int8)
     unmatched = [p for p in int8.keep_fp32 if not any(_matches(n, [p]) for n in model.graph)]
     for p in unmatched:
         logger.warning("--keep-fp32 %r matches no node or op type: nothing kept for it", p)
     q, qstats = qrun(model)
+    if rec_choice:
+        qstats["reconstruct"] = rec_choice
     fallen: list[str] = []
-    holdout = getattr(ctx.stats, "holdout", [])
     candidates = [n.name for n in model.graph if n.name and n.op_type in target.scheme().input_ops]
     if min_cosine is not None and holdout:
         cosine = holdout_cosine(model, holdout)
@@ -166,9 +171,29 @@ def quantize(
             "method": ctx.stats.method,
             "min_cosine": min_cosine,
             "bias_correction": int8.bias_correction,
+            "reconstruct": int8.reconstruct,
         },
     )
     return q, rec
+
+
+def _choose_reconstruct(model, target, ctx, int8: Int8Config, holdout):
+    """Resolve ``--reconstruct`` auto (None): quantize with and without reconstructed rounding and
+    keep what brings the held-out calibration samples closer to FP32. (int8 config, record)."""
+    if int8.reconstruct is not None or not holdout or getattr(ctx.stats, "source", None) is None:
+        used = bool(int8.reconstruct)
+        return dataclasses.replace(int8, reconstruct=used), ({"used": used} if used else None)
+    t0 = time.perf_counter()
+    cosine = holdout_cosine(model, holdout)
+    cos = {}
+    for flag in (False, True):
+        cos[flag] = cosine(quantizer(target, ctx, dataclasses.replace(int8, reconstruct=flag))(
+            model)[0])
+    used = cos[True] > cos[False]
+    return dataclasses.replace(int8, reconstruct=used), {
+        "used": used, "holdout_cosine_plain": round(cos[False], 6),
+        "holdout_cosine_reconstructed": round(cos[True], 6),
+        "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _kept_names(model: ir.Model, int8: Int8Config) -> set[str]:
@@ -196,7 +221,8 @@ def _lower_int8(model: ir.Model, target, ctx, cfg: CompressConfig) -> Lowered:
     q, rec = quantize(model, target, ctx, cfg.int8, cfg.gates.min_cosine)
     records, notes = [rec], []
     keep = tuple(rec.stats.get("fell_back", ()))
-    qrun = quantizer(target, ctx, cfg.int8)
+    used = bool((rec.stats.get("reconstruct") or {}).get("used"))
+    qrun = quantizer(target, ctx, dataclasses.replace(cfg.int8, reconstruct=used))
     bc = cfg.int8.bias_correction
 
     def requantize(fp32, fake_weights=False, bias_correction=None):

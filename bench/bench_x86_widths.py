@@ -5,9 +5,10 @@ MLAS then dispatches the VPMADDUBSW kernels that saturate).
     .venv/bin/python bench/bench_x86_widths.py [--models digits,effnet] [--samples 128] [--eval 64]
         [--work /tmp/bench_widths] [--write-results]
 
-Per model, three artifacts from one calibration source (x86, minmax, bias correction, default
+Per model, five artifacts from one calibration source (x86, minmax, bias correction, default
 flags otherwise): ``--cpu avx2`` (the rule), ``--reduce-range`` (7-bit everywhere, the old default) and
-``--full-range`` (8-bit everywhere, what a VNNI CPU gets). Each runs on the eval samples natively and
+``--full-range`` (8-bit everywhere, what a VNNI CPU gets), each with plain rounding, and the rule and
+8-bit with layer-wise reconstruction (``--reconstruct``). Each runs on the eval samples natively and
 (when ``qemu-x86_64`` is installed: ``apt-get install qemu-user``) emulated as Haswell; fidelity is vs
 the FP32 model's onnxruntime outputs on this machine: top-1 agreement (classifiers) and mean cosine.
 """
@@ -29,9 +30,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real"), str(ROOT / "bench")]
 
 HEADING = "## x86 INT8 weight width per layer (VPMADDUBSW saturation rule)"
 NOTES = ""  # filled in by hand below the table after a run
-VARIANTS = {"rule (--cpu avx2)": {"x86_cpu": "avx2"},
-            "7-bit everywhere": {"x86_cpu": "avx2", "reduce_range": True},
-            "8-bit everywhere": {"x86_cpu": "avx2", "reduce_range": False}}
+VARIANTS = {"rule (--cpu avx2)": {"x86_cpu": "avx2", "reconstruct": False},
+            "7-bit everywhere": {"x86_cpu": "avx2", "reduce_range": True, "reconstruct": False},
+            "8-bit everywhere": {"x86_cpu": "avx2", "reduce_range": False, "reconstruct": False},
+            "rule + reconstruction": {"x86_cpu": "avx2", "reconstruct": True},
+            "8-bit + reconstruction": {"x86_cpu": "avx2", "reduce_range": False,
+                                       "reconstruct": True}}
 
 
 def build(name: str, work: Path, n_calib: int, n_eval: int) -> dict:
@@ -56,7 +60,7 @@ def quantize(m: dict, work: Path, name: str, samples: int) -> dict:
     for label, kw in VARIANTS.items():
         t0 = time.perf_counter()
         res = compress(m["src"], targets=("x86",), int8=True, calib=m["calib"],
-                       calib_samples=samples, out_dir=work / f"{name}-{kw.get('reduce_range')}",
+                       calib_samples=samples, out_dir=work / f"{name}-{kw.get('reduce_range')}-{kw['reconstruct']}",
                        eval_data=m["eval"], samples=8, **kw)
         rec = next(r for r in res.report["passes"] if r["name"].startswith("quantize"))
         layers = rec["stats"]["layers"]

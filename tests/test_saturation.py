@@ -19,8 +19,8 @@ from conftest import CALIB, DEMO, EVAL, calibrated_digits, run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 from autoglm_compress.ir_utils import ort_run, ort_session
+from autoglm_compress.quantization.im2col import im2col as _im2col
 from autoglm_compress.quantization.saturation import (
-    _im2col,
     host_cpu,
     pair_bounds,
     pair_layout,

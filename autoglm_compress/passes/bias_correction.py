@@ -17,6 +17,7 @@ from onnx_ir.passes import PassResult
 
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 from autoglm_compress.quantization.bias_correction import correct_biases
+from autoglm_compress.quantization.reconstruct import rounding_for
 from autoglm_compress.quantization.saturation import widths_for
 
 __all__ = ["BiasCorrectionPass", "BiasCorrectionConfig"]
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 class BiasCorrectionConfig(PassConfig):
     keep_fp32: tuple[str, ...] = field((), help="node names or op types (glob) left in float")
     per_tensor: bool = field(False, help="the weights will be quantized per tensor")
+    reconstruct: bool = field(False, help="the weights will get reconstructed rounding")
 
 
 @register
@@ -53,5 +55,7 @@ class BiasCorrectionPass(CompressPass):
                    for p in pats)
         }
         widths = widths_for(model, scheme, self.ctx.stats)
-        self.stats.update(correct_biases(model, means, wq, skip, widths))
+        rounded = (rounding_for(model, scheme, self.ctx.stats, widths, self.config.per_tensor)
+                   if self.config.reconstruct else None)
+        self.stats.update(correct_biases(model, means, wq, skip, widths, rounded))
         return PassResult(model, modified=bool(self.stats.get("biases_corrected")))

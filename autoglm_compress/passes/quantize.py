@@ -21,6 +21,7 @@ from onnx_ir.passes import PassResult
 from autoglm_compress.ir_ops import bias_input, is_weighted, weight_input
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 from autoglm_compress.quantization.qdq import QDQWriter, shared_scale_groups
+from autoglm_compress.quantization.reconstruct import rounding_for
 from autoglm_compress.quantization.saturation import widths_for
 from autoglm_compress.quantization.scheme import QuantScheme
 
@@ -40,6 +41,7 @@ class QuantizeConfig(PassConfig):
     fake_weights: bool = field(
         False, help="keep float weights behind QuantizeLinear (QAT training form), float biases"
     )
+    reconstruct: bool = field(False, help="layer-wise reconstructed weight rounding (GPTQ-style)")
 
 
 def _is_float(v: ir.Value | None) -> bool:
@@ -81,7 +83,12 @@ class QuantizePass(CompressPass):
         ranges = shared_scale_groups(g, scheme, ranges, targets, pinned)
         widths = widths_for(model, scheme, getattr(self.ctx, "stats", None) if cfg.ranges is None else None,
                             None if cfg.ranges is None else ranges)
-        writer = QDQWriter(g, scheme, fake_weights=cfg.fake_weights, widths=widths)
+        rounded = None
+        if cfg.reconstruct and not cfg.fake_weights:
+            rounded = rounding_for(model, scheme, getattr(self.ctx, "stats", None), widths,
+                                   cfg.per_tensor)
+        writer = QDQWriter(g, scheme, fake_weights=cfg.fake_weights, widths=widths,
+                           rounded=rounded)
         for name in sorted(targets, key=list(targets).index):
             value = targets[name]
             if name not in ranges:

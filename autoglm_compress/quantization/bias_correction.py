@@ -48,6 +48,13 @@ def _weight_error(w: np.ndarray, axis: int, tq: TensorQuant) -> np.ndarray:
     return q * s - w
 
 
+def _rounded_error(w: np.ndarray, r: dict) -> np.ndarray:
+    """ε of reconstructed int8 weights ``r`` (:mod:`~autoglm_compress.quantization.reconstruct`)."""
+    s, ax = r["scale"], r["axis"]
+    s = s if ax is None else s.reshape([-1 if i == ax else 1 for i in range(w.ndim)])
+    return r["q"].astype(np.float32) * s - w
+
+
 def _shift(node: ir.Node, eps: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
     """E[ε·x] per output channel: ε as [O, I/g, taps] (axes from ir_ops), summed over the taps and
     contracted with the group's input means; Gemm's ``alpha`` scales it."""
@@ -68,7 +75,7 @@ def _shift(node: ir.Node, eps: np.ndarray, mean: np.ndarray) -> np.ndarray | Non
 
 def correct_biases(
     model: ir.Model, channel_means: dict, weight_quant: TensorQuant, skip: set[str] = frozenset(),
-    widths: dict | None = None,
+    widths: dict | None = None, rounded: dict | None = None,
 ) -> dict:
     """Shift the biases of Conv/Gemm nodes; returns {"biases_corrected", "max_shift"}.
     ``widths``: the weight width picked per node (x86 saturation rule) overrides ``weight_quant``'s."""
@@ -83,7 +90,9 @@ def correct_biases(
             continue
         axis = out_channel_axis(node, w.ndim)
         tq = weight_quant_for(weight_quant, widths, node.name)
-        shift = _shift(node, _weight_error(w, axis, tq), mean.astype(np.float32))
+        r = (rounded or {}).get(node.name)
+        eps = _weight_error(w, axis, tq) if r is None else _rounded_error(w, r)
+        shift = _shift(node, eps, mean.astype(np.float32))
         if shift is None or shift.shape != (w.shape[axis],) or not np.isfinite(shift).all():
             continue
         if not _set_bias(model.graph, node, shift / _bias_scale(node)):

@@ -122,13 +122,13 @@ def int32_bias(b: np.ndarray, scale: np.ndarray) -> np.ndarray:
 class QDQWriter:
     def __init__(
         self, graph: ir.Graph, scheme: QuantScheme, fake_weights: bool = False,
-        widths: dict | None = None,
+        widths: dict | None = None, rounded: dict | None = None,
     ):
         """``fake_weights``: float weights behind a QuantizeLinear (the QAT training form: the
         weights stay trainable) instead of int8 initializers; biases then stay float.
         ``widths``: node name -> picked weight width (:mod:`~autoglm_compress.quantization.saturation`)."""
         self.g, self.scheme, self.fake_weights = graph, scheme, fake_weights
-        self.widths = widths
+        self.widths, self.rounded = widths, rounded
         self.stats: dict[str, int] = {}
         self.act_qparams: dict[str, tuple[float, int]] = {}  # DQ output name -> (scale, zp)
         self.layers: list[dict] = []
@@ -192,7 +192,7 @@ class QDQWriter:
             s = self._const(f"{w_val.name}_scale", scale)
             z = self._const(f"{w_val.name}_zp", zp)
             attrs = {"axis": ax} if ax is not None else {}
-            wq = self._weight_source(w_val, w, s, z, ax, attrs, node, tq)
+            wq = self._weight_source(w_val, w, s, z, ax, attrs, node, tq, self._rounded(node, ax))
             dq = ir.node("DequantizeLinear", [wq, s, z], attributes=attrs, name=f"{w_val.name}_DQ")
             dq.outputs[0].name, dq.outputs[0].dtype = f"{w_val.name}_dq", ir.DataType.FLOAT
             dq.outputs[0].shape = ir.Shape(w.shape)
@@ -251,12 +251,21 @@ class QDQWriter:
         node.replace_input_with(0, self._wcache[key])
         return True
 
-    def _weight_source(self, w_val, w, s, z, ax, attrs, node, tq) -> ir.Value:
-        """int8 initializer W_q, or (fake_weights) the float W through a QuantizeLinear node."""
+    def _rounded(self, node: ir.Node, ax) -> np.ndarray | None:
+        """The reconstructed int8 weights of ``node`` when they were made for this axis."""
+        r = (self.rounded or {}).get(node.name)
+        if r is None or r["axis"] != ax or self.fake_weights:
+            return None
+        self._count("weights_reconstructed")
+        return r["q"]
+
+    def _weight_source(self, w_val, w, s, z, ax, attrs, node, tq, q=None) -> ir.Value:
+        """int8 initializer W_q (``q`` when given: reconstructed rounding), or (fake_weights)
+        the float W through a QuantizeLinear node."""
         if not self.fake_weights:
-            return self._const(
-                f"{w_val.name}_quantized", quantize_array(w, s.const_value.numpy(), ax, tq)
-            )
+            if q is None:
+                q = quantize_array(w, s.const_value.numpy(), ax, tq)
+            return self._const(f"{w_val.name}_quantized", q)
         q = ir.node("QuantizeLinear", [w_val, s, z], attributes=attrs, name=f"{w_val.name}_Q")
         q.outputs[0].name, q.outputs[0].dtype = f"{w_val.name}_q", _dtype(tq.dtype)
         q.outputs[0].shape = ir.Shape(w.shape)
