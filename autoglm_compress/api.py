@@ -340,7 +340,9 @@ def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
     if cfg.distill.steps:
         out["distill"] = {"steps": cfg.distill.steps, "lr": cfg.distill.lr,
                           "samples": cfg.distill.samples if cfg.distill.data
-                          else cfg.calibration.samples}
+                          else cfg.calibration.samples,
+                          "loss": cfg.distill.loss, "temperature": cfg.distill.temperature,
+                          "label_weight": cfg.distill.label_weight}
     return out
 
 

@@ -216,6 +216,17 @@ class DistillOptions:
         cli="--train-data", metavar="DATA", path=True,
     )
     samples: int = field(2048, "Training samples to use.", flat="distill_samples", min=1)
+    loss: str = field(
+        "mse", "mse: the teacher's outputs, normalised MSE; kl: KL divergence of temperature-"
+        "softened class scores (outputs of shape [1, C]; MSE for the others).",
+        flat="distill_loss", choices=("mse", "kl"),
+    )
+    temperature: float = field(4.0, "Softening temperature of --distill-loss kl.",
+                               flat="distill_temperature", min=0.01)
+    label_weight: float = field(
+        0.5, "When the training data has labels (an .npz 'labels' array): loss = w·cross-entropy "
+        "+ (1 − w)·distillation loss.", flat="distill_label_weight", min=0.0, max=1.0,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,6 +68,10 @@ class CalibrationSource:
     _produce: Callable[[int | None], Iterable[Feed]] = dataclasses.field(repr=False)
     size: int | None = None
     skipped: list[str] = dataclasses.field(default_factory=list)  # files that were not samples
+    # labels of the first n samples (an .npz's "labels" array), or None: what distillation's
+    # cross-entropy term reads
+    labels: Callable[[int | None], np.ndarray | None] | None = dataclasses.field(
+        default=None, repr=False)
 
     @property
     def is_random(self) -> bool:
@@ -166,7 +170,10 @@ def _npz_source(path: Path, model: ir.Model, specs: list[InputSpec]) -> Calibrat
         feeds, _ = load_npz_feeds(path, model, limit=n)
         return (fit_feed(f, specs, origin) for f in feeds)
 
-    return CalibrationSource(origin, "npz", produce)
+    def labels(n):
+        return load_npz_feeds(path, model, limit=n)[1]
+
+    return CalibrationSource(origin, "npz", produce, labels=labels)
 
 
 def _image_source(

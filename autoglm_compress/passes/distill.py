@@ -3,12 +3,15 @@
 The student is the current IR, the teacher the model before any pass; data: ``--train-data``, else
 the calibration data.
 
-Loss: the label-free normalised MSE of every float output (runtime/train_loop.py, the loop QAT
-uses): Σ mean((y_s − y_t)²) / var(y_t). Every float weight and bias with at least one dimension
+Loss (runtime/train_loop.py, the loop QAT uses): ``mse`` (default) the label-free normalised MSE of
+every float output, Σ mean((y_s − y_t)²) / var(y_t); ``kl`` T²·KL(softmax(y_t/T) ‖ softmax(y_s/T))
+on class-score outputs ([1, C]; MSE on the others). Training data with labels (an .npz ``labels``
+array) adds cross-entropy: w·CE + (1 − w)·distillation loss. Every float weight and bias with at least one dimension
 is trained (Adam, cosine-decayed learning rate, fixed seed); the trained tensors are written back
 into the IR. A weight that is already sparse (> 10 % zeros: the sparsify pass ran first) keeps its
 zeros — masked after every step (sparse fine-tuning). Runs before precision lowering, so INT8 (and QAT) start from the distilled weights.
-Not yet: softened-KL / feature losses, labels, torchrun (issue 14 parts 4–5).
+Under torchrun the steps run with DistributedDataParallel (runtime/distributed.py).
+Not yet: MSE on matched intermediate features.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class DistillConfig(PassConfig):
     batch: int = field(16, "Samples per step.")
     samples: int = field(512, "Calibration samples to train on.")
     device: str | None = field(None, "None: CUDA when present, else CPU.")
+    loss: str = field("mse", "mse | kl (softened class scores)")
+    temperature: float = field(4.0, "KL temperature")
+    label_weight: float = field(0.5, "cross-entropy weight when the data has labels")
 
 
 @register
@@ -52,7 +58,9 @@ class DistillPass(CompressPass):
                 f"distill needs steps ≥ 1, batch ≥ 1, samples ≥ 1 and lr > 0; got "
                 f"steps={cfg.steps} batch={cfg.batch} samples={cfg.samples} lr={cfg.lr}"
             )
-        feeds = list((ctx.train_data or ctx.data).take(cfg.samples))
+        source = ctx.train_data or ctx.data
+        feeds = list(source.take(cfg.samples))
+        labels = source.labels(len(feeds)) if getattr(source, "labels", None) else None
         student = TorchExecutor(model, device=cfg.device)
         teacher = TorchExecutor(ctx.teacher, device=student.device)
         for p in teacher.parameters().values():
@@ -71,7 +79,9 @@ class DistillPass(CompressPass):
 
         res = distill(student, teacher, feeds, [params[n] for n in trained], steps=cfg.steps,
                       lr=cfg.lr, batch=cfg.batch, progress=ctx.progress,
-                      after_step=keep_zeros if masks else None, distributed=True)
+                      after_step=keep_zeros if masks else None, distributed=True,
+                      loss=cfg.loss, temperature=cfg.temperature, labels=labels,
+                      label_weight=cfg.label_weight)
         student.sync_to_model()  # the executor runs on model.graph itself
         self.stats.update({**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained),
                            "sparse_masked": len(masks)})

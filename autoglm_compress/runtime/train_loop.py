@@ -40,6 +40,7 @@ class DistillResult:
     loss_before: float  # over all training samples, before the first step
     loss_after: float  # the same, after the last
     world_size: int = 1  # processes that trained (torchrun + DDP)
+    loss: str = "normalised mse"  # what the steps minimised (loss_before/after: normalised MSE)
 
     def as_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(self).items()}
@@ -102,6 +103,49 @@ def _close(x: torch.Tensor, y: torch.Tensor, rel: float) -> bool:
     return bool(torch.linalg.norm(x - y) <= rel * torch.linalg.norm(y) + 1e-9)
 
 
+def _is_scores(t: torch.Tensor) -> bool:
+    """Stacked teacher output [N, 1, C] / [N, C] of class scores (C ≥ 2)."""
+    per = t.shape[1:]
+    return len(per) >= 1 and per[-1] >= 2 and int(np.prod(per)) == per[-1]
+
+
+def _objective(targets, denom, kind, temperature, labels, label_weight, device):
+    """``f(student outputs, idx) -> loss`` of one step, and its ``name``."""
+    import torch.nn.functional as F  # noqa: N812
+
+    kl = [kind == "kl" and _is_scores(t) for t in targets]
+    y = None
+    if labels is not None:
+        cls = next((i for i, t in enumerate(targets) if _is_scores(t)), None)
+        lab = np.asarray(labels).reshape(-1)
+        if cls is not None and len(lab) >= len(targets[cls]):
+            y = torch.as_tensor(lab[: len(targets[cls])].astype(np.int64), device=device)
+    T = temperature  # noqa: N806
+
+    def f(outs, idx):
+        terms = []
+        for s, t, d, k in zip(outs, targets, denom, kl):
+            t = t[idx]
+            if k:
+                n = len(s)
+                terms.append(F.kl_div(F.log_softmax(s.reshape(n, -1) / T, -1),
+                                      F.log_softmax(t.reshape(n, -1) / T, -1),
+                                      reduction="batchmean", log_target=True) * T * T)
+            else:
+                terms.append(((s - t) ** 2).mean() / d)
+        kd = sum(terms)
+        if y is None:
+            return kd
+        logits = outs[cls].reshape(len(idx), -1)
+        return label_weight * F.cross_entropy(logits, y[idx]) + (1 - label_weight) * kd
+
+    name = ("kl (T=%g) on class scores" % T if any(kl) else "normalised mse")
+    if y is not None:
+        name += f" + {label_weight:g}·cross-entropy on labels"
+    f.name = name
+    return f
+
+
 class _Wrapped(torch.nn.Module):
     """The trained tensors as one module (what DDP hooks), its forward the student's."""
 
@@ -150,6 +194,10 @@ def distill(
     after_step: Callable[[], None] | None = None,
     progress: bool = False,
     distributed: bool = False,
+    loss: str = "mse",
+    temperature: float = 4.0,
+    labels: np.ndarray | None = None,
+    label_weight: float = 0.5,
 ) -> DistillResult:
     """Train ``params`` (tensors of ``student``) for ``steps`` optimizer steps on ``feeds``."""
     from autoglm_compress.runtime import distributed as dist_rt
@@ -168,6 +216,7 @@ def distill(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / max(steps, 1)))
     )
+    objective = _objective(targets, denom, loss, temperature, labels, label_weight, student.device)
     fwd.try_batching(list(range(batch)), params)
     before = _full_loss(fwd, targets, denom, batch)
     rank, world = 0, 1
@@ -186,16 +235,16 @@ def distill(
             order += torch.randperm(len(feeds), generator=gen).tolist()
         idx, order = order[:batch], order[batch:]
         mine = idx[rank::world]
-        loss = normalised_mse(model(mine), [t[mine] for t in targets], denom)
+        step_loss = objective(model(mine), mine)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss.backward()
         opt.step()
         sched.step()
         if after_step is not None:
             with torch.no_grad():
                 after_step()
         if progress and k % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4g}")
+            bar.set_postfix(loss=f"{step_loss.item():.4g}")
     bar.close()
     res = DistillResult(
         steps,
@@ -207,6 +256,7 @@ def distill(
         before,
         _full_loss(fwd, targets, denom, batch),
         world,
+        objective.name,
     )
     logger.info("distill: %s", res.as_dict())
     return res
