@@ -34,14 +34,16 @@ def im2col(node: ir.Node, kernel, t: np.ndarray, fill, rows, n_groups: int, rng=
     total = n * oh * ow
     sel = (np.arange(total) if limit is None or total <= limit
            else np.sort(rng.choice(total, limit, replace=False)))
+    cg = c // n_groups
+    gi = int(rows[0]) // max(1, len(rows))
     ni, rem = np.divmod(sel, oh * ow)
     oy, ox = np.divmod(rem, ow)
+    if ks == [1, 1] and strides == [1, 1] and not any(pads):  # pointwise: rows are pixels
+        return t[ni, gi * cg:(gi + 1) * cg, oy, ox]
     ky, kx = (k.ravel() for k in np.meshgrid(np.arange(ks[0]), np.arange(ks[1]), indexing="ij"))
     iy = oy[:, None] * strides[0] - pads[0] + ky[None] * dil[0]  # [P, taps]
     ix = ox[:, None] * strides[1] - pads[1] + kx[None] * dil[1]
     valid = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-    cg = c // n_groups
-    gi = int(rows[0]) // max(1, len(rows))
     tg = t[:, gi * cg:(gi + 1) * cg]
     got = tg[ni[:, None], :, np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)]  # [P, taps, C_g]
     got = np.where(valid[..., None], got, fill)
