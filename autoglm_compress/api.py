@@ -212,7 +212,7 @@ class _Run:
         for tgt in self.targets:
             self.notes += tgt.check(self.model, self.precision)
         calib_info = None
-        if self.precision == "int8":
+        if self.precision == "int8" and not self.cfg.int8.weights_only:
             from autoglm_compress import lowering
 
             ctx.stats, calib_info = lowering.calibrate(

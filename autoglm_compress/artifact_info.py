@@ -90,10 +90,27 @@ def layer_counts(model: ir.Model, fell_back=(), kept=()) -> dict:
     from autoglm_compress.quantization.qdq_read import int8_split
 
     split = int8_split(model)
-    return {
-        "int8": len(split.int8),
-        "float": len(split.float),
-        "float_nodes": split.float[:50],
+    dynamic = {n.name for n in model.graph if n.metadata_props.get("autoglm.role") == "dynamic_int8"}
+    flt = [n for n in split.float if n not in dynamic]
+    out = {
+        "int8": len(split.int8) + sum(
+            1 for n in model.graph if n.name in dynamic and n.op_type == "MatMulInteger"),
+        "float": len(flt),
+        "float_nodes": flt[:50],
         "fell_back": list(fell_back),
         "kept_fp32": list(kept),
     }
+    weight_only = [n.name for n in model.graph if n.name in flt and _dq_weight(n)]
+    if weight_only:
+        out["weight_only_nodes"] = weight_only[:50]  # int8 weights, float compute
+    return out
+
+
+def _dq_weight(node: ir.Node) -> bool:
+    from autoglm_compress.ir_ops import is_weighted, weight_input
+
+    if not is_weighted(node) or len(node.inputs) <= weight_input(node):
+        return False
+    w = node.inputs[weight_input(node)]
+    p = w.producer() if w is not None else None
+    return p is not None and p.op_type == "DequantizeLinear"

@@ -160,6 +160,12 @@ class Int8Config:
         False,
         "x86 INT8: leave op types in float where onnxruntime runs them slower in int8 (measured).",
     )
+    weights_only: bool = field(
+        False,
+        "INT8 weights, float activations, no calibration (x86): MatMul/Gemm run as onnxruntime's "
+        "dynamic int8 (DynamicQuantizeLinear → MatMulInteger), Conv weights and embedding tables "
+        "are stored int8 and computed in float.",
+    )
     reconstruct: bool | None = field(
         None,
         "Layer-wise weight reconstruction (GPTQ-style rounding against each layer's output on "

@@ -283,7 +283,18 @@ def check_combinations(cfg: CompressConfig) -> list[str]:
         raise ConfigError("--qat-steps fine-tunes INT8 weights: add --int8")
     if cfg.int8.latency_guard and (p != "int8" or "x86" not in cfg.targets):
         raise ConfigError("--latency-guard measures x86 INT8 kernels: use it with --int8 --target x86")
-    if p == "int8" and not cfg.calibration.data and not cfg.calibration.random:
+    if cfg.int8.weights_only:
+        if p != "int8":
+            raise ConfigError("--weights-only quantizes weights to int8: add --int8")
+        other = [t for t in cfg.targets if t != "x86"]
+        if other:
+            raise ConfigError(f"--weights-only is implemented for --target x86 only, not "
+                              f"{', '.join(other)}; drop --weights-only for static INT8 there")
+        if cfg.qat.steps or cfg.int8.latency_guard:
+            raise ConfigError("--weights-only has no activation scales: --qat-steps and "
+                              "--latency-guard do not apply")
+    needs_calib = p == "int8" and not cfg.int8.weights_only
+    if needs_calib and not cfg.calibration.data and not cfg.calibration.random:
         raise ConfigError(
             "--int8 needs calibration data: --calib DATA (.npz/.npy, image folder, "
             "module:function), or --calib-random to accept random data"

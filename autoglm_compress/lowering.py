@@ -205,6 +205,18 @@ def lower_for_target(
 ) -> Lowered:
     """``model`` (FP32, not modified) lowered to ``precision`` for ``target``."""
     ctx.target, ctx.teacher = target, model
+    if precision == "int8" and cfg.int8.weights_only:
+        from autoglm_compress.targets.x86.target import x86_cpu
+
+        cpu = x86_cpu(getattr(target.options, "cpu", "auto"))
+        lowered = _copy(model)
+        passes = build_passes(["quantize_dynamic"], {"quantize_dynamic": {
+            "cpu": cpu, "keep_fp32": tuple(cfg.int8.keep_fp32)}})
+        lowered, records = Pipeline(passes, progress=False).apply(lowered, ctx)
+        records[0].name = f"quantize_dynamic[{target.name}]"
+        records[0].config.update(cpu=getattr(target, "cpu_rule", cpu),
+                                 keep_fp32=list(cfg.int8.keep_fp32))
+        return Lowered(lowered, records, [])
     if precision == "int8":
         return _lower_int8(model, target, ctx, cfg)
     names = list(target.precision_passes(precision))

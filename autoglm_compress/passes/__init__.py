@@ -18,6 +18,7 @@ from autoglm_compress.passes import (  # noqa: E402,F401
     prune,
     qat,
     quantize,
+    quantize_dynamic,
     smoothquant,
     sparsify,
 )

@@ -1,0 +1,68 @@
+"""--int8 --weights-only (x86): int8 weights, float activations, no calibration. MatMul/Gemm become
+onnxruntime's dynamic int8 (fused to DynamicQuantizeMatMul), convs store int8 weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import DEMO, EVAL, run_cli
+from onnx import numpy_helper
+
+from autoglm_compress.targets.x86.fusion import fusion_report
+
+
+def _run(model, out, *extra):
+    r = run_cli(model, "--int8", "--weights-only", "--target", "x86", "-o", out, *extra)
+    assert r.returncode == 0, r.stderr
+    return json.loads((out / "report.json").read_text())
+
+
+def _int8_max(path) -> dict[str, int]:
+    m = onnx.load(path)
+    return {i.name: int(np.abs(numpy_helper.to_array(i)).max()) for i in m.graph.initializer
+            if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("_quantized")}
+
+
+def test_digits_without_calibration(tmp_path):
+    rep = _run(DEMO, tmp_path / "o", "--eval", EVAL, "--samples", "300", "--cpu", "vnni")
+    assert rep["calibration"] is None
+    a = rep["artifacts"][0]
+    out = next(iter(a["fidelity"]["outputs"].values()))
+    assert out["accuracy"] >= out["accuracy_ref"] - 0.005 and a["fidelity"]["cosine_min"] > 0.999
+    rec = next(p for p in rep["passes"] if p["name"] == "quantize_dynamic[x86]")["stats"]
+    assert rec["matmuls_dynamic"] == 1 and rec["convs_weight_only"] == 3 and not rec["left_float"]
+    assert a["layers"]["int8"] == 1 and len(a["layers"]["weight_only_nodes"]) == 3
+    fusion = fusion_report(a["files"]["model"]["path"])
+    assert fusion["optimized_ops"].get("DynamicQuantizeMatMul") == 1
+    assert set(_int8_max(a["files"]["model"]["path"]).values()) == {127}
+
+
+def test_transformer_matmuls_run_dynamic_int8(saved, tmp_path):
+    import onnx_ir as ir
+
+    src = saved("transformer", "onnx")
+    n_const = sum(1 for n in ir.load(src).graph if n.op_type in ("MatMul", "Gemm")
+                  and len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].const_value is not None)
+    rep = _run(src, tmp_path / "t", "--samples", "16", "--cpu", "avx2")
+    rec = next(p for p in rep["passes"] if p["name"] == "quantize_dynamic[x86]")["stats"]
+    assert rec["matmuls_dynamic"] >= 4 and rec["matmuls_dynamic"] <= n_const
+    a = rep["artifacts"][0]
+    assert a["fidelity"]["cosine_min"] > 0.99
+    fusion = fusion_report(a["files"]["model"]["path"])
+    assert fusion["optimized_ops"].get("DynamicQuantizeMatMul", 0) == rec["matmuls_dynamic"]
+    # AVX2 without VNNI: u8 inputs may span [0, 255], so weights that could saturate are 7-bit
+    widths = set(_int8_max(a["files"]["model"]["path"]).values())
+    assert rec["weights_7bit"] > 0 and 63 in widths and widths <= {63, 127}
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--weights-only", "--target", "x86"], "add --int8"),
+    (["--int8", "--weights-only", "--target", "arm"], "x86 only"),
+    (["--int8", "--weights-only", "--target", "x86", "--qat-steps", "5"], "--qat-steps"),
+])
+def test_usage_errors(tmp_path, args, msg):
+    r = run_cli(DEMO, *args, "-o", tmp_path / "e")
+    assert r.returncode == 2 and msg in r.stderr and not (tmp_path / "e").exists()
