@@ -1,0 +1,132 @@
+"""Weight-only (dynamic) INT8 vs static INT8, ours vs onnxruntime's quantizers, on a BERT-style encoder
+and EfficientNet-Lite1, x86 / onnxruntime CPU.
+
+    .venv/bin/python bench/bench_weights_only.py [--models bert,effnet] [--samples 128] [--eval 32]
+        [--work /tmp/bench_wo] [--write-results]
+
+Rows: ours static (``--int8``, default flags), ours weight-only (``--int8 --weights-only``, no
+calibration), onnxruntime ``quantize_dynamic`` (QInt8 weights, per-channel) and ``quantize_static``
+(QDQ, MinMax, per-channel u8/s8) on the FP32 ONNX our front end loads. Fidelity vs the FP32 model on
+held-out samples (cosine of the first output: mean and worst sample; top-1 agreement for the
+classifier); size; latency relative to FP32, all models timed interleaved in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "real")]
+
+HEADING = "## Weight-only (dynamic) INT8 vs static INT8 (x86)"
+
+
+def quantize_all(name: str, m: dict, work: Path, samples: int) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from autoglm_compress import compress
+    from bench_real import child_ort
+
+    arts, secs = {"fp32": m["fp32"]}, {}
+    for label, kw in (("ours static", {"calib": m["calib"], "calib_samples": samples}),
+                      ("ours weight-only", {"weights_only": True})):
+        t0 = time.perf_counter()
+        res = compress(m["src"], targets=("x86",), int8=True, out_dir=work / f"{name}-{label[5:]}",
+                       eval_data=m["eval"], samples=4, latency_repeats=2, **kw)
+        secs[label] = time.perf_counter() - t0
+        arts[label] = str(res.artifacts[0].path)
+    t0 = time.perf_counter()
+    dyn = work / f"{name}-ort-dynamic.onnx"
+    quantize_dynamic(m["fp32"], str(dyn), weight_type=QuantType.QInt8, per_channel=True)
+    secs["ort quantize_dynamic"] = time.perf_counter() - t0
+    arts["ort quantize_dynamic"] = str(dyn)
+    out = work / f"{name}-ort-static"
+    out.mkdir(parents=True, exist_ok=True)
+    r = child_ort(m, out, samples)
+    secs["ort quantize_static"], arts["ort quantize_static"] = r["wall_s"], r["artifact"]
+    return {"artifacts": arts, "seconds": secs}
+
+
+def measure(m: dict, arts: dict, n: int, repeats: int = 20) -> dict:
+    from autoglm_compress.ir_utils import ort_session
+
+    sess = {k: ort_session(p) for k, p in arts.items()}
+    data = dict(np.load(m["eval"]))
+    feeds = [{k: v[i:i + 1] for k, v in data.items()} for i in range(min(n, len(next(iter(
+        data.values())))))]
+    outs = {k: [s.run(None, f)[0] for f in feeds] for k, s in sess.items()}
+    times = {k: [] for k in sess}
+    for _ in range(repeats):
+        for k, s in sess.items():
+            t = time.perf_counter()
+            s.run(None, feeds[0])
+            times[k].append(time.perf_counter() - t)
+    fp = float(np.median(times["fp32"]))
+    res = {}
+    for k in arts:
+        cos = [_cos(a, b) for a, b in zip(outs["fp32"], outs[k])]
+        row = {"cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos)),
+               "mb": Path(arts[k]).stat().st_size / 1e6,
+               "latency_vs_fp32": float(np.median(times[k])) / fp}
+        if outs["fp32"][0].ndim == 2:
+            row["top1"] = float(np.mean([a.argmax() == b.argmax() for a, b in zip(outs["fp32"], outs[k])]))
+        res[k] = row
+    res["fp32"]["ms"] = fp * 1e3
+    return res
+
+
+def _cos(a, b) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def table(rows: dict) -> str:
+    lines = ["| model | method | cosine mean | cosine min | top-1 agr. | MB | latency vs FP32 | "
+             "quantize s |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        for k, v in r["measured"].items():
+            top1 = f"{v['top1']:.3f}" if "top1" in v else "-"
+            sec = r["seconds"].get(k)
+            lines.append(f"| {name} | {k} | {v['cosine_mean']:.5f} | {v['cosine_min']:.5f} | {top1} | "
+                         f"{v['mb']:.1f} | {v['latency_vs_fp32']:.2f} | "
+                         f"{'-' if sec is None else f'{sec:.1f}'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from bench_real import build
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="bert,effnet")
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--eval", type=int, default=32)
+    ap.add_argument("--work", default="/tmp/bench_wo")
+    ap.add_argument("--write-results", action="store_true")
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name in a.models.split(","):
+        m = build(name, work, a.samples, a.eval)
+        q = quantize_all(name, m, work, a.samples)
+        rows[name] = {"seconds": q["seconds"], "measured": measure(m, q["artifacts"], a.eval)}
+        print(json.dumps(rows[name]), flush=True)
+    md = table(rows)
+    print(md)
+    if a.write_results:
+        from bench_arm import write_results
+
+        cmd = "python bench/bench_weights_only.py " + " ".join(
+            x for x in sys.argv[1:] if x != "--write-results")
+        write_results(f"{HEADING}\n\n`{cmd}` (onnxruntime CPU, 2 threads; this session's machine "
+                      f"has AVX512-VNNI)\n\n{md}\n", HEADING)
+
+
+if __name__ == "__main__":
+    main()
