@@ -199,3 +199,43 @@ def test_padding_layernorm_matmul_in_ncnn(seq_model, tmp_path, precision, min_co
     assert types["Padding"] == 2 and types["MatMul"] == 2 and types["LayerNorm"] == 1
     assert types["Permute"] >= 1
     assert art.fidelity["cosine_min"] >= min_cos
+
+
+@pytest.fixture(scope="module")
+def eltwise_model(tmp_path_factory) -> Path:
+    """Three conv branches joined by ONNX Sum (3 inputs), Mean (2) and Max (3): ncnn Eltwise."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,3,10,10] x) => (float[1,6,10,10] y) {
+            a = Conv <pads=[1,1,1,1]> (x, w1, b1)
+            b = Conv <pads=[1,1,1,1]> (x, w2, b2)
+            c = Conv <pads=[1,1,1,1]> (x, w3, b3)
+            s = Sum (a, b, c)
+            m = Mean (s, a)
+            y = Max (m, b, c)
+        }""")
+    for i in (1, 2, 3):
+        proto.graph.initializer.extend([
+            numpy_helper.from_array(rng.normal(0, 0.3, (6, 3, 3, 3)).astype(np.float32), f"w{i}"),
+            numpy_helper.from_array(rng.normal(0, 0.1, 6).astype(np.float32), f"b{i}")])
+    path = tmp_path_factory.mktemp("ncnn_eltwise") / "eltwise.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("precision", "min_cos"), [("fp32", 0.99999), ("int8", 0.995)])
+def test_eltwise_sum_mean_max(eltwise_model, tmp_path, precision, min_cos):
+    art = compress(eltwise_model, targets="arm", arm_format="ncnn", out_dir=tmp_path, samples=4,
+                   latency_repeats=3, int8=precision == "int8", calib_random=True,
+                   calib_samples=16).artifact("arm", "ncnn")
+    rows = _layers(art.files["param"])
+    elt = [r for r in rows if r[0] == "Eltwise"]
+    got = [(int(r[2]), r[4 + int(r[2]) + int(r[3]):]) for r in elt]
+    assert [(k, p[0]) for k, p in got] == [(3, "0=1"), (2, "0=1"), (3, "0=2")]
+    assert got[1][1][1].startswith("-23301=2,") and len(got[0][1]) == 1  # Mean: coefficients ½, ½
+    assert "BinaryOp" not in {r[0] for r in rows}
+    assert art.fidelity["cosine_min"] >= min_cos

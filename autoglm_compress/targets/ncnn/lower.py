@@ -39,8 +39,10 @@ OPS = frozenset({
     "Reshape", "Squeeze", "Unsqueeze", "Softmax", "Resize", "Identity", "Dropout",
     "BatchNormalization", "Constant", "QuantizeLinear", "DequantizeLinear",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Split", "Slice", "Transpose",
-    "Pad", "LayerNormalization",
+    "Pad", "LayerNormalization", "Sum", "Mean",
 })
+# ONNX's variadic element-wise ops → ncnn Eltwise (op_type 1 = sum with coefficients, 2 = max)
+_ELTWISE = {"Sum": 1, "Mean": 1, "Max": 2}
 _PAD_MODES = {"constant": 0, "edge": 1, "reflect": 2}
 # ncnn Permute order types: the output's axes listed innermost first, in input letters
 _PERMUTE = {("W", "H"): 0, ("H", "W"): 1,
@@ -62,6 +64,11 @@ def wconst(v: ir.Value | None) -> np.ndarray | None:
     from autoglm_compress.targets.tflite.lower import wconst as w
 
     return w(v)
+
+
+def _is_eltwise(node: ir.Node) -> bool:
+    """Sum / Mean (any arity), Max over more than two inputs: one ncnn Eltwise."""
+    return node.op_type in ("Sum", "Mean") or (node.op_type == "Max" and len(node.inputs) > 2)
 
 
 def unsupported_reason(node: ir.Node) -> str | None:
@@ -153,6 +160,11 @@ def unsupported_reason(node: ir.Node) -> str | None:
         return "ncnn blobs have at most 4 dimensions"
     if op in _BINARY and len(_shape(node.outputs[0])) > 5:
         return "ncnn blobs have at most 4 dimensions"
+    if _is_eltwise(node) and any(v is None or v.const_value is not None
+                                 or _shape(v) != _shape(node.outputs[0]) for v in node.inputs):
+        return "ncnn Eltwise needs activations of one shape (no broadcast, no constants)"
+    if op == "Min" and len(node.inputs) != 2:
+        return "ncnn has no Eltwise min over more than two inputs"
     return None
 
 
@@ -512,6 +524,13 @@ class _Lowerer:
             self.pool(n)
         elif op in ("GlobalAveragePool", "GlobalMaxPool"):
             self.global_pool(n)
+        elif _is_eltwise(n):
+            k = len(n.inputs)
+            p = {0: _ELTWISE[op]}
+            if op == "Mean":
+                p[1] = [1.0 / k] * k
+            self.ng.add("Eltwise", n.name or "eltwise", [self.b(v) for v in n.inputs],
+                        [self.out(n.outputs[0])], p)
         elif op in _BINARY:
             self.binary(n)
         elif op == "Relu":
