@@ -36,7 +36,7 @@ __all__ = ["k_order", "from_k_order", "gptq_round", "reconstruct_weights", "roun
 logger = logging.getLogger(__name__)
 
 OPS = ("Conv", "Gemm", "MatMul")
-POSITIONS = 256  # sampled im2col rows per sample and layer
+POSITIONS = 512  # sampled im2col rows per sample and layer
 SAMPLES = 64  # calibration samples H is summed over (after the hold-out)
 DAMP = 0.01
 
