@@ -42,7 +42,53 @@ def _row(label, res, t0) -> dict:
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def run(ratios, steps, effnet, work: Path) -> list[dict]:
+def _latency_ratio(fp32: str, path: str, repeats: int = 200) -> float:
+    """Median latency of ``path`` over ``fp32``'s, interleaved in one process (onnxruntime)."""
+    from autoglm_compress.ir_utils import ort_session
+
+    s = {k: ort_session(p) for k, p in (("a", fp32), ("b", path))}
+    x = {s["a"].get_inputs()[0].name: np.zeros((1, 1, 8, 8), np.float32)}
+    t = {"a": [], "b": []}
+    for _ in range(repeats):
+        for k, sess in s.items():
+            t0 = time.perf_counter()
+            sess.run(None, {sess.get_inputs()[0].name: next(iter(x.values()))})
+            t[k].append(time.perf_counter() - t0)
+    return float(np.median(t["b"]) / np.median(t["a"]))
+
+
+def _torch_pruning(ratios, steps, work, train, labelled, tp_path, rows) -> list[dict]:
+    """torch-pruning at the same channel ratios + the same distillation recipe (label-free);
+    latency of its ONNX and of ours at that ratio, each against our FP32 artifact."""
+    import json
+    import os
+    import subprocess
+
+    fp32 = next(r["onnx"] for r in rows if r["run"] == "FP32")
+    out = []
+    for r in ratios:
+        t0 = time.perf_counter()
+        env = {**os.environ, "PYTHONPATH": tp_path, "OMP_NUM_THREADS": "1"}
+        p = subprocess.run([sys.executable, str(ROOT / "bench" / "peers" / "tp_prune.py"),
+                            "--ratio", str(r), "--round-to", "8", "--steps", str(steps),
+                            "--train", str(train), "--eval",
+                            str(ROOT / "examples" / "digits_eval.npz"),
+                            "--out", str(work / f"tp_{r}")], capture_output=True, text=True,
+                           env=env, check=True)
+        peer = json.loads(p.stdout.strip().splitlines()[-1])
+        ours = next(x for x in rows if x["run"] == f"prune {r} + distill {steps}")
+        out.append({"model": "digits", "run": f"torch-pruning {r} + same distill {steps}",
+                    "params": peer["params"], "macs_m": round(peer["macs"] / 1e6, 2),
+                    "macs_ratio": round(peer["macs_ratio"], 3), "accuracy": peer["accuracy"],
+                    "top1": "-", "cosine": "-",
+                    "latency_vs_fp32": round(_latency_ratio(fp32, peer["onnx"]), 2),
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                    "vs_ours": round(_latency_ratio(ours["onnx"], peer["onnx"]), 2)})
+        print(out[-1], flush=True)
+    return out
+
+
+def run(ratios, steps, effnet, work: Path, tp_path: str | None = None) -> list[dict]:
     from digits import load_digits_split
 
     from autoglm_compress import compress
@@ -57,16 +103,31 @@ def run(ratios, steps, effnet, work: Path) -> list[dict]:
     for r in [0.0, *ratios]:
         runs = [("FP32", {})] if r == 0 else [
             (f"prune {r}", {"prune": r}),
-            (f"prune {r} + distill {steps}", {"prune": r, "distill_steps": steps,
-                                              "distill_lr": 3e-3}),
+            (f"prune {r} + distill {steps}", {"prune": r, "distill_steps": steps}),
             (f"prune {r} + distill {steps} + INT8", {"prune": r, "distill_steps": steps,
-                                                     "distill_lr": 3e-3, "int8": True})]
+                                                     "int8": True})]
         for name, kw in runs:
             t0 = time.perf_counter()
             res = compress(ex / "digits_cnn.pt", calib=train, calib_samples=len(x_train),
                            out_dir=work / name.replace(" ", "_"), **common, **kw)
             rows.append(_row(("digits", name), res, t0))
+            rows[-1]["onnx"] = str(res.artifacts[0].path)
             print(rows[-1], flush=True)
+    y_train = load_digits_split()[1]
+    labelled = work / "digits_train_labels.npz"
+    np.savez(labelled, x=x_train, labels=y_train)
+    for name, kw in (
+        (f"MACs 0.5 (multiple 4) + distill {steps}, labels", {}),
+        (f"MACs 0.5 (multiple 4) + distill {steps}, labels + INT8", {"int8": True}),
+    ):
+        t0 = time.perf_counter()
+        res = compress(ex / "digits_cnn.pt", calib=train, calib_samples=len(x_train),
+                       out_dir=work / f"macs_{len(rows)}", prune_macs=0.5, prune_multiple=4,
+                       distill_steps=steps, train_data=labelled, **common, **kw)
+        rows.append(_row(("digits", name), res, t0))
+        print(rows[-1], flush=True)
+    if tp_path:
+        rows += _torch_pruning(ratios, steps, work, train, labelled, tp_path, rows)
     if effnet:
         import zoo
 
@@ -90,12 +151,14 @@ def render(rows, cmd) -> str:
     lines += [f"| {r['model']} | {r['run']} | {r['params']} | {r['macs_m']} | {r['macs_ratio']} | "
               f"{r['accuracy'] if r['accuracy'] is not None else '-'} | {r['top1']} | "
               f"{r['cosine']} | {r['latency_vs_fp32']}× | {r['wall_s']} |" for r in rows]
-    lines += ["", "Distillation is label-free (normalised MSE to the unpruned model's outputs) on "
-              "the digits training images; accuracy is on the 500 held-out digits. EfficientNet "
-              "rows are pruned only (no fine-tuning data at ImageNet scale here): they show the "
-              "MACs and latency the channel analysis reaches on a real mobile CNN (all 29 "
-              "prunable spaces; only the logits are frozen). torch-pruning was not run in this "
-              "session.", ""]
+    lines += ["", "Distillation is label-free (normalised MSE to the unpruned model's outputs, "
+              "default lr 1e-2 scaled per tensor by its RMS) on the 1297 digits training images, "
+              "except the 'labels' rows (+ 0.5·cross-entropy); accuracy is on the 500 held-out "
+              "digits. torch-pruning rows: its MetaPruner (L1, round_to 8, classifier ignored) "
+              "and the same distillation recipe in plain PyTorch (bench/peers/tp_prune.py); "
+              "latency against our FP32 artifact, interleaved (200 runs). EfficientNet rows are "
+              "pruned only (no fine-tuning data at ImageNet scale here): the MACs and latency the "
+              "channel analysis reaches on a real mobile CNN.", ""]
     return "\n".join(lines)
 
 
@@ -106,14 +169,19 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.3,0.5,0.7")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--effnet", action="store_true")
+    ap.add_argument("--torch-pruning", default="",
+                    help="folder holding the torch_pruning package (pip install --target DIR "
+                    "--no-deps torch-pruning) to run the peer")
     ap.add_argument("--work", default="/tmp/bench_prune")
     ap.add_argument("--write-results", action="store_true")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows = run([float(r) for r in a.ratios.split(",")], a.steps, a.effnet, work)
+    rows = run([float(r) for r in a.ratios.split(",")], a.steps, a.effnet, work,
+               a.torch_pruning or None)
     cmd = f"python bench/bench_prune.py --ratios {a.ratios} --steps {a.steps}" + (
-        " --effnet" if a.effnet else "")
+        " --effnet" if a.effnet else "") + (
+        f" --torch-pruning {a.torch_pruning}" if a.torch_pruning else "")
     text = render(rows, cmd)
     print(text)
     if a.write_results:

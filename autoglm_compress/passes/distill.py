@@ -9,7 +9,10 @@ on class-score outputs ([1, C]; MSE on the others). Training data with labels (a
 array) adds cross-entropy: w·CE + (1 − w)·distillation loss. Every float weight and bias with at least one dimension
 is trained (Adam, cosine-decayed learning rate, fixed seed); the trained tensors are written back
 into the IR. A weight that is already sparse (> 10 % zeros: the sparsify pass ran first) keeps its
-zeros — masked after every step (sparse fine-tuning). Runs before precision lowering, so INT8 (and QAT) start from the distilled weights.
+zeros — masked after every step (sparse fine-tuning). Each weight tensor's learning rate is
+``lr`` × its RMS / the median RMS: BN folding leaves layers at very different scales, and Adam's
+absolute steps then move small layers far and large ones hardly (digits, prune 0.5, 3000 steps:
+0.976 → 0.992 accuracy, torch-pruning + the same recipe 0.992). Runs before precision lowering, so INT8 (and QAT) start from the distilled weights.
 Under torchrun the steps run with DistributedDataParallel (runtime/distributed.py).
 Not yet: MSE on matched intermediate features.
 """
@@ -33,13 +36,14 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class DistillConfig(PassConfig):
     steps: int = field(300, "Optimizer steps.")
-    lr: float = field(1e-3, "Adam learning rate.")
+    lr: float = field(1e-2, "Adam learning rate (per tensor × its RMS / the median RMS).")
     batch: int = field(16, "Samples per step.")
     samples: int = field(512, "Calibration samples to train on.")
     device: str | None = field(None, "None: CUDA when present, else CPU.")
     loss: str = field("mse", "mse | kl (softened class scores)")
     temperature: float = field(4.0, "KL temperature")
     label_weight: float = field(0.5, "cross-entropy weight when the data has labels")
+    scaled_lr: bool = field(True, "per-tensor learning rates proportional to the tensor's RMS")
 
 
 @register
@@ -81,7 +85,7 @@ class DistillPass(CompressPass):
                       lr=cfg.lr, batch=cfg.batch, progress=ctx.progress,
                       after_step=keep_zeros if masks else None, distributed=True,
                       loss=cfg.loss, temperature=cfg.temperature, labels=labels,
-                      label_weight=cfg.label_weight)
+                      label_weight=cfg.label_weight, scaled_lr=cfg.scaled_lr)
         student.sync_to_model()  # the executor runs on model.graph itself
         self.stats.update({**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained),
                            "sparse_masked": len(masks)})

@@ -103,6 +103,20 @@ def _close(x: torch.Tensor, y: torch.Tensor, rel: float) -> bool:
     return bool(torch.linalg.norm(x - y) <= rel * torch.linalg.norm(y) + 1e-9)
 
 
+def _groups(params, lr: float, scaled: bool):
+    """Adam parameter groups. ``scaled``: each weight tensor (≥ 2-D) steps at ``lr`` times its RMS
+    over the median RMS of all of them, so a layer whose folded BatchNorm made its weights large
+    or small moves by the same relative amount (Adam's steps are otherwise absolute)."""
+    if not scaled:
+        return [{"params": list(params)}]
+    params = list(params)
+    rms = {id(p): float(p.detach().double().pow(2).mean().sqrt()) for p in params if p.dim() >= 2}
+    if not rms:
+        return [{"params": params}]
+    med = float(np.median(list(rms.values()))) or 1.0
+    return [{"params": [p], "lr": lr * max(rms.get(id(p), med), 1e-12) / med} for p in params]
+
+
 def _is_scores(t: torch.Tensor) -> bool:
     """Stacked teacher output [N, 1, C] / [N, C] of class scores (C ≥ 2)."""
     per = t.shape[1:]
@@ -198,6 +212,7 @@ def distill(
     temperature: float = 4.0,
     labels: np.ndarray | None = None,
     label_weight: float = 0.5,
+    scaled_lr: bool = False,
 ) -> DistillResult:
     """Train ``params`` (tensors of ``student``) for ``steps`` optimizer steps on ``feeds``."""
     from autoglm_compress.runtime import distributed as dist_rt
@@ -212,7 +227,7 @@ def distill(
     fwd = _Student(student, feeds, names)
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(_groups(params, lr, scaled_lr), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / max(steps, 1)))
     )
