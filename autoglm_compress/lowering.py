@@ -86,7 +86,8 @@ def quantizer(target, ctx, int8: Int8Config):
     """``quantizer(fp32, keep=(), fake_weights=False, bias_correction=None) -> (model, stats)``:
     the target's INT8 pipeline (bias correction, QDQ) on a copy of ``fp32``."""
 
-    def run(fp32: ir.Model, keep=(), fake_weights: bool = False, bias_correction=None):
+    def run(fp32: ir.Model, keep=(), fake_weights: bool = False, bias_correction=None,
+            ranges=None):
         keep = tuple(int8.keep_fp32) + tuple(keep)
         bc = int8.bias_correction if bias_correction is None else bias_correction
         rec = bool(int8.reconstruct)
@@ -100,7 +101,8 @@ def quantizer(target, ctx, int8: Int8Config):
         passes += build_passes(
             ["quantize"],
             {"quantize": {"keep_fp32": keep, "per_tensor": int8.per_tensor,
-                          "fake_weights": fake_weights, "reconstruct": rec}},
+                          "fake_weights": fake_weights, "reconstruct": rec,
+                          "range_overrides": ranges}},
         )
         model, records = Pipeline(passes, progress=False).apply(_copy(fp32), ctx)
         stats = dict(records[-1].stats)
@@ -237,8 +239,8 @@ def _lower_int8(model: ir.Model, target, ctx, cfg: CompressConfig) -> Lowered:
     qrun = quantizer(target, ctx, dataclasses.replace(cfg.int8, reconstruct=used))
     bc = cfg.int8.bias_correction
 
-    def requantize(fp32, fake_weights=False, bias_correction=None):
-        return qrun(fp32, keep, fake_weights, bias_correction)[0]
+    def requantize(fp32, fake_weights=False, bias_correction=None, ranges=None):
+        return qrun(fp32, keep, fake_weights, bias_correction, ranges)[0]
 
     ctx.quantizer = requantize
     if cfg.qat.steps:

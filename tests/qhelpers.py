@@ -44,8 +44,8 @@ def finetune_with(fp32, ptq, target, stats, steps, lr=1e-4, batch=16, samples=25
     ctx.teacher = fp32
     int8 = Int8Config(bias_correction=bias_correction, per_tensor=per_tensor)
     qrun = lowering.quantizer(target, ctx, int8)
-    ctx.quantizer = lambda m, fake_weights=False, bias_correction=None: qrun(
-        m, (), fake_weights, bias_correction)[0]
+    ctx.quantizer = lambda m, fake_weights=False, bias_correction=None, ranges=None: qrun(
+        m, (), fake_weights, bias_correction, ranges)[0]
     cfg = {"steps": steps, "lr": lr, "batch": batch, "samples": samples, "device": device}
     q, recs = Pipeline(build_passes(["qat"], {"qat": cfg}), progress=False).apply(ptq, ctx)
     return q, ctx.quantized_from or fp32, recs[0]

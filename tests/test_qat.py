@@ -166,3 +166,25 @@ def test_cli_qat_bad_options(tmp_path, args, match):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and match in lines[0], r.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def _act_scales(model) -> dict[str, float]:
+    from autoglm_compress.quantization.qat import activation_quantizers
+
+    g = model.graph
+    return {x: float(g.initializers[s].const_value.numpy()) for x, s, _ in activation_quantizers(g)}
+
+
+def test_learned_activation_scales_reach_the_export(digits):
+    """LSQ: the activation scales train with the weights, and the exported QDQ model carries the
+    learned scales (not the calibrated ones); without learning, the export keeps calibration's."""
+    model, stats, feeds, _, ref = digits
+    target = CudaTarget()
+    ptq, _ = _quantize(model, target, stats, [], False, True)
+    q, _, rec = finetune_with(model, ptq, target, stats, steps=60, lr=1e-4)
+    assert rec.stats["activation_scales_trained"] >= 3
+    before, after = _act_scales(ptq), _act_scales(q)
+    assert before.keys() == after.keys()
+    moved = [k for k in before if abs(after[k] / before[k] - 1) > 1e-3]
+    assert moved and all(0.5 < after[k] / before[k] < 2 for k in before)
+    assert _rel_mse(q, feeds, ref) < _rel_mse(ptq, feeds, ref)

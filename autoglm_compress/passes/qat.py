@@ -1,12 +1,14 @@
 """qat: quantization-aware fine-tuning of an INT8 model by distillation from its FP32 teacher.
 
 1. The training graph is the target's QDQ graph with float weights behind QuantizeLinear
-   (``ctx.quantizer(fp32, fake_weights=True)``); activation scales are the calibrated ones, fixed.
+   (``ctx.quantizer(fp32, fake_weights=True)``), activation scales starting at the calibrated ones.
 2. The quantized layers' weights and biases train in the torch executor (fake-quant, straight-through
    rounding) to reproduce the FP32 outputs on calibration samples (``runtime.train_loop.distill``);
    after every step each weight scale is recomputed as max|W_c| / q_max — the export's own rule.
-3. The trained weights go into a copy of the FP32 model, quantized again under the same scheme and
-   ranges without bias correction (the biases were trained).
+   The activation scales train too (LSQ, Esser et al. 2020: the straight-through fake-quant gives
+   d/ds directly), each at a learning rate proportional to its own size (``learn_scales``).
+3. The trained weights go into a copy of the FP32 model, quantized again under the same scheme
+   without bias correction (the biases were trained) and with the learned activation ranges.
 4. Whichever of PTQ (the input) and QAT has the higher worst-case cosine on held-out calibration
    samples (never the eval data the report scores) is the output.
 Not in place: the output is a new model (the PTQ input is kept when QAT does not help).
@@ -20,6 +22,7 @@ import logging
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
+from autoglm_compress.calibration.qparams import MIN_SCALE
 from autoglm_compress.errors import ConfigError
 from autoglm_compress.ir_utils import check, from_proto, to_proto
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
@@ -38,6 +41,8 @@ class QATPassConfig(PassConfig):
     batch: int = field(16, help="samples per step")
     samples: int = field(256, help="calibration samples to train on (held-out ones excluded)")
     device: str | None = field(None, help="None: CUDA when present, else CPU")
+    learn_scales: bool = field(True, help="train the activation scales too (LSQ)")
+    scale_lr: float = field(1e-3, help="activation scale step, relative to the scale (× lr/1e-4)")
 
 
 @register
@@ -78,15 +83,29 @@ class QATPass(CompressPass):
         for name in trained:
             params[name].requires_grad_(True)
         qmax = qn.weight_qmax(params, quantizers)  # per layer: the x86 rule may mix 8/7 bits
+        acts = qn.activation_quantizers(train.graph) if cfg.learn_scales else []
+        scales = [params[s] for _, s, _ in acts]
+        for p in scales:
+            p.requires_grad_(True)
+        refresh = qn.scale_refresher(params, quantizers, qmax)
+
+        def after_step():
+            refresh()
+            for p in scales:
+                p.clamp_(min=MIN_SCALE)
+
         res = distill(
-            student, teacher, feeds, [params[n] for n in trained], steps=cfg.steps, lr=cfg.lr,
-            batch=cfg.batch, after_step=qn.scale_refresher(params, quantizers, qmax),
-            progress=ctx.progress,
+            student, teacher, feeds, [params[n] for n in trained] + scales, steps=cfg.steps,
+            lr=cfg.lr, batch=cfg.batch, after_step=after_step, progress=ctx.progress,
+            param_lr={id(p): min(cfg.scale_lr * cfg.lr / 1e-4, 0.01) * float(p.detach())
+                      for p in scales},  # Adam moves a scale by at most ~1 % a step
         )
         tuned = qn.transfer(train.graph, params, set(trained), _copy(fp32))
         check(tuned)
-        qat = ctx.quantizer(tuned, bias_correction=False)
-        self.stats.update({**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained)})
+        learned = qn.learned_ranges(params, acts, train.graph) if acts else None
+        qat = ctx.quantizer(tuned, bias_correction=False, ranges=learned)
+        self.stats.update({**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained),
+                           "activation_scales_trained": len(scales)})
         self.stats["kept"], chosen = "qat", (qat, tuned)
         if holdout:
             cosine = holdout_cosine(fp32, holdout)

@@ -42,6 +42,8 @@ class QuantizeConfig(PassConfig):
         False, help="keep float weights behind QuantizeLinear (QAT training form), float biases"
     )
     reconstruct: bool = field(False, help="layer-wise reconstructed weight rounding (GPTQ-style)")
+    range_overrides: dict | None = field(
+        None, help="tensor -> (lo, hi) replacing the calibrated range (QAT's learned scales)")
 
 
 def _is_float(v: ir.Value | None) -> bool:
@@ -79,6 +81,8 @@ class QuantizePass(CompressPass):
         targets = self._activation_targets(g, scheme)
         if callable(ranges):  # compute (histogram searches) only for tensors this scheme touches
             ranges = ranges(_needed(g, scheme, targets))
+        if cfg.range_overrides:
+            ranges = {**ranges, **{k: v for k, v in cfg.range_overrides.items() if k in ranges}}
         ranges, pinned = _fixed_output_ranges(g, scheme, ranges)
         ranges = shared_scale_groups(g, scheme, ranges, targets, pinned)
         widths = widths_for(model, scheme, getattr(self.ctx, "stats", None) if cfg.ranges is None else None,

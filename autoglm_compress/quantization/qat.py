@@ -26,7 +26,8 @@ from autoglm_compress.ir_ops import WEIGHTED_OPS, is_weighted
 from autoglm_compress.ir_utils import add_initializer
 
 __all__ = [
-    "QATConfig", "weight_quantizers", "trained_biases", "weight_qmax", "scale_refresher", "transfer",
+    "QATConfig", "weight_quantizers", "activation_quantizers", "learned_ranges", "trained_biases",
+    "weight_qmax", "scale_refresher", "transfer",
     "training_feeds",
 ]
 
@@ -71,6 +72,39 @@ def trained_biases(g: ir.Graph) -> list[str]:
         if quantized and b is not None and b.name in g.initializers:
             names.append(b.name)
     return names
+
+
+def activation_quantizers(g: ir.Graph) -> list[tuple[str, str, str | None]]:
+    """(tensor, scale, zero point) of every per-tensor QuantizeLinear on an activation whose scale
+    is an initializer: what LSQ-style QAT learns."""
+    out = []
+    for node in g:
+        if node.op_type != "QuantizeLinear":
+            continue
+        x, s = node.inputs[0], node.inputs[1]
+        z = node.inputs[2] if len(node.inputs) > 2 else None
+        if (x is not None and x.name not in g.initializers and s is not None
+                and s.name in g.initializers and not s.shape.rank()):
+            out.append((x.name, s.name, z.name if z is not None else None))
+    return out
+
+
+def learned_ranges(params: dict, acts, g: ir.Graph) -> dict[str, tuple[float, float]]:
+    """tensor -> (lo, hi) that the export's qparams rule turns back into the learned (s, z):
+    [(q_min − z)·s, (q_max − z)·s] (symmetric int8: ±127·s)."""
+    out = {}
+    for x, s_name, z_name in acts:
+        s = float(params[s_name].detach().reshape(()))
+        if not np.isfinite(s) or s <= 0:
+            continue  # diverged: the calibrated range stays
+        zv = g.initializers.get(z_name) if z_name else None
+        z = zv.const_value.numpy() if zv is not None else np.zeros((), np.uint8)
+        if z.dtype == np.uint8:
+            zi = int(z.reshape(()))
+            out[x] = ((0 - zi) * s, (255 - zi) * s)
+        else:
+            out[x] = (-127 * s, 127 * s)
+    return out
 
 
 def _amax(w, ax):

@@ -103,13 +103,17 @@ def _close(x: torch.Tensor, y: torch.Tensor, rel: float) -> bool:
     return bool(torch.linalg.norm(x - y) <= rel * torch.linalg.norm(y) + 1e-9)
 
 
-def _groups(params, lr: float, scaled: bool):
+def _groups(params, lr: float, scaled: bool, param_lr: dict | None = None):
     """Adam parameter groups. ``scaled``: each weight tensor (≥ 2-D) steps at ``lr`` times its RMS
     over the median RMS of all of them, so a layer whose folded BatchNorm made its weights large
     or small moves by the same relative amount (Adam's steps are otherwise absolute)."""
-    if not scaled:
-        return [{"params": list(params)}]
     params = list(params)
+    if param_lr:
+        own = [p for p in params if id(p) in param_lr]
+        rest = [p for p in params if id(p) not in param_lr]
+        return _groups(rest, lr, scaled) + [{"params": [p], "lr": param_lr[id(p)]} for p in own]
+    if not scaled:
+        return [{"params": params}]
     rms = {id(p): float(p.detach().double().pow(2).mean().sqrt()) for p in params if p.dim() >= 2}
     if not rms:
         return [{"params": params}]
@@ -213,6 +217,7 @@ def distill(
     labels: np.ndarray | None = None,
     label_weight: float = 0.5,
     scaled_lr: bool = False,
+    param_lr: dict | None = None,
 ) -> DistillResult:
     """Train ``params`` (tensors of ``student``) for ``steps`` optimizer steps on ``feeds``."""
     from autoglm_compress.runtime import distributed as dist_rt
@@ -227,12 +232,14 @@ def distill(
     fwd = _Student(student, feeds, names)
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
-    opt = torch.optim.Adam(_groups(params, lr, scaled_lr), lr=lr)
+    opt = torch.optim.Adam(_groups(params, lr, scaled_lr, param_lr), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / max(steps, 1)))
     )
     objective = _objective(targets, denom, loss, temperature, labels, label_weight, student.device)
-    fwd.try_batching(list(range(batch)), params)
+    # batching is judged on the weights' gradients: a scale's (LSQ) sums rounding edges over a whole
+    # tensor and differs between batched and looped runs more than the weights' do
+    fwd.try_batching(list(range(batch)), [p for p in params if id(p) not in (param_lr or {})])
     before = _full_loss(fwd, targets, denom, batch)
     rank, world = 0, 1
     model = fwd
