@@ -286,10 +286,13 @@ def check_combinations(cfg: CompressConfig) -> list[str]:
     if cfg.int8.weights_only:
         if p != "int8":
             raise ConfigError("--weights-only quantizes weights to int8: add --int8")
-        other = [t for t in cfg.targets if t != "x86"]
+        other = [t for t in cfg.targets if t not in ("x86", "arm")]
+        if "arm" in cfg.targets and getattr(cfg.options_for("arm"), "format", "tflite") != "tflite":
+            other.append("arm --format ncnn/all")
         if other:
-            raise ConfigError(f"--weights-only is implemented for --target x86 only, not "
-                              f"{', '.join(other)}; drop --weights-only for static INT8 there")
+            raise ConfigError(f"--weights-only is implemented for --target x86 and arm (TFLite) "
+                              f"only, not {', '.join(other)}; drop --weights-only for static "
+                              "INT8 there")
         if cfg.qat.steps or cfg.int8.latency_guard:
             raise ConfigError("--weights-only has no activation scales: --qat-steps and "
                               "--latency-guard do not apply")

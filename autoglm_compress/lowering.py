@@ -212,8 +212,9 @@ def lower_for_target(
 
         cpu = x86_cpu(getattr(target.options, "cpu", "auto"))
         lowered = _copy(model)
+        form = "dynamic" if target.name == "x86" else "weights"
         passes = build_passes(["quantize_dynamic"], {"quantize_dynamic": {
-            "cpu": cpu, "keep_fp32": tuple(cfg.int8.keep_fp32)}})
+            "cpu": cpu, "keep_fp32": tuple(cfg.int8.keep_fp32), "form": form}})
         lowered, records = Pipeline(passes, progress=False).apply(lowered, ctx)
         records[0].name = f"quantize_dynamic[{target.name}]"
         records[0].config.update(cpu=getattr(target, "cpu_rule", cpu),

@@ -89,7 +89,8 @@ def _speed(ratio) -> str:
 def _footnotes(a: dict, name: str) -> list[str]:
     out = []
     layers = a.get("layers") or {}
-    if a["precision"] == "int8" and layers and layers.get("int8", 1) == 0:
+    if (a["precision"] == "int8" and layers and layers.get("int8", 1) == 0
+            and not layers.get("weight_only_nodes")):
         out.append(
             f"WARNING: {name} is labelled int8 but no layer runs in int8 "
             "(every quantizable layer fell back to FP32)"

@@ -60,9 +60,45 @@ def test_transformer_matmuls_run_dynamic_int8(saved, tmp_path):
 
 @pytest.mark.parametrize("args,msg", [
     (["--weights-only", "--target", "x86"], "add --int8"),
-    (["--int8", "--weights-only", "--target", "arm"], "x86 only"),
+    (["--int8", "--weights-only", "--target", "cuda"], "x86 and arm"),
     (["--int8", "--weights-only", "--target", "x86", "--qat-steps", "5"], "--qat-steps"),
 ])
 def test_usage_errors(tmp_path, args, msg):
     r = run_cli(DEMO, *args, "-o", tmp_path / "e")
     assert r.returncode == 2 and msg in r.stderr and not (tmp_path / "e").exists()
+
+
+def _tflite_ops_and_weights(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    ops = [d["op_name"] for d in it._get_ops_details()]
+    int8 = [t for t in it.get_tensor_details() if t["dtype"] == np.int8]
+    return ops, int8
+
+
+def test_arm_tflite_dynamic_range(saved, tmp_path):
+    """--target arm: TFLite dynamic-range ops (int8 weight tensors with per-channel scales, float
+    activations, no QUANTIZE/DEQUANTIZE), run in LiteRT."""
+    pytest.importorskip("ai_edge_litert")
+    rep = _run(DEMO, tmp_path / "a", "--eval", EVAL, "--samples", "200", "--target", "arm")
+    arm = next(a for a in rep["artifacts"] if a["target"] == "arm")
+    assert arm["extra"]["weights_only"].startswith("TFLite dynamic-range")
+    assert arm["fidelity"]["cosine_min"] > 0.999
+    ops, int8 = _tflite_ops_and_weights(arm["files"]["model"]["path"])
+    assert "QUANTIZE" not in ops and "DEQUANTIZE" not in ops
+    assert ops.count("CONV_2D") == 3 and ops.count("FULLY_CONNECTED") == 1
+    assert len(int8) == 4 and all(len(t["quantization_parameters"]["scales"]) > 1 for t in int8)
+    assert len(arm["layers"]["weight_only_nodes"]) == 4
+    src = saved("transformer", "onnx")
+    rep = _run(src, tmp_path / "t", "--samples", "16", "--target", "arm")
+    t = next(a for a in rep["artifacts"] if a["target"] == "arm")
+    assert t["fidelity"]["cosine_min"] > 0.99
+    ops, int8 = _tflite_ops_and_weights(t["files"]["model"]["path"])
+    assert ops.count("FULLY_CONNECTED") >= 4 and len(int8) >= 4
+
+
+def test_ncnn_weights_only_is_refused(tmp_path):
+    r = run_cli(DEMO, "--int8", "--weights-only", "--target", "arm", "--format", "ncnn", "-o",
+                tmp_path / "n")
+    assert r.returncode == 2 and "ncnn" in r.stderr

@@ -13,6 +13,10 @@ Weights are symmetric per output channel (column N for MatMul). Width: 8 bits, o
 without VNNI 7 bits unless no pair of weights can saturate VPMADDUBSW with u8 inputs anywhere in
 [0, 255] (:mod:`autoglm_compress.quantization.saturation`'s bound; there is no data to measure on).
 Gemm with transA or alpha ≠ 1 is left in float (listed in the record).
+
+``form="weights"`` (the arm target: TFLite's dynamic-range kernels quantize the input themselves)
+writes every Conv/Gemm/MatMul weight as DequantizeLinear(int8, per-channel scales) → the float op;
+the TFLite emitter turns that into a hybrid op with an int8 weight tensor.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ ROLE = "autoglm.role"
 class QuantizeDynamicConfig(PassConfig):
     cpu: str = field("vnni", help="avx2: 7-bit MatMul weights unless they cannot saturate; vnni: 8")
     keep_fp32: tuple[str, ...] = field((), help="node names or op types (glob) left in float")
+    form: str = field("dynamic", help="dynamic: MatMulInteger (x86); weights: DQ(int8 W) → op")
 
 
 def _tq(bits: int) -> TensorQuant:
@@ -68,7 +73,13 @@ class QuantizeDynamicPass(CompressPass):
             if self._kept(node):
                 continue
             w = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] else None
-            if node.op_type in ("MatMul", "Gemm") and w is not None:
+            weights_form = self.config.form == "weights"
+            if node.op_type in ("MatMul", "Gemm") and w is not None and weights_form:
+                if w.numpy().dtype == np.float32 and w.numpy().ndim == 2:
+                    writer.scheme = scheme.with_(weight=_tq(8))
+                    writer.quantize_weights(node)
+                    self.stats["matmuls_weight_only"] = self.stats.get("matmuls_weight_only", 0) + 1
+            elif node.op_type in ("MatMul", "Gemm") and w is not None:
                 why = self._matmul(g, node, w.numpy())
                 if why:
                     self.stats["left_float"].append({"node": node.name, "why": why})
@@ -76,12 +87,12 @@ class QuantizeDynamicPass(CompressPass):
                 writer.scheme = scheme.with_(weight=_tq(8))
                 writer.quantize_weights(node)
                 self.stats["convs_weight_only"] += 1
-            elif node.op_type == "Gather" and writer.quantize_embedding(node):
+            elif node.op_type == "Gather" and not weights_form and writer.quantize_embedding(node):
                 self.stats["embeddings_quantized"] += 1
         ir.passes.common.RemoveUnusedNodesPass()(model)  # the float weights read by nobody
         logger.info("quantize_dynamic: %s", self.stats)
         changed = self.stats["matmuls_dynamic"] + self.stats["convs_weight_only"] + self.stats[
-            "embeddings_quantized"]
+            "embeddings_quantized"] + self.stats.get("matmuls_weight_only", 0)
         return PassResult(model, modified=bool(changed))
 
     def _bits(self, node: ir.Node, wkn: np.ndarray) -> int:

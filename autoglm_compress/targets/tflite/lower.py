@@ -154,12 +154,12 @@ def _resize_mode(node: ir.Node) -> tuple[tuple[int, bool, bool] | None, str | No
 
 
 class _Lowerer(SequenceOps, SpatialOps):
-    def __init__(self, model: ir.Model, fp16: bool):
+    def __init__(self, model: ir.Model, fp16: bool, hybrid: bool = False):
         if any(n.op_type == "Erf" for n in model.graph):  # the target's prepare does this first
             from autoglm_compress.passes.fuse_gelu import FuseGeluPass
 
             FuseGeluPass()(model)
-        self.m, self.g, self.fp16 = model, model.graph, fp16
+        self.m, self.g, self.fp16, self.hybrid = model, model.graph, fp16, hybrid
         self.b = TFLiteBuilder()
         self.vals: dict[str, tuple[int, str]] = {}  # onnx name → (tensor, "nhwc" | "onnx")
         self.alt: dict[tuple[str, str], int] = {}  # cached layout conversions
@@ -170,6 +170,23 @@ class _Lowerer(SequenceOps, SpatialOps):
     def _name(self, base: str) -> str:
         self._n += 1
         return f"{base}#{self._n}"
+
+    def int8_weight(self, v: ir.Value, name: str, to_tfl, axis_tfl: int) -> int | None:
+        """Hybrid (dynamic-range) mode: the int8 weight behind ``v``'s DequantizeLinear as a
+        TFLite int8 tensor with per-channel scales (``to_tfl`` reorders the ONNX layout; the
+        scales' axis becomes ``axis_tfl``), or None when ``v`` is not such a weight."""
+        p = v.producer() if self.hybrid and v is not None else None
+        if p is None or p.op_type != "DequantizeLinear":
+            return None
+        from autoglm_compress.quantization.qdq_read import read_qparams
+
+        qp = read_qparams(p)
+        q = const_array(p.inputs[0])
+        if qp is None or q is None or q.dtype != np.int8 or np.any(np.asarray(qp.zero_point)):
+            return None
+        scale = np.asarray(qp.scale, np.float32).reshape(-1)
+        quant = {"scale": scale, "zero_point": np.zeros(scale.size, np.int64), "axis": axis_tfl}
+        return self.b.const(self._name(name), np.ascontiguousarray(to_tfl(q)), quant)
 
     def const(self, name: str, arr: np.ndarray, weight: bool = False) -> int:
         arr = np.asarray(arr)
@@ -290,18 +307,29 @@ class _Lowerer(SequenceOps, SpatialOps):
             filt, code, otype = w.transpose(0, 2, 3, 1), 3, s.BuiltinOptions.Conv2DOptions
         opt.padding, opt.strideH, opt.strideW = padding, st[0], st[1]
         opt.dilationHFactor, opt.dilationWFactor, opt.fusedActivationFunction = dil[0], dil[1], act
-        wt = self.const(n.inputs[1].name + "_tfl", np.ascontiguousarray(filt), weight=True)
+        wt = self.int8_weight(n.inputs[1], n.inputs[1].name + "_tfl",
+                              (lambda a: a.transpose(1, 2, 3, 0)) if g > 1
+                              else (lambda a: a.transpose(0, 2, 3, 1)), 3 if g > 1 else 0)
+        if wt is None:
+            wt = self.const(n.inputs[1].name + "_tfl", np.ascontiguousarray(filt), weight=True)
         bt = self.const(self._name((n.name or "conv") + "_bias"), bias, weight=True)
         self.b.op(code, [x, wt, bt], [self.out(y, "nhwc")], opt, otype)
 
-    def fully_connected(self, n: ir.Node, w_out_in: np.ndarray, bias, keep_dims: bool) -> None:
+    def fully_connected(self, n: ir.Node, w_out_in: np.ndarray, bias, keep_dims: bool,
+                        transposed: bool = True) -> None:
+        """``transposed``: the ONNX weight is [in, out] (MatMul, Gemm without transB)."""
         s = self.b.s
         x = self.get(n.inputs[0].name, "onnx")
         act, y = self._fuse(n)
         opt = s.FullyConnectedOptionsT()
         opt.fusedActivationFunction, opt.keepNumDims = act, keep_dims
-        wt = self.const(self._name((n.name or "fc") + "_w"), np.ascontiguousarray(w_out_in),
-                        weight=True)
+        wt = self.int8_weight(n.inputs[1], (n.name or "fc") + "_w",
+                              (lambda a: a.T) if transposed else (lambda a: a), 0)
+        if wt is not None:
+            opt.asymmetricQuantizeInputs = True
+        else:
+            wt = self.const(self._name((n.name or "fc") + "_w"), np.ascontiguousarray(w_out_in),
+                            weight=True)
         ins = [x, wt]
         if bias is not None:
             ins.append(self.const(self._name((n.name or "fc") + "_b"),
@@ -312,12 +340,13 @@ class _Lowerer(SequenceOps, SpatialOps):
 
     def gemm(self, n: ir.Node) -> None:
         w = wconst(n.inputs[1]).astype(np.float32)
-        w = w if n.attributes.get_int("transB", 0) else w.T
+        tb = bool(n.attributes.get_int("transB", 0))
+        w = w if tb else w.T
         c = wconst(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else None
         if c is not None:
             c = c.astype(np.float32) * n.attributes.get_float("beta", 1.0)
             c = np.broadcast_to(c.reshape(-1) if c.size == w.shape[0] else c, (w.shape[0],))
-        self.fully_connected(n, w, c, False)
+        self.fully_connected(n, w, c, False, transposed=not tb)
 
     def matmul(self, n: ir.Node) -> None:
         w = wconst(n.inputs[1])
@@ -521,6 +550,8 @@ class _Lowerer(SequenceOps, SpatialOps):
         s, op = self.b.s, n.op_type
         if id(n) in self.fused:
             return
+        if self.hybrid and op == "DequantizeLinear" and const_array(n.inputs[0]) is not None:
+            return  # a weight-only DQ: read where used (int8_weight / wconst)
         why = unsupported_reason(n)
         if why:
             raise UnsupportedOpError(op, n.name or "?", "arm target", why)
@@ -599,6 +630,8 @@ class _Lowerer(SequenceOps, SpatialOps):
         tensors[idx].name = name
 
 
-def lower_to_tflite(model: ir.Model, precision: str) -> bytes:
-    """The .tflite bytes of ``model`` (FP32 IR) at ``precision`` (fp32 or fp16)."""
-    return _Lowerer(model, fp16=precision == "fp16").run()
+def lower_to_tflite(model: ir.Model, precision: str, hybrid: bool = False) -> bytes:
+    """The .tflite bytes of ``model`` (FP32 IR) at ``precision`` (fp32 or fp16). ``hybrid``: a
+    weight-only IR (DequantizeLinear(int8) weights, float activations) → TFLite dynamic-range ops
+    (int8 weight tensors, float in and out; the kernels quantize activations on the fly)."""
+    return _Lowerer(model, fp16=precision == "fp16", hybrid=hybrid).run()

@@ -132,7 +132,12 @@ class TFLiteTarget(Target):
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
         extra = {}
-        if precision == "int8":
+        weights_only = precision == "int8" and not any(
+            n.op_type == "QuantizeLinear" for n in model.graph)
+        if weights_only:  # --weights-only: TFLite dynamic-range ops
+            data = lower_to_tflite(model, "fp32", hybrid=True)
+            extra["weights_only"] = "TFLite dynamic-range: int8 weights, float activations"
+        elif precision == "int8":
             from autoglm_compress.targets.tflite.lower_int8 import lower_qdq_to_tflite
 
             data, split = lower_qdq_to_tflite(model, self.options.io)
