@@ -212,7 +212,8 @@ class _Run:
         for tgt in self.targets:
             self.notes += tgt.check(self.model, self.precision)
         calib_info = None
-        if self.precision == "int8" and not self.cfg.int8.weights_only:
+        calibrated = not self.cfg.int8.weights_only or self.cfg.calibration.data is not None
+        if self.precision == "int8" and calibrated:  # weight-only: bias correction's means
             from autoglm_compress import lowering
 
             ctx.stats, calib_info = lowering.calibrate(

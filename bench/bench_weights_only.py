@@ -35,9 +35,11 @@ def quantize_all(name: str, m: dict, work: Path, samples: int) -> dict:
 
     arts, secs = {"fp32": m["fp32"]}, {}
     for label, kw in (("ours static", {"calib": m["calib"], "calib_samples": samples}),
-                      ("ours weight-only", {"weights_only": True})):
+                      ("ours weight-only", {"weights_only": True}),
+                      ("ours weight-only + calib", {"weights_only": True, "calib": m["calib"],
+                                                    "calib_samples": samples})):
         t0 = time.perf_counter()
-        res = compress(m["src"], targets=("x86",), int8=True, out_dir=work / f"{name}-{label[5:]}",
+        res = compress(m["src"], targets=("x86",), int8=True, out_dir=work / f"{name}-{label[5:].replace(' ', '_')}",
                        eval_data=m["eval"], samples=4, latency_repeats=2, **kw)
         secs[label] = time.perf_counter() - t0
         arts[label] = str(res.artifacts[0].path)

@@ -102,3 +102,19 @@ def test_ncnn_weights_only_is_refused(tmp_path):
     r = run_cli(DEMO, "--int8", "--weights-only", "--target", "arm", "--format", "ncnn", "-o",
                 tmp_path / "n")
     assert r.returncode == 2 and "ncnn" in r.stderr
+
+
+def test_calibration_data_adds_bias_correction(tmp_path):
+    """With --calib the weight-only path also removes the weights' mean output shift."""
+    from conftest import CALIB
+
+    plain = _run(DEMO, tmp_path / "p", "--eval", EVAL, "--samples", "300", "--cpu", "vnni")
+    corr = _run(DEMO, tmp_path / "c", "--eval", EVAL, "--samples", "300", "--cpu", "vnni",
+                "--calib", CALIB)
+    rec = next(p for p in corr["passes"] if p["name"] == "quantize_dynamic[x86]")["stats"]
+    assert rec["biases_corrected"] == 4 and corr["calibration"]["samples"] > 0
+    assert "biases_corrected" not in next(
+        p for p in plain["passes"] if p["name"] == "quantize_dynamic[x86]")["stats"]
+    err = [next(iter(r["artifacts"][0]["fidelity"]["outputs"].values()))["mean_abs_err"]
+           for r in (plain, corr)]
+    assert err[1] < err[0]

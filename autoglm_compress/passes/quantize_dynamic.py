@@ -68,6 +68,7 @@ class QuantizeDynamicPass(CompressPass):
                           weights_7bit=0, left_float=[])
         scheme = QuantScheme("weights-only", TensorQuant("uint8", symmetric=False), _tq(8),
                              frozenset(), frozenset())
+        self._correct_biases(model)
         writer = QDQWriter(g, scheme)
         for node in list(g):
             if self._kept(node):
@@ -94,6 +95,26 @@ class QuantizeDynamicPass(CompressPass):
         changed = self.stats["matmuls_dynamic"] + self.stats["convs_weight_only"] + self.stats[
             "embeddings_quantized"] + self.stats.get("matmuls_weight_only", 0)
         return PassResult(model, modified=bool(changed))
+
+    def _correct_biases(self, model: ir.Model) -> None:
+        """With calibration data at hand (``--calib`` given): the mean output shift of the int8
+        weights removed from the biases, as the static path does (the weights' own widths)."""
+        means = getattr(getattr(self.ctx, "stats", None), "channel_means", None)
+        if not means:
+            return
+        from autoglm_compress.quantization.bias_correction import correct_biases
+
+        widths = {}
+        if self.config.form == "dynamic":
+            for n in model.graph:
+                w = n.inputs[1].const_value if len(n.inputs) > 1 and n.inputs[1] else None
+                if n.op_type in ("MatMul", "Gemm") and w is not None and w.numpy().ndim == 2:
+                    wkn = w.numpy().T if (n.op_type == "Gemm" and n.attributes.get_int(
+                        "transB", 0)) else w.numpy()
+                    widths[n.name] = {"bits": self._bits(n, wkn.astype(np.float32))}
+        skip = {n.name for n in model.graph if self._kept(n)}
+        res = correct_biases(model, means, _tq(8), skip, widths)
+        self.stats["biases_corrected"] = res["biases_corrected"]
 
     def _bits(self, node: ir.Node, wkn: np.ndarray) -> int:
         """8, or 7 on AVX2 where some weight pair could saturate for u8 inputs in [0, 255]."""
