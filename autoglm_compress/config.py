@@ -166,6 +166,11 @@ class Int8Config:
         "dynamic int8 (DynamicQuantizeLinear → MatMulInteger), Conv weights and embedding tables "
         "are stored int8 and computed in float.",
     )
+    range_search: bool = field(
+        False,
+        "Clip activation ranges where that lowers the error of the layers reading them (searched "
+        "on held-out calibration samples; tensors with other readers keep their range).",
+    )
     reconstruct: bool | None = field(
         None,
         "Layer-wise weight reconstruction (GPTQ-style rounding against each layer's output on "

@@ -102,7 +102,7 @@ def quantizer(target, ctx, int8: Int8Config):
             ["quantize"],
             {"quantize": {"keep_fp32": keep, "per_tensor": int8.per_tensor,
                           "fake_weights": fake_weights, "reconstruct": rec,
-                          "range_overrides": ranges}},
+                          "range_search": int8.range_search, "range_overrides": ranges}},
         )
         model, records = Pipeline(passes, progress=False).apply(_copy(fp32), ctx)
         stats = dict(records[-1].stats)

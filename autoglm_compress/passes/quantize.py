@@ -21,6 +21,7 @@ from onnx_ir.passes import PassResult
 from autoglm_compress.ir_ops import bias_input, is_weighted, weight_input
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 from autoglm_compress.quantization.qdq import QDQWriter, shared_scale_groups
+from autoglm_compress.quantization.range_search import search_for
 from autoglm_compress.quantization.reconstruct import rounding_for
 from autoglm_compress.quantization.saturation import widths_for
 from autoglm_compress.quantization.scheme import QuantScheme
@@ -42,6 +43,7 @@ class QuantizeConfig(PassConfig):
         False, help="keep float weights behind QuantizeLinear (QAT training form), float biases"
     )
     reconstruct: bool = field(False, help="layer-wise reconstructed weight rounding (GPTQ-style)")
+    range_search: bool = field(False, help="clip activation ranges by their consumers' error")
     range_overrides: dict | None = field(
         None, help="tensor -> (lo, hi) replacing the calibrated range (QAT's learned scales)")
 
@@ -81,6 +83,10 @@ class QuantizePass(CompressPass):
         targets = self._activation_targets(g, scheme)
         if callable(ranges):  # compute (histogram searches) only for tensors this scheme touches
             ranges = ranges(_needed(g, scheme, targets))
+        if cfg.range_search and cfg.ranges is None:
+            found = search_for(model, scheme, getattr(self.ctx, "stats", None))
+            ranges = {**ranges, **{k: v for k, v in found.items() if k in ranges}}
+            self.stats["ranges_searched"] = len(found)
         if cfg.range_overrides:
             ranges = {**ranges, **{k: v for k, v in cfg.range_overrides.items() if k in ranges}}
         ranges, pinned = _fixed_output_ranges(g, scheme, ranges)
