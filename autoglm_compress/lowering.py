@@ -120,12 +120,12 @@ def quantize(
     t0 = time.perf_counter()
     ctx.target = target
     holdout = getattr(ctx.stats, "holdout", [])
-    int8, rec_choice = _choose_reconstruct(model, target, ctx, int8, holdout)
+    int8, rec_choice, built = _choose_reconstruct(model, target, ctx, int8, holdout)
     qrun = quantizer(target, ctx, int8)
     unmatched = [p for p in int8.keep_fp32 if not any(_matches(n, [p]) for n in model.graph)]
     for p in unmatched:
         logger.warning("--keep-fp32 %r matches no node or op type: nothing kept for it", p)
-    q, qstats = qrun(model)
+    q, qstats = built if built is not None else qrun(model)
     if rec_choice:
         qstats["reconstruct"] = rec_choice
     fallen: list[str] = []
@@ -181,21 +181,22 @@ def quantize(
 
 def _choose_reconstruct(model, target, ctx, int8: Int8Config, holdout):
     """Resolve ``--reconstruct`` auto (None): quantize with and without reconstructed rounding and
-    keep what brings the held-out calibration samples closer to FP32. (int8 config, record)."""
+    keep what brings the held-out calibration samples closer to FP32.
+    (int8 config, record, the chosen (model, stats) already built or None)."""
     if int8.reconstruct is not None or not holdout or getattr(ctx.stats, "source", None) is None:
         used = bool(int8.reconstruct)
-        return dataclasses.replace(int8, reconstruct=used), ({"used": used} if used else None)
+        return dataclasses.replace(int8, reconstruct=used), ({"used": used} if used else None), None
     t0 = time.perf_counter()
     cosine = holdout_cosine(model, holdout)
-    cos = {}
+    cos, built = {}, {}
     for flag in (False, True):
-        cos[flag] = cosine(quantizer(target, ctx, dataclasses.replace(int8, reconstruct=flag))(
-            model)[0])
+        built[flag] = quantizer(target, ctx, dataclasses.replace(int8, reconstruct=flag))(model)
+        cos[flag] = cosine(built[flag][0])
     used = cos[True] > cos[False]
     return dataclasses.replace(int8, reconstruct=used), {
         "used": used, "holdout_cosine_plain": round(cos[False], 6),
         "holdout_cosine_reconstructed": round(cos[True], 6),
-        "seconds": round(time.perf_counter() - t0, 2)}
+        "seconds": round(time.perf_counter() - t0, 2)}, built[used]
 
 
 def _kept_names(model: ir.Model, int8: Int8Config) -> set[str]:
