@@ -319,7 +319,7 @@ def write_results(md: str, command: str) -> None:
     path = ROOT / "bench" / "RESULTS.md"
     text = path.read_text() if path.exists() else ""
     body = (
-        f"{HEADING}\n\nCommand: `{command}` (2-core AVX2 machine shared with other jobs; "
+        f"{HEADING}\n\nCommand: `{command}` (2-core x86 machine shared with other jobs — 2026-12-03: an AMD EPYC with AVX512-VNNI; "
         "each column a fresh process; peak = the process's own max RSS).\n\n" + md + "\n" + NOTES
     )
     if HEADING in text:
