@@ -199,6 +199,11 @@ class PruneOptions:
         "uniform", "uniform: each channel space loses the ratio; global: one importance "
         "threshold across all spaces.", flat="prune_scope", choices=("uniform", "global"),
     )
+    importance: str = field(
+        "l1", "Channel importance: l1 (filter norms) or taylor (first-order change of the model "
+        "output when a channel is removed, measured on --train-data / --calib).",
+        flat="prune_importance", choices=("l1", "taylor"),
+    )
     sparsity: float | None = field(
         None, "Unstructured magnitude sparsity: zero this share of every conv/FC weight (after "
         "pruning; distillation then keeps the zeros); dense runtimes gain no speed, the file "

@@ -307,6 +307,10 @@ def check_combinations(cfg: CompressConfig) -> list[str]:
         raise ConfigError(
             "--distill-steps needs data to train on: --train-data DATA or --calib DATA"
         )
+    if cfg.prune.importance == "taylor" and not (cfg.distill.data or cfg.calibration.data
+                                                 or cfg.calibration.random):
+        raise ConfigError("--prune-importance taylor measures channels on data: add "
+                          "--train-data DATA or --calib DATA")
     if cfg.distill.data and not cfg.distill.steps:
         raise ConfigError("--train-data is what --distill-steps trains on: add --distill-steps N")
     if cfg.calibration.random and cfg.calibration.data:

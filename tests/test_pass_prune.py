@@ -248,3 +248,33 @@ def test_train_data_for_distillation(tmp_path, capsys):
     rep = json.loads((tmp_path / "b" / "report.json").read_text())
     rec = next(p for p in rep["passes"] if p["name"] == "distill")
     assert rec["stats"]["samples"] == 300 and rec["stats"]["loss_after"] < rec["stats"]["loss_before"]
+
+
+def test_taylor_importance_keeps_what_the_output_needs(tmp_path, capsys):
+    """--prune-importance taylor (label-free, measured on data): at the same 0.5 ratio the pruned
+    digits CNN keeps more accuracy before any fine-tuning than with filter L1 norms; without data
+    it is a usage error."""
+    import json
+    import sys
+
+    from autoglm_compress.cli import main
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from digits import load_digits_split
+
+    train = tmp_path / "train.npz"
+    np.savez(train, x=load_digits_split()[0][:256])
+    ev = ROOT / "examples" / "digits_eval.npz"
+    acc = {}
+    for imp in ("l1", "taylor"):
+        out = tmp_path / imp
+        assert main([str(DEMO), "--prune", "0.5", "--prune-importance", imp, "--calib", str(train),
+                     "--eval", str(ev), "--samples", "500", "--target", "x86", "-o", str(out)]) == 0
+        rep = json.loads((out / "report.json").read_text())
+        prune = next(p for p in rep["passes"] if p["name"] == "prune")
+        assert prune["stats"]["importance"] == imp and prune["stats"]["groups_pruned"] == 3
+        acc[imp] = next(iter(rep["artifacts"][0]["fidelity"]["outputs"].values()))["accuracy"]
+    assert acc["taylor"] > acc["l1"] + 0.1, acc
+    assert main([str(DEMO), "--prune", "0.5", "--prune-importance", "taylor", "--target", "x86",
+                 "-o", str(tmp_path / "e")]) == 2
+    assert "--prune-importance taylor" in capsys.readouterr().err

@@ -36,6 +36,9 @@ class PruneConfig(PassConfig):
         "uniform", "uniform: every space loses ``ratio`` of its channels; global: the channels "
         "with the lowest normalised importance across all spaces go, ``ratio`` of them in all "
         "(a space keeps at least ``multiple``).")
+    importance: str = field(
+        "l1", "l1: filter L1 norms; taylor: first-order output change of removing each channel, "
+        "measured on the data through the executor (pruning/taylor.py)")
 
 
 def _params(model: ir.Model) -> int:
@@ -49,15 +52,18 @@ def _macs(model: ir.Model) -> int:
     return int(model_stats(model).macs or 0)
 
 
-def _prune(model: ir.Model, ratio: float, multiple: int, scope: str = "uniform"):
-    """Prune every prunable space of ``model`` by ``ratio``; (report rows, frozen rows)."""
+def _prune(model: ir.Model, ratio: float, multiple: int, scope: str = "uniform",
+           scores: dict | None = None):
+    """Prune every prunable space of ``model`` by ``ratio``; (report rows, frozen rows).
+    ``scores``: importance per space (``tuple(values)``), else the L1 importance."""
     from autoglm_compress.pruning.apply import importance_l1, prune_group
     from autoglm_compress.pruning.groups import channel_groups
 
     report, frozen, spaces = [], [], []
     for grp in channel_groups(model):
         if grp.prunable:
-            spaces.append((grp, importance_l1(grp)))
+            imp = (scores or {}).get(tuple(grp.values))
+            spaces.append((grp, imp if imp is not None else importance_l1(grp)))
         elif grp.frozen and any(m.kind == "source" for m in grp.members):
             frozen.append({"values": grp.values[:3], "channels": grp.channels,
                            "why": grp.frozen[:3]})
@@ -78,7 +84,7 @@ def _prune(model: ir.Model, ratio: float, multiple: int, scope: str = "uniform")
     return report, frozen
 
 
-def _ratio_for_macs(model: ir.Model, target: float, multiple: int, scope: str
+def _ratio_for_macs(model: ir.Model, target: float, multiple: int, scope: str, scores=None
                     ) -> tuple[float, float]:
     """The smallest ratio (to 1/256) whose pruned copy has ≤ ``target`` × the MACs, and the share
     it reaches; the largest tried (0.95) when none does."""
@@ -88,7 +94,7 @@ def _ratio_for_macs(model: ir.Model, target: float, multiple: int, scope: str
 
     def share(r: float) -> float:
         m = from_proto(to_proto(model))
-        _prune(m, r, multiple, scope)
+        _prune(m, r, multiple, scope, scores)
         return _macs(m) / base
 
     lo, hi = 0.0, 0.95
@@ -109,13 +115,29 @@ class PrunePass(CompressPass):
     config_class = PruneConfig
     changes_shapes = False  # it sets the shapes it changes (every value of a pruned space)
 
+    def required(self) -> frozenset[str]:
+        return frozenset({"data"}) if self.config.importance == "taylor" else frozenset()
+
+    def _scores(self, model: ir.Model) -> dict | None:
+        if self.config.importance == "l1":
+            return None
+        if self.config.importance != "taylor":
+            raise ValueError(f"prune importance must be l1 or taylor, got {self.config.importance!r}")
+        from autoglm_compress.pruning.groups import channel_groups
+        from autoglm_compress.pruning.taylor import SAMPLES, taylor_importance
+
+        source = self.ctx.train_data or self.ctx.data
+        groups = [g for g in channel_groups(model) if g.prunable]
+        return taylor_importance(model, groups, source.take(SAMPLES))
+
     def call(self, model: ir.Model) -> PassResult:
         cfg = self.config
         ratio = cfg.ratio
+        scores = self._scores(model)
         if cfg.macs is not None:
             if not 0.0 < cfg.macs <= 1.0:
                 raise ValueError(f"prune MACs target must be in (0, 1], got {cfg.macs}")
-            ratio, reached = _ratio_for_macs(model, cfg.macs, cfg.multiple, cfg.scope)
+            ratio, reached = _ratio_for_macs(model, cfg.macs, cfg.multiple, cfg.scope, scores)
             self.stats.update(macs_target=cfg.macs, ratio_found=round(ratio, 4),
                               macs_share=round(reached, 4))
         if not 0.0 <= ratio < 1.0:
@@ -123,7 +145,8 @@ class PrunePass(CompressPass):
         if cfg.scope not in ("uniform", "global"):
             raise ValueError(f"prune scope must be uniform or global, got {cfg.scope!r}")
         before, macs_before = _params(model), _macs(model)
-        report, frozen = _prune(model, ratio, cfg.multiple, cfg.scope)
+        report, frozen = _prune(model, ratio, cfg.multiple, cfg.scope, scores)
+        self.stats["importance"] = cfg.importance
         after = _params(model)
         self.stats.update(groups_pruned=len(report), groups_frozen=len(frozen),
                           params_before=before, params_after=after, macs_before=macs_before,
