@@ -16,6 +16,7 @@ import fnmatch
 import logging
 import time
 
+import numpy as np
 import onnx_ir as ir
 
 from autoglm_compress.config import CompressConfig, Int8Config
@@ -189,14 +190,57 @@ def _choose_reconstruct(model, target, ctx, int8: Int8Config, holdout):
     t0 = time.perf_counter()
     cosine = holdout_cosine(model, holdout)
     cos, built = {}, {}
-    for flag in (False, True):
-        built[flag] = quantizer(target, ctx, dataclasses.replace(int8, reconstruct=flag))(model)
-        cos[flag] = cosine(built[flag][0])
+    built[False] = quantizer(target, ctx, dataclasses.replace(int8, reconstruct=False))(model)
+    cos[False] = cosine(built[False][0])
+    # Reconstruction only changes how weights round: when rounding the weights alone (activations
+    # float) costs little of the int8 error, it cannot pay for its Hessians — skip it.
+    share = _weight_error_share(model, target, ctx, int8, cosine, cos[False])
+    if share is not None and share < RECONSTRUCT_MIN_SHARE:
+        return dataclasses.replace(int8, reconstruct=False), {
+            "used": False, "skipped": f"weight rounding is {share:.0%} of the int8 error "
+            f"on the held-out samples (< {RECONSTRUCT_MIN_SHARE:.0%})",
+            "holdout_cosine_plain": round(cos[False], 6),
+            "seconds": round(time.perf_counter() - t0, 2)}, built[False]
+    built[True] = quantizer(target, ctx, dataclasses.replace(int8, reconstruct=True))(model)
+    cos[True] = cosine(built[True][0])
     used = cos[True] > cos[False]
     return dataclasses.replace(int8, reconstruct=used), {
         "used": used, "holdout_cosine_plain": round(cos[False], 6),
         "holdout_cosine_reconstructed": round(cos[True], 6),
         "seconds": round(time.perf_counter() - t0, 2)}, built[used]
+
+
+RECONSTRUCT_MIN_SHARE = 0.3
+
+
+def _weight_error_share(model, target, ctx, int8: Int8Config, cosine, cos_int8: float):
+    """(1 − cosine) of the FP32 model with only its weights rounded (plain, the target's widths)
+    over (1 − cosine) of the int8 model; None when the int8 model is exact."""
+    from autoglm_compress.ir_ops import weight_value
+    from autoglm_compress.quantization.qdq import quantize_array, weight_qparams, weight_quant_axis
+    from autoglm_compress.quantization.saturation import weight_quant_for, widths_for
+
+    if cos_int8 >= 1.0:
+        return None
+    scheme = target.scheme()
+    widths = widths_for(model, scheme, ctx.stats)
+    m = _copy(model)
+    for n in m.graph:
+        if n.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        v = weight_value(n)
+        w = v.const_value.numpy() if v is not None and v.const_value is not None else None
+        if w is None or w.dtype.kind != "f" or w.ndim < 2:
+            continue
+        tq = weight_quant_for(scheme.weight, widths, n.name)
+        if int8.per_tensor:
+            tq = dataclasses.replace(tq, per_channel=False)
+        ax = weight_quant_axis(n, w, tq)
+        s, _ = weight_qparams(w, ax, tq)
+        q = quantize_array(w, s, ax, tq).astype(np.float32)
+        sb = s if ax is None else s.reshape([-1 if i == ax else 1 for i in range(w.ndim)])
+        v.const_value = ir.tensor((q * sb).astype(w.dtype), name=v.name)
+    return (1.0 - cosine(m)) / (1.0 - cos_int8)
 
 
 def _kept_names(model: ir.Model, int8: Int8Config) -> set[str]:

@@ -100,8 +100,25 @@ def test_auto_choice_is_recorded(digits):
     model, stats, *_ = digits
     q, record = quantize_for(model, X86Target(cpu="vnni"), stats)
     r = record.stats["reconstruct"]
-    assert r["used"] == (r["holdout_cosine_reconstructed"] > r["holdout_cosine_plain"])
+    if "skipped" in r:  # weight rounding a small share of the int8 error: not worth the Hessians
+        assert r["used"] is False and "weight rounding is" in r["skipped"]
+    else:
+        assert r["used"] == (r["holdout_cosine_reconstructed"] > r["holdout_cosine_plain"])
     assert record.config["reconstruct"] is r["used"]
+
+
+def test_auto_skips_when_weights_are_not_the_error(digits, monkeypatch):
+    """The gate: with the share threshold above any share, reconstruction is never tried (no
+    Hessians); with it at 0 it is always tried."""
+    from autoglm_compress import lowering
+
+    model, stats, *_ = digits
+    monkeypatch.setattr(lowering, "RECONSTRUCT_MIN_SHARE", 10.0)
+    r = quantize_for(model, X86Target(cpu="vnni"), stats)[1].stats["reconstruct"]
+    assert r["used"] is False and "skipped" in r and "holdout_cosine_reconstructed" not in r
+    monkeypatch.setattr(lowering, "RECONSTRUCT_MIN_SHARE", 0.0)
+    r = quantize_for(model, X86Target(cpu="vnni"), stats)[1].stats["reconstruct"]
+    assert "skipped" not in r and "holdout_cosine_reconstructed" in r
 
 
 def test_cli_flag_and_report(tmp_path):
