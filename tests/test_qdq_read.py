@@ -79,7 +79,7 @@ def _weights(fp32) -> dict:
     return {v.name: v.const_value.numpy() for v in fp32.graph.initializers.values()}
 
 
-@pytest.mark.parametrize("scheme", [x86_scheme(), tensorrt_scheme()], ids=lambda s: s.name)
+@pytest.mark.parametrize("scheme", [x86_scheme(reduce_range=True), x86_scheme(reduce_range=False), tensorrt_scheme()], ids=lambda s: s.name)
 def test_weights_round_trip(scheme):
     fp32, q = _quantize(scheme)
     got, w0 = read_qdq(q), _weights(fp32)
@@ -109,7 +109,7 @@ def test_weights_round_trip(scheme):
 
 
 def test_x86_activations_and_biases_round_trip():
-    scheme = x86_scheme()
+    scheme = x86_scheme(reduce_range=True)
     fp32, q = _quantize(scheme)
     got = read_qdq(q)
     ranges = shared_scale_groups(fp32.graph, scheme, _ranges(fp32), None)
@@ -162,13 +162,13 @@ def test_tensorrt_activations_symmetric_int8():
 
 
 def test_int8_split():
-    _, x86 = _quantize(x86_scheme())
+    _, x86 = _quantize(x86_scheme(reduce_range=True))
     assert int8_split(x86).int8 == ORDER and int8_split(x86).float == []
     _, trt = _quantize(tensorrt_scheme())
     split = int8_split(trt)  # Relu fuses into the int8 Conv; pooling reads a float ConvTranspose
     assert split.int8 == ["conv", "relu", "convT", "gemm", "matmul"]
     assert split.float == ["gap", "flat"]
-    _, kept = _quantize(x86_scheme(), keep=("gemm",))
+    _, kept = _quantize(x86_scheme(reduce_range=True), keep=("gemm",))
     assert "gemm" in int8_split(kept).float and 1 not in read_qdq(kept)["gemm"].inputs
     assert int8_split(from_proto(_model())).int8 == []
 
