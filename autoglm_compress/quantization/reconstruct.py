@@ -111,18 +111,22 @@ def _hessians(model: ir.Model, nodes: list[ir.Node], feeds) -> dict[str, np.ndar
             if x is None:
                 continue
             h = _gram(x)
-            hs[n.name] = hs[n.name] + h if n.name in hs else h
+            if n.name in hs:
+                hs[n.name] += h
+            else:
+                hs[n.name] = h
     return hs
 
 
 def _gram(x: np.ndarray) -> np.ndarray:
-    """``[G, K, K]`` Σ_p x_pgᵀ x_pg of rows ``x [P, G, K]`` (float32 BLAS, float64 result)."""
+    """``[G, K, K]`` Σ_p x_pgᵀ x_pg of rows ``x [P, G, K]`` (float32: every layer's H is held
+    until the last sample, and a 1920-wide one is 15 MB; the GPTQ step works in float64)."""
     x = x.astype(np.float32, copy=False)
     if x.shape[1] == 1:
         x2 = x[:, 0, :]
-        return (x2.T @ x2).astype(np.float64)[None]
+        return (x2.T @ x2)[None]
     xg = np.ascontiguousarray(x.transpose(1, 2, 0))  # [G, K, P]
-    return np.matmul(xg, xg.transpose(0, 2, 1)).astype(np.float64)
+    return np.matmul(xg, xg.transpose(0, 2, 1))
 
 
 def _rows(node: ir.Node, t: np.ndarray, rng) -> np.ndarray | None:
