@@ -13,7 +13,6 @@ classifier); size; latency relative to FP32, all models timed interleaved in one
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -118,16 +117,9 @@ def table(rows: dict) -> str:
 
 def main() -> None:
     from bench_real import build
+    from common import bench_args
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="bert,effnet")
-    ap.add_argument("--samples", type=int, default=128)
-    ap.add_argument("--eval", type=int, default=32)
-    ap.add_argument("--work", default="/tmp/bench_wo")
-    ap.add_argument("--write-results", action="store_true")
-    a = ap.parse_args()
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
+    a, work = bench_args("bert,effnet", "/tmp/bench_wo", n_eval=32)
     rows = {}
     for name in a.models.split(","):
         m = build(name, work, a.samples, a.eval)

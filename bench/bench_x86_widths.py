@@ -15,7 +15,6 @@ the FP32 model's onnxruntime outputs on this machine: top-1 agreement (classifie
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -162,15 +161,9 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         return child(*sys.argv[2:5])
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="digits,effnet")
-    ap.add_argument("--samples", type=int, default=128)
-    ap.add_argument("--eval", type=int, default=64)
-    ap.add_argument("--work", default="/tmp/bench_widths")
-    ap.add_argument("--write-results", action="store_true")
-    a = ap.parse_args(argv)
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
+    from common import bench_args
+
+    a, work = bench_args("digits,effnet", "/tmp/bench_widths", argv=argv)
     rows = [r for name in a.models.split(",") for r in run_model(name, work, a.samples, a.eval)]
     md = table(rows)
     print(md)

@@ -30,6 +30,13 @@ def _layers(param: Path) -> list[list[str]]:
     return rows
 
 
+def _ncnn(model: Path, tmp_path: Path, precision: str, calib_samples: int = 16):
+    """``model`` through ``--target arm --format ncnn`` at ``precision`` (random calibration)."""
+    return compress(model, targets="arm", arm_format="ncnn", out_dir=tmp_path, samples=4,
+                    latency_repeats=3, fp16=precision == "fp16", int8=precision == "int8",
+                    calib_random=True, calib_samples=calib_samples).artifact("arm", "ncnn")
+
+
 def _blob_readers(rows) -> Counter:
     c: Counter = Counter()
     for r in rows:
@@ -150,10 +157,7 @@ def layers_model(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(("precision", "min_cos"),
                          [("fp32", 0.99999), ("fp16", 0.999), ("int8", 0.99)])
 def test_layer_set_in_ncnn(layers_model, tmp_path, precision, min_cos):
-    res = compress(layers_model, targets="arm", arm_format="ncnn", out_dir=tmp_path, samples=4,
-                   latency_repeats=3, fp16=precision == "fp16", int8=precision == "int8",
-                   calib_random=True, calib_samples=32)
-    art = res.artifact("arm", "ncnn")
+    art = _ncnn(layers_model, tmp_path, precision, calib_samples=32)
     types = Counter(r[0] for r in _layers(art.files["param"]))
     assert {"BatchNorm", "PReLU", "Deconvolution", "TanH", "ConvolutionDepthWise", "Swish",
             "ELU", "HardSigmoid", "GELU", "Reduction", "Split"} <= set(types)
@@ -192,9 +196,7 @@ def seq_model(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(("precision", "min_cos"), [("fp32", 0.99999), ("int8", 0.999)])
 def test_padding_layernorm_matmul_in_ncnn(seq_model, tmp_path, precision, min_cos):
-    art = compress(seq_model, targets="arm", arm_format="ncnn", out_dir=tmp_path, samples=4,
-                   latency_repeats=3, int8=precision == "int8", calib_random=True,
-                   calib_samples=16).artifact("arm", "ncnn")
+    art = _ncnn(seq_model, tmp_path, precision)
     types = Counter(r[0] for r in _layers(art.files["param"]))
     assert types["Padding"] == 2 and types["MatMul"] == 2 and types["LayerNorm"] == 1
     assert types["Permute"] >= 1
@@ -229,9 +231,7 @@ def eltwise_model(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(("precision", "min_cos"), [("fp32", 0.99999), ("int8", 0.995)])
 def test_eltwise_sum_mean_max(eltwise_model, tmp_path, precision, min_cos):
-    art = compress(eltwise_model, targets="arm", arm_format="ncnn", out_dir=tmp_path, samples=4,
-                   latency_repeats=3, int8=precision == "int8", calib_random=True,
-                   calib_samples=16).artifact("arm", "ncnn")
+    art = _ncnn(eltwise_model, tmp_path, precision)
     rows = _layers(art.files["param"])
     elt = [r for r in rows if r[0] == "Eltwise"]
     got = [(int(r[2]), r[4 + int(r[2]) + int(r[3]):]) for r in elt]
