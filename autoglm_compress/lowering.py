@@ -16,10 +16,10 @@ import fnmatch
 import logging
 import time
 
-import numpy as np
 import onnx_ir as ir
 
 from autoglm_compress.config import CompressConfig, Int8Config
+from autoglm_compress.errors import ConfigError
 from autoglm_compress.ir_utils import from_proto, to_proto
 from autoglm_compress.pipeline import PassRecord, Pipeline, build_passes
 from autoglm_compress.quantization.collect import CalibrationStats, collect_stats
@@ -217,7 +217,7 @@ def _weight_error_share(model, target, ctx, int8: Int8Config, cosine, cos_int8: 
     """(1 − cosine) of the FP32 model with only its weights rounded (plain, the target's widths)
     over (1 − cosine) of the int8 model; None when the int8 model is exact."""
     from autoglm_compress.ir_ops import weight_value
-    from autoglm_compress.quantization.qdq import quantize_array, weight_qparams, weight_quant_axis
+    from autoglm_compress.quantization.qdq import rounded_weight, weight_quant_axis
     from autoglm_compress.quantization.saturation import weight_quant_for, widths_for
 
     if cos_int8 >= 1.0:
@@ -235,11 +235,8 @@ def _weight_error_share(model, target, ctx, int8: Int8Config, cosine, cos_int8: 
         tq = weight_quant_for(scheme.weight, widths, n.name)
         if int8.per_tensor:
             tq = dataclasses.replace(tq, per_channel=False)
-        ax = weight_quant_axis(n, w, tq)
-        s, _ = weight_qparams(w, ax, tq)
-        q = quantize_array(w, s, ax, tq).astype(np.float32)
-        sb = s if ax is None else s.reshape([-1 if i == ax else 1 for i in range(w.ndim)])
-        v.const_value = ir.tensor((q * sb).astype(w.dtype), name=v.name)
+        rw = rounded_weight(w, weight_quant_axis(n, w, tq), tq)
+        v.const_value = ir.tensor(rw.astype(w.dtype), name=v.name)
     return (1.0 - cosine(m)) / (1.0 - cos_int8)
 
 
@@ -253,17 +250,16 @@ def lower_for_target(
     """``model`` (FP32, not modified) lowered to ``precision`` for ``target``."""
     ctx.target, ctx.teacher = target, model
     if precision == "int8" and cfg.int8.weights_only:
-        from autoglm_compress.targets.x86.target import x86_cpu
-
-        cpu = x86_cpu(getattr(target.options, "cpu", "auto"))
-        lowered = _copy(model)
-        form = "dynamic" if target.name == "x86" else "weights"
+        wo = target.weights_only_config()
+        if wo is None:  # check_combinations refuses these before loading
+            raise ConfigError(f"--weights-only: target {target.name} has no weight-only form")
         passes = build_passes(["quantize_dynamic"], {"quantize_dynamic": {
-            "cpu": cpu, "keep_fp32": tuple(cfg.int8.keep_fp32), "form": form}})
-        lowered, records = Pipeline(passes, progress=False).apply(lowered, ctx)
+            **wo, "keep_fp32": tuple(cfg.int8.keep_fp32)}})
+        lowered, records = Pipeline(passes, progress=False).apply(_copy(model), ctx)
         records[0].name = f"quantize_dynamic[{target.name}]"
-        records[0].config.update(cpu=getattr(target, "cpu_rule", cpu),
-                                 keep_fp32=list(cfg.int8.keep_fp32))
+        records[0].config["keep_fp32"] = list(cfg.int8.keep_fp32)
+        if hasattr(target, "cpu_rule"):
+            records[0].config["cpu"] = target.cpu_rule
         return Lowered(lowered, records, [])
     if precision == "int8":
         return _lower_int8(model, target, ctx, cfg)

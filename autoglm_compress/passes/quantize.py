@@ -91,12 +91,11 @@ class QuantizePass(CompressPass):
             ranges = {**ranges, **{k: v for k, v in cfg.range_overrides.items() if k in ranges}}
         ranges, pinned = _fixed_output_ranges(g, scheme, ranges)
         ranges = shared_scale_groups(g, scheme, ranges, targets, pinned)
-        widths = widths_for(model, scheme, getattr(self.ctx, "stats", None) if cfg.ranges is None else None,
-                            None if cfg.ranges is None else ranges)
+        stats = getattr(self.ctx, "stats", None) if cfg.ranges is None else None
+        widths = widths_for(model, scheme, stats, None if stats is not None else ranges)
         rounded = None
         if cfg.reconstruct and not cfg.fake_weights:
-            rounded = rounding_for(model, scheme, getattr(self.ctx, "stats", None), widths,
-                                   cfg.per_tensor)
+            rounded = rounding_for(model, scheme, stats, widths, cfg.per_tensor)
         writer = QDQWriter(g, scheme, fake_weights=cfg.fake_weights, widths=widths,
                            rounded=rounded)
         for name in sorted(targets, key=list(targets).index):

@@ -32,7 +32,7 @@ from onnx_ir.passes import PassResult
 from autoglm_compress.ir_utils import add_initializer
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 from autoglm_compress.quantization.qdq import QDQWriter, weight_qparams
-from autoglm_compress.quantization.saturation import INT16_MAX, INT16_MIN, pair_bounds, pair_layout
+from autoglm_compress.quantization.saturation import INT16_MAX, INT16_MIN, pair_bounds
 from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
 
 __all__ = ["QuantizeDynamicPass", "QuantizeDynamicConfig"]
@@ -121,9 +121,8 @@ class QuantizeDynamicPass(CompressPass):
         if self.config.cpu != "avx2":
             return 8
         wq = np.clip(np.round(wkn / weight_qparams(wkn, 1, _tq(8))[0]), -127, 127)
-        lay = pair_layout(ir.node("MatMul", [None, None]), wq.astype(np.float32))
-        k = wkn.shape[0]
-        hi, lo = pair_bounds(lay[0][1], np.zeros(k), np.full(k, 255))
+        k = wkn.shape[0]  # [K, N]: the pairs run along K, one row of them per output column
+        hi, lo = pair_bounds(wq.T, np.zeros(k), np.full(k, 255))
         return 8 if hi.max() <= INT16_MAX and lo.min() >= INT16_MIN else 7
 
     def _matmul(self, g: ir.Graph, node: ir.Node, w: np.ndarray) -> str | None:

@@ -27,7 +27,7 @@ from autoglm_compress.ir_ops import (
     weight_value,
 )
 from autoglm_compress.ir_utils import add_initializer
-from autoglm_compress.quantization.qdq import quantize_array, weight_qparams
+from autoglm_compress.quantization.qdq import along, rounded_weight
 from autoglm_compress.quantization.saturation import weight_quant_for
 from autoglm_compress.quantization.scheme import TensorQuant
 
@@ -41,18 +41,12 @@ CORRECTED_OPS = ("Conv", "Gemm")
 
 def _weight_error(w: np.ndarray, axis: int, tq: TensorQuant) -> np.ndarray:
     """ε = DQ(Q(W)) − W under ``tq`` (per channel along ``axis`` when ``tq`` says so)."""
-    ax = axis if tq.per_channel else None
-    scale, _ = weight_qparams(w, ax, tq)
-    q = quantize_array(w, scale, ax, tq).astype(np.float32)
-    s = scale if ax is None else scale.reshape([-1 if i == ax else 1 for i in range(w.ndim)])
-    return q * s - w
+    return rounded_weight(w, axis if tq.per_channel else None, tq) - w
 
 
 def _rounded_error(w: np.ndarray, r: dict) -> np.ndarray:
     """ε of reconstructed int8 weights ``r`` (:mod:`~autoglm_compress.quantization.reconstruct`)."""
-    s, ax = r["scale"], r["axis"]
-    s = s if ax is None else s.reshape([-1 if i == ax else 1 for i in range(w.ndim)])
-    return r["q"].astype(np.float32) * s - w
+    return r["q"].astype(np.float32) * along(r["scale"], r["axis"], w.ndim) - w
 
 
 def _shift(node: ir.Node, eps: np.ndarray, mean: np.ndarray) -> np.ndarray | None:

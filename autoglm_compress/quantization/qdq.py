@@ -62,13 +62,23 @@ def weight_qparams(
     return scale, np.zeros(scale.shape, dtype=_NP[tq.dtype])
 
 
+def along(scale: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
+    """``scale`` shaped to broadcast along ``axis`` of an ``ndim``-d tensor (as is when None)."""
+    return scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(ndim)])
+
+
 def quantize_array(
     w: np.ndarray, scale: np.ndarray, axis: int | None, tq: TensorQuant
 ) -> np.ndarray:
     """q = clamp(round(w / s), q_min, q_max) with ``s`` broadcast along ``axis`` (zero point 0)."""
     lo, hi = quant_range(tq)
-    s = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
-    return np.clip(np.round(w / s), lo, hi).astype(_NP[tq.dtype])
+    return np.clip(np.round(w / along(scale, axis, w.ndim)), lo, hi).astype(_NP[tq.dtype])
+
+
+def rounded_weight(w: np.ndarray, axis: int | None, tq: TensorQuant) -> np.ndarray:
+    """DQ(Q(W)): ``w`` rounded to its own symmetric int grid (scales along ``axis``), as float."""
+    scale, _ = weight_qparams(w, axis, tq)
+    return quantize_array(w, scale, axis, tq).astype(np.float32) * along(scale, axis, w.ndim)
 
 
 def shared_scale_groups(

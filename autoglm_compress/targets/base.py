@@ -236,6 +236,11 @@ class Target(abc.ABC):
         """The target's INT8 :class:`~autoglm_compress.quantization.scheme.QuantScheme`."""
         raise NotImplementedError(f"{self.name}: no INT8 scheme")
 
+    def weights_only_config(self) -> dict | None:
+        """``--weights-only``: the ``quantize_dynamic`` pass config that makes this target's
+        weight-only INT8 IR, or None when the target has no such form."""
+        return None
+
     def min_opset(self, precision: str) -> int:
         """The opset the artifact needs: per-channel Q/DQ (the ``axis`` attribute) needs 13."""
         return 13 if precision == "int8" else 7

@@ -120,6 +120,10 @@ class TFLiteTarget(Target):
     def scheme(self):
         return tflite_scheme()
 
+    def weights_only_config(self) -> dict:
+        """DQ(int8 W) → op, which ``emit`` turns into TFLite dynamic-range ops."""
+        return {"form": "weights"}
+
     def prepare(self, model: ir.Model, precision: str) -> list[str]:
         """GELU written out with Erf → one Gelu node (TFLite's GELU kernel; one int8 op)."""
         from autoglm_compress.passes.fuse_gelu import FuseGeluPass

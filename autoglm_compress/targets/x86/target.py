@@ -104,6 +104,10 @@ class X86Target(Target):
             how += f"; every layer {'7' if self.options.reduce_range else '8'}-bit (forced)"
         return f"{got} ({how})"
 
+    def weights_only_config(self) -> dict:
+        """Dynamic int8 MatMul/Gemm (DynamicQuantizeMatMul), weight widths for this CPU."""
+        return {"form": "dynamic", "cpu": x86_cpu(self.options.cpu)}
+
     def scheme(self) -> QuantScheme:
         o = self.options
         return x86_scheme(o.reduce_range, o.activation_dtype, o.cpu)
