@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["im2col", "same_pads"]
+__all__ = ["im2col", "layer_rows", "same_pads"]
 
 
 def im2col(node: ir.Node, kernel, t: np.ndarray, fill, rows, n_groups: int, rng=None,
@@ -48,6 +48,27 @@ def im2col(node: ir.Node, kernel, t: np.ndarray, fill, rows, n_groups: int, rng=
     got = tg[ni[:, None], :, np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)]  # [P, taps, C_g]
     got = np.where(valid[..., None], got, fill)
     return got.reshape(len(sel), -1)
+
+
+def layer_rows(node: ir.Node, t: np.ndarray, rng, limit: int) -> np.ndarray | None:
+    """``[P, G, K]``: the input rows of a Conv/Gemm/MatMul ``node`` reading activation ``t``, per
+    group, K in (kh, kw, c) order (a conv's weight as ``[G, O_g, K]`` multiplies them), at most
+    ``limit`` rows drawn by ``rng``; padding reads 0."""
+    if node.op_type == "Conv":
+        kernel = tuple(node.inputs[1].shape[2:])
+        g = node.attributes.get_int("group", 1)
+        x = im2col(node, kernel, t, 0.0, [0], 1, rng, limit)  # all channels: [P, taps·C]
+        if x is None:
+            return None
+        taps = int(np.prod(kernel))
+        x = x.reshape(len(x), taps, g, -1).transpose(0, 2, 1, 3)  # [P, G, taps, C_g]
+        return x.reshape(len(x), g, -1)
+    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+        t = t.T
+    x = t.reshape(-1, t.shape[-1])
+    if len(x) > limit:
+        x = x[rng.choice(len(x), limit, replace=False)]
+    return x[:, None, :]
 
 
 def same_pads(spatial, ks, strides, dil, upper: bool) -> list[int]:

@@ -17,7 +17,8 @@ import onnx_ir as ir
 
 from autoglm_compress.calibration.qparams import compute_qparams, quant_range
 from autoglm_compress.ir_ops import const_array, weight_input, weight_value
-from autoglm_compress.quantization.reconstruct import _rows, k_order
+from autoglm_compress.quantization.im2col import layer_rows
+from autoglm_compress.quantization.reconstruct import POSITIONS, k_order
 from autoglm_compress.quantization.scheme import QuantScheme
 
 __all__ = ["ALPHAS", "consumer_ranges", "search_for"]
@@ -78,7 +79,7 @@ def consumer_ranges(model: ir.Model, scheme: QuantScheme, ranges: dict, feeds) -
                 continue
             lo, hi = ranges[name]
             for n in cons:
-                x = _rows(n, t, rng)  # [P, G, K]
+                x = layer_rows(n, t, rng, POSITIONS)  # [P, G, K]
                 if x is None:
                     continue
                 x = x.astype(np.float32)

@@ -26,7 +26,7 @@ import torch
 
 from autoglm_compress.calibration.qparams import quant_range
 from autoglm_compress.ir_ops import const_array, groups, weight_value
-from autoglm_compress.quantization.im2col import im2col
+from autoglm_compress.quantization.im2col import layer_rows
 from autoglm_compress.quantization.qdq import weight_qparams, weight_quant_axis
 from autoglm_compress.quantization.saturation import weight_quant_for
 from autoglm_compress.quantization.scheme import QuantScheme
@@ -107,7 +107,7 @@ def _hessians(model: ir.Model, nodes: list[ir.Node], feeds) -> dict[str, np.ndar
             t = acts.get(n.inputs[0].name)
             if t is None:
                 continue
-            x = _rows(n, t, rng)
+            x = layer_rows(n, t, rng, POSITIONS)
             if x is None:
                 continue
             h = _gram(x)
@@ -127,26 +127,6 @@ def _gram(x: np.ndarray) -> np.ndarray:
         return (x2.T @ x2)[None]
     xg = np.ascontiguousarray(x.transpose(1, 2, 0))  # [G, K, P]
     return np.matmul(xg, xg.transpose(0, 2, 1))
-
-
-def _rows(node: ir.Node, t: np.ndarray, rng) -> np.ndarray | None:
-    """``[P, G, K]`` float64 input rows of ``node`` in :func:`k_order`'s K order."""
-    if node.op_type == "Conv":
-        w = weight_value(node)
-        kernel = tuple(w.shape[2:])
-        g = groups(node)
-        x = im2col(node, kernel, t, 0.0, [0], 1, rng, POSITIONS)  # all channels: [P, taps·C]
-        if x is None:
-            return None
-        taps = int(np.prod(kernel))
-        x = x.reshape(len(x), taps, g, -1).transpose(0, 2, 1, 3)  # [P, G, taps, C_g]
-        return x.reshape(len(x), g, -1)
-    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
-        t = t.T
-    x = t.reshape(-1, t.shape[-1])
-    if len(x) > POSITIONS:
-        x = x[rng.choice(len(x), POSITIONS, replace=False)]
-    return x[:, None, :]
 
 
 def reconstruct_weights(

@@ -33,7 +33,7 @@ import onnx_ir as ir
 
 from autoglm_compress.calibration.qparams import compute_qparams
 from autoglm_compress.ir_ops import const_array, groups, weight_value
-from autoglm_compress.quantization.im2col import im2col
+from autoglm_compress.quantization.im2col import layer_rows
 from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
 
 __all__ = [
@@ -140,7 +140,6 @@ def _u8_intervals(x_name, chan_absmax, rng, tq: TensorQuant, n_chan: int):
 @dataclasses.dataclass
 class _Layer:
     node: ir.Node
-    kernel: tuple  # the weight's spatial shape (Conv)
     groups: list
     s_x: float
     z_x: int
@@ -179,7 +178,7 @@ def weight_widths(
         n_chan = int(max(c.max() for _, _, c in layout)) + 1
         u_lo, u_hi, s_x, z_x = _u8_intervals(
             x.name, (channel_absmax or {}).get(x.name), ranges[x.name], scheme.activation, n_chan)
-        layer = _Layer(node, tuple(w.shape[2:]), layout, s_x, z_x, [], [], [])
+        layer = _Layer(node, layout, s_x, z_x, [], [], [])
         for _, wk, chan in layout:
             wq8, s8 = _quant(wk, 127)
             hi, lo = pair_bounds(wq8, u_lo[chan], u_hi[chan])
@@ -219,10 +218,12 @@ def _measure(model: ir.Model, layers: list[_Layer], feeds) -> None:
             t = acts.get(lay.node.inputs[0].name)
             if t is None:
                 continue
-            for (rows, wk, _), mask, (wq8, s8), (wq7, s7) in zip(lay.groups, lay.masks, lay.q8, lay.q7):
-                xf = _rows(lay.node, lay.kernel, t, rows, len(lay.groups), rng)
-                if xf is None:
-                    continue
+            rows = layer_rows(lay.node, t, rng, POSITIONS)  # [P, G, K]
+            if rows is None:
+                continue
+            for gi, ((_, wk, _), mask, (wq8, s8), (wq7, s7)) in enumerate(
+                    zip(lay.groups, lay.masks, lay.q8, lay.q7)):
+                xf = rows[:, gi]
                 x = np.clip(np.round(xf / lay.s_x) + lay.z_x, 0, 255)
                 xc = (x - lay.z_x).astype(np.float32)
                 ref = xc @ wk.T.astype(np.float32)
@@ -238,20 +239,6 @@ def _measure(model: ir.Model, layers: list[_Layer], feeds) -> None:
         a = acc[id(lay)]
         if a[3]:
             lay.err = [a[0] / a[3], a[1] / a[3], a[2], a[3]]
-
-
-def _rows(node: ir.Node, kernel, t: np.ndarray, rows, n_groups: int, rng) -> np.ndarray | None:
-    """Float im2col rows ``[P, K]`` (K in onnxruntime's order) of one group of ``node`` at
-    :data:`POSITIONS` sampled output positions (padding reads 0, which quantizes to the zero
-    point as the kernel pads)."""
-    if node.op_type == "Conv":
-        return im2col(node, kernel, t, 0.0, rows, n_groups, rng, POSITIONS)
-    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
-        t = t.T
-    x = t.reshape(-1, t.shape[-1])
-    if len(x) > POSITIONS:
-        x = x[rng.choice(len(x), POSITIONS, replace=False)]
-    return x
 
 
 def widths_for(model: ir.Model, scheme: QuantScheme, stats=None, ranges=None) -> dict | None:
