@@ -150,7 +150,7 @@ def _objective(targets, denom, kind, temperature, labels, label_weight, device):
                                       F.log_softmax(t.reshape(n, -1) / T, -1),
                                       reduction="batchmean", log_target=True) * T * T)
             else:
-                terms.append(((s - t) ** 2).mean() / d)
+                terms.append(normalised_mse([s], [t], [d]))
         kd = sum(terms)
         if y is None:
             return kd
