@@ -244,11 +244,23 @@ def _finish(proto: onnx.ModelProto, simplify: bool, path: Path) -> ir.Model:
     return model
 
 
+_SIM_SKIP = ("fuse_attention", "fuse_attention_different_v_hidden_size")
+
+
+def _sim_can_skip(onnxsim) -> bool:
+    import inspect
+
+    return "skipped_optimizers" in inspect.signature(onnxsim.simplify).parameters
+
+
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
         import onnxsim
 
-        simplified, ok = onnxsim.simplify(proto, skip_fuse_bn=True)  # fold_bn reports it
+        # fold_bn reports BN folding; onnxruntime's contrib Attention (newer onnxsim fuses it)
+        # would leave the standard-op IR that the executor, pruning and the ARM emitters read
+        kw = {"skipped_optimizers": list(_SIM_SKIP)} if _sim_can_skip(onnxsim) else {}
+        simplified, ok = onnxsim.simplify(proto, skip_fuse_bn=True, **kw)
     except Exception as e:  # noqa: BLE001 - onnxsim gives up on some graphs; keep the original
         logger.warning(
             "onnx-simplifier failed (%s); continuing unsimplified", str(e).splitlines()[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import numpy as np
 import onnx_ir as ir
@@ -74,12 +75,14 @@ def _prune(model: ir.Model, ratio: float, multiple: int, scope: str = "uniform",
     for grp, imp in spaces:
         c = grp.channels
         want = (1.0 - ratio) * c if cut is None else int((imp / len(grp.sources) > cut).sum())
-        k = max(int(np.ceil(want / multiple) * multiple), multiple)
+        step = multiple // math.gcd(multiple, grp.block)  # heads: kept·head_dim a multiple
+        k = max(int(np.ceil(want / step) * step), step)
         if k >= c:
             continue
         keep = np.sort(np.argsort(-imp, kind="stable")[:k])
         prune_group(model, grp, keep)
-        report.append({"values": grp.values[:3], "channels": c, "kept": k,
+        report.append({"kind": grp.kind, "values": grp.values[:3], "channels": c, "kept": k,
+                       **({"head_dim": grp.block} if grp.block > 1 else {}),
                        "sources": [m.node.name for m in grp.sources]})
     return report, frozen
 

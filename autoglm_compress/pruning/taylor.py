@@ -29,6 +29,16 @@ def _channel_axis(node: ir.Node, rank: int) -> int:
     return 1 if node.op_type in ("Conv", "ConvTranspose") or rank <= 2 else rank - 1
 
 
+def _producers(grp: ChannelGroup):
+    """(weighted op, features per channel) for the ops whose outputs carry ``grp``'s channels (a
+    Split output's: the split value's writers)."""
+    for m in grp.sources:
+        if m.kind == "split_source":
+            yield from ((p, 1) for p in m.space.sources)
+        else:
+            yield m, grp.width(m.value)
+
+
 def taylor_importance(model: ir.Model, groups: list[ChannelGroup], feeds) -> dict[tuple, np.ndarray]:
     """``tuple(group.values)`` → per-channel importance for every prunable group."""
     from autoglm_compress.runtime import TorchExecutor
@@ -36,11 +46,11 @@ def taylor_importance(model: ir.Model, groups: list[ChannelGroup], feeds) -> dic
     ex = TorchExecutor(model, device="cpu")
     for p in ex.parameters().values():
         p.requires_grad_(False)
-    wanted: dict[str, tuple[int, int]] = {}  # producer output -> (group index, channel axis)
-    for gi, grp in enumerate(groups):
-        for m in grp.sources:
+    wanted: dict[str, tuple[int, int]] = {}  # producer output -> (channel axis, block)
+    for grp in groups:
+        for m, block in _producers(grp):
             y = m.node.outputs[0]
-            wanted[y.name] = (gi, _channel_axis(m.node, len(y.shape or ()) or 4))
+            wanted[y.name] = (_channel_axis(m.node, len(y.shape or ()) or 4), block)
     per_source = {name: None for name in wanted}
     gen = torch.Generator().manual_seed(0)
     outs = [v.name for v in model.graph.outputs if v.dtype is None or v.dtype.is_floating_point()]
@@ -63,14 +73,25 @@ def taylor_importance(model: ir.Model, groups: list[ChannelGroup], feeds) -> dic
             for (name, (_, a)), g in zip(added.items(), grads):
                 if g is None:
                     continue
-                ax = wanted[name][1] % a.dim()
-                contrib = (a * g).movedim(ax, 0).reshape(a.shape[ax], -1).sum(1).double() ** 2
+                ax, block = wanted[name][0] % a.dim(), wanted[name][1]
+                per_feature = (a * g).movedim(ax, 0).reshape(a.shape[ax], -1).sum(1).double()
+                contrib = per_feature.reshape(-1, block).sum(1) ** 2  # a head: its features at once
                 prev = per_source[name]
                 per_source[name] = contrib if prev is None else prev + contrib
     out = {}
     for gi, grp in enumerate(groups):
         total = np.zeros(grp.channels)
         for m in grp.sources:
+            if m.kind == "split_source":
+                from autoglm_compress.pruning.apply import split_window
+
+                off, width = split_window(m)
+                for p in m.space.sources:
+                    s = per_source.get(p.node.outputs[0].name)
+                    if s is not None and s.numel() >= off + width:
+                        s = s[off:off + width].numpy()
+                        total += s / max(float(s.mean()), 1e-30)
+                continue
             s = per_source.get(m.node.outputs[0].name)
             if s is not None and s.numel() == grp.channels:
                 s = s.numpy()

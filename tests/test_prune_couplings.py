@@ -1,0 +1,179 @@
+"""prune on the couplings beyond conv chains (issue 14, item 1): channel Split (each output space
+pruned on its own at its offset in the split value), a transformer FFN hidden dimension (channels
+on the last axis of [B, S, F]) and whole attention heads (Q/K/V columns, the head Reshapes, the
+output projection's rows). Each test removes channels/heads that contribute nothing and checks the
+outputs are unchanged, the IR is valid and the executor agrees with onnxruntime."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from test_pass_prune import _check, _prepared, _prune
+
+from autoglm_compress.ir_utils import ort_run, ort_session
+from autoglm_compress.pruning.groups import channel_groups
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def _export(net, path, shape, fused: bool = False):
+    """The exported module as users load it; ``fused``: onnxruntime's contrib Attention instead of
+    the decomposed attention (newer onnx-simplifiers fuse it; our loader keeps standard ops)."""
+    torch.onnx.export(net, (torch.randn(*shape),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"])
+    if fused:
+        import onnx
+        import onnxsim
+
+        sim, _ = onnxsim.simplify(onnx.load(str(path)))
+        if not any(n.op_type == "Attention" for n in sim.graph.node):
+            pytest.skip("this onnx-simplifier does not fuse attention")
+        onnx.save(sim, str(path))
+    m = _prepared(path)
+    feed = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    return m, feed, ort_run(ort_session(m), feed)[0]
+
+
+class _SplitNet(nn.Module):
+    """conv → split in 2 → [p, q]; q → conv → r; conv(cat[p, q, r]) — YOLOv8's C2f pattern.
+    ``split``: torch.split (an ONNX Split); else chunk (two Slices in the legacy exporter)."""
+
+    def __init__(self, split: bool):
+        super().__init__()
+        self.split = split
+        self.a = nn.Conv2d(3, 32, 1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.c = nn.Conv2d(48, 8, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        p, q = y.split([16, 16], 1) if self.split else y.chunk(2, 1)
+        return self.c(torch.cat([p, q, torch.relu(self.b(q))], 1))
+
+
+@pytest.mark.parametrize("op", ["Split", "Slice"])
+def test_split_outputs_pruned_at_their_offsets(tmp_path, op):
+    torch.manual_seed(0)
+    net = _SplitNet(op == "Split").eval()
+    with torch.no_grad():
+        for conv in (net.a, net.b):  # every other filter dead in both producers
+            conv.weight[::2] = 0
+            conv.bias[::2] = 0
+    m, feed, before = _export(net, tmp_path / "split.onnx", (1, 3, 8, 8))
+    assert any(n.op_type == op for n in m.graph)
+    rec = _prune(m, 0.5)
+    kinds = sorted(k for g in rec.stats["groups"] for k in g["sources"])
+    assert rec.stats["groups_pruned"] == 3, kinds  # p, q (through the Split) and r
+    a, b, c = [n for n in m.graph if n.op_type == "Conv"]
+    assert a.inputs[1].shape[0] == 16 and tuple(b.inputs[1].shape[:2]) == (8, 8)
+    assert c.inputs[1].shape[1] == 24
+    cuts = [n for n in m.graph if n.op_type == op]
+    if op == "Split":
+        assert cuts[0].inputs[1].const_value.numpy().tolist() == [8, 8]
+    else:
+        assert sorted(int(n.inputs[2].const_value.numpy()[0]) for n in cuts) == [8, 16]
+    np.testing.assert_allclose(ort_run(ort_session(m), feed)[0], before, rtol=1e-5, atol=1e-5)
+    _check(m)
+
+
+def test_split_of_a_value_read_elsewhere_is_frozen(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 32, 1)
+            self.c = nn.Conv2d(48, 8, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            p, q = y.chunk(2, 1)
+            return self.c(torch.cat([p * q, y], 1))
+
+    m, _, _ = _export(Net().eval(), tmp_path / "split2.onnx", (1, 3, 8, 8))
+    reasons = [w for g in channel_groups(m) for w in g.frozen]
+    assert any("Slice" in w and "also read by Concat" in w for w in reasons), reasons
+
+
+class _Encoder(nn.Module):
+    """One post-LN transformer block: 4 heads of 16, FFN 128 with GELU; input [2, 10, 64]."""
+
+    def __init__(self, hidden=64, heads=4, ffn=128):
+        super().__init__()
+        self.b, self.s = 2, 10  # constant Reshape shapes in the exported graph
+        self.n, self.d = heads, hidden // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(hidden, hidden) for _ in range(4))
+        self.f1, self.f2 = nn.Linear(hidden, ffn), nn.Linear(ffn, hidden)
+        self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+
+    def forward(self, x):
+        b, s, h = self.b, self.s, x.shape[-1]
+
+        def heads(t):
+            return t.view(b, s, self.n, self.d).transpose(1, 2)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.d), -1) @ v
+        x = self.ln1(x + self.o(att.transpose(1, 2).reshape(b, s, h)))
+        return self.ln2(x + self.f2(torch.nn.functional.gelu(self.f1(x))))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_dead_heads_and_ffn_units_removed_exactly(tmp_path, fused):
+    """Heads 1 and 3 have zero Q/K/V projections (their context is 0), half the FFN units are 0:
+    pruning half the heads and units removes exactly those, and nothing changes — in
+    onnxruntime's fused Attention (packed QKV weight, num_heads) and in the decomposed graph."""
+    torch.manual_seed(0)
+    net = _Encoder().eval()
+    with torch.no_grad():
+        for lin in (net.q, net.k, net.v):
+            for h in (1, 3):
+                lin.weight[h * 16:(h + 1) * 16] = 0
+                lin.bias[h * 16:(h + 1) * 16] = 0
+        net.f1.weight[1::2] = 0
+        net.f1.bias[1::2] = 0
+    m, feed, before = _export(net, tmp_path / "enc.onnx", (2, 10, 64), fused)
+    rec = _prune(m, 0.5)
+    by_kind = {g["kind"]: g for g in rec.stats["groups"]}
+    assert by_kind["heads"]["channels"] == 4 and by_kind["heads"]["kept"] == 2
+    assert by_kind["heads"]["head_dim"] == 16
+    assert by_kind["channels"]["channels"] == 128 and by_kind["channels"]["kept"] == 64
+    shapes = sorted(tuple(n.inputs[1].shape) for n in m.graph if n.op_type in (
+        "MatMul", "Gemm", "Attention") and n.inputs[1].shape is not None and len(n.inputs) > 1)
+    if fused:
+        att = next(n for n in m.graph if n.op_type == "Attention")
+        assert tuple(att.inputs[1].shape) == (64, 96) and att.attributes["num_heads"].value == 2
+    else:
+        assert len(by_kind["heads"]["sources"]) == 3
+        assert shapes.count((64, 32)) == 3  # Wq / Wk / Wv: the kept heads' columns
+    assert (32, 64) in shapes and (64, 64) in shapes and (128 // 2, 64) in shapes  # Wo rows, FFN
+    np.testing.assert_allclose(ort_run(ort_session(m), feed)[0], before, rtol=1e-4, atol=1e-5)
+    if fused:  # the torch executor does not run contrib Attention: onnxruntime only
+        onnx.checker.check_model(ir.to_proto(m), full_check=True)
+    else:
+        _check(m)
+
+
+def test_live_heads_pruned_keep_the_strongest_and_stay_close(tmp_path):
+    """No dead heads: keeping 3 of 4 by L1 changes the output a little, not a lot; the residual
+    stream (LayerNorm, graph input/output) is never pruned and says why."""
+    torch.manual_seed(1)
+    net = _Encoder().eval()
+    with torch.no_grad():
+        net.v.weight[32:48] *= 0.05  # head 2 is the weakest
+    m, feed, before = _export(net, tmp_path / "enc2.onnx", (2, 10, 64))
+    groups = channel_groups(m)
+    assert any("LayerNormalization" in w for g in groups for w in g.frozen)
+    rec = _prune(m, 0.25, multiple=16)
+    heads = next(g for g in rec.stats["groups"] if g["kind"] == "heads")
+    assert heads["kept"] == 3
+    wo = next(n for n in m.graph if n.op_type in ("MatMul", "Gemm") and n.inputs[1].shape
+              and tuple(n.inputs[1].shape) == (48, 64))
+    assert wo is not None
+    after = ort_run(ort_session(m), feed)[0]
+    cos = float((after * before).sum() / np.linalg.norm(after) / np.linalg.norm(before))
+    assert 0.9 < cos < 0.99999
+    _check(m)
