@@ -96,14 +96,6 @@ def _member(m: Member, keep: np.ndarray) -> None:
                 _set(n, 2, np.take(b.reshape(-1), keep))
     elif m.kind == "consumer":
         _take(n, 1, keep, m.axis)
-    elif m.kind == "concat_consumer":
-        cat = m.concat
-        widths = [int(v.shape[1]) for v in cat.inputs]  # current (earlier inputs may be pruned)
-        offset, width = sum(widths[:m.slot]), widths[m.slot]
-        total = sum(widths)
-        cols = np.concatenate([np.arange(offset), offset + keep,
-                               np.arange(offset + width, total)])
-        _take(n, 1, cols, m.axis)
     elif m.kind == "flatten_gemm":
         _flatten_gemm(m, keep)
     elif m.kind == "depthwise":
@@ -133,6 +125,19 @@ def _member(m: Member, keep: np.ndarray) -> None:
         rank = len(n.outputs[0].shape or [])
         full = c.reshape((1,) * (rank - c.ndim) + c.shape)
         _set(n, m.index, np.take(full, keep, axis=m.axis))
+
+
+def _concat_consumer(ms: list[Member], keep: np.ndarray) -> None:
+    """The conv after a channel Concat loses ``keep``'s complement at every input slot of the
+    space (a space can feed the Concat more than once: C2f's split half and its residual)."""
+    cat = ms[0].concat
+    slots = {m.slot for m in ms}
+    widths = [int(v.shape[1]) for v in cat.inputs]  # current: other spaces may be pruned already
+    cols, off = [], 0
+    for i, w in enumerate(widths):
+        cols.append(off + (keep if i in slots else np.arange(w)))
+        off += w
+    _take(ms[0].node, 1, np.concatenate(cols), ms[0].axis)
 
 
 def _flatten_gemm(m: Member, keep: np.ndarray) -> None:
@@ -194,13 +199,18 @@ def prune_group(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> None:
     """Keep channels ``keep`` (sorted indices) of ``group`` everywhere in ``model``."""
     keep = np.sort(np.asarray(keep, np.int64))
     concats = {id(m.concat): m.concat for m in group.members if m.kind == "concat_consumer"}
+    readers: dict[tuple[int, int], list[Member]] = {}
     for m in group.members:  # concat consumers read the Concat's widths before they change below
-        if m.kind == "reshape":
+        if m.kind == "concat_consumer":
+            readers.setdefault((id(m.node), id(m.concat)), []).append(m)
+        elif m.kind == "reshape":
             _reshape(m, int(keep.size) * group.width(m.value))
         elif m.kind == "split_source":
             _split_source(m, keep)
         else:
             _member(m, _expand(keep, group.width(m.value)))
+    for ms in readers.values():
+        _concat_consumer(ms, keep)
     for cat in concats.values():
         y = cat.outputs[0]
         dims = list(y.shape)

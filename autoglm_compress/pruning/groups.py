@@ -152,6 +152,18 @@ def _dims(v: ir.Value) -> list[int] | None:
     return [int(d) for d in v.shape]
 
 
+def _last2(v: ir.Value) -> list | None:
+    """The last two dims of ``v`` (one for a 1-D value), ints or symbols; None if unknown."""
+    if v.shape is None or len(v.shape) < 1:
+        return None
+    return list(v.shape)[-2:]
+
+
+def _prod(d: list) -> int | None:
+    """Product of the last two dims when both are ints (else None: never equal to a dim)."""
+    return d[0] * d[1] if len(d) == 2 and all(isinstance(x, int) for x in d) else None
+
+
 def _depthwise(node: ir.Node, w: np.ndarray) -> bool:
     g = groups(node)
     return g > 1 and w.shape[1] == 1 and w.shape[0] == g
@@ -164,21 +176,21 @@ def split_sizes(node: ir.Node) -> list[int] | None:
         return None if s is None else [int(d) for d in s.reshape(-1)]
     if "split" in node.attributes:
         return [int(d) for d in node.attributes["split"].as_ints()]
-    x = _dims(node.inputs[0])
+    x = node.inputs[0].shape
     if x is None:
         return None
-    axis = node.attributes.get_int("axis", 0) % len(x)
-    n = len(node.outputs)
-    return [x[axis] // n] * n if x[axis] % n == 0 else None
+    c, n = x[node.attributes.get_int("axis", 0) % len(x)], len(node.outputs)
+    return [c // n] * n if isinstance(c, int) and c % n == 0 else None
 
 
 def slice_window(node: ir.Node) -> tuple[int, int] | None:
     """(start, end) of a Slice that cuts only axis 1 with step 1 and constant bounds, else None."""
-    x = _dims(node.inputs[0])
+    x = node.inputs[0].shape
     arrs = [const_array(v) if i < len(node.inputs) and (v := node.inputs[i]) is not None
             and v.name else None for i in range(1, 5)]
     starts, ends, axes, steps = arrs
-    if x is None or starts is None or ends is None or len(node.inputs) > 3 and axes is None:
+    if x is None or len(x) < 2 or not isinstance(x[1], int) or starts is None or ends is None \
+            or len(node.inputs) > 3 and axes is None:
         return None
     axes = list(range(starts.size)) if axes is None else [int(a) % len(x) for a in axes]
     if axes != [1] or (steps is not None and int(steps.reshape(-1)[0]) != 1):
@@ -335,21 +347,18 @@ class _Analysis:
         return c != a if self.opset >= 13 else c < a  # before 13 it normalises axes a… together
 
     def _elementwise(self, node: ir.Node, ins, y: ir.Value) -> None:
-        out = _dims(y)
-        if out is None:
+        if y.shape is None or any(v.shape is None for v in ins):
             self.freeze(f"{node.op_type} {node.name!r} with unknown shapes", *ins, y)
             return
+        out = list(y.shape)
         rank = len(out)
         joined, axes = [], set()
         for v in ins:
-            d = _dims(v)
-            if d is None:
-                self.freeze(f"{node.op_type} {node.name!r} with unknown shapes", *ins, y)
-                return
+            d = list(v.shape)
             if not d:
                 continue  # a scalar
             a = self.ax(v) + rank - len(d)
-            if d[self.ax(v)] == 1 and out[a] > 1:
+            if d[self.ax(v)] == 1 and out[a] != 1:
                 continue  # broadcasts over the channels (a mask, a per-sample scale): not joined
             joined.append(v)
             axes.add(a)
@@ -384,11 +393,10 @@ class _Analysis:
 
     def _matmul_acts(self, node: ir.Node, a: ir.Value, b: ir.Value, y: ir.Value) -> bool:
         """QKᵀ / P·V: both operands' channels on the same batch axis (the heads)."""
-        da, db, dy = _dims(a), _dims(b), _dims(y)
-        if da is None or db is None or dy is None:
+        if a.shape is None or b.shape is None or y.shape is None:
             return False
-        r = len(dy)
-        pa, pb = self.ax(a) + r - len(da), self.ax(b) + r - len(db)
+        r = len(y.shape)
+        pa, pb = self.ax(a) + r - len(a.shape), self.ax(b) + r - len(b.shape)
         if pa != pb or pa >= r - 2:
             return False
         if self.claim(y, pa):
@@ -450,24 +458,23 @@ class _Analysis:
         if _flatten_of_map(node) and self.ax(x) == 1 and all(
                 u.op_type in ("Gemm", "MatMul") and u.inputs[0] is y for u, _ in y.uses()):
             return True  # handled by the Gemm as flatten_gemm
-        dx, dy = _dims(x), _dims(y)
+        dx, dy = _last2(x), _last2(y)  # row-major: the last axes decide, the rest follows
         shape = const_array(node.inputs[1]) if node.op_type == "Reshape" else None
         if dx is None or dy is None or (node.op_type == "Reshape" and shape is None):
             return False
-        a, rx, ry = self.ax(x), len(dx), len(dy)
-        if a == rx - 1 and dx[-1] == dy[-1] and np.prod(dx[:-1]) == np.prod(dy[:-1]):
+        a, rx, ry = self.ax(x), len(x.shape), len(y.shape)
+        if a == rx - 1 and dx[-1] == dy[-1] and isinstance(dx[-1], int):
             self.follow(x, y, ry - 1)  # [B, S, C] <-> [B·S, C]
             self._shape_member(node, y, ry - 1, shape)
             return True
-        if a == rx - 1 and ry >= 3 and dy[-1] * dy[-2] == dx[-1] and dy[-2] > 1 \
-                and np.prod(dx[:-1]) == np.prod(dy[:-2]) and x.name in self.expanded:
+        if a == rx - 1 and ry >= 3 and _prod(dy) == dx[-1] and dy[-2] != 1 \
+                and x.name in self.expanded:
             if self.claim(y, ry - 2):  # [.., H] -> [.., heads, head_dim]
                 self.sp.union(x.name, y.name)
                 self.marks.append((x.name, dy[-1]))
                 self._shape_member(node, y, ry - 2, shape)
             return True
-        if rx >= 3 and a == rx - 2 and dx[-1] * dx[-2] == dy[-1] \
-                and np.prod(dx[:-2]) == np.prod(dy[:-1]):
+        if rx >= 3 and a == rx - 2 and _prod(dx) == dy[-1]:
             if self.claim(y, ry - 1):  # [.., heads, head_dim] -> [.., H]
                 self.sp.union(x.name, y.name)
                 self.expanded.add(y.name)
@@ -521,7 +528,7 @@ class _Analysis:
         for name, nodes in self.slices.items():
             nodes = sorted(nodes, key=lambda n: slice_window(n))
             wins = [slice_window(n) for n in nodes]
-            c = _dims(values[name])[1]
+            c = values[name].shape[1]
             if wins[0][0] == 0 and wins[-1][1] == c and all(
                     a[1] == b[0] for a, b in zip(wins, wins[1:])):
                 self._split_members(Splitter(nodes), by_root, values)
@@ -552,13 +559,13 @@ class _Analysis:
 
 
 def _set_width(grp: ChannelGroup, values: dict[str, ir.Value]) -> None:
-    """The group's channel count from its values' dims; inconsistent widths freeze it."""
+    """The group's channel count from its values' channel dims; inconsistent widths freeze it."""
     widths = set()
     for name in grp.values:
-        d = _dims(values[name])
-        if d is None or not d:
+        s = values[name].shape
+        if s is None or len(s) == 0 or not isinstance(s[grp.axes[name] % len(s)], int):
             continue
-        n, per = d[grp.axes[name] % len(d)], grp.width(name)
+        n, per = int(s[grp.axes[name] % len(s)]), grp.width(name)
         widths.add(n // per if n % per == 0 else -1)
     grp.channels = min(widths) if len(widths) == 1 else 0
     if len(widths) > 1 or -1 in widths:
