@@ -225,8 +225,9 @@ class DistillOptions:
         "loaded, on the calibration data, for N steps in the torch executor; 0 = off.",
         flat="distill_steps", metavar="N", min=0,
     )
-    lr: float = field(1e-2, "Distillation learning rate (Adam; each weight tensor's is scaled by "
-                      "its RMS over the median RMS).", flat="distill_lr", min=0.0)
+    lr: float = field(0.05, "Distillation learning rate, relative (Adam; each weight tensor "
+                      "steps at lr × its RMS, biases at lr × the median weight RMS).",
+                      flat="distill_lr", min=0.0)
     data: str | None = field(
         None, "What distillation trains on (.npz/.npy, image folder, module:function, like "
         "--calib; labels not needed); default: the calibration data.", flat="train_data",

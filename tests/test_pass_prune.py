@@ -162,7 +162,7 @@ def test_distill_recovers_the_pruned_digits_cnn(tmp_path):
     kw = dict(targets="x86", calib=calib, calib_samples=200, eval_data=ev, samples=300,
               latency_repeats=3, prune=0.5)
     bare = compress(DEMO, out_dir=tmp_path / "p", **kw).artifact("x86")
-    res = compress(DEMO, out_dir=tmp_path / "d", distill_steps=400, distill_lr=3e-3, **kw)
+    res = compress(DEMO, out_dir=tmp_path / "d", distill_steps=400, distill_lr=1.5e-2, **kw)
     art = res.artifact("x86")
     acc = lambda a: next(iter(a.fidelity["outputs"].values()))["accuracy"]  # noqa: E731
     rec = next(p for p in res.report["passes"] if p["name"] == "distill")

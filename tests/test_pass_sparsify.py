@@ -80,7 +80,7 @@ def test_distillation_keeps_the_zeros(tmp_path):
     kw = dict(targets="x86", eval_data=root / "examples" / "digits_eval.npz", samples=500,
               latency_repeats=3, sparsity=0.5)
     bare = compress(DEMO, out_dir=tmp_path / "s", **kw).artifact("x86")
-    res = compress(DEMO, out_dir=tmp_path / "d", distill_steps=300, distill_lr=3e-3,
+    res = compress(DEMO, out_dir=tmp_path / "d", distill_steps=300, distill_lr=1.5e-2,
                    train_data=train, **kw)
     art = res.artifact("x86")
     assert [p["name"] for p in res.report["passes"]][-2:] == ["sparsify", "distill"]

@@ -104,9 +104,11 @@ def _close(x: torch.Tensor, y: torch.Tensor, rel: float) -> bool:
 
 
 def _groups(params, lr: float, scaled: bool, param_lr: dict | None = None):
-    """Adam parameter groups. ``scaled``: each weight tensor (≥ 2-D) steps at ``lr`` times its RMS
-    over the median RMS of all of them, so a layer whose folded BatchNorm made its weights large
-    or small moves by the same relative amount (Adam's steps are otherwise absolute)."""
+    """Adam parameter groups. ``scaled``: ``lr`` is a relative step — each weight tensor (≥ 2-D)
+    steps at ``lr`` × its own RMS, 1-D tensors (biases, norm scales) at ``lr`` × the median weight
+    RMS — so a layer whose folded BatchNorm made its weights large or small moves by the same
+    relative amount, and a transformer (weights ~0.02) as much as a CNN (~0.2) does (Adam's steps
+    are otherwise absolute)."""
     params = list(params)
     if param_lr:
         own = [p for p in params if id(p) in param_lr]
@@ -118,7 +120,7 @@ def _groups(params, lr: float, scaled: bool, param_lr: dict | None = None):
     if not rms:
         return [{"params": params}]
     med = float(np.median(list(rms.values()))) or 1.0
-    return [{"params": [p], "lr": lr * max(rms.get(id(p), med), 1e-12) / med} for p in params]
+    return [{"params": [p], "lr": lr * max(rms.get(id(p), med), 1e-12)} for p in params]
 
 
 def _is_scores(t: torch.Tensor) -> bool:
