@@ -344,7 +344,8 @@ def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
                           "samples": cfg.distill.samples if cfg.distill.data
                           else cfg.calibration.samples,
                           "loss": cfg.distill.loss, "temperature": cfg.distill.temperature,
-                          "label_weight": cfg.distill.label_weight}
+                          "label_weight": cfg.distill.label_weight,
+                          "feature_weight": cfg.distill.features}
     return out
 
 

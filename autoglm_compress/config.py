@@ -245,6 +245,11 @@ class DistillOptions:
         0.5, "When the training data has labels (an .npz 'labels' array): loss = w·cross-entropy "
         "+ (1 − w)·distillation loss.", flat="distill_label_weight", min=0.0, max=1.0,
     )
+    features: float = field(
+        0.0, "Weight of intermediate-feature matching: normalised MSE between the teacher's and "
+        "the student's inputs of every weighted layer (after --prune: the kept channels).",
+        flat="distill_features", min=0.0,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

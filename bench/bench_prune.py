@@ -1,15 +1,18 @@
 """Structured pruning + distillation (+ INT8) side by side in one run.
 
     .venv/bin/python bench/bench_prune.py [--ratios 0.3,0.5,0.7] [--steps 2000] [--effnet]
-        [--work /tmp/bench_prune] [--write-results]
+        [--bert-steps N] [--yolo] [--torch-pruning DIR] [--work /tmp/bench_prune]
+        [--write-results]
 
 Digits CNN (examples/): for each ratio, ``compress --prune R`` (no fine-tuning), then with
 ``--distill-steps N`` on the 1297 training images (label-free, from the unpruned model), then that
 plus ``--int8`` (x86): params, MACs, onnxruntime latency vs the unpruned FP32 model (the report's
 interleaved timing), accuracy on the 500 held-out digits. ``--effnet``: EfficientNet-Lite1 (ImageNet
 weights) pruned without fine-tuning — MACs, params and onnxruntime latency at each ratio (its
-accuracy needs ImageNet-scale distillation data, not available here). torch-pruning (the peer) is
-not run here: see bench/RESULTS.md.
+accuracy needs ImageNet-scale distillation data, not available here). ``--bert-steps N``: a
+BERT-style encoder (hidden 512, 6 layers, 8 heads; attention heads and FFN units pruned) without and
+with N distillation steps. ``--yolo``: the nudenet YOLOv8n pruned through its C2f Splits.
+``--torch-pruning DIR``: the peer on the digits CNN at the same ratios and distillation recipe.
 """
 
 from __future__ import annotations
@@ -131,15 +134,55 @@ def run(ratios, steps, effnet, work: Path, tp_path: str | None = None) -> list[d
     if effnet:
         import zoo
 
-        rm = zoo.efficientnet_lite1(work / "effnet", n_calib=16, n_eval=16)
-        for r in [0.0, *ratios]:
+        rows += _pruned_only("effnet", zoo.efficientnet_lite1(work / "effnet", 16, 16), ratios,
+                             work)
+    return rows
+
+
+def run_bert(ratios, steps: int, work: Path) -> list[dict]:
+    """The BERT-style encoder of bench_real (hidden 512, 6 layers, 8 heads of 64, FFN 2048,
+    seq 128, random weights): heads + FFN units pruned at each ratio, without and with ``steps``
+    of distillation on 64 random-token sequences; cosine on 16 held-out ones."""
+    from bench_real import _bert
+
+    from autoglm_compress import compress
+
+    path, pc, pe = _bert(work, 64, 16)
+    rows = []
+    common = dict(targets="x86", calib=pc, eval_data=pe, samples=16, latency_repeats=20)
+    for r in [0.0, *ratios]:
+        runs = [("FP32", {})] if r == 0 else [(f"prune {r}", {"prune": r})] + (
+            [(f"prune {r} + distill {steps}", {"prune": r, "distill_steps": steps,
+                                               "distill_samples": 64})] if steps else [])
+        for name, kw in runs:
             t0 = time.perf_counter()
-            res = compress(rm.model, targets="x86", eval_data=rm.eval, samples=16,
-                           latency_repeats=20, out_dir=work / f"effnet_{r}",
-                           **({"prune": r} if r else {}))
-            rows.append(_row(("effnet", f"prune {r}" if r else "FP32"), res, t0))
+            res = compress(path, out_dir=work / f"bert_{name.replace(' ', '_')}", **common,
+                           **kw)
+            rows.append(_row(("bert", name), res, t0))
             print(rows[-1], flush=True)
     return rows
+
+
+def _pruned_only(label: str, rm, ratios, work: Path) -> list[dict]:
+    """A real model (zoo) at each ratio without fine-tuning: MACs, params, latency, fidelity."""
+    from autoglm_compress import compress
+
+    rows = []
+    for r in [0.0, *ratios]:
+        t0 = time.perf_counter()
+        res = compress(rm.model, targets="x86", eval_data=rm.eval, samples=16,
+                       latency_repeats=20, out_dir=work / f"{label}_{r}",
+                       **({"prune": r} if r else {}))
+        rows.append(_row((label, f"prune {r}" if r else "FP32"), res, t0))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def run_yolo(ratios, work: Path) -> list[dict]:
+    """nudenet YOLOv8n (C2f: Split + Concat + residuals), pruned without fine-tuning."""
+    import zoo
+
+    return _pruned_only("yolov8n", zoo.nudenet_yolov8n(work / "yolo", 16, 16), ratios, work)
 
 
 def render(rows, cmd) -> str:
@@ -152,7 +195,7 @@ def render(rows, cmd) -> str:
               f"{r['accuracy'] if r['accuracy'] is not None else '-'} | {r['top1']} | "
               f"{r['cosine']} | {r['latency_vs_fp32']}× | {r['wall_s']} |" for r in rows]
     lines += ["", "Distillation is label-free (normalised MSE to the unpruned model's outputs, "
-              "default lr 1e-2 scaled per tensor by its RMS) on the 1297 digits training images, "
+              "default lr 0.05 relative to each tensor's RMS) on the 1297 digits training images, "
               "except the 'labels' rows (+ 0.5·cross-entropy); accuracy is on the 500 held-out "
               "digits. torch-pruning rows: its MetaPruner (L1, round_to 8, classifier ignored) "
               "and the same distillation recipe in plain PyTorch (bench/peers/tp_prune.py); "
@@ -169,6 +212,10 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.3,0.5,0.7")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--effnet", action="store_true")
+    ap.add_argument("--bert-steps", type=int, default=-1,
+                    help="run the BERT-style encoder rows with this many distillation steps "
+                    "(0: pruned only; default: not run)")
+    ap.add_argument("--yolo", action="store_true", help="run the YOLOv8n rows (pruned only)")
     ap.add_argument("--torch-pruning", default="",
                     help="folder holding the torch_pruning package (pip install --target DIR "
                     "--no-deps torch-pruning) to run the peer")
@@ -177,11 +224,17 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows = run([float(r) for r in a.ratios.split(",")], a.steps, a.effnet, work,
-               a.torch_pruning or None)
+    ratios = [float(r) for r in a.ratios.split(",")]
+    rows = run(ratios, a.steps, a.effnet, work, a.torch_pruning or None)
+    if a.bert_steps >= 0:
+        rows += run_bert(ratios, a.bert_steps, work)
+    if a.yolo:
+        rows += run_yolo(ratios, work)
     cmd = f"python bench/bench_prune.py --ratios {a.ratios} --steps {a.steps}" + (
         " --effnet" if a.effnet else "") + (
-        f" --torch-pruning {a.torch_pruning}" if a.torch_pruning else "")
+        f" --torch-pruning {a.torch_pruning}" if a.torch_pruning else "") + (
+        f" --bert-steps {a.bert_steps}" if a.bert_steps >= 0 else "") + (
+        " --yolo" if a.yolo else "")
     text = render(rows, cmd)
     print(text)
     if a.write_results:

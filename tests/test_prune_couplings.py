@@ -177,3 +177,52 @@ def test_live_heads_pruned_keep_the_strongest_and_stay_close(tmp_path):
     cos = float((after * before).sum() / np.linalg.norm(after) / np.linalg.norm(before))
     assert 0.9 < cos < 0.99999
     _check(m)
+
+
+def test_feature_matching_compares_the_kept_channels(tmp_path):
+    """After pruning dead channels/heads exactly, every matched feature of the student equals the
+    teacher's on the kept channels (the alignment distillation's feature loss relies on), and a
+    distill run with --distill-features names them in its loss."""
+    from autoglm_compress.passes.context import PassContext
+    from autoglm_compress.passes.distill import _features
+    from autoglm_compress.pipeline import Pipeline, build_passes
+    from autoglm_compress.runtime import TorchExecutor
+    from autoglm_compress.runtime.train_loop import _feature_targets
+
+    torch.manual_seed(0)
+    net = _Encoder().eval()
+    with torch.no_grad():
+        for lin in (net.q, net.k, net.v):
+            lin.weight[16:32] = 0
+            lin.bias[16:32] = 0
+        net.f1.weight[1::2] = 0
+        net.f1.bias[1::2] = 0
+    m, feed, _ = _export(net, tmp_path / "enc.onnx", (2, 10, 64))
+    teacher = ir.from_proto(ir.to_proto(m))
+    ctx = PassContext(teacher=teacher)
+    Pipeline(build_passes(["prune"], {"prune": {"ratio": 0.25, "multiple": 16}}),
+             progress=False).run(m, ctx)
+    feats = _features(m, teacher, ctx.kept_channels)
+    assert sum(v is not None for v in feats.values()) >= 2  # Wo's and FFN-out's inputs, pruned
+    want = _feature_targets(TorchExecutor(teacher), [feed], feats, "cpu")
+    got = TorchExecutor(m).run(feed, extra=tuple(feats))
+    for (name, sel), t in zip(feats.items(), want):
+        assert tuple(got[name].shape) == tuple(t.shape[1:]), name
+        torch.testing.assert_close(got[name], t[0], rtol=1e-4, atol=1e-5)
+
+
+def test_cli_distill_features_after_prune(tmp_path):
+    from test_pass_prune import DEMO
+
+    from autoglm_compress.cli import main
+
+    out = tmp_path / "o"
+    rc = main([str(DEMO), "--prune", "0.5", "--distill-steps", "40", "--distill-features", "1",
+               "--calib", str(DEMO.parent / "digits_calib.npz"), "--target", "x86",
+               "--samples", "64", "--latency-repeats", "2", "-o", str(out)])
+    assert rc == 0
+    import json
+
+    rep = json.loads((out / "report.json").read_text())
+    st = next(p for p in rep["passes"] if p["name"] == "distill")["stats"]
+    assert "feature mse (2 features)" in st["loss"] and st["loss_after"] < st["loss_before"]

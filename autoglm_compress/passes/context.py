@@ -41,6 +41,7 @@ class PassContext:
     progress: bool = False
     quantized_from: Any = None  # the FP32 model the current INT8 model was quantized from
     train_data: Any = None  # --train-data: what distillation trains on (default: ``data``)
+    kept_channels: dict | None = None  # prune: value -> (channel axis, kept indices), for distill
 
     def check(self, pass_name: str, needs) -> None:
         """Raise one line naming the pass and the first thing it needs that is missing."""

@@ -16,7 +16,10 @@ scales, and Adam's absolute steps then move small layers far and large ones hard
 weights (RMS ≈ 0.02) need ten times smaller steps than a CNN's (≈ 0.2) — an absolute 1e-2
 diverged on BERT. Runs before precision lowering, so INT8 (and QAT) start from the distilled weights.
 Under torchrun the steps run with DistributedDataParallel (runtime/distributed.py).
-Not yet: MSE on matched intermediate features.
+``feature_weight`` > 0 adds the normalised MSE of matched intermediate features: the input of every
+weighted layer (Conv/Gemm/MatMul with a constant weight) that the teacher also has, compared whole
+when its shape is unchanged, on the kept channels when prune removed some (the prune pass leaves
+value → kept indices in the context).
 """
 
 from __future__ import annotations
@@ -47,6 +50,31 @@ class DistillConfig(PassConfig):
     temperature: float = field(4.0, "KL temperature")
     label_weight: float = field(0.5, "cross-entropy weight when the data has labels")
     scaled_lr: bool = field(True, "per-tensor learning rates proportional to the tensor's RMS")
+    feature_weight: float = field(
+        0.0, "weight of the intermediate-feature MSE (inputs of weighted layers; pruned ones "
+        "compared on their kept channels)")
+
+
+def _features(student: ir.Model, teacher: ir.Model, kept: dict) -> dict:
+    """name → None (same shape in both) or (axis, kept indices): the inputs of the student's
+    weighted layers that the teacher computes too."""
+    from autoglm_compress.ir_ops import const_array
+
+    theirs = {v.name: v for n in teacher.graph for v in n.outputs if v is not None}
+    out = {}
+    for node in student.graph:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(
+                node.inputs) < 2 or const_array(node.inputs[1]) is None:
+            continue
+        x = node.inputs[0]
+        t = theirs.get(x.name)
+        if x.producer() is None or t is None or x.dtype is None or not x.dtype.is_floating_point():
+            continue
+        if x.name in kept:
+            out[x.name] = kept[x.name]
+        elif x.shape is not None and t.shape is not None and list(x.shape) == list(t.shape):
+            out[x.name] = None
+    return out
 
 
 @register
@@ -88,7 +116,9 @@ class DistillPass(CompressPass):
                       lr=cfg.lr, batch=cfg.batch, progress=ctx.progress,
                       after_step=keep_zeros if masks else None, distributed=True,
                       loss=cfg.loss, temperature=cfg.temperature, labels=labels,
-                      label_weight=cfg.label_weight, scaled_lr=cfg.scaled_lr)
+                      label_weight=cfg.label_weight, scaled_lr=cfg.scaled_lr,
+                      features=_features(model, ctx.teacher, ctx.kept_channels or {}),
+                      feature_weight=cfg.feature_weight)
         student.sync_to_model()  # the executor runs on model.graph itself
         self.stats.update({**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained),
                            "sparse_masked": len(masks)})

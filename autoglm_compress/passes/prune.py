@@ -54,10 +54,11 @@ def _macs(model: ir.Model) -> int:
 
 
 def _prune(model: ir.Model, ratio: float, multiple: int, scope: str = "uniform",
-           scores: dict | None = None):
+           scores: dict | None = None, kept: dict | None = None):
     """Prune every prunable space of ``model`` by ``ratio``; (report rows, frozen rows).
-    ``scores``: importance per space (``tuple(values)``), else the L1 importance."""
-    from autoglm_compress.pruning.apply import importance_l1, prune_group
+    ``scores``: importance per space (``tuple(values)``), else the L1 importance. ``kept``
+    receives value -> (channel axis, kept indices of the original channels)."""
+    from autoglm_compress.pruning.apply import expand, importance_l1, prune_group
     from autoglm_compress.pruning.groups import channel_groups
 
     report, frozen, spaces = [], [], []
@@ -81,6 +82,9 @@ def _prune(model: ir.Model, ratio: float, multiple: int, scope: str = "uniform",
             continue
         keep = np.sort(np.argsort(-imp, kind="stable")[:k])
         prune_group(model, grp, keep)
+        if kept is not None:
+            for name in grp.values:
+                kept[name] = (grp.axes[name], expand(keep, grp.width(name)))
         report.append({"kind": grp.kind, "values": grp.values[:3], "channels": c, "kept": k,
                        **({"head_dim": grp.block} if grp.block > 1 else {}),
                        "sources": [m.node.name for m in grp.sources]})
@@ -148,7 +152,10 @@ class PrunePass(CompressPass):
         if cfg.scope not in ("uniform", "global"):
             raise ValueError(f"prune scope must be uniform or global, got {cfg.scope!r}")
         before, macs_before = _params(model), _macs(model)
-        report, frozen = _prune(model, ratio, cfg.multiple, cfg.scope, scores)
+        kept: dict = {}
+        report, frozen = _prune(model, ratio, cfg.multiple, cfg.scope, scores, kept)
+        if self.ctx is not None:
+            self.ctx.kept_channels = {**(self.ctx.kept_channels or {}), **kept}
         self.stats["importance"] = cfg.importance
         after = _params(model)
         self.stats.update(groups_pruned=len(report), groups_frozen=len(frozen),

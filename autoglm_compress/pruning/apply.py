@@ -11,10 +11,10 @@ import onnx_ir as ir
 from autoglm_compress.ir_ops import const_array
 from autoglm_compress.pruning.groups import ChannelGroup, Member
 
-__all__ = ["prune_group", "importance_l1", "split_window"]
+__all__ = ["expand", "prune_group", "importance_l1", "split_window"]
 
 
-def _expand(keep: np.ndarray, block: int) -> np.ndarray:
+def expand(keep: np.ndarray, block: int) -> np.ndarray:
     """Channel indices → feature indices when each channel holds ``block`` consecutive features."""
     if block == 1:
         return keep
@@ -208,7 +208,7 @@ def prune_group(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> None:
         elif m.kind == "split_source":
             _split_source(m, keep)
         else:
-            _member(m, _expand(keep, group.width(m.value)))
+            _member(m, expand(keep, group.width(m.value)))
     for ms in readers.values():
         _concat_consumer(ms, keep)
     for cat in concats.values():

@@ -110,12 +110,14 @@ class TorchExecutor:
         return env
 
     def run(
-        self, feeds: dict, *, hook: Hook | None = None, keep_grad: bool = False
+        self, feeds: dict, *, hook: Hook | None = None, keep_grad: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> dict[str, torch.Tensor]:
+        """The graph outputs (and the intermediate values named in ``extra``) for ``feeds``."""
         with torch.set_grad_enabled(keep_grad):
-            return self._run(feeds, hook, keep_grad)
+            return self._run(feeds, hook, keep_grad, extra)
 
-    def _run(self, feeds, hook, keep_grad):
+    def _run(self, feeds, hook, keep_grad, extra=()):
         env = self._feed(feeds)
         if hook is not None:
             for name in list(env):
@@ -140,11 +142,11 @@ class TorchExecutor:
                 env[v.name] = t
             if not keep_grad:
                 for v in node.inputs:
-                    if v is not None and self._last_use.get(v.name) == i and v.name in env:
+                    if v is not None and self._last_use.get(v.name) == i and v.name in env \
+                            and v.name not in extra:
                         del env[v.name]
-        return {
-            v.name: env[v.name] if v.name in env else lookup[v.name] for v in self.graph.outputs
-        }
+        names = [v.name for v in self.graph.outputs] + [n for n in extra]
+        return {n: env[n] if n in env else lookup[n] for n in names}
 
 
 def run_model(model: ir.Model, feeds: dict) -> dict[str, np.ndarray]:

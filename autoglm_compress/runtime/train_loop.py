@@ -57,8 +57,8 @@ def _stack(feeds: list[dict], idx, keys, device) -> list[torch.Tensor]:
 class _Student:
     """Student forward over a batch of samples: vmap when it is exact, else a per-sample loop."""
 
-    def __init__(self, ex, feeds: list[dict], out_names: list[str]):
-        self.ex, self.feeds, self.names = ex, feeds, out_names
+    def __init__(self, ex, feeds: list[dict], out_names: list[str], extra: tuple[str, ...] = ()):
+        self.ex, self.feeds, self.names, self.extra = ex, feeds, [*out_names, *extra], extra
         self.keys = list(feeds[0])
         self.batched = False
 
@@ -66,14 +66,14 @@ class _Student:
         grad = torch.is_grad_enabled()
 
         def one(*xs):
-            out = self.ex.run(dict(zip(self.keys, xs)), keep_grad=grad)
+            out = self.ex.run(dict(zip(self.keys, xs)), keep_grad=grad, extra=self.extra)
             return tuple(out[n] for n in self.names)
 
         return list(torch.func.vmap(one)(*_stack(self.feeds, idx, self.keys, self.ex.device)))
 
     def _looped(self, idx) -> list[torch.Tensor]:
         grad = torch.is_grad_enabled()
-        outs = [self.ex.run(self.feeds[i], keep_grad=grad) for i in idx]
+        outs = [self.ex.run(self.feeds[i], keep_grad=grad, extra=self.extra) for i in idx]
         return [torch.stack([o[n] for o in outs]) for n in self.names]
 
     def __call__(self, idx) -> list[torch.Tensor]:
@@ -166,6 +166,19 @@ def _objective(targets, denom, kind, temperature, labels, label_weight, device):
     return f
 
 
+def _with_features(objective, n_out: int, targets, denom, weight: float):
+    """``objective`` on the first ``n_out`` outputs + ``weight`` × the mean normalised MSE of the
+    matched features (the rest)."""
+
+    def f(outs, idx):
+        feats = sum(((s - t[idx]) ** 2).mean() / d for s, t, d in zip(outs[n_out:], targets,
+                                                                        denom))
+        return objective(outs[:n_out], idx) + weight * feats / len(targets)
+
+    f.name = f"{objective.name} + {weight:g}·feature mse ({len(targets)} features)"
+    return f
+
+
 class _Wrapped(torch.nn.Module):
     """The trained tensors as one module (what DDP hooks), its forward the student's."""
 
@@ -195,10 +208,22 @@ def _full_loss(fwd: _Student, targets, denom, batch: int) -> float:
     return float(normalised_mse(cat, targets, denom))
 
 
-def _teacher_outputs(teacher, feeds, names) -> list[torch.Tensor]:
+def _teacher_outputs(teacher, feeds, names, extra=()) -> list[torch.Tensor]:
     with torch.no_grad():
-        outs = [teacher.run(f) for f in feeds]
-    return [torch.stack([o[n].detach() for o in outs]) for n in names]
+        outs = [teacher.run(f, extra=tuple(extra)) for f in feeds]
+    return [torch.stack([o[n].detach() for o in outs]) for n in [*names, *extra]]
+
+
+def _feature_targets(teacher, feeds, features: dict, device) -> list[torch.Tensor]:
+    """The teacher's values at ``features`` (name → None, or (axis, kept indices) where the
+    student lost channels), stacked over the samples, reduced to the student's channels."""
+    out = []
+    for t, sel in zip(_teacher_outputs(teacher, feeds, [], list(features)), features.values()):
+        if sel is not None:
+            axis, keep = sel
+            t = t.index_select(axis + 1, torch.as_tensor(np.asarray(keep), dtype=torch.long))
+        out.append(t.to(device))
+    return out
 
 
 def distill(
@@ -220,8 +245,13 @@ def distill(
     label_weight: float = 0.5,
     scaled_lr: bool = False,
     param_lr: dict | None = None,
+    features: dict | None = None,
+    feature_weight: float = 0.0,
 ) -> DistillResult:
-    """Train ``params`` (tensors of ``student``) for ``steps`` optimizer steps on ``feeds``."""
+    """Train ``params`` (tensors of ``student``) for ``steps`` optimizer steps on ``feeds``.
+    ``features``: intermediate values matched too (name → None when the student's equals the
+    teacher's shape, or (axis, kept channel indices)), their mean normalised MSE weighted by
+    ``feature_weight`` and added to the loss."""
     from autoglm_compress.runtime import distributed as dist_rt
 
     t0 = time.perf_counter()
@@ -231,7 +261,10 @@ def distill(
     targets = [t.to(student.device) for t in _teacher_outputs(teacher, feeds, names)]
     denom = [t.var().clamp_min(1e-12) for t in targets]
     batch = max(1, min(batch, len(feeds)))
-    fwd = _Student(student, feeds, names)
+    features = features if features and feature_weight > 0 else {}
+    ftargets = _feature_targets(teacher, feeds, features, student.device)
+    fdenom = [t.var().clamp_min(1e-12) for t in ftargets]
+    fwd = _Student(student, feeds, names, tuple(features))
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     opt = torch.optim.Adam(_groups(params, lr, scaled_lr, param_lr), lr=lr)
@@ -239,6 +272,8 @@ def distill(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / max(steps, 1)))
     )
     objective = _objective(targets, denom, loss, temperature, labels, label_weight, student.device)
+    if features:
+        objective = _with_features(objective, len(targets), ftargets, fdenom, feature_weight)
     # batching is judged on the weights' gradients: a scale's (LSQ) sums rounding edges over a whole
     # tensor and differs between batched and looped runs more than the weights' do
     fwd.try_batching(list(range(batch)), [p for p in params if id(p) not in (param_lr or {})])
