@@ -200,9 +200,10 @@ class PruneOptions:
         "threshold across all spaces.", flat="prune_scope", choices=("uniform", "global"),
     )
     importance: str = field(
-        "l1", "Channel importance: l1 (filter norms) or taylor (first-order change of the model "
-        "output when a channel is removed, measured on --train-data / --calib).",
-        flat="prune_importance", choices=("l1", "taylor"),
+        "l1", "Channel importance: l1 / l2 (filter norms), bn (|γ|/σ of the BatchNorm after "
+        "each producer: prune then runs before BN folding), or taylor (first-order change of "
+        "the model output when a channel is removed, measured on --train-data / --calib).",
+        flat="prune_importance", choices=("l1", "l2", "bn", "taylor"),
     )
     sparsity: float | None = field(
         None, "Unstructured magnitude sparsity: zero this share of every conv/FC weight (after "
@@ -339,7 +340,10 @@ class CompressConfig:
         """The pipeline: the given passes (default cleanup, fold_bn) plus those the options imply."""
         names = list(self.passes) if self.passes is not None else ["cleanup", "fold_bn"]
         if (self.prune.ratio or self.prune.macs) and "prune" not in names:
-            names.append("prune")
+            if self.prune.importance == "bn" and "fold_bn" in names:  # BN scales still there
+                names.insert(names.index("fold_bn"), "prune")
+            else:
+                names.append("prune")
         if (self.prune.sparsity or self.prune.sparsity_pattern) and "sparsify" not in names:
             names.append("sparsify")  # before distillation, which keeps the zeros (masked)
         if self.distill.steps and "distill" not in names:

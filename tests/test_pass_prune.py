@@ -278,3 +278,61 @@ def test_taylor_importance_keeps_what_the_output_needs(tmp_path, capsys):
     assert main([str(DEMO), "--prune", "0.5", "--prune-importance", "taylor", "--target", "x86",
                  "-o", str(tmp_path / "e")]) == 2
     assert "--prune-importance taylor" in capsys.readouterr().err
+
+
+def _export_plain(net, path):
+    import torch
+
+    torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(path), dynamo=False,
+                      opset_version=17, input_names=["x"], output_names=["y"],
+                      do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
+    return load(path)
+
+
+def test_bn_scale_importance_prunes_before_folding(tmp_path):
+    """bn: channels whose BatchNorm scale |γ|/σ is smallest go even when their filters are the
+    largest (network slimming); the option puts prune before fold_bn."""
+    torch = pytest.importorskip("torch")
+    from autoglm_compress.config_build import from_flat
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 8, 3))
+    with torch.no_grad():
+        net[0].weight[:8] *= 10  # large filters ...
+        net[1].weight[:8] = 0.01  # ... behind a near-zero BN scale
+    net.eval()
+    m = _export_plain(net, tmp_path / "bn.onnx")
+    cfg = from_flat("x.pt", prune=0.5, prune_importance="bn")
+    assert cfg.pass_names[:3] == ["cleanup", "prune", "fold_bn"]
+    recs = Pipeline(build_passes(["cleanup", "prune", "fold_bn"],
+                                 {"prune": {"ratio": 0.5, "importance": "bn"}}),
+                    progress=False).run(m)
+    rec = next(r for r in recs if r.name == "prune")
+    assert rec.stats["bn_scored"] == 1
+    kept = next(n for n in m.graph if n.op_type == "Conv").inputs[1].const_value.numpy()
+    w0 = net[0].weight.detach().numpy()
+    assert kept.shape[0] == 8  # folded: kept filter i = w0[8 + i] · γ/σ, the same direction
+    cos = [float(np.dot(kept[i].ravel(), w0[8 + i].ravel()) / np.linalg.norm(kept[i])
+                 / np.linalg.norm(w0[8 + i])) for i in range(8)]
+    assert min(cos) > 0.999
+    _check(m)
+
+
+def test_l2_importance_prefers_peaked_filters(tmp_path):
+    """Filters 0–7 spread (large L1, small L2), 8–15 one large tap (small L1, large L2)."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3))
+    with torch.no_grad():
+        net[0].weight[:8] = 0.5
+        net[0].weight[8:] = 0
+        net[0].weight[8:, 0, 1, 1] = 4.0
+    for imp, want in (("l2", 4.0), ("l1", 0.5)):
+        m = _export_plain(net.eval(), tmp_path / f"{imp}.onnx")
+        Pipeline(build_passes(["cleanup", "prune"], {"prune": {"ratio": 0.5, "importance": imp}}),
+                 progress=False).run(m)
+        kept = next(n for n in m.graph if n.op_type == "Conv").inputs[1].const_value.numpy()
+        assert kept.shape[0] == 8 and float(kept.max()) == want, imp
+        _check(m)

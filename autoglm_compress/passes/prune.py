@@ -38,8 +38,9 @@ class PruneConfig(PassConfig):
         "with the lowest normalised importance across all spaces go, ``ratio`` of them in all "
         "(a space keeps at least ``multiple``).")
     importance: str = field(
-        "l1", "l1: filter L1 norms; taylor: first-order output change of removing each channel, "
-        "measured on the data through the executor (pruning/taylor.py)")
+        "l1", "l1 / l2: filter norms; bn: |γ|/σ of the BatchNorm after the producers (before BN "
+        "folding; spaces without one use l1); taylor: first-order output change of removing each "
+        "channel, measured on the data through the executor (pruning/taylor.py)")
 
 
 def _params(model: ir.Model) -> int:
@@ -126,11 +127,22 @@ class PrunePass(CompressPass):
         return frozenset({"data"}) if self.config.importance == "taylor" else frozenset()
 
     def _scores(self, model: ir.Model) -> dict | None:
-        if self.config.importance == "l1":
-            return None
-        if self.config.importance != "taylor":
-            raise ValueError(f"prune importance must be l1 or taylor, got {self.config.importance!r}")
+        from autoglm_compress.pruning.apply import importance_bn, importance_l1
         from autoglm_compress.pruning.groups import channel_groups
+
+        kind = self.config.importance
+        if kind == "l1":
+            return None
+        if kind not in ("l2", "bn", "taylor"):
+            raise ValueError(f"prune importance must be l1, l2, bn or taylor, got {kind!r}")
+        if kind == "l2":
+            return {tuple(g.values): importance_l1(g, 2) for g in channel_groups(model)
+                    if g.prunable}
+        if kind == "bn":
+            out = {tuple(g.values): importance_bn(g) for g in channel_groups(model) if g.prunable}
+            self.stats["bn_scored"] = sum(v is not None for v in out.values())
+            self.stats["l1_scored"] = sum(v is None for v in out.values())
+            return {k: v for k, v in out.items() if v is not None}
         from autoglm_compress.pruning.taylor import SAMPLES, taylor_importance
 
         source = self.ctx.train_data or self.ctx.data

@@ -11,7 +11,7 @@ import onnx_ir as ir
 from autoglm_compress.ir_ops import const_array
 from autoglm_compress.pruning.groups import ChannelGroup, Member
 
-__all__ = ["expand", "prune_group", "importance_l1", "split_window"]
+__all__ = ["expand", "importance_bn", "importance_l1", "prune_group", "split_window"]
 
 
 def expand(keep: np.ndarray, block: int) -> np.ndarray:
@@ -52,15 +52,30 @@ def _take(node: ir.Node, index: int, keep: np.ndarray, axis: int) -> None:
     _set(node, index, np.take(a, keep, axis=axis % a.ndim))
 
 
-def _source_norms(m: Member, block: int) -> np.ndarray:
-    """L1 norm of each output channel's filter (``block`` output features per channel; a fused
-    Attention's head: its Q, K and V columns)."""
-    w = const_array(m.node.inputs[1]).astype(np.float64)
+def _source_norms(m: Member, block: int, p: int = 1) -> np.ndarray:
+    """Lp norm (p = 1, 2) of each output channel's filter (``block`` output features per channel;
+    a fused Attention's head: its Q, K and V columns)."""
+    w = np.abs(const_array(m.node.inputs[1]).astype(np.float64)) ** p
     if m.kind == "attention":
-        return np.abs(w).sum(axis=0).reshape(3, -1).sum(axis=0).reshape(-1, block).sum(axis=1)
-    ax = m.axis % w.ndim
-    norms = np.abs(np.moveaxis(w, ax, 0)).reshape(w.shape[ax], -1).sum(axis=1)
-    return norms.reshape(-1, block).sum(axis=1)
+        s = w.sum(axis=0).reshape(3, -1).sum(axis=0).reshape(-1, block).sum(axis=1)
+    else:
+        ax = m.axis % w.ndim
+        s = np.moveaxis(w, ax, 0).reshape(w.shape[ax], -1).sum(axis=1)
+        s = s.reshape(-1, block).sum(axis=1)
+    return s ** (1.0 / p)
+
+
+def importance_bn(group: ChannelGroup) -> np.ndarray | None:
+    """|γ| / sqrt(var + ε) of the space's BatchNormalization nodes (network slimming), each
+    normalised by its mean and summed; None when the space has none (folded, or no BN)."""
+    total, seen = np.zeros(group.channels), False
+    for m in group.members:
+        if m.kind == "bn":
+            g, var = (const_array(m.node.inputs[i]).astype(np.float64) for i in (1, 4))
+            s = np.abs(g) / np.sqrt(var + m.node.attributes.get_float("epsilon", 1e-5))
+            total += s / max(s.mean(), 1e-12)
+            seen = True
+    return total if seen else None
 
 
 def split_window(m: Member) -> tuple[int, int]:
@@ -69,19 +84,19 @@ def split_window(m: Member) -> tuple[int, int]:
     return sum(sizes[:m.slot]), sizes[m.slot]
 
 
-def importance_l1(group: ChannelGroup) -> np.ndarray:
-    """Per-channel importance: the L1 norm of each source's output filter, each source normalised
-    by its mean (so a residual space weighs its branches alike), summed over the sources. A Split
-    output's channels are its window of the split value's sources."""
+def importance_l1(group: ChannelGroup, p: int = 1) -> np.ndarray:
+    """Per-channel importance: the L1 (``p`` = 2: L2) norm of each source's output filter, each
+    source normalised by its mean (so a residual space weighs its branches alike), summed over the
+    sources. A Split output's channels are its window of the split value's sources."""
     total = np.zeros(group.channels)
     for m in group.sources:
         if m.kind == "split_source":
             off, width = split_window(m)
-            for p in m.space.sources:
-                norms = _source_norms(p, 1)[off:off + width]
+            for q in m.space.sources:
+                norms = _source_norms(q, 1, p)[off:off + width]
                 total += norms / max(norms.mean(), 1e-12)
             continue
-        norms = _source_norms(m, group.block if m.value in group.expanded else 1)
+        norms = _source_norms(m, group.block if m.value in group.expanded else 1, p)
         total += norms / max(norms.mean(), 1e-12)
     return total
 
