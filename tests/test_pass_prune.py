@@ -77,10 +77,14 @@ def test_digits_half_the_channels_quarter_the_macs():
 
 
 def test_kept_channels_are_the_largest_filters():
+    """L1 importance of a channel: its filter's norm over the mean filter's + the next layer's
+    input slice's norm over the mean slice's."""
     m = _prepared(DEMO)
-    conv = next(n for n in m.graph if n.op_type == "Conv")
-    w = conv.inputs[1].const_value.numpy()
-    top = np.sort(np.argsort(-np.abs(w).reshape(w.shape[0], -1).sum(1))[:8])
+    conv, nxt = [n for n in m.graph if n.op_type == "Conv"][:2]
+    w, w2 = conv.inputs[1].const_value.numpy(), nxt.inputs[1].const_value.numpy()
+    a = np.abs(w).reshape(w.shape[0], -1).sum(1)
+    b = np.abs(w2).sum(axis=(0, 2, 3))
+    top = np.sort(np.argsort(-(a / a.mean() + b / b.mean()))[:8])
     _prune(m, 0.5)
     np.testing.assert_array_equal(conv.inputs[1].const_value.numpy(), w[top])
 

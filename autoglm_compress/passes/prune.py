@@ -71,12 +71,12 @@ def _prune(model: ir.Model, ratio: float, multiple: int, scope: str = "uniform",
             frozen.append({"values": grp.values[:3], "channels": grp.channels,
                            "why": grp.frozen[:3]})
     cut = None
-    if scope == "global" and spaces:  # importances are normalised per producer: comparable
-        scores = np.concatenate([imp / len(g.sources) for g, imp in spaces])
+    if scope == "global" and spaces:  # importances are per-weight means of normalised norms
+        scores = np.concatenate([imp for _, imp in spaces])
         cut = np.quantile(scores, ratio) if ratio > 0 else -np.inf
     for grp, imp in spaces:
         c = grp.channels
-        want = (1.0 - ratio) * c if cut is None else int((imp / len(grp.sources) > cut).sum())
+        want = (1.0 - ratio) * c if cut is None else int((imp > cut).sum())
         step = multiple // math.gcd(multiple, grp.block)  # heads: kept·head_dim a multiple
         k = max(int(np.ceil(want / step) * step), step)
         if k >= c:

@@ -4,8 +4,9 @@ Removing channel c of a producer's output a changes the model output by ≈ J·(
 Its expected squared size, E‖J a_c‖², is estimated with random output projections r ~ N(0, I):
 E_r (rᵀ J a_c)² = E_r (Σ_positions a_c · ∂(rᵀy)/∂a_c)² — one backward pass per sample and projection,
 the gradient taken at every producer's output at once (a zero tensor added there). With labels the
-projection is the cross-entropy instead (Molchanov et al. 2019's criterion). Scores are summed over
-a space's producers, each producer's normalised by its mean (as the L1 importance is).
+projection is the cross-entropy instead (Molchanov et al. 2019's criterion). Scores are averaged over
+a space's producers, each normalised by its mean (as the L1 importance
+is).
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def taylor_importance(model: ir.Model, groups: list[ChannelGroup], feeds) -> dic
                 prev = per_source[name]
                 per_source[name] = contrib if prev is None else prev + contrib
     out = {}
-    for gi, grp in enumerate(groups):
-        total = np.zeros(grp.channels)
+    for grp in groups:
+        terms = []
         for m in grp.sources:
             if m.kind == "split_source":
                 from autoglm_compress.pruning.apply import split_window
@@ -89,12 +90,11 @@ def taylor_importance(model: ir.Model, groups: list[ChannelGroup], feeds) -> dic
                 for p in m.space.sources:
                     s = per_source.get(p.node.outputs[0].name)
                     if s is not None and s.numel() >= off + width:
-                        s = s[off:off + width].numpy()
-                        total += s / max(float(s.mean()), 1e-30)
+                        terms.append(s[off:off + width].numpy())
                 continue
             s = per_source.get(m.node.outputs[0].name)
             if s is not None and s.numel() == grp.channels:
-                s = s.numpy()
-                total += s / max(float(s.mean()), 1e-30)
-        out[tuple(grp.values)] = total
+                terms.append(s.numpy())
+        out[tuple(grp.values)] = (sum(t / max(float(t.mean()), 1e-30) for t in terms) / len(terms)
+                                  if terms else np.zeros(grp.channels))
     return out
