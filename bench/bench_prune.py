@@ -45,17 +45,20 @@ def _row(label, res, t0) -> dict:
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def _latency_ratio(fp32: str, path: str, repeats: int = 200) -> float:
-    """Median latency of ``path`` over ``fp32``'s, interleaved in one process (onnxruntime)."""
+def _latency_ratio(fp32: str, path: str, repeats: int = 200, feed: dict | None = None) -> float:
+    """Median latency of ``path`` over ``fp32``'s, interleaved in one process (onnxruntime);
+    ``feed`` by input name (default: one zero digit)."""
     from autoglm_compress.ir_utils import ort_session
 
     s = {k: ort_session(p) for k, p in (("a", fp32), ("b", path))}
-    x = {s["a"].get_inputs()[0].name: np.zeros((1, 1, 8, 8), np.float32)}
+    if feed is None:
+        feed = {s["a"].get_inputs()[0].name: np.zeros((1, 1, 8, 8), np.float32)}
     t = {"a": [], "b": []}
     for _ in range(repeats):
         for k, sess in s.items():
+            x = {i.name: feed[i.name] for i in sess.get_inputs()}
             t0 = time.perf_counter()
-            sess.run(None, {sess.get_inputs()[0].name: next(iter(x.values()))})
+            sess.run(None, x)
             t[k].append(time.perf_counter() - t0)
     return float(np.median(t["b"]) / np.median(t["a"]))
 
@@ -139,7 +142,40 @@ def run(ratios, steps, effnet, work: Path, tp_path: str | None = None) -> list[d
     return rows
 
 
-def run_bert(ratios, steps: int, work: Path) -> list[dict]:
+def _tp_bert(ratios, work: Path, pe: Path, fp32_onnx: str, tp_path: str) -> list[dict]:
+    """torch-pruning's heads + FFN at the same ratios (no fine-tuning): params, hidden-state
+    cosine, onnxruntime latency against our unpruned FP32 artifact (interleaved)."""
+    import json
+    import os
+    import subprocess
+
+    from autoglm_compress import load
+    from autoglm_compress.ir_utils import save_atomic
+
+    feed = {k: v[:1] for k, v in np.load(pe).items()}
+    out = []
+    for r in ratios:
+        t0 = time.perf_counter()
+        env = {**os.environ, "PYTHONPATH": tp_path}
+        p = subprocess.run([sys.executable, str(ROOT / "bench" / "peers" / "tp_prune_bert.py"),
+                            "--ratio", str(r), "--eval", str(pe), "--out",
+                            str(work / f"tp_bert_{r}")], capture_output=True, text=True, env=env,
+                           check=True)
+        peer = json.loads(p.stdout.strip().splitlines()[-1])
+        onnx_path = work / f"tp_bert_{r}" / "tp_bert.onnx"
+        save_atomic(load(peer["onnx"]), onnx_path)
+        out.append({"model": "bert", "run": f"torch-pruning {r} (heads {peer['heads'][0]}/8, "
+                    f"FFN {peer['ffn'][0]}/2048)", "params": peer["params"], "macs_m": "-",
+                    "macs_ratio": "-", "accuracy": None, "top1": "-",
+                    "cosine": round(peer["cosine"], 4),
+                    "latency_vs_fp32": round(_latency_ratio(fp32_onnx, str(onnx_path), 30,
+                                                            feed), 2),
+                    "wall_s": round(time.perf_counter() - t0, 1)})
+        print(out[-1], flush=True)
+    return out
+
+
+def run_bert(ratios, steps: int, work: Path, tp_path: str | None = None) -> list[dict]:
     """The BERT-style encoder of bench_real (hidden 512, 6 layers, 8 heads of 64, FFN 2048,
     seq 128, random weights): heads + FFN units pruned at each ratio, without and with ``steps``
     of distillation on 64 random-token sequences; cosine on 16 held-out ones."""
@@ -159,7 +195,10 @@ def run_bert(ratios, steps: int, work: Path) -> list[dict]:
             res = compress(path, out_dir=work / f"bert_{name.replace(' ', '_')}", **common,
                            **kw)
             rows.append(_row(("bert", name), res, t0))
+            rows[-1]["onnx"] = str(res.artifacts[0].path)
             print(rows[-1], flush=True)
+    if tp_path:
+        rows += _tp_bert(ratios, work, pe, rows[0]["onnx"], tp_path)
     return rows
 
 
@@ -274,7 +313,7 @@ def main() -> None:
     if a.effnet_steps:
         rows += run_effnet_distill(a.effnet_steps, work)
     if a.bert_steps >= 0:
-        rows += run_bert(ratios, a.bert_steps, work)
+        rows += run_bert(ratios, a.bert_steps, work, a.torch_pruning or None)
     if a.yolo:
         rows += run_yolo(ratios, work)
     cmd = f"python bench/bench_prune.py --ratios {a.ratios} --steps {a.steps}" + (
