@@ -239,3 +239,42 @@ def test_eltwise_sum_mean_max(eltwise_model, tmp_path, precision, min_cos):
     assert got[1][1][1].startswith("-23301=2,") and len(got[0][1]) == 1  # Mean: coefficients ½, ½
     assert "BinaryOp" not in {r[0] for r in rows}
     assert art.fidelity["cosine_min"] >= min_cos
+
+
+@pytest.fixture(scope="module")
+def encoder_model(tmp_path_factory) -> Path:
+    """A post-LN transformer block (4 heads, GELU FFN) exported at batch 1: its linear layers run
+    on [S, H] rows between Reshapes — the flattened batch ncnn's blobs cannot hold."""
+    torch = pytest.importorskip("torch")
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_prune_couplings import _Encoder
+
+    class One(_Encoder):
+        def __init__(self):
+            super().__init__()
+            self.b, self.s = 1, 10
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ncnn_enc") / "enc.onnx"
+    torch.onnx.export(One().eval(), (torch.randn(1, 10, 64),), str(path), dynamo=False,
+                      opset_version=17, input_names=["x"], output_names=["y"])
+    return path
+
+
+@pytest.mark.parametrize(("precision", "min_cos"),
+                         [("fp32", 0.99999), ("fp16", 0.9999), ("int8", 0.999)])
+def test_transformer_block_rows_lifted(encoder_model, tmp_path, precision, min_cos):
+    """The row regions are lifted to [1, S, ·]: six InnerProducts (Q, K, V, O, FFN ×2) with their
+    biases folded in, the attention as batched MatMuls, two LayerNorms; int8: all six linears."""
+    art = _ncnn(encoder_model, tmp_path, precision)
+    rows = _layers(art.files["param"])
+    types = Counter(r[0] for r in rows)
+    assert types["InnerProduct"] == 6 and types["MatMul"] == 2 and types["LayerNorm"] == 2
+    assert types["GELU"] == 1 and types["Softmax"] == 1
+    assert any("lifted" in n for n in art.notes)
+    assert art.fidelity["cosine_min"] >= min_cos
+    if precision == "int8":
+        ips = [r for r in rows if r[0] == "InnerProduct"]
+        assert all(any(t.startswith("8=2") for t in r) for r in ips)  # int8_scale_term

@@ -103,8 +103,9 @@ def unsupported_reason(node: ir.Node) -> str | None:
             return "Gemm on a rank ≠ 2 input"
     if op == "MatMul":
         w = wconst(node.inputs[1])
-        if w is not None and (w.ndim != 2 or len(_shape(node.inputs[0])) != 2):
-            return "MatMul with a constant weight on a rank ≠ 2 input"
+        rank = len(_shape(node.inputs[0]))
+        if w is not None and (w.ndim != 2 or rank not in (2, 3)):
+            return "MatMul with a constant weight on a rank other than 2 or 3 (rows) input"
         if w is None and not (3 <= len(_shape(node.inputs[0])) <= 4
                               and len(_shape(node.inputs[1])) == len(_shape(node.inputs[0]))):
             return "MatMul of two activations other than batched 3-D/4-D of equal rank"
@@ -383,6 +384,20 @@ class _Lowerer:
                 self.float_layers.append(n.name or "fc")
         self.ng.add("InnerProduct", n.name or "fc", [x], [self.out(y)], p, weights)
 
+    def _bias_add(self, n: ir.Node):
+        """(Add, bias) when ``n``'s only reader adds a constant [N] (a Gemm lifted to rows)."""
+        y = n.outputs[0]
+        uses = list(y.uses())
+        if len(uses) != 1 or y.is_graph_output() or uses[0][0].op_type != "Add":
+            return None, None
+        add = uses[0][0]
+        other = add.inputs[1 - uses[0][1]]
+        c = const_array(other) if other.name not in self.blob else None
+        n_out = _shape(y)[-1]
+        if c is None or c.size != n_out or c.reshape(-1).size != c.shape[-1]:
+            return None, None
+        return add, c.astype(np.float32).reshape(-1)
+
     def gemm(self, n: ir.Node) -> None:
         w = wconst(n.inputs[1]).astype(np.float32)
         w = w if n.attributes.get_int("transB", 0) else w.T
@@ -504,8 +519,13 @@ class _Lowerer:
         elif op == "MatMul" and wconst(n.inputs[1]) is None:
             self.ng.add("MatMul", n.name or "matmul", [self.b(v) for v in n.inputs],
                         [self.out(n.outputs[0])], {0: 0})
-        elif op == "MatMul":
-            self.inner_product(n, wconst(n.inputs[1]).astype(np.float32).T, None, 1)
+        elif op == "MatMul":  # [1, S, H] is the 2-D blob h=S: InnerProduct runs row by row
+            add, bias = self._bias_add(n)
+            if add is not None:
+                self.fused.add(id(add))
+            self.inner_product(n, wconst(n.inputs[1]).astype(np.float32).T, bias, 1)
+            if add is not None:
+                self.blob[add.outputs[0].name] = self.blob[n.outputs[0].name]
         elif op == "Pad":
             p = [int(x) for x in const_array(n.inputs[1]).reshape(-1)]
             cv = const_array(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None \

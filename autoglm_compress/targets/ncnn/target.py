@@ -112,7 +112,11 @@ class NcnnTarget(Target):
                 "pip install 'autoglm-compress[runtimes]'"
             ) from None
         super().check(model, precision)
-        self.refuse_unsupported(model, precision, unsupported_reason)
+        from autoglm_compress.targets.ncnn.batch_rows import lift_rows
+
+        lifted = ir.from_proto(ir.to_proto(model))  # what prepare will lower, on a copy
+        lift_rows(lifted)
+        self.refuse_unsupported(lifted, precision, unsupported_reason)
         return []
 
     def scheme(self):
@@ -121,9 +125,13 @@ class NcnnTarget(Target):
     def prepare(self, model: ir.Model, precision: str) -> list[str]:
         from autoglm_compress.passes.fuse_gelu import FuseGeluPass
 
+        from autoglm_compress.targets.ncnn.batch_rows import lift_rows
+
+        lifted = lift_rows(model)
         FuseGeluPass()(model)
         self._fp32 = model
-        return []
+        return [f"{lifted} flattened-batch row regions (Reshape [1, S, H] → [S, H] … back) lifted "
+                "to [1, S, ·] for ncnn's batch-less blobs"] if lifted else []
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
         param, data, io = lower_to_ncnn(model, precision)
