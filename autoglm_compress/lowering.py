@@ -4,7 +4,9 @@
   turns them into its own scheme).
 - :func:`quantize`: FP32 IR → the target's QDQ IR: the ``bias_correction`` and ``quantize``
   passes, and, under a cosine target, automatic fallback: layers ranked by isolated sensitivity on
-  held-out calibration samples (never the eval data) go back to FP32 worst-first until it is met.
+  held-out calibration samples (never the eval data) go back to FP32 worst-first until it is met,
+  then each fallen layer but the last is re-tried in int8 and stays there if the target still holds
+  (fewer float layers); the ranking (cosine with that layer alone in int8) is in the record.
 - :func:`lower_for_target`: FP32 → the precision, for one target: fp16 by the target's precision
   passes (its lowering table), int8 by ``quantize`` → ``qat`` pass → latency guard (x86).
 """
@@ -114,6 +116,9 @@ def quantizer(target, ctx, int8: Int8Config):
     return run
 
 
+MINIMISE_TRIES = 8  # fallen layers re-tried in int8 once the cosine target is met
+
+
 def quantize(
     model: ir.Model, target, ctx, int8: Int8Config, min_cosine: float | None = None
 ) -> tuple[ir.Model, PassRecord]:
@@ -143,6 +148,23 @@ def quantize(
                 logger.info("fallback %s to fp32: cosine %.5f", name, cos)
                 if cos >= min_cosine:
                     break
+            back: list[str] = []
+            if cos >= min_cosine:  # fewest: a layer that fell early may not be needed now
+                for name in fallen[-2::-1][:MINIMISE_TRIES]:
+                    trial = [f for f in fallen if f != name]
+                    q2, st2 = qrun(model, trial)
+                    c2 = cosine(q2)
+                    if c2 >= min_cosine:
+                        fallen, q, qstats, cos = trial, q2, st2, c2
+                        back.append(name)
+            isolated = dict(ranking)
+            qstats["fallback"] = {
+                "target": min_cosine, "reached": round(cos, 6), "returned_to_int8": back,
+                "ranking": [{"node": n, "isolated_cosine": round(c, 6)} for n, c in ranking[:12]],
+            }
+            for layer in qstats.get("layers", []):
+                if layer.get("node") in isolated:
+                    layer["isolated_cosine"] = round(isolated[layer["node"]], 6)
         qstats["calibration_cosine"] = round(cos, 6)
     sq = layer_sqnr(model, q, holdout[:8]) if holdout else {}
     for layer in qstats.get("layers", []):

@@ -81,6 +81,33 @@ def test_fallback_until_target_met():
         if node.name in kept:
             assert node.inputs[1].const_value is not None, "a fallen-back layer keeps float weights"
     assert {e["reason"] for e in s["layers_fp32"]} == {"fallback"}
+    fb = s["fallback"]
+    cos = [r["isolated_cosine"] for r in fb["ranking"]]
+    assert cos == sorted(cos) and fb["reached"] >= 0.99999  # worst-first ranking, reported
+    assert all("isolated_cosine" in layer for layer in s["layers"])
+
+
+def test_fallback_keeps_no_layer_in_float_it_does_not_need():
+    """After the worst-first fallback meets the target, each fallen layer is re-tried in int8:
+    putting any one of the remaining float layers back in int8 misses the target."""
+    from qhelpers import _ctx
+
+    from autoglm_compress import lowering
+    from autoglm_compress.config import Int8Config
+    from autoglm_compress.quantization.sensitivity import holdout_cosine
+
+    model = load(DEMO)
+    Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)
+    stats, _ = calibrate(model, str(CALIB), "minmax", 64, False, False)
+    target = 0.99999
+    _, rec = quantize_for_target(model, X86Target(), stats, min_cosine=target)
+    fallen = rec.stats["fell_back"]
+    used = bool(rec.config["reconstruct"])  # as the flow chose
+    qrun = lowering.quantizer(X86Target(), _ctx(stats, X86Target()), Int8Config(reconstruct=used))
+    cosine = holdout_cosine(model, stats.holdout)
+    assert cosine(qrun(model, fallen)[0]) >= target
+    for name in fallen:
+        assert cosine(qrun(model, [f for f in fallen if f != name])[0]) < target, name
 
 
 def test_calib_random_is_flagged(tmp_path):
