@@ -335,7 +335,7 @@ def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
     if cfg.prune.ratio or cfg.prune.macs:
         out["prune"] = {"ratio": cfg.prune.ratio or 0.0, "multiple": cfg.prune.multiple,
                         "macs": cfg.prune.macs, "scope": cfg.prune.scope,
-                        "importance": cfg.prune.importance}
+                        "importance": cfg.prune.importance, "compensate": cfg.prune.compensate}
     if cfg.prune.sparsity or cfg.prune.sparsity_pattern:
         out["sparsify"] = {"sparsity": cfg.prune.sparsity or 0.5,
                            "pattern": cfg.prune.sparsity_pattern}

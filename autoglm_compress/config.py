@@ -205,6 +205,12 @@ class PruneOptions:
         "the model output when a channel is removed, measured on --train-data / --calib).",
         flat="prune_importance", choices=("l1", "l2", "bn", "taylor"),
     )
+    compensate: bool = field(
+        False, "After pruning, add each next layer's lost input (the removed channels' mean on 16 "
+        "calibration samples) to its bias (measured: EfficientNet-Lite1 at 5 % of the channels "
+        "cosine 0.65 → 0.85, digits at 50 % 0.104 → 0.222 accuracy, but Taylor-pruned digits "
+        "0.298 → 0.196: off by default).", flat="prune_compensate",
+    )
     sparsity: float | None = field(
         None, "Unstructured magnitude sparsity: zero this share of every conv/FC weight (after "
         "pruning; distillation then keeps the zeros); dense runtimes gain no speed, the file "

@@ -226,3 +226,33 @@ def test_cli_distill_features_after_prune(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     st = next(p for p in rep["passes"] if p["name"] == "distill")["stats"]
     assert "feature mse (2 features)" in st["loss"] and st["loss_after"] < st["loss_before"]
+
+
+def test_removed_channels_mean_goes_into_the_next_bias(tmp_path):
+    """Half of the first conv's filters are zero but their bias is 0.5: after ReLU they feed a
+    constant 0.5 to the next conv. Pruned without data the output shifts; with data and
+    compensate (--prune-compensate) the pass moves W[:, removed]·0.5 into the next conv's bias and
+    the output stays exact."""
+    from autoglm_compress.calibration.data import open_calibration_source
+    from autoglm_compress.passes.context import PassContext
+    from autoglm_compress.pipeline import Pipeline, build_passes
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3))
+    with torch.no_grad():
+        net[0].weight[8:] = 0
+        net[0].bias[8:] = 0.5
+    m0, feed, before = _export(net.eval(), tmp_path / "c.onnx", (1, 3, 8, 8))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((8, 1, 3, 8, 8)).astype(np.float32))
+    outs = {}
+    for with_data in (False, True):
+        m = ir.from_proto(ir.to_proto(m0))
+        ctx = PassContext(data=open_calibration_source(str(data), m) if with_data else None)
+        recs = Pipeline(build_passes(["prune"], {"prune": {"ratio": 0.5, "compensate": True}}),
+                        progress=False).run(m, ctx)
+        assert recs[0].stats.get("bias_compensated", 0) == (1 if with_data else 0)
+        outs[with_data] = ort_run(ort_session(m), feed)[0]
+        _check(m)
+    assert np.abs(outs[False] - before).max() > 0.05
+    np.testing.assert_allclose(outs[True], before, rtol=1e-4, atol=1e-4)

@@ -37,6 +37,9 @@ class PruneConfig(PassConfig):
         "uniform", "uniform: every space loses ``ratio`` of its channels; global: the channels "
         "with the lowest normalised importance across all spaces go, ``ratio`` of them in all "
         "(a space keeps at least ``multiple``).")
+    compensate: bool = field(
+        False, "with data (--calib / --train-data): add each reader's lost input (removed "
+        "channels × their mean on 16 samples) to its bias (pruning/compensate.py)")
     importance: str = field(
         "l1", "l1 / l2: filter norms; bn: |γ|/σ of the BatchNorm after the producers (before BN "
         "folding; spaces without one use l1); taylor: first-order output change of removing each "
@@ -117,6 +120,9 @@ def _ratio_for_macs(model: ir.Model, target: float, multiple: int, scope: str, s
     return hi, share(hi)
 
 
+COMPENSATE_SAMPLES = 16
+
+
 @register
 class PrunePass(CompressPass):
     name = "prune"
@@ -165,7 +171,19 @@ class PrunePass(CompressPass):
             raise ValueError(f"prune scope must be uniform or global, got {cfg.scope!r}")
         before, macs_before = _params(model), _macs(model)
         kept: dict = {}
+        source = self.ctx.train_data or self.ctx.data if self.ctx is not None else None
+        means, before_model = {}, None
+        if cfg.compensate and source is not None:
+            from autoglm_compress.ir_utils import from_proto, to_proto
+            from autoglm_compress.pruning.compensate import input_means
+
+            before_model = from_proto(to_proto(model))
+            means = input_means(before_model, list(source.take(COMPENSATE_SAMPLES)))
         report, frozen = _prune(model, ratio, cfg.multiple, cfg.scope, scores, kept)
+        if means:
+            from autoglm_compress.pruning.compensate import compensate
+
+            self.stats["bias_compensated"] = compensate(before_model, model, kept, means)
         if self.ctx is not None:
             self.ctx.kept_channels = {**(self.ctx.kept_channels or {}), **kept}
         self.stats["importance"] = cfg.importance
