@@ -280,23 +280,22 @@ class _Analysis:
             self.follow(ins[0], outs[0], self.ax(ins[0]))
         elif op in _ELEMENTWISE and ins:
             self._elementwise(node, ins, outs[0])
-        elif op == "Transpose" and len(ins) == 1 and self._transpose(node, ins[0], outs[0]):
-            pass
-        elif op == "MatMul" and len(ins) == 2 and self._matmul_acts(node, *ins, outs[0]):
-            pass
-        elif op == "Concat" and outs and self._concat(node):
-            pass
-        elif op == "Split" and len(ins) == 1 and self._split(node, ins[0]):
-            pass
-        elif op == "Attention" and node.domain == "com.microsoft" and self._fused_attention(
-                node, ins, outs):
-            pass
-        elif op == "Slice" and len(ins) == 1 and self._slice(node, ins[0]):
-            pass
-        elif op in ("Flatten", "Reshape") and ins and self._reshape(node, ins[0], outs[0]):
-            pass
-        else:
+        elif not self._layout(node, op, ins, outs):
             self.freeze(f"{op} {node.name!r} (not analysed for channel pruning)", *ins, *outs)
+
+    def _layout(self, node: ir.Node, op: str, ins, outs) -> bool:
+        """Ops that move, split or join channels; True when the op was understood (its handler
+        recorded the coupling), False to freeze its values."""
+        one = len(ins) == 1
+        return bool(
+            (op == "Transpose" and one and self._transpose(node, ins[0], outs[0]))
+            or (op == "MatMul" and len(ins) == 2 and self._matmul_acts(node, *ins, outs[0]))
+            or (op == "Concat" and outs and self._concat(node))
+            or (op == "Split" and one and self._split(node, ins[0]))
+            or (op == "Attention" and node.domain == "com.microsoft"
+                and self._fused_attention(node, ins, outs))
+            or (op == "Slice" and one and self._slice(node, ins[0]))
+            or (op in ("Flatten", "Reshape") and ins and self._reshape(node, ins[0], outs[0])))
 
     def _weighted(self, node: ir.Node, ins, outs) -> None:
         op = node.op_type
