@@ -200,16 +200,18 @@ class PruneOptions:
         "threshold across all spaces.", flat="prune_scope", choices=("uniform", "global"),
     )
     importance: str = field(
-        "l1", "Channel importance: l1 / l2 (filter norms), bn (|γ|/σ of the BatchNorm after "
-        "each producer: prune then runs before BN folding), or taylor (first-order change of "
-        "the model output when a channel is removed, measured on --train-data / --calib).",
-        flat="prune_importance", choices=("l1", "l2", "bn", "taylor"),
+        "auto", "Channel importance: l1 / l2 (filter norms), bn (|γ|/σ of the BatchNorm after "
+        "each producer: prune then runs before BN folding), taylor (first-order change of the "
+        "model output when a channel is removed, measured on --train-data / --calib), act (what "
+        "each channel feeds the next layers on that data: ‖W[:, c]‖²·E[x_c²], compensated: the "
+        "part the kept channels cannot predict), or auto (act with data, else l1).",
+        flat="prune_importance", choices=("auto", "l1", "l2", "bn", "taylor", "act"),
     )
     compensate: bool = field(
-        False, "After pruning, add each next layer's lost input (the removed channels' mean on 16 "
-        "calibration samples) to its bias (measured: EfficientNet-Lite1 at 5 % of the channels "
-        "cosine 0.65 → 0.85, digits at 50 % 0.104 → 0.222 accuracy, but Taylor-pruned digits "
-        "0.298 → 0.196: off by default).", flat="prune_compensate",
+        True, "After pruning, refit each next layer to what the removed channels fed it: they are "
+        "predicted from the kept ones (ridge regression on 64 samples of --train-data / --calib; "
+        "nothing without data). No fine-tuning, prune 0.5: BERT-style encoder cosine 0.909 → "
+        "0.962, digits accuracy 0.10 → 0.28 (with act importance).", flat="prune_compensate",
     )
     sparsity: float | None = field(
         None, "Unstructured magnitude sparsity: zero this share of every conv/FC weight (after "

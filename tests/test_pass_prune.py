@@ -251,7 +251,9 @@ def test_train_data_for_distillation(tmp_path, capsys):
                  "--target", "x86", "--samples", "8", "-o", str(tmp_path / "b")]) == 0
     rep = json.loads((tmp_path / "b" / "report.json").read_text())
     rec = next(p for p in rep["passes"] if p["name"] == "distill")
-    assert rec["stats"]["samples"] == 300 and rec["stats"]["loss_after"] < rec["stats"]["loss_before"]
+    st = rec["stats"]
+    assert st["samples"] + st["heldout_samples"] == 300 and st["heldout_samples"] == 37
+    assert st["loss_after"] < st["loss_before"]
 
 
 def test_taylor_importance_keeps_what_the_output_needs(tmp_path, capsys):

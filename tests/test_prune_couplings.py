@@ -251,8 +251,72 @@ def test_removed_channels_mean_goes_into_the_next_bias(tmp_path):
         ctx = PassContext(data=open_calibration_source(str(data), m) if with_data else None)
         recs = Pipeline(build_passes(["prune"], {"prune": {"ratio": 0.5, "compensate": True}}),
                         progress=False).run(m, ctx)
-        assert recs[0].stats.get("bias_compensated", 0) == (1 if with_data else 0)
+        assert recs[0].stats.get("readers_compensated", 0) == (1 if with_data else 0)
         outs[with_data] = ort_run(ort_session(m), feed)[0]
         _check(m)
     assert np.abs(outs[False] - before).max() > 0.05
     np.testing.assert_allclose(outs[True], before, rtol=1e-4, atol=1e-4)
+
+
+def _pruned_with_data(m0, data, **cfg):
+    from autoglm_compress.calibration.data import open_calibration_source
+    from autoglm_compress.passes.context import PassContext
+    from autoglm_compress.pipeline import Pipeline, build_passes
+
+    m = ir.from_proto(ir.to_proto(m0))
+    ctx = PassContext(data=open_calibration_source(str(data), m))
+    rec = Pipeline(build_passes(["prune"], {"prune": {"ratio": 0.5, **cfg}}),
+                   progress=False).run(m, ctx)[0]
+    _check(m)
+    return m, rec.stats, ctx.kept_channels
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_removed_channels_predicted_from_the_kept_ones(tmp_path, kind):
+    """Filters 8–15 are twice filters 0–7 (so after ReLU channel c+8 = 2·channel c): L1 keeps the
+    doubled ones. Uncompensated the output loses half its input; compensated, the reader (a Conv;
+    a MatMul with the bias Add after it) regresses the removed channels on the kept ones
+    (x_c = 0.5·x_{c+8}) and its output stays (ridge-regularised, so close, not bit-exact)."""
+    torch.manual_seed(0)
+    if kind == "conv":
+        net, shape = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(16, 8, 3)), (1, 3, 8, 8)
+    else:
+        net, shape = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)), (1, 5, 6)
+    with torch.no_grad():
+        net[0].weight[8:] = 2 * net[0].weight[:8]
+        net[0].bias[8:] = 2 * net[0].bias[:8]
+        net[2].weight[:, :8] *= 0.25  # (the reader's columns count in L1 too)
+    m0, feed, before = _export(net.eval(), tmp_path / "c.onnx", shape)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((16, *shape)).astype(np.float32))
+    err = {}
+    for comp in (False, True):
+        m, st, kept = _pruned_with_data(m0, data, importance="l1", compensate=comp)
+        assert st.get("readers_compensated", 0) == int(comp)
+        assert sorted(next(iter(kept.values()))[1]) == list(range(8, 16))
+        err[comp] = np.abs(ort_run(ort_session(m), feed)[0] - before).max() / np.abs(before).max()
+    assert err[False] > 0.05 and err[True] < 0.005, err
+
+
+def test_act_importance_keeps_the_channels_the_readers_see(tmp_path):
+    """Filters 0–7 are large but their bias kills them after ReLU (dead, yet the largest L1);
+    filters 8–15 are small and live. L1 keeps the dead ones; act (measured on the data) keeps the
+    live ones, and the pruned output stays close without any compensation."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3))
+    with torch.no_grad():
+        net[0].weight[:8] *= 4
+        net[0].bias[:8] = -100.0
+        net[0].weight[8:] *= 0.5
+        net[0].bias[8:] = 1.0
+    m0, feed, before = _export(net.eval(), tmp_path / "c.onnx", (1, 3, 8, 8))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((16, 1, 3, 8, 8)).astype(np.float32))
+    err = {}
+    for imp in ("l1", "act"):
+        m, st, kept = _pruned_with_data(m0, data, importance=imp, compensate=False)
+        assert st["importance"] == imp
+        assert sorted(next(iter(kept.values()))[1]) == list(range(8, 16) if imp == "act" else range(8))
+        err[imp] = np.abs(ort_run(ort_session(m), feed)[0] - before).max()
+    assert err["act"] < 1e-4 < 0.5 < err["l1"], err

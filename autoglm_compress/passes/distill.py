@@ -20,6 +20,10 @@ Under torchrun the steps run with DistributedDataParallel (runtime/distributed.p
 weighted layer (Conv/Gemm/MatMul with a constant weight) that the teacher also has, compared whole
 when its shape is unchanged, on the kept channels when prune removed some (the prune pass leaves
 value → kept indices in the context).
+Every eighth sample (with ≥ 16 samples) is held out: the weights are checked on them ten times
+during training and the best checkpoint is kept — the untrained weights when no step lowered the
+held-out loss (a well-compensated pruned model can start closer than a few hundred steps on a small
+set leave it: transformers BERT in tests/real, prune 0.5: cosine 0.99994 → 0.99924).
 """
 
 from __future__ import annotations
@@ -77,6 +81,54 @@ def _features(student: ir.Model, teacher: ir.Model, kept: dict) -> dict:
     return out
 
 
+HOLDOUT_EVERY = 8  # every 8th sample is held out (with at least 2 × this many samples)
+CHECKS = 10  # held-out checks during training
+
+
+class _Checkpoints:
+    """The trained tensors at the step with the lowest held-out loss (step 0: untrained)."""
+
+    def __init__(self, student, teacher, feeds: list[dict], params: dict, steps: int):
+        import torch
+
+        self.student, self.feeds, self.params = student, feeds, params
+        self.names = [v.name for v in student.graph.outputs
+                      if v.dtype is None or v.dtype.is_floating_point()]
+        with torch.no_grad():
+            outs = [teacher.run(f) for f in feeds]
+        self.targets = [torch.stack([o[n].detach() for o in outs]) for n in self.names]
+        self.every, self.step = max(steps // CHECKS, 1), 0
+        self.first = self.best = self.loss()
+        self.best_step, self.saved = 0, self._copy()
+
+    def _copy(self) -> dict:
+        return {n: p.detach().clone() for n, p in self.params.items()}
+
+    def loss(self) -> float:
+        import torch
+
+        with torch.no_grad():
+            outs = [self.student.run(f) for f in self.feeds]
+            got = [torch.stack([o[n] for o in outs]) for n in self.names]
+        return float(sum(((g.to(t.device) - t) ** 2).mean() / t.var().clamp_min(1e-12)
+                         for g, t in zip(got, self.targets)))
+
+    def after_step(self) -> None:
+        self.step += 1
+        if self.step % self.every == 0:
+            cur = self.loss()
+            if cur < self.best:
+                self.best, self.best_step, self.saved = cur, self.step, self._copy()
+
+    def restore(self) -> None:
+        for n, p in self.params.items():
+            p.data.copy_(self.saved[n])
+
+    def stats(self) -> dict:
+        return {"heldout_samples": len(self.feeds), "heldout_loss_before": round(self.first, 6),
+                "heldout_loss_after": round(self.best, 6), "kept_step": self.best_step}
+
+
 @register
 class DistillPass(CompressPass):
     name = "distill"
@@ -108,17 +160,31 @@ class DistillPass(CompressPass):
         masks = {n: params[n] != 0 for n in trained
                  if params[n].dim() >= 2 and (params[n] == 0).float().mean() > 0.1}
 
-        def keep_zeros():
+        checks = None
+        if len(feeds) >= 2 * HOLDOUT_EVERY:
+            held = feeds[HOLDOUT_EVERY - 1::HOLDOUT_EVERY]
+            keep = [i for i in range(len(feeds)) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
+            feeds = [feeds[i] for i in keep]
+            labels = labels[keep] if labels is not None else None
+            checks = _Checkpoints(student, teacher, held, {n: params[n] for n in trained},
+                                  cfg.steps)
+
+        def after_step():
             for n, m in masks.items():
                 params[n].mul_(m)
+            if checks is not None:
+                checks.after_step()
 
         res = distill(student, teacher, feeds, [params[n] for n in trained], steps=cfg.steps,
                       lr=cfg.lr, batch=cfg.batch, progress=ctx.progress,
-                      after_step=keep_zeros if masks else None, distributed=True,
+                      after_step=after_step if masks or checks else None, distributed=True,
                       loss=cfg.loss, temperature=cfg.temperature, labels=labels,
                       label_weight=cfg.label_weight, scaled_lr=cfg.scaled_lr,
                       features=_features(model, ctx.teacher, ctx.kept_channels or {}),
                       feature_weight=cfg.feature_weight)
+        if checks is not None:
+            checks.restore()
+            self.stats.update(checks.stats())
         student.sync_to_model()  # the executor runs on model.graph itself
         self.stats.update({**res.as_dict(), "lr": cfg.lr, "tensors_trained": len(trained),
                            "sparse_masked": len(masks)})
@@ -126,4 +192,5 @@ class DistillPass(CompressPass):
             self.stats["distributed"] = (f"DistributedDataParallel over {res.world_size} "
                                          "torchrun processes")
         logger.info("distill: %s", self.stats)
-        return PassResult(model, modified=res.loss_after < res.loss_before)
+        return PassResult(model, modified=checks.best_step > 0 if checks else
+                          res.loss_after < res.loss_before)

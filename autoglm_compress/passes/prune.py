@@ -38,12 +38,15 @@ class PruneConfig(PassConfig):
         "with the lowest normalised importance across all spaces go, ``ratio`` of them in all "
         "(a space keeps at least ``multiple``).")
     compensate: bool = field(
-        False, "with data (--calib / --train-data): add each reader's lost input (removed "
-        "channels × their mean on 16 samples) to its bias (pruning/compensate.py)")
+        True, "with data (--calib / --train-data; not random feeds): refit each reader of a "
+        "pruned space to what the removed channels fed it (predicted from the kept ones on 64 "
+        "samples; pruning/compensate.py)")
     importance: str = field(
-        "l1", "l1 / l2: filter norms; bn: |γ|/σ of the BatchNorm after the producers (before BN "
+        "auto", "l1 / l2: filter norms; bn: |γ|/σ of the BatchNorm after the producers (before BN "
         "folding; spaces without one use l1); taylor: first-order output change of removing each "
-        "channel, measured on the data through the executor (pruning/taylor.py)")
+        "channel, measured on the data through the executor (pruning/taylor.py); act: what each "
+        "channel feeds its readers on the data (pruning/activation.py); auto: act with data, "
+        "else l1")
 
 
 def _params(model: ir.Model) -> int:
@@ -120,7 +123,7 @@ def _ratio_for_macs(model: ir.Model, target: float, multiple: int, scope: str, s
     return hi, share(hi)
 
 
-COMPENSATE_SAMPLES = 16
+MOMENT_SAMPLES = 64  # samples for the reader-input moments (compensation, act importance)
 
 
 @register
@@ -130,17 +133,50 @@ class PrunePass(CompressPass):
     changes_shapes = False  # it sets the shapes it changes (every value of a pruned space)
 
     def required(self) -> frozenset[str]:
-        return frozenset({"data"}) if self.config.importance == "taylor" else frozenset()
+        return frozenset({"data"}) if self.config.importance in ("taylor", "act") else frozenset()
 
-    def _scores(self, model: ir.Model) -> dict | None:
+    def _source(self):
+        """The data the pass measures on: --train-data, else the calibration data; not random."""
+        if self.ctx is None:
+            return None
+        src = self.ctx.train_data or self.ctx.data
+        return None if src is None or getattr(src, "is_random", False) else src
+
+    def _importance(self) -> str:
+        kind = self.config.importance
+        return ("act" if self._source() is not None else "l1") if kind == "auto" else kind
+
+    def _moments(self, model: ir.Model):
+        """(unpruned copy, reader-input moments) when compensation or ``act`` needs them."""
+        from autoglm_compress.ir_utils import from_proto, to_proto
+        from autoglm_compress.pruning.compensate import input_moments
+
+        source = self._source()
+        if self._importance() == "act" and source is None:
+            source = self.ctx.train_data or self.ctx.data  # asked for by name: random is allowed
+        if source is None or not (self.config.compensate or self._importance() == "act"):
+            return None, {}
+        before = from_proto(to_proto(model))
+        return before, input_moments(before, list(source.take(MOMENT_SAMPLES)))
+
+    def _scores(self, model: ir.Model, moments: dict) -> dict | None:
         from autoglm_compress.pruning.apply import importance_bn, importance_l1
         from autoglm_compress.pruning.groups import channel_groups
 
-        kind = self.config.importance
+        kind = self._importance()
         if kind == "l1":
             return None
-        if kind not in ("l2", "bn", "taylor"):
-            raise ValueError(f"prune importance must be l1, l2, bn or taylor, got {kind!r}")
+        if kind not in ("l2", "bn", "taylor", "act"):
+            raise ValueError(
+                f"prune importance must be l1, l2, bn, taylor, act or auto, got {kind!r}")
+        if kind == "act":
+            from autoglm_compress.pruning.activation import importance_activation
+
+            out = {tuple(g.values): importance_activation(g, moments, self.config.compensate)
+                   for g in channel_groups(model) if g.prunable}
+            self.stats["act_scored"] = sum(v is not None for v in out.values())
+            self.stats["l1_scored"] = sum(v is None for v in out.values())
+            return {k: v for k, v in out.items() if v is not None}
         if kind == "l2":
             return {tuple(g.values): importance_l1(g, 2) for g in channel_groups(model)
                     if g.prunable}
@@ -158,7 +194,8 @@ class PrunePass(CompressPass):
     def call(self, model: ir.Model) -> PassResult:
         cfg = self.config
         ratio = cfg.ratio
-        scores = self._scores(model)
+        before_model, moments = self._moments(model)
+        scores = self._scores(model, moments)
         if cfg.macs is not None:
             if not 0.0 < cfg.macs <= 1.0:
                 raise ValueError(f"prune MACs target must be in (0, 1], got {cfg.macs}")
@@ -171,22 +208,14 @@ class PrunePass(CompressPass):
             raise ValueError(f"prune scope must be uniform or global, got {cfg.scope!r}")
         before, macs_before = _params(model), _macs(model)
         kept: dict = {}
-        source = self.ctx.train_data or self.ctx.data if self.ctx is not None else None
-        means, before_model = {}, None
-        if cfg.compensate and source is not None:
-            from autoglm_compress.ir_utils import from_proto, to_proto
-            from autoglm_compress.pruning.compensate import input_means
-
-            before_model = from_proto(to_proto(model))
-            means = input_means(before_model, list(source.take(COMPENSATE_SAMPLES)))
         report, frozen = _prune(model, ratio, cfg.multiple, cfg.scope, scores, kept)
-        if means:
+        if cfg.compensate and moments:
             from autoglm_compress.pruning.compensate import compensate
 
-            self.stats["bias_compensated"] = compensate(before_model, model, kept, means)
+            self.stats["readers_compensated"] = compensate(before_model, model, kept, moments)
         if self.ctx is not None:
             self.ctx.kept_channels = {**(self.ctx.kept_channels or {}), **kept}
-        self.stats["importance"] = cfg.importance
+        self.stats["importance"] = self._importance()
         after = _params(model)
         self.stats.update(groups_pruned=len(report), groups_frozen=len(frozen),
                           params_before=before, params_after=after, macs_before=macs_before,
