@@ -69,3 +69,24 @@ def test_cli_kl_with_labelled_train_data(tmp_path):
     s = rec["stats"]
     assert s["loss"] == "kl (T=3) on class scores + 0.5·cross-entropy on labels"
     assert s["loss_after"] < 0.7 * s["loss_before"]
+
+
+def test_lr_backs_off_when_the_heldout_loss_rises(tmp_path):
+    """At an absurd lr (20× each tensor's RMS per step) the first held-out check is worse than
+    the untrained student: training restarts at a 10× smaller lr, twice at most, and the weights
+    kept are never worse on the held-out samples than the start."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    from digits import load_digits_split
+
+    train = tmp_path / "train.npz"
+    np.savez(train, x=load_digits_split()[0][:128])
+    out = tmp_path / "o"
+    assert main([str(DEMO), "--prune", "0.5", "--distill-steps", "40", "--distill-lr", "20",
+                 "--train-data", str(train), "--prune-importance", "l1",
+                 "--no-prune-compensate", "--target", "x86", "--samples", "8",
+                 "-o", str(out)]) == 0
+    s = next(p for p in json.loads((out / "report.json").read_text())["passes"]
+             if p["name"] == "distill")["stats"]
+    assert s["lr_tried"][:2] == [20, 2.0] and s["lr"] == s["lr_tried"][-1]
+    assert s["heldout_samples"] == 16
+    assert s["heldout_loss_after"] <= s["heldout_loss_before"]
