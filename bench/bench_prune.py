@@ -137,9 +137,17 @@ def run(ratios, steps, effnet, work: Path, tp_path: str | None = None) -> list[d
     if effnet:
         import zoo
 
-        rows += _pruned_only("effnet", zoo.efficientnet_lite1(work / "effnet", 16, 16), ratios,
-                             work)
+        rm = zoo.efficientnet_lite1(work / "effnet", 64, 64)
+        rows += _pruned_only("effnet", rm, EFFNET_RATIOS, work, calib=True)
+        if tp_path:
+            rows += _tp_effnet(EFFNET_RATIOS, work, rm, rows[-1 - 2 * len(EFFNET_RATIOS)]["onnx"],
+                               tp_path)
     return rows
+
+
+# a pretrained mobile CNN collapses at 0.3 without ImageNet fine-tuning (every tool measured):
+# its pruned-only rows compare the criteria where they still differ
+EFFNET_RATIOS = (0.05, 0.1, 0.2)
 
 
 def _tp_bert(ratios, work: Path, pe: Path, fp32_onnx: str, tp_path: str) -> list[dict]:
@@ -202,19 +210,62 @@ def run_bert(ratios, steps: int, work: Path, tp_path: str | None = None) -> list
     return rows
 
 
-def _pruned_only(label: str, rm, ratios, work: Path) -> list[dict]:
-    """A real model (zoo) at each ratio without fine-tuning: MACs, params, latency, fidelity."""
+def _pruned_only(label: str, rm, ratios, work: Path, calib: bool = False) -> list[dict]:
+    """A real model (zoo) at each ratio without fine-tuning: MACs, params, latency, fidelity;
+    ``calib``: each ratio also with the model's calibration data (act importance + compensation,
+    the defaults with data)."""
     from autoglm_compress import compress
 
     rows = []
     for r in [0.0, *ratios]:
-        t0 = time.perf_counter()
-        res = compress(rm.model, targets="x86", eval_data=rm.eval, samples=16,
-                       latency_repeats=20, out_dir=work / f"{label}_{r}",
-                       **({"prune": r} if r else {}))
-        rows.append(_row((label, f"prune {r}" if r else "FP32"), res, t0))
-        print(rows[-1], flush=True)
+        runs = [("FP32", {})] if not r else [(f"prune {r}", {"prune": r})] + (
+            [(f"prune {r}, calib (act + compensate)", {"prune": r, "calib": rm.calib})]
+            if calib else [])
+        for name, kw in runs:
+            t0 = time.perf_counter()
+            res = compress(rm.model, targets="x86", eval_data=rm.eval, samples=16,
+                           latency_repeats=20, out_dir=work / f"{label}_{name.split(',')[0]}_"
+                           f"{len(rows)}", **kw)
+            rows.append(_row((label, name), res, t0))
+            rows[-1]["onnx"] = str(res.artifacts[0].path)
+            print(rows[-1], flush=True)
     return rows
+
+
+def _tp_effnet(ratios, work: Path, rm, fp32_onnx: str, tp_path: str) -> list[dict]:
+    """torch-pruning on EfficientNet-Lite1 at the same ratios (L1 and Taylor, no fine-tuning):
+    params, MACs share, fidelity on the same eval crops, latency against our FP32 artifact."""
+    import json
+    import os
+    import subprocess
+
+    from autoglm_compress import load
+    from autoglm_compress.ir_utils import save_atomic
+
+    feed = {"inputs": np.load(rm.eval)["inputs"][:1]}
+    out = []
+    for r in ratios:
+        for imp in ("l1", "taylor"):
+            t0 = time.perf_counter()
+            dest = work / f"tp_effnet_{imp}_{r}"
+            p = subprocess.run([sys.executable, str(ROOT / "bench" / "peers" / "tp_prune_effnet.py"),
+                                "--ratio", str(r), "--importance", imp, "--calib", str(rm.calib),
+                                "--eval", str(rm.eval), "--out", str(dest)], capture_output=True,
+                               text=True, env={**os.environ, "PYTHONPATH": tp_path}, check=True)
+            peer = json.loads(p.stdout.strip().splitlines()[-1])
+            onnx_path = dest / "tp_effnet.onnx"
+            m = load(peer["pt"])
+            save_atomic(m, onnx_path)
+            feed[m.graph.inputs[0].name] = feed["inputs"]
+            out.append({"model": "effnet", "run": f"torch-pruning {r} ({imp})",
+                        "params": peer["params"], "macs_m": "-",
+                        "macs_ratio": round(peer["macs_ratio"], 3), "accuracy": None,
+                        "top1": round(peer["top1"], 3), "cosine": round(peer["cosine"], 4),
+                        "latency_vs_fp32": round(_latency_ratio(fp32_onnx, str(onnx_path), 30,
+                                                                feed), 2),
+                        "wall_s": round(time.perf_counter() - t0, 1)})
+            print(out[-1], flush=True)
+    return out
 
 
 def run_effnet_distill(steps: int, work: Path, n_train: int = 1024) -> list[dict]:
@@ -261,7 +312,8 @@ def run_yolo(ratios, work: Path) -> list[dict]:
     """nudenet YOLOv8n (C2f: Split + Concat + residuals), pruned without fine-tuning."""
     import zoo
 
-    return _pruned_only("yolov8n", zoo.nudenet_yolov8n(work / "yolo", 16, 16), ratios, work)
+    return _pruned_only("yolov8n", zoo.nudenet_yolov8n(work / "yolo", 64, 16), ratios, work,
+                        calib=True)
 
 
 def render(rows, cmd) -> str:
