@@ -9,7 +9,8 @@ and for channels that are linear combinations of kept ones; for a convolution, e
 the zero padding. Readers: Conv (group 1), Gemm and MatMul with a constant weight (a MatMul's
 bias is the Add after it; without one only the weights change). Readers behind a Flatten or a
 Concat are left as they are. The prune pass runs this with ``compensate`` and data
-(``--prune-compensate``). EfficientNet-Lite1 (measured in bench/RESULTS.md): see the prune rows.
+(on by default with data). With the act importance, no fine-tuning: EfficientNet-Lite1 at 10 % of
+the channels cosine 0.13 (L1) → 0.74, BERT-style encoder at 50 % 0.909 → 0.962 (bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ __all__ = [
     "IMAGENET_STD",
     "lfw_mosaics",
     "lfw_patches",
-    "mixed_crops",
     "natural_crops",
     "natural_images",
     "speech_like",
@@ -134,48 +133,6 @@ def natural_crops(
     for i in range(n):
         crop = np.asarray(random_crop(imgs[i % len(imgs)], hw, rng), np.float32) / 255.0
         out[i] = ((crop - np.asarray(mean)) / np.asarray(std)).transpose(2, 0, 1)
-    return out
-
-
-_TRAIN_EXTRA = ("motorcycle_left", "motorcycle_right", "color", "clock_motion", "cell", "text")
-
-
-def mixed_crops(n: int, size: int, *, seed: int = 0, mean: tuple[float, ...] = IMAGENET_MEAN,
-                std: tuple[float, ...] = IMAGENET_STD) -> np.ndarray:
-    """Distillation inputs from the calibration photos (never the eval ones) plus a few more
-    bundled skimage pictures: each sample is a crop, a mixup of two crops (λ ~ U(0.3, 0.7)) or a
-    crop with a rectangle of another pasted in (CutMix), with brightness / contrast / saturation
-    jitter — function matching wants inputs more varied than 13 photos give."""
-    import skimage.data as skd
-
-    rng = np.random.default_rng(seed + 5000)
-    imgs = _images("calib")
-    for name in _TRAIN_EXTRA:
-        try:
-            img = np.asarray(getattr(skd, name)()).astype(np.uint8)
-        except Exception:  # noqa: BLE001 - an image that needs a download is skipped
-            continue
-        imgs.append(np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3])
-    hw = (size, size)
-
-    def crop() -> np.ndarray:
-        return np.asarray(random_crop(imgs[rng.integers(len(imgs))], hw, rng), np.float32) / 255
-
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        x, kind = crop(), rng.integers(3)
-        if kind == 1:
-            lam = rng.uniform(0.3, 0.7)
-            x = lam * x + (1 - lam) * crop()
-        elif kind == 2:
-            h, w = (int(size * rng.uniform(0.3, 0.7)) for _ in range(2))
-            y0, x0 = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
-            x[y0:y0 + h, x0:x0 + w] = crop()[y0:y0 + h, x0:x0 + w]
-        grey = x.mean(2, keepdims=True)
-        x = grey + (x - grey) * rng.uniform(0.6, 1.4)  # saturation
-        x = (x - x.mean()) * rng.uniform(0.7, 1.3) + x.mean() * rng.uniform(0.7, 1.3)
-        x = np.clip(x, 0, 1)
-        out[i] = ((x - np.asarray(mean)) / np.asarray(std)).transpose(2, 0, 1)
     return out
 
 
