@@ -320,3 +320,49 @@ def test_act_importance_keeps_the_channels_the_readers_see(tmp_path):
         assert sorted(next(iter(kept.values()))[1]) == list(range(8, 16) if imp == "act" else range(8))
         err[imp] = np.abs(ort_run(ort_session(m), feed)[0] - before).max()
     assert err["act"] < 1e-4 < 0.5 < err["l1"], err
+
+
+class _DynEncoder(_Encoder):
+    """The same block with the batch and sequence read from the input at run time: exported with
+    dynamic axes, its head Reshapes get shapes built by Shape → Gather → Concat with constant
+    [heads] / [head_dim] / [hidden] entries."""
+
+    def forward(self, x):
+        b, s, h = x.shape[0], x.shape[1], x.shape[2]
+
+        def heads(t):
+            return t.view(b, s, self.n, self.d).transpose(1, 2)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.d), -1) @ v
+        x = self.ln1(x + self.o(att.transpose(1, 2).reshape(b, s, h)))
+        return self.ln2(x + self.f2(torch.nn.functional.gelu(self.f1(x))))
+
+
+def test_heads_pruned_when_reshape_shapes_are_computed(tmp_path):
+    """Dynamic batch and sequence: the head count sits in a constant input of the Concat that
+    builds each Reshape shape at run time; dead heads are removed exactly by rewriting those
+    constants, and the pruned model still runs at other batch sizes and lengths."""
+    torch.manual_seed(0)
+    net = _DynEncoder().eval()
+    with torch.no_grad():
+        for lin in (net.q, net.k, net.v):
+            for h in (0, 2):
+                lin.weight[h * 16:(h + 1) * 16] = 0
+                lin.bias[h * 16:(h + 1) * 16] = 0
+    path = tmp_path / "dyn.onnx"
+    torch.onnx.export(net, (torch.randn(2, 10, 64),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b", 1: "s"}, "y": {0: "b", 1: "s"}})
+    m = _prepared(path)
+    assert any(n.op_type == "Reshape" and n.inputs[1].const_value is None for n in m.graph)
+    sessions = {"before": ort_session(m)}
+    rec = _prune(m, 0.5)
+    heads = next(g for g in rec.stats["groups"] if g["kind"] == "heads")
+    assert heads["channels"] == 4 and heads["kept"] == 2
+    _check(m)  # full ONNX check, executor vs onnxruntime
+    sessions["after"] = ort_session(m)
+    for shape in ((2, 10, 64), (3, 7, 64)):
+        feed = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
+        want, got = (ort_run(sessions[k], feed)[0] for k in ("before", "after"))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

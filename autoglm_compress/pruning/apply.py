@@ -176,9 +176,10 @@ def _flatten_gemm(m: Member, keep: np.ndarray) -> None:
 
 
 def _reshape(m: Member, kept: int) -> None:
-    shape = const_array(m.node.inputs[1]).astype(np.int64).copy()
-    shape[m.index] = kept
-    _set(m.node, 1, shape)
+    """A Reshape's shape constant (slot 1), or the Concat input that holds the entry."""
+    shape = const_array(m.node.inputs[m.slot]).astype(np.int64).copy()
+    shape.reshape(-1)[m.index] = kept
+    _set(m.node, m.slot, shape)
 
 
 def _split_source(m: Member, keep: np.ndarray) -> None:

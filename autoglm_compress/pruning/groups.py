@@ -20,14 +20,16 @@ source writing the split value loses the rows at that output's offset, the Split
 *Attention heads*: a Reshape [.., H] → [.., heads, head_dim] after the Q/K/V projections and the
 Reshape back before the output projection make a space whose channels are heads and whose
 *expanded* values (projection outputs, the merged context) hold ``block`` = head_dim features per
-channel: pruning keeps whole heads in Wq/Wk/Wv (columns), their biases, the Reshape shape constants
-and Wo (rows); onnxruntime's fused ``com.microsoft.Attention`` (packed QKV weight) the same way,
-its ``num_heads`` with them. The FFN hidden dimension is an ordinary space (MatMul → GELU → MatMul).
+channel: pruning keeps whole heads in Wq/Wk/Wv (columns), their biases, the Reshape shape
+constants (with a dynamic batch / length: the constant inputs of the Concat that builds the shape
+at run time) and Wo (rows); onnxruntime's fused ``com.microsoft.Attention`` (packed QKV weight) the
+same way, its ``num_heads`` with them. The FFN hidden dimension is an ordinary space (MatMul →
+GELU → MatMul).
 
-Anything else — a graph input or output, a computed Reshape shape, a grouped (non-depthwise) conv,
-a shared weight, LayerNormalization over the channels, an unknown op — *freezes* the space, and the
-reason is kept for the report (issue 14: "a group that cannot be pruned safely is left alone and
-listed").
+Anything else — a graph input or output, a Reshape whose channel entry is computed, a grouped
+(non-depthwise) conv, a shared weight, LayerNormalization over the channels, an unknown op —
+*freezes* the space, and the reason is kept for the report (issue 14: "a group that cannot be
+pruned safely is left alone and listed").
 """
 
 from __future__ import annotations
@@ -458,8 +460,8 @@ class _Analysis:
                 u.op_type in ("Gemm", "MatMul") and u.inputs[0] is y for u, _ in y.uses()):
             return True  # handled by the Gemm as flatten_gemm
         dx, dy = _last2(x), _last2(y)  # row-major: the last axes decide, the rest follows
-        shape = const_array(node.inputs[1]) if node.op_type == "Reshape" else None
-        if dx is None or dy is None or (node.op_type == "Reshape" and shape is None):
+        shape = node.op_type == "Reshape"
+        if dx is None or dy is None or (shape and _shape_entry(node, 0) is False):
             return False
         a, rx, ry = self.ax(x), len(x.shape), len(y.shape)
         if a == rx - 1 and dx[-1] == dy[-1] and isinstance(dx[-1], int):
@@ -482,13 +484,16 @@ class _Analysis:
             return True
         return False
 
-    def _shape_member(self, node: ir.Node, y: ir.Value, pos: int, shape) -> None:
-        if shape is None:  # Flatten: nothing to rewrite
+    def _shape_member(self, node: ir.Node, y: ir.Value, pos: int, shape: bool) -> None:
+        if not shape:  # Flatten: nothing to rewrite
             return
-        if int(shape.reshape(-1)[pos]) == 0:
+        entry = _shape_entry(node, pos)
+        if not entry:
+            self.freeze(f"Reshape {node.name!r} computes the channel dimension at run time", y)
+        elif entry[3] == 0:
             self.freeze(f"Reshape {node.name!r} copies the channel dimension (0)", y)
-        elif int(shape.reshape(-1)[pos]) != -1:
-            self.add("reshape", node, y, index=pos)
+        elif entry[3] != -1:
+            self.add("reshape", entry[0], y, index=entry[2], slot=entry[1])
 
     # -- result --------------------------------------------------------------------------------
     def groups(self) -> list[ChannelGroup]:
@@ -625,6 +630,29 @@ def _concat_readers(y: ir.Value) -> list[tuple[ir.Node, int]] | None:
             return None
         out.append((r, 1 if r.op_type == "Conv" else 0))
     return out or None
+
+
+def _shape_entry(node: ir.Node, pos: int):
+    """Where entry ``pos`` of a Reshape's target shape is written: (node, input slot, index in
+    that constant, value) — the shape constant itself, or a constant input of the Concat that
+    builds the shape at run time (dynamic batch: Shape → Gather → Concat with [heads], [head_dim]);
+    None when that entry is computed; False when the shape is neither."""
+    s = const_array(node.inputs[1])
+    if s is not None:
+        return node, 1, pos, int(s.reshape(-1)[pos])
+    cat = node.inputs[1].producer()
+    if cat is None or cat.op_type != "Concat" or cat.attributes.get_int("axis", 0) != 0:
+        return False
+    off = 0
+    for j, v in enumerate(cat.inputs):
+        n = v.shape[0] if v is not None and v.shape is not None and len(v.shape) == 1 else None
+        if not isinstance(n, int):
+            return False
+        if off <= pos < off + n:
+            c = const_array(v)
+            return None if c is None else (cat, j, pos - off, int(c.reshape(-1)[pos - off]))
+        off += n
+    return False
 
 
 def _flatten_of_map(node: ir.Node) -> bool:

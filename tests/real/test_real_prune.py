@@ -82,3 +82,4 @@ def test_yolov8n_pruned_through_its_splits(tmp_path):
     stats = rep["model"]
     assert stats["stats_after"]["macs"] < 0.6 * stats["stats_before"]["macs"]
     assert min(_cosines(rep).values()) > 0.95  # no fine-tuning: boxes and scores still close
+
