@@ -109,8 +109,11 @@ class _Encoder(nn.Module):
         self.f1, self.f2 = nn.Linear(hidden, ffn), nn.Linear(ffn, hidden)
         self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
 
+    def dims(self, x):
+        return self.b, self.s, x.shape[-1]
+
     def forward(self, x):
-        b, s, h = self.b, self.s, x.shape[-1]
+        b, s, h = self.dims(x)
 
         def heads(t):
             return t.view(b, s, self.n, self.d).transpose(1, 2)
@@ -327,16 +330,8 @@ class _DynEncoder(_Encoder):
     dynamic axes, its head Reshapes get shapes built by Shape → Gather → Concat with constant
     [heads] / [head_dim] / [hidden] entries."""
 
-    def forward(self, x):
-        b, s, h = x.shape[0], x.shape[1], x.shape[2]
-
-        def heads(t):
-            return t.view(b, s, self.n, self.d).transpose(1, 2)
-
-        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.d), -1) @ v
-        x = self.ln1(x + self.o(att.transpose(1, 2).reshape(b, s, h)))
-        return self.ln2(x + self.f2(torch.nn.functional.gelu(self.f1(x))))
+    def dims(self, x):
+        return x.shape[0], x.shape[1], x.shape[2]
 
 
 def test_heads_pruned_when_reshape_shapes_are_computed(tmp_path):
