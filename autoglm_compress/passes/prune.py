@@ -156,8 +156,11 @@ class PrunePass(CompressPass):
             source = self.ctx.train_data or self.ctx.data  # asked for by name: random is allowed
         if source is None or not (self.config.compensate or self._importance() == "act"):
             return None, {}
+        from autoglm_compress.pruning.groups import channel_groups
+
         before = from_proto(to_proto(model))
-        return before, input_moments(before, list(source.take(MOMENT_SAMPLES)))
+        prunable = {v for g in channel_groups(before) if g.prunable for v in g.values}
+        return before, input_moments(before, list(source.take(MOMENT_SAMPLES)), prunable)
 
     def _scores(self, model: ir.Model, moments: dict) -> dict | None:
         from autoglm_compress.pruning.apply import importance_bn, importance_l1

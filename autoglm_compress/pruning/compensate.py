@@ -54,13 +54,15 @@ def _readers(model: ir.Model):
             yield n
 
 
-def input_moments(model: ir.Model, feeds) -> dict[str, Moments]:
-    """Mean and covariance of every reader's input channels over ``feeds`` (unpruned ``model``)."""
+def input_moments(model: ir.Model, feeds, only: set[str] | None = None) -> dict[str, Moments]:
+    """Mean and covariance of every reader's input channels over ``feeds`` (unpruned ``model``);
+    ``only``: just the readers of these values (those a prune can change)."""
     import torch
 
     from autoglm_compress.runtime import TorchExecutor
 
-    axes = {n.inputs[0].name: _axis(n) for n in _readers(model)}
+    axes = {n.inputs[0].name: _axis(n) for n in _readers(model)
+            if only is None or n.inputs[0].name in only}
     if not axes:
         return {}
     ex = TorchExecutor(model, device="cpu")
