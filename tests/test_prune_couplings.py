@@ -123,6 +123,14 @@ class _Encoder(nn.Module):
         x = self.ln1(x + self.o(att.transpose(1, 2).reshape(b, s, h)))
         return self.ln2(x + self.f2(torch.nn.functional.gelu(self.f1(x))))
 
+    def kill_heads(self, *heads):
+        """Zero the Q/K/V projections (weights and biases) of ``heads``: their context is 0."""
+        with torch.no_grad():
+            for lin in (self.q, self.k, self.v):
+                for h in heads:
+                    lin.weight[h * self.d:(h + 1) * self.d] = 0
+                    lin.bias[h * self.d:(h + 1) * self.d] = 0
+
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_dead_heads_and_ffn_units_removed_exactly(tmp_path, fused):
@@ -131,11 +139,8 @@ def test_dead_heads_and_ffn_units_removed_exactly(tmp_path, fused):
     onnxruntime's fused Attention (packed QKV weight, num_heads) and in the decomposed graph."""
     torch.manual_seed(0)
     net = _Encoder().eval()
+    net.kill_heads(1, 3)
     with torch.no_grad():
-        for lin in (net.q, net.k, net.v):
-            for h in (1, 3):
-                lin.weight[h * 16:(h + 1) * 16] = 0
-                lin.bias[h * 16:(h + 1) * 16] = 0
         net.f1.weight[1::2] = 0
         net.f1.bias[1::2] = 0
     m, feed, before = _export(net, tmp_path / "enc.onnx", (2, 10, 64), fused)
@@ -340,11 +345,7 @@ def test_heads_pruned_when_reshape_shapes_are_computed(tmp_path):
     constants, and the pruned model still runs at other batch sizes and lengths."""
     torch.manual_seed(0)
     net = _DynEncoder().eval()
-    with torch.no_grad():
-        for lin in (net.q, net.k, net.v):
-            for h in (0, 2):
-                lin.weight[h * 16:(h + 1) * 16] = 0
-                lin.bias[h * 16:(h + 1) * 16] = 0
+    net.kill_heads(0, 2)
     path = tmp_path / "dyn.onnx"
     torch.onnx.export(net, (torch.randn(2, 10, 64),), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["y"],
