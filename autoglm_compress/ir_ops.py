@@ -36,6 +36,7 @@ __all__ = [
     "activation_channel_axis",
     "bias_input",
     "bias_value",
+    "trailing_bias",
     "const_array",
     "groups",
     "in_channel_axis",
@@ -113,6 +114,21 @@ def bias_value(node: ir.Node) -> ir.Value | None:
     """The value connected to the bias input (None when the op has none or it is absent)."""
     idx = bias_input(node)
     return node.inputs[idx] if idx is not None and len(node.inputs) > idx else None
+
+
+def trailing_bias(node: ir.Node) -> tuple[ir.Node, int, np.ndarray] | None:
+    """(Add, its constant input's index, the constant as a vector) when ``node``'s output is read
+    only by an Add of a constant vector over the last axis — a MatMul's bias as exporters write
+    it; None otherwise."""
+    y = node.outputs[0]
+    uses = list(y.uses())
+    if len(uses) != 1 or y.is_graph_output() or uses[0][0].op_type != "Add":
+        return None
+    add, idx = uses[0][0], 1 - uses[0][1]
+    c = const_array(add.inputs[idx])
+    if c is None or c.size == 0 or c.reshape(-1).size != c.shape[-1]:
+        return None
+    return add, idx, c.reshape(-1)
 
 
 def _weight_rank(node: ir.Node, rank: int | None) -> int:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from autoglm_compress.ir_ops import const_array
+from autoglm_compress.pruning.apply import _source_norms
+from autoglm_compress.pruning.compensate import RIDGE
 from autoglm_compress.pruning.groups import ChannelGroup
 
 __all__ = ["importance_activation"]
@@ -23,7 +25,7 @@ __all__ = ["importance_activation"]
 
 def _unexplained(cov: np.ndarray) -> np.ndarray:
     """Per channel: its variance left after the best linear prediction from all the others."""
-    lam = 1e-2 * max(float(np.trace(cov)) / len(cov), 1e-12)  # the ridge compensate.py uses
+    lam = RIDGE * max(float(np.trace(cov)) / len(cov), 1e-12)  # as compensate.py regresses
     prec = np.linalg.inv(cov + lam * np.eye(len(cov)))
     return 1.0 / np.maximum(np.diag(prec), 1e-30)
 
@@ -34,12 +36,11 @@ def importance_activation(group: ChannelGroup, moments: dict, compensated: bool
     terms = []
     for m in group.members:
         mom = moments.get(m.value)
-        w = const_array(m.node.inputs[1]) if m.kind == "consumer" and len(m.node.inputs) > 1 \
-            else None
-        if mom is None or w is None or m.node.inputs[0] is None or m.node.inputs[0].name != m.value:
+        if mom is None or m.kind != "consumer" or len(m.node.inputs) < 2 or const_array(
+                m.node.inputs[1]) is None or m.node.inputs[0] is None \
+                or m.node.inputs[0].name != m.value:
             continue
-        w2 = np.moveaxis(w.astype(np.float64) ** 2, m.axis % w.ndim, 0)
-        norms = w2.reshape(w2.shape[0], -1).sum(1)
+        norms = _source_norms(m, 1, 2) ** 2  # ‖W[:, c]‖² per input feature
         if norms.size != mom.mean.size:
             continue
         if compensated and mom.cov is not None:

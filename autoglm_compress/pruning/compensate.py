@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from autoglm_compress.ir_ops import const_array
+from autoglm_compress.ir_ops import const_array, trailing_bias
 
 __all__ = ["input_moments", "compensate", "Moments"]
 
@@ -143,28 +143,15 @@ def compensate(before: ir.Model, after: ir.Model, kept: dict, moments: dict) -> 
     return changed
 
 
-def _bias_add(n: ir.Node) -> tuple[ir.Node, int] | None:
-    """A MatMul's bias: the only reader of its output, an Add with a constant [out] vector."""
-    uses = list(n.outputs[0].uses())
-    if len(uses) != 1 or uses[0].node.op_type != "Add":
-        return None
-    add = uses[0].node
-    other = 1 - uses[0].idx
-    b = const_array(add.inputs[other])
-    if b is None or b.ndim != 1:
-        return None
-    return add, other
-
-
 def _add_bias(n: ir.Node, delta: np.ndarray) -> None:
     from autoglm_compress.pruning.apply import _set
 
     if n.op_type == "MatMul":
-        found = _bias_add(n)
-        if found is not None and const_array(found[0].inputs[found[1]]).size == delta.size:
-            add, i = found
-            _set(add, i, (const_array(add.inputs[i]).astype(np.float64) + delta)
-                 .astype(np.float32))
+        found = trailing_bias(n)
+        if found is not None and found[2].size == delta.size:
+            add, i, b = found
+            _set(add, i, (b.astype(np.float64) + delta).astype(np.float32)
+                 .reshape(const_array(add.inputs[i]).shape))
         return
     has = len(n.inputs) > 2 and n.inputs[2] is not None and n.inputs[2].name
     old = const_array(n.inputs[2]).astype(np.float64).reshape(-1) if has else 0.0

@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from autoglm_compress.errors import UnsupportedOpError
-from autoglm_compress.ir_ops import const_array
+from autoglm_compress.ir_ops import const_array, trailing_bias
 from autoglm_compress.targets.ncnn.param import NcnnGraph
 
 __all__ = ["lower_to_ncnn", "unsupported_reason", "OPS"]
@@ -386,17 +386,11 @@ class _Lowerer:
 
     def _bias_add(self, n: ir.Node):
         """(Add, bias) when ``n``'s only reader adds a constant [N] (a Gemm lifted to rows)."""
-        y = n.outputs[0]
-        uses = list(y.uses())
-        if len(uses) != 1 or y.is_graph_output() or uses[0][0].op_type != "Add":
+        found = trailing_bias(n)
+        if found is None or found[0].inputs[found[1]].name in self.blob \
+                or found[2].size != _shape(n.outputs[0])[-1]:
             return None, None
-        add = uses[0][0]
-        other = add.inputs[1 - uses[0][1]]
-        c = const_array(other) if other.name not in self.blob else None
-        n_out = _shape(y)[-1]
-        if c is None or c.size != n_out or c.reshape(-1).size != c.shape[-1]:
-            return None, None
-        return add, c.astype(np.float32).reshape(-1)
+        return found[0], found[2].astype(np.float32)
 
     def gemm(self, n: ir.Node) -> None:
         w = wconst(n.inputs[1]).astype(np.float32)
