@@ -31,6 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real")]
+from common import detection_agreement  # noqa: E402
 HEADING = "## arm target (TFLite) vs ai-edge-quantizer and onnx2tf"
 
 
@@ -91,23 +92,6 @@ def _align(r, g):
     return g
 
 
-def _detection(ref, got, k: int = 50) -> dict:
-    """The whole-output cosine is dominated by box coordinates (0…320) and hides what happens to
-    the class scores (0…1): box cosine and score cosine apart, and detection agreement — of the
-    reference's top-k anchors by best class score, the share the artifact ranks in its own top-k
-    with the same class."""
-    box = min(_cos(r[0][:, :4], g[0][:, :4]) for r, g in zip(ref, got))
-    sc = min(_cos(r[0][:, 4:], g[0][:, 4:]) for r, g in zip(ref, got))
-    agree = []
-    for r, g in zip(ref, got):
-        rs, gs = r[0][0, 4:], g[0][0, 4:]
-        rtop = np.argsort(-rs.max(0))[:k]
-        gtop = set(np.argsort(-gs.max(0))[:k].tolist())
-        agree.append(np.mean([a in gtop and rs[:, a].argmax() == gs[:, a].argmax() for a in rtop]))
-    return {"box_cos": round(float(box), 5), "score_cos": round(float(sc), 5),
-            "det_agree": round(float(np.mean(agree)), 3)}
-
-
 def _cos(a, b):
     from autoglm_compress.metrics import _cos as cos
 
@@ -121,7 +105,7 @@ def _score(ref, got) -> dict:
 
     cos = min(_cos(r[0], g[0]) for r, g in zip(ref, got))
     if np.asarray(ref[0][0]).ndim > 2:  # YOLO [1, 4 + classes, anchors]: boxes and scores apart
-        return {"cosine": round(float(cos), 5), "top1": "-", **_detection(ref, got)}
+        return {"cosine": round(float(cos), 5), "top1": "-", **detection_agreement(ref, got)}
     top1 = np.mean([np.argmax(r[0]) == np.argmax(g[0]) for r, g in zip(ref, got)])
     return {"cosine": round(float(cos), 5), "top1": round(float(top1), 3)}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "examples")]
 
+from common import peak_rss_mb  # noqa: E402
 ORT_METHODS = ("MinMax", "Percentile", "Entropy")
 OUR_METHODS = ("minmax", "percentile", "entropy", "mse")
 
@@ -165,16 +165,8 @@ def quantize_one(tool: str, method: str, fp32: str, calib: str, out: str, sample
     return {
         "seconds": round(time.perf_counter() - t0, 3),
         "process_s": round(time.perf_counter() - t_proc, 3),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
-
-
-def _peak_rss_mb() -> float:
-    """This process's own high-water RSS (VmHWM); ru_maxrss would carry the parent's over exec."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _cycle(feeds: list[dict], n: int):

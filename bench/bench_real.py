@@ -6,7 +6,7 @@
 Models: EfficientNet-Lite1 (ImageNet weights, 240×240, TorchScript) and nudenet's YOLOv8n (ONNX,
 320×320) with natural-image crops (builders in ``tests/real/zoo.py``), and a 35 M-parameter
 ``transformers`` BertModel (hidden 512, 6 layers, 8 heads, seq 128, random weights, traced with
-token ids + mask) for memory. Each run is a fresh subprocess whose own peak RSS (``ru_maxrss``) is
+token ids + mask) for memory. Each run is a fresh subprocess whose own peak RSS (VmHWM) is
 reported: ours = ``compress(int8=True)`` (x86, minmax, 128 samples, verification on 64 held-out
 samples included) and ``compress(fp16=True)``; ORT = ``quant_pre_process`` + ``quantize_static``
 (QDQ, per-channel, u8/s8, MinMax) on the FP32 ONNX our front end loads, its calibration timed
@@ -22,7 +22,6 @@ import argparse
 import importlib
 import json
 import logging
-import resource
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real")]
+from common import interleaved_ms, peak_rss_mb  # noqa: E402
 
 __all__ = ["main"]
 
@@ -107,7 +107,7 @@ def child_ours(m: dict, out: Path, samples: int, precision: str) -> dict:
     }
 
 
-def child_ort(m: dict, out: Path, samples: int) -> dict:
+def child_ort(m: dict, out: Path, samples: int, method: str = "MinMax") -> dict:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -156,7 +156,7 @@ def child_ort(m: dict, out: Path, samples: int) -> dict:
         quant_pre_process(src, str(pre))
     except Exception:  # noqa: BLE001 - dynamic dims its symbolic inference cannot resolve
         quant_pre_process(src, str(pre), skip_symbolic_shape=True)
-    dst = out / "ort.int8.onnx"
+    dst = out / f"ort.{method}.int8.onnx"
     quantize_static(
         str(pre),
         str(dst),
@@ -165,7 +165,7 @@ def child_ort(m: dict, out: Path, samples: int) -> dict:
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
+        calibrate_method=getattr(CalibrationMethod, method),
     )
     return {"wall_s": time.perf_counter() - t0, "calib_s": calib_s[0], "artifact": str(dst)}
 
@@ -212,16 +212,10 @@ def fidelity(m: dict, ours: str, ort_path: str, n: int = 64, repeats: int = 20) 
             res[k]["top1"] = float(
                 np.mean([a.argmax() == b.argmax() for a, b in zip(outs["fp32"], outs[k])])
             )
-    times: dict[str, list] = {k: [] for k in sess}
-    for _ in range(repeats):
-        for k, s in sess.items():
-            t = time.perf_counter()
-            s.run(None, feeds[0])
-            times[k].append(time.perf_counter() - t)
-    fp = np.median(times["fp32"])
+    ms = interleaved_ms(sess, feeds[0], repeats)
     for k in ("ours", "ort"):
-        res[k]["latency_vs_fp32"] = float(np.median(times[k]) / fp)
-    res["fp32_ms"] = float(fp * 1e3)
+        res[k]["latency_vs_fp32"] = ms[k] / ms["fp32"]
+    res["fp32_ms"] = ms["fp32"]
     return res
 
 
@@ -344,7 +338,7 @@ def _child(args) -> None:
         res = child_ort(m, out, args.samples)
     else:
         res = child_ours(m, out, args.samples, args.child.split("-")[1])
-    res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_mb"] = peak_rss_mb()
     print(json.dumps(res))
 
 

@@ -70,6 +70,8 @@ def quantize_all(name: str, m: dict, work: Path, samples: int) -> dict:
 
 
 def measure(m: dict, arts: dict, n: int, repeats: int = 20) -> dict:
+    from common import interleaved_ms
+
     from autoglm_compress.ir_utils import ort_session
 
     sess = {k: ort_session(p) for k, p in arts.items()}
@@ -77,23 +79,17 @@ def measure(m: dict, arts: dict, n: int, repeats: int = 20) -> dict:
     feeds = [{k: v[i:i + 1] for k, v in data.items()} for i in range(min(n, len(next(iter(
         data.values())))))]
     outs = {k: [s.run(None, f)[0] for f in feeds] for k, s in sess.items()}
-    times = {k: [] for k in sess}
-    for _ in range(repeats):
-        for k, s in sess.items():
-            t = time.perf_counter()
-            s.run(None, feeds[0])
-            times[k].append(time.perf_counter() - t)
-    fp = float(np.median(times["fp32"]))
+    ms = interleaved_ms(sess, feeds[0], repeats)
     res = {}
     for k in arts:
         cos = [_cos(a, b) for a, b in zip(outs["fp32"], outs[k])]
         row = {"cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos)),
                "mb": Path(arts[k]).stat().st_size / 1e6,
-               "latency_vs_fp32": float(np.median(times[k])) / fp}
+               "latency_vs_fp32": ms[k] / ms["fp32"]}
         if outs["fp32"][0].ndim == 2:
             row["top1"] = float(np.mean([a.argmax() == b.argmax() for a, b in zip(outs["fp32"], outs[k])]))
         res[k] = row
-    res["fp32"]["ms"] = fp * 1e3
+    res["fp32"]["ms"] = ms["fp32"]
     return res
 
 

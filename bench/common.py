@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 
 def bench_args(models: str, work: str, samples: int = 128, n_eval: int = 64, argv=None):
     """(parsed args, work folder created) for ``--models --samples --eval --work --write-results``."""
@@ -19,3 +21,48 @@ def bench_args(models: str, work: str, samples: int = 128, n_eval: int = 64, arg
     path = Path(a.work)
     path.mkdir(parents=True, exist_ok=True)
     return a, path
+
+
+def detection_agreement(ref, got, k: int = 50) -> dict:
+    """The whole-output cosine is dominated by box coordinates (0…320) and hides what happens to
+    the class scores (0…1): box cosine and score cosine apart, and detection agreement — of the
+    reference's top-k anchors by best class score, the share the artifact ranks in its own top-k
+    with the same class."""
+    from autoglm_compress.metrics import _cos
+
+    box = min(_cos(r[0][:, :4], g[0][:, :4]) for r, g in zip(ref, got))
+    sc = min(_cos(r[0][:, 4:], g[0][:, 4:]) for r, g in zip(ref, got))
+    agree = []
+    for r, g in zip(ref, got):
+        rs, gs = r[0][0, 4:], g[0][0, 4:]
+        rtop = np.argsort(-rs.max(0))[:k]
+        gtop = set(np.argsort(-gs.max(0))[:k].tolist())
+        agree.append(np.mean([a in gtop and rs[:, a].argmax() == gs[:, a].argmax() for a in rtop]))
+    return {"box_cos": round(float(box), 5), "score_cos": round(float(sc), 5),
+            "det_agree": round(float(np.mean(agree)), 3)}
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM of its address space). Not ``ru_maxrss``: Linux carries
+    that over from the parent across fork + exec, so a child spawned by a big bench process would
+    report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def interleaved_ms(sessions: dict, feed: dict, repeats: int = 20) -> dict[str, float]:
+    """Median latency (ms) of each onnxruntime session on ``feed``, the sessions run in turn
+    (interleaved: load changes on a shared machine hit all of them alike)."""
+    import time
+
+    times: dict[str, list] = {k: [] for k in sessions}
+    for _ in range(repeats):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, feed)
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}

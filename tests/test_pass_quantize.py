@@ -113,3 +113,50 @@ def test_nan_weights_are_refused(cnn):
     conv.inputs[1].const_value = ir.tensor(w, name=conv.inputs[1].name)
     with pytest.raises(ModelLoadError, match="NaN"):
         _quantize(m, X86Target(), stats, (), False)
+
+
+class _DetectHead(__import__("torch").nn.Module):
+    """A detector's tail: boxes (a conv output × stride, 0…~100) and class scores (a Sigmoid of
+    negative logits: mostly < 0.05) joined by the final Concat, which is the graph output."""
+
+    def __init__(self):
+        import torch
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.box = torch.nn.Conv2d(16, 4, 1)
+        self.cls = torch.nn.Conv2d(16, 3, 1)
+        self.extra = torch.nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        import torch
+
+        f = torch.relu(self.body(x))
+        boxes = self.box(f).flatten(2) * 8.0
+        scores = torch.sigmoid(self.cls(f).flatten(2) - 4.0)
+        return torch.cat([boxes, scores, self.extra(f).flatten(2)], 1)
+
+
+def test_x86_final_concat_keeps_scores_float(tmp_path):
+    """The output Concat runs float on x86 (a graph output gets no Q), so Q/DQ on its inputs only
+    loses resolution: the Sigmoid scores and the Mul'd boxes reach it unquantized, while a conv
+    writing into it directly keeps its output Q (its int8 compute needs it)."""
+    import models
+    import torch
+
+    zm = models.ZooModel("detect_head", _DetectHead().eval(), {"x": torch.randn(1, 3, 8, 8)},
+                         ["out"], "detector")
+    model = load(models.save_onnx(zm, tmp_path / "head.onnx"))
+    feeds = random_feeds(model, n=16, seed=1)
+    q, _ = _quantize(model, X86Target(), collect_stats(model, feeds, "minmax"), (), False)
+    check(q)
+    quantized = {n.inputs[0].name for n in q.graph if n.op_type == "QuantizeLinear"}
+    by_op = {n.op_type: n.outputs[0].name for n in model.graph if n.op_type in ("Sigmoid", "Mul")}
+    assert by_op["Sigmoid"] not in quantized and by_op["Mul"] not in quantized
+    extra = next(n for n in model.graph if n.op_type == "Conv" and n.inputs[1].shape[0] == 2)
+    assert extra.outputs[0].name in quantized
+    a, b = ort_session(model), ort_session(q)
+    ref = np.concatenate([ort_run(a, f)[0] for f in feeds[:4]])[:, 4:7]
+    got = np.concatenate([ort_run(b, f)[0] for f in feeds[:4]])[:, 4:7]
+    assert np.abs(got - ref).max() < 0.1 * ref.max()  # scores: no 1/256-of-the-box-range steps

@@ -134,12 +134,16 @@ class QuantizePass(CompressPass):
         out: dict[str, ir.Value] = {}
 
         def dead_end(node: ir.Node) -> bool:
-            """quantize_graph_outputs schemes (TFLite): a weightless op writing a graph output
-            that stays float runs float (YOLO's final Concat), so its inputs need no Q/DQ —
-            a Sigmoid score feeding it keeps float resolution instead of 1/256 steps."""
+            """A weightless op writing a graph output read by nobody runs float (its output gets
+            no Q: YOLO's final Concat of boxes and scores), so its inputs need no Q/DQ — a
+            Sigmoid score feeding it keeps float resolution instead of 1/256 of its range. Where
+            graph outputs are not quantized (x86, cuda) only when no input comes straight from a
+            weighted op: that op's int8 compute needs its output quantized."""
             y = node.outputs[0]
-            return (scheme.quantize_graph_outputs and not is_weighted(node)
-                    and y.is_graph_output() and not any(True for _ in y.uses()))
+            if is_weighted(node) or not y.is_graph_output() or any(True for _ in y.uses()):
+                return False
+            return scheme.quantize_graph_outputs or not any(
+                _from_weighted_op(v) for v in node.inputs)
 
         def read_quantized(y: ir.Value) -> bool:
             return any(u.op_type in scheme.input_ops and not self._kept(u) and not dead_end(u)
@@ -163,7 +167,7 @@ class QuantizePass(CompressPass):
                 # quantize_graph_outputs: a classifier head's output (a weighted op) only; an
                 # output that joins several ranges (YOLO's Concat of boxes and scores) stays float.
                 readers = (read_quantized(y) if scheme.quantize_graph_outputs
-                           else any(True for _ in y.uses()))
+                           else any(not dead_end(u) for u, _ in y.uses()))
                 if _is_float(y) and (readers or (
                         scheme.quantize_graph_outputs and y.is_graph_output()
                         and is_weighted(node))):

