@@ -25,6 +25,7 @@ from autoglm_compress.errors import ConfigError
 from autoglm_compress.ir_utils import from_proto, to_proto
 from autoglm_compress.pipeline import PassRecord, Pipeline, build_passes
 from autoglm_compress.quantization.collect import CalibrationStats, collect_stats
+from autoglm_compress.quantization.qdq_read import int8_split
 from autoglm_compress.quantization.sensitivity import (
     holdout_cosine,
     isolated_sensitivity,
@@ -176,7 +177,7 @@ def quantize(
     ]
     if unmatched:
         qstats["keep_fp32_unmatched"] = unmatched
-    if fallen and candidates and set(candidates) <= set(fallen) | _kept_names(model, int8):
+    if fallen and not int8_split(q).int8:  # judged on the artifact: float islands never fall
         qstats["all_fell_back"] = True
         logger.warning(
             "%s: fallback returned every quantizable layer to FP32: the int8 artifact has no "
@@ -260,10 +261,6 @@ def _weight_error_share(model, target, ctx, int8: Int8Config, cosine, cos_int8: 
         rw = rounded_weight(w, weight_quant_axis(n, w, tq), tq)
         v.const_value = ir.tensor(rw.astype(w.dtype), name=v.name)
     return (1.0 - cosine(m)) / (1.0 - cos_int8)
-
-
-def _kept_names(model: ir.Model, int8: Int8Config) -> set[str]:
-    return {n.name for n in model.graph if _matches(n, int8.keep_fp32)}
 
 
 def lower_for_target(

@@ -160,3 +160,32 @@ def test_x86_final_concat_keeps_scores_float(tmp_path):
     ref = np.concatenate([ort_run(a, f)[0] for f in feeds[:4]])[:, 4:7]
     got = np.concatenate([ort_run(b, f)[0] for f in feeds[:4]])[:, 4:7]
     assert np.abs(got - ref).max() < 0.1 * ref.max()  # scores: no 1/256-of-the-box-range steps
+
+
+def test_x86_residual_add_before_layernorm_stays_float(saved, tmp_path, monkeypatch):
+    """An Add whose output only LayerNorm (and other such Adds) read runs float in onnxruntime whatever its inputs
+    (QLinearAdd needs a Q on its output): it gets no Q/DQ, its producers keep int8 compute
+    (MatMulIntegerToFloat / QGemm with float output), and the encoder gets closer to FP32 than
+    with those Adds quantized."""
+    from autoglm_compress.passes import quantize as qmod
+
+    model = load(saved("transformer", "onnx"))
+    feeds = random_feeds(model, n=16, seed=1)
+    stats = collect_stats(model, feeds, "minmax")
+    q, _ = _quantize(model, X86Target(), stats, (), False)
+    check(q)
+    # the residual stream (pre-norm blocks): each Add is read by a LayerNorm and the next Add
+    to_ln = [n.outputs[0].name for n in model.graph if n.op_type == "Add" and any(
+        u.op_type == "LayerNormalization" for u, _ in n.outputs[0].uses())]
+    assert len(to_ln) >= 2
+    quantized = {n.inputs[0].name for n in q.graph if n.op_type == "QuantizeLinear"}
+    assert not quantized & set(to_ln)
+    save_atomic(q, tmp_path / "q.onnx")
+    fus = fusion_report(str(tmp_path / "q.onnx"))
+    assert fus["float_compute_nodes"] == 0 and fus["int8_compute_nodes"] > 0, fus
+    # the old rule: every Add quantized, every output read by anybody
+    monkeypatch.setattr(qmod, "_float_islands", lambda *a: (set(), lambda v: any(v.uses())))
+    q_all, _ = _quantize(model, X86Target(), stats, (), False)
+    assert set(to_ln) <= {n.inputs[0].name for n in q_all.graph if n.op_type == "QuantizeLinear"}
+    test = random_feeds(model, n=8, seed=2)
+    assert 1 - _cos(model, q, test) < 0.8 * (1 - _cos(model, q_all, test))

@@ -136,21 +136,21 @@ class QuantizePass(CompressPass):
         def dead_end(node: ir.Node) -> bool:
             """A weightless op writing a graph output read by nobody runs float (its output gets
             no Q: YOLO's final Concat of boxes and scores), so its inputs need no Q/DQ — a
-            Sigmoid score feeding it keeps float resolution instead of 1/256 of its range. Where
-            graph outputs are not quantized (x86, cuda) only when no input comes straight from a
-            weighted op: that op's int8 compute needs its output quantized."""
+            Sigmoid score feeding it keeps float resolution instead of 1/256 of its range. (A
+            Conv writing into it still quantizes its own output: NEEDS_OUTPUT_Q.)"""
             y = node.outputs[0]
-            if is_weighted(node) or not y.is_graph_output() or any(True for _ in y.uses()):
-                return False
-            return scheme.quantize_graph_outputs or not any(
-                _from_weighted_op(v) for v in node.inputs)
+            return (not is_weighted(node) and y.is_graph_output()
+                    and not any(True for _ in y.uses()))
+
+        floating, read_through = _float_islands(g, scheme, self._kept)
 
         def read_quantized(y: ir.Value) -> bool:
             return any(u.op_type in scheme.input_ops and not self._kept(u) and not dead_end(u)
-                       for u, _ in y.uses())
+                       and u not in floating for u, _ in y.uses())
 
         for node in g:
-            if node.op_type not in scheme.input_ops or self._kept(node) or dead_end(node):
+            if (node.op_type not in scheme.input_ops or self._kept(node) or dead_end(node)
+                    or node in floating):
                 continue
             params = (weight_input(node), bias_input(node)) if is_weighted(node) else ()
             for i, v in enumerate(node.inputs):
@@ -166,13 +166,55 @@ class QuantizePass(CompressPass):
                 # float anyway (ORT fuses DQ→Gemm into QGemm/MatMulIntegerToFloat with float output).
                 # quantize_graph_outputs: a classifier head's output (a weighted op) only; an
                 # output that joins several ranges (YOLO's Concat of boxes and scores) stays float.
-                readers = (read_quantized(y) if scheme.quantize_graph_outputs
-                           else any(not dead_end(u) for u, _ in y.uses()))
+                if scheme.quantize_graph_outputs:
+                    readers = read_quantized(y)
+                elif node.op_type not in NEEDS_OUTPUT_Q:
+                    readers = read_through(y)
+                else:  # its int8 compute needs the Q whoever reads it
+                    readers = any(True for _ in y.uses())
                 if _is_float(y) and (readers or (
                         scheme.quantize_graph_outputs and y.is_graph_output()
                         and is_weighted(node))):
                     out.setdefault(y.name, y)
         return out
+
+
+# onnxruntime runs these in int8 only with a Q on their output (QLinearConv); a MatMul or Gemm
+# without one still does (MatMulIntegerToFloat, QGemm with float output).
+NEEDS_OUTPUT_Q = frozenset({"Conv", "ConvTranspose"})
+# Readers that only move data: a value they pass on to a quantized op is read quantized.
+_PASS_ON = frozenset({"Split", "Slice"})
+_COMPUTE = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # never left float here
+
+
+def _float_islands(g: ir.Graph, scheme: QuantScheme, kept):
+    """Weightless element-wise ops and pools (Add, Mul, Concat, AveragePool) that run float anyway because nothing reads
+    their output quantized — onnxruntime fuses them to QLinearAdd & co. only with a Q on the
+    output. Q/DQ on their inputs would only cost resolution: a BERT's residual Add feeding
+    LayerNorm (the residual stream's outliers set a coarse step), a detector's box decoding.
+    Only where graph outputs stay float (x86); nodes come out in reverse graph order, so every
+    reader is classified before the op it reads from. Returns (those nodes, ``read_q(value)``:
+    whether a quantized op reads the value, directly or through data movement)."""
+    if scheme.quantize_graph_outputs or not scheme.output_ops:
+        return set(), lambda v: False
+    floating: set[ir.Node] = set()
+    memo: dict[int, bool] = {}
+
+    def read_q(v: ir.Value) -> bool:
+        if id(v) not in memo:
+            memo[id(v)] = any(
+                (u.op_type in scheme.input_ops and not kept(u) and u not in floating)
+                or ((u.op_type in scheme.shared_scale_ops or u.op_type in _PASS_ON)
+                    and any(read_q(o) for o in u.outputs))
+                for u, _ in v.uses())
+        return memo[id(v)]
+
+    for node in reversed(list(g)):
+        if (node.op_type in scheme.input_ops and node.op_type in scheme.output_ops
+                and node.op_type not in _COMPUTE and not is_weighted(node) and not kept(node)
+                and not any(read_q(o) for o in node.outputs)):
+            floating.add(node)
+    return floating, read_q
 
 
 def _fixed_output_ranges(g: ir.Graph, scheme: QuantScheme, ranges: dict):
