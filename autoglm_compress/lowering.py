@@ -136,7 +136,9 @@ def quantize(
     if rec_choice:
         qstats["reconstruct"] = rec_choice
     fallen: list[str] = []
-    candidates = [n.name for n in model.graph if n.name and n.op_type in target.scheme().input_ops]
+    int8_nodes = set(int8_split(q).int8)  # float islands have nothing to fall back
+    candidates = [n.name for n in model.graph if n.name in int8_nodes
+                  and n.op_type in target.scheme().input_ops]
     if min_cosine is not None and holdout:
         cosine = holdout_cosine(model, holdout)
         cos = cosine(q)
