@@ -10,7 +10,8 @@ Models (builders in ``tests/real/zoo.py``): EfficientNet-Lite1 / -Lite2 (ImageNe
 (paddle2onnx ONNX, text on photos at 640², fewer samples: ORT's Entropy keeps every activation),
 and a ``transformers`` BertModel (hidden 512, 6 layers, random weights, seq 128, token ids + mask).
 Ours = ``compress(int8=True)`` on the model file with default flags (x86; verification included in
-its wall time), on YOLOv8n also with ``--calib-method mse`` (README's advice for detectors). ORT = ``quant_pre_process`` + ``quantize_static`` (QDQ, per-channel, u8
+its wall time), on YOLOv8n also with ``--calib-method mse`` (README's advice for detectors).
+ORT = ``quant_pre_process`` + ``quantize_static`` (QDQ, per-channel, u8
 activations / s8 weights). NNCF = ``nncf.quantize`` (ONNX backend, default preset;
 ``model_type=TRANSFORMER`` on BERT) in its own virtualenv (``pip install nncf openvino``). ORT and
 NNCF get the original ONNX where there is one, else the FP32 ONNX our front end makes of the
@@ -30,11 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real")]
-from common import detection_agreement, interleaved_ms, peak_rss_mb  # noqa: E402
+from common import fidelity_vs_fp32, peak_rss_mb  # noqa: E402
 
 HEADING = "## INT8 fidelity on real models vs onnxruntime and NNCF"
 ORT_METHODS = ("MinMax", "Percentile", "Entropy")
@@ -136,38 +136,6 @@ def _spawn(kind: str, m: dict, out: Path, nncf_python: str | None) -> dict:
     return res
 
 
-def evaluate(m: dict, arts: dict[str, str], n_eval: int, repeats: int = 20) -> dict:
-    """Fidelity vs FP32 and latency relative to FP32 of every artifact, in onnxruntime."""
-    from autoglm_compress.ir_utils import ort_session
-    from autoglm_compress.metrics import _cos
-
-    sess, res = {"fp32": ort_session(m["fp32"])}, {}
-    for k, p in arts.items():
-        try:
-            sess[k] = ort_session(p)
-        except Exception as e:  # noqa: BLE001 - a peer's artifact onnxruntime refuses to load
-            res[k] = {"error": "onnxruntime cannot load it: " + str(e).splitlines()[0][-120:]}
-    arts = {k: p for k, p in arts.items() if k in sess}
-    data = dict(np.load(m["eval"]))
-    n = min(n_eval, len(next(iter(data.values()))))
-    feeds = [{k: v[i : i + 1] for k, v in data.items()} for i in range(n)]
-    outs = {k: [s.run(None, f) for f in feeds] for k, s in sess.items()}
-    ref = outs["fp32"]
-    for k in arts:
-        cos = [_cos(a[0], b[0]) for a, b in zip(ref, outs[k])]
-        r = {"cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
-        if ref[0][0].ndim == 2:
-            r["top1"] = float(np.mean([a[0].argmax() == b[0].argmax() for a, b in zip(ref, outs[k])]))
-        elif m["name"] == "yolo":
-            r.update(detection_agreement(ref, outs[k]))
-        res[k] = r
-    ms = interleaved_ms(sess, feeds[0], repeats)
-    for k in arts:
-        res[k]["latency_vs_fp32"] = ms[k] / ms["fp32"]
-    res["fp32_ms"] = ms["fp32"]
-    return res
-
-
 def run_model(name: str, work: Path, a) -> dict:
     m = build(name, work, a.samples, a.eval)
     kinds = ["ours", *EXTRA.get(name, ())] + [f"ort-{x}" for x in ORT_METHODS] + ["nncf"]
@@ -175,7 +143,7 @@ def run_model(name: str, work: Path, a) -> dict:
     for k, j in jobs.items():
         print(f"{name} {k}: {j}", flush=True)
     ok = {k: j["artifact"] for k, j in jobs.items() if "artifact" in j}
-    fid = evaluate(m, ok, a.eval) if ok else {}
+    fid = fidelity_vs_fp32(m["fp32"], ok, m["eval"], a.eval, detector=name == "yolo") if ok else {}
     for k, f in fid.items():
         if isinstance(f, dict) and "error" in f:
             jobs[k] = {**jobs[k], "error": f["error"]}

@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real")]
-from common import interleaved_ms, peak_rss_mb  # noqa: E402
+from common import fidelity_vs_fp32, peak_rss_mb  # noqa: E402
 
 __all__ = ["main"]
 
@@ -195,33 +195,7 @@ def spawn(kind: str, name: str, m: dict, work: Path, samples: int) -> dict:
 
 def fidelity(m: dict, ours: str, ort_path: str, n: int = 64, repeats: int = 20) -> dict:
     """Cosine / top-1 vs FP32 of both INT8 models and their latency relative to FP32 (ORT)."""
-    from autoglm_compress.ir_utils import ort_session
-
-    sess = {k: ort_session(p) for k, p in (("fp32", m["fp32"]), ("ours", ours), ("ort", ort_path))}
-    data = dict(np.load(m["eval"]))
-    feeds = [
-        {k: v[i : i + 1] for k, v in data.items()}
-        for i in range(min(n, len(data[next(iter(data))])))
-    ]
-    outs = {k: [s.run(None, f)[0] for f in feeds] for k, s in sess.items()}
-    res = {}
-    for k in ("ours", "ort"):
-        cos = [_cos(a, b) for a, b in zip(outs["fp32"], outs[k])]
-        res[k] = {"cosine_min": min(cos), "cosine_mean": float(np.mean(cos))}
-        if outs["fp32"][0].ndim == 2:  # class scores
-            res[k]["top1"] = float(
-                np.mean([a.argmax() == b.argmax() for a, b in zip(outs["fp32"], outs[k])])
-            )
-    ms = interleaved_ms(sess, feeds[0], repeats)
-    for k in ("ours", "ort"):
-        res[k]["latency_vs_fp32"] = ms[k] / ms["fp32"]
-    res["fp32_ms"] = ms["fp32"]
-    return res
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    return fidelity_vs_fp32(m["fp32"], {"ours": ours, "ort": ort_path}, m["eval"], n, repeats)
 
 
 def run_model(name: str, work: Path, samples: int, fp16: bool) -> dict:

@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "real")]
@@ -70,32 +69,14 @@ def quantize_all(name: str, m: dict, work: Path, samples: int) -> dict:
 
 
 def measure(m: dict, arts: dict, n: int, repeats: int = 20) -> dict:
-    from common import interleaved_ms
+    """fidelity_vs_fp32 of every artifact (``arts["fp32"]`` the reference) plus its size."""
+    from common import fidelity_vs_fp32
 
-    from autoglm_compress.ir_utils import ort_session
-
-    sess = {k: ort_session(p) for k, p in arts.items()}
-    data = dict(np.load(m["eval"]))
-    feeds = [{k: v[i:i + 1] for k, v in data.items()} for i in range(min(n, len(next(iter(
-        data.values())))))]
-    outs = {k: [s.run(None, f)[0] for f in feeds] for k, s in sess.items()}
-    ms = interleaved_ms(sess, feeds[0], repeats)
-    res = {}
-    for k in arts:
-        cos = [_cos(a, b) for a, b in zip(outs["fp32"], outs[k])]
-        row = {"cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos)),
-               "mb": Path(arts[k]).stat().st_size / 1e6,
-               "latency_vs_fp32": ms[k] / ms["fp32"]}
-        if outs["fp32"][0].ndim == 2:
-            row["top1"] = float(np.mean([a.argmax() == b.argmax() for a, b in zip(outs["fp32"], outs[k])]))
-        res[k] = row
-    res["fp32"]["ms"] = ms["fp32"]
+    res = fidelity_vs_fp32(arts["fp32"], arts, m["eval"], n, repeats)
+    for k, p in arts.items():
+        res[k]["mb"] = Path(p).stat().st_size / 1e6
+    res["fp32"]["ms"] = res.pop("fp32_ms")
     return res
-
-
-def _cos(a, b) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
 
 def table(rows: dict) -> str:

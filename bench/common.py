@@ -66,3 +66,40 @@ def interleaved_ms(sessions: dict, feed: dict, repeats: int = 20) -> dict[str, f
             s.run(None, feed)
             times[k].append(time.perf_counter() - t)
     return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+
+
+def fidelity_vs_fp32(fp32: str, arts: dict[str, str], eval_npz: str, n_eval: int,
+                     repeats: int = 20, detector: bool = False) -> dict:
+    """Every artifact vs the FP32 model in onnxruntime on the first ``n_eval`` held-out samples:
+    cosine (mean, worst sample; first output), top-1 agreement (2-D class scores), detection
+    agreement (``detector``: YOLO [1, 4 + classes, anchors]) and latency relative to FP32
+    (interleaved). An artifact onnxruntime cannot load gets ``{"error": ...}``."""
+    from autoglm_compress.ir_utils import ort_session
+    from autoglm_compress.metrics import _cos
+
+    sess, res = {"fp32": ort_session(fp32)}, {}
+    for k, p in arts.items():
+        try:
+            sess[k] = ort_session(p)
+        except Exception as e:  # noqa: BLE001 - a peer's artifact onnxruntime refuses to load
+            res[k] = {"error": "onnxruntime cannot load it: " + str(e).splitlines()[0][-120:]}
+    arts = {k: p for k, p in arts.items() if k in sess}
+    data = dict(np.load(eval_npz))
+    n = min(n_eval, len(next(iter(data.values()))))
+    feeds = [{k: v[i : i + 1] for k, v in data.items()} for i in range(n)]
+    outs = {k: [s.run(None, f) for f in feeds] for k, s in sess.items()}
+    ref = outs["fp32"]
+    for k in arts:
+        cos = [_cos(a[0], b[0]) for a, b in zip(ref, outs[k])]
+        r = {"cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
+        if ref[0][0].ndim == 2:
+            r["top1"] = float(np.mean([a[0].argmax() == b[0].argmax()
+                                       for a, b in zip(ref, outs[k])]))
+        elif detector:
+            r.update(detection_agreement(ref, outs[k]))
+        res[k] = r
+    ms = interleaved_ms(sess, feeds[0], repeats)
+    for k in arts:
+        res[k]["latency_vs_fp32"] = ms[k] / ms["fp32"]
+    res["fp32_ms"] = ms["fp32"]
+    return res

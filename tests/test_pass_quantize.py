@@ -163,10 +163,10 @@ def test_x86_final_concat_keeps_scores_float(tmp_path):
 
 
 def test_x86_residual_add_before_layernorm_stays_float(saved, tmp_path, monkeypatch):
-    """An Add whose output only LayerNorm (and other such Adds) read runs float in onnxruntime whatever its inputs
-    (QLinearAdd needs a Q on its output): it gets no Q/DQ, its producers keep int8 compute
-    (MatMulIntegerToFloat / QGemm with float output), and the encoder gets closer to FP32 than
-    with those Adds quantized."""
+    """An Add whose output only LayerNorm (and other such Adds) read runs float in onnxruntime
+    whatever its inputs (QLinearAdd needs a Q on its output): it gets no Q/DQ, its producers keep
+    int8 compute (MatMulIntegerToFloat / QGemm with float output), and the encoder gets closer to
+    FP32 than with those Adds quantized."""
     from autoglm_compress.passes import quantize as qmod
 
     model = load(saved("transformer", "onnx"))

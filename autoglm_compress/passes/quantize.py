@@ -137,16 +137,18 @@ class QuantizePass(CompressPass):
             """A weightless op writing a graph output read by nobody runs float (its output gets
             no Q: YOLO's final Concat of boxes and scores), so its inputs need no Q/DQ — a
             Sigmoid score feeding it keeps float resolution instead of 1/256 of its range. (A
-            Conv writing into it still quantizes its own output: NEEDS_OUTPUT_Q.)"""
+            Conv writing into it still quantizes its own output: NEEDS_OUTPUT_Q.) Not for
+            input-only schemes (TensorRT), whose Q/DQ placement is about fusions, not outputs."""
             y = node.outputs[0]
-            return (not is_weighted(node) and y.is_graph_output()
+            return (bool(scheme.output_ops or scheme.quantize_graph_outputs)
+                    and not is_weighted(node) and y.is_graph_output()
                     and not any(True for _ in y.uses()))
 
         floating, read_through = _float_islands(g, scheme, self._kept)
 
         def read_quantized(y: ir.Value) -> bool:
             return any(u.op_type in scheme.input_ops and not self._kept(u) and not dead_end(u)
-                       and u not in floating for u, _ in y.uses())
+                       for u, _ in y.uses())
 
         for node in g:
             if (node.op_type not in scheme.input_ops or self._kept(node) or dead_end(node)
@@ -188,10 +190,11 @@ _COMPUTE = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # never left 
 
 
 def _float_islands(g: ir.Graph, scheme: QuantScheme, kept):
-    """Weightless element-wise ops and pools (Add, Mul, Concat, AveragePool) that run float anyway because nothing reads
-    their output quantized — onnxruntime fuses them to QLinearAdd & co. only with a Q on the
-    output. Q/DQ on their inputs would only cost resolution: a BERT's residual Add feeding
-    LayerNorm (the residual stream's outliers set a coarse step), a detector's box decoding.
+    """Weightless element-wise ops and pools (Add, Mul, Concat, AveragePool) that run float
+    anyway because nothing reads their output quantized — onnxruntime fuses them to QLinearAdd
+    & co. only with a Q on the output. Q/DQ on their inputs would only cost resolution: a
+    BERT's residual Add feeding LayerNorm (the residual stream's outliers set a coarse step), a
+    detector's box decoding.
     Only where graph outputs stay float (x86); nodes come out in reverse graph order, so every
     reader is classified before the op it reads from. Returns (those nodes, ``read_q(value)``:
     whether a quantized op reads the value, directly or through data movement)."""

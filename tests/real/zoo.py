@@ -331,9 +331,9 @@ def ppocr(
     folder: Path, part: str = "det", n_calib: int = 16, n_eval: int = 16, size: int = 160
 ) -> RealModel:
     """RapidOCR's PP-OCR ONNX models (paddle2onnx, opset 11): ``det`` = PP-OCRv6 small DBNet
-    (dynamic batch/H/W; data size×size text-on-photo crops, 160 by default), ``cls`` = ch_ppocr_mobile_v2.0 cls
-    (batch dim_value -1, weights in Constant nodes; 48×192 text lines), ``rec`` = PP-OCRv6 small
-    recognizer (48×320 text lines). All normalised as RapidOCR does."""
+    (dynamic batch/H/W; data size×size text-on-photo crops, 160 by default), ``cls`` =
+    ch_ppocr_mobile_v2.0 cls (batch dim_value -1, weights in Constant nodes; 48×192 text lines),
+    ``rec`` = PP-OCRv6 small recognizer (48×320 text lines). All normalised as RapidOCR does."""
     files = {
         "det": "PP-OCRv6_det_small.onnx",
         "cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
