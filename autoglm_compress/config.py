@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "fp16", "int8")
-CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
+CALIB_METHODS = ("auto", "minmax", "percentile", "entropy", "mse")
 
 
 def field(
@@ -127,7 +127,13 @@ class CalibrationConfig:
         metavar="DATA",
         path=True,
     )
-    method: str = field("minmax", "Range estimator.", flat="calib_method", choices=CALIB_METHODS)
+    method: str = field(
+        "auto",
+        "Range estimator. auto: min/max for inputs and bounded activations (ReLU6, sigmoid), "
+        "a clipped minimum-MSE histogram range for unbounded ones.",
+        flat="calib_method",
+        choices=CALIB_METHODS,
+    )
     samples: int = field(128, "Calibration samples to use.", flat="calib_samples", min=1)
     random: bool = field(
         False, "Calibrate on random data (flagged in the report).", flat="calib_random"

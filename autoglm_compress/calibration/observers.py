@@ -232,6 +232,10 @@ class MSEObserver(HistogramObserver):
 
     ``E(a, b) = Σ_{x<a} (a - x)² + Σ_{x>b} (x - b)² + N_in · Δ²/12`` over candidate ranges; see
     :func:`autoglm_compress.calibration.search.mse_range`.
+
+    ``max_clip``: each side of the range stays at least ``1/max_clip`` of the min/max range's
+    (``auto`` uses 1.5): the MSE optimum treats every value alike, while the few largest
+    activations often carry the signal (see :mod:`autoglm_compress.calibration.auto_method`).
     """
 
     def __init__(
@@ -240,12 +244,20 @@ class MSEObserver(HistogramObserver):
         name: str = "tensor",
         symmetric: bool | None = None,
         candidates: int = 512,
+        max_clip: float | None = None,
     ):
         super().__init__(bins, name, symmetric)
         self.candidates = int(candidates)
+        if max_clip is not None and not float(max_clip) >= 1.0:
+            raise ConfigError(f"max_clip must be at least 1, got {max_clip}")
+        self.max_clip = None if max_clip is None else float(max_clip)
 
     def _search(self, symmetric: bool, bits: int) -> tuple[float, float]:
-        return mse_range(self.hist, bits, symmetric, self.candidates)
+        lo, hi = mse_range(self.hist, bits, symmetric, self.candidates)
+        if self.max_clip is not None:
+            lo = min(lo, self.hist.min_val / self.max_clip)
+            hi = max(hi, self.hist.max_val / self.max_clip)
+        return lo, hi
 
 
 OBSERVERS: dict[str, type[Observer]] = {

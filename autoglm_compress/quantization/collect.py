@@ -40,6 +40,12 @@ import onnx_ir as ir
 import torch
 from tqdm import tqdm
 
+from autoglm_compress.calibration.auto_method import (
+    AUTO,
+    HISTOGRAM_METHOD,
+    MAX_CLIP,
+    histogram_tensors,
+)
 from autoglm_compress.calibration.observers import make_observer
 from autoglm_compress.errors import CalibrationError
 from autoglm_compress.ir_ops import activation_channel_axis, is_weighted
@@ -91,10 +97,18 @@ def _mean_targets(model: ir.Model) -> dict[str, int]:
 
 
 class _Accumulator:
-    """Observers plus channel mean/absmax sums; fed chunks (tensors) or reduced ranges."""
+    """Observers plus channel mean/absmax sums; fed chunks (tensors) or reduced ranges.
 
-    def __init__(self, method: str, mean_axes: dict[str, int], observer_kw: dict):
+    ``histogram``: with ``method="auto"``, the tensors observed by a ``mse`` histogram (every other
+    one by min/max). Under the hybrid onnxruntime plan the channel statistics of every tensor come
+    from the in-graph reductions (``means_from_reduce``) and chunks only feed the histograms.
+    """
+
+    def __init__(self, method: str, mean_axes: dict[str, int], observer_kw: dict,
+                 histogram: set[str] | None = None):
         self.method, self.mean_axes, self.kw = method, mean_axes, observer_kw
+        self.histogram = set(histogram or ())
+        self.means_from_reduce = False
         self.observers: dict = {}
         self.means: dict[str, torch.Tensor] = {}
         self.absmax: dict[str, torch.Tensor] = {}
@@ -106,9 +120,22 @@ class _Accumulator:
             self._obs(name).observe_minmax(lo, hi)
         self.pending.clear()
 
+    def _make(self, name: str, histogram: bool):
+        method, kw = self.method, self.kw
+        if method == AUTO and histogram:
+            method, kw = HISTOGRAM_METHOD, {"max_clip": MAX_CLIP, **kw}
+        elif method == AUTO:
+            method, kw = "minmax", {k: v for k, v in kw.items() if k == "axis"}
+        return make_observer(method, name=name, **kw)
+
+    def probe(self) -> None:
+        """Build each kind of observer once: a bad method or option fails before any work."""
+        self._make("probe", True)
+        self._make("probe", False)
+
     def _obs(self, name: str):
         if name not in self.observers:
-            self.observers[name] = make_observer(self.method, name=name, **self.kw)
+            self.observers[name] = self._make(name, name in self.histogram)
         return self.observers[name]
 
     def chunk(self, name: str, t: torch.Tensor, count: int, rank: int) -> None:
@@ -122,7 +149,7 @@ class _Accumulator:
             if bool(torch.isnan(t).any()):
                 raise
             return self._drop(name)
-        if name in self.mean_axes and rank >= 2:
+        if name in self.mean_axes and rank >= 2 and not self.means_from_reduce:
             axis = self.mean_axes[name] % rank
             dims = [d for d in range(rank) if d != axis]
             self._add(
@@ -134,11 +161,13 @@ class _Accumulator:
         if lo > hi or name in self.infinite:
             return
         if not finite or math.isnan(lo) or math.isnan(hi):
-            self._obs(name).observe_minmax(float("nan"), hi)  # raises, naming the tensor
+            make_observer("minmax", name=name).observe_minmax(float("nan"), hi)  # raises
         if not (math.isfinite(lo) and math.isfinite(hi)):
             return self._drop(name)
         r = self.pending.get(name)
-        if r is None:
+        if name in self.histogram:
+            pass  # its observer is fed the tensor itself (hybrid plan)
+        elif r is None:
             self.pending[name] = [lo, hi]
         else:  # plain floats here, one observer update at the end: the same min/max
             r[0], r[1] = min(r[0], lo), max(r[1], hi)
@@ -207,12 +236,13 @@ def collect_stats(
 ) -> CalibrationStats:
     """Observe every float tensor of ``model`` over ``feeds``; ``backend``: auto, onnxruntime,
     executor (see the module docstring)."""
-    acc = _Accumulator(method, _mean_targets(model), observer_kw)
-    make_observer(method, name="probe", **observer_kw)  # a bad method fails before any work
+    hist = histogram_tensors(model) if method == AUTO else set()
+    acc = _Accumulator(method, _mean_targets(model), observer_kw, hist)
+    acc.probe()  # a bad method or option fails before any work
     t0 = time.perf_counter()
     it = _Feeds(feeds, limit, progress)
     used = _pick(backend, observer_kw)
-    reduce = method == "minmax" and "axis" not in observer_kw
+    reduce = method in ("minmax", AUTO) and "axis" not in observer_kw
     if used == "onnxruntime" and not run_ort(model, acc, it, batch, chunk_bytes, reduce):
         used = "executor"
     if used == "executor":

@@ -129,6 +129,14 @@ def run_executor(model, acc, feeds, batch: int, chunk_bytes: int) -> None:
         chunk = list(itertools.islice(feeds, size))
 
 
+def _hybrid_samples(acc, runner, head: dict, feeds) -> Iterator[dict]:
+    for feed in itertools.chain([None], feeds):
+        res = head if feed is None else runner.run(feed)
+        for name, r in res.items():
+            acc.reduced(name, *r)
+        yield runner.streamed
+
+
 def run_ort(model, acc, feeds, batch: int, chunk_bytes: int, reduce: bool) -> bool:
     """False (nothing consumed) when onnxruntime cannot calibrate this model."""
     from autoglm_compress.calibration import ort_stats
@@ -138,7 +146,7 @@ def run_ort(model, acc, feeds, batch: int, chunk_bytes: int, reduce: bool) -> bo
         return True
     try:
         if reduce:
-            runner = ort_stats.ReduceRunner(model, acc.mean_axes)
+            runner = ort_stats.ReduceRunner(model, acc.mean_axes, stream=acc.histogram)
         else:
             runner = ort_stats.TensorRunner(model)
         head = runner.run(first)
@@ -146,6 +154,10 @@ def run_ort(model, acc, feeds, batch: int, chunk_bytes: int, reduce: bool) -> bo
         logger.info("calibration in onnxruntime unavailable (%s); using the executor", e)
         feeds.send_back(first)
         return False
+    if reduce and runner.stream:  # hybrid: reduce everything, stream the histogram tensors
+        acc.means_from_reduce = True
+        _observe_samples(acc, _hybrid_samples(acc, runner, head, feeds), chunk_bytes, batch)
+        return True
     if reduce:
         for feed in itertools.chain([None], feeds):
             for name, r in (head if feed is None else runner.run(feed)).items():
