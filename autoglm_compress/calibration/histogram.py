@@ -73,11 +73,15 @@ class StreamingHistogram:
         ):
             self._grow(bmin, bmax)
         self.min_val, self.max_val = min(self.min_val, bmin), max(self.max_val, bmax)
-        nonzero = x[x != 0]
-        if bmin < self.lo or bmax > self.hi:  # within SLACK: counted in the edge bins
-            nonzero = nonzero.clamp(self.lo, self.hi)
-        self.zeros += float(x.numel() - nonzero.numel())
-        self.counts += torch.histc(nonzero, self.bins, self.lo, self.hi).to("cpu", _F64)
+        # values within SLACK outside [lo, hi] fall in the edge bins (the index clamp)
+        idx = ((x - self.lo) * (self.bins / (self.hi - self.lo))).to(torch.int32)
+        counts = torch.bincount(idx.clamp_(0, self.bins - 1), minlength=self.bins)
+        zeros = int(torch.count_nonzero(x == 0))
+        if zeros:  # exact zeros are kept apart: out of the bin they were counted in
+            z = int(min(max((0.0 - self.lo) * (self.bins / (self.hi - self.lo)), 0), self.bins - 1))
+            counts[z] -= zeros
+            self.zeros += float(zeros)
+        self.counts += counts.to("cpu", _F64)
 
     def _grow(self, bmin: float, bmax: float) -> None:
         lo, hi = min(self.lo, bmin), max(self.hi, bmax)
