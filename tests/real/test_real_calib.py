@@ -43,5 +43,5 @@ def test_auto_ranges_keep_yolo_class_scores(tmp_path):
         cos[method] = _score_cosine(want, [sess.run(None, f) for f in feeds])
         reports[method] = res.report["calibration"]
     assert reports["auto"]["method"] == "auto" and reports["minmax"]["method"] == "minmax"
-    # measured: auto 0.88, minmax 0.60 (64 calibration / 16 held-out photos)
-    assert cos["auto"] > 0.8 and cos["auto"] > cos["minmax"] + 0.1, cos
+    # measured: auto 0.957, minmax 0.854 (64 calibration / 16 held-out photos)
+    assert cos["auto"] > 0.93 and cos["auto"] > cos["minmax"] + 0.05, cos
