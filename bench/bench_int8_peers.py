@@ -157,29 +157,29 @@ def run_model(name: str, work: Path, a) -> dict:
 NOTES = """
 2026-12-03, this 2-core AVX512-VNNI machine (ours picks 8-bit weights there; `--cpu avx2` numbers
 are in "x86 INT8 weight width per layer"). 128 calibration samples (PP-OCR 32 at 640²), 128
-held-out (PP-OCR 16). EfficientNet-Lite1 jobs were rerun alone (the first run shared the CPU with
-a test run); the rest are from the one run. Goal (issue 12): the best fidelity of the three on
-every model at ≤ 0.6× FP32 latency on the CNNs.
+held-out (PP-OCR 16). Peer rows were quantized in the previous run and re-evaluated in this one
+(`--reuse`); latency is interleaved within a model's rows. Goal (issue 12): the best fidelity of
+the three on every model at ≤ 0.6× FP32 latency on the CNNs.
 
-- **Ahead on EfficientNet-Lite1 / -Lite2, PP-OCR and (worst sample) BERT**; top-1 agreement 0.953
-  on both EfficientNets (ORT 0.867 / 0.938, NNCF 0.836 / 0.883), at 0.47–0.52× FP32. The 640²
-  DBNet misses the latency goal: 0.68× FP32 (onnxruntime's MinMax 0.70×).
-- **YOLOv8n: defaults tie NNCF** on detection agreement (0.729 vs 0.735; onnxruntime zeroes every
-  class score); the README's detector recipe `--calib-method mse` is ahead (0.778) at 0.63× FP32,
-  NNCF runs 3.4× *slower* than FP32. mse is not the default: on EfficientNet-Lite1 it costs top-1
-  (0.930 vs 0.953) and doubles the compress time (62 vs 34 s; histograms instead of in-graph
-  min/max); on PP-OCR it is slightly better (worst cosine 0.9964 vs 0.9952).
-- **BERT (random weights)**: NNCF's mean cosine is higher (0.99991 vs 0.99984) but its worst
-  sample lower (0.99922 vs 0.99984) and it runs 1.5× slower than FP32 (ours 0.45×). Ours was
-  0.99862 before the float-island rule (residual Adds before LayerNorm left float).
+- **Default calibration is now `auto`** (min/max for inputs and bounded activations, a clipped
+  minimum-MSE histogram range for unbounded tensors); the `minmax` rows are the previous default.
+  It gains on EfficientNet-Lite1 (top-1 0.953 → 0.961), YOLOv8n (detection agreement 0.729 →
+  0.755, now ahead of NNCF's 0.735; unclipped `mse` everywhere 0.778) and the BERT (mean / worst
+  cosine 0.99984 → 0.99990 / 0.99988: NNCF 0.99991 / 0.99922), keeps EfficientNet-Lite2 (0.953),
+  and on PP-OCR raises the mean cosine (0.99357 → 0.99399) while its worst sample drops (0.968 →
+  0.954, still above onnxruntime's 0.945 and NNCF's 0.708; 32 calibration samples there).
+- **Ahead of onnxruntime and NNCF on every row but one number**: NNCF's BERT mean cosine is
+  0.00001 higher (its worst sample 0.0007 lower, and it runs 1.5× slower than FP32).
+- Latency: EfficientNets 0.44–0.54× FP32, YOLOv8n 0.60×; the 640² DBNet misses the 0.6× goal at
+  0.66× (onnxruntime's MinMax 0.70×).
+- Cost of `auto`: compress wall time +3–8 s on the CNNs (the histogram tensors are streamed out of
+  onnxruntime, the rest reduced in the graph), +36 s on the BERT (most of its tensors are
+  unbounded; the reconstruction gate also tries reconstruction there now that activation error
+  shrank). Peak memory unchanged (≤ 2.2 GB); the peers' histogram calibrators and NNCF 8–20 GB,
+  and onnxruntime's fail on the BERT's −inf attention mask.
 - NNCF's QDQ models leave most convs unfused in onnxruntime (Q after ReLU6/Clip, signed
-  activations): 4–7× slower than FP32 on the EfficientNets; it and onnxruntime's Percentile /
-  Entropy calibrators peak at 8–20 GB (ours ≤ 2 GB); the histogram calibrators fail on the −inf
-  attention mask. PP-OCR is opset 11: the peers get it converted to opset 13 (onnxruntime's
-  per-channel output of the opset-11 file does not load).
-- Our wall time includes verification on held-out samples and, on the EfficientNets, layer-wise
-  reconstruction (≈ 18–23 s; the reconstruct gate skips it on the others); onnxruntime's MinMax
-  is 3–4× faster to run.
+  activations): 5–6× slower than FP32 on the EfficientNets. PP-OCR is opset 11: the peers get it
+  converted to opset 13 (onnxruntime's per-channel output of the opset-11 file does not load).
 """
 
 LABELS = {"ours": "**ours**", "ours-mse": "ours `--calib-method mse`",
