@@ -82,3 +82,27 @@ def test_wrong_constant_is_not_gelu():
     m = _model(nodes)
     recs = Pipeline(build_passes(["fuse_gelu"]), progress=False).run(m)
     assert recs[0].stats == {"gelu_fused": 0}
+
+
+def test_x86_int8_runs_gelu_as_one_float_kernel(saved, tmp_path, monkeypatch):
+    """The x86 target fuses the exported Erf GELU before quantization: onnxruntime runs one Gelu
+    between a DequantizeLinear and a QuantizeLinear (no float Erf chain, no int8 Mul of its own),
+    and the artifact is closer to FP32 than the unfused quantization, whose Erf-chain Add and Mul
+    had Q/DQ pairs of their own."""
+    from autoglm_compress import compress
+    from autoglm_compress.targets.x86.target import X86Target
+
+    src = saved("transformer", "onnx")
+
+    def run(out):
+        return compress(src, int8=True, targets="x86", calib_random=True, calib_samples=32,
+                        samples=8, latency_repeats=1, out_dir=tmp_path / out).artifact("x86")
+
+    fused = run("fused")
+    assert any("GELU patterns fused" in n for n in fused.notes)
+    ops = [(n.domain, n.op_type) for n in onnx.load(str(fused.path)).graph.node]
+    assert ("com.microsoft", "Gelu") in ops and ("", "Erf") not in ops
+    monkeypatch.setattr(X86Target, "prepare", lambda self, model, precision: [])
+    plain = run("plain")
+    assert ("", "Erf") in [(n.domain, n.op_type) for n in onnx.load(str(plain.path)).graph.node]
+    assert 1 - fused.fidelity["cosine_min"] < 1 - plain.fidelity["cosine_min"]

@@ -239,7 +239,9 @@ def test_int8_x86(name, real_dir, runs, capfd):
 @pytest.mark.parametrize("name", [k for k in WORKING if SPECS[k].dynamic_batch])
 def test_artifact_keeps_dynamic_batch(name, real_dir, runs, capfd):
     """The INT8 artifact of a model with a symbolic batch runs at batch 1 and 3 in onnxruntime,
-    each sample matching its batch-1 result."""
+    each sample matching its batch-1 result — up to a few values: float kernels (a fused Gelu,
+    a GEMM) block a batch differently, and a value that lands on a rounding boundary of the next
+    QuantizeLinear moves one int8 step (measured: 2 of 2.2 M outputs of PP-OCR rec, by 0.013)."""
     import onnxruntime as ort
 
     run, m = _compress(name, "int8", real_dir, runs, capfd)
@@ -250,7 +252,10 @@ def test_artifact_keeps_dynamic_batch(name, real_dir, runs, capfd):
     single = [sess.run(None, {inp: x[i : i + 1]})[0] for i in range(3)]
     batched = sess.run(None, {inp: x})[0]
     assert batched.shape[0] == 3
-    np.testing.assert_allclose(batched, np.concatenate(single), rtol=1e-3, atol=1e-3)
+    want = np.concatenate(single)
+    off = np.abs(batched - want) > 1e-3 + 1e-3 * np.abs(want)
+    assert off.mean() < 1e-4, f"{off.sum()} of {off.size} values differ"
+    np.testing.assert_allclose(batched, want, rtol=0, atol=0.05)
 
 
 def _check_refusal(proc, out_dir: Path, words: tuple[str, ...], where: str) -> None:
