@@ -49,6 +49,15 @@ def _copy(model: ir.Model) -> ir.Model:
     return from_proto(to_proto(model))
 
 
+def _estimators(stats: CalibrationStats) -> dict[str, int]:
+    """``auto``: how many tensors got each range estimator (report)."""
+    counts: dict[str, int] = {}
+    for obs in stats.observers.values():
+        kind = "mse (clipped)" if type(obs).__name__ == "MSEObserver" else "minmax"
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def calibrate(model: ir.Model, ctx, method: str, samples: int) -> tuple[CalibrationStats, dict]:
     """Observe every tensor over ``samples`` feeds of ``ctx.data``; the first
     ``FALLBACK_SAMPLES`` are kept as the hold-out for fallback and QAT decisions."""
@@ -68,6 +77,7 @@ def calibrate(model: ir.Model, ctx, method: str, samples: int) -> tuple[Calibrat
         "method": method,
         "samples": stats.samples,
         "tensors": len(stats.observers),
+        **({"estimators": _estimators(stats)} if method == "auto" else {}),
         "seconds": stats.seconds,
         "backend": stats.backend,
         "left_float_infinite": stats.infinite,

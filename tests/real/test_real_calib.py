@@ -43,5 +43,8 @@ def test_auto_ranges_keep_yolo_class_scores(tmp_path):
         cos[method] = _score_cosine(want, [sess.run(None, f) for f in feeds])
         reports[method] = res.report["calibration"]
     assert reports["auto"]["method"] == "auto" and reports["minmax"]["method"] == "minmax"
+    est = reports["auto"]["estimators"]  # SiLU products, convs, sums: mse; Sigmoid, input: minmax
+    assert est["mse (clipped)"] > 150 and 10 < est["minmax"] < 100, est
+    assert "estimators" not in reports["minmax"]
     # measured: auto 0.957, minmax 0.854 (64 calibration / 16 held-out photos)
     assert cos["auto"] > 0.93 and cos["auto"] > cos["minmax"] + 0.05, cos
