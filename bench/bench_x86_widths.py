@@ -5,8 +5,8 @@ MLAS then dispatches the VPMADDUBSW kernels that saturate).
     .venv/bin/python bench/bench_x86_widths.py [--models digits,effnet] [--samples 128] [--eval 64]
         [--work /tmp/bench_widths] [--write-results]
 
-Per model, five artifacts from one calibration source (x86, minmax, bias correction, default
-flags otherwise): ``--cpu avx2`` (the rule), ``--reduce-range`` (7-bit everywhere, the old default) and
+Per model, five artifacts from one calibration source (x86, minmax ranges — pinned: the results
+below predate the ``auto`` default —, bias correction, default flags otherwise): ``--cpu avx2`` (the rule), ``--reduce-range`` (7-bit everywhere, the old default) and
 ``--full-range`` (8-bit everywhere, what a VNNI CPU gets), each with plain rounding, and the rule and
 8-bit with layer-wise reconstruction (``--reconstruct``). Each runs on the eval samples natively and
 (when ``qemu-x86_64`` is installed: ``apt-get install qemu-user``) emulated as Haswell; fidelity is vs
@@ -79,7 +79,7 @@ def quantize(m: dict, work: Path, name: str, samples: int) -> dict:
         t0 = time.perf_counter()
         res = compress(m["src"], targets=("x86",), int8=True, calib=m["calib"],
                        calib_samples=samples, out_dir=work / f"{name}-{kw.get('reduce_range')}-{kw['reconstruct']}",
-                       eval_data=m["eval"], samples=8, **kw)
+                       eval_data=m["eval"], samples=8, calib_method="minmax", **kw)
         rec = next(r for r in res.report["passes"] if r["name"].startswith("quantize"))
         layers = rec["stats"]["layers"]
         out[label] = {"path": str(res.artifacts[0].path), "seconds": time.perf_counter() - t0,
