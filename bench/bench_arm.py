@@ -4,15 +4,16 @@
         [--peer-python /tmp/peer_aeq/bin/python] [--work /tmp/bench_arm] [--write-results]
 
 Models: the digits CNN, EfficientNet-Lite1 (ImageNet weights, 240×240) and nudenet's YOLOv8n
-(320×320, ``static_shapes``). Per model: ours = ``compress`` to ``--target arm`` at FP32, FP16 and INT8 (minmax, ``--calib``
-samples); peer = ai-edge-quantizer 0.10 ``static_wi8_ai8`` on *our* FP32 .tflite with the same
+(320×320, ``static_shapes``). Per model: ours = ``compress`` to ``--target arm`` at FP32, FP16 and INT8 (default ranges,
+``--calib`` samples); peer = ai-edge-quantizer 0.10 ``static_wi8_ai8`` on *our* FP32 .tflite with the same
 calibration samples, in its own virtualenv (bench/peers/aeq_quantize.py; make it with
 ``python -m venv /tmp/peer_aeq && /tmp/peer_aeq/bin/pip install ai-edge-quantizer``). Every .tflite
 then runs in LiteRT (XNNPACK, 2 threads) on the eval samples: cosine (worst sample) and top-1
 agreement vs the FP32 model in onnxruntime, size, and latency (median, interleaved runs; ratio to
 our FP32 .tflite in LiteRT). Wall time is the conversion (ours: the whole compress including
 verification; the peer: its calibration + quantization only). "ours int8 mse" is the same with
-``--calib-method mse``. onnx2tf (+ tensorflow-cpu, its own virtualenv:
+``--calib-method mse``; "ours int8" uses the default ranges (``auto`` since 2026-12-03).
+A peer whose virtualenv is missing is skipped with a line. onnx2tf (+ tensorflow-cpu, its own virtualenv:
 bench/peers/onnx2tf_quantize.py) converts the same static ONNX with the same calibration samples;
 its wall time is its whole conversion (FP32, FP16 and INT8 files in one call).
 """
@@ -127,10 +128,14 @@ def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int, peer_
                        out_dir=work / f"{name}-{prec.replace(' ', '-')}", static_shapes=True, **kw)
         files[f"ours {prec}"] = (res.artifact("arm").path, time.perf_counter() - t0)
     peer_out = work / f"{name}-aeq.int8.tflite"
-    p = subprocess.run([peer_py, str(ROOT / "bench/peers/aeq_quantize.py"),
-                        str(files["ours fp32"][0]), str(calib), str(peer_out), str(n_calib)],
-                       capture_output=True, text=True, check=True)
-    files["ai-edge-quantizer int8"] = (peer_out, json.loads(p.stdout.strip().splitlines()[-1])["wall_s"])
+    if Path(peer_py).exists():
+        p = subprocess.run([peer_py, str(ROOT / "bench/peers/aeq_quantize.py"),
+                            str(files["ours fp32"][0]), str(calib), str(peer_out), str(n_calib)],
+                           capture_output=True, text=True, check=True)
+        files["ai-edge-quantizer int8"] = (peer_out,
+                                           json.loads(p.stdout.strip().splitlines()[-1])["wall_s"])
+    else:
+        print(f"ai-edge-quantizer skipped: no virtualenv at {peer_py} (--peer-python)", flush=True)
     import onnx_ir as ir
 
     from autoglm_compress.frontend import make_static
@@ -138,6 +143,9 @@ def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int, peer_
     model = load(src)
     feeds, _ = load_npz_feeds(ev, model, limit=n_eval)
     model = make_static(model, {k: v.shape for k, v in feeds[0].items()})
+    if o2t_py and not Path(o2t_py).exists():
+        print(f"onnx2tf skipped: no virtualenv at {o2t_py} (--onnx2tf-python)", flush=True)
+        o2t_py = None
     if o2t_py:  # the usual ONNX → TFLite route, from the same static ONNX
         onnx_path = work / f"{name}.static.onnx"
         ir.save(model, onnx_path)
