@@ -51,9 +51,11 @@ def _copy(model: ir.Model) -> ir.Model:
 
 def _estimators(stats: CalibrationStats) -> dict[str, int]:
     """``auto``: how many tensors got each range estimator (report)."""
+    from autoglm_compress.calibration.observers import MSEObserver
+
     counts: dict[str, int] = {}
     for obs in stats.observers.values():
-        kind = "mse (clipped)" if type(obs).__name__ == "MSEObserver" else "minmax"
+        kind = "mse (clipped)" if isinstance(obs, MSEObserver) else "minmax"
         counts[kind] = counts.get(kind, 0) + 1
     return counts
 

@@ -6,12 +6,14 @@ tensors make of them) and the graph's float inputs (normalized data, whose extre
 values, not outliers) keep their min/max range: clipping a saturating activation's bound cuts the
 units that carry the signal. Every other activation — a conv or matmul output, SiLU/GELU, a
 residual sum, LayerNorm — has an unbounded, heavy tail that 128 samples measure poorly: there the
-histogram's minimum-MSE range (``mse``) is used. Measured (bench/RESULTS.md): nudenet YOLOv8n
-(SiLU) detection agreement 0.75 → 0.79 and score cosine 0.60 → 0.78, a BERT encoder's cosine
-0.99984 → 0.99989, EfficientNet-Lite (ReLU6: most bytes are bounded) unchanged.
+histogram's minimum-MSE range (``mse``) is used, never narrower than ``1/MAX_CLIP`` of the min/max
+range per side (docs/decisions.md: unclipped, it wrecked PP-OCR's DBNet). Measured against the old
+min/max default (bench/RESULTS.md, x86, 128 samples): nudenet YOLOv8n (SiLU) detection agreement
+0.729 → 0.755, EfficientNet-Lite1 top-1 0.953 → 0.961, Lite2 unchanged, a BERT encoder's cosine
+0.99984 → 0.99990.
 
-Only the histogram tensors are streamed out of onnxruntime; the rest are reduced in the graph, so
-``auto`` costs less than ``mse`` everywhere.
+Only the histogram tensors are streamed out of onnxruntime; the rest are reduced in the graph (on
+the EfficientNets the expanded ReLU6 tensors, most of the bytes, never leave it).
 """
 
 from __future__ import annotations
@@ -49,11 +51,6 @@ def _clip_bounded(node: ir.Node) -> bool:
     return lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi)
 
 
-def _mode(node: ir.Node) -> str:
-    a = node.attributes.get("mode")
-    return a.as_string() if a is not None else "nearest"
-
-
 def bounded_tensors(model: ir.Model) -> set[str]:
     """Names of the tensors whose range an op bounds by construction (see the module doc)."""
     out: set[str] = set()
@@ -61,7 +58,7 @@ def bounded_tensors(model: ir.Model) -> set[str]:
         op = node.op_type
         if op in _BOUNDING or (op == "Clip" and _clip_bounded(node)):
             ok = True
-        elif op in _KEEPS_BOUND and not (op == "Resize" and _mode(node) == "cubic"):
+        elif op in _KEEPS_BOUND and not (op == "Resize" and node.attributes.get_string("mode", "nearest") == "cubic"):
             data = [v for v in node.inputs[: None if op == "Concat" else 1] if v is not None]
             ok = bool(data) and all(v.name in out or v.const_value is not None for v in data)
         else:

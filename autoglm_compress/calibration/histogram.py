@@ -73,15 +73,17 @@ class StreamingHistogram:
         ):
             self._grow(bmin, bmax)
         self.min_val, self.max_val = min(self.min_val, bmin), max(self.max_val, bmax)
-        # values within SLACK outside [lo, hi] fall in the edge bins (the index clamp)
-        idx = ((x - self.lo) * (self.bins / (self.hi - self.lo))).to(torch.int32)
-        counts = torch.bincount(idx.clamp_(0, self.bins - 1), minlength=self.bins)
+        counts = torch.bincount(self._bin(x), minlength=self.bins)
         zeros = int(torch.count_nonzero(x == 0))
         if zeros:  # exact zeros are kept apart: out of the bin they were counted in
-            z = int(min(max((0.0 - self.lo) * (self.bins / (self.hi - self.lo)), 0), self.bins - 1))
-            counts[z] -= zeros
+            counts[int(self._bin(torch.zeros(1, dtype=x.dtype, device=x.device))[0])] -= zeros
             self.zeros += float(zeros)
         self.counts += counts.to("cpu", _F64)
+
+    def _bin(self, x: torch.Tensor) -> torch.Tensor:
+        """Bin index of each value; values within SLACK outside [lo, hi] go to the edge bins."""
+        idx = ((x - self.lo) * (self.bins / (self.hi - self.lo))).to(torch.int32)
+        return idx.clamp_(0, self.bins - 1)
 
     def _grow(self, bmin: float, bmax: float) -> None:
         lo, hi = min(self.lo, bmin), max(self.hi, bmax)

@@ -22,7 +22,7 @@ from onnx_ir.passes import PassResult
 from autoglm_compress.ir_ops import const_array
 from autoglm_compress.passes.base import CompressPass, PassConfig, register
 
-__all__ = ["FuseGeluPass", "FuseGeluConfig", "GELU_DOMAIN", "match_gelu"]
+__all__ = ["FuseGeluPass", "FuseGeluConfig", "GELU_DOMAIN", "fuse_gelu", "match_gelu"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +127,10 @@ class FuseGeluPass(CompressPass):
         self.stats.update(gelu_fused=fused)
         logger.info("fuse_gelu: %d fused", fused)
         return PassResult(model, modified=bool(fused))
+
+
+def fuse_gelu(model: ir.Model) -> int:
+    """Run the pass in place (a target's ``prepare``); how many GELU patterns were fused."""
+    p = FuseGeluPass()
+    p(model)
+    return int(p.stats.get("gelu_fused", 0))

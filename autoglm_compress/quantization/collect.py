@@ -164,15 +164,18 @@ class _Accumulator:
             make_observer("minmax", name=name).observe_minmax(float("nan"), hi)  # raises
         if not (math.isfinite(lo) and math.isfinite(hi)):
             return self._drop(name)
-        r = self.pending.get(name)
-        if name in self.histogram:
-            pass  # its observer is fed the tensor itself (hybrid plan)
-        elif r is None:
-            self.pending[name] = [lo, hi]
-        else:  # plain floats here, one observer update at the end: the same min/max
-            r[0], r[1] = min(r[0], lo), max(r[1], hi)
+        if name not in self.histogram:  # a histogram tensor's observer is fed the tensor itself
+            self._merge_range(name, lo, hi)
         if mean is not None:
             self._add(name, torch.from_numpy(mean), torch.from_numpy(amax))
+
+    def _merge_range(self, name: str, lo: float, hi: float) -> None:
+        """Plain floats here, one observer update at the end: the same min/max."""
+        r = self.pending.get(name)
+        if r is None:
+            self.pending[name] = [lo, hi]
+        else:
+            r[0], r[1] = min(r[0], lo), max(r[1], hi)
 
     def _drop(self, name: str) -> None:
         """±inf values (no NaN): no int8 range exists; the quantizer leaves the tensor in float."""

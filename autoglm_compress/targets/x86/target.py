@@ -118,11 +118,9 @@ class X86Target(Target):
         an int8 Mul with a Q/DQ pair of its own). FP32/FP16: onnxruntime fuses it itself."""
         if precision != "int8":
             return []
-        from autoglm_compress.passes.fuse_gelu import FuseGeluPass
+        from autoglm_compress.passes.fuse_gelu import fuse_gelu
 
-        p = FuseGeluPass()
-        p(model)
-        n = p.stats.get("gelu_fused", 0)
+        n = fuse_gelu(model)
         return [f"{n} GELU patterns fused into onnxruntime's Gelu"] if n else []
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
