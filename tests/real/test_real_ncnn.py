@@ -37,3 +37,32 @@ def test_efficientnet_lite1_in_ncnn(effnet, tmp_path, precision, min_cos):
         # conv → conv chains hand int8 over directly (ncnn2int8's requantize fusion): the 44
         # conv/depthwise pairs not split by a residual Add or the pooling head
         assert q["requantized"] == 44
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    from importlib.util import find_spec
+
+    if find_spec("transformers") is None:
+        pytest.skip("transformers not installed (test extra)")
+    return zoo.bert_encoder(tmp_path_factory.mktemp("ncnn_bert"), n_calib=16, n_eval=8)
+
+
+@pytest.mark.parametrize(("precision", "min_cos"),
+                         [("fp32", 0.99999), ("fp16", 0.9999), ("int8", 0.999)])
+def test_bert_encoder_in_ncnn(bert, tmp_path, precision, min_cos):
+    """Hugging Face BERT (token ids + padding mask, batch 1): word embeddings as ncnn Embed (int32
+    ids), HF's mask logic (Cast to bool, identity Gather, And, Where with -inf, the IsNaN guard) in
+    float arithmetic, the pooler's token-0 Gather as Crop; eval masks pad 8–32 tokens."""
+    kw = {"int8": True, "calib": bert.calib, "calib_samples": 16} if precision == "int8" else {
+        "fp16": precision == "fp16"}
+    art = compress(bert.model, targets="arm", arm_format="ncnn", eval_data=bert.eval, samples=8,
+                   input_shapes=("input_ids=1x32:int64", "attention_mask=1x32:int64"),
+                   out_dir=tmp_path, latency_repeats=3, **kw).artifact("arm", "ncnn")
+    types = art.extra["ncnn_layers"]["types"]
+    assert types["Embed"] == 1 and types["InnerProduct"] == 13 and types["LayerNorm"] == 5
+    assert types["Crop"] == 1 and types["Softmax"] == 2 and "Gather" not in types
+    assert art.fidelity["cosine_min"] >= min_cos
+    assert {"fp32", "fp16"} <= set(art.latency["ncnn"])
+    if precision == "int8":  # the 13 linears and the embedding table
+        assert (art.extra["ncnn_int8"]["int8"], art.extra["ncnn_int8"]["float"]) == (14, 0)

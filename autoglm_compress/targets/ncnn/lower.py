@@ -23,6 +23,7 @@ import onnx_ir as ir
 
 from autoglm_compress.errors import UnsupportedOpError
 from autoglm_compress.ir_ops import const_array, trailing_bias
+from autoglm_compress.targets.ncnn import lower_tokens
 from autoglm_compress.targets.ncnn.param import NcnnGraph
 
 __all__ = ["lower_to_ncnn", "unsupported_reason", "OPS"]
@@ -40,7 +41,7 @@ OPS = frozenset({
     "BatchNormalization", "Constant", "QuantizeLinear", "DequantizeLinear",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Split", "Slice", "Transpose",
     "Pad", "LayerNormalization", "Sum", "Mean",
-})
+}) | lower_tokens.OPS
 # ONNX's variadic element-wise ops → ncnn Eltwise (op_type 1 = sum with coefficients, 2 = max)
 _ELTWISE = {"Sum": 1, "Mean": 1, "Max": 2}
 _PAD_MODES = {"constant": 0, "edge": 1, "reflect": 2}
@@ -90,6 +91,8 @@ def unsupported_reason(node: ir.Node) -> str | None:
             return "ncnn blobs have no batch axis: batch must be 1 (give --input-shape)"
         if any(d < 0 for d in s):
             return "unknown dimension (give --input-shape / --static-shapes)"
+    if op in lower_tokens.OPS:
+        return lower_tokens.unsupported(node)
     if op in ("Conv", "ConvTranspose"):
         w = wconst(node.inputs[1])
         if w is None or w.ndim != 4:
@@ -434,8 +437,8 @@ class _Lowerer:
         self.ng.add("Reshape", (n.name or "gpool") + "_chw", [mid], [self.out(n.outputs[0])],
                     {0: 1, 1: 1, 2: c})
 
-    def binary(self, n: ir.Node) -> None:
-        op = _BINARY[n.op_type]
+    def binary(self, n: ir.Node, op: int | None = None) -> None:
+        op = _BINARY[n.op_type] if op is None else op
         a, c = n.inputs
         rank = len(_shape(n.outputs[0]))
         ca = const_array(a) if a.name not in self.blob else None
@@ -547,6 +550,8 @@ class _Lowerer:
                         [self.out(n.outputs[0])], p)
         elif op in _BINARY:
             self.binary(n)
+        elif op in lower_tokens.OPS:
+            lower_tokens.lower(self, n)
         elif op == "Relu":
             self.simple(n, "ReLU")
         elif op == "LeakyRelu":
@@ -625,7 +630,8 @@ class _Lowerer:
         self.requantized = self.ng.fuse_requantize() if self.precision == "int8" else 0
         inputs = {v.name: self.blob[v.name] for v in self.g.inputs}
         io = {"inputs": inputs, "outputs": outs, "int8": self.int8_layers,
-              "float": self.float_layers, "requantized": self.requantized}
+              "float": self.float_layers, "requantized": self.requantized,
+              "int32_inputs": lower_tokens.int32_inputs(self.g)}
         return self.ng.param_text(), self.ng.bin_bytes(), io
 
 

@@ -74,7 +74,8 @@ def ncnn_runner(param: Path, binf: Path, io: dict, precision: str, threads: int)
             ex = net.create_extractor()
             keep = []
             for name, blob in ins.items():
-                x = np.ascontiguousarray(np.asarray(feed[name], np.float32)[0])
+                dt = np.int32 if name in io.get("int32_inputs", ()) else np.float32
+                x = np.ascontiguousarray(np.asarray(feed[name]).astype(dt)[0])
                 # ncnn.Mat(x) wraps the numpy buffer with no reference count: an in-place first
                 # layer (BatchNorm, ReLU) then crashes the extractor. clone() owns its memory.
                 mat = ncnn.Mat(x).clone()
@@ -92,6 +93,15 @@ def ncnn_runner(param: Path, binf: Path, io: dict, precision: str, threads: int)
         return run
 
     return make
+
+
+def _fit_blobs(model: ir.Model) -> tuple[int, int]:
+    """The IR rewrites that fit ncnn's batch-less blobs: (folded reshapes, lifted row regions)."""
+    from autoglm_compress.targets.ncnn.batch_rows import lift_rows
+    from autoglm_compress.targets.ncnn.reshape_chains import fold_reshape_chains
+
+    folded = fold_reshape_chains(model)
+    return folded, lift_rows(model)
 
 
 class NcnnTarget(Target):
@@ -112,10 +122,8 @@ class NcnnTarget(Target):
                 "pip install 'autoglm-compress[runtimes]'"
             ) from None
         super().check(model, precision)
-        from autoglm_compress.targets.ncnn.batch_rows import lift_rows
-
         lifted = ir.from_proto(ir.to_proto(model))  # what prepare will lower, on a copy
-        lift_rows(lifted)
+        _fit_blobs(lifted)
         self.refuse_unsupported(lifted, precision, unsupported_reason)
         return []
 
@@ -125,13 +133,18 @@ class NcnnTarget(Target):
     def prepare(self, model: ir.Model, precision: str) -> list[str]:
         from autoglm_compress.passes.fuse_gelu import FuseGeluPass
 
-        from autoglm_compress.targets.ncnn.batch_rows import lift_rows
-
-        lifted = lift_rows(model)
+        folded, lifted = _fit_blobs(model)
         FuseGeluPass()(model)
         self._fp32 = model
-        return [f"{lifted} flattened-batch row regions (Reshape [1, S, H] → [S, H] … back) lifted "
-                "to [1, S, ·] for ncnn's batch-less blobs"] if lifted else []
+        notes = [f"{lifted} flattened-batch row regions (Reshape [1, S, H] → [S, H] … back) lifted "
+                 "to [1, S, ·] for ncnn's batch-less blobs"] if lifted else []
+        if folded:
+            notes.append(f"{folded} index-only Gathers / chained Reshapes folded into single "
+                         "Reshapes for ncnn's batch-less blobs")
+        if any(n.op_type == "IsNaN" for n in model.graph):
+            notes.append("Where(IsNaN(softmax), 0, softmax) runs as the softmax: ncnn has no NaN "
+                         "test; -inf mask constants become -FLT_MAX so scores stay finite")
+        return notes
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
         param, data, io = lower_to_ncnn(model, precision)
