@@ -1,11 +1,12 @@
 """arm target, ncnn format, vs pnnx — side by side in one run.
 
-    .venv/bin/python bench/bench_ncnn.py [--models digits,effnet,yolo] [--calib 64] [--eval 64]
+    .venv/bin/python bench/bench_ncnn.py [--models digits,effnet,yolo,bert] [--calib 64] [--eval 64]
         [--work /tmp/bench_ncnn] [--write-results]
 
 Models: the digits CNN (TorchScript), EfficientNet-Lite1 (ImageNet weights, TorchScript, 240×240) and
-nudenet's YOLOv8n (ONNX, 320×320, static). Ours = ``compress --target arm --format ncnn`` at FP32,
-FP16 and INT8 (min/max, and ``--calib-method entropy``: the KL thresholds ncnn2table computes by
+nudenet's YOLOv8n (ONNX, 320×320, static) and the Hugging Face BERT (random weights, token ids + mask,
+batch 1 × 32). Ours = ``compress --target arm --format ncnn`` at FP32,
+FP16 and INT8 (default ranges; ``--ncnn-int8-layers measured``; and ``--calib-method entropy``: the KL thresholds ncnn2table computes by
 default — ncnn2table/ncnn2int8 are not in the ncnn wheel, so ncnn's own int8 route cannot run here).
 Peer = ``pnnx`` (PyPI, its bundled binary) on the same model file with ``fp16=0``. Every param/bin
 runs in the ncnn Python runtime (2 threads; FP32 with fp16 storage off): cosine (worst sample) and
@@ -30,7 +31,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real"), str(ROOT / "bench")]
 HEADING = "## arm target, ncnn format, vs pnnx"
 
 
-def _runner(param: Path, binf: Path, ins: dict, outs: list[str], precision: str):
+def _runner(param: Path, binf: Path, ins: dict, outs: list[str], precision: str,
+            int32: tuple = ()):
     import ncnn
 
     net = ncnn.Net()
@@ -39,14 +41,16 @@ def _runner(param: Path, binf: Path, ins: dict, outs: list[str], precision: str)
     o.use_fp16_storage = o.use_fp16_packed = precision == "fp16"
     o.use_fp16_arithmetic = False
     o.use_int8_inference = precision == "int8"
-    assert net.load_param(str(param)) == 0 and net.load_model(str(binf)) == 0, param
+    if net.load_param(str(param)) != 0 or net.load_model(str(binf)) != 0:
+        raise RuntimeError(f"ncnn cannot load {param.name}")
 
     def run(feed):
         ex = net.create_extractor()
         keep = []
         for name, blob in ins.items():
-            mat = ncnn.Mat(np.ascontiguousarray(feed[name][0], np.float32)).clone()
-            keep.append(mat)
+            x = np.ascontiguousarray(feed[name][0], np.int32 if name in int32 else np.float32)
+            mat = ncnn.Mat(x).clone()
+            keep += [x, mat]
             ex.input(blob, mat)
         got = []
         for blob in outs:
@@ -58,13 +62,13 @@ def _runner(param: Path, binf: Path, ins: dict, outs: list[str], precision: str)
     return run
 
 
-def _pnnx(src: Path, shape: list[int], work: Path) -> tuple[Path, Path, float]:
+def _pnnx(src: Path, shapes: list[str], work: Path) -> tuple[Path, Path, float]:
     work.mkdir(parents=True, exist_ok=True)
     local = work / src.name
     local.write_bytes(src.read_bytes())
     t0 = time.perf_counter()
     subprocess.run([str(Path(sys.executable).with_name("pnnx")), local.name,
-                    "inputshape=[" + ",".join(map(str, shape)) + "]", "fp16=0"],
+                    "inputshape=" + ",".join(shapes), "fp16=0"],
                    cwd=work, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     stem = local.stem
@@ -75,8 +79,12 @@ def _layers(param: Path) -> int:
     return int(param.read_text().splitlines()[1].split()[0])
 
 
+def _pnnx_shape(x: np.ndarray) -> str:
+    return "[" + ",".join(map(str, x.shape)) + "]" + ("i64" if x.dtype == np.int64 else "")
+
+
 def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int) -> list:
-    from bench_arm import _detection
+    from common import detection_agreement as _detection
 
     from autoglm_compress import compress, load
     from autoglm_compress.frontend import make_static
@@ -89,18 +97,20 @@ def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int) -> li
     model = make_static(model, {k: v.shape for k, v in feeds[0].items()})
     sess = ort_session(model)
     ref = [ort_run(sess, f) for f in feeds]
-    in_name = model.graph.inputs[0].name
+    in_names = [v.name for v in model.graph.inputs]
     out_shape = [list(r.shape) for r in ref[0]]
+    shapes = tuple(f"{k}={'x'.join(map(str, v.shape))}:{v.dtype}" for k, v in feeds[0].items())
 
     runs, walls, params = {}, {}, {}
     for label, kw in (("ours fp32", {}), ("ours fp16", {"fp16": True}),
                       ("ours int8", {"int8": True}),
+                      ("ours int8 measured", {"int8": True, "ncnn_int8_layers": "measured"}),
                       ("ours int8 entropy", {"int8": True, "calib_method": "entropy"})):
         if "int8" in kw:
             kw.update(calib=str(calib), calib_samples=n_calib)
         t0 = time.perf_counter()
         res = compress(src, targets="arm", arm_format="ncnn", eval_data=str(ev), samples=4,
-                       latency_repeats=3, static_shapes=True,
+                       latency_repeats=3, static_shapes=True, input_shapes=shapes,
                        out_dir=work / f"{name}-{label.replace(' ', '-')}", **kw)
         walls[label] = time.perf_counter() - t0
         art = res.artifact("arm", "ncnn")
@@ -108,14 +118,24 @@ def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int) -> li
         prec = art.precision
         params[label] = (art.files["param"], art.files["bin"])
         runs[label] = _runner(*params[label], blobs["inputs"], list(blobs["outputs"].values()),
-                              prec)
+                              prec, tuple(blobs["int32_inputs"]))
+    pnnx_failed = None
     try:
-        pp, pb, wall = _pnnx(Path(src), list(feeds[0][in_name].shape), work / f"{name}-pnnx")
+        pp, pb, wall = _pnnx(Path(src), [_pnnx_shape(feeds[0][k]) for k in in_names],
+                             work / f"{name}-pnnx")
         params["pnnx fp32"] = (pp, pb)
-        runs["pnnx fp32"] = _runner(pp, pb, {in_name: "in0"}, ["out0"], "fp32")
         walls["pnnx fp32"] = wall
+        runs["pnnx fp32"] = _runner(pp, pb, {k: f"in{i}" for i, k in enumerate(in_names)},
+                                    [f"out{i}" for i in range(len(out_shape))], "fp32",
+                                    tuple(k for k in in_names if feeds[0][k].dtype == np.int64))
     except subprocess.CalledProcessError as e:
-        print(f"pnnx failed on {name}: {e.stderr.strip().splitlines()[-1:]}", flush=True)
+        pnnx_failed = f"pnnx failed: {e.stderr.strip().splitlines()[-1:]}"
+    except RuntimeError as e:  # converted, but ncnn cannot load what it wrote
+        bad = sorted({ln.split()[0] for ln in pp.read_text().splitlines()[2:]
+                      if ln.split()[0].startswith(("Tensor.", "pnnx.", "torch.", "F."))})
+        pnnx_failed = f"{e} (pnnx left ops without an ncnn layer: {', '.join(bad)})"
+    if pnnx_failed:
+        print(f"{name}: {pnnx_failed}", flush=True)
 
     got = {k: [[g.reshape(s) for g, s in zip(r(f), out_shape)] for f in feeds]
            for k, r in runs.items()}
@@ -133,12 +153,15 @@ def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int) -> li
                "size_mb": round(sum(p.stat().st_size for p in params[k]) / 1e6, 2),
                "layers": _layers(params[k][0]),
                "cosine": round(float(min(_cos(r[0], x[0]) for r, x in zip(ref, g))), 5)}
-        if ref[0][0].ndim == 2:
+        if ref[0][0].ndim == 2 and name != "bert":
             row["top1"] = round(float(np.mean([np.argmax(r[0]) == np.argmax(x[0])
                                                for r, x in zip(ref, g)])), 3)
         else:
             row["top1"] = "-"
-            row.update(_detection(ref, g))
+            if name == "yolo":
+                row.update(_detection(ref, g))
+        if k == "ours fp32" and pnnx_failed:
+            row["pnnx"] = pnnx_failed
         if "pnnx fp32" in got and k == "ours fp32":
             p = got["pnnx fp32"]
             row["vs_pnnx_rel"] = float(max(np.abs(a[0] - b[0]).max() / max(np.abs(b[0]).max(),
@@ -164,6 +187,7 @@ def render(rows: list[dict], cmd: str) -> str:
         lines += ["", "Our FP32 ncnn outputs vs pnnx's (max |ours − pnnx| / max |pnnx|, worst "
                   "sample): " + ", ".join(f"{r['model']} {r['vs_pnnx_rel']:.1e}" for r in rel)
                   + "."]
+    lines += [f"{r['model']}: {r['pnnx']}." for r in rows if "pnnx" in r]
     det = [r for r in rows if "box_cos" in r]
     if det:
         lines += ["", "| model | artifact | box cosine | score cosine | top-50 detections agree |",
@@ -181,7 +205,7 @@ def main() -> None:
     from bench_arm import write_results
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="digits,effnet,yolo")
+    ap.add_argument("--models", default="digits,effnet,yolo,bert")
     ap.add_argument("--calib", type=int, default=64)
     ap.add_argument("--eval", type=int, default=64)
     ap.add_argument("--work", default="/tmp/bench_ncnn")
@@ -192,7 +216,14 @@ def main() -> None:
     rows = []
     from bench_arm import _models  # the same three models, made the same way
 
-    for name, (src, calib, ev) in _models(a.models.split(","), work, a.calib, a.eval).items():
+    names = a.models.split(",")
+    models = _models(names, work, a.calib, a.eval)
+    if "bert" in names:  # traced at batch 1: pnnx takes the traced shapes only
+        import zoo
+
+        rm = zoo.bert_encoder(work, dict_output=False, n_calib=a.calib, n_eval=a.eval, batch=1)
+        models["bert"] = (rm.model, rm.calib, rm.eval)
+    for name, (src, calib, ev) in models.items():
         rows += run_model(name, src, calib, ev, work, a.calib, a.eval)
     text = render(rows, "python bench/bench_ncnn.py --models " + a.models)
     print(text)

@@ -94,6 +94,38 @@ def test_zoo_cnn_residual_depthwise_upsample_concat(saved, tmp_path, precision, 
         assert art.extra["ncnn_int8"]["int8"] >= 8 and art.extra["ncnn_int8"]["float"] == 0
 
 
+def test_int8_layers_measured_keeps_slower_kernels_float(saved, tmp_path, monkeypatch):
+    """--ncnn-int8-layers measured: every int8 conv/FC is timed against its float twin; exactly
+    the ones timed slower are written float (the timings are stubbed to make the choice fixed)."""
+    from autoglm_compress.targets.ncnn import layer_timing
+
+    real = layer_timing.time_int8_layers
+    seen = {}
+
+    def timed(q, f, threads, repeats=15):
+        got = real(q, f, threads, repeats=2)  # the real one-layer nets run
+        seen.update(got)
+        # depthwise convs "slower" in int8, the rest faster
+        dw = {layer.source for layer in q["graph"].layers if layer.type == "ConvolutionDepthWise"}
+        return {k: {"fp32_ms": 1.0, "int8_ms": 2.0 if k in dw else 0.5} for k in got}
+
+    monkeypatch.setattr(layer_timing, "time_int8_layers", timed)
+    art = compress(saved("cnn", "onnx"), targets="arm", arm_format="ncnn", out_dir=tmp_path,
+                   samples=4, latency_repeats=2, int8=True, calib_random=True, calib_samples=32,
+                   ncnn_int8_layers="measured").artifact("arm", "ncnn")
+    q = art.extra["ncnn_int8"]
+    rows = _layers(art.files["param"])
+    dw = [r for r in rows if r[0] == "ConvolutionDepthWise"]
+    assert dw and all(not any(t.startswith("8=") for t in r) for r in dw)  # float depthwise
+    convs = [r for r in rows if r[0] in ("Convolution", "InnerProduct")]
+    assert all(any(t.startswith("8=") for t in r) for r in convs)
+    assert q["measured"]["layers_timed"] == len(seen) == len(dw) + len(convs)
+    assert all(v["fp32_ms"] > 0 and v["int8_ms"] > 0 for v in seen.values())
+    assert (q["int8"], q["float"]) == (len(convs), len(dw))
+    assert sorted(q["measured"]["kept_float"]) == sorted(q["float_layers"])
+    assert art.fidelity["cosine_min"] >= 0.99 and any("measured" in n for n in art.notes)
+
+
 def test_format_all_writes_both_from_one_calibration(tmp_path):
     res = compress(DEMO, targets="arm", arm_format="all", int8=True, calib=CALIB, eval_data=EVAL,
                    samples=64, out_dir=tmp_path, latency_repeats=3)

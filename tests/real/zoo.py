@@ -295,11 +295,12 @@ def _tokens(n: int, seq: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
 
 
 @_cached
-def bert_encoder(folder: Path, dict_output: bool = True, n_calib: int = 32, n_eval: int = 32):
-    """transformers BertModel (hidden 128, 2 layers, 4 heads, vocab 1000, seed 0) traced at batch
-    2 × 32 tokens with (input_ids, attention_mask); dict_output=True keeps the ModelOutput dict
-    (last_hidden_state, pooler_output), False returns a tuple. Data: (N, 32) token ids within the
-    vocabulary and padding masks (N samples regroup into batches of 2)."""
+def bert_encoder(folder: Path, dict_output: bool = True, n_calib: int = 32, n_eval: int = 32,
+                 batch: int = 2):
+    """transformers BertModel (hidden 128, 2 layers, 4 heads, vocab 1000, seed 0) traced at
+    ``batch`` (2) × 32 tokens with (input_ids, attention_mask); dict_output=True keeps the
+    ModelOutput dict (last_hidden_state, pooler_output), False returns a tuple. Data: (N, 32)
+    token ids within the vocabulary and padding masks (N samples regroup into batches)."""
     import torch
     from transformers import BertConfig, BertModel
 
@@ -308,8 +309,8 @@ def bert_encoder(folder: Path, dict_output: bool = True, n_calib: int = 32, n_ev
         vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=512, max_position_embeddings=64, return_dict=dict_output,
     )  # fmt: skip
-    ex = {k: torch.from_numpy(v) for k, v in _tokens(2, 32, 1000, seed=9).items()}
-    tag = "dict" if dict_output else "tuple"
+    ex = {k: torch.from_numpy(v) for k, v in _tokens(batch, 32, 1000, seed=9).items()}
+    tag = ("dict" if dict_output else "tuple") + ("" if batch == 2 else f"_b{batch}")
     path = _trace(
         BertModel(cfg), (ex["input_ids"], ex["attention_mask"]), folder / f"bert_{tag}.pt",
         strict=False,

@@ -204,7 +204,7 @@ def _dims_params(shape: list[int]) -> dict[int, int]:
 
 
 class _Lowerer:
-    def __init__(self, model: ir.Model, precision: str):
+    def __init__(self, model: ir.Model, precision: str, keep_float: frozenset[str] = frozenset()):
         if any(n.op_type == "Erf" for n in model.graph):
             from autoglm_compress.passes.fuse_gelu import FuseGeluPass
 
@@ -215,6 +215,8 @@ class _Lowerer:
         self.fused: set[int] = set()
         self.int8_layers: list[str] = []
         self.float_layers: list[str] = []
+        self.keep_float = keep_float  # node names written float even with int8 data
+        self.int8_inputs: dict[str, list[int]] = {}  # int8 layer → its input's ONNX shape
 
     # -- blobs and weights -----------------------------------------------------------------
     def b(self, v: ir.Value) -> str:
@@ -274,7 +276,7 @@ class _Lowerer:
     # -- int8 ------------------------------------------------------------------------------
     def _int8_parts(self, n: ir.Node, w_idx: int):
         """(int8 weights, weight scales as ncnn multipliers, bottom scale) or None."""
-        if self.precision != "int8":
+        if self.precision != "int8" or n.name in self.keep_float:
             return None
         from autoglm_compress.quantization.qdq_read import read_qparams
 
@@ -287,6 +289,7 @@ class _Lowerer:
         wdata = const_array(wp.inputs[0])
         if xq is None or wq is None or wdata is None or wdata.dtype != np.int8:
             return None
+        self.int8_inputs[n.name] = _shape(x)
         s_w = np.asarray(wq.scale, np.float64).reshape(-1)
         s_x = float(np.asarray(xq.scale).reshape(-1)[0])
         w_scales = np.where(s_w > 0, 1.0 / np.maximum(s_w, 1e-30), 0.0).astype(np.float32)
@@ -339,6 +342,7 @@ class _Lowerer:
                 self.float_layers.append(n.name or "conv")
         layer = self.ng.add("ConvolutionDepthWise" if g > 1 else "Convolution", n.name or "conv",
                             [x], [self.out(y)], p, weights)
+        layer.source = n.name
         if q is not None:
             layer.bottom_scale = float(q[2])
 
@@ -385,7 +389,7 @@ class _Lowerer:
                 weights.append(("raw", np.asarray(bias, np.float32).reshape(-1)))
             if self.precision == "int8":
                 self.float_layers.append(n.name or "fc")
-        self.ng.add("InnerProduct", n.name or "fc", [x], [self.out(y)], p, weights)
+        self.ng.add("InnerProduct", n.name or "fc", [x], [self.out(y)], p, weights).source = n.name
 
     def _bias_add(self, n: ir.Node):
         """(Add, bias) when ``n``'s only reader adds a constant [N] (a Gemm lifted to rows)."""
@@ -635,6 +639,13 @@ class _Lowerer:
         return self.ng.param_text(), self.ng.bin_bytes(), io
 
 
-def lower_to_ncnn(model: ir.Model, precision: str) -> tuple[str, bytes, dict]:
-    """(``.param`` text, ``.bin`` bytes, blob names of the graph IO + int8/float layer lists)."""
-    return _Lowerer(model, precision).run()
+def lower_to_ncnn(model: ir.Model, precision: str, keep_float: frozenset[str] = frozenset(),
+                  graph: bool = False):
+    """(``.param`` text, ``.bin`` bytes, blob names of the graph IO + int8/float layer lists);
+    ``keep_float``: conv/FC node names written float in INT8; ``graph=True`` adds the NcnnGraph
+    and the int8 layers' input shapes as io["graph"], io["int8_inputs"]."""
+    lw = _Lowerer(model, precision, keep_float)
+    out = lw.run()
+    if graph:
+        out[2]["graph"], out[2]["int8_inputs"] = lw.ng, lw.int8_inputs
+    return out

@@ -31,6 +31,7 @@ class Layer:
     weights: list[tuple[str, np.ndarray]] = dataclasses.field(default_factory=list)
     # weights: ("tagged", array) for a type-0 block (its dtype picks the tag), ("raw", fp32 array)
     bottom_scale: float | None = None  # an int8 conv's input scale (requantize fusion reads it)
+    source: str | None = None  # the IR node a conv / FC layer was lowered from
 
 
 def _fmt(v) -> str:

@@ -146,8 +146,30 @@ class NcnnTarget(Target):
                          "test; -inf mask constants become -FLT_MAX so scores stay finite")
         return notes
 
+    def _measured_int8(self, model: ir.Model) -> tuple[tuple, dict]:
+        """INT8 with each conv / FC whose int8 kernel times slower here kept float."""
+        from autoglm_compress.targets.ncnn.layer_timing import time_int8_layers
+
+        threads = self.options.threads
+        q = lower_to_ncnn(model, "int8", graph=True)
+        f = lower_to_ncnn(model, "fp32", graph=True)
+        times = time_int8_layers(q[2], f[2], threads)
+        slow = frozenset(k for k, t in times.items() if t["int8_ms"] > t["fp32_ms"])
+        chosen = sum(min(t["int8_ms"], t["fp32_ms"]) for t in times.values())
+        record = {"layers_timed": len(times), "kept_float": sorted(slow),
+                  "sum_fp32_ms": round(sum(t["fp32_ms"] for t in times.values()), 3),
+                  "sum_int8_ms": round(sum(t["int8_ms"] for t in times.values()), 3),
+                  "sum_chosen_ms": round(chosen, 3), "threads": threads}
+        return (lower_to_ncnn(model, "int8", keep_float=slow) if slow else q), record
+
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
-        param, data, io = lower_to_ncnn(model, precision)
+        measured = None
+        if precision == "int8" and self.options.ncnn_int8_layers == "measured":
+            (param, data, io), measured = self._measured_int8(model)
+        else:
+            param, data, io = lower_to_ncnn(model, precision)
+        io.pop("graph", None)
+        io.pop("int8_inputs", None)
         io["output_shapes"] = {v.name: [int(d) for d in v.shape] for v in model.graph.outputs}
         p = out_dir / f"{stem}.arm.{precision}.ncnn.param"
         b = out_dir / f"{stem}.arm.{precision}.ncnn.bin"
@@ -164,6 +186,12 @@ class NcnnTarget(Target):
             art.extra["ncnn_int8"] = {"int8": len(io["int8"]), "float": len(io["float"]),
                                       "float_layers": io["float"][:20],
                                       "requantized": io["requantized"]}
+            if measured is not None:
+                art.extra["ncnn_int8"]["measured"] = measured
+                art.notes.append(
+                    f"--ncnn-int8-layers measured: {len(measured['kept_float'])} of "
+                    f"{measured['layers_timed']} conv/FC layers kept float (their int8 kernel "
+                    "timed slower in this machine's ncnn); on ARM use all")
         return art
 
     def describe_io(self, artifact: Artifact, model: ir.Model) -> dict:
@@ -177,7 +205,8 @@ class NcnnTarget(Target):
         verify_in_runtime(ncnn_runner(artifact.files["param"], artifact.files["bin"], io,
                                       artifact.precision, threads),
                           artifact, ctx, f"ncnn CPU, {threads} threads")
-        artifact.extra["blobs"] = {"inputs": io["inputs"], "outputs": io["outputs"]}
+        artifact.extra["blobs"] = {"inputs": io["inputs"], "outputs": io["outputs"],
+                                   "int32_inputs": io["int32_inputs"]}
         artifact.latency["ncnn"] = self._side_by_side(artifact, ctx, io)
 
     def _side_by_side(self, artifact: Artifact, ctx: VerifyContext, io: dict) -> dict:

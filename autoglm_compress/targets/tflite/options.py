@@ -27,3 +27,10 @@ class Options:
         "(both, one calibration).",
         flat="arm_format", cli="--format", choices=("tflite", "ncnn", "all"),
     )
+    ncnn_int8_layers: str = field(
+        "all",
+        "arm, ncnn INT8: all (every conv / FC int8 — right for ARM, where ncnn's int8 kernels pay) "
+        "or measured (keep a layer float where ncnn's int8 kernel times slower than its float one "
+        "on this machine — for ncnn deployed on x86, whose int8 depthwise kernels are slow).",
+        flat="ncnn_int8_layers", cli="--ncnn-int8-layers", choices=("all", "measured"),
+    )
