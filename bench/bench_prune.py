@@ -1,7 +1,7 @@
 """Structured pruning + distillation (+ INT8) side by side in one run.
 
     .venv/bin/python bench/bench_prune.py [--ratios 0.3,0.5,0.7] [--steps 2000] [--effnet]
-        [--bert-steps N] [--yolo] [--torch-pruning DIR] [--work /tmp/bench_prune]
+        [--bert-steps N] [--yolo] [--resnet-steps N] [--torch-pruning DIR] [--work /tmp/bench_prune]
         [--write-results]
 
 Digits CNN (examples/): for each ratio, ``compress --prune R`` (no fine-tuning), then with
@@ -12,7 +12,9 @@ weights) pruned without fine-tuning — MACs, params and onnxruntime latency at 
 accuracy needs ImageNet-scale distillation data, not available here). ``--bert-steps N``: a
 BERT-style encoder (hidden 512, 6 layers, 8 heads; attention heads and FFN units pruned) without and
 with N distillation steps. ``--yolo``: the nudenet YOLOv8n pruned through its C2f Splits.
-``--torch-pruning DIR``: the peer on the digits CNN at the same ratios and distillation recipe.
+``--resnet-steps N``: the wider ResNet-style CNN (bench/resnet_digits.py, 32×32 digits) pruned,
+distilled N steps and INT8. ``--torch-pruning DIR``: the peer on the digits CNN (and the ResNet) at
+the same ratios and distillation recipe.
 """
 
 from __future__ import annotations
@@ -63,33 +65,38 @@ def _latency_ratio(fp32: str, path: str, repeats: int = 200, feed: dict | None =
     return float(np.median(t["b"]) / np.median(t["a"]))
 
 
-def _torch_pruning(ratios, steps, work, train, labelled, tp_path, rows) -> list[dict]:
+def _torch_pruning(ratios, steps, work, train, tp_path, rows, model="digits", ev=None,
+                   weights=None, lr: float | None = None) -> list[dict]:
     """torch-pruning at the same channel ratios + the same distillation recipe (label-free);
     latency of its ONNX and of ours at that ratio, each against our FP32 artifact."""
     import json
     import os
     import subprocess
 
-    fp32 = next(r["onnx"] for r in rows if r["run"] == "FP32")
+    fp32 = next(r["onnx"] for r in rows if r["run"] == "FP32" and r["model"] == model)
+    ev = ev or ROOT / "examples" / "digits_eval.npz"
+    feed = {"x": np.load(ev)["x"][:1]}
     out = []
     for r in ratios:
         t0 = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": tp_path, "OMP_NUM_THREADS": "1"}
+        extra = ["--model", model] + (["--weights", str(weights)] if weights else []) + (
+            ["--lr", str(lr)] if lr else [])
         p = subprocess.run([sys.executable, str(ROOT / "bench" / "peers" / "tp_prune.py"),
                             "--ratio", str(r), "--round-to", "8", "--steps", str(steps),
-                            "--train", str(train), "--eval",
-                            str(ROOT / "examples" / "digits_eval.npz"),
-                            "--out", str(work / f"tp_{r}")], capture_output=True, text=True,
-                           env=env, check=True)
+                            "--train", str(train), "--eval", str(ev), *extra,
+                            "--out", str(work / f"tp_{model}_{r}")], capture_output=True,
+                           text=True, env=env, check=True)
         peer = json.loads(p.stdout.strip().splitlines()[-1])
-        ours = next(x for x in rows if x["run"] == f"prune {r} + distill {steps}")
-        out.append({"model": "digits", "run": f"torch-pruning {r} + same distill {steps}",
+        ours = next(x for x in rows
+                    if x["run"] == f"prune {r} + distill {steps}" and x["model"] == model)
+        out.append({"model": model, "run": f"torch-pruning {r} + same distill {steps}",
                     "params": peer["params"], "macs_m": round(peer["macs"] / 1e6, 2),
                     "macs_ratio": round(peer["macs_ratio"], 3), "accuracy": peer["accuracy"],
                     "top1": "-", "cosine": "-",
-                    "latency_vs_fp32": round(_latency_ratio(fp32, peer["onnx"]), 2),
+                    "latency_vs_fp32": round(_latency_ratio(fp32, peer["onnx"], feed=feed), 2),
                     "wall_s": round(time.perf_counter() - t0, 1),
-                    "vs_ours": round(_latency_ratio(ours["onnx"], peer["onnx"]), 2)})
+                    "vs_ours": round(_latency_ratio(ours["onnx"], peer["onnx"], feed=feed), 2)})
         print(out[-1], flush=True)
     return out
 
@@ -133,7 +140,7 @@ def run(ratios, steps, effnet, work: Path, tp_path: str | None = None) -> list[d
         rows.append(_row(("digits", name), res, t0))
         print(rows[-1], flush=True)
     if tp_path:
-        rows += _torch_pruning(ratios, steps, work, train, labelled, tp_path, rows)
+        rows += _torch_pruning(ratios, steps, work, train, tp_path, rows)
     if effnet:
         import zoo
 
@@ -308,6 +315,62 @@ def run_effnet_distill(steps: int, work: Path, n_train: int = 1024) -> list[dict
     return rows
 
 
+def _resnet_files(work: Path, epochs: int = 6) -> dict[str, Path]:
+    """The ResNet-style digits CNN (bench/resnet_digits.py) trained once per work folder:
+    TorchScript + state_dict, 32×32 train (with labels), calibration and eval npz files."""
+    import torch
+    from resnet_digits import resnet_data, train_resnet
+
+    f = {k: work / f"resnet_{k}" for k in ("model.pt", "state.pt", "train.npz", "eval.npz")}
+    if not all(p.exists() for p in f.values()):
+        model, acc = train_resnet(epochs)
+        print(f"resnet trained: held-out accuracy {acc:.3f}", flush=True)
+        d = resnet_data()
+        torch.jit.save(torch.jit.trace(model, torch.from_numpy(d["x_eval"][:1])), str(f["model.pt"]))
+        torch.save(model.state_dict(), f["state.pt"])
+        np.savez(f["train.npz"], x=d["x_train"], labels=d["y_train"])
+        np.savez(f["eval.npz"], x=d["x_eval"], labels=d["y_eval"])
+    return f
+
+
+def run_resnet(ratios, steps: int, work: Path, tp_path: str | None = None) -> list[dict]:
+    """The wider ResNet-style CNN (widths 32/64/128, 0.7 M params, 32×32 digits): at each ratio
+    pruned (calibration data: act importance + compensation), + ``steps`` of label-free
+    distillation on the 1297 training images, + INT8; accuracy on the 500 held-out digits;
+    torch-pruning at the same ratios with the same recipe."""
+    from autoglm_compress import compress
+
+    f = _resnet_files(work)
+    rows = []
+    common = dict(targets="x86", eval_data=f["eval.npz"], samples=500, latency_repeats=30,
+                  calib=f["train.npz"], calib_samples=256)
+    for r in [0.0, *ratios]:
+        runs = [("FP32", {})] if r == 0 else [
+            (f"prune {r}", {"prune": r}),
+            (f"prune {r} + distill {steps}", {"prune": r, "distill_steps": steps,
+                                              "train_data": f["train.npz"],
+                                              "distill_label_weight": 0.0}),
+            (f"prune {r} + distill {steps} + INT8", {"prune": r, "distill_steps": steps,
+                                                     "train_data": f["train.npz"],
+                                                     "distill_label_weight": 0.0, "int8": True})]
+        for name, kw in runs:
+            t0 = time.perf_counter()
+            res = compress(f["model.pt"], out_dir=work / f"resnet_{name.replace(' ', '_')}",
+                           **common, **kw)
+            rows.append(_row(("resnet", name), res, t0))
+            rows[-1]["onnx"] = str(res.artifacts[0].path)
+            if r:  # timed as the peer's: against our FP32 artifact, interleaved, 200 runs
+                rows[-1]["latency_vs_fp32"] = round(_latency_ratio(
+                    rows[0]["onnx"], rows[-1]["onnx"], feed={"x": np.load(f["eval.npz"])["x"][:1]}), 2)
+            print(rows[-1], flush=True)
+    if tp_path:
+        # the peer's default lr 3e-3 diverges on this model (0.088 after 300 steps); 1e-3 is its
+        # best of 3e-3 / 1e-3 / 3e-4 here
+        rows += _torch_pruning(ratios, steps, work, f["train.npz"], tp_path, rows, "resnet",
+                               f["eval.npz"], f["state.pt"], lr=1e-3)
+    return rows
+
+
 def run_yolo(ratios, work: Path) -> list[dict]:
     """nudenet YOLOv8n (C2f: Split + Concat + residuals), pruned without fine-tuning."""
     import zoo
@@ -352,6 +415,9 @@ def main() -> None:
                     help="run the BERT-style encoder rows with this many distillation steps "
                     "(0: pruned only; default: not run)")
     ap.add_argument("--yolo", action="store_true", help="run the YOLOv8n rows (pruned only)")
+    ap.add_argument("--resnet-steps", type=int, default=0,
+                    help="the ResNet-style digits CNN rows with this many distillation steps "
+                    "(0: not run)")
     ap.add_argument("--effnet-steps", type=int, default=0,
                     help="EfficientNet-Lite1 at half the MACs + this many distillation steps "
                     "(+ INT8); 0: not run")
@@ -373,11 +439,14 @@ def main() -> None:
         rows += run_bert(ratios, a.bert_steps, work, a.torch_pruning or None)
     if a.yolo:
         rows += run_yolo(ratios, work)
+    if a.resnet_steps:
+        rows += run_resnet(ratios, a.resnet_steps, work, a.torch_pruning or None)
     cmd = f"python bench/bench_prune.py --ratios {a.ratios} --steps {a.steps}" + (
         " --effnet" if a.effnet else "") + (
         f" --torch-pruning {a.torch_pruning}" if a.torch_pruning else "") + (
         f" --bert-steps {a.bert_steps}" if a.bert_steps >= 0 else "") + (
         " --yolo" if a.yolo else "") + (
+        f" --resnet-steps {a.resnet_steps}" if a.resnet_steps else "") + (
         f" --effnet-steps {a.effnet_steps}" if a.effnet_steps else "") + (
         " --only-extra" if a.only_extra else "")
     text = render(rows, cmd)

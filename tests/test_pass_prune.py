@@ -342,3 +342,30 @@ def test_l2_importance_prefers_peaked_filters(tmp_path):
         kept = next(n for n in m.graph if n.op_type == "Conv").inputs[1].const_value.numpy()
         assert kept.shape[0] == 8 and float(kept.max()) == want, imp
         _check(m)
+
+
+def test_cleanup_drops_noop_reshapes_only_with_static_shapes():
+    """A Reshape to −1 on an axis whose static size it keeps is an identity: cleanup removes it
+    (same outputs); with a symbolic dim it stays."""
+    import onnx
+
+    from autoglm_compress.ir_utils import from_proto, ort_run, ort_session
+    from autoglm_compress.passes.cleanup import CleanupPass
+
+    def model(dims: str):
+        return from_proto(onnx.shape_inference.infer_shapes(onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 17]>
+            g (float[{dims}] x) => (float[{dims}] y) {{
+                s = Constant <value = int64[4] {{0, -1, 3, 4}}> ()
+                r = Reshape (x, s)
+                y = Relu (r)
+            }}""")))
+
+    m = model("2,5,3,4")
+    x = np.random.default_rng(0).normal(size=(2, 5, 3, 4)).astype(np.float32)
+    before = ort_run(ort_session(m), {"x": x})
+    CleanupPass()(m)
+    assert [n.op_type for n in m.graph] == ["Relu"]
+    np.testing.assert_array_equal(ort_run(ort_session(m), {"x": x})[0], before[0])
+    m = model("N,5,3,4")
+    CleanupPass()(m)
+    assert "Reshape" in [n.op_type for n in m.graph]

@@ -219,6 +219,12 @@ class PrunePass(CompressPass):
         if self.ctx is not None:
             self.ctx.kept_channels = {**(self.ctx.kept_channels or {}), **kept}
         self.stats["importance"] = self._importance()
+        symbolic = any(not isinstance(d, int) for v in model.graph.inputs for d in (v.shape or ()))
+        if symbolic and any(w.startswith(("Shape ", "Reshape ")) for f in frozen for w in f["why"]):
+            self.stats["hint"] = ("symbolic input dims: groups read by Shape / computed Reshapes "
+                                  "stay frozen — give --static-shapes (or --input-shape) to prune "
+                                  "them")
+            logger.warning("prune: %s", self.stats["hint"])
         after = _params(model)
         self.stats.update(groups_pruned=len(report), groups_frozen=len(frozen),
                           params_before=before, params_after=after, macs_before=macs_before,

@@ -40,13 +40,25 @@ def main() -> None:
     ap.add_argument("--eval", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--labels", action="store_true")
+    ap.add_argument("--model", default="digits", choices=("digits", "resnet"))
+    ap.add_argument("--weights", help="state_dict of the resnet model")
+    ap.add_argument("--scaled-lr", action="store_true",
+                    help="per-tensor lr × RMS, as our distill pass (use with --lr 0.05)")
     a = ap.parse_args()
     torch.manual_seed(0)
-    model = DigitsCNN()
-    model.load_state_dict(torch.jit.load(str(ROOT / "examples" / "digits_cnn.pt")).state_dict())
+    if a.model == "resnet":
+        sys.path.insert(0, str(ROOT / "bench"))
+        from resnet_digits import DigitsResNet
+
+        model = DigitsResNet()
+        model.load_state_dict(torch.load(a.weights))
+        ex = torch.zeros(1, 1, 32, 32)
+    else:
+        model = DigitsCNN()
+        model.load_state_dict(torch.jit.load(str(ROOT / "examples" / "digits_cnn.pt")).state_dict())
+        ex = torch.zeros(1, 1, 8, 8)
     model.eval()
     teacher = copy.deepcopy(model).eval()
-    ex = torch.zeros(1, 1, 8, 8)
     base_macs, base_params = tp.utils.count_ops_and_params(model, ex)
     pruner = tp.pruner.MetaPruner(model, ex, importance=tp.importance.MagnitudeImportance(p=1),
                                   pruning_ratio=a.ratio, ignored_layers=[model.fc],
@@ -59,7 +71,14 @@ def main() -> None:
     with torch.no_grad():
         t_out = teacher(x)
     denom = t_out.var().clamp_min(1e-12)
-    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if a.scaled_lr:  # ours: each tensor at lr × its RMS (1-D: × the median weight RMS)
+        rms = {id(p): float(p.detach().pow(2).mean().sqrt()) for p in trained if p.dim() >= 2}
+        med = float(np.median(list(rms.values())))
+        opt = torch.optim.Adam([{"params": [p], "lr": a.lr * max(rms.get(id(p), med), 1e-12)}
+                                for p in trained])
+    else:
+        opt = torch.optim.Adam(trained, lr=a.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, a.steps) / a.steps)))
     gen = torch.Generator().manual_seed(0)
@@ -79,7 +98,7 @@ def main() -> None:
         sched.step()
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "tp_digits.onnx"
+    path = out_dir / f"tp_{a.model}.onnx"
     torch.onnx.export(model, (ex,), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["output"])
     import onnxruntime as ort

@@ -83,3 +83,48 @@ def test_yolov8n_pruned_through_its_splits(tmp_path):
     assert stats["stats_after"]["macs"] < 0.6 * stats["stats_before"]["macs"]
     assert min(_cosines(rep).values()) > 0.95  # no fine-tuning: boxes and scores still close
 
+
+
+def test_bert_dynamic_axes_onnx_export(tmp_path):
+    """Hugging Face BERT exported to ONNX with dynamic batch/sequence axes (heads as −1 in the
+    head Reshapes, Shape readers on the FFN values, an identity ``reshape(b, -1, s, d)``): with
+    symbolic dims nothing can be pruned and the report says to fix the shapes; with
+    --static-shapes the no-op reshape goes in cleanup and heads and FFN units are pruned."""
+    if find_spec("transformers") is None:
+        pytest.skip("transformers not installed")
+    import numpy as np
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=512, max_position_embeddings=64, return_dict=False)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = BertModel(cfg)
+
+        def forward(self, ids, mask):
+            return self.m(input_ids=ids, attention_mask=mask)
+
+    data = zoo._tokens(8, 32, 1000, seed=0)
+    np.savez(tmp_path / "tokens.npz", **data)
+    ex = tuple(torch.from_numpy(data[k][:2]) for k in ("input_ids", "attention_mask"))
+    path = tmp_path / "bert_dyn.onnx"
+    dyn = {0: "batch", 1: "seq"}
+    torch.onnx.export(Wrap().eval(), ex, str(path), dynamo=False, opset_version=17,
+                      input_names=["input_ids", "attention_mask"],
+                      output_names=["last_hidden_state", "pooler_output"],
+                      dynamic_axes={"input_ids": dyn, "attention_mask": dyn})
+    args = (path, "--prune", 0.5, "--calib", tmp_path / "tokens.npz", "--eval",
+            tmp_path / "tokens.npz")
+    st = _pass(_cli(tmp_path / "dyn", *args), "prune")
+    assert st["groups_pruned"] == 0 and "--static-shapes" in st["hint"]
+    rep = _cli(tmp_path / "static", *args, "--static-shapes")
+    assert _pass(rep, "cleanup")["noop_reshapes_removed"] >= 2  # one per layer
+    st = _pass(rep, "prune")
+    kinds = sorted((g["kind"], g["channels"], g["kept"]) for g in st["groups"])
+    assert kinds == [("channels", 512, 256)] * 2 + [("heads", 4, 2)] * 2 and "hint" not in st
+    assert st["macs_after"] < 0.55 * st["macs_before"]
+    assert min(_cosines(rep).values()) > 0.999
