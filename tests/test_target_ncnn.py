@@ -299,14 +299,49 @@ def encoder_model(tmp_path_factory) -> Path:
                          [("fp32", 0.99999), ("fp16", 0.9999), ("int8", 0.999)])
 def test_transformer_block_rows_lifted(encoder_model, tmp_path, precision, min_cos):
     """The row regions are lifted to [1, S, ·]: six InnerProducts (Q, K, V, O, FFN ×2) with their
-    biases folded in, the attention as batched MatMuls, two LayerNorms; int8: all six linears."""
+    biases folded in, the attention as one SDPA layer, two LayerNorms; int8: all six linears."""
     art = _ncnn(encoder_model, tmp_path, precision)
     rows = _layers(art.files["param"])
     types = Counter(r[0] for r in rows)
-    assert types["InnerProduct"] == 6 and types["MatMul"] == 2 and types["LayerNorm"] == 2
-    assert types["GELU"] == 1 and types["Softmax"] == 1
+    assert types["InnerProduct"] == 6 and types["SDPA"] == 1 and types["LayerNorm"] == 2
+    assert types["GELU"] == 1 and "Softmax" not in types and "MatMul" not in types
     assert any("lifted" in n for n in art.notes)
     assert art.fidelity["cosine_min"] >= min_cos
     if precision == "int8":
         ips = [r for r in rows if r[0] == "InnerProduct"]
         assert all(any(t.startswith("8=2") for t in r) for r in ips)  # int8_scale_term
+
+
+@pytest.mark.parametrize(("mask_rows", "fused"), [(6, True), (1, False)])
+def test_attention_to_sdpa_or_decomposed(tmp_path, mask_rows, fused):
+    """Q·Kᵀ/√d + mask → Softmax → ·V becomes one SDPA layer (scale folded, K permuted from before
+    its transpose) when the mask is a full [S, T] per head; a row-broadcast mask [1, T], which
+    ncnn's SDPA cannot read, keeps the decomposed MatMul + Softmax. Same numbers either way."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,3,6,8] q, float[1,6,3,8] kx, float[1,3,6,8] v) => (float[1,3,6,8] o) {{
+            kt = Transpose <perm = [0, 2, 3, 1]> (kx)
+            s = MatMul (q, kt)
+            sd = Div (s, rd)
+            sm = Add (sd, mask)
+            p = Softmax <axis = -1> (sm)
+            o = MatMul (p, v)
+        }}""")
+    rng = np.random.default_rng(0)
+    mask = np.where(rng.random((1, 1, mask_rows, 6)) < 0.3, -1e4, 0.0).astype(np.float32)
+    proto.graph.initializer.extend([numpy_helper.from_array(np.array(8 ** 0.5, np.float32), "rd"),
+                                    numpy_helper.from_array(mask, "mask")])
+    path = tmp_path / "attn.onnx"
+    onnx.save(proto, str(path))
+    art = _ncnn(path, tmp_path / "out", "fp32")
+    types = Counter(r[0] for r in _layers(art.files["param"]))
+    if fused:
+        assert types["SDPA"] == 1 and types["Permute"] == 1 and "Softmax" not in types
+        sdpa = next(r for r in _layers(art.files["param"]) if r[0] == "SDPA")
+        assert "5=1" in sdpa and "6=3.535534e-01" in sdpa  # 1/√8
+    else:
+        assert "SDPA" not in types and types["MatMul"] == 2 and types["Softmax"] == 1
+    assert art.fidelity["cosine_min"] >= 0.99999

@@ -53,7 +53,8 @@ def bert(tmp_path_factory):
 def test_bert_encoder_in_ncnn(bert, tmp_path, precision, min_cos):
     """Hugging Face BERT (token ids + padding mask, batch 1): word embeddings as ncnn Embed (int32
     ids), HF's mask logic (Cast to bool, identity Gather, And, Where with -inf, the IsNaN guard) in
-    float arithmetic, the pooler's token-0 Gather as Crop; eval masks pad 8–32 tokens."""
+    float arithmetic, attention (scales, additive mask, softmax, NaN guard) as ncnn's SDPA, the
+    pooler's token-0 Gather as Crop; eval masks pad 8–32 tokens."""
     kw = {"int8": True, "calib": bert.calib, "calib_samples": 16} if precision == "int8" else {
         "fp16": precision == "fp16"}
     art = compress(bert.model, targets="arm", arm_format="ncnn", eval_data=bert.eval, samples=8,
@@ -61,7 +62,8 @@ def test_bert_encoder_in_ncnn(bert, tmp_path, precision, min_cos):
                    out_dir=tmp_path, latency_repeats=3, **kw).artifact("arm", "ncnn")
     types = art.extra["ncnn_layers"]["types"]
     assert types["Embed"] == 1 and types["InnerProduct"] == 13 and types["LayerNorm"] == 5
-    assert types["Crop"] == 1 and types["Softmax"] == 2 and "Gather" not in types
+    assert types["Crop"] == 1 and types["SDPA"] == 2 and "Gather" not in types
+    assert "Softmax" not in types and "MatMul" not in types  # mask + NaN guard inside SDPA
     assert art.fidelity["cosine_min"] >= min_cos
     assert {"fp32", "fp16"} <= set(art.latency["ncnn"])
     if precision == "int8":  # the 13 linears and the embedding table

@@ -497,6 +497,10 @@ class _Lowerer:
         op = n.op_type
         if id(n) in self.fused or op == "Constant":
             return
+        if id(n) in self.attention:
+            from autoglm_compress.targets.ncnn.attention import lower_sdpa
+
+            return lower_sdpa(self, self.attention[id(n)])
         why = unsupported_reason(n)
         if why:
             raise UnsupportedOpError(op, n.name or "?", "ncnn", why)
@@ -622,6 +626,14 @@ class _Lowerer:
             raise UnsupportedOpError(op, n.name, "ncnn", "not dispatched")
 
     def run(self) -> tuple[str, bytes, dict]:
+        from autoglm_compress.targets.ncnn.attention import match_attention
+
+        self.attention = {}
+        for n in self.g:
+            att = match_attention(n) if n.op_type == "MatMul" else None
+            if att is not None:
+                self.attention[id(n)] = att
+                self.fused.update(id(x) for x in att.nodes if x is not n)
         for v in self.g.inputs:
             name = self.out(v)
             self.ng.add("Input", name, [], [name], _dims_params(_shape(v)))
