@@ -113,9 +113,12 @@ def match_attention(mm2: ir.Node) -> Attention | None:
     add = s.producer()
     if add is not None and add.op_type == "Add" and _one_reader(s) is not None:
         a, b = add.inputs
-        pa, pb = a.producer(), b.producer()
-        mm_side = a if pa is not None and pa.op_type in ("MatMul", "Mul", "Div") else b
-        mask = b if mm_side is a else a
+
+        def scores(x):  # MatMul, or a scaled MatMul
+            p = _scaled(x)[0].producer()
+            return p is not None and p.op_type == "MatMul"
+
+        mm_side, mask = (a, b) if scores(a) else (b, a)
         mshape = _shape(mask)
         if len(mshape) != 4 or mshape[0] != 1 or mshape[2:] != _shape(s)[2:] \
                 or mshape[1] not in (1, _shape(s)[1]):
