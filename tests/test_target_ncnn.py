@@ -321,15 +321,15 @@ def test_attention_to_sdpa_or_decomposed(tmp_path, mask_rows, fused):
     import onnx
     from onnx import numpy_helper
 
-    proto = onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 17]>
-        g (float[1,3,6,8] q, float[1,6,3,8] kx, float[1,3,6,8] v) => (float[1,3,6,8] o) {{
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,3,6,8] q, float[1,6,3,8] kx, float[1,3,6,8] v) => (float[1,3,6,8] o) {
             kt = Transpose <perm = [0, 2, 3, 1]> (kx)
             s = MatMul (q, kt)
             sd = Div (s, rd)
             sm = Add (sd, mask)
             p = Softmax <axis = -1> (sm)
             o = MatMul (p, v)
-        }}""")
+        }""")
     rng = np.random.default_rng(0)
     mask = np.where(rng.random((1, 1, mask_rows, 6)) < 0.3, -1e4, 0.0).astype(np.float32)
     proto.graph.initializer.extend([numpy_helper.from_array(np.array(8 ** 0.5, np.float32), "rd"),
