@@ -205,3 +205,21 @@ def test_full_integer_io(tmp_path, io):
     assert rio["outputs"][0]["name"] == "output" and rio["outputs"][0]["dtype"] == io
     out = next(iter(art.fidelity["outputs"].values()))
     assert out["accuracy_ref"] - out["accuracy"] <= 0.005 and art.fidelity["cosine_min"] > 0.999
+
+
+def test_prune_distill_int8_for_arm_both_formats(tmp_path):
+    """The issue-14 pipeline on the arm target: --prune 0.5 --distill-steps --int8 --format all
+    writes a TFLite file and an ncnn param/bin of the pruned, distilled network (a quarter of the
+    MACs), each run in its own runtime, both close to the other and to FP32's labels."""
+    rc = main([str(DEMO), "--prune", "0.5", "--distill-steps", "150", "--int8", "--calib",
+               str(CALIB), "--eval", str(EVAL), "--samples", "200", "--target", "arm",
+               "--format", "all", "--latency-repeats", "2", "-o", str(tmp_path)])
+    assert rc == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    stats = rep["model"]
+    assert stats["stats_after"]["macs"] < 0.3 * stats["stats_before"]["macs"]
+    arts = {a["path"].rsplit(".", 1)[-1]: a for a in rep["artifacts"]}
+    assert set(arts) == {"tflite", "param"}
+    accs = [next(iter(a["fidelity"]["outputs"].values()))["accuracy"] for a in arts.values()]
+    assert min(accs) >= 0.85 and abs(accs[0] - accs[1]) <= 0.02
+    assert [p["name"] for p in rep["passes"]][:4] == ["cleanup", "fold_bn", "prune", "distill"]
