@@ -275,6 +275,7 @@ def test_taylor_importance_keeps_what_the_output_needs(tmp_path, capsys):
     for imp in ("l1", "taylor"):
         out = tmp_path / imp
         assert main([str(DEMO), "--prune", "0.5", "--prune-importance", imp, "--calib", str(train),
+                     "--no-prune-compensate",  # the criterion alone
                      "--eval", str(ev), "--samples", "500", "--target", "x86", "-o", str(out)]) == 0
         rep = json.loads((out / "report.json").read_text())
         prune = next(p for p in rep["passes"] if p["name"] == "prune")

@@ -307,6 +307,56 @@ def test_removed_channels_predicted_from_the_kept_ones(tmp_path, kind):
     assert err[False] > 0.05 and err[True] < 0.005, err
 
 
+class _ConcatReader(nn.Module):
+    """conv a (16, filters 8–15 = 2 × 0–7) ‖ conv b (4, unpruned width) → Concat → conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 4, 1)
+        self.r = nn.Conv2d(20, 8, 3)
+
+    def forward(self, x):
+        return self.r(torch.cat([torch.relu(self.a(x)), self.b(x)], 1))
+
+
+class _FlattenReader(nn.Module):
+    """conv a (16, filters 8–15 = 2 × 0–7) → ReLU → Flatten → Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.r = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.r(torch.flatten(torch.relu(self.a(x)), 1))
+
+
+@pytest.mark.parametrize("kind", ["concat", "flatten"])
+def test_readers_behind_concat_and_flatten_compensated(tmp_path, kind):
+    """The same doubled filters seen by a reader through a channel Concat (at the part's offset,
+    the other part whole) or a Flatten (each kept channel's H·W columns): compensated, the reader
+    regresses the removed channels on the kept ones and its output stays close."""
+    torch.manual_seed(0)
+    net = _ConcatReader() if kind == "concat" else _FlattenReader()
+    shape = (1, 3, 8, 8) if kind == "concat" else (1, 3, 4, 4)
+    with torch.no_grad():
+        net.a.weight[8:] = 2 * net.a.weight[:8]
+        net.a.bias[8:] = 2 * net.a.bias[:8]
+        w = net.r.weight
+        if kind == "concat":
+            w[:, :8] *= 0.25
+        else:
+            w.view(5, 16, 16)[:, :8] *= 0.25
+    m0, feed, before = _export(net.eval(), tmp_path / "c.onnx", shape)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((32, *shape)).astype(np.float32))
+    err = {}
+    for comp in (False, True):
+        m, st, kept = _pruned_with_data(m0, data, importance="l1", compensate=comp)
+        assert st.get("readers_compensated", 0) == int(comp)
+        err[comp] = np.abs(ort_run(ort_session(m), feed)[0] - before).max() / np.abs(before).max()
+    assert err[False] > 0.05 and err[True] < 0.005, err
+
+
 def test_act_importance_keeps_the_channels_the_readers_see(tmp_path):
     """Filters 0–7 are large but their bias kills them after ReLU (dead, yet the largest L1);
     filters 8–15 are small and live. L1 keeps the dead ones; act (measured on the data) keeps the

@@ -149,7 +149,7 @@ class PrunePass(CompressPass):
     def _moments(self, model: ir.Model):
         """(unpruned copy, reader-input moments) when compensation or ``act`` needs them."""
         from autoglm_compress.ir_utils import from_proto, to_proto
-        from autoglm_compress.pruning.compensate import input_moments
+        from autoglm_compress.pruning.compensate import derived_values, input_moments
 
         source = self._source()
         if self._importance() == "act" and source is None:
@@ -160,6 +160,7 @@ class PrunePass(CompressPass):
 
         before = from_proto(to_proto(model))
         prunable = {v for g in channel_groups(before) if g.prunable for v in g.values}
+        prunable |= derived_values(before, prunable)
         return before, input_moments(before, list(source.take(MOMENT_SAMPLES)), prunable)
 
     def _scores(self, model: ir.Model, moments: dict) -> dict | None:
