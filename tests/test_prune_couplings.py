@@ -295,16 +295,22 @@ def test_removed_channels_predicted_from_the_kept_ones(tmp_path, kind):
         net[0].weight[8:] = 2 * net[0].weight[:8]
         net[0].bias[8:] = 2 * net[0].bias[:8]
         net[2].weight[:, :8] *= 0.25  # (the reader's columns count in L1 too)
+    err, kept = _errors_with_and_without_compensation(net, tmp_path, shape, 16)
+    assert sorted(next(iter(kept.values()))[1]) == list(range(8, 16))
+    assert err[False] > 0.05 and err[True] < 0.005, err
+
+
+def _errors_with_and_without_compensation(net, tmp_path, shape, n):
+    """({compensate: max relative output error after an L1 prune 0.5}, kept) on ``n`` samples."""
     m0, feed, before = _export(net.eval(), tmp_path / "c.onnx", shape)
     data = tmp_path / "d.npz"
-    np.savez(data, x=np.random.default_rng(1).standard_normal((16, *shape)).astype(np.float32))
+    np.savez(data, x=np.random.default_rng(1).standard_normal((n, *shape)).astype(np.float32))
     err = {}
     for comp in (False, True):
         m, st, kept = _pruned_with_data(m0, data, importance="l1", compensate=comp)
         assert st.get("readers_compensated", 0) == int(comp)
-        assert sorted(next(iter(kept.values()))[1]) == list(range(8, 16))
         err[comp] = np.abs(ort_run(ort_session(m), feed)[0] - before).max() / np.abs(before).max()
-    assert err[False] > 0.05 and err[True] < 0.005, err
+    return err, kept
 
 
 class _ConcatReader(nn.Module):
@@ -346,14 +352,7 @@ def test_readers_behind_concat_and_flatten_compensated(tmp_path, kind):
             w[:, :8] *= 0.25
         else:
             w.view(5, 16, 16)[:, :8] *= 0.25
-    m0, feed, before = _export(net.eval(), tmp_path / "c.onnx", shape)
-    data = tmp_path / "d.npz"
-    np.savez(data, x=np.random.default_rng(1).standard_normal((32, *shape)).astype(np.float32))
-    err = {}
-    for comp in (False, True):
-        m, st, kept = _pruned_with_data(m0, data, importance="l1", compensate=comp)
-        assert st.get("readers_compensated", 0) == int(comp)
-        err[comp] = np.abs(ort_run(ort_session(m), feed)[0] - before).max() / np.abs(before).max()
+    err, _ = _errors_with_and_without_compensation(net, tmp_path, shape, 32)
     assert err[False] > 0.05 and err[True] < 0.005, err
 
 
