@@ -371,12 +371,53 @@ def run_resnet(ratios, steps: int, work: Path, tp_path: str | None = None) -> li
     return rows
 
 
-def run_yolo(ratios, work: Path) -> list[dict]:
-    """nudenet YOLOv8n (C2f: Split + Concat + residuals), pruned without fine-tuning."""
+def _det_agree(fp32_onnx: str, onnx_path: str, ev: Path) -> float:
+    """Top-50 detection agreement (bench/common.py) of ``onnx_path`` with the FP32 model."""
+    from common import detection_agreement
+
+    from autoglm_compress.ir_utils import ort_session
+
+    x = next(iter(np.load(ev).values()))
+    runs = []
+    for p in (fp32_onnx, onnx_path):
+        sess = ort_session(p)
+        name = sess.get_inputs()[0].name
+        runs.append([sess.run(None, {name: x[i:i + 1]}) for i in range(len(x))])
+    return detection_agreement(*runs)["det_agree"]
+
+
+def run_yolo(ratios, work: Path, tp_path: str | None = None) -> list[dict]:
+    """nudenet YOLOv8n (C2f: Split + Concat + residuals), pruned without fine-tuning; with
+    ``tp_path`` torch-pruning at the same ratios (bench/peers/tp_prune_yolo.py). Each row also gets
+    the top-50 detection agreement with the unpruned model."""
+    import json
+    import os
+    import subprocess
+
     import zoo
 
-    return _pruned_only("yolov8n", zoo.nudenet_yolov8n(work / "yolo", 64, 16), ratios, work,
-                        calib=True)
+    rm = zoo.nudenet_yolov8n(work / "yolo", 64, 16)
+    rows = _pruned_only("yolov8n", rm, ratios, work, calib=True)
+    fp32 = rows[0]["onnx"]
+    for r in rows:
+        r["top1"] = _det_agree(fp32, r["onnx"], rm.eval)  # the column holds detection agreement
+    for r in ratios if tp_path else []:
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, str(ROOT / "bench" / "peers" / "tp_prune_yolo.py"),
+                            "--model", str(rm.model), "--ratio", str(r), "--eval", str(rm.eval),
+                            "--out", str(work / f"tp_yolo_{r}")], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": tp_path}, check=True)
+        peer = json.loads(p.stdout.strip().splitlines()[-1])
+        feed = {"images": next(iter(np.load(rm.eval).values()))[:1]}
+        rows.append({"model": "yolov8n", "run": f"torch-pruning {r} (L1, head ignored)",
+                     "params": peer["params"], "macs_m": "-",
+                     "macs_ratio": round(peer["macs_ratio"], 3), "accuracy": None,
+                     "top1": _det_agree(fp32, peer["onnx"], rm.eval),
+                     "cosine": round(peer["cosine"], 4),
+                     "latency_vs_fp32": round(_latency_ratio(fp32, peer["onnx"], 30, feed), 2),
+                     "wall_s": round(time.perf_counter() - t0, 1)})
+        print(rows[-1], flush=True)
+    return rows
 
 
 def render(rows, cmd) -> str:
@@ -438,7 +479,7 @@ def main() -> None:
     if a.bert_steps >= 0:
         rows += run_bert(ratios, a.bert_steps, work, a.torch_pruning or None)
     if a.yolo:
-        rows += run_yolo(ratios, work)
+        rows += run_yolo(ratios, work, a.torch_pruning or None)
     if a.resnet_steps:
         rows += run_resnet(ratios, a.resnet_steps, work, a.torch_pruning or None)
     cmd = f"python bench/bench_prune.py --ratios {a.ratios} --steps {a.steps}" + (
