@@ -60,6 +60,25 @@ def _macs(model: ir.Model) -> int:
     return int(model_stats(model).macs or 0)
 
 
+def _frozen_by_runtime_shapes(model: ir.Model, frozen: list[dict]) -> bool:
+    """Symbolic input dims and a frozen group read by a Shape or by a Reshape whose target shape
+    is computed at run time — what fixing the input shapes (--static-shapes) can unfreeze."""
+    import re
+
+    from autoglm_compress.ir_ops import const_array
+
+    if all(isinstance(d, int) for v in model.graph.inputs for d in (v.shape or ())):
+        return False
+    nodes = {n.name: n for n in model.graph if n.name}
+    for f in frozen:
+        for why in f["why"]:
+            m = re.match(r"(Shape|Reshape) '(.+)' \(not analysed", why)
+            n = nodes.get(m.group(2)) if m else None
+            if n is not None and (n.op_type == "Shape" or const_array(n.inputs[1]) is None):
+                return True
+    return False
+
+
 def _prune(model: ir.Model, ratio: float, multiple: int, scope: str = "uniform",
            scores: dict | None = None, kept: dict | None = None):
     """Prune every prunable space of ``model`` by ``ratio``; (report rows, frozen rows).
@@ -220,11 +239,10 @@ class PrunePass(CompressPass):
         if self.ctx is not None:
             self.ctx.kept_channels = {**(self.ctx.kept_channels or {}), **kept}
         self.stats["importance"] = self._importance()
-        symbolic = any(not isinstance(d, int) for v in model.graph.inputs for d in (v.shape or ()))
-        if symbolic and any(w.startswith(("Shape ", "Reshape ")) for f in frozen for w in f["why"]):
-            self.stats["hint"] = ("symbolic input dims: groups read by Shape / computed Reshapes "
-                                  "stay frozen — give --static-shapes (or --input-shape) to prune "
-                                  "them")
+        if _frozen_by_runtime_shapes(model, frozen):
+            self.stats["hint"] = ("symbolic input dims: frozen groups are read by Shape ops or "
+                                  "run-time-shaped Reshapes; --static-shapes (or --input-shape) "
+                                  "fixes those shapes and may let them be pruned")
             logger.warning("prune: %s", self.stats["hint"])
         after = _params(model)
         self.stats.update(groups_pruned=len(report), groups_frozen=len(frozen),
