@@ -250,9 +250,11 @@ class DistillOptions:
     )
     samples: int = field(2048, "Training samples to use.", flat="distill_samples", min=1)
     loss: str = field(
-        "mse", "mse: the teacher's outputs, normalised MSE; kl: KL divergence of temperature-"
-        "softened class scores (outputs of shape [1, C]; MSE for the others).",
-        flat="distill_loss", choices=("mse", "kl"),
+        "mse", "mse: the teacher's outputs, normalised MSE; mse-channel: each output channel "
+        "(axis 1) normalised by its own variance — detectors, whose box rows would drown the "
+        "score rows; kl: KL divergence of temperature-softened class scores (outputs of shape "
+        "[1, C]; MSE for the others).",
+        flat="distill_loss", choices=("mse", "mse-channel", "kl"),
     )
     temperature: float = field(4.0, "Softening temperature of --distill-loss kl.",
                                flat="distill_temperature", min=0.01)

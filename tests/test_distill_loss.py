@@ -38,6 +38,32 @@ def test_kl_on_scores_mse_on_the_rest():
     assert g.name == "normalised mse"
 
 
+def test_mse_channel_weighs_every_output_channel_alike():
+    """--distill-loss mse-channel: a [N, 2, A] output whose row 0 is in hundreds (boxes) and row 1
+    in 0…1 (scores) — the same relative error on either row costs the same, where one tensor
+    variance lets row 1's error vanish."""
+    from autoglm_compress.runtime.train_loop import output_variance
+
+    t = torch.stack([torch.tensor(RNG.normal(0, 100, (6, 50))),
+                     torch.tensor(RNG.uniform(0, 1, (6, 50)))], 1).float()[:, None]
+    assert t.shape == (6, 1, 2, 50)  # [samples, the model's batch, channels, anchors]
+    d = output_variance(t, True)
+    assert d.shape == (1, 1, 2, 1)
+    torch.testing.assert_close(d.reshape(-1), torch.stack([t[:, :, 0].var(), t[:, :, 1].var()]))
+    idx = [0, 1, 2]
+    err = {}
+    for row in (0, 1):
+        s = t[idx].clone()
+        s[:, :, row] += 0.1 * t[:, :, row].std()  # the same error relative to the row's spread
+        err[row] = {kind: float(_objective([t], [output_variance(t, kind == "mse-channel")], kind,
+                                           1.0, None, 0.5, "cpu")([s], idx))
+                    for kind in ("mse", "mse-channel")}
+    assert abs(err[0]["mse-channel"] - err[1]["mse-channel"]) < 1e-6
+    assert err[1]["mse"] < 1e-4 * err[0]["mse"]
+    assert _objective([t], [d], "mse-channel", 1.0, None, 0.5, "cpu").name == \
+        "normalised mse per channel"
+
+
 def test_labels_add_cross_entropy():
     t = _targets()
     denom = [x.var() for x in t]

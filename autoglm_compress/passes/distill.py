@@ -53,7 +53,8 @@ class DistillConfig(PassConfig):
     batch: int = field(16, "Samples per step.")
     samples: int = field(512, "Calibration samples to train on.")
     device: str | None = field(None, "None: CUDA when present, else CPU.")
-    loss: str = field("mse", "mse | kl (softened class scores)")
+    loss: str = field("mse", "mse | mse-channel (per axis-1 channel variance) | kl (softened "
+                      "class scores)")
     temperature: float = field(4.0, "KL temperature")
     label_weight: float = field(0.5, "cross-entropy weight when the data has labels")
     scaled_lr: bool = field(True, "per-tensor learning rates proportional to the tensor's RMS")
@@ -96,8 +97,11 @@ class _Diverged(Exception):
 class _Checkpoints:
     """The trained tensors at the step with the lowest held-out loss (step 0: untrained)."""
 
-    def __init__(self, student, teacher, feeds: list[dict], params: dict, steps: int):
+    def __init__(self, student, teacher, feeds: list[dict], params: dict, steps: int,
+                 per_channel: bool = False):
         import torch
+
+        from autoglm_compress.runtime.train_loop import output_variance
 
         self.student, self.feeds, self.params = student, feeds, params
         self.names = [v.name for v in student.graph.outputs
@@ -105,6 +109,7 @@ class _Checkpoints:
         with torch.no_grad():
             outs = [teacher.run(f) for f in feeds]
         self.targets = [torch.stack([o[n].detach() for o in outs]) for n in self.names]
+        self.denom = [output_variance(t, per_channel) for t in self.targets]  # as the training's
         self.every, self.step, self.abort = max(steps // CHECKS, 1), 0, True
         self.first = self.best = self.loss()
         self.best_step, self.saved = 0, self._copy()
@@ -118,8 +123,8 @@ class _Checkpoints:
         with torch.no_grad():
             outs = [self.student.run(f) for f in self.feeds]
             got = [torch.stack([o[n] for o in outs]) for n in self.names]
-        return float(sum(((g.to(t.device) - t) ** 2).mean() / t.var().clamp_min(1e-12)
-                         for g, t in zip(got, self.targets)))
+        return float(sum((((g.to(t.device) - t) ** 2) / d).mean()
+                         for g, t, d in zip(got, self.targets, self.denom)))
 
     def after_step(self) -> None:
         self.step += 1
@@ -178,7 +183,7 @@ class DistillPass(CompressPass):
             feeds = [feeds[i] for i in keep]
             labels = labels[keep] if labels is not None else None
             checks = _Checkpoints(student, teacher, held, {n: params[n] for n in trained},
-                                  cfg.steps)
+                                  cfg.steps, cfg.loss == "mse-channel")
 
         def after_step():
             for n, m in masks.items():

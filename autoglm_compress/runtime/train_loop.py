@@ -47,7 +47,20 @@ class DistillResult:
 
 
 def normalised_mse(student: list[torch.Tensor], teacher: list[torch.Tensor], denom) -> torch.Tensor:
-    return sum(((s - t) ** 2).mean() / d for s, t, d in zip(student, teacher, denom))
+    """Σ mean((s − t)² / d): ``d`` the teacher's variance, one scalar per output or (``mse-channel``)
+    one per index of axis 1, shaped to broadcast."""
+    return sum((((s - t) ** 2) / d).mean() for s, t, d in zip(student, teacher, denom))
+
+
+def output_variance(t: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """The normaliser of ``t`` (an output stacked over the samples: [samples, batch, C, …]): its
+    variance, or with ``per_channel`` each channel's own (the model's axis 1 — a detector's
+    [1, 4 + classes, anchors] output has box rows in pixels and score rows in 0…1: one variance
+    lets the boxes drown the scores)."""
+    if not per_channel or t.dim() < 3:
+        return t.var().clamp_min(1e-12)
+    dims = [0, 1, *range(3, t.dim())]
+    return t.var(dim=dims, keepdim=True).clamp_min(1e-12)
 
 
 def _stack(feeds: list[dict], idx, keys, device) -> list[torch.Tensor]:
@@ -159,7 +172,8 @@ def _objective(targets, denom, kind, temperature, labels, label_weight, device):
         logits = outs[cls].reshape(len(idx), -1)
         return label_weight * F.cross_entropy(logits, y[idx]) + (1 - label_weight) * kd
 
-    name = ("kl (T=%g) on class scores" % T if any(kl) else "normalised mse")
+    name = ("kl (T=%g) on class scores" % T if any(kl) else
+            "normalised mse per channel" if kind == "mse-channel" else "normalised mse")
     if y is not None:
         name += f" + {label_weight:g}·cross-entropy on labels"
     f.name = name
@@ -259,7 +273,7 @@ def distill(
         v.name for v in student.graph.outputs if v.dtype is None or v.dtype.is_floating_point()
     ]
     targets = [t.to(student.device) for t in _teacher_outputs(teacher, feeds, names)]
-    denom = [t.var().clamp_min(1e-12) for t in targets]
+    denom = [output_variance(t, loss == "mse-channel") for t in targets]
     batch = max(1, min(batch, len(feeds)))
     features = features if features and feature_weight > 0 else {}
     ftargets = _feature_targets(teacher, feeds, features, student.device)
