@@ -134,3 +134,41 @@ def test_unlowerable_gather_and_cast_refused(tmp_path):
     with pytest.raises(UnsupportedOpError, match="float → integer"):
         compress(path, targets="arm", arm_format="ncnn", out_dir=tmp_path / "o", samples=1)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_power_and_unary_math(tmp_path):
+    """Pow by 2 / 0.5 / −1 become UnaryOp square / sqrt / reciprocal (exact for negative bases,
+    where ncnn's SIMD pow, exp(y·log x), is NaN), other exponents BinaryOp pow; Abs, Neg, Exp,
+    Log, Floor, Sign … are UnaryOps."""
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,4,6] x) => (float[1,4,6] y) {
+            two = Constant <value = float {2.0}> ()
+            half = Constant <value = float {0.5}> ()
+            three = Constant <value = float {3.0}> ()
+            sq = Pow (x, two)
+            a = Abs (x)
+            r = Pow (a, half)
+            c = Pow (r, three)
+            ng = Neg (c)
+            ex = Exp (ng)
+            l = Log (ex)
+            xs = Mul (x, sq)
+            f = Floor (xs)
+            s = Sign (x)
+            lf = Add (l, f)
+            ss = Mul (s, sq)
+            t = Add (lf, ss)
+            sq2 = Add (sq, two)
+            rc = Reciprocal (sq2)
+            y = Add (t, rc)
+        }""")
+    path = tmp_path / "math.onnx"
+    onnx.save(proto, str(path))
+    art = compress(path, targets="arm", arm_format="ncnn", out_dir=tmp_path / "o", samples=4,
+                   latency_repeats=2).artifact("arm", "ncnn")
+    rows = [ln.split() for ln in art.files["param"].read_text().splitlines()[2:]]
+    unary = Counter(next(t for t in r if t.startswith("0=")) for r in rows if r[0] == "UnaryOp")
+    assert unary == Counter({"0=4": 1, "0=5": 1, "0=0": 1, "0=1": 1, "0=7": 1, "0=8": 1,
+                             "0=2": 1, "0=20": 1, "0=15": 1})
+    assert sum(1 for r in rows if r[0] == "BinaryOp" and "0=6" in r) == 1  # x^3 stays pow
+    assert art.fidelity["cosine_min"] >= 0.99999, art.fidelity

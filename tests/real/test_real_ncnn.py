@@ -68,3 +68,22 @@ def test_bert_encoder_in_ncnn(bert, tmp_path, precision, min_cos):
     assert {"fp32", "fp16"} <= set(art.latency["ncnn"])
     if precision == "int8":  # the 13 linears and the embedding table
         assert (art.extra["ncnn_int8"]["int8"], art.extra["ncnn_int8"]["float"]) == (14, 0)
+
+
+@pytest.fixture(scope="module")
+def ppocr_rec(tmp_path_factory):
+    zoo.needs("rapidocr")
+    return zoo.ppocr(tmp_path_factory.mktemp("ncnn_ppocr"), "rec", n_calib=4, n_eval=2)
+
+
+def test_ppocr_recognizer_svtr_in_ncnn(ppocr_rec, tmp_path):
+    """PP-OCR's recognizer (paddle2onnx, SVTR blocks): packed Q·K·V unpacked from its 5-D
+    [3, 1, H, N, D] transpose into 4-D slices, attention fused into SDPA, the decomposed
+    LayerNorm's (x − μ)² as UnaryOp square (ncnn's SIMD pow is NaN for negative bases)."""
+    art = compress(ppocr_rec.model, targets="arm", arm_format="ncnn", eval_data=ppocr_rec.eval,
+                   samples=2, static_shapes=True, out_dir=tmp_path,
+                   latency_repeats=2).artifact("arm", "ncnn")
+    types = art.extra["ncnn_layers"]["types"]
+    assert types["SDPA"] == 2 and types["UnaryOp"] >= 5
+    assert any("Q·K·V" in n for n in art.notes)
+    assert art.fidelity["cosine_min"] >= 0.99999 and not art.fidelity.get("flags")

@@ -32,7 +32,10 @@ logger = logging.getLogger(__name__)
 
 _BINARY = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Max": 4, "Min": 5, "Pow": 6}
 _REVERSED = {1: 7, 3: 8, 6: 9}  # const − x → rsub, const / x → rdiv, const ^ x → rpow
-_UNARY = {"Sigmoid": "Sigmoid", "Tanh": "TanH", "Exp": None, "Abs": None}
+# ONNX element-wise math → ncnn UnaryOp op_type (src/layer/unaryop.h)
+_UNARY = {"Abs": 0, "Neg": 1, "Floor": 2, "Ceil": 3, "Sqrt": 5, "Exp": 7, "Log": 8, "Sin": 9,
+          "Cos": 10, "Tan": 11, "Asin": 12, "Acos": 13, "Atan": 14, "Reciprocal": 15,
+          "Sign": 20}
 OPS = frozenset({
     "Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
     "GlobalMaxPool", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid",
@@ -40,8 +43,8 @@ OPS = frozenset({
     "Reshape", "Squeeze", "Unsqueeze", "Softmax", "Resize", "Identity", "Dropout",
     "BatchNormalization", "Constant", "QuantizeLinear", "DequantizeLinear",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Split", "Slice", "Transpose",
-    "Pad", "LayerNormalization", "Sum", "Mean",
-}) | lower_tokens.OPS
+    "Pad", "LayerNormalization", "Sum", "Mean", "Pow",
+}) | lower_tokens.OPS | frozenset(_UNARY)
 # ONNX's variadic element-wise ops → ncnn Eltwise (op_type 1 = sum with coefficients, 2 = max)
 _ELTWISE = {"Sum": 1, "Mean": 1, "Max": 2}
 _PAD_MODES = {"constant": 0, "edge": 1, "reflect": 2}
@@ -442,6 +445,8 @@ class _Lowerer:
                     {0: 1, 1: 1, 2: c})
 
     def binary(self, n: ir.Node, op: int | None = None) -> None:
+        if n.op_type == "Pow" and self._power(n):
+            return
         op = _BINARY[n.op_type] if op is None else op
         a, c = n.inputs
         rank = len(_shape(n.outputs[0]))
@@ -456,6 +461,21 @@ class _Lowerer:
                    for v, arr in ((a, ca), (c, cc))]
             p = {0: op}
         self.ng.add("BinaryOp", n.name or "binary", ins, [self.out(n.outputs[0])], p)
+
+    def _power(self, n: ir.Node) -> bool:
+        """x^2 → UnaryOp square, x^0.5 → sqrt, x^−1 → reciprocal, x^1 → x: ncnn's SIMD pow is
+        exp(y·log x), NaN for a negative base (a decomposed LayerNorm squares x − mean)."""
+        e = const_array(n.inputs[1]) if n.inputs[1].name not in self.blob else None
+        if e is None or e.size != 1:
+            return False
+        code = {2.0: 4, 0.5: 5, -1.0: 15}.get(float(e.reshape(-1)[0]))
+        if float(e.reshape(-1)[0]) == 1.0:
+            self.blob[n.outputs[0].name] = self.b(n.inputs[0])
+            return True
+        if code is None:
+            return False
+        self.simple(n, "UnaryOp", {0: code})
+        return True
 
     def simple(self, n: ir.Node, type_: str, params=None, weights=None) -> None:
         self.ng.add(type_, n.name or type_, [self.b(n.inputs[0])], [self.out(n.outputs[0])],
@@ -560,6 +580,8 @@ class _Lowerer:
             self.binary(n)
         elif op in lower_tokens.OPS:
             lower_tokens.lower(self, n)
+        elif op in _UNARY:
+            self.simple(n, "UnaryOp", {0: _UNARY[op]})
         elif op == "Relu":
             self.simple(n, "ReLU")
         elif op == "LeakyRelu":

@@ -98,10 +98,11 @@ def ncnn_runner(param: Path, binf: Path, io: dict, precision: str, threads: int)
 def _fit_blobs(model: ir.Model) -> tuple[int, int]:
     """The IR rewrites that fit ncnn's batch-less blobs: (folded reshapes, lifted row regions)."""
     from autoglm_compress.targets.ncnn.batch_rows import lift_rows
-    from autoglm_compress.targets.ncnn.reshape_chains import fold_reshape_chains
+    from autoglm_compress.targets.ncnn.reshape_chains import fold_reshape_chains, unpack_qkv
 
     folded = fold_reshape_chains(model)
-    return folded, lift_rows(model)
+    lifted = lift_rows(model)  # first: a packed-QKV Reshape may read lifted rows
+    return folded + unpack_qkv(model), lifted
 
 
 class NcnnTarget(Target):
@@ -139,8 +140,8 @@ class NcnnTarget(Target):
         notes = [f"{lifted} flattened-batch row regions (Reshape [1, S, H] → [S, H] … back) lifted "
                  "to [1, S, ·] for ncnn's batch-less blobs"] if lifted else []
         if folded:
-            notes.append(f"{folded} index-only Gathers / chained Reshapes folded into single "
-                         "Reshapes for ncnn's batch-less blobs")
+            notes.append(f"{folded} index-only Gathers / chained Reshapes / packed Q·K·V parts "
+                         "rewritten as 4-D Reshapes and Slices for ncnn's batch-less blobs")
         if any(n.op_type == "IsNaN" for n in model.graph):
             notes.append("Where(IsNaN(softmax), 0, softmax) runs as the softmax: ncnn has no NaN "
                          "test; -inf mask constants become -FLT_MAX so scores stay finite")
