@@ -48,7 +48,7 @@ def _as_reshape(node: ir.Node, x: ir.Value, dims: list[int]) -> None:
     """Replace ``node`` by Reshape(x, dims), its output value kept."""
     g = node.graph
     y = node.outputs[0]
-    shape = _shape_shape_const(g, f"{y.name}_reshape_dims", dims)
+    shape = _shape_const(g, f"{y.name}_reshape_dims", dims)
     new_out = ir.Value(shape=y.shape, type=y.type)
     new = ir.Node("", "Reshape", [x, shape], outputs=[new_out],
                   name=f"{node.name}_reshape" if node.name else None)
