@@ -15,6 +15,7 @@ from autoglm_compress.passes import (  # noqa: E402,F401
     fold_bn,
     fp16,
     fuse_gelu,
+    fuse_layernorm,
     prune,
     qat,
     quantize,

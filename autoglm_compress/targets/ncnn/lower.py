@@ -521,6 +521,11 @@ class _Lowerer:
             from autoglm_compress.targets.ncnn.attention import lower_sdpa
 
             return lower_sdpa(self, self.attention[id(n)])
+        if id(n) in self.layernorm:  # a LayerNorm written out op by op
+            x, y, _, eps, gamma, beta = self.layernorm[id(n)]
+            self.ng.add("LayerNorm", n.name or "layernorm", [self.b(x)], [self.out(y)],
+                        {0: gamma.size, 1: eps, 2: 1}, [("raw", gamma), ("raw", beta)])
+            return
         why = unsupported_reason(n)
         if why:
             raise UnsupportedOpError(op, n.name or "?", "ncnn", why)
@@ -650,12 +655,19 @@ class _Lowerer:
     def run(self) -> tuple[str, bytes, dict]:
         from autoglm_compress.targets.ncnn.attention import match_attention
 
-        self.attention = {}
+        from autoglm_compress.passes.fuse_layernorm import match_layernorm
+
+        self.attention, self.layernorm = {}, {}
         for n in self.g:
             att = match_attention(n) if n.op_type == "MatMul" else None
             if att is not None:
                 self.attention[id(n)] = att
                 self.fused.update(id(x) for x in att.nodes if x is not n)
+            ln = match_layernorm(n) if n.op_type == "Div" and id(n) not in self.fused else None
+            if ln is not None:  # written at the pattern's last node
+                last = ln[1].producer()
+                self.layernorm[id(last)] = ln
+                self.fused.update(id(x) for x in ln[2] if x is not last)
         for v in self.g.inputs:
             name = self.out(v)
             self.ng.add("Input", name, [], [name], _dims_params(_shape(v)))
