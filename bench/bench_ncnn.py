@@ -1,11 +1,11 @@
 """arm target, ncnn format, vs pnnx — side by side in one run.
 
-    .venv/bin/python bench/bench_ncnn.py [--models digits,effnet,yolo,bert] [--calib 64] [--eval 64]
+    .venv/bin/python bench/bench_ncnn.py [--models digits,effnet,yolo,bert,ppocr] [--calib 64] [--eval 64]
         [--work /tmp/bench_ncnn] [--write-results]
 
 Models: the digits CNN (TorchScript), EfficientNet-Lite1 (ImageNet weights, TorchScript, 240×240) and
 nudenet's YOLOv8n (ONNX, 320×320, static) and the Hugging Face BERT (random weights, token ids + mask,
-batch 1 × 32). Ours = ``compress --target arm --format ncnn`` at FP32,
+batch 1 × 32) and PP-OCR's SVTR text recognizer (`--models ppocr`, ONNX opset 11, 48×320). Ours = ``compress --target arm --format ncnn`` at FP32,
 FP16 and INT8 (default ranges; ``--ncnn-int8-layers measured``; and ``--calib-method entropy``: the KL thresholds ncnn2table computes by
 default — ncnn2table/ncnn2int8 are not in the ncnn wheel, so ncnn's own int8 route cannot run here).
 Peer = ``pnnx`` (PyPI, its bundled binary) on the same model file with ``fp16=0``. Every param/bin
@@ -156,6 +156,9 @@ def run_model(name, src, calib, ev, work: Path, n_calib: int, n_eval: int) -> li
         if ref[0][0].ndim == 2 and name != "bert":
             row["top1"] = round(float(np.mean([np.argmax(r[0]) == np.argmax(x[0])
                                                for r, x in zip(ref, g)])), 3)
+        elif name == "ppocr":  # per-position character agreement of the CTC output
+            row["top1"] = round(float(np.mean([np.mean(r[0].argmax(-1) == x[0].argmax(-1))
+                                               for r, x in zip(ref, g)])), 3)
         else:
             row["top1"] = "-"
             if name == "yolo":
@@ -223,6 +226,11 @@ def main() -> None:
 
         rm = zoo.bert_encoder(work, dict_output=False, n_calib=a.calib, n_eval=a.eval, batch=1)
         models["bert"] = (rm.model, rm.calib, rm.eval)
+    if "ppocr" in names:  # PP-OCR's SVTR recognizer (ONNX, opset 11), 48×320 text lines
+        import zoo
+
+        rm = zoo.ppocr(work, "rec", n_calib=a.calib, n_eval=a.eval)
+        models["ppocr"] = (rm.model, rm.calib, rm.eval)
     for name, (src, calib, ev) in models.items():
         rows += run_model(name, src, calib, ev, work, a.calib, a.eval)
     text = render(rows, "python bench/bench_ncnn.py --models " + a.models)
