@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def _runner(param: Path, binf: Path, ins: dict, outs: list[str], precision: str,
 
 def _pnnx(src: Path, shapes: list[str], work: Path) -> tuple[Path, Path, float]:
     work.mkdir(parents=True, exist_ok=True)
-    local = work / src.name
+    local = work / (re.sub(r"\W", "_", src.stem) + src.suffix)  # pnnx renames '-' to '_'
     local.write_bytes(src.read_bytes())
     t0 = time.perf_counter()
     subprocess.run([str(Path(sys.executable).with_name("pnnx")), local.name,

@@ -483,6 +483,9 @@ class _Lowerer:
 
     def reshape(self, n: ir.Node) -> None:
         shape = _shape(n.outputs[0])
+        if shape == _shape(n.inputs[0]) and all(d > 0 for d in shape):
+            self.blob[n.outputs[0].name] = self.b(n.inputs[0])  # a no-op (a lifted row entry)
+            return
         if n.op_type == "Flatten" and n.attributes.get_int("axis", 1) == 1:
             return self.simple(n, "Flatten")
         return self.simple(n, "Reshape", _dims_params(shape))
