@@ -411,3 +411,24 @@ def test_heads_pruned_when_reshape_shapes_are_computed(tmp_path):
         feed = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
         want, got = (ort_run(sessions[k], feed)[0] for k in ("before", "after"))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_reader_rows_cut_by_split_windows_are_followed():
+    """A reader whose output goes through SiLU into a channel Split (YOLOv8's C2f cv1): its kept
+    output rows are each window's kept rows at the window's offset."""
+    import onnx as onnx_
+
+    from autoglm_compress.pruning.compensate import derived_out_keep
+
+    m = ir.from_proto(onnx_.shape_inference.infer_shapes(onnx_.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,8,4,4] x, float[8,8,1,1] w) => (float[1,4,4,4] a, float[1,4,4,4] b) {
+            y = Conv (x, w)
+            s = Sigmoid (y)
+            z = Mul (y, s)
+            a, b = Split <axis = 1, num_outputs = 2> (z)
+        }""")))
+    kept = {"a": (1, np.array([0, 2])), "b": (1, np.array([1, 3]))}
+    axis, rows = derived_out_keep(m, "y", kept)
+    assert axis == 1 and rows.tolist() == [0, 2, 5, 7]
+    assert derived_out_keep(m, "y", {}) is None  # no window pruned: nothing to follow
