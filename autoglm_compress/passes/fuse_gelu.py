@@ -22,7 +22,8 @@ from onnx_ir.passes import PassResult
 from autoglm_compress.ir_ops import const_array
 from autoglm_compress.passes.base import CompressPass, PassConfig, register
 
-__all__ = ["FuseGeluPass", "FuseGeluConfig", "GELU_DOMAIN", "fuse_gelu", "match_gelu"]
+__all__ = ["FuseGeluPass", "FuseGeluConfig", "GELU_DOMAIN", "fuse_gelu", "match_gelu",
+           "replace_pattern", "run_counted"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +118,7 @@ class FuseGeluPass(CompressPass):
                               num_outputs=1)
                 new_nodes.append(mul)
                 new = mul.outputs[0]
-            new.shape, new.type = y.shape, y.type
-            last = y.producer()
-            ir.convenience.replace_nodes_and_values(g, last, nodes, new_nodes, [y], [new])
-            new.name = name
+            replace_pattern(g, y, nodes, new_nodes, new)
             fused += 1
         if fused and GELU_DOMAIN not in model.opset_imports:
             model.opset_imports[GELU_DOMAIN] = 1
@@ -129,8 +127,22 @@ class FuseGeluPass(CompressPass):
         return PassResult(model, modified=bool(fused))
 
 
-def fuse_gelu(model: ir.Model) -> int:
-    """Run the pass in place (a target's ``prepare``); how many GELU patterns were fused."""
-    p = FuseGeluPass()
+def replace_pattern(graph: ir.Graph, y: ir.Value, nodes, new_nodes, new: ir.Value) -> None:
+    """Put ``new_nodes`` (ending in ``new``) in place of the pattern ``nodes`` whose output is
+    ``y``; ``new`` takes y's name, shape and type (calibration statistics are keyed by name)."""
+    name = y.name
+    new.shape, new.type = y.shape, y.type
+    ir.convenience.replace_nodes_and_values(graph, y.producer(), nodes, new_nodes, [y], [new])
+    new.name = name
+
+
+def run_counted(pass_class, model: ir.Model, key: str) -> int:
+    """Run a fusion pass in place (a target's ``prepare``); its ``key`` count."""
+    p = pass_class()
     p(model)
-    return int(p.stats.get("gelu_fused", 0))
+    return int(p.stats.get(key, 0))
+
+
+def fuse_gelu(model: ir.Model) -> int:
+    """How many GELU patterns were fused (in place)."""
+    return run_counted(FuseGeluPass, model, "gelu_fused")

@@ -22,7 +22,13 @@ from onnx_ir.passes import PassResult
 
 from autoglm_compress.ir_ops import const_array
 from autoglm_compress.passes.base import CompressPass, PassConfig, register
-from autoglm_compress.passes.fuse_gelu import _only_use, _other, _scalar
+from autoglm_compress.passes.fuse_gelu import (
+    _only_use,
+    _other,
+    _scalar,
+    replace_pattern,
+    run_counted,
+)
 
 __all__ = ["FuseLayerNormPass", "FuseLayerNormConfig", "fuse_layernorm", "match_layernorm"]
 
@@ -127,10 +133,7 @@ class FuseLayerNormPass(CompressPass):
             node = ir.Node("", "LayerNormalization", [x, *consts],
                            attributes=[ir.AttrInt64("axis", -1), ir.AttrFloat32("epsilon", eps)],
                            name=f"{div.name or 'layernorm'}_fused", num_outputs=1)
-            new = node.outputs[0]
-            new.shape, new.type = y.shape, y.type
-            ir.convenience.replace_nodes_and_values(g, y.producer(), nodes, [node], [y], [new])
-            new.name = name
+            replace_pattern(g, y, nodes, [node], node.outputs[0])
             fused += 1
         self.stats.update(layernorm_fused=fused)
         logger.info("fuse_layernorm: %d fused", fused)
@@ -138,7 +141,5 @@ class FuseLayerNormPass(CompressPass):
 
 
 def fuse_layernorm(model: ir.Model) -> int:
-    """Run the pass in place (a target's ``prepare``); how many LayerNorm patterns were fused."""
-    p = FuseLayerNormPass()
-    p(model)
-    return int(p.stats.get("layernorm_fused", 0))
+    """How many LayerNorm patterns were fused (in place)."""
+    return run_counted(FuseLayerNormPass, model, "layernorm_fused")

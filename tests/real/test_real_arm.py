@@ -82,8 +82,7 @@ def _ops(path):
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
-    if find_spec("transformers") is None:
-        pytest.skip("transformers not installed (test extra)")
+    zoo.needs("transformers")
     return zoo.bert_encoder(tmp_path_factory.mktemp("arm_bert"), n_calib=16, n_eval=8)
 
 

@@ -41,10 +41,7 @@ def test_efficientnet_lite1_in_ncnn(effnet, tmp_path, precision, min_cos):
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
-    from importlib.util import find_spec
-
-    if find_spec("transformers") is None:
-        pytest.skip("transformers not installed (test extra)")
+    zoo.needs("transformers")
     return zoo.bert_encoder(tmp_path_factory.mktemp("ncnn_bert"), n_calib=16, n_eval=8)
 
 
