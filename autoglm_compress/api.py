@@ -339,8 +339,12 @@ def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
     if cfg.prune.sparsity or cfg.prune.sparsity_pattern:
         out["sparsify"] = {"sparsity": cfg.prune.sparsity or 0.5,
                            "pattern": cfg.prune.sparsity_pattern}
-    if cfg.distill.steps:
-        out["distill"] = {"steps": cfg.distill.steps, "lr": cfg.distill.lr,
+    if cfg.distill.active:
+        from autoglm_compress.config import DISTILL_DEFAULT_STEPS
+
+        out["distill"] = {"steps": cfg.distill.steps or DISTILL_DEFAULT_STEPS,
+                          "epochs": cfg.distill.epochs, "batch": cfg.distill.batch,
+                          "lr": cfg.distill.lr,
                           "samples": cfg.distill.samples if cfg.distill.data
                           else cfg.calibration.samples,
                           "loss": cfg.distill.loss, "temperature": cfg.distill.temperature,

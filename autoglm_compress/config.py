@@ -231,15 +231,28 @@ class PruneOptions:
     )
 
 
+DISTILL_DEFAULT_STEPS = 300  # --distill alone
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillOptions:
     """Distillation"""
 
-    steps: int = field(
-        0, "Distil the FP32 model after the graph passes (e.g. after --prune) from the model as "
-        "loaded, on the calibration data, for N steps in the torch executor; 0 = off.",
-        flat="distill_steps", metavar="N", min=0,
+    enabled: bool = field(
+        False, "Distil the FP32 model after the graph passes (e.g. after --prune) from the model "
+        f"as loaded, in the torch executor: {DISTILL_DEFAULT_STEPS} steps unless --distill-steps "
+        "or --distill-epochs says otherwise.", flat="distill",
     )
+    steps: int = field(
+        0, "Distillation optimizer steps (implies --distill); 0 = off unless --distill / "
+        "--distill-epochs.", flat="distill_steps", metavar="N", min=0,
+    )
+    epochs: float | None = field(
+        None, "Distil for this many passes over the training samples (the held-out eighth "
+        "aside) instead of a step count: steps = ⌈epochs × samples / batch⌉ (implies --distill).",
+        flat="distill_epochs", metavar="E", min=0.01,
+    )
+    batch: int = field(16, "Distillation samples per step.", flat="distill_batch", min=1)
     lr: float = field(0.05, "Distillation learning rate, relative (Adam; each weight tensor "
                       "steps at lr × its RMS, biases at lr × the median weight RMS).",
                       flat="distill_lr", min=0.0)
@@ -267,6 +280,11 @@ class DistillOptions:
         "the student's inputs of every weighted layer (after --prune: the kept channels).",
         flat="distill_features", min=0.0,
     )
+
+    @property
+    def active(self) -> bool:
+        """Whether distillation runs: --distill, --distill-steps N > 0 or --distill-epochs."""
+        return bool(self.enabled or self.steps or self.epochs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,7 +380,7 @@ class CompressConfig:
                 names.append("prune")
         if (self.prune.sparsity or self.prune.sparsity_pattern) and "sparsify" not in names:
             names.append("sparsify")  # before distillation, which keeps the zeros (masked)
-        if self.distill.steps and "distill" not in names:
+        if self.distill.active and "distill" not in names:
             names.append("distill")
         if self.int8.equalize and "equalize" not in names:
             names.append("equalize")

@@ -302,17 +302,20 @@ def check_combinations(cfg: CompressConfig) -> list[str]:
             "--int8 needs calibration data: --calib DATA (.npz/.npy, image folder, "
             "module:function), or --calib-random to accept random data"
         )
-    if cfg.distill.steps and not (cfg.distill.data or cfg.calibration.data
-                                  or cfg.calibration.random):
+    if cfg.distill.active and not (cfg.distill.data or cfg.calibration.data
+                                   or cfg.calibration.random):
         raise ConfigError(
-            "--distill-steps needs data to train on: --train-data DATA or --calib DATA"
+            "--distill needs data to train on: --train-data DATA or --calib DATA"
         )
+    if cfg.distill.steps and cfg.distill.epochs:
+        raise ConfigError("--distill-steps and --distill-epochs both given; choose one")
     if cfg.prune.importance == "taylor" and not (cfg.distill.data or cfg.calibration.data
                                                  or cfg.calibration.random):
         raise ConfigError("--prune-importance taylor measures channels on data: add "
                           "--train-data DATA or --calib DATA")
-    if cfg.distill.data and not cfg.distill.steps:
-        raise ConfigError("--train-data is what --distill-steps trains on: add --distill-steps N")
+    if cfg.distill.data and not cfg.distill.active:
+        raise ConfigError("--train-data is what distillation trains on: add --distill (or "
+                          "--distill-steps N)")
     if cfg.calibration.random and cfg.calibration.data:
         raise ConfigError("--calib and --calib-random both given; choose one")
     if cfg.gates.max_drop is not None and not cfg.verify.eval_data:

