@@ -432,3 +432,69 @@ def test_reader_rows_cut_by_split_windows_are_followed():
     axis, rows = derived_out_keep(m, "y", kept)
     assert axis == 1 and rows.tolist() == [0, 2, 5, 7]
     assert derived_out_keep(m, "y", {}) is None  # no window pruned: nothing to follow
+
+
+class _GapSlices(nn.Module):
+    """conv → two Slices that leave channels unread (y[:, 2:10], y[:, 14:30]; 0–1, 10–13 and
+    30–31 dead to the graph) → a conv each → Concat → conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 32, 1)
+        self.p = nn.Conv2d(8, 8, 3, padding=1)
+        self.q = nn.Conv2d(16, 16, 3, padding=1)
+        self.c = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return self.c(torch.cat([torch.relu(self.p(y[:, 2:10])),
+                                 torch.relu(self.q(y[:, 14:30]))], 1))
+
+
+def test_slices_with_gaps_pruned_and_unread_channels_dropped(tmp_path):
+    """Slices that do not cover the value: each window is its own space, pruned at its offset;
+    the channels between them (read by nobody) leave the producer; bounds repacked. Dead
+    filters inside the windows go first and the output does not change."""
+    torch.manual_seed(0)
+    net = _GapSlices().eval()
+    with torch.no_grad():
+        net.a.weight[2:30:2] = 0  # every other channel of each window dead
+        net.a.bias[2:30:2] = 0
+        for conv in (net.p, net.q):  # and of what reads them (pruned too, through the Concat)
+            conv.weight[::2] = 0
+            conv.bias[::2] = 0
+    m, feed, before = _export(net, tmp_path / "gaps.onnx", (1, 3, 8, 8))
+    slices = [n for n in m.graph if n.op_type == "Slice"]
+    assert len(slices) == 2
+    rec = _prune(m, 0.5, multiple=4)
+    assert rec.stats["groups_pruned"] == 4  # the two windows, p's and q's outputs
+    a = next(n for n in m.graph if n.op_type == "Conv" and n.inputs[0].name == "x")
+    assert a.inputs[1].shape[0] == 4 + 8  # 2 windows at half, the 8 unread channels gone
+    bounds = sorted((int(n.inputs[1].const_value.numpy()[0]), int(n.inputs[2].const_value.numpy()[0]))
+                    for n in m.graph if n.op_type == "Slice")
+    assert bounds == [(0, 4), (4, 12)]
+    np.testing.assert_allclose(ort_run(ort_session(m), feed)[0], before, rtol=1e-5, atol=1e-5)
+    _check(m)
+    # with data (act importance + compensation): the same dead channels found, output kept
+    m0, _, _ = _export(net, tmp_path / "gaps2.onnx", (1, 3, 8, 8))
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((16, 1, 3, 8, 8)).astype(np.float32))
+    m2, st, kept = _pruned_with_data(m0, data, multiple=4)
+    assert st["importance"] == "act" and st["groups_pruned"] == 4
+    np.testing.assert_allclose(ort_run(ort_session(m2), feed)[0], before, rtol=1e-4, atol=1e-4)
+
+
+def test_overlapping_slices_are_frozen(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 32, 1)
+            self.c = nn.Conv2d(40, 4, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            return self.c(torch.cat([y[:, 0:24], y[:, 8:24]], 1))
+
+    m, _, _ = _export(Net().eval(), tmp_path / "overlap.onnx", (1, 3, 8, 8))
+    reasons = [w for g in channel_groups(m) for w in g.frozen]
+    assert any("overlap" in w for w in reasons), reasons

@@ -78,8 +78,8 @@ def importance_bn(group: ChannelGroup) -> np.ndarray | None:
 
 def split_window(m: Member) -> tuple[int, int]:
     """(offset, width) of a split_source member's output in the split value's channels."""
-    sizes = m.splitter.sizes()
-    return sum(sizes[:m.slot]), sizes[m.slot]
+    b, e = m.splitter.windows()[m.slot]
+    return b, e - b
 
 
 def importance_l1(group: ChannelGroup, p: int = 1) -> np.ndarray:
@@ -187,11 +187,12 @@ def _split_source(m: Member, keep: np.ndarray) -> None:
     constants) lose the other rows of that window, the Split's sizes (or the Slices' bounds) and
     the split value's shapes shrink."""
     parent = m.space
-    sizes = m.splitter.sizes()
-    off, width = sum(sizes[:m.slot]), sizes[m.slot]
-    rows = np.concatenate([np.arange(off), off + keep, np.arange(off + width, sum(sizes))])
+    wins = m.splitter.windows()
+    rows = np.concatenate([b + keep if i == m.slot else np.arange(b, e)
+                           for i, (b, e) in enumerate(wins)])  # channels between Slices go
     for p in parent.members:
         _member(p, rows)
+    sizes = [e - b for b, e in wins]
     sizes[m.slot] = int(keep.size)
     first = m.splitter.nodes[0]
     if first.op_type == "Split":

@@ -14,8 +14,9 @@ Gemm/MatMul with a constant weight: the *sources*, whose output channels are rem
 the space, and every reader is understood: a weighted op's input channels, BN parameters, a
 per-channel constant, a depthwise conv (its weights and ``group`` shrink with the space), Flatten →
 Gemm (channel × spatial blocks), a channel Concat read only by plain convs (each input space pruned
-on its own, at its current offset), a channel Split (each output space pruned on its own: the
-source writing the split value loses the rows at that output's offset, the Split's sizes shrink).
+on its own, at its current offset), a channel Split or non-overlapping channel Slices (each
+output space pruned on its own: the source writing the split value loses the rows at that
+output's offset, the Split's sizes / the Slices' bounds shrink; channels no Slice reads go too).
 
 *Attention heads*: a Reshape [.., H] → [.., heads, head_dim] after the Q/K/V projections and the
 Reshape back before the output projection make a space whose channels are heads and whose
@@ -60,7 +61,8 @@ _HEAD_KINDS = frozenset({"source", "consumer", "const", "reshape", "attention"})
 
 @dataclasses.dataclass
 class Splitter:
-    """A channel Split, or Slices that partition one value's channels: one output space each."""
+    """A channel Split, or non-overlapping Slices of one value's channels: one output space
+    each (channels between the Slices' windows are read by nobody and go when any is pruned)."""
 
     nodes: list[ir.Node]  # the Split, or the Slices in channel order
 
@@ -71,9 +73,15 @@ class Splitter:
         return [n.outputs[0] for n in self.nodes]
 
     def sizes(self) -> list[int]:
+        return [e - b for b, e in self.windows()]
+
+    def windows(self) -> list[tuple[int, int]]:
+        """(start, end) of each output in the split value's channels, in channel order; Slices
+        may leave gaps (channels nobody reads), never overlap."""
         if self.nodes[0].op_type == "Split":
-            return split_sizes(self.nodes[0])
-        return [e - b for b, e in (slice_window(n) for n in self.nodes)]
+            ends = np.cumsum(split_sizes(self.nodes[0])).tolist()
+            return [(e - w, e) for e, w in zip(ends, split_sizes(self.nodes[0]))]
+        return [slice_window(n) for n in self.nodes]
 
 
 @dataclasses.dataclass
@@ -532,12 +540,10 @@ class _Analysis:
         for name, nodes in self.slices.items():
             nodes = sorted(nodes, key=lambda n: slice_window(n))
             wins = [slice_window(n) for n in nodes]
-            c = values[name].shape[1]
-            if wins[0][0] == 0 and wins[-1][1] == c and all(
-                    a[1] == b[0] for a, b in zip(wins, wins[1:])):
+            if all(b < e for b, e in wins) and all(a[1] <= b[0] for a, b in zip(wins, wins[1:])):
                 self._split_members(Splitter(nodes), by_root, values)
             else:
-                why = f"Slices of {name!r} do not partition its channels"
+                why = f"Slices of {name!r} overlap (or one is empty)"
                 for n in (*nodes, values[name].producer()):
                     for v in n.outputs if n is not None else ():
                         by_root[self.sp.find(v.name)].frozen.append(why)
