@@ -498,3 +498,63 @@ def test_overlapping_slices_are_frozen(tmp_path):
     m, _, _ = _export(Net().eval(), tmp_path / "overlap.onnx", (1, 3, 8, 8))
     reasons = [w for g in channel_groups(m) for w in g.frozen]
     assert any("overlap" in w for w in reasons), reasons
+
+
+class _ShapeRows(nn.Module):
+    """[B, S, 16] → Linear 32 → ReLU → ``h.view(h.shape[:-1] + (32,))`` → Linear 8, exported
+    with dynamic batch and length (Shape → Slice [0:2] → Concat with [32] → Reshape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h.view(h.shape[:-1] + (32,)))
+
+
+def test_shape_readers_of_other_axes_do_not_freeze(tmp_path):
+    """With symbolic dims a Shape of the hidden value feeds the Reshape; only its batch and
+    length entries are used, so the 32 units are pruned (dead ones: output unchanged, still
+    dynamic)."""
+    torch.manual_seed(0)
+    net = _ShapeRows().eval()
+    with torch.no_grad():
+        net.a.weight[::2] = 0
+        net.a.bias[::2] = 0
+    path = tmp_path / "rows.onnx"
+    torch.onnx.export(net, (torch.randn(2, 5, 16),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b", 1: "s"}, "y": {0: "b", 1: "s"}})
+    m = _prepared(path)
+    assert any(n.op_type == "Shape" for n in m.graph)
+    rec = _prune(m, 0.5)
+    assert [(g["channels"], g["kept"]) for g in rec.stats["groups"]] == [(32, 16)]
+    x = np.random.default_rng(0).standard_normal((3, 7, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ort_run(ort_session(m), {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+    _check(m)
+
+
+def test_shape_reader_of_the_channel_axis_freezes(tmp_path):
+    """A Shape whose channel entry is read (here: [length, channels] as a second output, which
+    the symbolic length keeps from folding) keeps the group frozen."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, w2 = (numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+              for n, s in (("w1", (16, 32)), ("w2", (32, 8))))
+    b, e = (numpy_helper.from_array(np.asarray([v], np.int64), n) for n, v in (("b", 1), ("e", 3)))
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]),
+         helper.make_node("MatMul", ["h", "w2"], ["y"]), helper.make_node("Shape", ["h"], ["s"]),
+         helper.make_node("Slice", ["s", "b", "e"], ["n"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", 8]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, [2])], [w1, w2, b, e])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "s.onnx")
+    m = _prepared(tmp_path / "s.onnx")
+    assert _prune(m, 0.5).stats["groups_pruned"] == 0
+    reasons = [w for grp in channel_groups(m) for w in grp.frozen]
+    assert any(w.startswith("Shape") for w in reasons), reasons

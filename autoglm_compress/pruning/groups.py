@@ -17,6 +17,8 @@ Gemm (channel × spatial blocks), a channel Concat read only by plain convs (eac
 on its own, at its current offset), a channel Split or non-overlapping channel Slices (each
 output space pruned on its own: the source writing the split value loses the rows at that
 output's offset, the Split's sizes / the Slices' bounds shrink; channels no Slice reads go too).
+A Shape that only reads other axes (its start/end, or constant Gathers/Slices of its result)
+is not a reader of the channels.
 
 *Attention heads*: a Reshape [.., H] → [.., heads, head_dim] after the Q/K/V projections and the
 Reshape back before the output projection make a space whose channels are heads and whose
@@ -305,6 +307,7 @@ class _Analysis:
             or (op == "Attention" and node.domain == "com.microsoft"
                 and self._fused_attention(node, ins, outs))
             or (op == "Slice" and one and self._slice(node, ins[0]))
+            or (op == "Shape" and one and self._shape_reader(node, ins[0]))
             or (op in ("Flatten", "Reshape") and ins and self._reshape(node, ins[0], outs[0])))
 
     def _weighted(self, node: ir.Node, ins, outs) -> None:
@@ -461,6 +464,47 @@ class _Analysis:
             return False
         self.claim(node.outputs[0], 1)
         self.slices.setdefault(x.name, []).append(node)
+        return True
+
+    def _shape_reader(self, node: ir.Node, x: ir.Value) -> bool:
+        """A Shape whose dims are only read at other axes than the channel axis (its ``start`` /
+        ``end`` leave it out, or only constant Gathers / Slices of the other entries read it):
+        pruning does not change what it gives (a dynamic-axes export's ``shape[:-1]`` before
+        a Reshape of the FFN rows)."""
+        r = _rank(x)
+        if not r:
+            return False
+        a = self.ax(x) % r
+
+        def norm(i: int) -> int:
+            return min(max(i + r if i < 0 else i, 0), r)
+
+        lo, hi = norm(node.attributes.get_int("start", 0)), norm(node.attributes.get_int("end", r))
+        if not lo <= a < hi:
+            return True
+        n, dims = hi - lo, node.outputs[0]
+        for use, _ in dims.uses():
+            if use.inputs[0] is not dims:
+                return False
+            if use.op_type == "Gather" and use.attributes.get_int("axis", 0) == 0:
+                idx = const_array(use.inputs[1])
+                if idx is None or a - lo in {int(i) % n for i in idx.reshape(-1)}:
+                    return False
+            elif use.op_type == "Slice":
+                arrs = [const_array(use.inputs[i]) if i < len(use.inputs) and use.inputs[i]
+                        is not None and use.inputs[i].name else None for i in range(1, 5)]
+                starts, ends, axes, steps = arrs
+                if starts is None or ends is None or (len(use.inputs) > 3 and axes is None) or (
+                        axes is not None and axes.reshape(-1).tolist() not in ([0], [-1])) or (
+                        steps is not None and int(steps.reshape(-1)[0]) != 1):
+                    return False
+                b, e = (int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0]))
+                b = min(max(b + n if b < 0 else b, 0), n)
+                e = min(max(e + n if e < 0 else e, 0), n)
+                if b <= a - lo < e:
+                    return False
+            else:
+                return False
         return True
 
     def _reshape(self, node: ir.Node, x: ir.Value, y: ir.Value) -> bool:
