@@ -391,10 +391,14 @@ class _DynEncoder(_Encoder):
 def test_heads_pruned_when_reshape_shapes_are_computed(tmp_path):
     """Dynamic batch and sequence: the head count sits in a constant input of the Concat that
     builds each Reshape shape at run time; dead heads are removed exactly by rewriting those
-    constants, and the pruned model still runs at other batch sizes and lengths."""
+    constants, and the pruned model still runs at other batch sizes and lengths. The FFN's
+    dead units go too: the Shape of its values is read only for batch and length."""
     torch.manual_seed(0)
     net = _DynEncoder().eval()
     net.kill_heads(0, 2)
+    with torch.no_grad():
+        net.f1.weight[1::2] = 0
+        net.f1.bias[1::2] = 0
     path = tmp_path / "dyn.onnx"
     torch.onnx.export(net, (torch.randn(2, 10, 64),), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["y"],
@@ -403,8 +407,9 @@ def test_heads_pruned_when_reshape_shapes_are_computed(tmp_path):
     assert any(n.op_type == "Reshape" and n.inputs[1].const_value is None for n in m.graph)
     sessions = {"before": ort_session(m)}
     rec = _prune(m, 0.5)
-    heads = next(g for g in rec.stats["groups"] if g["kind"] == "heads")
-    assert heads["channels"] == 4 and heads["kept"] == 2
+    by_kind = {g["kind"]: g for g in rec.stats["groups"]}
+    assert by_kind["heads"]["channels"] == 4 and by_kind["heads"]["kept"] == 2
+    assert by_kind["channels"]["channels"] == 128 and by_kind["channels"]["kept"] == 64
     _check(m)  # full ONNX check, executor vs onnxruntime
     sessions["after"] = ort_session(m)
     for shape in ((2, 10, 64), (3, 7, 64)):
