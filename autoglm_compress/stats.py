@@ -88,7 +88,22 @@ def _with_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> ir.Mode
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - keep what is known
         return model
-    return from_proto(proto)
+    sized = from_proto(proto)
+    if all(_static(v) for n in _all_nodes(sized.graph) if n.op_type in _MACS
+           for v in (*n.inputs[:2], *n.outputs[:1]) if v is not None):
+        return sized
+    # shapes computed at run time (Shape → Gather → Concat → Reshape): fold them as
+    # --static-shapes does, on a copy, so that every MatMul / Conv has its dims
+    from autoglm_compress.frontend import make_static
+
+    try:
+        return make_static(model, shapes)
+    except Exception:  # noqa: BLE001 - keep what inference knows
+        return sized
+
+
+def _static(v: ir.Value) -> bool:
+    return v.shape is not None and all(isinstance(d, int) for d in v.shape)
 
 
 def model_stats(model: ir.Model, shapes: dict | None = None) -> ModelStats:

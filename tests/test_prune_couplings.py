@@ -563,3 +563,29 @@ def test_shape_reader_of_the_channel_axis_freezes(tmp_path):
     assert _prune(m, 0.5).stats["groups_pruned"] == 0
     reasons = [w for grp in channel_groups(m) for w in grp.frozen]
     assert any(w.startswith("Shape") for w in reasons), reasons
+
+
+def test_macs_budget_on_symbolic_dims_counts_at_the_data_shapes(tmp_path):
+    """--prune-macs on a dynamic-axes export: MACs are counted at the data's shapes (the run-time
+    shape arithmetic folded on a copy), so the budget is met; without data it is a usage error,
+    not a silent no-op."""
+    from autoglm_compress.errors import ConfigError
+
+    path = tmp_path / "rows.onnx"
+    torch.onnx.export(_ShapeRows().eval(), (torch.randn(2, 5, 16),), str(path), dynamo=False,
+                      opset_version=17, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b", 1: "s"}, "y": {0: "b", 1: "s"}})
+    m0 = _prepared(path)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((16, 1, 6, 16)).astype(np.float32))
+    _, st, _ = _pruned_with_data(m0, data, macs=0.6, multiple=4)
+    assert st["macs_before"] == 6 * (16 * 32 + 32 * 8)  # at [1, 6, 16]
+    assert st["macs_share"] <= 0.6 and st["macs_after"] < 0.6 * st["macs_before"]
+    with pytest.raises(ConfigError, match="--prune-macs cannot count"):
+        _prune_cfg(ir.from_proto(ir.to_proto(m0)), macs=0.6)
+
+
+def _prune_cfg(m: ir.Model, **cfg):
+    from autoglm_compress.pipeline import Pipeline, build_passes
+
+    return Pipeline(build_passes(["prune"], {"prune": cfg}), progress=False).run(m)[0]

@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
+from autoglm_compress.errors import ConfigError
 from autoglm_compress.passes.base import CompressPass, PassConfig, field, register
 
 __all__ = ["PrunePass", "PruneConfig"]
@@ -54,10 +55,11 @@ def _params(model: ir.Model) -> int:
                    if v.const_value is not None))
 
 
-def _macs(model: ir.Model) -> int:
+def _macs(model: ir.Model, shapes: dict | None = None) -> int:
+    """MACs, counted at ``shapes`` (input name → shape) when the inputs have symbolic dims."""
     from autoglm_compress.stats import model_stats
 
-    return int(model_stats(model).macs or 0)
+    return int(model_stats(model, shapes).macs or 0)
 
 
 def _frozen_by_runtime_shapes(model: ir.Model, frozen: list[dict]) -> bool:
@@ -117,18 +119,22 @@ def _prune(model: ir.Model, ratio: float, multiple: int, scope: str = "uniform",
     return report, frozen
 
 
-def _ratio_for_macs(model: ir.Model, target: float, multiple: int, scope: str, scores=None
-                    ) -> tuple[float, float]:
+def _ratio_for_macs(model: ir.Model, target: float, multiple: int, scope: str, scores=None,
+                    shapes: dict | None = None) -> tuple[float, float]:
     """The smallest ratio (to 1/256) whose pruned copy has ≤ ``target`` × the MACs, and the share
     it reaches; the largest tried (0.95) when none does."""
     from autoglm_compress.ir_utils import from_proto, to_proto
 
-    base = max(_macs(model), 1)
+    base = _macs(model, shapes)
+    if base <= 0:
+        raise ConfigError("--prune-macs cannot count this model's MACs (symbolic input dims and "
+                          "no data to size them): give --input-shape NAME=DIMS, --static-shapes "
+                          "or --calib / --train-data, or prune by --prune RATIO")
 
     def share(r: float) -> float:
         m = from_proto(to_proto(model))
         _prune(m, r, multiple, scope, scores)
-        return _macs(m) / base
+        return _macs(m, shapes) / base
 
     lo, hi = 0.0, 0.95
     if share(hi) > target:
@@ -160,6 +166,18 @@ class PrunePass(CompressPass):
             return None
         src = self.ctx.train_data or self.ctx.data
         return None if src is None or getattr(src, "is_random", False) else src
+
+    def _data_shapes(self, model: ir.Model) -> dict | None:
+        """Input shapes of one data sample, to count MACs at when the inputs have symbolic dims
+        (None: static inputs, or no data)."""
+        if all(isinstance(d, int) for v in model.graph.inputs for d in (v.shape or ())):
+            return None
+        src = None if self.ctx is None else (self.ctx.train_data or self.ctx.data)
+        if src is None:
+            return None
+        feed = next(iter(src.take(1)), None)
+        names = {v.name for v in model.graph.inputs}
+        return {k: tuple(np.shape(a)) for k, a in (feed or {}).items() if k in names} or None
 
     def _importance(self) -> str:
         kind = self.config.importance
@@ -217,19 +235,21 @@ class PrunePass(CompressPass):
     def call(self, model: ir.Model) -> PassResult:
         cfg = self.config
         ratio = cfg.ratio
+        shapes = self._data_shapes(model)
         before_model, moments = self._moments(model)
         scores = self._scores(model, moments)
         if cfg.macs is not None:
             if not 0.0 < cfg.macs <= 1.0:
                 raise ValueError(f"prune MACs target must be in (0, 1], got {cfg.macs}")
-            ratio, reached = _ratio_for_macs(model, cfg.macs, cfg.multiple, cfg.scope, scores)
+            ratio, reached = _ratio_for_macs(model, cfg.macs, cfg.multiple, cfg.scope, scores,
+                                             shapes)
             self.stats.update(macs_target=cfg.macs, ratio_found=round(ratio, 4),
                               macs_share=round(reached, 4))
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
         if cfg.scope not in ("uniform", "global"):
             raise ValueError(f"prune scope must be uniform or global, got {cfg.scope!r}")
-        before, macs_before = _params(model), _macs(model)
+        before, macs_before = _params(model), _macs(model, shapes)
         kept: dict = {}
         report, frozen = _prune(model, ratio, cfg.multiple, cfg.scope, scores, kept)
         if cfg.compensate and moments:
@@ -247,7 +267,7 @@ class PrunePass(CompressPass):
         after = _params(model)
         self.stats.update(groups_pruned=len(report), groups_frozen=len(frozen),
                           params_before=before, params_after=after, macs_before=macs_before,
-                          macs_after=_macs(model), groups=report, frozen=frozen)
+                          macs_after=_macs(model, shapes), groups=report, frozen=frozen)
         logger.info("prune: %d spaces pruned, %d frozen, params %d → %d", len(report),
                     len(frozen), before, after)
         return PassResult(model, modified=bool(report))
