@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ import click
 from autoglm_compress.cli_options import GroupedCommand, config_options, given
 from autoglm_compress.errors import CompressError
 
-__all__ = ["main", "cli"]
+__all__ = ["cli", "main"]
 
 logger = logging.getLogger("autoglm_compress")
 
@@ -83,15 +84,18 @@ def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
     import json
 
     from autoglm_compress.api import compress
-    from autoglm_compress.report import summary_table
-
     from autoglm_compress.errors import Interrupted
+    from autoglm_compress.report import summary_table
 
     _setup_logging(verbose)
     try:
         res = compress(cfg, progress=sys.stderr.isatty(), argv=argv, recipe=recipe)
     except KeyboardInterrupt:  # before click turns it into Abort (and a blank line)
         raise Interrupted("interrupted (Ctrl-C): stopped; no partial file left") from None
+    except OSError as e:  # a full disk, `ulimit -f`, a read-only folder: the user's to fix
+        if e.errno not in _ENV_ERRNOS:
+            raise
+        raise CompressError(_env_message(e, cfg.out_dir)) from None
     if res.report_path is None:  # a torchrun rank other than 0: it trained, rank 0 reports
         return
     if as_json:
@@ -99,6 +103,34 @@ def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
     else:
         click.echo(summary_table(res.report))
         click.echo(f"report: {res.report_path}")
+
+
+# Faults of the machine or the folders, not of the tool: exit 2 with the path, never "internal error".
+# (SIGXFSZ, which `ulimit -f` sends, is ignored by Python itself: the write raises EFBIG instead.)
+_ENV_ERRNOS = {
+    errno.ENOSPC: "the disk is full: free space or choose another -o",
+    errno.EDQUOT: "the disk quota is used up: free space or choose another -o",
+    errno.EFBIG: "over the file size limit (ulimit -f): raise it or choose another -o",
+    errno.EACCES: "fix the permissions or choose another path",
+    errno.EPERM: "fix the permissions or choose another path",
+    errno.EROFS: "choose another -o",
+    errno.EIO: "check the disk",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EISDIR: "expected a file, found a folder",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+def _env_message(e: OSError, out_dir: str | None = None) -> str:
+    """One line for an OSError of the environment, naming the path (the output folder when the
+    error does not carry one: a write() past the disk's end names no file)."""
+    if e.filename is not None:
+        where = repr(str(e.filename))
+    elif out_dir is not None:
+        where = f"writing into the output folder {str(out_dir)!r}"
+    else:
+        where = "writing the output"
+    return f"{where}: {e.strerror or e}; {_ENV_ERRNOS.get(e.errno, 'check the path')}"
 
 
 @cli.command("compress", cls=GroupedCommand, epilog=_EXAMPLES)
@@ -129,14 +161,22 @@ def compress_cmd(model, fp16, int8, print_recipe, as_json, verbose, **options):
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (overrides the recipe's).")
 @click.option("--print-recipe", is_flag=True, help="Print the checked recipe; run nothing.")
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Allow the recipe's data fields to name code (file.py:function, module:function), "
+    "which is imported and run; without it such a recipe is refused.",
+)
 @_json_opt
 @_verbose_opt
-def run_cmd(recipe, out_dir, print_recipe, as_json, verbose):
+def run_cmd(recipe, out_dir, print_recipe, trust_code, as_json, verbose):
     """Run the compression a recipe file (TOML) describes."""
     from autoglm_compress.config_build import check_combinations, to_dict
     from autoglm_compress.recipe import dump_recipe, load_recipe
 
-    cfg = load_recipe(recipe, {"out_dir": out_dir} if out_dir else None)
+    cfg = load_recipe(
+        recipe, {"out_dir": out_dir} if out_dir else None, trust_code=trust_code or print_recipe
+    )
     if print_recipe:
         click.echo(dump_recipe(cfg), nl=False)
         return
@@ -205,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         return e.exit_code
-    except Exception as e:  # noqa: BLE001 - last resort: one line, exit 1
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno in _ENV_ERRNOS:  # the machine's fault: exit 2
+            click.echo(f"error: {_env_message(e)}", err=True)
+            return 2
         if os.environ.get("AUTOGLM_DEBUG"):
             raise
         click.echo(

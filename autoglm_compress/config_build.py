@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from autoglm_compress.config import CompressConfig, type_hints
 from autoglm_compress.errors import ConfigError
 
-__all__ = ["FlatField", "flat_fields", "from_flat", "from_dict", "to_dict", "check_combinations"]
+__all__ = ["FlatField", "check_combinations", "flat_fields", "from_dict", "from_flat", "to_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +94,10 @@ def _scalar(value, t, where: str):
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if t is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
                 return float(value)
-            except ValueError:
+            except (ValueError, OverflowError):
                 pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if t is str:
@@ -142,10 +142,12 @@ def coerce(value, t, ff_meta, where: str):
     for v in out if isinstance(out, tuple) else (out,):
         if choices and v not in choices:
             raise ConfigError(f"{where}: {v!r} is not one of {', '.join(map(str, choices))}")
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if (lo is not None and v < lo) or (hi is not None and v > hi):
-                rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-                raise ConfigError(f"{where}: {v!r} is out of range {rng}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{where}: {v!r} is not a finite number")
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if number and ((lo is not None and v < lo) or (hi is not None and v > hi)):
+            rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+            raise ConfigError(f"{where}: {v!r} is out of range {rng}")
     return out
 
 
@@ -190,6 +192,9 @@ def _target_options(value, path, where) -> dict:
                 f"{where(path + (name,))}: unknown target (known: {', '.join(target_names())})"
             )
         cls = target_options_class(name)
+        if not isinstance(opts, (cls, dict)):
+            raise ConfigError(f"{where(path + (name,))}: expected a table of {name} options, "
+                              f"got {opts!r}")
         opts = opts if isinstance(opts, cls) else _build(cls, opts, path + (name,), where)
         if opts != cls():  # defaults are implied: one spelling of a config
             out[name] = opts
@@ -254,9 +259,10 @@ def to_dict(cfg: CompressConfig, defaults: bool = False) -> dict:
                 sub = {k: s for k, s in sub.items() if s}
                 if sub:
                     out[f.name] = sub
-            elif defaults or v != r or f.name in ("model", "out_dir", "targets", "precision"):
-                if v is not None:
-                    out[f.name] = list(v) if isinstance(v, tuple) else v
+            elif v is not None and (
+                defaults or v != r or f.name in ("model", "out_dir", "targets", "precision")
+            ):
+                out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
 
     return walk(cfg, None if defaults else CompressConfig(model=cfg.model))
@@ -351,7 +357,7 @@ def _check_paths(cfg: CompressConfig) -> None:
         raise ConfigError(f"model {cfg.model!r}: no such file; check the path")
     data = cfg.calibration.data
     if data and not Path(data).exists():
-        head, sep, tail = data.partition(":")
+        _, sep, tail = data.partition(":")
         if not (sep and tail.isidentifier()):
             raise ConfigError(f"--calib {data!r}: no such file or folder")
     if cfg.verify.eval_data and not Path(cfg.verify.eval_data).is_file():

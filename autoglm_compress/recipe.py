@@ -11,16 +11,18 @@ the key path and its line in the file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from autoglm_compress.config import CompressConfig
 from autoglm_compress.config_build import flat_fields, from_dict, to_dict
 from autoglm_compress.errors import ConfigError
 
-__all__ = ["load_recipe", "dump_recipe", "key_line"]
+__all__ = ["code_fields", "dump_recipe", "key_line", "load_recipe"]
 
 _HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\s\"]+?)\s*\]\s*(#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"]+)\s*=")
@@ -66,17 +68,33 @@ def _is_module_spec(value: str) -> bool:
     return bool(sep) and tail.isidentifier() and "/" not in head and not Path(value).exists()
 
 
-def load_recipe(path: str | Path, overrides: dict | None = None) -> CompressConfig:
-    """Parse and check a recipe; ``overrides`` (nested dict) replace its values (e.g. ``out_dir``)."""
+def load_recipe(
+    path: str | Path, overrides: dict | None = None, *, trust_code: bool = True
+) -> CompressConfig:
+    """Parse and check a recipe; ``overrides`` (nested dict) replace its values (e.g. ``out_dir``).
+
+    A data field naming code (``calibration.data = "make_data.py:samples"`` or ``module:function``)
+    imports and runs that code when the data is read. With ``trust_code=False`` such a recipe is
+    refused (one ConfigError naming the file, line and key): ``autoglm-compress run`` passes it
+    unless the user adds ``--trust-code``, since a recipe is often someone else's file. A Python
+    caller decides for itself (default: allowed, as for a ``CompressConfig`` built in code or
+    ``--calib x.py:f`` typed on the command line)."""
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"recipe {str(p)!r}: cannot read it ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte {e.start}); a recipe is TOML") from None
     try:
         tree = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not a recipe: tables or arrays nested too deep") from None
     base = tree.pop("base_dir", None)
     if base is not None:
         if not isinstance(base, str):
@@ -89,7 +107,43 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> CompressConf
         line = key_line(text, keypath)
         return f"{p}:{line}: {'.'.join(keypath)}" if line else f"{p}: {'.'.join(keypath)}"
 
-    return from_dict(tree, where)
+    cfg = from_dict(tree, where)
+    if not trust_code:
+        _refuse_code(cfg, where)
+    return cfg
+
+
+def code_fields(cfg: CompressConfig) -> list[tuple[tuple[str, ...], str]]:
+    """(key path, value) of the data fields of ``cfg`` that name code to import and run
+    (``file.py:function`` or ``module:function`` that is not an existing file or folder)."""
+    out = []
+    for ff in flat_fields().values():
+        if not ff.field.metadata.get("path") or ff.path[0] in ("model", "out_dir", "target_options"):
+            continue
+        value: object = functools.reduce(getattr, ff.path, cfg)
+        if isinstance(value, str) and _CODE.match(value) and not _exists(value):
+            out.append((ff.path, value))
+    return out
+
+
+def _refuse_code(cfg: CompressConfig, where) -> None:
+    code = code_fields(cfg)
+    if code:
+        keypath, value = code[0]
+        raise ConfigError(
+            f"{where(keypath)} = {value!r} imports and runs code from {value.rpartition(':')[0]!r}; "
+            "a recipe runs code only when you trust it: add --trust-code to `autoglm-compress run`"
+        )
+
+
+_CODE = re.compile(r"^(.+\.py|[A-Za-z_][\w.]*):[A-Za-z_]\w*$")  # calibration/data.py's callables
+
+
+def _exists(value: str) -> bool:
+    try:
+        return os.path.exists(value)
+    except (ValueError, OSError):
+        return False
 
 
 def dump_recipe(cfg: CompressConfig, defaults: bool = False) -> str:
