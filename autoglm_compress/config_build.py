@@ -203,9 +203,16 @@ def _target_options(value, path, where) -> dict:
 
 def from_dict(tree: dict, where: Callable[[tuple[str, ...]], str] | None = None) -> CompressConfig:
     """A config from a nested dict (a recipe); ``where(path)`` words the location in errors."""
-    cfg = _build(CompressConfig, tree, (), where or (lambda p: ".".join(p)))
+    from autoglm_compress.targets.registry import target_names
+
+    where = where or (lambda p: ".".join(p))
+    cfg = _build(CompressConfig, tree, (), where)
     if not cfg.model:
-        raise ConfigError(f"{(where or (lambda p: '.'.join(p)))(('model',))}: no model given")
+        raise ConfigError(f"{where(('model',))}: no model given")
+    for name in cfg.targets:
+        if name not in target_names():
+            raise ConfigError(f"{where(('targets',))}: unknown target {name!r}; available: "
+                              f"{', '.join(target_names())}")
     return cfg
 
 

@@ -25,7 +25,7 @@ from autoglm_compress.errors import ConfigError
 __all__ = ["code_fields", "dump_recipe", "key_line", "load_recipe"]
 
 _HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\s\"]+?)\s*\]\s*(#.*)?$")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"]+)\s*=")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"][A-Za-z0-9_\-\".\s]*?)\s*=")  # dotted keys too
 
 
 def key_line(text: str, path: tuple[str, ...]) -> int | None:
@@ -42,7 +42,8 @@ def key_line(text: str, path: tuple[str, ...]) -> int | None:
         m = _KEY.match(line)
         if m:
             key = tuple(p.strip().strip('"') for p in line.split("=", 1)[0].split("."))
-            if table + key == path or table + key == path[: len(table + key)]:
+            full = table + key
+            if full == path[: len(full)] or full[: len(path)] == path:
                 return i
     return None
 
