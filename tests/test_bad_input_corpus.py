@@ -221,6 +221,14 @@ def c_npy_wrong_shape(tmp, kit):
     return _int8(kit, tmp / "bad.npy")
 
 
+@case("member.npz", xfail="autoglm_compress/inputs.py: np.load gives bytes for a member that is "
+      "not an .npy file; _as_samples then fails with AttributeError (internal error, exit 1)")
+def c_npz_member_not_npy(tmp, kit):
+    with zipfile.ZipFile(tmp / "member.npz", "w") as z:
+        z.writestr("x.npy", b"garbage")
+    return _int8(kit, tmp / "member.npz")
+
+
 @case("eval.npz")
 def c_eval_npz_wrong_rank(tmp, kit):
     _npz(tmp, "eval.npz", x=np.zeros((4, 2, 2, 64), np.float32))
