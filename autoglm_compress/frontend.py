@@ -301,6 +301,10 @@ def _finish(proto: onnx.ModelProto, simplify: bool, path: Path) -> ir.Model:
 
 
 _SIM_SKIP = ("fuse_attention", "fuse_attention_different_v_hidden_size")
+# onnx-simplifier folds constants by running them: Shape(x) → ConstantOfShape of a declared
+# 1x3x10000x10000 input is a 1.2 GB tensor (6 GB peak, 70 s, from a 300-byte file). Tensors above
+# this size stay unfolded (onnxsim checks the inferred size before it runs the node).
+SIM_FOLD_LIMIT = "256MB"
 
 
 def _sim_can_skip(onnxsim) -> bool:
@@ -316,7 +320,9 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
         # fold_bn reports BN folding; onnxruntime's contrib Attention (newer onnxsim fuses it)
         # would leave the standard-op IR that the executor, pruning and the ARM emitters read
         kw = {"skipped_optimizers": list(_SIM_SKIP)} if _sim_can_skip(onnxsim) else {}
-        simplified, ok = onnxsim.simplify(proto, skip_fuse_bn=True, **kw)
+        simplified, ok = onnxsim.simplify(
+            proto, skip_fuse_bn=True, tensor_size_threshold=SIM_FOLD_LIMIT, **kw
+        )
     except Exception as e:  # noqa: BLE001 - onnxsim gives up on some graphs; keep the original
         logger.warning(
             "onnx-simplifier failed (%s); continuing unsimplified", str(e).splitlines()[0]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,13 @@ import onnx_ir as ir
 from autoglm_compress.errors import CalibrationError, ConfigError
 
 __all__ = [
+    "GENERATED_INPUT_LIMIT",
+    "INPUT_ELEMENTS_CEILING",
     "SHAPE_HINTS",
     "InputSpec",
+    "check_generated_size",
     "concrete_inputs",
+    "iter_random_feeds",
     "load_npz_feeds",
     "model_inputs",
     "parse_input_shape",
@@ -25,6 +31,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 SHAPE_HINTS = "autoglm.input_shapes"  # metadata key: the --input-shape values, as JSON
+
+# Generated inputs (random calibration/verification feeds, torch export examples) come from shapes
+# that a model file declares, and a 100-byte file can declare 1x3x100000x100000. A declared shape
+# is generated up to GENERATED_INPUT_LIMIT elements per input; a shape the user chose with
+# --input-shape (and any one sample read from data) up to INPUT_ELEMENTS_CEILING. Both are checked
+# before anything is allocated.
+GENERATED_INPUT_LIMIT = 1 << 26  # 67,108,864 elements: 256 MiB of float32
+INPUT_ELEMENTS_CEILING = 1 << 28  # 268,435,456 elements: 1 GiB of float32
+_CHUNK = 1 << 20  # random values drawn this many at a time (the same stream as one draw)
 
 _DTYPES = {
     "float32": np.float32,
@@ -127,26 +142,77 @@ def _int_upper_bound(model: ir.Model, name: str) -> int:
     return min(bounds) if bounds else 2
 
 
+def _dims(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def check_generated_size(specs: list[InputSpec], user_given=frozenset()) -> None:
+    """Refuse, before any allocation, inputs too large to generate: a declared shape over
+    ``GENERATED_INPUT_LIMIT`` elements, a ``--input-shape`` one (``user_given`` names) or the
+    feed as a whole over ``INPUT_ELEMENTS_CEILING``. One ConfigError line: input, shape, limit."""
+    total = 0
+    for s in specs:
+        n = math.prod(int(d) for d in s.shape)
+        total += n
+        if s.name in user_given and n > INPUT_ELEMENTS_CEILING:
+            raise ConfigError(
+                f"--input-shape {s.name}={_dims(s.shape)}: {n:,} elements, over the hard ceiling "
+                f"of {INPUT_ELEMENTS_CEILING:,} per generated input; choose a smaller shape or "
+                "give data (--calib/--eval)"
+            )
+        if s.name not in user_given and n > GENERATED_INPUT_LIMIT:
+            raise ConfigError(
+                f"input {s.name!r} declares shape {_dims(s.shape)} ({n:,} elements), over the "
+                f"{GENERATED_INPUT_LIMIT:,}-element limit for generated inputs; pass --input-shape "
+                f"{s.name}=... with a smaller concrete shape where its dims are symbolic, or give "
+                "data (--calib/--eval)"
+            )
+    if total > INPUT_ELEMENTS_CEILING:
+        raise ConfigError(
+            f"inputs {[s.name for s in specs]} hold {total:,} elements together, over the "
+            f"{INPUT_ELEMENTS_CEILING:,}-element ceiling for one generated feed; pass smaller "
+            "--input-shape values or give data (--calib/--eval)"
+        )
+
+
+def _fill(out: np.ndarray, draw) -> np.ndarray:
+    """``out`` filled by ``draw(count)`` in chunks: no float64/int64 temporary of the whole size."""
+    flat = out.reshape(-1)
+    for i in range(0, flat.size, _CHUNK):
+        flat[i : i + _CHUNK] = draw(min(_CHUNK, flat.size - i))
+    return out
+
+
 def _random_array(rng, model: ir.Model, s: InputSpec) -> np.ndarray:
+    out = np.empty(s.shape, np.dtype(s.dtype))
     if s.dtype == "bool":
-        return rng.integers(0, 2, size=s.shape).astype(bool)
+        return _fill(out, lambda k: rng.integers(0, 2, size=k))
     if not np.issubdtype(np.dtype(s.dtype), np.integer):
-        return rng.standard_normal(s.shape).astype(s.dtype)
+        return _fill(out, rng.standard_normal)
     if "mask" in s.name.lower() and len(s.shape) >= 1:
         # attention-mask convention: a prefix of ones (at least one), then padding zeros
         flat = np.zeros((int(np.prod(s.shape[:-1])), s.shape[-1]), s.dtype)
         for row in flat:
             row[: rng.integers(1, s.shape[-1] + 1)] = 1
         return flat.reshape(s.shape)
-    return rng.integers(0, _int_upper_bound(model, s.name), size=s.shape).astype(s.dtype)
+    high = _int_upper_bound(model, s.name)
+    return _fill(out, lambda k: rng.integers(0, high, size=k))
+
+
+def iter_random_feeds(model: ir.Model, n: int = 1, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`random_feeds` one at a time (memory does not grow with ``n``); the size check runs
+    when this is called, before the first feed is drawn."""
+    specs = concrete_inputs(model)
+    check_generated_size(specs, frozenset(shape_hints(model)))
+    rng = np.random.default_rng(seed)
+    return ({s.name: _random_array(rng, model, s) for s in specs} for _ in range(n))
 
 
 def random_feeds(model: ir.Model, n: int = 1, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """``n`` random feeds that fit the model: N(0,1) floats; integer ids within the table they
-    index; 0/1 for other integer inputs; masks as a prefix of ones."""
-    rng = np.random.default_rng(seed)
-    specs = concrete_inputs(model)
-    return [{s.name: _random_array(rng, model, s) for s in specs} for _ in range(n)]
+    index; 0/1 for other integer inputs; masks as a prefix of ones. Inputs too large to generate
+    are refused first (:func:`check_generated_size`)."""
+    return list(iter_random_feeds(model, n, seed))
 
 
 def load_npz_feeds(

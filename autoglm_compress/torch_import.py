@@ -28,7 +28,7 @@ from pathlib import Path
 import onnx
 
 from autoglm_compress.errors import ConfigError, ModelLoadError
-from autoglm_compress.inputs import InputSpec
+from autoglm_compress.inputs import InputSpec, check_generated_size
 
 __all__ = ["first_line", "to_onnx"]
 
@@ -45,6 +45,7 @@ def to_onnx(
             with _quiet_stderr():  # "cannot restore shapes" for scripted archives is expected
                 module = torch.jit.load(str(path), map_location="cpu", _restore_shapes=True)
             specs, bound = _torchscript_specs(module, shapes, path)
+            check_generated_size(specs, frozenset(shapes))  # example inputs are made from these
             return _torchscript_to_onnx(module.eval(), specs, bound, path, opset)
         if fmt == "export":
             if trust_pickle:
@@ -65,7 +66,9 @@ def to_onnx(
                 raise ModelLoadError(
                     f"{path}: the pickle holds a {type(module).__name__}, not an nn.Module"
                 )
-            return _export_module(module.eval(), _module_specs(module, shapes, path), opset)
+            specs = _module_specs(module, shapes, path)
+            check_generated_size(specs, frozenset(shapes))
+            return _export_module(module.eval(), specs, opset)
     except _UnsafePickle as e:
         raise ModelLoadError(
             f"{path}: the .pt2 archive holds pickled objects beyond tensors ({e}); unpickling them "

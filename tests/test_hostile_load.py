@@ -198,3 +198,86 @@ def test_detect_format_reads_only_the_head(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", no_read_bytes)
     assert detect_format(path) == "onnx"
     assert np.dtype("float32")  # numpy imported for the data cases below
+
+
+# ---------------------------------------------------------------- item 2: generated inputs
+
+
+def _onnx(path, dims, fold=False):
+    """Relu of one float input of ``dims`` (about 100 bytes); ``fold`` adds x + ConstantOfShape(
+    Shape(x)), which a constant folder would materialise at the declared size."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(dims))
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    if fold:
+        one = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+        nodes = [
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("ConstantOfShape", ["s"], ["z"], value=one),
+            helper.make_node("Add", ["x", "z"], ["y"]),
+        ]
+    g = helper.make_graph(nodes, "g", [x], [y])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("how", [["--fp16"], ["--int8", "--calib-random"]])
+def test_huge_declared_input_refused_before_allocating(tmp_path, how):
+    model = _onnx(tmp_path / "huge.onnx", (1, 3, 100000, 100000))
+    assert model.stat().st_size < 200
+    out = tmp_path / "out"
+    rc, err, _ = _cli([model, *how, "--target", "x86", "-o", out], tmp_path)
+    assert rc == 2 and len(err) == 1, err
+    for part in ("'x'", "1x3x100000x100000", "67,108,864", "--input-shape x="):
+        assert part in err[0], err
+    assert not (out.exists() and any(out.iterdir()))
+
+
+def test_generated_size_limits():
+    from autoglm_compress.errors import ConfigError
+    from autoglm_compress.inputs import InputSpec, check_generated_size
+
+    big = InputSpec("x", (1, 3, 8000, 8000))  # 192 M elements: over the declared-shape limit
+    with pytest.raises(ConfigError, match="declares shape 1x3x8000x8000"):
+        check_generated_size([big])
+    check_generated_size([big], {"x"})  # the user's --input-shape: allowed up to the ceiling
+    with pytest.raises(ConfigError, match="--input-shape x=1x3x20000x20000: .* hard ceiling"):
+        check_generated_size([InputSpec("x", (1, 3, 20000, 20000))], {"x"})
+    many = [InputSpec(f"x{i}", (1, 60_000_000)) for i in range(5)]
+    with pytest.raises(ConfigError, match="together"):
+        check_generated_size(many)
+
+
+def test_random_calibration_source_is_lazy_and_checked_when_opened(tmp_path):
+    from autoglm_compress.calibration.data import open_calibration_source
+    from autoglm_compress.errors import ConfigError
+    from autoglm_compress.inputs import random_feeds
+
+    with pytest.raises(ConfigError, match="67,108,864"):
+        open_calibration_source(None, load(_onnx(tmp_path / "h.onnx", (1, 3, 9000, 9000))),
+                                random=True)
+    model = load(_onnx(tmp_path / "s.onnx", (1, 3, 8, 8)))
+    feeds = open_calibration_source(None, model, random=True, seed=3).take(4)
+    assert not isinstance(feeds, list)
+    got = [f["x"] for f in feeds]
+    want = [f["x"] for f in random_feeds(model, 4, seed=3)]
+    assert all(np.array_equal(a, b) for a, b in zip(got, want)) and len(got) == 4
+
+
+def test_load_does_not_fold_a_declared_size_tensor(tmp_path):
+    """onnx-simplifier would fold ConstantOfShape(Shape(x)) of a 1x3x10000x10000 input into a
+    1.2 GB constant (6 GB peak); under a 3 GiB limit the load stays quiet and leaves it unfolded."""
+    model = _onnx(tmp_path / "fold.onnx", (1, 3, 10000, 10000), fold=True)
+    code = (
+        "import sys; from autoglm_compress.frontend import load; "
+        "m = load(sys.argv[1]); print(sorted(n.op_type for n in m.graph))"
+    )
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
+
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True,
+                       preexec_fn=cap, timeout=300, check=False)
+    assert p.returncode == 0 and "ConstantOfShape" in p.stdout, p.stderr[-2000:]
+    assert "Failed to allocate" not in p.stderr and time.monotonic() - t0 < 60

@@ -24,8 +24,8 @@ import itertools
 import logging
 import re
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -37,15 +37,15 @@ from autoglm_compress.calibration.images import (
     resolve_target,
 )
 from autoglm_compress.errors import CalibrationError, ConfigError
-from autoglm_compress.inputs import InputSpec, load_npz_feeds, model_inputs, random_feeds
+from autoglm_compress.inputs import InputSpec, iter_random_feeds, load_npz_feeds, model_inputs
 
 __all__ = [
+    "DEFAULT_RANDOM_SAMPLES",
     "CalibrationSource",
     "ImagePreprocess",
-    "open_calibration_source",
-    "fit_feed",
     "batched",
-    "DEFAULT_RANDOM_SAMPLES",
+    "fit_feed",
+    "open_calibration_source",
 ]
 
 logger = logging.getLogger(__name__)
@@ -282,8 +282,10 @@ def _callable_source(text: str, specs: list[InputSpec]) -> CalibrationSource:
 
 
 def _random_source(model: ir.Model, seed: int) -> CalibrationSource:
-    def produce(n):
-        return iter(random_feeds(model, n or DEFAULT_RANDOM_SAMPLES, seed))
+    iter_random_feeds(model, 0, seed)  # too-large or symbolic inputs refused now, not mid-run
+
+    def produce(n):  # one feed at a time: memory does not grow with the sample count
+        return iter_random_feeds(model, n or DEFAULT_RANDOM_SAMPLES, seed)
 
     return CalibrationSource("random", "random", produce)
 
