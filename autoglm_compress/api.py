@@ -14,16 +14,16 @@ import onnx_ir as ir
 
 from autoglm_compress import frontend
 from autoglm_compress.config import CompressConfig
-from autoglm_compress.errors import ConfigError, QualityGateError
+from autoglm_compress.errors import CompressError, ConfigError, QualityGateError
 from autoglm_compress.inputs import load_npz_feeds, parse_input_shape, random_feeds
 from autoglm_compress.ir_utils import from_proto, to_proto
 from autoglm_compress.labels import check_eval_labels
+from autoglm_compress.output_set import OutputSet, relocate_strings
 from autoglm_compress.pipeline import Pipeline, build_passes
-from autoglm_compress.report import write_report
 from autoglm_compress.stats import model_stats
 from autoglm_compress.targets.base import Artifact, VerifyContext
 
-__all__ = ["compress", "CompressResult", "CompressConfig"]
+__all__ = ["CompressConfig", "CompressResult", "compress"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class CompressResult:
     report: dict
     report_path: Path | None  # None: a torchrun rank > 0, which writes nothing
 
-    def artifact(self, target: str, format: str | None = None) -> Artifact:  # noqa: A002
+    def artifact(self, target: str, format: str | None = None) -> Artifact:
         """The artifact of ``target`` (and ``format``, e.g. "ncnn", where a target writes
         several: ``--target arm --format all``)."""
         return next(a for a in self.artifacts if a.target == target
@@ -42,15 +42,19 @@ class CompressResult:
 
 
 def _check_out_dir(out_dir: Path) -> None:
+    probe = None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".probe")
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=f".probe.autoglm-{os.getpid()}-",
+                                     suffix=".tmp")  # a killed run's is removed by the next
         os.close(fd)
-        os.unlink(probe)
     except OSError as e:
         raise ConfigError(
             f"output folder {str(out_dir)!r} is not writable ({e.strerror}); choose another with -o"
         ) from None
+    finally:
+        if probe:
+            os.unlink(probe)
 
 
 def _copy(model: ir.Model) -> ir.Model:
@@ -123,6 +127,7 @@ class _Run:
         self.out_dir = Path(cfg.out_dir)
         self.precision = cfg.precision
         self.notes: list[str] = []
+        self.output = OutputSet(self.out_dir)  # every file of the run, committed at its end
 
     def _preflight(self) -> None:
         """Everything checkable without the model: output folder, targets and their precision,
@@ -196,6 +201,20 @@ class _Run:
                            progress=self.progress, train_data=train)
 
     def run(self) -> CompressResult:
+        """The run; on any failure or interrupt its staging folder is removed, and an interrupt
+        carries what ``-o`` now holds (``output_state``, for the CLI's message)."""
+        try:
+            return self._run()
+        except BaseException as e:
+            self.output.abort()
+            if isinstance(e, KeyboardInterrupt):
+                e.output_state = self.output.describe()
+            elif isinstance(e, CompressError) and self.output.staging is not None:
+                # a file named in the message is named where it would have been: -o
+                e.args = relocate_strings(e.args, self.output.staging, self.out_dir)
+            raise
+
+    def _run(self) -> CompressResult:
         self._preflight()
         self._load()
         self._reference()
@@ -227,11 +246,13 @@ class _Run:
             self.reference, self.feeds, self.ref_outs, self.out_names, self.labels,
             self.cfg.verify.latency_repeats, self.batch, self.ref_sess,
         )
+        self.staging = self.output.open()
         results = [self._target(tgt, ctx, vctx, records) for tgt in self.targets]
         return self._finish(records, calib_info, results)
 
     def _target(self, tgt, ctx, vctx, records):
-        """Prepare → lower (precision) → validate → emit → verify, for one target."""
+        """Prepare → lower (precision) → validate → emit → verify, for one target; its files are
+        written and verified in the run's staging folder (``_finish`` commits them)."""
         from autoglm_compress import lowering
         from autoglm_compress.artifact_info import layer_counts
 
@@ -242,7 +263,7 @@ class _Run:
         records.extend(low.records)
         notes += low.notes
         notes += tgt.validate(low.model, self.precision)
-        art = tgt.emit(low.model, self.precision, self.out_dir, Path(self.cfg.model).stem)
+        art = tgt.emit(low.model, self.precision, self.staging, Path(self.cfg.model).stem)
         art.notes.extend(notes)
         tgt.verify(art, vctx)
         fell = [r.stats.get("fell_back", []) for r in low.records if r.name.startswith("quantize")]
@@ -250,7 +271,7 @@ class _Run:
         d = art.as_dict()
         d["io"] = tgt.describe_io(art, low.model)
         d["layers"] = layer_counts(
-            low.model, fell_back=sum(fell, []), kept=sum(kept, [])
+            low.model, fell_back=[n for f in fell for n in f], kept=[n for k in kept for n in k]
         ) if self.precision == "int8" else None
         logger.info("%s: %s cosine %.5f", tgt.name, art.path.name, art.fidelity["cosine_min"])
         return art, d
@@ -267,7 +288,7 @@ class _Run:
         report = {
             "schema_version": REPORT_SCHEMA_VERSION,
             "tool": {"name": "autoglm-compress", "version": _version()},
-            "run": run_info(self.argv, self.recipe),
+            "run": {**run_info(self.argv, self.recipe), "id": self.output.run_id},
             "model": {
                 **source,
                 "stats": self.stats_before.as_dict(),
@@ -293,38 +314,12 @@ class _Run:
         gate = quality_gate(artifacts, cfg.gates.min_cosine, cfg.gates.max_drop)
         report["quality_gate"] = gate
         report["seconds"] = round(time.perf_counter() - self.t_start, 3)
-        stale = _stale_files(self.out_dir, artifacts)
-        report_path = write_report(report, self.out_dir / "report.json")
-        for f in stale:
-            f.unlink(missing_ok=True)
+        # every target's files, the manifest and the report renamed into -o together (report
+        # last); the previous run's files that this run did not write again are removed
+        report_path = self.output.commit(artifacts, report)
         if gate and not gate["passed"]:
             raise QualityGateError(gate["message"])
         return CompressResult(artifacts, report, report_path)
-
-
-def _stale_files(out_dir: Path, artifacts) -> list[Path]:
-    """Files an earlier run's report.json in ``out_dir`` lists that this run did not write again:
-    removed once the new report is in place, so no stale artifact sits beside it."""
-    import json
-
-    old = out_dir / "report.json"
-    try:
-        prev = json.loads(old.read_text())
-    except (OSError, ValueError):
-        return []
-    new = {Path(p).resolve() for a in artifacts for p in a.files.values()}
-    listed = []
-    for a in prev.get("artifacts", []):
-        files = a.get("files") or {"model": {"path": a.get("path")}}
-        for f in files.values():
-            p = f.get("path") if isinstance(f, dict) else f
-            if p:
-                listed.append(Path(p))
-    root = out_dir.resolve()
-    return [
-        p for p in listed
-        if p.resolve() not in new and p.resolve().parent == root and p.is_file()
-    ]
 
 
 def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:

@@ -1,6 +1,6 @@
 """Command line: ``autoglm-compress MODEL [options]``, ``autoglm-compress inspect MODEL``,
 ``autoglm-compress passes``. Every failure is one line on stderr and a documented exit code:
-0 ok, 1 internal error, 2 bad input/usage, 3 a quality gate failed."""
+0 ok, 1 internal error, 2 bad input/usage, 3 a quality gate failed, 130 Ctrl-C, 143 SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import dataclasses
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 
 import click
 
 from autoglm_compress.cli_options import GroupedCommand, config_options, given
-from autoglm_compress.errors import CompressError
+from autoglm_compress.errors import CompressError, Interrupted, Terminated, TerminateSignal
 
 __all__ = ["cli", "main"]
 
@@ -77,32 +79,50 @@ Examples:
   autoglm-compress model.pt --int8 --calib calib.npz --qat-steps 500 --print-recipe > r.toml
   autoglm-compress run r.toml -o out/again
 \b
-Exit codes: 0 ok, 1 internal error, 2 bad input/usage, 3 a quality gate failed, 130 interrupted."""
+Exit codes: 0 ok, 1 internal error, 2 bad input/usage, 3 a quality gate failed,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM): -o then holds the previous run's files
+(the message says what it holds)."""
 
 
 def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
     import json
 
     from autoglm_compress.api import compress
-    from autoglm_compress.errors import Interrupted
     from autoglm_compress.report import summary_table
 
     _setup_logging(verbose)
+    done = None  # what -o holds once compress has returned
     try:
-        res = compress(cfg, progress=sys.stderr.isatty(), argv=argv, recipe=recipe)
-    except KeyboardInterrupt:  # before click turns it into Abort (and a blank line)
-        raise Interrupted("interrupted (Ctrl-C): stopped; no partial file left") from None
-    except OSError as e:  # a full disk, `ulimit -f`, a read-only folder: the user's to fix
-        if e.errno not in _ENV_ERRNOS:
-            raise
-        raise CompressError(_env_message(e, cfg.out_dir)) from None
-    if res.report_path is None:  # a torchrun rank other than 0: it trained, rank 0 reports
-        return
-    if as_json:
-        click.echo(json.dumps(res.report, indent=2, default=str))
-    else:
-        click.echo(summary_table(res.report))
-        click.echo(f"report: {res.report_path}")
+        try:
+            res = compress(cfg, progress=sys.stderr.isatty(), argv=argv, recipe=recipe)
+        except OSError as e:  # a full disk, `ulimit -f`, a read-only folder: the user's to fix
+            if e.errno not in _ENV_ERRNOS:
+                raise
+            raise CompressError(_env_message(e, cfg.out_dir)) from None
+        done = f"this run's files are complete in {cfg.out_dir}"
+        if res.report_path is None:  # a torchrun rank other than 0: it trained, rank 0 reports
+            return
+        if as_json:
+            click.echo(json.dumps(res.report, indent=2, default=str))
+        else:
+            click.echo(summary_table(res.report))
+            click.echo(f"report: {res.report_path}")
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM, before click turns it into Abort
+        raise _interrupted(e, done) from None
+
+
+def _interrupted(e: BaseException | None, state: str | None = None) -> Interrupted:
+    """Ctrl-C (exit 130) or SIGTERM (exit 143) as one line that says what the output folder
+    holds: the run's own account (``output_state``), else ``state``, else nothing new."""
+    state = getattr(e, "output_state", None) or state or "no new file left"
+    if isinstance(e, TerminateSignal):
+        return Terminated(f"terminated (SIGTERM): stopped; {state}")
+    return Interrupted(f"interrupted (Ctrl-C): stopped; {state}")
+
+
+def _on_sigterm(signum, frame):
+    """SIGTERM stops a run as Ctrl-C does: its cleanup runs, then exit 143."""
+    raise TerminateSignal()
 
 
 # Faults of the machine or the folders, not of the tool: exit 2 with the path, never "internal error".
@@ -234,14 +254,20 @@ _ARGV: list[str] | None = None
 def main(argv: list[str] | None = None) -> int:
     global _ARGV
     _ARGV = list(argv) if argv is not None else list(sys.argv[1:])
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         cli.main(args=argv, prog_name="autoglm-compress", standalone_mode=False)
+    except Interrupted as e:  # not an error: no "error:" prefix
+        click.echo(str(e), err=True)
+        return e.exit_code
     except CompressError as e:
         click.echo(f"error: {e}", err=True)
         return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("interrupted (Ctrl-C): stopped, no partial artifact left", err=True)
-        return 130
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:  # outside a run: nothing written
+        stop = _interrupted(e if isinstance(e, KeyboardInterrupt) else e.__cause__)
+        click.echo(str(stop), err=True)
+        return stop.exit_code
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         return e.exit_code
@@ -256,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0
 
 

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 __all__ = [
-    "CompressError",
-    "ModelLoadError",
-    "Interrupted",
-    "UnsupportedOpError",
-    "CalibrationError",
-    "PassError",
-    "ConfigError",
-    "VerificationError",
-    "QualityGateError",
-    "EXIT_OK",
-    "EXIT_INTERNAL",
     "EXIT_BAD_INPUT",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
     "EXIT_QUALITY",
+    "CalibrationError",
+    "CompressError",
+    "ConfigError",
+    "Interrupted",
+    "ModelLoadError",
+    "PassError",
+    "QualityGateError",
+    "TerminateSignal",
+    "Terminated",
+    "UnsupportedOpError",
+    "VerificationError",
 ]
 
 EXIT_OK = 0
@@ -34,6 +36,17 @@ class Interrupted(CompressError):
     """The user pressed Ctrl-C (exit 130, the shell's convention for SIGINT)."""
 
     exit_code = 130
+
+
+class Terminated(Interrupted):
+    """The process got SIGTERM (exit 143 = 128 + 15, what a shell reports for it)."""
+
+    exit_code = 143
+
+
+class TerminateSignal(KeyboardInterrupt):
+    """Raised by the CLI's SIGTERM handler. A KeyboardInterrupt, so every cleanup that handles
+    Ctrl-C handles SIGTERM the same way (and no ``except Exception`` swallows it)."""
 
 
 class ModelLoadError(CompressError):

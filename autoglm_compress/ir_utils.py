@@ -11,16 +11,16 @@ import onnx
 import onnx_ir as ir
 
 __all__ = [
-    "dtype_name",
     "add_initializer",
-    "fix_input_dims",
-    "to_proto",
-    "from_proto",
     "check",
-    "save_atomic",
-    "write_bytes_atomic",
-    "ort_session",
+    "dtype_name",
+    "fix_input_dims",
+    "from_proto",
     "ort_run",
+    "ort_session",
+    "save_atomic",
+    "to_proto",
+    "write_bytes_atomic",
 ]
 
 
@@ -67,9 +67,12 @@ def check(model: ir.Model) -> None:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temp file in the target folder, then rename: no partial file ever."""
+    """Write ``data`` to a temp file in the target folder, then rename: no partial file ever. The
+    temp file's name carries this pid (``.NAME.autoglm-<pid>-XXXX.tmp``): one a killed process
+    left is removed by the next run into that folder (output_set.clean_leftovers)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.autoglm-{os.getpid()}-", suffix=".tmp",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

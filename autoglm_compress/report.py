@@ -4,12 +4,13 @@ and the short summary table printed at the end of a run."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from autoglm_compress.ir_utils import write_bytes_atomic
 from autoglm_compress.metrics import accuracy_output, flag_messages
 
-__all__ = ["REPORT_SCHEMA_VERSION", "write_report", "summary_table", "validate_report", "schema"]
+__all__ = ["REPORT_SCHEMA_VERSION", "schema", "summary_table", "validate_report", "write_report"]
 
 REPORT_SCHEMA_VERSION = "2.0"
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
@@ -81,7 +82,7 @@ def _lat_key(precision: str) -> str:
 
 
 def _speed(ratio) -> str:
-    if ratio is None or ratio != ratio:
+    if ratio is None or math.isnan(ratio):
         return "-"
     return f"{ratio:.2f}× faster" if ratio >= 1.0 else f"{ratio:.2f}× (slower)"
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import hashlib
 import logging
-import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
+import tomllib
 
 from autoglm_compress.errors import UnsupportedOpError, VerificationError
 
@@ -73,6 +75,17 @@ class Artifact:
         }
         self.size_bytes = sum(f["size_bytes"] for f in self.file_info.values())
         self.sha256 = next(iter(self.file_info.values()))["sha256"]
+        return self
+
+    def relocate(self, old_dir: Path, new_dir: Path) -> Artifact:
+        """Name the files in ``new_dir`` instead of ``old_dir`` (the run's staging folder → ``-o``
+        once they are committed): ``files``, ``file_info`` and any path in ``extra`` / ``notes``."""
+        from autoglm_compress.output_set import relocate_strings
+
+        self.files = {role: relocate_strings(p, old_dir, new_dir) for role, p in self.files.items()}
+        self.file_info = relocate_strings(self.file_info, old_dir, new_dir)
+        self.extra = relocate_strings(self.extra, old_dir, new_dir)
+        self.notes = relocate_strings(self.notes, old_dir, new_dir)
         return self
 
     def as_dict(self) -> dict:
@@ -157,7 +170,7 @@ def time_precisions(runners: dict[str, Runner], feed: dict, repeats: int, thread
     target's runtime) timed interleaved on ``feed``: medians, the ratio of each to FP32, threads."""
     from autoglm_compress.metrics import compare_latency
 
-    lat = compare_latency({k: (lambda r: (lambda: r(feed)))(r) for k, r in runners.items()},
+    lat = compare_latency({k: functools.partial(r, feed) for k, r in runners.items()},
                           repeats=repeats)
     fp32 = lat["fp32"]["median_ms"]
     lat["vs_fp32"] = {k: round(v["median_ms"] / max(fp32, 1e-9), 3)
@@ -176,7 +189,7 @@ class LoweringTable:
     @classmethod
     def load(cls, path: Path) -> LoweringTable:
         data = tomllib.loads(Path(path).read_text())["precision"]
-        for p, entry in data.items():
+        for entry in data.values():
             base = data.get(entry.get("inherit", ""), {})
             for key in ("domains", "unsupported", "passes", "supported"):
                 if key == "supported" and "supported" not in base and "supported" not in entry:
@@ -292,7 +305,9 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
-        """Write the artifact's files for ``model`` atomically into ``out_dir``."""
+        """Write the artifact's files for ``model`` into ``out_dir`` (the run's staging folder
+        inside ``-o``: verification runs them there, and the run renames every target's files
+        into ``-o`` together at its end)."""
 
     def describe_io(self, artifact: Artifact, model: ir.Model) -> dict:
         """The artifact's inputs/outputs for the report (names, shapes, dtypes, IO quantization);
