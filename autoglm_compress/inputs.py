@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,8 +217,122 @@ def random_feeds(model: ir.Model, n: int = 1, seed: int = 0) -> list[dict[str, n
     return list(iter_random_feeds(model, n, seed))
 
 
+# Data files are read lazily: each .npy header (in an .npz zip or a bare .npy) is parsed first,
+# its declared size checked against the bytes the member really holds, and only the rows of the
+# samples asked for are read, once, at most NPZ_READ_LIMIT bytes in all (a 2 MB .npz can inflate
+# to gigabytes). Object arrays are refused: reading them would unpickle.
+NPZ_READ_LIMIT = 1 << 30  # 1 GiB of array data from one file per call
+
+
+@dataclasses.dataclass
+class _NpyMember:
+    """One array's header: where it is, what it declares. Behaves like the array's shape."""
+
+    key: str
+    shape: tuple
+    dtype: np.dtype
+    fortran: bool
+    info: zipfile.ZipInfo | None  # None: a bare .npy file
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    def read_bytes(self, rows: int | None) -> int:
+        """Bytes read for the first ``rows`` rows (the whole array when rows cannot be sliced)."""
+        whole = math.prod(self.shape) * self.dtype.itemsize
+        if rows is None or not self.shape or (self.fortran and self.ndim > 1):
+            return whole
+        return min(rows, len(self)) * self.row_bytes
+
+
+def _npy_header(f) -> tuple[tuple, bool, np.dtype]:
+    """(shape, fortran order, dtype) of the .npy stream ``f``, which is left at the data."""
+    from numpy.lib import format as npformat
+
+    if npformat.read_magic(f) == (1, 0):
+        return npformat.read_array_header_1_0(f)
+    return npformat.read_array_header_2_0(f)  # 2.0 and 3.0 share the 4-byte length
+
+
+def _read_header(f, where: str, key: str, size: int) -> tuple[tuple, np.dtype, bool]:
+    shape, fortran, dtype = _npy_header(f)
+    if dtype.hasobject:
+        raise CalibrationError(
+            f"{where}: array {key!r} holds Python objects ({dtype}); reading them would unpickle "
+            "and could run code, so it is refused: save numeric arrays"
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    held = size - f.tell()
+    if declared > held:
+        raise CalibrationError(
+            f"{where}: array {key!r} declares {tuple(shape)} {dtype} ({declared:,} bytes) but "
+            f"holds {held:,}: truncated or corrupt; re-save it with numpy.savez"
+        )
+    return tuple(shape), dtype, fortran
+
+
+def _npz_members(path: Path) -> dict[str, _NpyMember]:
+    """Headers of every array in ``path`` (``{"": member}`` for a bare .npy), nothing inflated."""
+    where = repr(str(path))
+    with open(path, "rb") as f:
+        head = f.read(6)
+        if head == b"\x93NUMPY":
+            f.seek(0)
+            shape, dtype, fortran = _read_header(f, where, "", path.stat().st_size)
+            return {"": _NpyMember("", shape, dtype, fortran, None)}
+    if not head.startswith(b"PK"):
+        raise ValueError("neither an .npz (zip) nor an .npy file")
+    members = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            key = info.filename[: -len(".npy")]
+            with zf.open(info) as f:
+                shape, dtype, fortran = _read_header(f, where, key, info.file_size)
+            members[key] = _NpyMember(key, shape, dtype, fortran, info)
+    return members
+
+
+def _read_member(path: Path, m: _NpyMember, rows: int | None) -> np.ndarray:
+    """The first ``rows`` rows of ``m`` (all when None), streamed into one array: read once."""
+    whole = rows is None or not m.shape or (m.fortran and m.ndim > 1)
+    shape = m.shape if whole else (min(rows, len(m)), *m.shape[1:])
+    if m.fortran and m.ndim > 1:
+        shape = shape[::-1]
+    out = np.empty(shape, m.dtype)
+    buf = memoryview(out.reshape(-1).view(np.uint8))
+    with contextlib.ExitStack() as stack:
+        if m.info is None:
+            f = stack.enter_context(open(path, "rb"))
+        else:
+            f = stack.enter_context(stack.enter_context(zipfile.ZipFile(path)).open(m.info))
+        _npy_header(f)  # skip it: checked by _read_header
+        done = 0
+        while done < len(buf):
+            chunk = f.read(min(16 << 20, len(buf) - done))
+            if not chunk:
+                raise CalibrationError(f"{str(path)!r}: array {m.key!r} is truncated")
+            buf[done : done + len(chunk)] = chunk
+            done += len(chunk)
+    return out.T if m.fortran and m.ndim > 1 else out
+
+
 def load_npz_feeds(
-    path: str | Path, model: ir.Model, limit: int | None = None, label_key: str = "labels"
+    path: str | Path,
+    model: ir.Model,
+    limit: int | None = None,
+    label_key: str = "labels",
+    *,
+    labels_only: bool = False,
 ) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
     """Split arrays in an .npz/.npy into per-sample feeds for the model.
 
@@ -225,16 +341,19 @@ def load_npz_feeds(
     one sample), an array of rank + 1 holds N whole input tensors. Each array is matched to an
     input by name (a single-input model also takes a lone array under any key). Returns the feeds
     and the labels array when the file holds one under ``label_key`` (one per sample row).
+    Only the first ``limit`` samples are read (see ``NPZ_READ_LIMIT``); ``labels_only`` reads
+    just the labels.
     """
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"data file {str(path)!r} not found")
     try:
-        data = np.load(path, allow_pickle=False)
-        arrays = {"": data} if isinstance(data, np.ndarray) else {k: data[k] for k in data.files}
+        arrays = _npz_members(path)
+    except CalibrationError:
+        raise
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's data
         raise CalibrationError(f"cannot read {str(path)!r} as .npz/.npy: {e}") from None
-    labels = arrays.pop(label_key, None)
+    label_member = arrays.pop(label_key, None)
     specs = model_inputs(model)
     if len(specs) == 1 and len(arrays) == 1:
         arrays = {specs[0].name: next(iter(arrays.values()))}
@@ -249,14 +368,44 @@ def load_npz_feeds(
         got = {k: len(g) for k, g in grouped.items()}
         raise CalibrationError(f"{str(path)!r}: inputs have different or zero sample counts {got}")
     n = counts.pop() if limit is None else min(counts.pop(), limit)
-    feeds = [{s.name: _fit(grouped[s.name][i], s, path) for s in specs} for i in range(n)]
-    if labels is not None:
+    plan = {} if labels_only else {s.name: grouped[s.name].rows(n) for s in specs}
+    _check_read_size(path, grouped, plan, label_member, n)
+    per = _rows_per_sample(grouped[specs[0].name], specs[0])
+    label_rows = len(grouped[specs[0].name]) * per  # every sample's rows, before any is read
+    for name, rows in plan.items():
+        grouped[name].arr = _read_member(path, grouped[name].arr, rows)
+    feeds = [] if labels_only else [
+        {s.name: _fit(grouped[s.name][i], s, path) for s in specs} for i in range(n)
+    ]
+    labels = None
+    if label_member is not None:
         from autoglm_compress.labels import normalize_labels
 
-        per = _rows_per_sample(grouped[specs[0].name], specs[0])
-        rows = len(grouped[specs[0].name]) * per
-        labels = normalize_labels(labels, rows, f"{str(path)!r} '{label_key}'")[: n * per]
+        labels = _read_member(path, label_member, None)
+        labels = normalize_labels(labels, label_rows, f"{str(path)!r} '{label_key}'")[: n * per]
     return feeds, labels
+
+
+def _check_read_size(path: Path, grouped: dict, plan: dict, label_member, n: int) -> None:
+    """Refuse, before reading, a sample over ``INPUT_ELEMENTS_CEILING`` elements or more than
+    ``NPZ_READ_LIMIT`` bytes for the ``n`` samples asked for."""
+    total = label_member.read_bytes(None) if label_member is not None else 0
+    for name, rows in plan.items():
+        g = grouped[name]
+        per_sample = math.prod(g.arr.shape[1:]) * (g.batch or 1)
+        if per_sample > INPUT_ELEMENTS_CEILING:
+            raise CalibrationError(
+                f"{str(path)!r}: one sample of input {name!r} holds {per_sample:,} elements "
+                f"(array {tuple(g.arr.shape)}), over the {INPUT_ELEMENTS_CEILING:,}-element "
+                "ceiling per input; give smaller samples"
+            )
+        total += g.arr.read_bytes(rows)
+    if total > NPZ_READ_LIMIT:
+        raise CalibrationError(
+            f"{str(path)!r}: the {n} samples asked for hold {total:,} bytes, over the "
+            f"{NPZ_READ_LIMIT:,}-byte limit read from one data file; ask for fewer samples or "
+            "split the file"
+        )
 
 
 def _rows_per_sample(g: _Grouped, spec: InputSpec) -> int:
@@ -279,6 +428,10 @@ class _Grouped:
 
     def __len__(self) -> int:
         return len(self.arr) if self.batch is None else len(self.arr) // self.batch
+
+    def rows(self, n: int) -> int:
+        """Rows of the array that the first ``n`` samples span."""
+        return n if self.batch is None else n * self.batch
 
     def __getitem__(self, i: int) -> np.ndarray:
         if self.batch is None:

@@ -281,3 +281,82 @@ def test_load_does_not_fold_a_declared_size_tensor(tmp_path):
                        preexec_fn=cap, timeout=300, check=False)
     assert p.returncode == 0 and "ConstantOfShape" in p.stdout, p.stderr[-2000:]
     assert "Failed to allocate" not in p.stderr and time.monotonic() - t0 < 60
+
+
+# ---------------------------------------------------------------- item 3: .npz read lazily
+
+
+def _bomb_npz(path, key, shape, dtype="float32"):
+    """An .npz whose one member declares ``shape`` of zeros: deflated, ~1000x smaller."""
+    from numpy.lib import format as npformat
+
+    hdr = io.BytesIO()
+    npformat.write_array_header_1_0(
+        hdr, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": tuple(shape)}
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        _stream_zeros(zf, key + ".npy", hdr.getvalue(), int(np.prod(shape)) * 4)
+    return path
+
+
+def test_npz_bomb_reads_only_the_samples_asked(tmp_path):
+    from autoglm_compress.errors import CalibrationError
+    from autoglm_compress.inputs import load_npz_feeds
+
+    bomb = _bomb_npz(tmp_path / "bomb.npz", "x", (512, 1024, 1024))  # 2 GiB inflated
+    assert bomb.stat().st_size < 4 << 20
+    model = load(_onnx(tmp_path / "m.onnx", (1, 1024, 1024)))
+    ru0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    feeds, _ = load_npz_feeds(bomb, model, limit=8)
+    assert len(feeds) == 8 and feeds[0]["x"].shape == (1, 1024, 1024)
+    with pytest.raises(CalibrationError, match="over the 1,073,741,824-byte limit"):
+        load_npz_feeds(bomb, model)  # all 512 samples: refused before reading
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - ru0  # KiB
+    assert grown < 512 << 10
+
+
+def test_npz_one_huge_sample_refused_through_cli(tmp_path):
+    bomb = _bomb_npz(tmp_path / "bomb.npz", "x", (1, 3, 16384, 16384))  # one 3 GiB sample
+    model = _onnx(tmp_path / "m.onnx", ("N", 3, "H", "W"))
+    out = tmp_path / "out"
+    rc, err, secs = _cli([model, "--fp16", "--target", "x86", "--eval", bomb, "-o", out], tmp_path)
+    assert rc == 2 and len(err) == 1 and "bomb.npz" in err[0] and "'x'" in err[0], err
+    assert "268,435,456" in err[0] and secs < 60
+    assert not (out.exists() and any(out.iterdir()))
+
+
+def test_npz_object_arrays_and_lying_headers_refused(tmp_path):
+    from autoglm_compress.errors import CalibrationError
+    from autoglm_compress.inputs import load_npz_feeds
+
+    model = load(_onnx(tmp_path / "m.onnx", (1, 4)))
+    obj = tmp_path / "obj.npz"
+    with zipfile.ZipFile(obj, "w") as zf, zf.open("x.npy", "w") as f:
+        np.lib.format.write_array(f, np.array([[_WritesMarker(tmp_path / "M")]] * 2, object),
+                                  allow_pickle=True)
+    with pytest.raises(CalibrationError, match="Python objects"):
+        load_npz_feeds(obj, model)
+    assert not (tmp_path / "M").exists()
+    liar = tmp_path / "liar.npz"
+    with zipfile.ZipFile(liar, "w") as zf, zf.open("x.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 30, 4)})
+        f.write(bytes(64))
+    with pytest.raises(CalibrationError, match="truncated or corrupt"):
+        load_npz_feeds(liar, model)
+
+
+def test_npy_and_npz_read_the_same_rows(tmp_path):
+    from autoglm_compress.inputs import load_npz_feeds
+
+    model = load(_onnx(tmp_path / "m.onnx", (1, 4)))
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "d.npy", x)
+    np.savez_compressed(tmp_path / "d.npz", x=x, labels=np.arange(10))
+    np.savez(tmp_path / "f.npz", x=np.asfortranarray(x))
+    a, _ = load_npz_feeds(tmp_path / "d.npy", model, limit=3)
+    b, labels = load_npz_feeds(tmp_path / "d.npz", model, limit=3)
+    c, _ = load_npz_feeds(tmp_path / "f.npz", model, limit=3)
+    for feeds in (a, b, c):
+        assert [f["x"].tolist() for f in feeds] == [[row] for row in x[:3].tolist()]
+    assert labels.tolist() == [0, 1, 2]

@@ -171,7 +171,7 @@ def _npz_source(path: Path, model: ir.Model, specs: list[InputSpec]) -> Calibrat
         return (fit_feed(f, specs, origin) for f in feeds)
 
     def labels(n):
-        return load_npz_feeds(path, model, limit=n)[1]
+        return load_npz_feeds(path, model, limit=n, labels_only=True)[1]  # samples not re-read
 
     return CalibrationSource(origin, "npz", produce, labels=labels)
 
