@@ -91,12 +91,20 @@ def save_atomic(model: ir.Model, path: str | os.PathLike) -> Path:
 
 
 def ort_session(
-    model: ir.Model | bytes | str, *, optimized_path: str | None = None, threads: int = 0
+    model: ir.Model | bytes | str, *, optimized_path: str | None = None, threads: int = 0,
+    simulate: bool = False,
 ):
+    """An onnxruntime CPU session. ``simulate``: graph optimizations off, so a QDQ model runs as
+    written (DequantizeLinear → float op → QuantizeLinear): the exact integer maths of the QDQ
+    graph, the same on every CPU — not this CPU's fused int8 kernels (which saturate int16 pair
+    sums on AVX2 without VNNI). What another runtime (TFLite, TensorRT, a VNNI CPU) computes is
+    compared against this, never against this host's kernels."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if simulate:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
     if optimized_path:

@@ -152,7 +152,7 @@ def quantize(
     candidates = [n.name for n in model.graph if n.name in int8_nodes
                   and n.op_type in target.scheme().input_ops]
     if min_cosine is not None and holdout:
-        cosine = holdout_cosine(model, holdout)
+        cosine = holdout_cosine(model, holdout, simulate=not target.int8_runs_here)
         cos = cosine(q)
         if cos < min_cosine:
             # trial quantizations skip the per-pass IR check (the kept result is checked once
@@ -234,7 +234,7 @@ def _choose_reconstruct(model, target, ctx, int8: Int8Config, holdout):
         used = bool(int8.reconstruct)
         return dataclasses.replace(int8, reconstruct=used), ({"used": used} if used else None), None
     t0 = time.perf_counter()
-    cosine = holdout_cosine(model, holdout)
+    cosine = holdout_cosine(model, holdout, simulate=not target.int8_runs_here)
     cos, built = {}, {}
     built[False] = quantizer(target, ctx, dataclasses.replace(int8, reconstruct=False))(model)
     cos[False] = cosine(built[False][0])

@@ -105,4 +105,18 @@ def test_x86_int8_runs_gelu_as_one_float_kernel(saved, tmp_path, monkeypatch):
     monkeypatch.setattr(X86Target, "prepare", lambda self, model, precision: [])
     plain = run("plain")
     assert ("", "Erf") in [(n.domain, n.op_type) for n in onnx.load(str(plain.path)).graph.node]
-    assert 1 - fused.fidelity["cosine_min"] < 1 - plain.fidelity["cosine_min"]
+    # both hold in this CPU's int8 kernels; the fewer quantization points are judged on the QDQ
+    # maths itself (simulated: on AVX2 without VNNI the kernels' int16 saturation noise of the
+    # MatMuls is as large as the difference, and would decide it by the CPU)
+    assert min(fused.fidelity["cosine_min"], plain.fidelity["cosine_min"]) > 0.999
+    rng = np.random.default_rng(1)
+    feeds = [{"input_ids": rng.integers(0, 50, (1, 16)),
+              "attention_mask": np.ones((1, 16), np.int64)} for _ in range(16)]
+    ref_sess = ort_session(str(src))
+    ref = [ort_run(ref_sess, f)[0] for f in feeds]
+
+    def err(path):
+        sess = ort_session(str(path), simulate=True)
+        return sum(float(((ort_run(sess, f)[0] - r) ** 2).sum()) for f, r in zip(feeds, ref))
+
+    assert err(fused.path) < err(plain.path)

@@ -67,8 +67,8 @@ def digits():
     return calibrated_digits(128, 200)
 
 
-def _rel_err(q, feeds, ref):
-    sess = ort_session(q)
+def _rel_err(q, feeds, ref, simulate=False):
+    sess = ort_session(q, simulate=simulate)
     err = sum(float(((ort_run(sess, f)[0] - r[0]) ** 2).sum()) for f, r in zip(feeds, ref))
     return err / sum(float((r[0] ** 2).sum()) for r in ref)
 
@@ -92,8 +92,11 @@ def test_digits_error_smaller_than_plain(digits, cpu):
     assert rec[1]["weights_reconstructed"] == 4 and "weights_reconstructed" not in plain[1]
     wp, wr = _int8_weights(plain[0]), _int8_weights(rec[0])
     assert wp.keys() == wr.keys() and any((wp[k] != wr[k]).any() for k in wp)
-    # same grid (same scales), other rounding: the output error drops
-    assert _rel_err(rec[0], feeds, ref) < 0.8 * _rel_err(plain[0], feeds, ref)
+    # same grid (same scales), other rounding: the output error drops — in this CPU's kernels
+    # when the scheme is for this CPU, else in the QDQ maths (a VNNI scheme on an AVX2 host would
+    # be judged by saturation it was never meant to meet)
+    sim = not target.int8_runs_here
+    assert _rel_err(rec[0], feeds, ref, sim) < 0.8 * _rel_err(plain[0], feeds, ref, sim)
 
 
 def test_auto_choice_is_recorded(digits):

@@ -108,7 +108,7 @@ class QATPass(CompressPass):
                            "activation_scales_trained": len(scales)})
         self.stats["kept"], chosen = "qat", (qat, tuned)
         if holdout:
-            cosine = holdout_cosine(fp32, holdout)
+            cosine = holdout_cosine(fp32, holdout, simulate=not ctx.target.int8_runs_here)
             self.stats["holdout_cosine_ptq"] = round(cosine(model), 6)
             self.stats["holdout_cosine_qat"] = round(cosine(qat), 6)
             if self.stats["holdout_cosine_qat"] < self.stats["holdout_cosine_ptq"]:

@@ -106,9 +106,10 @@ def isolated_sensitivity(
     return sorted(scores, key=lambda s: s[1])
 
 
-def holdout_cosine(fp32: ir.Model, feeds):
+def holdout_cosine(fp32: ir.Model, feeds, simulate: bool = False):
     """``cosine(model)``: worst output cosine of ``model`` vs ``fp32`` on ``feeds`` in onnxruntime
-    (the FP32 outputs computed once)."""
+    (the FP32 outputs computed once); ``simulate``: the QDQ graph as written, not this CPU's int8
+    kernels (for a target whose runtime is not this host's onnxruntime)."""
     from autoglm_compress.ir_utils import ort_run, ort_session
     from autoglm_compress.metrics import fidelity
 
@@ -117,7 +118,7 @@ def holdout_cosine(fp32: ir.Model, feeds):
     names = [v.name for v in fp32.graph.outputs]
 
     def cosine(model: ir.Model) -> float:
-        sess = ort_session(model)
+        sess = ort_session(model, simulate=simulate)
         return fidelity(ref, [ort_run(sess, f) for f in feeds], names)["cosine_min"]
 
     return cosine

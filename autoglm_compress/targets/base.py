@@ -245,6 +245,13 @@ class Target(abc.ABC):
             self._table = LoweringTable.load(self.lowering_file)
         return self._table
 
+    @property
+    def int8_runs_here(self) -> bool:
+        """Whether this host's onnxruntime int8 kernels compute what the target's runtime does.
+        False (the default): decisions and comparisons run the QDQ graph simulated
+        (``ort_session(simulate=True)``), the same on every CPU."""
+        return False
+
     def scheme(self):
         """The target's INT8 :class:`~autoglm_compress.quantization.scheme.QuantScheme`."""
         raise NotImplementedError(f"{self.name}: no INT8 scheme")

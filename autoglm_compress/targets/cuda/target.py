@@ -102,8 +102,11 @@ class CudaTarget(Target):
         return art
 
     def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
+        # QDQ simulated (no fused CPU int8 kernels): TensorRT's integer maths, not AVX2's
+        # saturating int16 pair sums
         verify_in_runtime(
-            ort_runner(artifact.path), artifact, ctx, "onnxruntime CPU (not TensorRT)"
+            ort_runner(artifact.path, simulate=artifact.precision == "int8"), artifact, ctx,
+            "onnxruntime CPU (not TensorRT)",
         )
         artifact.notes.append("latency above is onnxruntime on CPU, not TensorRT")
         if self.build_engine:

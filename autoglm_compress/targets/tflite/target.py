@@ -188,7 +188,7 @@ class TFLiteTarget(Target):
         if artifact.precision == "int8" and getattr(self, "_qdq", None) is not None:
             from autoglm_compress.ir_utils import ort_run, ort_session
 
-            sess = ort_session(self._qdq)
+            sess = ort_session(self._qdq, simulate=True)  # exact QDQ maths, any CPU
             sim = [ort_run(sess, f) for f in ctx.feeds]
             run = litert_runner(artifact.path, threads)()
             got = [run(f) for f in ctx.feeds]

@@ -104,6 +104,12 @@ class X86Target(Target):
             how += f"; every layer {'7' if self.options.reduce_range else '8'}-bit (forced)"
         return f"{got} ({how})"
 
+    @property
+    def int8_runs_here(self) -> bool:
+        """The artifact is for this host's kind of CPU (``--cpu auto`` or naming it): its int8
+        kernels are the ones to judge it by, saturation included."""
+        return x86_cpu(self.options.cpu) == x86_cpu("auto")
+
     def weights_only_config(self) -> dict:
         """Dynamic int8 MatMul/Gemm (DynamicQuantizeMatMul), weight widths for this CPU."""
         return {"form": "dynamic", "cpu": x86_cpu(self.options.cpu)}
