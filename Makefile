@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-all lint bench clean
 
 venv: $(STAMP)
 
@@ -31,8 +31,16 @@ bench: venv
 	$(PY) bench/bench_int8.py
 	$(PY) bench/bench_qat.py
 
+# `make test`: everything but the tests marked slow (≤ 15 min on 2 cores, AVX2 or VNNI);
+# `make test-all`: those too (real-model end-to-end sweeps).
 test: venv
-	$(PY) -m pytest -q -x tests
+	$(PY) -m pytest -q -x -m "not slow" tests
+
+test-all: venv
+	$(PY) -m pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

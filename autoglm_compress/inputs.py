@@ -39,7 +39,7 @@ SHAPE_HINTS = "autoglm.input_shapes"  # metadata key: the --input-shape values, 
 # is generated up to GENERATED_INPUT_LIMIT elements per input; a shape the user chose with
 # --input-shape (and any one sample read from data) up to INPUT_ELEMENTS_CEILING. Both are checked
 # before anything is allocated.
-GENERATED_INPUT_LIMIT = 1 << 26  # 67,108,864 elements: 256 MiB of float32
+GENERATED_INPUT_LIMIT = 1 << 24  # 16,777,216 elements: 64 MiB of float32 (1x4x2048x2048)
 INPUT_ELEMENTS_CEILING = 1 << 28  # 268,435,456 elements: 1 GiB of float32
 _CHUNK = 1 << 20  # random values drawn this many at a time (the same stream as one draw)
 

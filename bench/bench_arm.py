@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real")]
 from common import detection_agreement  # noqa: E402
+
 HEADING = "## arm target (TFLite) vs ai-edge-quantizer and onnx2tf"
 
 

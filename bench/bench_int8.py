@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "examples")]
 
 from common import peak_rss_mb  # noqa: E402
+
 ORT_METHODS = ("MinMax", "Percentile", "Entropy")
 OUR_METHODS = ("minmax", "percentile", "entropy", "mse")
 
@@ -122,10 +123,11 @@ def quantize_one(tool: str, method: str, fp32: str, calib: str, out: str, sample
     ``seconds`` excludes module imports (torch for us, onnxruntime for ORT); ``process_s`` includes them."""
     t_proc = time.perf_counter()
     if tool == "ours":
+        from qhelpers import quantize_with as _quantize
+
         from autoglm_compress import load
         from autoglm_compress.ir_utils import save_atomic
         from autoglm_compress.quantization.collect import collect_stats
-        from qhelpers import quantize_with as _quantize
         from autoglm_compress.targets.x86 import X86Target
 
         t0 = time.perf_counter()

@@ -32,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real")]
 from common import fidelity_vs_fp32, peak_rss_mb  # noqa: E402

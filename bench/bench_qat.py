@@ -80,12 +80,14 @@ def _score(q, feeds, labels, ref):
 
 
 def bench_model(name, path, steps: int) -> list[dict]:
+    from qhelpers import calibrate_with as calibrate
+    from qhelpers import finetune_with
+    from qhelpers import quantize_with as _quantize
+
     from autoglm_compress import load
     from autoglm_compress.inputs import load_npz_feeds
     from autoglm_compress.ir_utils import ort_run, ort_session
     from autoglm_compress.pipeline import Pipeline, build_passes
-    from qhelpers import calibrate_with as calibrate, quantize_with as _quantize
-    from qhelpers import finetune_with
     from autoglm_compress.targets.cuda import CudaTarget
     from autoglm_compress.targets.x86 import X86Target
 

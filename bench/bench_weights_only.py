@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "real")]
 
@@ -41,10 +40,10 @@ quantizer call alone. Latency ratios of these runs move by ±0.1 between runs on
 
 
 def quantize_all(name: str, m: dict, work: Path, samples: int) -> dict:
+    from bench_real import child_ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from autoglm_compress import compress
-    from bench_real import child_ort
 
     arts, secs = {"fp32": m["fp32"]}, {}
     for label, kw in (("ours static", {"calib": m["calib"], "calib_samples": samples}),

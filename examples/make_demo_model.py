@@ -68,7 +68,6 @@ def build(epochs: int, threads: int) -> None:
     """Train, trace and write the three artifacts."""
     import numpy as np
     import torch
-
     from digits import load_digits_split, train_digits_cnn
 
     _, _, x_calib, x_eval, y_eval = load_digits_split(n_calib=200)

@@ -23,11 +23,12 @@ EVAL = ROOT / "examples" / "digits_eval.npz"
 def calibrated_digits(calib_samples: int = 128, eval_limit: int = 300):
     """The demo digits CNN after cleanup + fold_bn, calibrated (minmax), with eval feeds, labels and
     the FP32 model's onnxruntime outputs on them: (model, stats, feeds, labels, ref)."""
+    from qhelpers import calibrate_with as calibrate
+
     from autoglm_compress import load
     from autoglm_compress.inputs import load_npz_feeds
     from autoglm_compress.ir_utils import ort_run, ort_session
     from autoglm_compress.pipeline import Pipeline, build_passes
-    from qhelpers import calibrate_with as calibrate
 
     model = load(DEMO)
     Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)

@@ -28,10 +28,10 @@ def quantize_with(model, target, stats, keep=(), per_tensor=False, bias_correcti
 
 
 def quantize_for(model, target, stats, keep_fp32=(), per_tensor=False, min_cosine=None,
-                 bias_correction=True):
+                 bias_correction=True, reconstruct=False):
     """lowering.quantize (with fallback under ``min_cosine``): (model, record)."""
     int8 = Int8Config(keep_fp32=tuple(keep_fp32), per_tensor=per_tensor,
-                      bias_correction=bias_correction)
+                      bias_correction=bias_correction, reconstruct=reconstruct)
     return lowering.quantize(model, target, _ctx(stats, target), int8, min_cosine)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 import re
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx

@@ -345,8 +345,6 @@ def test_npz_reader(work, tiny_model, blob):
     _read_npz(blob, work / "d.npz", tiny_model)
 
 
-@pytest.mark.xfail(reason="autoglm_compress/inputs.py: an .npz member that is not an .npy file "
-                   "(np.load gives bytes) reaches _as_samples: AttributeError", strict=False)
 @settings(FUZZ, max_examples=60)
 @given(blob=_npz_members())
 def test_npz_reader_zip_members(work, tiny_model, blob):

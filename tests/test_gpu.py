@@ -56,10 +56,12 @@ def test_qat_runs_on_cuda():
     the same kind of model as on the CPU: int8 QDQ ONNX that onnxruntime verifies."""
     from pathlib import Path
 
+    from qhelpers import calibrate_with as calibrate
+    from qhelpers import finetune_with
+    from qhelpers import quantize_with as _quantize
+
     from autoglm_compress.ir_utils import check
     from autoglm_compress.pipeline import Pipeline, build_passes
-    from qhelpers import calibrate_with as calibrate, quantize_with as _quantize
-    from qhelpers import finetune_with
     from autoglm_compress.targets.cuda import CudaTarget
 
     root = Path(__file__).resolve().parents[1] / "examples"

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CALIB, DEMO, EVAL, calibrated_digits, run_cli
+from qhelpers import calibrate_with as calibrate
+from qhelpers import quantize_for as quantize_for_target
 
 from autoglm_compress import load
 from autoglm_compress.pipeline import Pipeline, build_passes
-from qhelpers import calibrate_with as calibrate, quantize_for as quantize_for_target
 from autoglm_compress.targets.x86 import X86Target
 
 
@@ -167,9 +168,10 @@ def test_zero_range_tensor_gives_finite_scales(tmp_path):
 
 
 def test_bias_correction_reduces_error():
+    from qhelpers import quantize_with as _quantize
+
     from autoglm_compress.ir_utils import ort_run, ort_session
     from autoglm_compress.metrics import fidelity
-    from qhelpers import quantize_with as _quantize
 
     model, stats, feeds, _, ref = calibrated_digits(128, 200)
     cos = {}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from autoglm_compress.gates import below, quality_gate as _quality_gate
+from autoglm_compress.gates import below
+from autoglm_compress.gates import quality_gate as _quality_gate
 from autoglm_compress.metrics import (
     accuracy_output,
     class_count,

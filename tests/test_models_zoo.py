@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import collections
 
+import models
 import numpy as np
 import pytest
 import torch
-
-import models
 
 NAMES = [*models.ZOO, "digits_cnn"]
 

@@ -142,10 +142,10 @@ def test_unrunnable_in_onnxruntime_falls_back_to_executor(saved, monkeypatch):
 def test_layer_sqnr_onnxruntime_equals_executor(monkeypatch):
     """Per-layer SQNR of the digits CNN's x86 INT8 IR: onnxruntime (DQ → float op) vs executor."""
     from conftest import calibrated_digits
+    from qhelpers import quantize_with as _quantize
 
     from autoglm_compress.calibration import ort_stats
     from autoglm_compress.quantization import sensitivity
-    from qhelpers import quantize_with as _quantize
     from autoglm_compress.targets import get_target
 
     model, stats, feeds, _, _ = calibrated_digits(64, 8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
+from qhelpers import quantize_with as _quantize
 
 from autoglm_compress import load
 from autoglm_compress.errors import ModelLoadError
@@ -13,10 +14,9 @@ from autoglm_compress.ir_utils import check, ort_run, ort_session, save_atomic
 from autoglm_compress.metrics import fidelity
 from autoglm_compress.pipeline import Pipeline, build_passes
 from autoglm_compress.quantization.collect import collect_stats
-from qhelpers import quantize_with as _quantize
 from autoglm_compress.targets.cuda import CudaTarget
-from autoglm_compress.targets.x86.fusion import fusion_report
 from autoglm_compress.targets.x86 import X86Target
+from autoglm_compress.targets.x86.fusion import fusion_report
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import CALIB, DEMO, EVAL, calibrated_digits, run_cli
+from qhelpers import finetune_with
+from qhelpers import quantize_with as _quantize
 
 from autoglm_compress import load
 from autoglm_compress.inputs import random_feeds
 from autoglm_compress.ir_utils import check, ort_run, ort_session
 from autoglm_compress.metrics import fidelity
-from qhelpers import quantize_with as _quantize
-from qhelpers import finetune_with
-from autoglm_compress.runtime import TorchExecutor
-from autoglm_compress.runtime import train_loop
+from autoglm_compress.runtime import TorchExecutor, train_loop
 from autoglm_compress.targets.cuda import CudaTarget
 from autoglm_compress.targets.x86 import X86Target
 
@@ -27,14 +26,15 @@ def digits():
     return calibrated_digits(128, 300)
 
 
-def _eval(q, feeds, ref):
-    sess = ort_session(q)
+def _eval(q, feeds, ref, simulate=False):
+    sess = ort_session(q, simulate=simulate)
     return fidelity(ref, [ort_run(sess, f) for f in feeds], ["output"])["cosine_min"]
 
 
-def _rel_mse(q, feeds, ref) -> float:
-    """Σ(y_q − y)² / Σy² over all held-out outputs: the error energy QAT minimises."""
-    sess = ort_session(q)
+def _rel_mse(q, feeds, ref, simulate=False) -> float:
+    """Σ(y_q − y)² / Σy² over all held-out outputs: the error energy QAT minimises (``simulate``:
+    the QDQ maths, for a target whose int8 does not run in this host's onnxruntime)."""
+    sess = ort_session(q, simulate=simulate)
     err = sum(float(((ort_run(sess, f)[0] - r[0]) ** 2).sum()) for f, r in zip(feeds, ref))
     return err / sum(float((r[0] ** 2).sum()) for r in ref)
 
@@ -45,22 +45,28 @@ def _ops(model):
 
 # Measured: x86 (7-bit weights) error energy 0.31x of PTQ's, cuda 0.86x (symmetric int8 activations
 # after ReLU lose a bit that weight tuning only partly recovers; activation scales stay calibrated).
-# x86 with 7-bit weights everywhere so that the ratio does not depend on the test machine's CPU.
+# x86 with 7-bit weights everywhere so that the ratio does not depend on the test machine's CPU;
+# cuda judged in the QDQ maths (TensorRT's), not in this CPU's int8 kernels. The training loss
+# after 150 steps is a trajectory of float kernels: cuda 0.67x of the start with torch's AVX-512
+# kernels, 0.73x with its AVX2 ones (qemu -cpu Haswell), from the same start — its bound (0.8)
+# says "it trains", the held-out error ratio is the claim.
 @pytest.mark.parametrize(
-    "target, ratio", [(X86Target(reduce_range=True), 0.5), (CudaTarget(), 0.95)], ids=["x86", "cuda"]
+    "target, ratio, train", [(X86Target(reduce_range=True), 0.5, 0.7), (CudaTarget(), 0.95, 0.8)],
+    ids=["x86", "cuda"],
 )
-def test_qat_cuts_int8_error_on_held_out_data(digits, target, ratio):
+def test_qat_cuts_int8_error_on_held_out_data(digits, target, ratio, train):
     model, stats, feeds, _, ref = digits
     ptq, _ = _quantize(model, target, stats, [], False, True)
     q, src, rec = finetune_with(model, ptq, target, stats, steps=150, lr=1e-4)
     s = rec.stats
     assert s["kept"] == "qat" and rec.modified and s["tensors_trained"] == 8
-    assert s["batched"] and s["loss_after"] < 0.7 * s["loss_before"], s
+    assert s["batched"] and s["loss_after"] < train * s["loss_before"], s
     check(q)
     assert _ops(q) == _ops(ptq), "QAT changes weights, not the graph"
-    err_ptq, err_qat = _rel_mse(ptq, feeds, ref), _rel_mse(q, feeds, ref)
+    sim = not target.int8_runs_here
+    err_ptq, err_qat = _rel_mse(ptq, feeds, ref, sim), _rel_mse(q, feeds, ref, sim)
     assert err_qat < ratio * err_ptq, (err_ptq, err_qat)
-    assert _eval(q, feeds, ref) >= _eval(ptq, feeds, ref)
+    assert _eval(q, feeds, ref, sim) >= _eval(ptq, feeds, ref, sim)
     # The FP32 model it was quantized from carries the trained weights; the reference does not.
     w = next(iter(n for n in src.graph if n.op_type == "Conv")).inputs[1].const_value.numpy()
     w0 = next(iter(n for n in model.graph if n.op_type == "Conv")).inputs[1].const_value.numpy()

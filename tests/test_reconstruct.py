@@ -11,11 +11,11 @@ import onnx_ir as ir
 import pytest
 import torch
 from conftest import CALIB, DEMO, EVAL, calibrated_digits, run_cli
+from qhelpers import quantize_for
 
 from autoglm_compress.ir_utils import ort_run, ort_session
 from autoglm_compress.quantization.reconstruct import from_k_order, gptq_round, k_order
 from autoglm_compress.targets.x86 import X86Target
-from qhelpers import quantize_for
 
 RNG = np.random.default_rng(0)
 
@@ -82,10 +82,10 @@ def _int8_weights(model) -> dict[str, np.ndarray]:
 def test_digits_error_smaller_than_plain(digits, cpu):
     model, stats, feeds, _, ref = digits
     target = X86Target(cpu=cpu)
+    from qhelpers import _ctx
+
     from autoglm_compress import lowering
     from autoglm_compress.config import Int8Config
-
-    from qhelpers import _ctx
 
     plain = lowering.quantizer(target, _ctx(stats, target), Int8Config(reconstruct=False))(model)
     rec = lowering.quantizer(target, _ctx(stats, target), Int8Config(reconstruct=True))(model)
@@ -101,7 +101,7 @@ def test_digits_error_smaller_than_plain(digits, cpu):
 
 def test_auto_choice_is_recorded(digits):
     model, stats, *_ = digits
-    q, record = quantize_for(model, X86Target(cpu="vnni"), stats)
+    q, record = quantize_for(model, X86Target(cpu="vnni"), stats, reconstruct=None)
     r = record.stats["reconstruct"]
     if "skipped" in r:  # weight rounding a small share of the int8 error: not worth the Hessians
         assert r["used"] is False and "weight rounding is" in r["skipped"]
@@ -117,10 +117,10 @@ def test_auto_skips_when_weights_are_not_the_error(digits, monkeypatch):
 
     model, stats, *_ = digits
     monkeypatch.setattr(lowering, "RECONSTRUCT_MIN_SHARE", 10.0)
-    r = quantize_for(model, X86Target(cpu="vnni"), stats)[1].stats["reconstruct"]
+    r = quantize_for(model, X86Target(cpu="vnni"), stats, reconstruct=None)[1].stats["reconstruct"]
     assert r["used"] is False and "skipped" in r and "holdout_cosine_reconstructed" not in r
     monkeypatch.setattr(lowering, "RECONSTRUCT_MIN_SHARE", 0.0)
-    r = quantize_for(model, X86Target(cpu="vnni"), stats)[1].stats["reconstruct"]
+    r = quantize_for(model, X86Target(cpu="vnni"), stats, reconstruct=None)[1].stats["reconstruct"]
     assert "skipped" not in r and "holdout_cosine_reconstructed" in r
 
 

@@ -17,6 +17,7 @@ import onnx_ir as ir
 import pytest
 from conftest import CALIB, DEMO, EVAL, calibrated_digits, run_cli
 from onnx import TensorProto, helper, numpy_helper
+from qhelpers import finetune_with, quantize_with
 
 from autoglm_compress.ir_utils import ort_run, ort_session
 from autoglm_compress.quantization.im2col import im2col as _im2col
@@ -29,19 +30,21 @@ from autoglm_compress.quantization.saturation import (
 )
 from autoglm_compress.targets.x86 import X86Target
 from autoglm_compress.targets.x86.target import x86_scheme
-from qhelpers import finetune_with, quantize_with
 
 RNG = np.random.default_rng(0)
 
 
-def _qdq_model(op: str, wq: np.ndarray, attrs: dict, s_x: float, s_w: np.ndarray, s_y: float):
-    """u8 x → DQ → op(DQ(int8 W)) → Q(u8, zp 128) → DQ: onnxruntime fuses it into QLinear*."""
+def _qdq_model(op: str, wq: np.ndarray, attrs: dict, s_x: float, s_w: np.ndarray, s_y: float,
+               u8: bool = False):
+    """u8 x → DQ → op(DQ(int8 W)) → Q(u8, zp 128) → DQ: onnxruntime fuses it into QLinear*.
+    ``u8``: the same weights stored as uint8 q + 128 with zero point 128 (the U8U8 kernel)."""
+    w_store = (wq.astype(np.int16) + 128).astype(np.uint8) if u8 else wq.astype(np.int8)
     inits = [
         numpy_helper.from_array(np.array(s_x, np.float32), "sx"),
         numpy_helper.from_array(np.array(0, np.uint8), "zx"),
-        numpy_helper.from_array(wq.astype(np.int8), "wq"),
+        numpy_helper.from_array(w_store, "wq"),
         numpy_helper.from_array(s_w.astype(np.float32), "sw"),
-        numpy_helper.from_array(np.zeros(s_w.shape, np.int8), "zw"),
+        numpy_helper.from_array(np.full(s_w.shape, 128 if u8 else 0, w_store.dtype), "zw"),
         numpy_helper.from_array(np.array(s_y, np.float32), "sy"),
         numpy_helper.from_array(np.array(128, np.uint8), "zy"),
     ]
@@ -106,6 +109,14 @@ def test_kernel_model_matches_onnxruntime(kind):
     other = "exact" if expected == "saturated" else "saturated"
     np.testing.assert_allclose(steps, want[expected], atol=1e-3)
     assert np.abs(steps - want[other]).max() > 1
+    # the same weights stored uint8 (zero point 128): exact on every CPU — the U8U8 kernel adds
+    # int16 × int16 products in int32, nothing to saturate
+    proto = _qdq_model(op, wq, attrs, 0.02, np.full(wq.shape[0] if op == "Conv" else wq.shape[1], 0.01),
+                       s_y, u8=True)
+    got = ort_run(ort_session(proto.SerializeToString()), {"x": x})[0]
+    got = got.reshape(got.shape[0], got.shape[1], -1).transpose(0, 2, 1).reshape(-1, got.shape[1]) \
+        if op == "Conv" else got
+    np.testing.assert_allclose(got / s_y, want["exact"], atol=1e-3)
 
 
 def test_pair_bounds_are_the_extremes():
@@ -135,38 +146,49 @@ def digits():
     return calibrated_digits(128, 200)
 
 
-def test_rule_on_digits_picks_7bit_only_where_it_saturates(digits):
+def test_rule_on_digits_stores_uint8_only_where_it_can_saturate(digits):
     model, stats, feeds, _, ref = digits
     q, qs = quantize_with(model, X86Target(cpu="avx2"), stats)
-    bits = {la["node"]: la["weight_bits"] for la in qs["layers"]}
     rule = {la["node"]: la for la in qs["layers"]}
     first = next(n.name for n in model.graph if n.op_type == "Conv")
-    # the first conv reads the image (u8 values at both ends, zero point 127): it saturates
-    assert bits[first] == 7 and rule[first]["saturated_outputs"] > 0.01
-    assert rule[first]["mse_8bit"] > 10 * rule[first]["mse_7bit"]
-    # the rest: 7-bit exactly where simulated saturation costs more than the coarser grid; the
-    # middle convs never saturate on these samples and keep 8 bits
+    # the first conv reads the image (u8 values at both ends, zero point 127): its pairs can
+    # leave int16, so its 8-bit weights are stored uint8; every layer keeps 8 bits
+    assert rule[first]["weight_dtype"] == "uint8" and rule[first]["pairs_that_can_saturate"] > 0
     for n, la in rule.items():
-        assert la["weight_width_rule"] == "measured"
-        assert bits[n] == (8 if la["mse_8bit"] <= la["mse_7bit"] else 7)
-        assert la["saturated_outputs"] > 0 or bits[n] == 8
-    convs = [n.name for n in model.graph if n.op_type == "Conv"]
-    assert [bits[n] for n in convs] == [7, 8, 8]
-    assert qs["weight_widths"]["7bit"] + qs["weight_widths"]["8bit"] == len(bits)
-    assert quantize_with(model, X86Target(cpu="vnni"), stats)[1]["layers"][0]["weight_bits"] == 8
+        assert la["weight_bits"] == 8
+        assert (la.get("weight_dtype") == "uint8") == (la["weight_width_rule"] != "bound"), la
+    assert qs["weight_widths"]["uint8_stored"] == sum(
+        la.get("weight_dtype") == "uint8" for la in rule.values()) >= 1
+    assert qs["weight_widths"]["7bit"] == 0
+    # the same grid as the VNNI scheme: the weights' values are equal, only their storage differs
+    vnni, vs = quantize_with(model, X86Target(cpu="vnni"), stats)
+    assert "weight_dtype" not in vs["layers"][0] and _int8_weights(vnni).keys() == _int8_weights(
+        q).keys()
+    for k, v in _int8_weights(vnni).items():
+        np.testing.assert_array_equal(_int8_weights(q)[k], v)
     forced = quantize_with(model, X86Target(cpu="avx2", reduce_range=True), stats)[1]
     assert {la["weight_bits"] for la in forced["layers"]} == {7}
     full = quantize_with(model, X86Target(cpu="avx2", reduce_range=False), stats)[1]
     assert {la["weight_bits"] for la in full["layers"]} == {8}
-    # the int8 weights really have the picked range
-    assert _int8_max(q) == {la["weight"]: 63 if la["weight_bits"] == 7 else 127
-                            for la in qs["layers"]}
+    assert not any("weight_dtype" in la for la in full["layers"])
+    # the int8 values really have the picked range
+    assert _int8_max(q) == {la["weight"]: 127 for la in qs["layers"]}
+
+
+def _int8_weights(model) -> dict[str, np.ndarray]:
+    """Weight name → its int8 values (a uint8-stored weight shifted back by its zero point)."""
+    out = {}
+    for v in model.graph.initializers.values():
+        dt = v.const_value.dtype if v.const_value is not None else None
+        for suffix, shift, want in (("_quantized", 0, ir.DataType.INT8),
+                                    ("_quantized_u8", 128, ir.DataType.UINT8)):
+            if v.name.endswith(suffix) and dt == want:
+                out[v.name[: -len(suffix)]] = v.const_value.numpy().astype(np.int16) - shift
+    return out
 
 
 def _int8_max(model) -> dict[str, int]:
-    return {v.name[: -len("_quantized")]: int(np.abs(v.const_value.numpy()).max())
-            for v in model.graph.initializers.values()
-            if v.name.endswith("_quantized") and v.const_value.dtype == ir.DataType.INT8}
+    return {k: int(np.abs(v).max()) for k, v in _int8_weights(model).items()}
 
 
 def test_qat_trains_and_exports_each_layers_width(digits):
@@ -194,4 +216,5 @@ def test_cli_reports_cpu_and_widths(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     text = json.dumps(rep)
     assert '"cpu": "avx2 (--cpu)"' in text and '"scheme": "x86-u8s8-sat"' in text
-    assert '"8bit": 2' in text and '"weight_width_rule": "measured"' in text
+    ww = next(p["stats"]["weight_widths"] for p in rep["passes"] if "weight_widths" in p["stats"])
+    assert ww["uint8_stored"] >= 1 and ww["7bit"] == 0 and '"weight_dtype": "uint8"' in text

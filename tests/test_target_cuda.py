@@ -7,13 +7,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from qhelpers import quantize_with as _quantize
 
 from autoglm_compress import compress, load
 from autoglm_compress.errors import UnsupportedOpError
 from autoglm_compress.inputs import random_feeds
 from autoglm_compress.pipeline import Pipeline, build_passes
 from autoglm_compress.quantization.collect import collect_stats
-from qhelpers import quantize_with as _quantize
 from autoglm_compress.targets.cuda import CudaTarget
 from autoglm_compress.targets.cuda.trt_rules import check_tensorrt_rules
 from autoglm_compress.targets.x86 import X86Target

@@ -18,8 +18,8 @@ the EfficientNets the expanded ReLU6 tensors, most of the bytes, never leave it)
 
 from __future__ import annotations
 
-import onnx_ir as ir
 import numpy as np
+import onnx_ir as ir
 
 __all__ = ["AUTO", "HISTOGRAM_METHOD", "MAX_CLIP", "histogram_tensors", "bounded_tensors"]
 

@@ -118,10 +118,11 @@ class QuantizePass(CompressPass):
         if widths is not None:
             used = [la for la in writer.layers if "weight_width_rule" in la]
             self.stats["weight_widths"] = {
-                "rule": "x86 AVX2 without VNNI: 8-bit weights unless VPMADDUBSW's int16 pair "
-                        "sums saturate (then 7-bit)",
+                "rule": "x86 AVX2 without VNNI: int8 weights where VPMADDUBSW's int16 pair sums "
+                        "cannot saturate, else the same 8-bit grid stored uint8 (U8U8 kernel)",
                 "8bit": sum(la["weight_bits"] == 8 for la in used),
                 "7bit": sum(la["weight_bits"] == 7 for la in used),
+                "uint8_stored": sum(la.get("weight_dtype") == "uint8" for la in used),
             }
         self.count(
             "nodes_kept_fp32", sum(1 for n in g if self._kept(n) and n.op_type in scheme.input_ops)

@@ -24,7 +24,7 @@ from autoglm_compress.ir_ops import (
     weight_value,
 )
 from autoglm_compress.ir_utils import add_initializer
-from autoglm_compress.quantization.saturation import weight_quant_for
+from autoglm_compress.quantization.saturation import stores_uint8, weight_quant_for
 from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
 
 __all__ = [
@@ -196,13 +196,18 @@ class QDQWriter:
             )
         tq = weight_quant_for(self.scheme.weight, self.widths, node.name)
         ax = weight_quant_axis(node, w, tq)
-        key = (w_val.name, ax, tq.reduce_range)
+        u8 = stores_uint8(self.widths, node.name) and not self.fake_weights
+        key = (w_val.name, ax, tq.reduce_range, u8)
         if key not in self._wcache:
             scale, zp = weight_qparams(w, ax, tq)
+            if u8:  # the same int8 grid stored as q + 128 (onnxruntime's U8U8 kernel)
+                zp = np.full(zp.shape, 128, np.uint8)
+            suffix = "_u8" if u8 else ""
             s = self._const(f"{w_val.name}_scale", scale)
-            z = self._const(f"{w_val.name}_zp", zp)
+            z = self._const(f"{w_val.name}_zp{suffix}", zp)
             attrs = {"axis": ax} if ax is not None else {}
-            wq = self._weight_source(w_val, w, s, z, ax, attrs, node, tq, self._rounded(node, ax))
+            wq = self._weight_source(w_val, w, s, z, ax, attrs, node, tq, self._rounded(node, ax),
+                                     u8)
             dq = ir.node("DequantizeLinear", [wq, s, z], attributes=attrs, name=f"{w_val.name}_DQ")
             dq.outputs[0].name, dq.outputs[0].dtype = f"{w_val.name}_dq", ir.DataType.FLOAT
             dq.outputs[0].shape = ir.Shape(w.shape)
@@ -219,6 +224,7 @@ class QDQWriter:
             "weight_scale_max": float(scale.max()),
             "per_channel": ax is not None,
             "weight_bits": 7 if tq.reduce_range else 8,
+            **({"weight_dtype": "uint8"} if u8 else {}),
         }
         if self.widths and node.name in self.widths:
             w_info = self.widths[node.name]
@@ -269,12 +275,15 @@ class QDQWriter:
         self._count("weights_reconstructed")
         return r["q"]
 
-    def _weight_source(self, w_val, w, s, z, ax, attrs, node, tq, q=None) -> ir.Value:
-        """int8 initializer W_q (``q`` when given: reconstructed rounding), or (fake_weights)
-        the float W through a QuantizeLinear node."""
+    def _weight_source(self, w_val, w, s, z, ax, attrs, node, tq, q=None, u8=False) -> ir.Value:
+        """int8 initializer W_q (``q`` when given: reconstructed rounding; ``u8``: stored as
+        uint8 q + 128), or (fake_weights) the float W through a QuantizeLinear node."""
         if not self.fake_weights:
             if q is None:
                 q = quantize_array(w, s.const_value.numpy(), ax, tq)
+            if u8:
+                return self._const(f"{w_val.name}_quantized_u8",
+                                   (q.astype(np.int16) + 128).astype(np.uint8))
             return self._const(f"{w_val.name}_quantized", q)
         q = ir.node("QuantizeLinear", [w_val, s, z], attributes=attrs, name=f"{w_val.name}_Q")
         q.outputs[0].name, q.outputs[0].dtype = f"{w_val.name}_q", _dtype(tq.dtype)

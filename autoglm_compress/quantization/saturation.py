@@ -1,4 +1,4 @@
-"""Weight width per layer for x86 AVX2 without VNNI: 8 bits unless VPMADDUBSW would saturate.
+"""Weights per layer for x86 AVX2 without VNNI: int8, or uint8 where VPMADDUBSW could saturate.
 
 onnxruntime's u8·s8 GEMM on AVX2 (and AVX-512BW) without VNNI multiplies u8 activations by s8
 weights with VPMADDUBSW: two adjacent products along the reduction axis K are added into an int16
@@ -13,10 +13,13 @@ The rule, per Conv/Gemm/MatMul with a constant weight:
 
 1. **bound**: each input channel's u8 values lie in ``[u_lo, u_hi]`` (from the calibrated max|x| of
    the channel, or the tensor's range); if no weight pair of the 8-bit weights can leave int16 over
-   those intervals, 8 bits — exact, nothing can saturate;
-2. **measured**: otherwise the layer's output on held-out calibration samples with 8-bit weights,
-   saturation simulated exactly, against 7-bit weights; the smaller mean squared error wins;
-3. without samples: 7 bits.
+   those intervals, int8 weights (onnxruntime's fast U8S8 kernel) — exact, nothing can saturate;
+2. **uint8 weights** otherwise: the same 8-bit symmetric grid written as uint8 with zero point 128
+   (``q + 128``). onnxruntime then runs its U8U8 kernel, which widens both operands to int16 and
+   adds products in int32 (VPMADDWD): no saturation, full 8-bit weights, no data needed. (Before:
+   8 vs 7 bits measured on held-out samples with the saturation simulated — 10 % of an
+   EfficientNet run, and 7 bits cost accuracy; docs/decisions.md.)
+3. a layout this rule does not know: 7 bits.
 
 A VNNI CPU (VPDPBUSD adds in int32) or a non-x86 host needs none of this: 8 bits everywhere.
 """
@@ -33,19 +36,16 @@ import onnx_ir as ir
 
 from autoglm_compress.calibration.qparams import compute_qparams
 from autoglm_compress.ir_ops import const_array, groups, weight_value
-from autoglm_compress.quantization.im2col import layer_rows
 from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
 
 __all__ = [
     "host_cpu", "pair_layout", "pair_bounds", "saturation_error", "weight_widths", "widths_for",
-    "weight_quant_for",
+    "weight_quant_for", "stores_uint8",
 ]
 
 logger = logging.getLogger(__name__)
 
 INT16_MIN, INT16_MAX = -32768, 32767
-POSITIONS = 256  # sampled output positions (rows of the im2col matrix) per feed
-FEEDS = 16  # held-out samples the measured rule runs on (all of the fallback hold-out)
 
 
 def host_cpu() -> str:
@@ -137,31 +137,13 @@ def _u8_intervals(x_name, chan_absmax, rng, tq: TensorQuant, n_chan: int):
     return u_lo, u_hi, s, z
 
 
-@dataclasses.dataclass
-class _Layer:
-    node: ir.Node
-    groups: list
-    s_x: float
-    z_x: int
-    masks: list  # per group [O_g, K/2] pairs that can saturate
-    q8: list  # per group (wq8 [O_g, K], s8 [O_g])
-    q7: list
-    err: list = dataclasses.field(default_factory=list)  # [mse8, mse7, saturated, outputs]
-
-
-def _quant(wk: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
-    s = np.maximum(np.abs(wk).max(axis=1) / qmax, 1e-30)
-    return np.clip(np.round(wk / s[:, None]), -qmax, qmax), s
-
-
 def weight_widths(
     model: ir.Model, scheme: QuantScheme, ranges: dict, channel_absmax: dict | None = None,
-    feeds=(), skip=frozenset(),
+    skip=frozenset(),
 ) -> dict[str, dict]:
-    """Node name → ``{"bits": 8|7, "rule": "bound"|"measured"|"no data"|"exempt"|…}`` for the
-    weighted nodes whose input has a range in ``ranges``; see the module doc."""
+    """Node name → ``{"bits": 8|7, "rule": …, ["storage": "uint8"]}`` for the weighted nodes whose
+    input has a range in ``ranges``; see the module doc."""
     out: dict[str, dict] = {}
-    pending: list[_Layer] = []
     for node in model.graph:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.name in skip:
             continue
@@ -176,69 +158,24 @@ def weight_widths(
             out[node.name] = {"bits": 8, "rule": "exempt (depthwise)"}
             continue
         n_chan = int(max(c.max() for _, _, c in layout)) + 1
-        u_lo, u_hi, s_x, z_x = _u8_intervals(
+        u_lo, u_hi, _, _ = _u8_intervals(
             x.name, (channel_absmax or {}).get(x.name), ranges[x.name], scheme.activation, n_chan)
-        layer = _Layer(node, layout, s_x, z_x, [], [], [])
+        can, pairs = 0, 0
         for _, wk, chan in layout:
-            wq8, s8 = _quant(wk, 127)
-            hi, lo = pair_bounds(wq8, u_lo[chan], u_hi[chan])
-            layer.masks.append((hi > INT16_MAX) | (lo < INT16_MIN))
-            layer.q8.append((wq8, s8))
-            layer.q7.append(_quant(wk, 63))
-        if not any(m.any() for m in layer.masks):
+            hi, lo = pair_bounds(_quant(wk, 127), u_lo[chan], u_hi[chan])
+            can += int(np.count_nonzero((hi > INT16_MAX) | (lo < INT16_MIN)))
+            pairs += hi.size
+        if not can:
             out[node.name] = {"bits": 8, "rule": "bound"}
         else:
-            pending.append(layer)
-    feeds = list(feeds)[:FEEDS]
-    if pending and feeds:
-        _measure(model, pending, feeds)
-    for layer in pending:
-        if not layer.err:
-            out[layer.node.name] = {"bits": 7, "rule": "no data"}
-            continue
-        mse8, mse7, sat, n = layer.err
-        out[layer.node.name] = {
-            "bits": 8 if mse8 <= mse7 else 7, "rule": "measured",
-            "saturated_outputs": round(sat / max(n, 1), 6),
-            "mse_8bit": float(f"{mse8:.4g}"), "mse_7bit": float(f"{mse7:.4g}"),
-        }
+            out[node.name] = {"bits": 8, "rule": "uint8 weights (pairs can saturate)",
+                              "storage": "uint8", "pairs_that_can_saturate": round(can / pairs, 6)}
     return out
 
 
-def _measure(model: ir.Model, layers: list[_Layer], feeds) -> None:
-    from autoglm_compress.quantization.sensitivity import tensor_runner
-
-    names = sorted({lay.node.inputs[0].name for lay in layers})
-    run = tensor_runner(model, names)
-    rng = np.random.default_rng(0)
-    acc = {id(lay): [0.0, 0.0, 0, 0] for lay in layers}
-    for feed in feeds:
-        acts = run(feed)
-        for lay in layers:
-            t = acts.get(lay.node.inputs[0].name)
-            if t is None:
-                continue
-            rows = layer_rows(lay.node, t, rng, POSITIONS)  # [P, G, K]
-            if rows is None:
-                continue
-            for gi, ((_, wk, _), mask, (wq8, s8), (wq7, s7)) in enumerate(
-                    zip(lay.groups, lay.masks, lay.q8, lay.q7)):
-                xf = rows[:, gi]
-                x = np.clip(np.round(xf / lay.s_x) + lay.z_x, 0, 255)
-                xc = (x - lay.z_x).astype(np.float32)
-                ref = xc @ wk.T.astype(np.float32)
-                sat = saturation_error(x, wq8, mask)
-                y8 = (xc @ wq8.T.astype(np.float32) + sat) * s8.astype(np.float32)
-                y7 = (xc @ wq7.T.astype(np.float32)) * s7.astype(np.float32)
-                a = acc[id(lay)]
-                a[0] += float(np.sum((y8 - ref).astype(np.float64) ** 2))
-                a[1] += float(np.sum((y7 - ref).astype(np.float64) ** 2))
-                a[2] += int(np.count_nonzero(sat))
-                a[3] += sat.size
-    for lay in layers:
-        a = acc[id(lay)]
-        if a[3]:
-            lay.err = [a[0] / a[3], a[1] / a[3], a[2], a[3]]
+def _quant(wk: np.ndarray, qmax: int) -> np.ndarray:
+    s = np.maximum(np.abs(wk).max(axis=1) / qmax, 1e-30)
+    return np.clip(np.round(wk / s[:, None]), -qmax, qmax)
 
 
 def widths_for(model: ir.Model, scheme: QuantScheme, stats=None, ranges=None) -> dict | None:
@@ -258,15 +195,22 @@ def widths_for(model: ir.Model, scheme: QuantScheme, stats=None, ranges=None) ->
                  if n.op_type in ("Conv", "Gemm", "MatMul") and n.inputs and n.inputs[0] is not None}
         rng = ranges if ranges is not None else stats.ranges(
             symmetric=scheme.activation.symmetric, names=names)
-        cache[key] = weight_widths(model, scheme, rng, stats.channel_absmax,
-                                   getattr(stats, "holdout", ()))
-        picked = [v["bits"] for v in cache[key].values()]
-        logger.info("x86 weight widths: %d layers 8-bit, %d 7-bit", picked.count(8), picked.count(7))
+        cache[key] = weight_widths(model, scheme, rng, stats.channel_absmax)
+        u8 = sum(v.get("storage") == "uint8" for v in cache[key].values())
+        logger.info("x86 weights: %d of %d layers stored uint8 (their pairs can saturate)",
+                    u8, len(cache[key]))
     return cache[key]
 
 
+def stores_uint8(widths: dict | None, node_name: str) -> bool:
+    """The node's int8 weights are written as uint8 with zero point 128 (same values)."""
+    return bool(widths) and widths.get(node_name, {}).get("storage") == "uint8"
+
+
 def weight_quant_for(tq: TensorQuant, widths: dict | None, node_name: str) -> TensorQuant:
-    """``tq`` with the width :func:`weight_widths` picked for the node (7 bits: reduce_range)."""
+    """``tq`` with the width :func:`weight_widths` picked for the node (7 bits: reduce_range).
+    A uint8-stored layer keeps ``tq`` (int8 symmetric): its grid is the int8 one, shifted by 128
+    only when written (:func:`stores_uint8`)."""
     if not widths or node_name not in widths:
         return tq
     return dataclasses.replace(tq, reduce_range=widths[node_name]["bits"] == 7)

@@ -9,7 +9,6 @@ from pathlib import Path
 from autoglm_compress.ir_utils import save_atomic, write_bytes_atomic
 from autoglm_compress.targets.base import Artifact, Target, verify_in_runtime
 from autoglm_compress.targets.ort_runner import ort_runner
-
 from fake_target.options import Options
 
 

@@ -656,9 +656,8 @@ class _Lowerer:
             raise UnsupportedOpError(op, n.name, "ncnn", "not dispatched")
 
     def run(self) -> tuple[str, bytes, dict]:
-        from autoglm_compress.targets.ncnn.attention import match_attention
-
         from autoglm_compress.passes.fuse_layernorm import match_layernorm
+        from autoglm_compress.targets.ncnn.attention import match_attention
 
         self.attention, self.layernorm = {}, {}
         for n in self.g:

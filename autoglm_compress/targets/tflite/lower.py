@@ -268,11 +268,11 @@ class _Lowerer(SequenceOps, SpatialOps):
         return 1, pads
 
     def _pad(self, x: int, pads, value: float | None) -> int:
-        t, l, b_, r = pads
+        t, left, b_, r = pads
         shape = self.b.shape_of(x)
-        shape = [shape[0], shape[1] + t + b_, shape[2] + l + r, shape[3]]
+        shape = [shape[0], shape[1] + t + b_, shape[2] + left + r, shape[3]]
         out = self.b.tensor(self._name("pad"), shape, self.b.dtypes[x], self.b.quant[x])
-        spec = self.b.const(self._name("pads"), np.asarray([[0, 0], [t, b_], [l, r], [0, 0]],
+        spec = self.b.const(self._name("pads"), np.asarray([[0, 0], [t, b_], [left, r], [0, 0]],
                                                            np.int32))
         if value is None:
             self.b.op(34, [x, spec], [out])  # PAD

@@ -98,11 +98,11 @@ class _Int8Lowerer(_Lowerer):
         if self.qmode is None or value is None:
             return super()._pad(x, pads, value)
         zp = int(self.b.quant[x]["zero_point"][0])
-        t, l, b_, r = pads
+        t, left, b_, r = pads
         shape = self.b.shape_of(x)
-        shape = [shape[0], shape[1] + t + b_, shape[2] + l + r, shape[3]]
+        shape = [shape[0], shape[1] + t + b_, shape[2] + left + r, shape[3]]
         out = self.b.tensor(self._name("pad"), shape, self.b.dtypes[x], self.b.quant[x])
-        spec = self.b.const(self._name("pads"), np.asarray([[0, 0], [t, b_], [l, r], [0, 0]],
+        spec = self.b.const(self._name("pads"), np.asarray([[0, 0], [t, b_], [left, r], [0, 0]],
                                                            np.int32))
         low = -128 if self.b.dtypes[x] == np.dtype("int8") else 0
         cv = self.b.const(self._name("padv"), np.asarray([low], self.b.dtypes[x]),

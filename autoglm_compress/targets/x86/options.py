@@ -16,8 +16,8 @@ class Options:
     reduce_range: bool | None = field(
         None,
         "x86 INT8: 7-bit weights everywhere (--reduce-range) or 8-bit everywhere (--full-range). "
-        "Default: 8-bit, and on AVX2 without VNNI 7-bit only for the layers whose int16 pair "
-        "sums (VPMADDUBSW) would saturate, measured on the calibration data.",
+        "Default: 8-bit everywhere; on AVX2 without VNNI the layers whose int16 pair sums "
+        "(VPMADDUBSW) could saturate store them as uint8 (onnxruntime's U8U8 kernel cannot).",
         flat="reduce_range",
         cli="--reduce-range/--full-range",
     )

@@ -6,12 +6,12 @@ weights int8 symmetric per-channel, int32 biases. Q/DQ on the inputs and outputs
 quantized kernels for; Relu/Clip before a Q are absorbed; reshape-like ops and MaxPool share their
 input's scale so that ORT drops the Q/DQ around them.
 
-Weight width: onnxruntime's u8·s8 kernels on AVX2 without VNNI add pairs of products into int16 with
+Weights: onnxruntime's u8·s8 kernels on AVX2 without VNNI add pairs of products into int16 with
 saturation (VPMADDUBSW). On such a CPU (``--cpu avx2``, or ``auto`` on a host without VNNI flags)
-each Conv/Gemm/MatMul gets 8-bit weights unless its pair sums can saturate on the calibration data,
-then 7-bit (:mod:`autoglm_compress.quantization.saturation`); on the digits CNN full-range weights
-everywhere gave cosine 0.978 / top-1 agreement 0.95 there. On a VNNI CPU 8 bits everywhere.
-``--reduce-range`` / ``--full-range`` force one width for every layer.
+each Conv/Gemm/MatMul whose pair sums can saturate over its calibrated input range keeps its 8-bit
+weights stored as uint8 (zero point 128): onnxruntime's U8U8 kernel adds int16 products in int32
+(:mod:`autoglm_compress.quantization.saturation`). The others, and every layer on a VNNI CPU, are
+int8. ``--reduce-range`` / ``--full-range`` force 7-bit / 8-bit int8 weights for every layer.
 
 Verification runs the artifact in onnxruntime on the sample feeds (the shared verifier), and for
 INT8 reads onnxruntime's optimized graph to count what really runs in int8.
