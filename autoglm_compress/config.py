@@ -183,6 +183,7 @@ class Int8Config:
         "calibration data): tried, and kept when the held-out calibration samples get closer to "
         "FP32. Off by default (it costs about 3x onnxruntime's whole quantization on a 224² CNN); "
         "the Python API's None always tries it.",
+        cli="--reconstruct/--no-reconstruct",
     )
 
 

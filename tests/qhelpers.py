@@ -49,3 +49,18 @@ def finetune_with(fp32, ptq, target, stats, steps, lr=1e-4, batch=16, samples=25
     cfg = {"steps": steps, "lr": lr, "batch": batch, "samples": samples, "device": device}
     q, recs = Pipeline(build_passes(["qat"], {"qat": cfg}), progress=False).apply(ptq, ctx)
     return q, ctx.quantized_from or fp32, recs[0]
+
+
+def int8_weights(model) -> dict:
+    """Weight name → its int8 values in a QDQ model (a weight stored uint8 with zero point 128,
+    as the x86 AVX2 rule writes it, shifted back)."""
+    import onnx_ir as ir
+
+    out = {}
+    for v in model.graph.initializers.values():
+        dt = v.const_value.dtype if v.const_value is not None else None
+        for suffix, shift, want in (("_quantized", 0, ir.DataType.INT8),
+                                    ("_quantized_u8", 128, ir.DataType.UINT8)):
+            if v.name.endswith(suffix) and dt == want:
+                out[v.name[: -len(suffix)]] = v.const_value.numpy().astype("int16") - shift
+    return out

@@ -438,6 +438,70 @@ def c_out_disk_full(tmp, kit):
     return [kit["mlp"], "--fp16", "--samples", "2", "--latency-repeats", "2", "-o", full / "out"]
 
 
+# ------------------------------------------------------------------ hostile files (issue 26)
+# The same builders as tests/test_hostile_load.py, here as corpus cases: run as a subprocess under a
+# 3 GiB address-space ceiling (HOSTILE), exit 2, one line, no code run, nothing left in -o.
+
+
+def _good_pt2(tmp: Path) -> Path:
+    import torch
+
+    net = torch.nn.Module()
+    net.c = torch.nn.Conv2d(3, 4, 3)  # the layout _rewrite_pt2 edits (c.bias)
+    net.forward = lambda x: torch.relu(net.c(x))
+    torch.export.save(torch.export.export(net.eval(), (torch.randn(1, 3, 8, 8),)), tmp / "good.pt2")
+    return tmp / "good.pt2"
+
+
+@case("evil.pt2", "--trust-pickle")
+def c_hostile_pt2_pickled_sample_inputs(tmp, kit):
+    from test_hostile_load import _rewrite_pt2
+
+    return [_rewrite_pt2(_good_pt2(tmp), tmp / "evil.pt2", tmp / "MARKER", "sample"), "--fp16"]
+
+
+@case("evil.pt2", "--trust-pickle")
+def c_hostile_pt2_pickled_weight_inspect(tmp, kit):
+    from test_hostile_load import _rewrite_pt2
+
+    return ["inspect", _rewrite_pt2(_good_pt2(tmp), tmp / "evil.pt2", tmp / "MARKER", "weight")]
+
+
+@case("bomb.pt", "limit")
+def c_hostile_pt_zip_bomb(tmp, kit):
+    from test_hostile_load import _zip_bomb_pt
+
+    return [_zip_bomb_pt(tmp / "bomb.pt"), "--fp16"]
+
+
+@case("1x3x3000x3000", "--input-shape x=")
+def c_hostile_declared_input_3000(tmp, kit):
+    from test_hostile_load import _onnx
+
+    return [_onnx(tmp / "big.onnx", (1, 3, 3000, 3000)), "--fp16"]
+
+
+@case("1x3x100000x100000", "--input-shape x=")
+def c_hostile_declared_input_100000_int8(tmp, kit):
+    from test_hostile_load import _onnx
+
+    return [_onnx(tmp / "huge.onnx", (1, 3, 100000, 100000)), "--int8", "--calib-random"]
+
+
+@case("bomb.npz", "268,435,456")
+def c_hostile_npz_one_huge_sample(tmp, kit):
+    from test_hostile_load import _bomb_npz, _onnx
+
+    bomb = _bomb_npz(tmp / "bomb.npz", "x", (1, 3, 16384, 16384))  # 2.8 MB → one 3 GiB sample
+    return [_onnx(tmp / "m.onnx", ("N", 3, "H", "W")), "--fp16", "--eval", bomb]
+
+
+HOSTILE = (c_hostile_pt2_pickled_sample_inputs, c_hostile_pt2_pickled_weight_inspect,
+           c_hostile_pt_zip_bomb, c_hostile_declared_input_3000,
+           c_hostile_declared_input_100000_int8, c_hostile_npz_one_huge_sample)
+AS_LIMIT = 3 << 30
+
+
 # ------------------------------------------------------------------------------- the runner
 
 _MOUNTS: list[Path] = []
@@ -464,16 +528,48 @@ def _evil(tmp: Path) -> Path:
     return tmp / "evil.py"
 
 
-def _run(args, cwd: Path, fsize: int | None = None) -> subprocess.CompletedProcess:
+def _run(args, cwd: Path, fsize: int | None = None, subprocess_run: bool = False,
+         as_limit: int | None = None):
+    """The CLI on ``args`` from ``cwd``: in this process (``autoglm_compress.cli.main``, what the
+    console script calls; no interpreter start per case), or as a subprocess where a process
+    limit is part of the case (``fsize``) or ``subprocess_run`` asks for the real entry point."""
+    if fsize is None and as_limit is None and not subprocess_run:
+        return _run_in_process(args, cwd)
+
     def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        if as_limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (as_limit, as_limit))
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     env.pop("AUTOGLM_DEBUG", None)
     return subprocess.run(
         [*CMD, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
-        timeout=TIMEOUT, preexec_fn=limit if fsize else None, check=False,
+        timeout=TIMEOUT, preexec_fn=limit, check=False,
     )
+
+
+def _run_in_process(args, cwd: Path) -> subprocess.CompletedProcess:
+    import io
+    import logging
+
+    from autoglm_compress.cli import main
+
+    err, out, here = io.StringIO(), io.StringIO(), os.getcwd()
+    debug = os.environ.pop("AUTOGLM_DEBUG", None)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = main([str(a) for a in args])
+    finally:
+        os.chdir(here)
+        root.handlers[:], root.level = handlers, level
+        if debug is not None:
+            os.environ["AUTOGLM_DEBUG"] = debug
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _leftovers(out: Path) -> list[str]:
@@ -492,7 +588,9 @@ def test_bad_input(build, expect, words, kit, tmp_path):
         elif args[0] != "inspect":
             args = [*args, "-o", out]
         fsize = 20_000 if build is c_out_file_size_limit else None
-        r = _run(args, tmp_path, fsize)
+        # every tenth case also through the console script, as a user starts it
+        r = _run(args, tmp_path, fsize, subprocess_run=CASES_BY_FN.index(build) % 10 == 0,
+                 as_limit=AS_LIMIT if build in HOSTILE else None)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == expect, (r.returncode, r.stderr[-3000:])
         assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-3000:]
@@ -507,6 +605,9 @@ def test_bad_input(build, expect, words, kit, tmp_path):
         while _MOUNTS:
             with contextlib.suppress(Exception):
                 subprocess.run(["umount", "-l", str(_MOUNTS.pop())], capture_output=True, check=False)
+
+
+CASES_BY_FN = [c.values[0] for c in CASES]
 
 
 def test_corpus_size():

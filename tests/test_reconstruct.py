@@ -11,6 +11,7 @@ import onnx_ir as ir
 import pytest
 import torch
 from conftest import CALIB, DEMO, EVAL, calibrated_digits, run_cli
+from qhelpers import int8_weights as _int8_weights
 from qhelpers import quantize_for
 
 from autoglm_compress.ir_utils import ort_run, ort_session
@@ -71,11 +72,6 @@ def _rel_err(q, feeds, ref, simulate=False):
     sess = ort_session(q, simulate=simulate)
     err = sum(float(((ort_run(sess, f)[0] - r[0]) ** 2).sum()) for f, r in zip(feeds, ref))
     return err / sum(float((r[0] ** 2).sum()) for r in ref)
-
-
-def _int8_weights(model) -> dict[str, np.ndarray]:
-    return {v.name: v.const_value.numpy() for v in model.graph.initializers.values()
-            if v.name.endswith("_quantized") and v.const_value.dtype == ir.DataType.INT8}
 
 
 @pytest.mark.parametrize("cpu", ["avx2", "vnni"])

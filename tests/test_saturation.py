@@ -18,6 +18,7 @@ import pytest
 from conftest import CALIB, DEMO, EVAL, calibrated_digits, run_cli
 from onnx import TensorProto, helper, numpy_helper
 from qhelpers import finetune_with, quantize_with
+from qhelpers import int8_weights as _int8_weights
 
 from autoglm_compress.ir_utils import ort_run, ort_session
 from autoglm_compress.quantization.im2col import im2col as _im2col
@@ -173,18 +174,6 @@ def test_rule_on_digits_stores_uint8_only_where_it_can_saturate(digits):
     assert not any("weight_dtype" in la for la in full["layers"])
     # the int8 values really have the picked range
     assert _int8_max(q) == {la["weight"]: 127 for la in qs["layers"]}
-
-
-def _int8_weights(model) -> dict[str, np.ndarray]:
-    """Weight name → its int8 values (a uint8-stored weight shifted back by its zero point)."""
-    out = {}
-    for v in model.graph.initializers.values():
-        dt = v.const_value.dtype if v.const_value is not None else None
-        for suffix, shift, want in (("_quantized", 0, ir.DataType.INT8),
-                                    ("_quantized_u8", 128, ir.DataType.UINT8)):
-            if v.name.endswith(suffix) and dt == want:
-                out[v.name[: -len(suffix)]] = v.const_value.numpy().astype(np.int16) - shift
-    return out
 
 
 def _int8_max(model) -> dict[str, int]:
