@@ -76,9 +76,9 @@ def test_qat_cuts_int8_error_on_held_out_data(digits, target, ratio, train):
 def test_exported_model_is_the_trained_student(digits):
     """The training graph (float W → Q → DQ) and the exported int8 model agree in onnxruntime."""
     model, stats, feeds, _, ref = digits
-    # int8 weights everywhere (--full-range): on an AVX2 host the default would store saturating
-    # layers' weights uint8 in the export only, and the two would meet different kernels
-    target = X86Target(reduce_range=False)
+    # 7-bit int8 weights everywhere: nothing saturates on any CPU (on AVX2 the training graph's
+    # float-bias Gemm and the export's fused int8 one would otherwise meet different kernels)
+    target = X86Target(reduce_range=True)
     train, _ = _quantize(model, target, stats, [], False, False, True)
     check(train)
     qs = [n for n in train.graph if n.op_type == "QuantizeLinear"]
@@ -183,10 +183,13 @@ def _act_scales(model) -> dict[str, float]:
     return {x: float(g.initializers[s].const_value.numpy()) for x, s, _ in activation_quantizers(g)}
 
 
-def test_learned_activation_scales_reach_the_export(digits):
+def test_learned_activation_scales_reach_the_export(digits, monkeypatch):
     """LSQ: the activation scales train with the weights, and the exported QDQ model carries the
-    learned scales (not the calibrated ones); without learning, the export keeps calibration's."""
+    learned scales (not the calibrated ones); without learning, the export keeps calibration's.
+    No hold-out here: whether QAT beats PTQ on it after 60 steps is a float-kernel trajectory (kept
+    with AVX-512 torch kernels, not with AVX2's); the keep decision has its own test."""
     model, stats, feeds, _, ref = digits
+    monkeypatch.setattr(stats, "holdout", [])
     target = CudaTarget()
     ptq, _ = _quantize(model, target, stats, [], False, True)
     q, _, rec = finetune_with(model, ptq, target, stats, steps=60, lr=1e-4)
@@ -195,4 +198,4 @@ def test_learned_activation_scales_reach_the_export(digits):
     assert before.keys() == after.keys()
     moved = [k for k in before if abs(after[k] / before[k] - 1) > 1e-3]
     assert moved and all(0.5 < after[k] / before[k] < 2 for k in before)
-    assert _rel_mse(q, feeds, ref) < _rel_mse(ptq, feeds, ref)
+    assert _rel_mse(q, feeds, ref, simulate=True) < _rel_mse(ptq, feeds, ref, simulate=True)
