@@ -101,6 +101,7 @@ def _bad(tmp_path, *args):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bad_inputs(saved, tmp_path):
     assert "no such file" in _bad(tmp_path, tmp_path / "missing.pt")
     data = saved("cnn", "torchscript").read_bytes()

@@ -38,6 +38,7 @@ def _distill(rep: dict) -> dict:
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun is not installed beside this python")
+@pytest.mark.slow
 def test_two_processes_train_the_same_student(tmp_path):
     one = _run([_cli()], tmp_path / "one")
     torchrun = str(Path(sys.executable).with_name("torchrun"))

@@ -190,6 +190,7 @@ def _quant_modules() -> list[str]:
     return [f"autoglm_compress.quantization.{f.stem}" for f in files if f.name not in _MOVING]
 
 
+@pytest.mark.slow
 def test_quantization_imports_no_passes_in_fresh_interpreter():
     """Each quantization module imported in a fresh interpreter leaves no passes/pipeline/
     targets/api module in sys.modules; ir_ops imports neither torch nor those."""

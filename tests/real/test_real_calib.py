@@ -25,6 +25,7 @@ def _score_cosine(ref: list, got: list) -> float:
     return float(r @ g / (np.linalg.norm(r) * np.linalg.norm(g)))
 
 
+@pytest.mark.slow
 def test_auto_ranges_keep_yolo_class_scores(tmp_path):
     if find_spec("nudenet") is None:
         pytest.skip("wheel 'nudenet' not installed (requirements-real.txt)")

@@ -39,6 +39,7 @@ def bert(tmp_path_factory):
     return zoo.bert_encoder(tmp_path_factory.mktemp("bert_prune"), dict_output=False)
 
 
+@pytest.mark.slow
 def test_bert_heads_and_ffn_pruned_then_distilled(bert, tmp_path):
     """Half the heads (2 of 4 per layer) and FFN units (256 of 512): ≈ half the MACs. Measured on
     the calibration sequences (act importance + compensation, the defaults with data) the pruned
