@@ -104,11 +104,14 @@ class CudaTarget(Target):
     def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
         # QDQ simulated (no fused CPU int8 kernels): TensorRT's integer maths, not AVX2's
         # saturating int16 pair sums
+        sim = artifact.precision == "int8"
         verify_in_runtime(
-            ort_runner(artifact.path, simulate=artifact.precision == "int8"), artifact, ctx,
-            "onnxruntime CPU (not TensorRT)",
+            ort_runner(artifact.path, simulate=sim), artifact, ctx,
+            "onnxruntime CPU, QDQ run as written (not TensorRT)" if sim
+            else "onnxruntime CPU (not TensorRT)",
         )
-        artifact.notes.append("latency above is onnxruntime on CPU, not TensorRT")
+        artifact.notes.append("latency above is onnxruntime on CPU, not TensorRT" + (
+            " (the QDQ graph unfused: its float maths, not an int8 speed)" if sim else ""))
         if self.build_engine:
             from autoglm_compress.targets.cuda.engine import build_and_compare
 
