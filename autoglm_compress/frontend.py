@@ -76,7 +76,7 @@ def _zip_kind(zf: zipfile.ZipFile, path: Path) -> str:
 
 
 class _PickleTooLong(Exception):
-    pass
+    """The pickle stream ran past the scan limit (raised by :class:`_Capped`)."""
 
 
 class _Capped:

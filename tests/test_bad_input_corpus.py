@@ -78,10 +78,14 @@ def c_model_empty_file(tmp, kit):
     return [tmp / "empty.onnx", "--fp16"]
 
 
+def _random_model(tmp: Path, name: str, seed: int) -> list:
+    (tmp / name).write_bytes(np.random.default_rng(seed).bytes(4096))
+    return [tmp / name, "--fp16"]
+
+
 @case("rand.onnx")
 def c_model_random_bytes(tmp, kit):
-    (tmp / "rand.onnx").write_bytes(np.random.default_rng(1).bytes(4096))
-    return [tmp / "rand.onnx", "--fp16"]
+    return _random_model(tmp, "rand.onnx", 1)
 
 
 @case("cut.onnx")
@@ -124,8 +128,7 @@ def c_model_nonexistent(tmp, kit):
 
 @case("rand.pt")
 def c_model_random_bytes_named_pt(tmp, kit):
-    (tmp / "rand.pt").write_bytes(np.random.default_rng(2).bytes(4096))
-    return [tmp / "rand.pt", "--fp16"]
+    return _random_model(tmp, "rand.pt", 2)
 
 
 @case("ext.onnx")
