@@ -187,8 +187,13 @@ class LoweringTable:
     precisions: dict[str, dict]
 
     @classmethod
-    def load(cls, path: Path) -> LoweringTable:
+    def load(cls, path: Path, supported: frozenset | None = None) -> LoweringTable:
+        """``supported``: the ops the target's lowering rules cover, for every precision (as if
+        the toml listed them)."""
         data = tomllib.loads(Path(path).read_text())["precision"]
+        if supported is not None:
+            for entry in data.values():
+                entry["supported"] = sorted(supported)
         for entry in data.values():
             base = data.get(entry.get("inherit", ""), {})
             for key in ("domains", "unsupported", "passes", "supported"):
@@ -229,6 +234,7 @@ class Target(abc.ABC):
     precisions: ClassVar[tuple[str, ...]] = ()
     options_class: ClassVar[type | None] = None
     lowering_file: ClassVar[Path | None] = None
+    rules: ClassVar = None  # the emitter's RuleSet (targets/rules.py): the table's supported ops
 
     def __init__(self, options=None, **kw):
         cls = self.options_class
@@ -242,7 +248,8 @@ class Target(abc.ABC):
     @property
     def table(self) -> LoweringTable:
         if self._table is None:
-            self._table = LoweringTable.load(self.lowering_file)
+            self._table = LoweringTable.load(
+                self.lowering_file, supported=self.rules.ops() if self.rules else None)
         return self._table
 
     @property

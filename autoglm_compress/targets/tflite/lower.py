@@ -18,139 +18,25 @@ import onnx_ir as ir
 
 from autoglm_compress.errors import UnsupportedOpError
 from autoglm_compress.ir_ops import const_array
+from autoglm_compress.targets.ir_reads import clip_bounds, dims, ints, onnx_pads, wconst
 from autoglm_compress.targets.tflite.builder import TFLiteBuilder
-from autoglm_compress.targets.tflite.lower_seq import SEQ_OPS, SequenceOps, seq_unsupported_reason
-from autoglm_compress.targets.tflite.lower_spatial import (
-    SPATIAL_OPS,
-    SpatialOps,
-    spatial_unsupported_reason,
-)
+from autoglm_compress.targets.tflite.lower_seq import SequenceOps
+from autoglm_compress.targets.tflite.lower_spatial import SpatialOps
+from autoglm_compress.targets.tflite.rules import BINARY, RULES, resize_mode
 
-__all__ = ["lower_to_tflite", "unsupported_reason", "OPS"]
+# wconst and _onnx_pads (ir_reads.py) are named here too while the ncnn emitter imports them here
+__all__ = ["lower_to_tflite", "unsupported_reason", "OPS", "wconst"]
 
 logger = logging.getLogger(__name__)
 
 _TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
-_UNARY = {"Relu": 19, "Sigmoid": 14, "Tanh": 28, "HardSwish": 117, "Exp": 47, "Sqrt": 75,
-          "Abs": 101, "Neg": 59, "Floor": 8}
-_BINARY = {"Add": (0, 11), "Sub": (41, 28), "Mul": (18, 21), "Div": (42, 29),
-           "Max": (55, 0), "Min": (57, 0), "Pow": (78, 0)}
-OPS = frozenset({"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
-                 "GlobalMaxPool", "Flatten", "Reshape", "Softmax", "Concat", "Transpose",
-                 "Clip", "LeakyRelu", "ReduceMean", "Identity", "Dropout", "Resize",
-                 "Split", "Slice", "Constant", "Unsqueeze", "Squeeze",
-                 "Erf", *_UNARY, *_BINARY, *SEQ_OPS, *SPATIAL_OPS})
-
-
-def wconst(v: ir.Value | None) -> np.ndarray | None:
-    """A constant input as float: an initializer, or the dequantized constant behind a
-    DequantizeLinear (weights of a QDQ graph)."""
-    a = const_array(v)
-    p = v.producer() if v is not None and a is None else None
-    if p is not None and p.op_type == "DequantizeLinear":
-        from autoglm_compress.quantization.qdq_read import read_qparams
-
-        q = read_qparams(p)
-        a = q.dequantize() if q is not None else None
-    return a
-
-
-def _ints(node: ir.Node, name: str, default):
-    a = node.attributes.get(name)
-    return list(a.as_ints()) if a is not None else list(default)
-
-
-def _onnx_pads(n: ir.Node, in_hw, k, s, d) -> list[int]:
-    """[top, left, bottom, right] of a conv/pool, with auto_pad resolved (SAME_UPPER puts the odd
-    pixel at the end, as TFLite's SAME does; SAME_LOWER at the start)."""
-    auto = n.attributes.get_string("auto_pad", "NOTSET")
-    if auto in ("NOTSET", ""):
-        return _ints(n, "pads", [0, 0, 0, 0])
-    if auto == "VALID":
-        return [0, 0, 0, 0]
-    pads = [0, 0, 0, 0]
-    for i in range(2):
-        out = -(-in_hw[i] // s[i])
-        total = max((out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - in_hw[i], 0)
-        small, big = total // 2, total - total // 2
-        pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
-    return pads
-
-
-def _shape(v: ir.Value) -> list[int]:
-    return [d if isinstance(d, int) else 1 for d in (v.shape or [])]
+OPS = RULES.ops()  # the ops with a lowering rule (rules.py, rules_seq.py)
+_onnx_pads = onnx_pads
 
 
 def unsupported_reason(node: ir.Node) -> str | None:
-    """Why this node has no TFLite lowering here (None: it has one)."""
-    op = node.op_type
-    if op not in OPS:
-        return "no TFLite lowering for this op yet"
-    if node.domain not in ("", "ai.onnx") and not (op == "Gelu" and node.domain == "com.microsoft"):
-        return f"no TFLite lowering for domain {node.domain!r}"
-    if op == "Erf":
-        from autoglm_compress.passes.fuse_gelu import match_gelu
-
-        if match_gelu(node) is None:
-            return "Erf outside a GELU (TFLite has GELU, not Erf)"
-    why = seq_unsupported_reason(node) or spatial_unsupported_reason(node)
-    if why:
-        return why
-    if op == "Conv":
-        w = wconst(node.inputs[1])
-        if w is None or w.ndim != 4:
-            return "only 2-D convolutions with constant weights"
-        g = node.attributes.get_int("group", 1)
-        cin = w.shape[1] * g
-        if g != 1 and not (g == cin and w.shape[1] == 1):
-            return "grouped (non-depthwise) convolution"
-    if op == "Gemm":
-        if node.attributes.get_int("transA", 0) or node.attributes.get_float("alpha", 1.0) != 1.0:
-            return "Gemm with transA or alpha ≠ 1"
-        if wconst(node.inputs[1]) is None:
-            return "Gemm with a non-constant weight"
-    if op == "AveragePool" and node.attributes.get_int("ceil_mode", 0):
-        return "ceil_mode average pooling"
-    if op == "MaxPool" and node.attributes.get_int("ceil_mode", 0) and any(
-            not isinstance(d, int) for d in (node.outputs[0].shape or [None])):
-        return "ceil_mode max pooling with unknown output size"
-    if op == "Resize":
-        return _resize_mode(node)[1]
-    if op == "Slice" and any(const_array(v) is None for v in node.inputs[1:] if v is not None):
-        return "Slice with non-constant starts/ends"
-    if op == "Split" and any(o.shape is None for o in node.outputs):
-        return "Split with unknown output shapes"
-    if op == "Clip" and any(v is not None and v.name and const_array(v) is None
-                            for v in node.inputs[1:3]):
-        return "Clip with non-constant bounds"
-    return None
-
-
-def _clip_bounds(node: ir.Node) -> tuple[float | None, float | None]:
-    """Clip's constant (min, max); None where that bound is absent."""
-    def bound(i):
-        v = node.inputs[i] if len(node.inputs) > i else None
-        return float(const_array(v)) if v is not None and v.name else None
-
-    return bound(1), bound(2)
-
-
-def _resize_mode(node: ir.Node) -> tuple[tuple[int, bool, bool] | None, str | None]:
-    """((builtin, align_corners, half_pixel_centers), None) or (None, why)."""
-    mode = node.attributes.get_string("mode", "nearest")
-    ct = node.attributes.get_string("coordinate_transformation_mode", "half_pixel")
-    nearest = node.attributes.get_string("nearest_mode", "round_prefer_floor")
-    if len(_shape(node.outputs[0])) != 4:
-        return None, "only 4-D (NCHW) resizes"
-    if mode == "nearest" and ct == "asymmetric" and nearest == "floor":
-        return (97, False, False), None
-    if mode == "nearest" and ct in ("half_pixel", "pytorch_half_pixel") and nearest == "round_prefer_ceil":
-        return (97, False, True), None
-    if mode == "linear" and ct in ("half_pixel", "pytorch_half_pixel"):
-        return (23, False, True), None
-    if mode == "linear" and ct == "align_corners":
-        return (23, True, False), None
-    return None, f"Resize mode {mode}/{ct}/{nearest} has no TFLite equivalent"
+    """Why this node has no TFLite lowering here (None: it has one): its rule's check."""
+    return RULES.reason(node)
 
 
 class _Lowerer(SequenceOps, SpatialOps):
@@ -223,10 +109,10 @@ class _Lowerer(SequenceOps, SpatialOps):
         return self.vals[name][1] if name in self.vals else "onnx"
 
     def _shape_of_value(self, v: ir.Value) -> list[int]:
-        return _shape(v)
+        return dims(v, 1)
 
     def out(self, v: ir.Value, layout: str) -> int:
-        shape = _shape(v)
+        shape = dims(v, 1)
         if layout == "nhwc" and len(shape) == 4:
             shape = [shape[p] for p in _TO_NHWC]
         dt = np.dtype(v.dtype.numpy()) if v.dtype is not None else np.dtype("float32")
@@ -246,7 +132,7 @@ class _Lowerer(SequenceOps, SpatialOps):
         if nxt.op_type == "Relu":
             code = 1
         elif nxt.op_type == "Clip" and unsupported_reason(nxt) is None:
-            lo, hi = _clip_bounds(nxt)
+            lo, hi = clip_bounds(nxt)
             code = 3 if (lo, hi) == (0.0, 6.0) else 2 if (lo, hi) == (-1.0, 1.0) else None
         if code is None:
             return 0, y
@@ -289,10 +175,10 @@ class _Lowerer(SequenceOps, SpatialOps):
         o = w.shape[0]
         bias = wconst(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else None
         bias = np.zeros(o, np.float32) if bias is None else bias.astype(np.float32)
-        k, st = list(w.shape[2:]), _ints(n, "strides", [1, 1])
-        dil = _ints(n, "dilations", [1, 1])
+        k, st = list(w.shape[2:]), ints(n, "strides", [1, 1])
+        dil = ints(n, "dilations", [1, 1])
         in_hw = self.b.shape_of(x)[1:3]
-        pads = _onnx_pads(n, in_hw, k, st, dil)
+        pads = onnx_pads(n, in_hw, k, st, dil)
         padding, explicit = self._padding(in_hw, k, st, dil, pads)
         if explicit:
             x = self._pad(x, explicit, None)
@@ -351,7 +237,8 @@ class _Lowerer(SequenceOps, SpatialOps):
     def matmul(self, n: ir.Node) -> None:
         w = wconst(n.inputs[1])
         if w is not None and w.ndim == 2:
-            self.fully_connected(n, w.astype(np.float32).T, None, len(_shape(n.inputs[0])) > 2)
+            keep_dims = len(dims(n.inputs[0], 1)) > 2
+            self.fully_connected(n, w.astype(np.float32).T, None, keep_dims)
             return
         a, b = (self.get(v.name, "onnx") for v in n.inputs)
         self.b.op(126, [a, b], [self.out(n.outputs[0], "onnx")],
@@ -360,10 +247,10 @@ class _Lowerer(SequenceOps, SpatialOps):
     def pool(self, n: ir.Node) -> None:
         s = self.b.s
         x = self.get(n.inputs[0].name, "nhwc")
-        k, st = _ints(n, "kernel_shape", [1, 1]), _ints(n, "strides", [1, 1])
-        pads = _onnx_pads(n, self.b.shape_of(x)[1:3], k, st, [1, 1])
+        k, st = ints(n, "kernel_shape", [1, 1]), ints(n, "strides", [1, 1])
+        pads = onnx_pads(n, self.b.shape_of(x)[1:3], k, st, [1, 1])
         if n.attributes.get_int("ceil_mode", 0):  # pad the end so floor mode gives ceil's size
-            out_hw, in_hw = _shape(n.outputs[0])[2:], self.b.shape_of(x)[1:3]
+            out_hw, in_hw = dims(n.outputs[0], 1)[2:], self.b.shape_of(x)[1:3]
             for i in range(2):
                 need = (out_hw[i] - 1) * st[i] + k[i] - (in_hw[i] + pads[i] + pads[i + 2])
                 pads[i + 2] += max(need, 0)
@@ -394,20 +281,20 @@ class _Lowerer(SequenceOps, SpatialOps):
 
     def reshape(self, n: ir.Node) -> None:
         src = n.inputs[0]
-        shape = _shape(src)
+        shape = dims(src, 1)
         spatial_one = len(shape) == 4 and shape[2] * shape[3] == 1
         if self.layout(src.name) == "nhwc" and spatial_one:
             x = self.get(src.name, "nhwc")  # [N,1,1,C] and [N,C,1,1] hold the same order
         else:
             x = self.get(src.name, "onnx")
         y = n.outputs[0]
-        new = self.b.const(self._name("shape"), np.asarray(_shape(y), np.int32))
+        new = self.b.const(self._name("shape"), np.asarray(dims(y, 1), np.int32))
         self.b.op(22, [x, new], [self.out(y, "onnx")])
 
     def softmax(self, n: ir.Node) -> None:
         s = self.b.s
         v = n.inputs[0]
-        rank = len(_shape(v))
+        rank = len(dims(v, 1))
         axis = n.attributes.get_int("axis", -1) % rank
         opt = s.SoftmaxOptionsT()
         opt.beta = 1.0
@@ -437,9 +324,9 @@ class _Lowerer(SequenceOps, SpatialOps):
     def split(self, n: ir.Node) -> None:
         s = self.b.s
         v = n.inputs[0]
-        rank = len(_shape(v))
+        rank = len(dims(v, 1))
         axis = n.attributes.get_int("axis", 0) % rank
-        sizes = [(_shape(o)[axis]) for o in n.outputs]
+        sizes = [(dims(o, 1)[axis]) for o in n.outputs]
         lay = self.layout(v.name) if rank == 4 else "onnx"
         x = self.get(v.name, lay)
         if lay == "nhwc":
@@ -454,7 +341,7 @@ class _Lowerer(SequenceOps, SpatialOps):
     def slice(self, n: ir.Node) -> None:
         s = self.b.s
         v = n.inputs[0]
-        shape = _shape(v)
+        shape = dims(v, 1)
         rank = len(shape)
         starts, ends = const_array(n.inputs[1]), const_array(n.inputs[2])
         axes = const_array(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] is not None \
@@ -476,7 +363,7 @@ class _Lowerer(SequenceOps, SpatialOps):
 
     def concat(self, n: ir.Node) -> None:
         s = self.b.s
-        rank = len(_shape(n.outputs[0]))
+        rank = len(dims(n.outputs[0], 1))
         lay = "nhwc" if rank == 4 and any(self.layout(v.name) == "nhwc" for v in n.inputs) \
             else "onnx"
         axis = n.attributes.get_int("axis", 0) % rank
@@ -490,10 +377,10 @@ class _Lowerer(SequenceOps, SpatialOps):
 
     def resize(self, n: ir.Node) -> None:
         s = self.b.s
-        (code, align, half), _ = _resize_mode(n)
+        (code, align, half), _ = resize_mode(n)
         x = self.get(n.inputs[0].name, "nhwc")
         y = n.outputs[0]
-        size = self.b.const(self._name("size"), np.asarray(_shape(y)[2:], np.int32))
+        size = self.b.const(self._name("size"), np.asarray(dims(y, 1)[2:], np.int32))
         if code == 23:
             opt, otype = s.ResizeBilinearOptionsT(), s.BuiltinOptions.ResizeBilinearOptions
         else:
@@ -502,9 +389,9 @@ class _Lowerer(SequenceOps, SpatialOps):
         self.b.op(code, [x, size], [self.out(y, "nhwc")], opt, otype)
 
     def binary(self, n: ir.Node) -> None:
-        code, otype = _BINARY[n.op_type]
+        code, otype = BINARY[n.op_type]
         a, c = n.inputs
-        rank = len(_shape(n.outputs[0]))
+        rank = len(dims(n.outputs[0], 1))
         nhwc = rank == 4 and any(
             v.name in self.vals and self.layout(v.name) == "nhwc" for v in (a, c))
         lay = "nhwc" if nhwc else "onnx"
@@ -527,7 +414,7 @@ class _Lowerer(SequenceOps, SpatialOps):
         self.b.op(code, [self.get(v.name, lay)], [self.out(n.outputs[0], lay)], options, otype)
 
     def clip(self, n: ir.Node) -> None:
-        lo, hi = _clip_bounds(n)
+        lo, hi = clip_bounds(n)
         if (lo, hi) == (0.0, 6.0):
             return self.unary(n, 21)  # RELU6
         v = n.inputs[0]
@@ -547,65 +434,20 @@ class _Lowerer(SequenceOps, SpatialOps):
         return None
 
     def node(self, n: ir.Node) -> None:
-        s, op = self.b.s, n.op_type
+        """Write ``n`` with its rule (rules.py); a node fused into the op before it, and a
+        weight-only DequantizeLinear of the hybrid mode, are not written themselves."""
         if id(n) in self.fused:
             return
-        if self.hybrid and op == "DequantizeLinear" and const_array(n.inputs[0]) is not None:
+        if self.hybrid and n.op_type == "DequantizeLinear" and const_array(n.inputs[0]) is not None:
             return  # a weight-only DQ: read where used (int8_weight / wconst)
         why = unsupported_reason(n)
         if why:
-            raise UnsupportedOpError(op, n.name or "?", "arm target", why)
-        if op in SEQ_OPS or op in SPATIAL_OPS:
-            getattr(self, SEQ_OPS.get(op) or SPATIAL_OPS[op])(n)
-        elif op == "Conv":
-            self.conv(n)
-        elif op == "Gemm":
-            self.gemm(n)
-        elif op == "MatMul":
-            self.matmul(n)
-        elif op in ("MaxPool", "AveragePool"):
-            self.pool(n)
-        elif op in ("GlobalAveragePool", "GlobalMaxPool"):
-            self.global_pool(n)
-        elif op in ("Flatten", "Reshape"):
-            self.reshape(n)
-        elif op == "Softmax":
-            self.softmax(n)
-        elif op == "Concat":
-            self.concat(n)
-        elif op == "Resize":
-            self.resize(n)
-        elif op == "Split":
-            self.split(n)
-        elif op == "Slice":
-            self.slice(n)
-        elif op == "Constant":
-            return  # read where used (const_array follows Constant nodes)
-        elif op in ("Unsqueeze", "Squeeze"):
-            self.reshape(n)
-        elif op in _BINARY:
-            self.binary(n)
-        elif op in _UNARY:
-            self.unary(n, _UNARY[op])
-        elif op == "Clip":
-            self.clip(n)
-        elif op == "LeakyRelu":
-            opt = s.LeakyReluOptionsT()
-            opt.alpha = n.attributes.get_float("alpha", 0.01)
-            self.unary(n, 98, opt, s.BuiltinOptions.LeakyReluOptions)
-        elif op in ("Identity", "Dropout"):
-            self.vals[n.outputs[0].name] = self.vals[n.inputs[0].name]
-        elif op == "Transpose":
-            perm = _ints(n, "perm", reversed(range(len(_shape(n.inputs[0])))))
-            x = self.get(n.inputs[0].name, "onnx")
-            self.b.op(39, [x, self.b.const(self._name("perm"), np.asarray(perm, np.int32))],
-                      [self.out(n.outputs[0], "onnx")])
-        else:  # pragma: no cover - OPS and this dispatch are kept together
-            raise UnsupportedOpError(op, n.name, "arm target", "not dispatched")
+            raise UnsupportedOpError(n.op_type, n.name or "?", "arm target", why)
+        RULES.get(n.op_type).lower(self, n)
 
     def run(self) -> bytes:
         for v in self.g.inputs:
-            idx = self.b.tensor(v.name, _shape(v), np.dtype(v.dtype.numpy()).name)
+            idx = self.b.tensor(v.name, dims(v, 1), np.dtype(v.dtype.numpy()).name)
             self.b.graph.inputs.append(idx)
             self.b.io_names[0].append(v.name)
             self.vals[v.name] = (idx, "onnx")

@@ -18,7 +18,8 @@ import onnx_ir as ir
 
 from autoglm_compress.quantization.qdq import int32_bias
 from autoglm_compress.quantization.qdq_read import read_qparams
-from autoglm_compress.targets.tflite.lower import _Lowerer, _shape, wconst
+from autoglm_compress.targets.ir_reads import dims, wconst
+from autoglm_compress.targets.tflite.lower import _Lowerer
 
 __all__ = ["lower_qdq_to_tflite", "INT8_OPS"]
 
@@ -66,7 +67,7 @@ class _Int8Lowerer(_Lowerer):
             return super().out(v, layout)
         qn = self.qmode
         y = qn.outputs[0]
-        shape = _shape(y)
+        shape = dims(y, 1)
         if layout == "nhwc" and len(shape) == 4:
             shape = [shape[p] for p in (0, 2, 3, 1)]
         q = read_qparams(qn)
@@ -218,7 +219,7 @@ class _Int8Lowerer(_Lowerer):
         if self.io == "float":
             return super().run()
         for v in self.g.inputs:
-            idx = self.b.tensor(v.name, _shape(v), np.dtype(v.dtype.numpy()).name)
+            idx = self.b.tensor(v.name, dims(v, 1), np.dtype(v.dtype.numpy()).name)
             self.b.graph.inputs.append(idx)
             self.b.io_names[0].append(v.name)
             self.vals[v.name] = (idx, "onnx")

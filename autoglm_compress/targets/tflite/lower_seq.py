@@ -5,7 +5,7 @@ LayerNormalization has no TFLite builtin: it is decomposed the way TFLite's own 
 it — MEAN, SQUARED_DIFFERENCE, MEAN, ADD ε, RSQRT, SUB, MUL, then scale and bias. GELU (the
 ``com.microsoft.Gelu`` that the fuse_gelu pass writes, or ONNX ``Gelu`` from opset 20) is the GELU
 builtin (exact erf form unless ``approximate="tanh"``). A mixin of the lowerer (lower.py): it uses
-its ``get``/``out``/``const`` and the builder ``b``.
+its ``get``/``out``/``const`` and the builder ``b``; which nodes it takes is rules_seq.py's.
 """
 
 from __future__ import annotations
@@ -14,36 +14,16 @@ import numpy as np
 import onnx_ir as ir
 
 from autoglm_compress.ir_ops import const_array
+from autoglm_compress.targets.ir_reads import reduce_axes
 
-__all__ = ["SequenceOps", "SEQ_OPS", "REDUCE_CODES"]
+# reduce_axes (ir_reads.py) is named here too while the ncnn emitter imports it from this module
+__all__ = ["SequenceOps", "REDUCE_CODES", "LOGIC_CODES", "reduce_axes"]
 
 REDUCE_CODES = {"ReduceMean": 40, "ReduceSum": 74, "ReduceMax": 82, "ReduceMin": 89,
                 "ReduceProd": 81}
 # Comparisons and logic (attention masks): ONNX op → TFLite builtin; IsNaN is NOT_EQUAL(x, x).
 LOGIC_CODES = {"Equal": 71, "Greater": 61, "Less": 58, "GreaterOrEqual": 62, "LessOrEqual": 63,
                "And": 86, "Or": 84, "Not": 87, "IsNaN": 72, "Where": 123}
-SEQ_OPS = {"Gather": "gather", "Cast": "cast", "LayerNormalization": "layernorm",
-           "Gelu": "gelu", **{k: "reduce" for k in REDUCE_CODES},
-           **{k: "logic" for k in LOGIC_CODES}}
-
-
-def reduce_axes(n: ir.Node, rank: int) -> list[int] | None:
-    """The reduced axes (non-negative), all axes when none are given, None when not constant."""
-    a = n.attributes.get("axes")
-    if a is not None:
-        axes = list(a.as_ints())
-    elif len(n.inputs) > 1 and n.inputs[1] is not None:
-        arr = const_array(n.inputs[1])
-        if arr is None:
-            return None
-        axes = [int(x) for x in arr.reshape(-1)]
-    else:
-        axes = []
-    if not axes:
-        if n.attributes.get_int("noop_with_empty_axes", 0):
-            return []
-        axes = list(range(rank))
-    return sorted(int(x) % rank for x in axes)
 
 
 class SequenceOps:
@@ -141,25 +121,3 @@ class SequenceOps:
         self.b.op(150, [self.get(v.name, lay)], [self.out(n.outputs[0], lay)], opt,
                   s.BuiltinOptions.GeluOptions)
 
-
-def seq_unsupported_reason(node: ir.Node) -> str | None:
-    op = node.op_type
-    if op == "Gather":
-        if const_array(node.inputs[1]) is not None and (const_array(node.inputs[1]) < 0).any():
-            return "Gather with negative constant indices"
-    if op in REDUCE_CODES:
-        shape = node.inputs[0].shape
-        if shape is None or reduce_axes(node, len(shape)) is None:
-            return f"{op} with non-constant axes or unknown rank"
-    if op == "LayerNormalization":
-        if const_array(node.inputs[1]) is None or (
-                len(node.inputs) > 2 and node.inputs[2] is not None
-                and const_array(node.inputs[2]) is None):
-            return "LayerNormalization with non-constant scale/bias"
-        if len(node.outputs) > 1 and any(o.uses() for o in node.outputs[1:]):
-            return "LayerNormalization whose mean/inv-std outputs are used"
-    if op == "Cast":
-        to = node.attributes.get_int("to", 1)
-        if to not in (1, 6, 7, 9, 10, 3, 2):
-            return "Cast to a type TFLite's CAST does not take"
-    return None

@@ -4,7 +4,7 @@
 ConvTranspose: ONNX weights [Cin, Cout, kH, kW] → TFLite [Cout, kH, kW, Cin]; TFLite's VALID output
 is (in − 1)·s + k, ONNX subtracts its pads and adds output_padding, so the op is written VALID
 (or SAME where the pads equal SAME's) and any other crop is a STRIDED_SLICE after it. A mixin of
-the lowerer (lower.py).
+the lowerer (lower.py); which nodes it takes is rules_seq.py's.
 """
 
 from __future__ import annotations
@@ -13,70 +13,24 @@ import numpy as np
 import onnx_ir as ir
 
 from autoglm_compress.ir_ops import const_array
+from autoglm_compress.targets.ir_reads import ints, wconst
 
-__all__ = ["SpatialOps", "SPATIAL_OPS", "spatial_unsupported_reason"]
+__all__ = ["SpatialOps"]
 
-SPATIAL_OPS = {"ConvTranspose": "conv_transpose", "PRelu": "prelu", "Pad": "pad_op",
-               "Elu": "elu", "HardSigmoid": "hard_sigmoid", "BatchNormalization": "batchnorm"}
 _NCHW_TO_NHWC = (0, 2, 3, 1)
-
-
-def _ints(node, name, default):
-    a = node.attributes.get(name)
-    return list(a.as_ints()) if a is not None else list(default)
-
-
-def spatial_unsupported_reason(node: ir.Node) -> str | None:
-    from autoglm_compress.targets.tflite.lower import wconst
-
-    op = node.op_type
-    if op == "ConvTranspose":
-        w = wconst(node.inputs[1])
-        if w is None or w.ndim != 4:
-            return "only 2-D transposed convolutions with constant weights"
-        if node.attributes.get_int("group", 1) != 1:
-            return "grouped transposed convolution"
-        if any(d != 1 for d in _ints(node, "dilations", [1, 1])):
-            return "dilated transposed convolution"
-        if node.attributes.get("output_shape") is not None:
-            return "ConvTranspose with output_shape (give pads instead)"
-        if node.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            return "ConvTranspose with auto_pad SAME_*"
-    if op == "Elu" and node.attributes.get_float("alpha", 1.0) != 1.0:
-        return "ELU with alpha ≠ 1 (TFLite's ELU has alpha 1)"
-    if op == "BatchNormalization" and (
-            any(const_array(v) is None for v in node.inputs[1:5])
-            or node.attributes.get_int("training_mode", 0)):
-        return "BatchNormalization in training mode or with non-constant statistics"
-    if op == "PRelu" and const_array(node.inputs[1]) is None:
-        return "PRelu with a non-constant slope"
-    if op == "Pad":
-        mode = node.attributes.get_string("mode", "constant")
-        if mode not in ("constant", "reflect"):
-            return f"Pad mode {mode!r} (TFLite has constant and reflect)"
-        if const_array(node.inputs[1]) is None:
-            return "Pad with non-constant pads"
-        if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name \
-                and const_array(node.inputs[2]) is None:
-            return "Pad with a non-constant value"
-        if len(node.inputs) > 3 and node.inputs[3] is not None:
-            return "Pad with axes"
-    return None
 
 
 class SpatialOps:
     """Mixin: TRANSPOSE_CONV, PRELU, PAD/MIRROR_PAD, ELU."""
 
     def conv_transpose(self, n: ir.Node) -> None:
-        from autoglm_compress.targets.tflite.lower import wconst
-
         s = self.b.s
         x = self.get(n.inputs[0].name, "nhwc")
         w = wconst(n.inputs[1]).astype(np.float32)  # [Cin, Cout, kH, kW]
         cout, k = w.shape[1], list(w.shape[2:])
-        st = _ints(n, "strides", [1, 1])
-        pads = _ints(n, "pads", [0, 0, 0, 0])
-        opad = _ints(n, "output_padding", [0, 0])
+        st = ints(n, "strides", [1, 1])
+        pads = ints(n, "pads", [0, 0, 0, 0])
+        opad = ints(n, "output_padding", [0, 0])
         nb, h, wd, _ = self.b.shape_of(x)
         full = [(h - 1) * st[0] + k[0], (wd - 1) * st[1] + k[1]]
         want = [full[0] - pads[0] - pads[2] + opad[0], full[1] - pads[1] - pads[3] + opad[1]]

@@ -31,6 +31,7 @@ from autoglm_compress.targets.base import (
 from autoglm_compress.targets.tflite.lower import lower_to_tflite, unsupported_reason
 from autoglm_compress.targets.tflite.lower_int8 import INT8_OPS as _QOPS
 from autoglm_compress.targets.tflite.options import Options
+from autoglm_compress.targets.tflite.rules import RULES
 
 __all__ = ["TFLiteTarget", "litert_runner", "TARGET"]
 
@@ -102,6 +103,7 @@ class TFLiteTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     options_class = Options
     lowering_file = Path(__file__).with_name("lowering.toml")
+    rules = RULES  # the table's supported ops are the emitter's rules (rules.py)
     alternatives = "--target x86"
 
     def check(self, model: ir.Model, precision: str) -> list[str]:
