@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo test test-all lint bench docs clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,9 @@ test-all: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+docs: venv
+	$(PY) -m autoglm_compress.targets.ops_doc > docs/arm_ops.md
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

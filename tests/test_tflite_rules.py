@@ -9,58 +9,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
+from rule_nodes import f32, gelu_erf, i64, model_of, one
 
 from autoglm_compress.targets.tflite.lower import unsupported_reason
 
 F = TensorProto.FLOAT
-
-
-def _model(nodes, consts=None, shapes=None, outputs=("y",), opset=18) -> ir.Model:
-    """An onnx_ir model of ``nodes``: every input that is neither a constant nor produced inside is
-    a float graph input (shape from ``shapes``, default [1, 3, 8, 8]); ``outputs`` are graph
-    outputs, shaped only where ``shapes`` says."""
-    consts, shapes = consts or {}, shapes or {}
-    made = {o for n in nodes for o in n.output}
-    ins = list(dict.fromkeys(i for n in nodes for i in n.input
-                             if i and i not in consts and i not in made))
-    g = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info(i, F, shapes.get(i, [1, 3, 8, 8])) for i in ins],
-        [helper.make_tensor_value_info(o, F, shapes.get(o)) for o in outputs],
-        [onnx.numpy_helper.from_array(np.asarray(a), k) for k, a in consts.items()],
-        value_info=[helper.make_tensor_value_info(k, F, s) for k, s in shapes.items()
-                    if k in made and k not in outputs])
-    opsets = [helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)]
-    return ir.from_proto(helper.make_model(g, opset_imports=opsets))
-
-
-def one(op, ins, outs=("y",), *, c=None, shapes=None, domain="", **attrs) -> ir.Node:
-    """One ``op`` node named "n" (its graph built by :func:`_model`)."""
-    node = helper.make_node(op, list(ins), list(outs), name="n", domain=domain, **attrs)
-    m = _model([node], c, shapes, outs)
-    return next(n for n in m.graph if n.name == "n")
-
-
-def _f(*shape):
-    return np.ones(shape, np.float32)
-
-
-def _i(*vals):
-    return np.asarray(vals, np.int64)
-
-
-def _gelu(lone: bool = False) -> ir.Node:
-    """The Erf of 0.5·x·(1 + erf(x/√2)) (``lone``: an Erf read by nothing else of a GELU)."""
-    c = {"r2": np.asarray(np.sqrt(2.0), np.float32), "one": np.asarray(1.0, np.float32),
-         "half": np.asarray(0.5, np.float32)}
-    nodes = [helper.make_node("Div", ["x", "r2"], ["t"]),
-             helper.make_node("Erf", ["t"], ["e" if not lone else "y"], name="n")]
-    if not lone:
-        nodes += [helper.make_node("Add", ["e", "one"], ["a"]),
-                  helper.make_node("Mul", ["x", "a"], ["m"]),
-                  helper.make_node("Mul", ["m", "half"], ["y"])]
-    m = _model(nodes, c if not lone else {"r2": c["r2"]})
-    return next(n for n in m.graph if n.name == "n")
+_model, _f, _i, _gelu = model_of, f32, i64, gelu_erf
 
 
 def _layernorm_mean_used() -> ir.Node:
@@ -168,7 +122,7 @@ def test_each_check_accepts_one_node_and_refuses_another(op):
 
 
 def test_every_supported_op_has_a_rule_and_the_table_is_generated_from_them():
-    from autoglm_compress.targets.tflite.rules import RULES
+    from autoglm_compress.targets.tflite.lower import RULES
     from autoglm_compress.targets.tflite.target import TFLiteTarget
 
     ops = RULES.ops()

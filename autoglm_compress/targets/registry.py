@@ -18,7 +18,7 @@ __all__ = ["TARGETS", "register_target", "target_names", "target_options_class",
 TARGETS: dict[str, str] = {
     "x86": "autoglm_compress.targets.x86",
     "cuda": "autoglm_compress.targets.cuda",
-    "arm": "autoglm_compress.targets.tflite",
+    "arm": "autoglm_compress.targets.arm",
 }
 
 

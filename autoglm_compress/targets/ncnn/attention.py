@@ -23,6 +23,8 @@ import numpy as np
 import onnx_ir as ir
 
 from autoglm_compress.ir_ops import const_array
+from autoglm_compress.targets.ir_reads import scalar
+from autoglm_compress.targets.ncnn.blobs import permute_type, shape
 
 __all__ = ["Attention", "match_attention", "lower_sdpa"]
 
@@ -37,10 +39,6 @@ class Attention:
     mask: ir.Value | None
     scale: float
     nodes: list[ir.Node]  # every node folded into the SDPA layer
-
-
-def _shape(v: ir.Value) -> list[int]:
-    return [d if isinstance(d, int) else -1 for d in (v.shape or [])]
 
 
 def _through_qdq_up(v: ir.Value) -> tuple[ir.Value, list[ir.Node]]:
@@ -60,18 +58,13 @@ def _one_reader(v: ir.Value) -> ir.Node | None:
     return uses[0][0]
 
 
-def _scalar(v: ir.Value) -> float | None:
-    arr = const_array(v)
-    return float(arr.reshape(-1)[0]) if arr is not None and arr.size == 1 else None
-
-
 def _scaled(v: ir.Value) -> tuple[ir.Value, float, list[ir.Node]]:
     """``v`` = Mul(x, const) (either order) / Div(x, const) read only here → (x, factor, [node])."""
     p = v.producer()
     if p is None or p.op_type not in ("Mul", "Div") or _one_reader(v) is None:
         return v, 1.0, []
     a, b = p.inputs
-    sb, sa = _scalar(b), _scalar(a) if p.op_type == "Mul" else None
+    sb, sa = scalar(b), scalar(a) if p.op_type == "Mul" else None
     if sb is not None and const_array(a) is None:
         return a, (sb if p.op_type == "Mul" else 1.0 / sb), [p]
     if sa is not None and const_array(b) is None:
@@ -104,7 +97,7 @@ def match_attention(mm2: ir.Node) -> Attention | None:
     sm = p.producer()
     if sm is None or sm.op_type != "Softmax":
         return None
-    rank = len(_shape(sm.inputs[0]))
+    rank = len(shape(sm.inputs[0]))
     if rank != 4 or sm.attributes.get_int("axis", -1) % rank != 3:
         return None
     nodes.append(sm)
@@ -119,9 +112,9 @@ def match_attention(mm2: ir.Node) -> Attention | None:
             return p is not None and p.op_type == "MatMul"
 
         mm_side, mask = (a, b) if scores(a) else (b, a)
-        mshape = _shape(mask)
-        if len(mshape) != 4 or mshape[0] != 1 or mshape[2:] != _shape(s)[2:] \
-                or mshape[1] not in (1, _shape(s)[1]):
+        mshape = shape(mask)
+        if len(mshape) != 4 or mshape[0] != 1 or mshape[2:] != shape(s)[2:] \
+                or mshape[1] not in (1, shape(s)[1]):
             return None  # ncnn's SDPA reads a full [S, T] mask per head (or one for all)
         nodes.append(add)
         s = mm_side
@@ -148,7 +141,7 @@ def match_attention(mm2: ir.Node) -> Attention | None:
     if _one_reader(kt) is not None:
         nodes.append(tr)
     k_perm = [perm[0], perm[1], perm[3], perm[2]]
-    qs, ks, vs = _shape(q), _shape(tr.inputs[0]), _shape(v)
+    qs, ks, vs = shape(q), shape(tr.inputs[0]), shape(v)
     k_shape = [ks[i] for i in k_perm]
     if len(qs) != 4 or qs[0] != 1 or k_shape[1] != qs[1] or k_shape[3] != qs[3] \
             or vs[1] != qs[1] or vs[2] != k_shape[2]:
@@ -158,17 +151,13 @@ def match_attention(mm2: ir.Node) -> Attention | None:
 
 def lower_sdpa(lw, att: Attention) -> None:
     """One SDPA layer (+ a Permute giving K as [h, T, d]) for ``att`` (``lw``: the _Lowerer)."""
-    from autoglm_compress.targets.ncnn.lower import _PERMUTE
-
     name = att.out.name or "sdpa"
-    letters = {1: "C", 2: "H", 3: "W"}
-    key = tuple(letters[a] for a in reversed(att.k_perm[1:]))
     k_blob = lw.ng.unique(f"{name}_key")
     if att.k_perm == [0, 1, 2, 3]:
         k_blob = lw.b(att.k_src)
     else:
         lw.ng.add("Permute", f"{name}_key", [lw.b(att.k_src)], [k_blob],
-                  {0: _PERMUTE[key]})
+                  {0: permute_type(att.k_perm)})
     ins = [lw.b(att.q), k_blob, lw.b(att.v)]
     params: dict = {6: float(np.float32(att.scale))}
     if att.mask is not None:

@@ -23,10 +23,13 @@ import numpy as np
 import onnx_ir as ir
 
 from autoglm_compress.ir_ops import const_array
+from autoglm_compress.targets.ir_reads import scalar
+from autoglm_compress.targets.ncnn.blobs import dims_params, shape
+from autoglm_compress.targets.ncnn.ops_math import binary
+from autoglm_compress.targets.ncnn.rules import RULES
 
-__all__ = ["OPS", "unsupported", "lower", "int32_inputs"]
+__all__ = ["int32_inputs"]
 
-OPS = frozenset({"Gather", "Cast", "And", "Or", "Not", "Where", "IsNaN"})
 _FLT_MAX = float(np.finfo(np.float32).max)
 _INTS = frozenset({
     ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32, ir.DataType.INT64,
@@ -34,10 +37,6 @@ _INTS = frozenset({
 })
 _FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE,
                      ir.DataType.BFLOAT16})
-
-
-def _shape(v: ir.Value) -> list[int]:
-    return [d if isinstance(d, int) else -1 for d in (v.shape or [])]
 
 
 def _is_embed(node: ir.Node) -> bool:
@@ -52,12 +51,12 @@ def _index_run(node: ir.Node) -> tuple[int, int, int] | None:
     idx = const_array(node.inputs[1])
     if idx is None or const_array(node.inputs[0]) is not None:
         return None
-    shape = _shape(node.inputs[0])
-    axis = node.attributes.get_int("axis", 0) % len(shape)
+    dims = shape(node.inputs[0])
+    axis = node.attributes.get_int("axis", 0) % len(dims)
     flat = idx.reshape(-1).astype(np.int64)
-    if flat.size == 0 or shape[axis] < 0:
+    if flat.size == 0 or dims[axis] < 0:
         return None
-    flat = np.where(flat < 0, flat + shape[axis], flat)
+    flat = np.where(flat < 0, flat + dims[axis], flat)
     if (np.diff(flat) != 1).any():
         return None
     return axis, int(flat[0]), int(flat[-1]) + 1
@@ -71,37 +70,46 @@ def _nan_guard(where: ir.Node) -> bool:
         and const_array(a) is not None
 
 
-def unsupported(node: ir.Node) -> str | None:
-    op = node.op_type
-    if op == "Gather":
-        if _is_embed(node):
-            ids = node.inputs[1]
-            if len(_shape(ids)) != 2:
-                return "token ids must be [1, S] for ncnn's Embed"
-            if any(u.op_type != "Gather" or not _is_embed(u) for u, _ in ids.uses()):
-                return "an Embed's ids input (int32 in ncnn) is also read by other layers"
-            return None
-        run = _index_run(node)
-        if run is None:
-            return "Gather other than an embedding table lookup of int graph-input ids or a " \
-                   "constant scalar / ascending index run"
-        if run[0] == 0:
-            return "Gather on the batch axis"
+def _check_gather(node: ir.Node) -> str | None:
+    """An embedding lookup of int graph-input ids [1, S], or a constant scalar / ascending index
+    run on a non-batch axis."""
+    if _is_embed(node):
+        ids = node.inputs[1]
+        if len(shape(ids)) != 2:
+            return "token ids must be [1, S] for ncnn's Embed"
+        if any(u.op_type != "Gather" or not _is_embed(u) for u, _ in ids.uses()):
+            return "an Embed's ids input (int32 in ncnn) is also read by other layers"
         return None
-    if op == "Cast":
-        src, to = node.inputs[0].dtype, node.attributes.get_int("to", 0)
-        if src in _FLOATS and ir.DataType(to) not in _FLOATS:
-            return "float → integer/bool cast (ncnn blobs are float)"
-        return None
-    if op == "IsNaN":
-        if any(u.op_type != "Where" or not _nan_guard(u) for u, _ in node.outputs[0].uses()):
-            return "IsNaN other than Where(IsNaN(x), c, x) (ncnn has no NaN test)"
-        return None
-    if op == "Where":
-        for v in node.inputs[1:]:
-            arr = const_array(v)
-            if arr is not None and arr.size > 1 and not np.isfinite(arr).all():
-                return "Where with non-scalar infinite constants"
+    run = _index_run(node)
+    if run is None:
+        return "Gather other than an embedding table lookup of int graph-input ids or a " \
+               "constant scalar / ascending index run"
+    if run[0] == 0:
+        return "Gather on the batch axis"
+    return None
+
+
+def _check_cast(node: ir.Node) -> str | None:
+    """Casts that keep the value (no float → integer/bool)."""
+    src, to = node.inputs[0].dtype, node.attributes.get_int("to", 0)
+    if src in _FLOATS and ir.DataType(to) not in _FLOATS:
+        return "float → integer/bool cast (ncnn blobs are float)"
+    return None
+
+
+def _check_isnan(node: ir.Node) -> str | None:
+    """Only as Where(IsNaN(x), c, x) (ncnn has no NaN test)."""
+    if any(u.op_type != "Where" or not _nan_guard(u) for u, _ in node.outputs[0].uses()):
+        return "IsNaN other than Where(IsNaN(x), c, x) (ncnn has no NaN test)"
+    return None
+
+
+def _check_where(node: ir.Node) -> str | None:
+    """Infinite constants only as scalars."""
+    for v in node.inputs[1:]:
+        arr = const_array(v)
+        if arr is not None and arr.size > 1 and not np.isfinite(arr).all():
+            return "Where with non-scalar infinite constants"
     return None
 
 
@@ -109,14 +117,6 @@ def int32_inputs(graph: ir.Graph) -> list[str]:
     """Graph inputs ncnn reads as int32 (Embed ids)."""
     return [v.name for v in graph.inputs
             if any(u.op_type == "Gather" and _is_embed(u) for u, _ in v.uses())]
-
-
-def _scalar(v: ir.Value) -> float | None:
-    arr = const_array(v)
-    if arr is None or arr.size != 1:
-        return None
-    x = float(arr.reshape(-1)[0])
-    return float(np.clip(x, -_FLT_MAX, _FLT_MAX))
 
 
 def _embed(lw, n: ir.Node) -> None:
@@ -137,17 +137,15 @@ def _embed(lw, n: ir.Node) -> None:
 
 
 def _gather_run(lw, n: ir.Node) -> None:
-    from autoglm_compress.targets.ncnn.lower import _dims_params
-
     axis, start, stop = _index_run(n)
     name = n.name or "gather"
     y = n.outputs[0]
-    out_rank, in_rank = len(_shape(y)), len(_shape(n.inputs[0]))
+    out_rank, in_rank = len(shape(y)), len(shape(n.inputs[0]))
     crop_out = lw.out(y) if out_rank == in_rank else lw.ng.unique(f"{y.name}_crop")
     lw.ng.add("Crop", name, [lw.b(n.inputs[0])], [crop_out],
               {9: [start], 10: [stop], 11: [axis - 1]})
     if out_rank != in_rank:
-        lw.ng.add("Reshape", f"{name}_reshape", [crop_out], [lw.out(y)], _dims_params(_shape(y)))
+        lw.ng.add("Reshape", f"{name}_reshape", [crop_out], [lw.out(y)], dims_params(shape(y)))
 
 
 def _binop(lw, name: str, a: str, out: str, op: int, scalar: float | None = None,
@@ -163,7 +161,7 @@ def _where(lw, n: ir.Node) -> None:
     if _nan_guard(n):
         lw.blob[y.name] = lw.b(b)
         return
-    sa, sb = _scalar(a), _scalar(b)
+    sa, sb = scalar(a, _FLT_MAX), scalar(b, _FLT_MAX)
     cb = lw.b(c)
     if sa is not None and sb is not None:
         if sa == 0.0:  # (1 − c)·b: no inf − inf, no 0·inf
@@ -177,7 +175,7 @@ def _where(lw, n: ir.Node) -> None:
             _binop(lw, f"{name}_scale", cb, t, 2, sa - sb)
             _binop(lw, name, t, lw.out(y), 0, sb)
         return
-    rank = len(_shape(y))
+    rank = len(shape(y))
 
     def operand(v):
         arr = const_array(v) if v.name not in lw.blob else None
@@ -192,25 +190,36 @@ def _where(lw, n: ir.Node) -> None:
     _binop(lw, name, t, lw.out(y), 0, b=bb)
 
 
-def lower(lw, n: ir.Node) -> None:
-    """Lower one node of OPS (``lw`` is the ncnn _Lowerer)."""
-    op = n.op_type
+@RULES.rule("Gather", check=_check_gather)
+def gather(lw, n: ir.Node) -> None:
+    return _embed(lw, n) if _is_embed(n) else _gather_run(lw, n)
+
+
+@RULES.rule("IsNaN", check=_check_isnan)
+def isnan(lw, n: ir.Node) -> None:
+    """Read only by the NaN guards, which alias their x."""
+
+
+RULES.add("Where", lower=_where, check=_check_where)
+
+
+@RULES.rule("Cast", check=_check_cast)
+def cast(lw, n: ir.Node) -> None:
     y = n.outputs[0]
-    if op == "Gather":
-        return _embed(lw, n) if _is_embed(n) else _gather_run(lw, n)
-    if op == "IsNaN":
-        return  # read only by the NaN guards, which alias their x
-    if op == "Where":
-        return _where(lw, n)
-    if op == "Cast":
-        src, to = n.inputs[0].dtype, ir.DataType(n.attributes.get_int("to", 0))
-        if to == ir.DataType.BOOL and src != ir.DataType.BOOL:
-            t = lw.ng.unique(f"{y.name}_abs")
-            lw.ng.add("UnaryOp", f"{n.name or 'cast'}_abs", [lw.b(n.inputs[0])], [t], {0: 0})
-            _binop(lw, n.name or "cast", t, lw.out(y), 5, 1.0)
-        else:
-            lw.blob[y.name] = lw.b(n.inputs[0])
-        return
-    if op == "Not":
-        return _binop(lw, n.name or "not", lw.b(n.inputs[0]), lw.out(y), 7, 1.0)
-    lw.binary(n, {"And": 2, "Or": 4}[op])
+    src, to = n.inputs[0].dtype, ir.DataType(n.attributes.get_int("to", 0))
+    if to == ir.DataType.BOOL and src != ir.DataType.BOOL:
+        t = lw.ng.unique(f"{y.name}_abs")
+        lw.ng.add("UnaryOp", f"{n.name or 'cast'}_abs", [lw.b(n.inputs[0])], [t], {0: 0})
+        _binop(lw, n.name or "cast", t, lw.out(y), 5, 1.0)
+    else:
+        lw.blob[y.name] = lw.b(n.inputs[0])
+
+
+@RULES.rule("Not")
+def logical_not(lw, n: ir.Node) -> None:
+    _binop(lw, n.name or "not", lw.b(n.inputs[0]), lw.out(n.outputs[0]), 7, 1.0)
+
+
+@RULES.rule("And", "Or")
+def logical(lw, n: ir.Node) -> None:
+    binary(lw, n, {"And": 2, "Or": 4}[n.op_type])

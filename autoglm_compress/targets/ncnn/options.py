@@ -1,5 +1,6 @@
-"""The ncnn format is written by the arm target (``--target arm --format ncnn``): its options."""
+"""ncnn is a format of the arm target (``--target arm --format ncnn``): its options are the arm
+target's."""
 
-from autoglm_compress.targets.tflite.options import Options
+from autoglm_compress.targets.arm.options import Options
 
 __all__ = ["Options"]

@@ -26,7 +26,7 @@ from autoglm_compress.targets.base import (
     time_precisions,
     verify_in_runtime,
 )
-from autoglm_compress.targets.ncnn.lower import lower_to_ncnn, unsupported_reason
+from autoglm_compress.targets.ncnn.lower import RULES, lower_to_ncnn, unsupported_reason
 from autoglm_compress.targets.ncnn.options import Options
 
 __all__ = ["NcnnTarget", "ncnn_runner", "ncnn_scheme", "TARGET"]
@@ -111,6 +111,7 @@ class NcnnTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     options_class = Options
     lowering_file = Path(__file__).with_name("lowering.toml")
+    rules = RULES
     label = "target arm, format ncnn"
     alternatives = "--format tflite, or --target x86"
 

@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+import autoglm_compress.targets.tflite.rules_seq  # noqa: F401 (registers its rules)
 from autoglm_compress.errors import UnsupportedOpError
 from autoglm_compress.ir_ops import const_array
 from autoglm_compress.targets.ir_reads import clip_bounds, dims, ints, onnx_pads, wconst
@@ -24,14 +25,12 @@ from autoglm_compress.targets.tflite.lower_seq import SequenceOps
 from autoglm_compress.targets.tflite.lower_spatial import SpatialOps
 from autoglm_compress.targets.tflite.rules import BINARY, RULES, resize_mode
 
-# wconst and _onnx_pads (ir_reads.py) are named here too while the ncnn emitter imports them here
-__all__ = ["lower_to_tflite", "unsupported_reason", "OPS", "wconst"]
+__all__ = ["lower_to_tflite", "unsupported_reason", "OPS", "RULES"]
 
 logger = logging.getLogger(__name__)
 
 _TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 OPS = RULES.ops()  # the ops with a lowering rule (rules.py, rules_seq.py)
-_onnx_pads = onnx_pads
 
 
 def unsupported_reason(node: ir.Node) -> str | None:

@@ -16,8 +16,7 @@ import onnx_ir as ir
 from autoglm_compress.ir_ops import const_array
 from autoglm_compress.targets.ir_reads import reduce_axes
 
-# reduce_axes (ir_reads.py) is named here too while the ncnn emitter imports it from this module
-__all__ = ["SequenceOps", "REDUCE_CODES", "LOGIC_CODES", "reduce_axes"]
+__all__ = ["SequenceOps", "REDUCE_CODES", "LOGIC_CODES"]
 
 REDUCE_CODES = {"ReduceMean": 40, "ReduceSum": 74, "ReduceMax": 82, "ReduceMin": 89,
                 "ReduceProd": 81}

@@ -202,7 +202,3 @@ def erf(lw, n: ir.Node) -> None:
     from autoglm_compress.errors import UnsupportedOpError
 
     raise UnsupportedOpError("Erf", n.name, "arm target", "not dispatched")
-
-
-# the sequence and spatial ops' rules, registered in RULES (last: they import it)
-import autoglm_compress.targets.tflite.rules_seq  # noqa: E402,F401

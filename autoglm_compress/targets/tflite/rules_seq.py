@@ -1,7 +1,7 @@
 """TFLite lowering rules of the sequence ops (lower_seq.py: GATHER, CAST, reductions,
 LayerNormalization, GELU, comparisons and logic) and the spatial ops beyond conv and pooling
 (lower_spatial.py: TRANSPOSE_CONV, PRELU, PAD, ELU, HardSigmoid, unfolded BatchNormalization).
-Registered in rules.py's ``RULES`` (which imports this module)."""
+Registered in rules.py's ``RULES``; lower.py imports this module."""
 
 from __future__ import annotations
 

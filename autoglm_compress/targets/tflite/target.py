@@ -28,10 +28,9 @@ from autoglm_compress.targets.base import (
     time_precisions,
     verify_in_runtime,
 )
-from autoglm_compress.targets.tflite.lower import lower_to_tflite, unsupported_reason
+from autoglm_compress.targets.tflite.lower import RULES, lower_to_tflite, unsupported_reason
 from autoglm_compress.targets.tflite.lower_int8 import INT8_OPS as _QOPS
 from autoglm_compress.targets.tflite.options import Options
-from autoglm_compress.targets.tflite.rules import RULES
 
 __all__ = ["TFLiteTarget", "litert_runner", "TARGET"]
 
@@ -223,12 +222,3 @@ class TFLiteTarget(Target):
 
 TARGET = TFLiteTarget
 
-
-def targets_for(options) -> list[type[Target]]:
-    """``--format``: tflite (this target), ncnn (targets/ncnn), or all (both, one calibration)."""
-    fmt = getattr(options, "format", "tflite")
-    if fmt == "tflite":
-        return [TFLiteTarget]
-    from autoglm_compress.targets.ncnn.target import NcnnTarget
-
-    return [NcnnTarget] if fmt == "ncnn" else [TFLiteTarget, NcnnTarget]
