@@ -147,7 +147,7 @@ class _Run:
         self.specs = [parse_input_shape(s) for s in cfg.load.input_shapes]
         self.pipeline = Pipeline(
             build_passes(cfg.pass_names, _pass_configs(cfg)),
-            dump_ir_after=tuple(cfg.debug.dump_ir_after),
+            dump_ir_after=tuple(n for n in cfg.debug.dump_ir_after if n in cfg.pass_names),
             dump_dir=self.out_dir,
             progress=self.progress,
         )
@@ -257,15 +257,15 @@ class _Run:
         from autoglm_compress.artifact_info import layer_counts
 
         lowered = _copy(self.model)
-        notes = list(tgt.prepare(lowered, self.precision))
         ctx.target = tgt
+        notes = self._prepare(tgt, lowered, ctx, records)
         low = lowering.lower_for_target(lowered, tgt, self.precision, ctx, self.cfg)
         records.extend(low.records)
         notes += low.notes
         notes += tgt.validate(low.model, self.precision)
         art = tgt.emit(low.model, self.precision, self.staging, Path(self.cfg.model).stem)
         art.notes.extend(notes)
-        tgt.verify(art, vctx)
+        tgt.verify(art, dataclasses.replace(vctx, fp32_model=lowered, lowered_model=low.model))
         fell = [r.stats.get("fell_back", []) for r in low.records if r.name.startswith("quantize")]
         kept = [r.config.get("keep_fp32", []) for r in low.records if r.name.startswith("quantize")]
         d = art.as_dict()
@@ -275,6 +275,19 @@ class _Run:
         ) if self.precision == "int8" else None
         logger.info("%s: %s cosine %.5f", tgt.name, art.path.name, art.fidelity["cosine_min"])
         return art, d
+
+    def _prepare(self, tgt, model, ctx, records) -> list[str]:
+        """The target's prepare passes on ``model`` (in place) through the pipeline: records
+        named ``pass[target]``, ``--dump-ir-after`` honoured; the target's notes."""
+        names = list(tgt.prepare_passes(self.precision))
+        dump = tuple(n for n in self.cfg.debug.dump_ir_after if n in names)
+        recs = Pipeline(build_passes(names), progress=False, dump_ir_after=dump,
+                        dump_dir=self.out_dir).run(model, ctx)
+        stats = {r.name: r.stats for r in recs}
+        for r in recs:
+            r.name = f"{r.name}[{tgt.name}]"
+        records.extend(recs)
+        return list(tgt.prepare(model, self.precision, stats))
 
     def _finish(self, records, calib_info, results) -> CompressResult:
         from autoglm_compress.artifact_info import run_info, source_info

@@ -333,12 +333,18 @@ def check_combinations(cfg: CompressConfig) -> list[str]:
         raise ConfigError("--calib and --calib-random both given; choose one")
     if cfg.gates.max_drop is not None and not cfg.verify.eval_data:
         raise ConfigError("--max-drop needs labelled eval data: add --eval DATA.npz with 'labels'")
-    unknown_dump = set(cfg.debug.dump_ir_after) - set(cfg.pass_names)
-    if unknown_dump:
-        raise ConfigError(
-            f"--dump-ir-after {sorted(unknown_dump)}: not in this pipeline "
-            f"({', '.join(cfg.pass_names) or 'no passes'})"
-        )
+    if cfg.debug.dump_ir_after:
+        from autoglm_compress.targets.registry import get_targets
+
+        names = list(cfg.pass_names) + [n for t in dict.fromkeys(cfg.targets)
+                                        for tgt in get_targets(t, cfg.options_for(t))
+                                        for n in tgt.prepare_passes(p) if n not in cfg.pass_names]
+        unknown_dump = set(cfg.debug.dump_ir_after) - set(names)
+        if unknown_dump:
+            raise ConfigError(
+                f"--dump-ir-after {sorted(unknown_dump)}: not in this pipeline "
+                f"({', '.join(dict.fromkeys(names)) or 'no passes'})"
+            )
     if p != "int8":
         ignored = [f"--{n.replace('_', '-')}" for n in ("keep_fp32", "per_tensor", "smoothquant",
                    "equalize", "bias_correction") if _changed(cfg.int8, n)]

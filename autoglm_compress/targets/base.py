@@ -110,6 +110,13 @@ class VerifyContext:
     latency_repeats: int = 30
     batch: int = 1  # rows per sample feed (a fixed batch > 1): top-1 and labels are per row
     fp32_session: object = None  # onnxruntime session of the FP32 IR, made once and shared
+    # per target (the run hands them on; targets keep no state between calls):
+    fp32_model: ir.Model | None = None  # the FP32 IR after the target's prepare passes
+    lowered_model: ir.Model | None = None  # the IR the artifact was emitted from (QDQ for INT8)
+
+    def fp32_for_target(self) -> ir.Model:
+        """What the target's other precisions start from (side-by-side latency)."""
+        return self.fp32_model if self.fp32_model is not None else self.reference_model
 
     def reference_session(self):
         """The FP32 model in onnxruntime (latency side by side), built at most once per run."""
@@ -309,9 +316,25 @@ class Target(abc.ABC):
 
     alternatives: ClassVar[str] = ""  # what to suggest instead when an op is refused
 
-    def prepare(self, model: ir.Model, precision: str) -> list[str]:
-        """Rewrite ``model`` in place before quantization (layout …); notes for the report."""
+    def prepare_passes(self, precision: str) -> tuple[str, ...]:
+        """Registered passes that fit the FP32 IR to this target before quantization (data): the
+        run applies them with the pipeline, so they get records and ``--dump-ir-after``."""
+        return ()
+
+    def prepare(self, model: ir.Model, precision: str, stats: dict[str, dict]) -> list[str]:
+        """After the prepare passes (``stats``: each one's counts by pass name): notes for the
+        report. ``model`` is the prepared FP32 IR; a target rewrites nothing here."""
         return []
+
+    def prepared(self, model: ir.Model, precision: str) -> tuple[ir.Model, dict[str, dict]]:
+        """A prepared copy of ``model`` (the prepare passes run on a copy: ``check`` looks at
+        what will be lowered without touching the run's IR) and the passes' stats."""
+        from autoglm_compress.pipeline import Pipeline, build_passes
+
+        copy = ir.from_proto(ir.to_proto(model))
+        recs = Pipeline(build_passes(list(self.prepare_passes(precision))), progress=False,
+                        check_ir=False).run(copy)
+        return copy, {r.name: r.stats for r in recs}
 
     def validate(self, model: ir.Model, precision: str) -> list[str]:
         """Check the lowered IR against the runtime's rules; raise on a violation, return notes."""

@@ -24,7 +24,7 @@ class FakeTarget(Target):
         FakeTarget.runs.append("check")
         return super().check(model, precision)
 
-    def prepare(self, model, precision):
+    def prepare(self, model, precision, stats):
         FakeTarget.runs.append("prepare")
         return ["fake: prepared"]
 

@@ -41,10 +41,6 @@ def unsupported_reason(node: ir.Node) -> str | None:
 
 class _Lowerer:
     def __init__(self, model: ir.Model, precision: str, keep_float: frozenset[str] = frozenset()):
-        if any(n.op_type == "Erf" for n in model.graph):
-            from autoglm_compress.passes.fuse_gelu import FuseGeluPass
-
-            FuseGeluPass()(model)
         self.m, self.g, self.precision = model, model.graph, precision
         self.ng = NcnnGraph()
         self.blob: dict[str, str] = {}  # ONNX value name → ncnn blob

@@ -203,8 +203,9 @@ def _check_erf(node: ir.Node) -> str | None:
 def erf(lw, n: ir.Node) -> None:
     from autoglm_compress.errors import UnsupportedOpError
 
-    # fuse_gelu (run before lowering) turns every GELU's Erf into a Gelu node
-    raise UnsupportedOpError("Erf", n.name or "?", "ncnn", "an Erf left after GELU fusion")
+    # the target's prepare passes (fuse_gelu) turn every GELU's Erf into a Gelu node
+    raise UnsupportedOpError("Erf", n.name or "?", "ncnn", "a GELU's Erf reached the emitter "
+                             "unfused: run the fuse_gelu pass first (prepare_passes)")
 
 
 @RULES.rule("PRelu")

@@ -28,6 +28,7 @@ from autoglm_compress.targets.base import (
 )
 from autoglm_compress.targets.ncnn.lower import RULES, lower_to_ncnn, unsupported_reason
 from autoglm_compress.targets.ncnn.options import Options
+from autoglm_compress.targets.ncnn.prepare_passes import NCNN_PREPARE
 
 __all__ = ["NcnnTarget", "ncnn_runner", "ncnn_scheme", "TARGET"]
 
@@ -95,16 +96,6 @@ def ncnn_runner(param: Path, binf: Path, io: dict, precision: str, threads: int)
     return make
 
 
-def _fit_blobs(model: ir.Model) -> tuple[int, int]:
-    """The IR rewrites that fit ncnn's batch-less blobs: (folded reshapes, lifted row regions)."""
-    from autoglm_compress.targets.ncnn.batch_rows import lift_rows
-    from autoglm_compress.targets.ncnn.reshape_chains import fold_reshape_chains, unpack_qkv
-
-    folded = fold_reshape_chains(model)
-    lifted = lift_rows(model)  # first: a packed-QKV Reshape may read lifted rows
-    return folded + unpack_qkv(model), lifted
-
-
 class NcnnTarget(Target):
     name = "arm"
     runtime = "ncnn"
@@ -124,20 +115,21 @@ class NcnnTarget(Target):
                 "pip install 'autoglm-compress[runtimes]'"
             ) from None
         super().check(model, precision)
-        lifted = ir.from_proto(ir.to_proto(model))  # what prepare will lower, on a copy
-        _fit_blobs(lifted)
-        self.refuse_unsupported(lifted, precision, unsupported_reason)
+        prepared, _ = self.prepared(model, precision)  # what will be lowered, on a copy
+        self.refuse_unsupported(prepared, precision, unsupported_reason)
         return []
 
     def scheme(self):
         return ncnn_scheme()
 
-    def prepare(self, model: ir.Model, precision: str) -> list[str]:
-        from autoglm_compress.passes.fuse_gelu import FuseGeluPass
+    def prepare_passes(self, precision: str) -> tuple[str, ...]:
+        """Fit the IR to ncnn's batch-less blobs (prepare_passes.py), then GELU → one layer."""
+        return (*NCNN_PREPARE, "fuse_gelu")
 
-        folded, lifted = _fit_blobs(model)
-        FuseGeluPass()(model)
-        self._fp32 = model
+    def prepare(self, model: ir.Model, precision: str, stats: dict[str, dict]) -> list[str]:
+        lifted = stats.get("lift_rows", {}).get("lifted", 0)
+        folded = stats.get("fold_reshape_chains", {}).get("folded", 0) + \
+            stats.get("unpack_qkv", {}).get("unpacked", 0)
         notes = [f"{lifted} flattened-batch row regions (Reshape [1, S, H] → [S, H] … back) lifted "
                  "to [1, S, ·] for ncnn's batch-less blobs"] if lifted else []
         if folded:
@@ -217,12 +209,12 @@ class NcnnTarget(Target):
 
         threads = self.options.threads
         files = {artifact.precision: (artifact.files["param"], artifact.files["bin"], io)}
-        src = getattr(self, "_fp32", None) or ctx.reference_model
+        src = ctx.fp32_for_target()
         with tempfile.TemporaryDirectory(prefix="agc_ncnn_") as tmp:
             for prec in ("fp32", "fp16"):
                 if prec in files:
                     continue
-                param, data, pio = lower_to_ncnn(ir.from_proto(ir.to_proto(src)), prec)
+                param, data, pio = lower_to_ncnn(src, prec)
                 pio["output_shapes"] = io["output_shapes"]
                 pp, pb = Path(tmp) / f"s.{prec}.param", Path(tmp) / f"s.{prec}.bin"
                 pp.write_text(param)
@@ -230,9 +222,7 @@ class NcnnTarget(Target):
                 files[prec] = (pp, pb, pio)
             runners = {prec: ncnn_runner(*files[prec], prec, threads)()
                        for prec in ("fp32", "fp16", "int8") if prec in files}
-            lat = time_precisions(runners, ctx.feeds[0], ctx.latency_repeats, threads)
-        self._fp32 = None
-        return lat
+            return time_precisions(runners, ctx.feeds[0], ctx.latency_repeats, threads)
 
 
 TARGET = NcnnTarget

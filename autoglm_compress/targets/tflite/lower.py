@@ -40,10 +40,6 @@ def unsupported_reason(node: ir.Node) -> str | None:
 
 class _Lowerer(SequenceOps, SpatialOps):
     def __init__(self, model: ir.Model, fp16: bool, hybrid: bool = False):
-        if any(n.op_type == "Erf" for n in model.graph):  # the target's prepare does this first
-            from autoglm_compress.passes.fuse_gelu import FuseGeluPass
-
-            FuseGeluPass()(model)
         self.m, self.g, self.fp16, self.hybrid = model, model.graph, fp16, hybrid
         self.b = TFLiteBuilder()
         self.vals: dict[str, tuple[int, str]] = {}  # onnx name → (tensor, "nhwc" | "onnx")

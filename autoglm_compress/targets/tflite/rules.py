@@ -198,7 +198,8 @@ def check_erf(n: ir.Node) -> str | None:
 
 @RULES.rule("Erf", check=check_erf)
 def erf(lw, n: ir.Node) -> None:
-    """Never reached: the lowerer fuses every GELU's Erf first (FuseGeluPass)."""
+    """Never reached: the target's prepare passes fuse every GELU's Erf first (fuse_gelu)."""
     from autoglm_compress.errors import UnsupportedOpError
 
-    raise UnsupportedOpError("Erf", n.name, "arm target", "not dispatched")
+    raise UnsupportedOpError("Erf", n.name or "?", "arm target", "a GELU's Erf reached the "
+                             "emitter unfused: run the fuse_gelu pass first (prepare_passes)")

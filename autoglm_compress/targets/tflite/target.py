@@ -125,12 +125,12 @@ class TFLiteTarget(Target):
         """DQ(int8 W) → op, which ``emit`` turns into TFLite dynamic-range ops."""
         return {"form": "weights"}
 
-    def prepare(self, model: ir.Model, precision: str) -> list[str]:
+    def prepare_passes(self, precision: str) -> tuple[str, ...]:
         """GELU written out with Erf → one Gelu node (TFLite's GELU kernel; one int8 op)."""
-        from autoglm_compress.passes.fuse_gelu import fuse_gelu
+        return ("fuse_gelu",)
 
-        n = fuse_gelu(model)
-        self._fp32 = model  # the FP32 graph the precisions start from (LiteRT side by side)
+    def prepare(self, model: ir.Model, precision: str, stats: dict[str, dict]) -> list[str]:
+        n = stats.get("fuse_gelu", {}).get("gelu_fused", 0)
         return [f"{n} GELU patterns fused into TFLite GELU"] if n else []
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
@@ -146,7 +146,6 @@ class TFLiteTarget(Target):
             data, split = lower_qdq_to_tflite(model, self.options.io)
             extra["tflite_ops"] = {"int8": len(split["int8"]), "float": len(split["float"]),
                                    "float_nodes": split["float"][:20]}
-            self._qdq = model
         else:
             data = lower_to_tflite(model, precision)
         path = out_dir / f"{stem}.arm.{precision}.tflite"
@@ -186,16 +185,16 @@ class TFLiteTarget(Target):
             )
         artifact.fidelity["cosine_min"] = worst  # the gate sees the worse of both kernels
         artifact.latency["litert"] = self._litert_side_by_side(artifact, ctx)
-        if artifact.precision == "int8" and getattr(self, "_qdq", None) is not None:
+        qdq = ctx.lowered_model
+        if artifact.precision == "int8" and qdq is not None and "tflite_ops" in artifact.extra:
             from autoglm_compress.ir_utils import ort_run, ort_session
 
-            sess = ort_session(self._qdq, simulate=True)  # exact QDQ maths, any CPU
+            sess = ort_session(qdq, simulate=True)  # exact QDQ maths, any CPU
             sim = [ort_run(sess, f) for f in ctx.feeds]
             run = litert_runner(artifact.path, threads)()
             got = [run(f) for f in ctx.feeds]
             vs = fidelity(sim, got, ctx.output_names)
             artifact.extra["vs_qdq_simulation"] = {"cosine_min": vs["cosine_min"]}
-            self._qdq = None
 
     def _litert_side_by_side(self, artifact: Artifact, ctx: VerifyContext) -> dict:
         """FP32, FP16 and (for an INT8 artifact) INT8 .tflite of the same model timed interleaved
@@ -210,14 +209,11 @@ class TFLiteTarget(Target):
             for prec in ("fp32", "fp16"):
                 if prec not in paths:
                     p = Path(tmp) / f"side.{prec}.tflite"
-                    src = getattr(self, "_fp32", None) or ctx.reference_model
-                    p.write_bytes(lower_to_tflite(ir.from_proto(ir.to_proto(src)), prec))
+                    p.write_bytes(lower_to_tflite(ctx.fp32_for_target(), prec))
                     paths[prec] = p
             runners = {prec: litert_runner(paths[prec], threads)()
                        for prec in ("fp32", "fp16", "int8") if prec in paths}
-            lat = time_precisions(runners, ctx.feeds[0], ctx.latency_repeats, threads)
-        self._fp32 = None
-        return lat
+            return time_precisions(runners, ctx.feeds[0], ctx.latency_repeats, threads)
 
 
 TARGET = TFLiteTarget

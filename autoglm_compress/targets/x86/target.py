@@ -118,15 +118,14 @@ class X86Target(Target):
         o = self.options
         return x86_scheme(o.reduce_range, o.activation_dtype, o.cpu)
 
-    def prepare(self, model: ir.Model, precision: str) -> list[str]:
+    def prepare_passes(self, precision: str) -> tuple[str, ...]:
         """INT8: GELU written out with Erf → onnxruntime's fused contrib Gelu, which runs float
         between one DequantizeLinear and one QuantizeLinear (instead of a float Div/Erf/Add and
         an int8 Mul with a Q/DQ pair of its own). FP32/FP16: onnxruntime fuses it itself."""
-        if precision != "int8":
-            return []
-        from autoglm_compress.passes.fuse_gelu import fuse_gelu
+        return ("fuse_gelu",) if precision == "int8" else ()
 
-        n = fuse_gelu(model)
+    def prepare(self, model: ir.Model, precision: str, stats: dict[str, dict]) -> list[str]:
+        n = stats.get("fuse_gelu", {}).get("gelu_fused", 0)
         return [f"{n} GELU patterns fused into onnxruntime's Gelu"] if n else []
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
