@@ -137,7 +137,7 @@ class _Run:
         cfg = self.cfg
         _check_out_dir(self.out_dir)
         self.targets = [tgt for t in dict.fromkeys(cfg.targets)
-                        for tgt in get_targets(t, cfg.options_for(t))]
+                        for tgt in get_targets(t, cfg.target_options.get(t))]
         for t in self.targets:
             if self.precision not in t.precisions:
                 raise ConfigError(
@@ -336,29 +336,10 @@ class _Run:
 
 
 def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
-    """Options that passes take from the config (SmoothQuant's alpha …)."""
-    out: dict[str, dict] = {}
-    if cfg.int8.smoothquant is not None:
-        out["smoothquant"] = {"alpha": cfg.int8.smoothquant}
-    if cfg.prune.ratio or cfg.prune.macs:
-        out["prune"] = {"ratio": cfg.prune.ratio or 0.0, "multiple": cfg.prune.multiple,
-                        "macs": cfg.prune.macs, "scope": cfg.prune.scope,
-                        "importance": cfg.prune.importance, "compensate": cfg.prune.compensate}
-    if cfg.prune.sparsity or cfg.prune.sparsity_pattern:
-        out["sparsify"] = {"sparsity": cfg.prune.sparsity or 0.5,
-                           "pattern": cfg.prune.sparsity_pattern}
-    if cfg.distill.active:
-        from autoglm_compress.config import DISTILL_DEFAULT_STEPS
+    """The configs of the passes this run enables, read from the config tree (pass_options.py)."""
+    from autoglm_compress.pass_options import PASS_OPTIONS, pass_kwargs
 
-        out["distill"] = {"steps": cfg.distill.steps or DISTILL_DEFAULT_STEPS,
-                          "epochs": cfg.distill.epochs, "batch": cfg.distill.batch,
-                          "lr": cfg.distill.lr,
-                          "samples": cfg.distill.samples if cfg.distill.data
-                          else cfg.calibration.samples,
-                          "loss": cfg.distill.loss, "temperature": cfg.distill.temperature,
-                          "label_weight": cfg.distill.label_weight,
-                          "feature_weight": cfg.distill.features}
-    return out
+    return {n: pass_kwargs(cfg, n) for n in cfg.pass_names if n in PASS_OPTIONS}
 
 
 def _image_preprocess(calibration):

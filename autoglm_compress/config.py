@@ -231,6 +231,11 @@ class PruneOptions:
         None, "2:4: two of every four input channels kept (sparse tensor-core layout).",
         flat="sparsity_pattern", choices=("2:4",),
     )
+    sparsity_scope: str = field(
+        "layer", "Unstructured sparsity threshold: layer (each weight zeroes its own share) or "
+        "global (one magnitude threshold across all weights).", flat="sparsity_scope",
+        choices=("layer", "global"),
+    )
 
 
 DISTILL_DEFAULT_STEPS = 300  # --distill alone
@@ -282,6 +287,14 @@ class DistillOptions:
         "the student's inputs of every weighted layer (after --prune: the kept channels).",
         flat="distill_features", min=0.0,
     )
+    scaled_lr: bool = field(
+        True, "Per-tensor learning rates proportional to each tensor's RMS (off: one plain Adam "
+        "rate, --distill-lr absolute).", flat="distill_scaled_lr",
+    )
+    device: str | None = field(
+        None, "Where distillation trains: cpu or cuda; default: CUDA when present, else CPU.",
+        flat="distill_device", choices=("cpu", "cuda"),
+    )
 
     @property
     def active(self) -> bool:
@@ -306,6 +319,14 @@ class QATOptions:
     device: str | None = field(
         None, "Where QAT trains: cpu or cuda; default: CUDA when present, else CPU.",
         flat="qat_device", choices=("cpu", "cuda"),
+    )
+    learn_scales: bool = field(
+        True, "QAT trains the activation scales too (LSQ); off: the calibrated scales stay.",
+        flat="qat_learn_scales",
+    )
+    scale_lr: float = field(
+        1e-3, "QAT activation-scale step, relative to each scale (× --qat-lr / 1e-4).",
+        flat="qat_scale_lr", min=0.0,
     )
 
 
@@ -389,14 +410,6 @@ class CompressConfig:
         if self.int8.smoothquant is not None and self.precision == "int8":
             names.append("smoothquant")
         return names
-
-    def options_for(self, target: str):
-        """The target's option dataclass: given in ``target_options`` or its defaults."""
-        if target in self.target_options:
-            return self.target_options[target]
-        from autoglm_compress.targets.registry import target_options_class
-
-        return target_options_class(target)()
 
 
 def type_hints(cls) -> dict[str, Any]:

@@ -300,7 +300,7 @@ def check_combinations(cfg: CompressConfig) -> list[str]:
         if p != "int8":
             raise ConfigError("--weights-only quantizes weights to int8: add --int8")
         other = [t for t in cfg.targets if t not in ("x86", "arm")]
-        if "arm" in cfg.targets and getattr(cfg.options_for("arm"), "format", "tflite") != "tflite":
+        if "arm" in cfg.targets and getattr(cfg.target_options.get("arm"), "format", "tflite") != "tflite":
             other.append("arm --format ncnn/all")
         if other:
             raise ConfigError(f"--weights-only is implemented for --target x86 and arm (TFLite) "
@@ -337,7 +337,7 @@ def check_combinations(cfg: CompressConfig) -> list[str]:
         from autoglm_compress.targets.registry import get_targets
 
         names = list(cfg.pass_names) + [n for t in dict.fromkeys(cfg.targets)
-                                        for tgt in get_targets(t, cfg.options_for(t))
+                                        for tgt in get_targets(t, cfg.target_options.get(t))
                                         for n in tgt.prepare_passes(p) if n not in cfg.pass_names]
         unknown_dump = set(cfg.debug.dump_ir_after) - set(names)
         if unknown_dump:

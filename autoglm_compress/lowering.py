@@ -214,7 +214,7 @@ def quantize(
         True,
         {
             "scheme": target.scheme().name,
-            **({"cpu": target.cpu_rule} if hasattr(target, "cpu_rule") else {}),
+            **target.record_config(),
             "keep_fp32": list(int8.keep_fp32),
             "per_tensor": int8.per_tensor,
             "method": ctx.stats.method,
@@ -300,8 +300,7 @@ def lower_for_target(
         lowered, records = Pipeline(passes, progress=False).apply(_copy(model), ctx)
         records[0].name = f"quantize_dynamic[{target.name}]"
         records[0].config["keep_fp32"] = list(cfg.int8.keep_fp32)
-        if hasattr(target, "cpu_rule"):
-            records[0].config["cpu"] = target.cpu_rule
+        records[0].config.update(target.record_config())
         return Lowered(lowered, records, [])
     if precision == "int8":
         return _lower_int8(model, target, ctx, cfg)
@@ -328,13 +327,14 @@ def _lower_int8(model: ir.Model, target, ctx, cfg: CompressConfig) -> Lowered:
 
     ctx.quantizer = requantize
     if cfg.qat.steps:
-        qcfg = {"steps": cfg.qat.steps, "lr": cfg.qat.lr, "batch": cfg.qat.batch,
-                "samples": cfg.calibration.samples, "device": cfg.qat.device}
+        from autoglm_compress.pass_options import pass_kwargs
+
+        qcfg = pass_kwargs(cfg, "qat")
         q, qrecs = Pipeline(build_passes(["qat"], {"qat": qcfg}), progress=False).apply(q, ctx)
         qrecs[0].name = f"qat[{target.name}]"
         records += qrecs
         bc = bc and not qrecs[0].modified  # trained biases need no correction
-    if cfg.int8.latency_guard and target.name == "x86":
+    if cfg.int8.latency_guard and target.latency_guard_here:
         q = _guard(q, target, ctx, rec, keep, bc, qrun, notes)
     ctx.quantizer = None
     return Lowered(q, records, notes)

@@ -27,7 +27,7 @@ def test_flat_keywords_fill_sections():
     assert cfg.precision == "int8"
     assert cfg.calibration.data == "c.npz" and cfg.calibration.samples == 32
     assert cfg.gates.min_cosine == 0.99 and cfg.int8.keep_fp32 == ("Gemm",)
-    assert cfg.options_for("x86").reduce_range is False
+    assert cfg.target_options["x86"].reduce_range is False
     assert cfg.calibration.image.mean == (0.5, 0.5, 0.5)
 
 

@@ -79,3 +79,11 @@ def test_ncnn_and_tflite_emitters_do_not_import_each_other():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_config_imports_no_target():
+    """The config tree is data: it names targets, it does not load them (no config → targets)."""
+    tree = ast.parse((PKG / "config.py").read_text())
+    mods = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in mods if m.startswith("autoglm_compress.targets")]

@@ -55,7 +55,7 @@ class DistillConfig(PassConfig):
     lr: float = field(0.05, "Adam learning rate, relative: per tensor × its RMS (1-D: × the "
                       "median weight RMS).")
     batch: int = field(16, "Samples per step.")
-    samples: int = field(512, "Calibration samples to train on.")
+    samples: int = field(2048, "Training samples to use (the run passes --calib-samples when it trains on the calibration data).")
     device: str | None = field(None, "None: CUDA when present, else CPU.")
     loss: str = field("mse", "mse | mse-channel (per axis-1 channel variance) | kl (softened "
                       "class scores)")

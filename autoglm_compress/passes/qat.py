@@ -39,7 +39,7 @@ class QATPassConfig(PassConfig):
     steps: int = field(0, help="optimizer steps; 0 = off")
     lr: float = field(1e-4, help="Adam learning rate")
     batch: int = field(16, help="samples per step")
-    samples: int = field(256, help="calibration samples to train on (held-out ones excluded)")
+    samples: int = field(128, help="calibration samples to train on (held-out ones excluded)")
     device: str | None = field(None, help="None: CUDA when present, else CPU")
     learn_scales: bool = field(True, help="train the activation scales too (LSQ)")
     scale_lr: float = field(1e-3, help="activation scale step, relative to the scale (× lr/1e-4)")

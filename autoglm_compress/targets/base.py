@@ -242,6 +242,9 @@ class Target(abc.ABC):
     options_class: ClassVar[type | None] = None
     lowering_file: ClassVar[Path | None] = None
     rules: ClassVar = None  # the emitter's RuleSet (targets/rules.py): the table's supported ops
+    # --latency-guard times the QDQ graph in this host's onnxruntime: only where that is the
+    # artifact's own runtime (x86)
+    latency_guard_here: ClassVar[bool] = False
 
     def __init__(self, options=None, **kw):
         cls = self.options_class
@@ -265,6 +268,10 @@ class Target(abc.ABC):
         False (the default): decisions and comparisons run the QDQ graph simulated
         (``ort_session(simulate=True)``), the same on every CPU."""
         return False
+
+    def record_config(self) -> dict:
+        """What the quantize records say about this target's own choices (x86: the CPU rule)."""
+        return {}
 
     def scheme(self):
         """The target's INT8 :class:`~autoglm_compress.quantization.scheme.QuantScheme`."""

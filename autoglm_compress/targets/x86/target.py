@@ -88,6 +88,10 @@ class X86Target(Target):
     precisions = ("fp32", "fp16", "int8")
     options_class = Options
     lowering_file = Path(__file__).with_name("lowering.toml")
+    latency_guard_here = True
+
+    def record_config(self) -> dict:
+        return {"cpu": self.cpu_rule}
 
     @property
     def reduce_range(self) -> bool:
