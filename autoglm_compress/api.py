@@ -265,7 +265,12 @@ class _Run:
         notes += tgt.validate(low.model, self.precision)
         art = tgt.emit(low.model, self.precision, self.staging, Path(self.cfg.model).stem)
         art.notes.extend(notes)
-        tgt.verify(art, dataclasses.replace(vctx, fp32_model=lowered, lowered_model=low.model))
+        tctx = dataclasses.replace(vctx, fp32_model=lowered, lowered_model=low.model)
+        tgt.verify(art, tctx)
+        if tgt.name == "arm":  # --verify-arm: the same files on ARM code (qemu-aarch64)
+            from autoglm_compress.targets.arm_emulation.verify import verify_arm
+
+            verify_arm(tgt, art, tctx)
         fell = [r.stats.get("fell_back", []) for r in low.records if r.name.startswith("quantize")]
         kept = [r.config.get("keep_fp32", []) for r in low.records if r.name.startswith("quantize")]
         d = art.as_dict()
