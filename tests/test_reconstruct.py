@@ -109,13 +109,13 @@ def test_auto_choice_is_recorded(digits):
 def test_auto_skips_when_weights_are_not_the_error(digits, monkeypatch):
     """The gate: with the share threshold above any share, reconstruction is never tried (no
     Hessians); with it at 0 it is always tried."""
-    from autoglm_compress import lowering
+    from autoglm_compress import int8_strategies
 
     model, stats, *_ = digits
-    monkeypatch.setattr(lowering, "RECONSTRUCT_MIN_SHARE", 10.0)
+    monkeypatch.setattr(int8_strategies, "RECONSTRUCT_MIN_SHARE", 10.0)
     r = quantize_for(model, X86Target(cpu="vnni"), stats, reconstruct=None)[1].stats["reconstruct"]
     assert r["used"] is False and "skipped" in r and "holdout_cosine_reconstructed" not in r
-    monkeypatch.setattr(lowering, "RECONSTRUCT_MIN_SHARE", 0.0)
+    monkeypatch.setattr(int8_strategies, "RECONSTRUCT_MIN_SHARE", 0.0)
     r = quantize_for(model, X86Target(cpu="vnni"), stats, reconstruct=None)[1].stats["reconstruct"]
     assert "skipped" not in r and "holdout_cosine_reconstructed" in r
 

@@ -242,9 +242,6 @@ class Target(abc.ABC):
     options_class: ClassVar[type | None] = None
     lowering_file: ClassVar[Path | None] = None
     rules: ClassVar = None  # the emitter's RuleSet (targets/rules.py): the table's supported ops
-    # --latency-guard times the QDQ graph in this host's onnxruntime: only where that is the
-    # artifact's own runtime (x86)
-    latency_guard_here: ClassVar[bool] = False
 
     def __init__(self, options=None, **kw):
         cls = self.options_class
@@ -268,6 +265,13 @@ class Target(abc.ABC):
         False (the default): decisions and comparisons run the QDQ graph simulated
         (``ort_session(simulate=True)``), the same on every CPU."""
         return False
+
+    def int8_strategies(self) -> tuple[type, ...]:
+        """The INT8 lowering's strategies, in order (int8_strategies.py): the reconstruction
+        choice, the cosine fallback, QAT; a target adds its own (x86: the latency guard)."""
+        from autoglm_compress.int8_strategies import DEFAULT_STRATEGIES
+
+        return DEFAULT_STRATEGIES
 
     def record_config(self) -> dict:
         """What the quantize records say about this target's own choices (x86: the CPU rule)."""

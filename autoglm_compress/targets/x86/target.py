@@ -88,7 +88,12 @@ class X86Target(Target):
     precisions = ("fp32", "fp16", "int8")
     options_class = Options
     lowering_file = Path(__file__).with_name("lowering.toml")
-    latency_guard_here = True
+    def int8_strategies(self) -> tuple[type, ...]:
+        """The defaults, then the latency guard: the host's onnxruntime is this artifact's own
+        runtime, so it can time the QDQ graph against FP32."""
+        from autoglm_compress.int8_strategies import DEFAULT_STRATEGIES, LatencyGuard
+
+        return (*DEFAULT_STRATEGIES, LatencyGuard)
 
     def record_config(self) -> dict:
         return {"cpu": self.cpu_rule}
