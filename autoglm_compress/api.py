@@ -69,7 +69,7 @@ def _sample_feeds(model, eval_data, calibration, samples):
     if calibration.data:
         from autoglm_compress.calibration.data import open_calibration_source
 
-        src = open_calibration_source(calibration.data, model, preprocess=_image_preprocess(calibration)
+        src = open_calibration_source(calibration.data, model, preprocess=image_preprocess(calibration)
         )
         return list(src.take(samples)), None, "calibration"
     return random_feeds(model, n=min(samples, 8)), None, "random"
@@ -146,7 +146,7 @@ class _Run:
                 )
         self.specs = [parse_input_shape(s) for s in cfg.load.input_shapes]
         self.pipeline = Pipeline(
-            build_passes(cfg.pass_names, _pass_configs(cfg)),
+            build_passes(cfg.pass_names, pass_configs(cfg)),
             dump_ir_after=tuple(n for n in cfg.debug.dump_ir_after if n in cfg.pass_names),
             dump_dir=self.out_dir,
             progress=self.progress,
@@ -188,14 +188,14 @@ class _Run:
             from autoglm_compress.calibration.data import open_calibration_source
 
             source = open_calibration_source(
-                cal.data, self.model, preprocess=_image_preprocess(cal), random=cal.random
+                cal.data, self.model, preprocess=image_preprocess(cal), random=cal.random
             )
         train = None
         if self.cfg.distill.data is not None:
             from autoglm_compress.calibration.data import open_calibration_source
 
             train = open_calibration_source(
-                self.cfg.distill.data, self.model, preprocess=_image_preprocess(cal)
+                self.cfg.distill.data, self.model, preprocess=image_preprocess(cal)
             )
         return PassContext(data=source if source is not None else train, teacher=self.reference,
                            progress=self.progress, train_data=train)
@@ -340,14 +340,14 @@ class _Run:
         return CompressResult(artifacts, report, report_path)
 
 
-def _pass_configs(cfg: CompressConfig) -> dict[str, dict]:
+def pass_configs(cfg: CompressConfig) -> dict[str, dict]:
     """The configs of the passes this run enables, read from the config tree (pass_options.py)."""
     from autoglm_compress.pass_options import PASS_OPTIONS, pass_kwargs
 
     return {n: pass_kwargs(cfg, n) for n in cfg.pass_names if n in PASS_OPTIONS}
 
 
-def _image_preprocess(calibration):
+def image_preprocess(calibration):
     """The image-folder preprocessing a CalibrationConfig describes (None when all defaults)."""
     from autoglm_compress.calibration.images import ImagePreprocess
 

@@ -266,7 +266,7 @@ def _torchscript_to_onnx(module, specs, bound, path: Path, opset: int) -> onnx.M
     target = torch_rewrites.flatten_outputs(module, tuple(args), bound) if flat or bound else module
     names = torch_rewrites.output_names(out) if flat else None
     try:
-        return _export_legacy(target, specs, opset, output_names=names)
+        return export_legacy(target, specs, opset, output_names=names)
     except Exception as e:  # noqa: BLE001 - the exporter raises many types
         legacy_error = e
     from autoglm_compress import pnnx_route
@@ -287,7 +287,7 @@ def _torchscript_to_onnx(module, specs, bound, path: Path, opset: int) -> onnx.M
     )
 
 
-def _export_legacy(
+def export_legacy(
     module, specs: list[InputSpec], opset: int, output_names: list[str] | None = None
 ) -> onnx.ModelProto:
     import torch
@@ -329,7 +329,7 @@ def _export_module(module, specs: list[InputSpec], opset: int) -> onnx.ModelProt
         return _program_proto(prog)
     except Exception as e:  # noqa: BLE001
         logger.info("dynamo export failed (%s); using the TorchScript exporter", type(e).__name__)
-        return _export_legacy(module, specs, opset)
+        return export_legacy(module, specs, opset)
 
 
 def _export_program(ep, opset: int) -> onnx.ModelProto:

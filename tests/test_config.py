@@ -181,7 +181,7 @@ def test_recipe_reproduces_cli_run_byte_identically(tmp_path, capsys):
 def test_image_preprocessing_flags_reach_calibration(tmp_path):
     from PIL import Image
 
-    from autoglm_compress.api import _image_preprocess
+    from autoglm_compress.api import image_preprocess
     from autoglm_compress.calibration.data import open_calibration_source
 
     folder = tmp_path / "imgs"
@@ -192,7 +192,7 @@ def test_image_preprocessing_flags_reach_calibration(tmp_path):
     cfg = from_flat("m.onnx", calib=str(folder), image_mean="0.5,0.5,0.5", image_std="0.5,0.5,0.5")
     model = _rgb_model()
     arrays = [f["x"] for f in open_calibration_source(
-        cfg.calibration.data, model, preprocess=_image_preprocess(cfg.calibration)).take(3)]
+        cfg.calibration.data, model, preprocess=image_preprocess(cfg.calibration)).take(3)]
     lo, hi = min(a.min() for a in arrays), max(a.max() for a in arrays)
     assert lo < -0.9 and hi > 0.9 and lo >= -1.0 and hi <= 1.0
     plain = [f["x"] for f in open_calibration_source(cfg.calibration.data, model).take(3)]

@@ -12,7 +12,7 @@ import torch.nn.functional as F  # noqa: N812
 from conftest import DEMO, ROOT
 
 from autoglm_compress.cli import main
-from autoglm_compress.runtime.train_loop import _objective
+from autoglm_compress.runtime.train_loop import objective
 
 RNG = np.random.default_rng(0)
 
@@ -27,14 +27,14 @@ def test_kl_on_scores_mse_on_the_rest():
     denom = [x.var() for x in t]
     s = [x + 0.3 * torch.randn_like(x) for x in t]
     idx = [0, 2, 5]
-    f = _objective(t, denom, "kl", 2.0, None, 0.5, "cpu")
+    f = objective(t, denom, "kl", 2.0, None, 0.5, "cpu")
     p_t = F.softmax(t[0][idx].reshape(3, -1) / 2, -1)
     log_p_s = F.log_softmax(s[0][idx].reshape(3, -1) / 2, -1)
     kl = (p_t * (p_t.log() - log_p_s)).sum(-1).mean() * 4
     mse = ((s[1][idx] - t[1][idx]) ** 2).mean() / denom[1]
     torch.testing.assert_close(f([s[0][idx], s[1][idx]], idx), kl + mse)
     assert f.name == "kl (T=2) on class scores"
-    g = _objective(t, denom, "mse", 2.0, None, 0.5, "cpu")
+    g = objective(t, denom, "mse", 2.0, None, 0.5, "cpu")
     assert g.name == "normalised mse"
 
 
@@ -55,12 +55,12 @@ def test_mse_channel_weighs_every_output_channel_alike():
     for row in (0, 1):
         s = t[idx].clone()
         s[:, :, row] += 0.1 * t[:, :, row].std()  # the same error relative to the row's spread
-        err[row] = {kind: float(_objective([t], [output_variance(t, kind == "mse-channel")], kind,
+        err[row] = {kind: float(objective([t], [output_variance(t, kind == "mse-channel")], kind,
                                            1.0, None, 0.5, "cpu")([s], idx))
                     for kind in ("mse", "mse-channel")}
     assert abs(err[0]["mse-channel"] - err[1]["mse-channel"]) < 1e-6
     assert err[1]["mse"] < 1e-4 * err[0]["mse"]
-    assert _objective([t], [d], "mse-channel", 1.0, None, 0.5, "cpu").name == \
+    assert objective([t], [d], "mse-channel", 1.0, None, 0.5, "cpu").name == \
         "normalised mse per channel"
 
 
@@ -70,7 +70,7 @@ def test_labels_add_cross_entropy():
     labels = np.array([0, 1, 2, 3, 4, 0])
     s = [x.clone() for x in t]  # the student equals the teacher: only the CE term is left
     idx = [1, 3]
-    f = _objective(t, denom, "mse", 4.0, labels, 0.25, "cpu")
+    f = objective(t, denom, "mse", 4.0, labels, 0.25, "cpu")
     ce = F.cross_entropy(s[0][idx].reshape(2, -1), torch.tensor(labels[idx]))
     torch.testing.assert_close(f([s[0][idx], s[1][idx]], idx), 0.25 * ce)
     assert f.name == "normalised mse + 0.25·cross-entropy on labels"

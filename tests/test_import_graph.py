@@ -87,3 +87,24 @@ def test_config_imports_no_target():
     mods = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
     mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert not [m for m in mods if m.startswith("autoglm_compress.targets")]
+
+
+def test_tests_import_no_private_names():
+    """Tests use the package as its users and its modules' public surface do: no ``_private``
+    names imported or reached through a module (test seams are public names)."""
+    found = []
+    for p in sorted((PKG.parent / "tests").rglob("*.py")):
+        tree = ast.parse(p.read_text())
+        mods = set()
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("autoglm_compress"):
+                found += [f"{p.name}: {n.module}.{a.name}" for a in n.names if a.name.startswith("_")]
+                mods |= {a.asname or a.name for a in n.names}
+            elif isinstance(n, ast.Import):
+                mods |= {(a.asname or a.name).split(".")[-1] for a in n.names
+                         if a.name.startswith("autoglm_compress")}
+        found += [f"{p.name}: {n.value.id}.{n.attr}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                  and n.value.id in mods and n.attr.startswith("_")
+                  and not n.attr.startswith("__")]
+    assert found == []

@@ -379,12 +379,12 @@ def test_distill_flag_epochs_and_batch(tmp_path, capsys):
     import json
     import sys
 
-    from autoglm_compress.api import _pass_configs
+    from autoglm_compress.api import pass_configs
     from autoglm_compress.cli import main
     from autoglm_compress.config_build import from_flat
 
     cfg = from_flat(DEMO, prune=0.5, distill=True, calib="c.npz")
-    assert "distill" in cfg.pass_names and _pass_configs(cfg)["distill"]["steps"] == 300
+    assert "distill" in cfg.pass_names and pass_configs(cfg)["distill"]["steps"] == 300
     assert "distill" not in from_flat(DEMO, prune=0.5, calib="c.npz").pass_names
 
     sys.path.insert(0, str(ROOT / "examples"))

@@ -192,10 +192,10 @@ def test_feature_matching_compares_the_kept_channels(tmp_path):
     teacher's on the kept channels (the alignment distillation's feature loss relies on), and a
     distill run with --distill-features names them in its loss."""
     from autoglm_compress.passes.context import PassContext
-    from autoglm_compress.passes.distill import _features
+    from autoglm_compress.passes.distill import feature_pairs
     from autoglm_compress.pipeline import Pipeline, build_passes
     from autoglm_compress.runtime import TorchExecutor
-    from autoglm_compress.runtime.train_loop import _feature_targets
+    from autoglm_compress.runtime.train_loop import feature_targets
 
     torch.manual_seed(0)
     net = _Encoder().eval()
@@ -210,9 +210,9 @@ def test_feature_matching_compares_the_kept_channels(tmp_path):
     ctx = PassContext(teacher=teacher)
     Pipeline(build_passes(["prune"], {"prune": {"ratio": 0.25, "multiple": 16}}),
              progress=False).run(m, ctx)
-    feats = _features(m, teacher, ctx.kept_channels)
+    feats = feature_pairs(m, teacher, ctx.kept_channels)
     assert sum(v is not None for v in feats.values()) >= 2  # Wo's and FFN-out's inputs, pruned
-    want = _feature_targets(TorchExecutor(teacher), [feed], feats, "cpu")
+    want = feature_targets(TorchExecutor(teacher), [feed], feats, "cpu")
     got = TorchExecutor(m).run(feed, extra=tuple(feats))
     for (name, sel), t in zip(feats.items(), want):
         assert tuple(got[name].shape) == tuple(t.shape[1:]), name

@@ -119,7 +119,7 @@ def test_distill_falls_back_to_per_sample_loop(saved, monkeypatch):
     def broken(self, idx):
         raise RuntimeError("vmap cannot batch this op")
 
-    monkeypatch.setattr(train_loop._Student, "_vmapped", broken)
+    monkeypatch.setattr(train_loop.Student, "_vmapped", broken)
     model = load(saved("mlp", "onnx"))
     feeds = random_feeds(model, n=16, seed=5)
     teacher, student = TorchExecutor(model, device="cpu"), TorchExecutor(model, device="cpu")

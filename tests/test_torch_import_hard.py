@@ -124,7 +124,7 @@ def test_pnnx_route_when_torch_exporter_fails(tmp_path, monkeypatch):
         torch.nn.Linear(8, 5),
     )
     path = _traced(tmp_path, "cnn", net, torch.randn(1, 3, 16, 16))
-    real_legacy, used = torch_import._export_legacy, []
+    real_legacy, used = torch_import.export_legacy, []
 
     def refuse_scriptmodules(module, *a, **k):
         if isinstance(module, torch.jit.ScriptModule):
@@ -138,7 +138,7 @@ def test_pnnx_route_when_torch_exporter_fails(tmp_path, monkeypatch):
         return real_convert(*a, **k)
 
     real_convert = pnnx_route.convert
-    monkeypatch.setattr(torch_import, "_export_legacy", refuse_scriptmodules)
+    monkeypatch.setattr(torch_import, "export_legacy", refuse_scriptmodules)
     monkeypatch.setattr(pnnx_route, "convert", spy)
     ir_model = load(path)
     assert used == [True]

@@ -67,7 +67,7 @@ class DistillConfig(PassConfig):
         "compared on their kept channels)")
 
 
-def _features(student: ir.Model, teacher: ir.Model, kept: dict) -> dict:
+def feature_pairs(student: ir.Model, teacher: ir.Model, kept: dict) -> dict:
     """name → None (same shape in both) or (axis, kept indices): the inputs of the student's
     weighted layers that the teacher computes too."""
     from autoglm_compress.ir_ops import const_array
@@ -214,7 +214,7 @@ class DistillPass(CompressPass):
                     after_step=after_step if masks or checks else None, distributed=True,
                     loss=cfg.loss, temperature=cfg.temperature, labels=labels,
                     label_weight=cfg.label_weight, scaled_lr=cfg.scaled_lr,
-                    features=_features(model, ctx.teacher, ctx.kept_channels or {}),
+                    features=feature_pairs(model, ctx.teacher, ctx.kept_channels or {}),
                     feature_weight=cfg.feature_weight)
                 break
             except _Diverged:

@@ -67,7 +67,7 @@ def _stack(feeds: list[dict], idx, keys, device) -> list[torch.Tensor]:
     return [torch.from_numpy(np.stack([feeds[i][k] for i in idx])).to(device) for k in keys]
 
 
-class _Student:
+class Student:
     """Student forward over a batch of samples: vmap when it is exact, else a per-sample loop."""
 
     def __init__(self, ex, feeds: list[dict], out_names: list[str], extra: tuple[str, ...] = ()):
@@ -142,7 +142,7 @@ def _is_scores(t: torch.Tensor) -> bool:
     return len(per) >= 1 and per[-1] >= 2 and int(np.prod(per)) == per[-1]
 
 
-def _objective(targets, denom, kind, temperature, labels, label_weight, device):
+def objective(targets, denom, kind, temperature, labels, label_weight, device):
     """``f(student outputs, idx) -> loss`` of one step, and its ``name``."""
     import torch.nn.functional as F  # noqa: N812
 
@@ -180,16 +180,16 @@ def _objective(targets, denom, kind, temperature, labels, label_weight, device):
     return f
 
 
-def _with_features(objective, n_out: int, targets, denom, weight: float):
-    """``objective`` on the first ``n_out`` outputs + ``weight`` × the mean normalised MSE of the
+def _with_features(inner, n_out: int, targets, denom, weight: float):
+    """``inner`` on the first ``n_out`` outputs + ``weight`` × the mean normalised MSE of the
     matched features (the rest)."""
 
     def f(outs, idx):
         feats = sum(((s - t[idx]) ** 2).mean() / d for s, t, d in zip(outs[n_out:], targets,
                                                                         denom))
-        return objective(outs[:n_out], idx) + weight * feats / len(targets)
+        return inner(outs[:n_out], idx) + weight * feats / len(targets)
 
-    f.name = f"{objective.name} + {weight:g}·feature mse ({len(targets)} features)"
+    f.name = f"{inner.name} + {weight:g}·feature mse ({len(targets)} features)"
     return f
 
 
@@ -213,7 +213,7 @@ def _ddp(params, fwd, device):
                                    find_unused_parameters=True)
 
 
-def _full_loss(fwd: _Student, targets, denom, batch: int) -> float:
+def _full_loss(fwd: Student, targets, denom, batch: int) -> float:
     """Loss over every training sample (no grad), the number the report compares."""
     n = len(fwd.feeds)
     with torch.no_grad():
@@ -228,7 +228,7 @@ def _teacher_outputs(teacher, feeds, names, extra=()) -> list[torch.Tensor]:
     return [torch.stack([o[n].detach() for o in outs]) for n in [*names, *extra]]
 
 
-def _feature_targets(teacher, feeds, features: dict, device) -> list[torch.Tensor]:
+def feature_targets(teacher, feeds, features: dict, device) -> list[torch.Tensor]:
     """The teacher's values at ``features`` (name → None, or (axis, kept indices) where the
     student lost channels), stacked over the samples, reduced to the student's channels."""
     out = []
@@ -276,18 +276,18 @@ def distill(
     denom = [output_variance(t, loss == "mse-channel") for t in targets]
     batch = max(1, min(batch, len(feeds)))
     features = features if features and feature_weight > 0 else {}
-    ftargets = _feature_targets(teacher, feeds, features, student.device)
+    ftargets = feature_targets(teacher, feeds, features, student.device)
     fdenom = [t.var().clamp_min(1e-12) for t in ftargets]
-    fwd = _Student(student, feeds, names, tuple(features))
+    fwd = Student(student, feeds, names, tuple(features))
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     opt = torch.optim.Adam(_groups(params, lr, scaled_lr, param_lr), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / max(steps, 1)))
     )
-    objective = _objective(targets, denom, loss, temperature, labels, label_weight, student.device)
+    loss_fn = objective(targets, denom, loss, temperature, labels, label_weight, student.device)
     if features:
-        objective = _with_features(objective, len(targets), ftargets, fdenom, feature_weight)
+        loss_fn = _with_features(loss_fn, len(targets), ftargets, fdenom, feature_weight)
     # batching is judged on the weights' gradients: a scale's (LSQ) sums rounding edges over a whole
     # tensor and differs between batched and looped runs more than the weights' do
     fwd.try_batching(list(range(batch)), [p for p in params if id(p) not in (param_lr or {})])
@@ -308,7 +308,7 @@ def distill(
             order += torch.randperm(len(feeds), generator=gen).tolist()
         idx, order = order[:batch], order[batch:]
         mine = idx[rank::world]
-        step_loss = objective(model(mine), mine)
+        step_loss = loss_fn(model(mine), mine)
         opt.zero_grad(set_to_none=True)
         step_loss.backward()
         opt.step()
@@ -329,7 +329,7 @@ def distill(
         before,
         _full_loss(fwd, targets, denom, batch),
         world,
-        objective.name,
+        loss_fn.name,
     )
     logger.info("distill: %s", res.as_dict())
     return res
