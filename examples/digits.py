@@ -120,19 +120,21 @@ def train_digits_cnn(
     num_threads: int | None = None,
     batch_size: int = 32,
     lr: float = 3e-3,
+    model: nn.Module | None = None,
 ) -> TrainResult:
     """Train :class:`DigitsCNN` with Adam on the training split; seeded and deterministic.
 
     Runs ``epochs`` epochs, stopping early (after a whole epoch) once ``seconds`` have elapsed, if
     given. ``num_threads`` sets ``torch.set_num_threads`` for the duration. The returned model is in
-    eval mode; its accuracy is measured on the 500-sample eval split.
+    eval mode; its accuracy is measured on the 500-sample eval split. ``model``: train this module
+    (any ``[N, 1, 8, 8]`` → ``[N, 10]`` network) instead of a fresh :class:`DigitsCNN`.
     """
     x_train, y_train, _, x_eval, y_eval = load_digits_split()
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
     start = time.perf_counter()
     done = 0
     with _training_env(seed, num_threads):
-        model = DigitsCNN()
+        model = DigitsCNN() if model is None else model
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
         gen = torch.Generator().manual_seed(seed)

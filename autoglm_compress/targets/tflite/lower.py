@@ -38,7 +38,15 @@ def unsupported_reason(node: ir.Node) -> str | None:
     return RULES.reason(node)
 
 
+_BINARY_OPTIONS = {"Add": lambda s: s.AddOptionsT, "Sub": lambda s: s.SubOptionsT,
+                   "Mul": lambda s: s.MulOptionsT, "Div": lambda s: s.DivOptionsT}
+
+
 class _Lowerer(SequenceOps, SpatialOps):
+    # Fuse a following Relu/Relu6 into ADD/SUB/MUL/DIV (the INT8 lowering: the
+    # QDQ graph quantizes after the activation, so the int8 op writes that tensor).
+    fuse_elementwise = False
+
     def __init__(self, model: ir.Model, fp16: bool, hybrid: bool = False):
         self.m, self.g, self.fp16, self.hybrid = model, model.graph, fp16, hybrid
         self.b = TFLiteBuilder()
@@ -401,6 +409,12 @@ class _Lowerer(SequenceOps, SpatialOps):
                                       weight=True))
             else:
                 ins.append(self.get(v.name, lay))
+        if otype and self.fuse_elementwise:  # ADD/SUB/MUL/DIV carry a fused activation
+            act, y = self._fuse(n)
+            opt = _BINARY_OPTIONS[n.op_type](self.b.s)()
+            opt.fusedActivationFunction = act
+            self.b.op(code, ins, [self.out(y, lay)], opt, otype)
+            return
         self.b.op(code, ins, [self.out(n.outputs[0], lay)])
 
     def unary(self, n: ir.Node, code: int, options=None, otype: int = 0) -> None:

@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from autoglm_compress.ir_ops import const_array
 from autoglm_compress.quantization.qdq import int32_bias
 from autoglm_compress.quantization.qdq_read import read_qparams
 from autoglm_compress.targets.ir_reads import dims, wconst
@@ -28,9 +29,21 @@ logger = logging.getLogger(__name__)
 # Ops written as int8 kernels when the QDQ graph quantizes them (the TFLite scheme's input and
 # output ops): TFLite has int8 kernels for each (formats.md).
 INT8_OPS = frozenset({"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
-                      "Reshape", "Flatten", "Concat", "Add", "Sub", "Mul", "Resize", "Sigmoid",
-                      "Softmax", "Tanh", "Gelu", "Transpose", "Squeeze", "Unsqueeze", "Pad",
-                      "ConvTranspose"})
+                      "GlobalMaxPool", "Reshape", "Flatten", "Concat", "Add", "Sub", "Mul",
+                      "Resize", "Sigmoid", "Softmax", "Tanh", "Gelu", "Transpose", "Squeeze",
+                      "Unsqueeze", "Pad", "ConvTranspose", "HardSwish", "HardSigmoid",
+                      "ReduceMean", "ReduceMax", "LeakyRelu"})
+# TFLite kernels whose int8 input must carry the output's scale and zero point (formats.md; a
+# mismatch fails, or worse, gives wrong values silently): an input at another scale is requantized
+# (QUANTIZE int8 → int8) first. The scheme shares these scales, so this only happens where a
+# kernel's fixed output range was kept out of a group (a sigmoid's 1/256 into a Concat).
+SAME_SCALE_OPS = frozenset({"MaxPool", "AveragePool", "GlobalMaxPool", "ReduceMax", "Concat",
+                            "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Pad"})
+# Ops with a fused-activation field: a single Relu/Relu6 after them is written into the op.
+_FUSING = frozenset({"Conv", "Gemm", "MaxPool", "AveragePool", "ConvTranspose"})
+_FUSING_ELEMENTWISE = frozenset({"Add", "Sub", "Mul"})  # int8 CONCATENATION refuses one
+_FIRST_INPUT_ONLY = frozenset({"Conv", "Gemm", "Reshape", "Resize", "Squeeze", "Unsqueeze", "Pad",
+                               "ConvTranspose", "ReduceMean", "ReduceMax"})
 
 
 def _quant(q) -> dict:
@@ -39,13 +52,18 @@ def _quant(q) -> dict:
 
 
 class _Int8Lowerer(_Lowerer):
+    fuse_elementwise = True
+
     def __init__(self, model: ir.Model, io: str = "float"):
         super().__init__(model, fp16=False)
         self.io = io
         self.qmode = None  # (Q node) while an int8 op is emitted
+        self.same_scale = False  # the op being emitted needs its input at the output's scale
         self.w_axis = 0
+        self.wq = None  # the weight's qparams of the weighted op being emitted
         self.int8_nodes: list[str] = []
         self.float_nodes: list[str] = []
+        self.float_reasons: dict[int, tuple[str, str]] = {}  # TFLite op → (node, why float)
 
     # -- tensors ---------------------------------------------------------------------------
     def _is_int8(self, idx: int) -> bool:
@@ -53,6 +71,8 @@ class _Int8Lowerer(_Lowerer):
 
     def get(self, name: str, want: str) -> int:
         idx = super().get(name, want)
+        if self.qmode is not None and self.same_scale and self._is_int8(idx):
+            return self._requantize(idx, _quant(read_qparams(self.qmode)))
         if self.qmode is not None or not self._is_int8(idx):
             return idx
         key = (name, want + "_float")
@@ -75,9 +95,42 @@ class _Int8Lowerer(_Lowerer):
         self.vals[y.name] = (idx, layout if len(shape) == 4 else "onnx")
         return idx
 
+    def _requantize(self, idx: int, quant: dict) -> int:
+        """``idx`` at ``quant``'s scale and zero point: itself when it has them, else a QUANTIZE
+        (int8 → int8 requantization) into a new tensor."""
+        have = self.b.quant[idx]
+        if (np.allclose(have["scale"], quant["scale"], rtol=1e-6, atol=0)
+                and np.array_equal(have["zero_point"], quant["zero_point"])):
+            return idx
+        key = (idx, float(quant["scale"][0]), int(quant["zero_point"][0]))
+        if key not in self.alt:
+            t = self.graph_tensor_name(idx)
+            out = self.b.tensor(self._name(t + "_rq"), self.b.shape_of(idx), self.b.dtypes[idx],
+                                quant)
+            self.b.op(114, [idx], [out])  # QUANTIZE int8 → int8
+            self.alt[key] = out
+        return self.alt[key]
+
+    def graph_tensor_name(self, idx: int) -> str:
+        name = self.b.graph.tensors[idx].name
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+    def qconst(self, name: str, arr: np.ndarray) -> int:
+        """A constant operand of an int8 element-wise op, int8 per-tensor (its own range, 0
+        included; symmetric when it has one sign change or none — the kernels rescale it)."""
+        arr = np.asarray(arr, np.float32)
+        lo, hi = min(float(arr.min()), 0.0), max(float(arr.max()), 0.0)
+        scale = max(hi - lo, 1e-8) / 255.0
+        zp = int(np.clip(np.rint(-128 - lo / scale), -128, 127))
+        q = np.clip(np.rint(arr / scale) + zp, -128, 127).astype(np.int8)
+        return self.b.const(name, q, {"scale": np.asarray([scale], np.float32),
+                                      "zero_point": np.asarray([zp], np.int64)})
+
     def const(self, name: str, arr: np.ndarray, weight: bool = False) -> int:
         if self.qmode is None or not weight:
             return super().const(name, arr, weight)
+        if self.wq is None:  # a constant operand of a weightless int8 op (Add(x, c), Mul(x, c))
+            return self.qconst(name, arr)
         arr = np.asarray(arr, np.float32)
         if arr.ndim >= 2:  # the filter / FC weight, already in TFLite layout
             s = self.wq.scale.reshape(-1).astype(np.float64)
@@ -120,7 +173,7 @@ class _Int8Lowerer(_Lowerer):
         """The Q node reading n's output alone — after the activation the op fuses (conv, FC and
         pools fuse Relu/Relu6; the emission fuses it again) — or None."""
         y = n.outputs[0]
-        fusing = n.op_type in ("Conv", "Gemm", "MaxPool", "AveragePool", "ConvTranspose") or (
+        fusing = n.op_type in _FUSING or n.op_type in _FUSING_ELEMENTWISE or (
             n.op_type == "MatMul" and wconst(n.inputs[1]) is not None)
         if fusing:
             act, y = self._fuse(n)
@@ -145,12 +198,12 @@ class _Int8Lowerer(_Lowerer):
 
     def _activation_inputs(self, n: ir.Node) -> list[ir.Value]:
         ins = list(n.inputs)
-        if n.op_type in ("Conv", "Gemm"):
+        if n.op_type in _FIRST_INPUT_ONLY or (
+                n.op_type == "MatMul" and wconst(n.inputs[1]) is not None):
             ins = ins[:1]
-        elif n.op_type == "MatMul" and wconst(n.inputs[1]) is not None:
-            ins = ins[:1]
-        elif n.op_type in ("Reshape", "Resize", "Squeeze", "Unsqueeze", "Pad", "ConvTranspose"):
-            ins = ins[:1]
+        elif n.op_type in ("Add", "Sub", "Mul"):  # a constant operand is quantized here
+            ins = [v for v in ins if v is not None and (v.name in self.vals
+                                                        or const_array(v) is None)]
         return [v for v in ins if v is not None and v.name]
 
     def node(self, n: ir.Node) -> None:
@@ -166,12 +219,38 @@ class _Int8Lowerer(_Lowerer):
         if id(n) in self.fused:
             return
         qn = self._q_after(n) if op in INT8_OPS else None
-        if qn is not None and all(self._int8_input(v) for v in self._activation_inputs(n)) \
-                and self._int8_weights(n):
+        why = self._float_reason(n, qn)
+        if why is None:
             self._int8(n, qn)
             return
         self.float_nodes.append(n.name or op)
+        start = len(self.b.graph.operators)
         super().node(n)
+        for k in range(start, len(self.b.graph.operators)):
+            self.float_reasons[k] = (n.name or op, why)
+
+    def _float_reason(self, n: ir.Node, qn) -> str | None:
+        """Why ``n`` runs float in the .tflite (None: it runs int8)."""
+        op = n.op_type
+        if op not in INT8_OPS:
+            return f"{op} has no int8 TFLite lowering here"
+        if op == "HardSigmoid" and n.attributes.get_float("alpha", 0.2) <= 0:
+            return "HardSigmoid with α ≤ 0 (the int8 form scales x by α)"
+        if not self._int8_weights(n):
+            return "its weights are kept float (--keep-fp32 or the accuracy fallback)"
+        if not all(self._int8_input(v) for v in self._activation_inputs(n)):
+            return "an input is not quantized in the QDQ graph (float producer or graph input)"
+        if qn is None:
+            y = n.outputs[0]
+            if y.is_graph_output():
+                return "writes a graph output kept float (quantized outputs only after a " \
+                       "weighted op, for resolution)"
+            uses = list(y.uses())
+            if len(uses) == 1 and uses[0][0].op_type in ("Relu", "Clip"):
+                return (f"its output is quantized only after the {uses[0][0].op_type} that "
+                        f"follows, which TFLite cannot fuse into {op}")
+            return "its output is not quantized in the QDQ graph (read by a float op)"
+        return None
 
     def _quantize(self, n: ir.Node) -> None:
         x = n.inputs[0]
@@ -198,10 +277,44 @@ class _Int8Lowerer(_Lowerer):
         self.b.op(114, [src], [out])  # QUANTIZE
         self.vals[n.outputs[0].name] = (out, lay)
 
+    def hard_sigmoid(self, n: ir.Node) -> None:
+        """int8: clamp(α·x + β, 0, 1) as MUL by α — exact, into a tensor at scale s_x·α with x's
+        zero point — then ADD β at the output's scale with RELU_N1_TO_1 fused; the output's own
+        range (0 at its lowest code when calibrated ≥ 0) clamps at 0, else a MAXIMUM with 0."""
+        if self.qmode is None:
+            return super().hard_sigmoid(n)
+        v = n.inputs[0]
+        lay = self.layout(v.name)
+        x = self.get(v.name, lay)
+        alpha = n.attributes.get_float("alpha", 0.2)
+        beta = n.attributes.get_float("beta", 0.5)
+        qx = self.b.quant[x]
+        s = self.b.s
+        a = self.b.const(self._name("hsig_a"), np.asarray([127], np.int8),
+                         {"scale": np.asarray([alpha / 127], np.float32),
+                          "zero_point": np.asarray([0], np.int64)})
+        ax = self.b.tensor(self._name("hsig_ax"), self.b.shape_of(x), "int8",
+                           {"scale": np.asarray(qx["scale"], np.float32) * np.float32(alpha),
+                            "zero_point": np.asarray(qx["zero_point"])})
+        self.b.op(18, [x, a], [ax], s.MulOptionsT(), s.BuiltinOptions.MulOptions)
+        y = self.out(n.outputs[0], lay)
+        q = self.b.quant[y]
+        zero_at_bottom = int(q["zero_point"][0]) == -128
+        opt = s.AddOptionsT()
+        opt.fusedActivationFunction = 2  # RELU_N1_TO_1
+        mid = y if zero_at_bottom else self.b.tensor(self._name("hsig"), self.b.shape_of(y),
+                                                     "int8", q)
+        self.b.op(0, [ax, self.qconst(self._name("hsig_b"), np.asarray([beta]))], [mid], opt,
+                  s.BuiltinOptions.AddOptions)
+        if not zero_at_bottom:  # the output range holds negatives: clamp at 0 explicitly
+            self.b.op(55, [mid, self.b.const(self._name("zero"), np.asarray(
+                [int(q["zero_point"][0])], np.int8), dict(q))], [y])
+
     def _int8(self, n: ir.Node, qn: ir.Node) -> None:
         from autoglm_compress.ir_ops import is_weighted, weight_input
 
-        self.qmode = qn
+        self.qmode, self.wq = qn, None
+        self.same_scale = n.op_type in SAME_SCALE_OPS
         try:
             if is_weighted(n) and wconst(n.inputs[weight_input(n)]) is not None:
                 wv = n.inputs[weight_input(n)]
@@ -211,9 +324,8 @@ class _Int8Lowerer(_Lowerer):
                 self.cur_input = self.vals[n.inputs[0].name][0]
             _Lowerer.node(self, n)
         finally:
-            self.qmode = None
+            self.qmode, self.same_scale = None, False
         self.int8_nodes.append(n.name or n.op_type)
-
 
     def run(self) -> bytes:
         if self.io == "float":
@@ -240,7 +352,8 @@ class _Int8Lowerer(_Lowerer):
 
 
 def lower_qdq_to_tflite(model: ir.Model, io: str = "float") -> tuple[bytes, dict]:
-    """The full-integer .tflite of a QDQ ``model``; and which nodes run int8 / float."""
+    """The full-integer .tflite of a QDQ ``model``; and which nodes run int8 / float (``reasons``:
+    TFLite operator index → (node, why it runs float), for :func:`census.census`)."""
     lw = _Int8Lowerer(model, io)
     data = lw.run()
-    return data, {"int8": lw.int8_nodes, "float": lw.float_nodes}
+    return data, {"int8": lw.int8_nodes, "float": lw.float_nodes, "reasons": lw.float_reasons}

@@ -52,10 +52,18 @@ class SequenceOps:
         axes = reduce_axes(n, len(self._shape_of_value(v)))
         opt = s.ReducerOptionsT()
         opt.keepDims = bool(n.attributes.get_int("keepdims", 1))
+        lay, out_lay = "onnx", "onnx"
+        if len(self._shape_of_value(v)) == 4 and self.layout(v.name) == "nhwc":
+            # reduce the NHWC tensor itself (no TRANSPOSE back) where the result's order allows:
+            # kept dims stay NHWC; dropped dims leave the same order in both layouts (H, W → N, C)
+            kept = [d for d in (0, 2, 3, 1) if d not in axes]
+            if opt.keepDims or kept == sorted(kept):
+                lay, out_lay = "nhwc", "nhwc" if opt.keepDims else "onnx"
+                axes = sorted((0, 2, 3, 1).index(a) for a in axes)
         self.b.op(REDUCE_CODES[n.op_type],
-                  [self.get(v.name, "onnx"),
+                  [self.get(v.name, lay),
                    self.b.const(self._name("axes"), np.asarray(axes, np.int32))],
-                  [self.out(n.outputs[0], "onnx")], opt, s.BuiltinOptions.ReducerOptions)
+                  [self.out(n.outputs[0], out_lay)], opt, s.BuiltinOptions.ReducerOptions)
 
     def _float_op(self, code: int, ins: list[int], shape, like: int | None = None) -> int:
         out = self.b.tensor(self._name("ln"), shape)

@@ -28,6 +28,7 @@ from autoglm_compress.targets.base import (
     time_precisions,
     verify_in_runtime,
 )
+from autoglm_compress.targets.tflite.census import MAX_FLOAT_MAC_SHARE, census
 from autoglm_compress.targets.tflite.lower import RULES, lower_to_tflite, unsupported_reason
 from autoglm_compress.targets.tflite.lower_int8 import INT8_OPS as _QOPS
 from autoglm_compress.targets.tflite.options import Options
@@ -77,8 +78,10 @@ def litert_runner(path: Path, threads: int, reference_kernels: bool = False):
 # TANH 1/128 and 0).
 _FIXED = {"Sigmoid": (1.0 / 256.0, -128), "Softmax": (1.0 / 256.0, -128),
           "Tanh": (1.0 / 128.0, 0)}
+# Below this cosine between the .tflite and the QDQ model it was lowered from, the report warns.
+MIN_VS_QDQ = 0.99
 _SHARED = frozenset({"MaxPool", "AveragePool", "Concat", "Reshape", "Flatten", "Transpose",
-                     "Resize", "Squeeze", "Unsqueeze", "Pad"})
+                     "Resize", "Squeeze", "Unsqueeze", "Pad", "GlobalMaxPool", "ReduceMax"})
 
 
 def tflite_scheme():
@@ -144,8 +147,7 @@ class TFLiteTarget(Target):
             from autoglm_compress.targets.tflite.lower_int8 import lower_qdq_to_tflite
 
             data, split = lower_qdq_to_tflite(model, self.options.io)
-            extra["tflite_ops"] = {"int8": len(split["int8"]), "float": len(split["float"]),
-                                   "float_nodes": split["float"][:20]}
+            extra["tflite_ops"] = census(data, split["reasons"])
         else:
             data = lower_to_tflite(model, precision)
         path = out_dir / f"{stem}.arm.{precision}.tflite"
@@ -153,6 +155,8 @@ class TFLiteTarget(Target):
         art = Artifact(self.name, precision, {"model": path}, runtime=self.runtime).finalize()
         art.extra["format"] = "tflite"
         art.extra.update(extra)
+        if "tflite_ops" in extra:
+            art.notes += _census_notes(extra["tflite_ops"])
         return art
 
     def describe_io(self, artifact: Artifact, model: ir.Model) -> dict:
@@ -195,6 +199,11 @@ class TFLiteTarget(Target):
             got = [run(f) for f in ctx.feeds]
             vs = fidelity(sim, got, ctx.output_names)
             artifact.extra["vs_qdq_simulation"] = {"cosine_min": vs["cosine_min"]}
+            if vs["cosine_min"] < MIN_VS_QDQ:
+                artifact.notes.append(
+                    f"WARNING: the .tflite departs from the QDQ model it was lowered from "
+                    f"(cosine {vs['cosine_min']:.4f} < {MIN_VS_QDQ}): the lowering adds error "
+                    "beyond quantization")
 
     def _litert_side_by_side(self, artifact: Artifact, ctx: VerifyContext) -> dict:
         """FP32, FP16 and (for an INT8 artifact) INT8 .tflite of the same model timed interleaved
@@ -214,6 +223,22 @@ class TFLiteTarget(Target):
             runners = {prec: litert_runner(paths[prec], threads)()
                        for prec in ("fp32", "fp16", "int8") if prec in paths}
             return time_precisions(runners, ctx.feeds[0], ctx.latency_repeats, threads)
+
+
+def _census_notes(ops: dict) -> list[str]:
+    """Notes on an INT8 .tflite's census: which ops run float and why; a warning when float ops
+    carry more than MAX_FLOAT_MAC_SHARE of the MACs."""
+    notes = []
+    if ops["float"]:
+        why: dict[str, list[str]] = {}
+        for f in ops["float_ops"]:
+            why.setdefault(f["reason"], []).append(f["node"] or f["op"])
+        parts = "; ".join(f"{', '.join(dict.fromkeys(n))}: {r}" for r, n in why.items())
+        notes.append(f"{ops['float']} of {ops['total']} TFLite ops run float ({parts})")
+    if ops["float_mac_share"] > MAX_FLOAT_MAC_SHARE:
+        notes.append(f"WARNING: {ops['float_mac_share']:.0%} of the MACs run in float ops of "
+                     "this INT8 .tflite")
+    return notes
 
 
 TARGET = TFLiteTarget
