@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all lint bench docs clean
+.PHONY: venv demo test test-all lint bench docs clean arm-emulation
 
 venv: $(STAMP)
 
@@ -33,11 +33,25 @@ bench: venv
 
 # `make test`: everything but the tests marked slow (≤ 15 min on 2 cores, AVX2 or VNNI);
 # `make test-all`: those too (real-model end-to-end sweeps).
-test: venv
+test: venv arm-emulation
 	$(PY) -m pytest -q -x -m "not slow" tests
 
-test-all: venv
+test-all: venv arm-emulation
 	$(PY) -m pytest -q tests
+
+# ARM artifacts also run on ARM code (tests/test_arm_emulation.py, --verify-arm): Debian's
+# qemu-user and gcc, installed here when missing and run as root (else the tests skip, saying
+# what to install); then the aarch64 root, wheels and instruction-count plugin, built once into
+# ~/.cache/autoglm-compress/aarch64 (about 80 MB downloaded).
+ARM_PKGS = $(if $(shell command -v qemu-aarch64),,qemu-user) $(if $(shell command -v gcc),,gcc)
+arm-emulation: venv
+	@if [ -n "$(strip $(ARM_PKGS))" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq $(ARM_PKGS) >/dev/null; \
+		else echo "note: $(ARM_PKGS) missing (apt-get install -y $(ARM_PKGS), as root):" \
+			"the aarch64 tests skip"; fi; \
+	fi
+	@$(PY) -m autoglm_compress.targets.arm_emulation
 
 lint: venv
 	$(VENV)/bin/ruff check .

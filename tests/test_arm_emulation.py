@@ -119,6 +119,28 @@ def test_missing_qemu_is_one_line_note(tmp_path, monkeypatch):
                             "found") for n in art["notes"]), art["notes"]
 
 
+def test_failed_setup_is_one_line_and_not_retried_by_auto(tmp_path, monkeypatch):
+    """An offline machine: the set-up step that failed is one line, remembered for an hour so
+    that ``--verify-arm auto`` runs do not each wait on the network again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+
+    def offline(tmp, root):
+        calls.append(1)
+        raise environment.Unavailable("the ARM runner's set-up failed while reading the arm64 "
+                                      "package lists (apt-get update) (network or apt sources?)")
+
+    monkeypatch.setattr(environment, "_tools", lambda: "/usr/bin/qemu-aarch64")
+    monkeypatch.setattr(environment, "_build_root", offline)
+    for retry in (True, False):
+        with pytest.raises(environment.Unavailable, match="apt-get update") as e:
+            environment.setup(retry_failed=retry)
+        assert "\n" not in str(e.value)
+    assert len(calls) == 1 and "retry: python -m" in str(e.value)
+    assert not [p for p in (tmp_path / "autoglm-compress" / "aarch64").iterdir()
+                if not p.name.endswith(".failed")]  # nothing half-built left
+
+
 def test_verify_arm_off_and_cpu_list(tmp_path):
     from autoglm_compress.errors import ConfigError
 

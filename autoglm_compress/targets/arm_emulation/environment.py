@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -49,12 +50,14 @@ PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_
 GUEST_PYTHON = "3.11"
 
 # Instruction counter: every translated block adds its instruction count to one counter when it
-# executes (inline, no callback); a marker syscall (getppid with a magic first argument, made by
-# the guest script) records the counter; at exit the marks and the total go to the file named by
-# ``out=``. One counter, unsynchronised: run the guest with one thread.
+# executes (inline, no callback); a marker syscall (getppid — number ``marker=``, 173 on aarch64,
+# 110 on x86_64 — with a magic first argument, made by the guest script) records the counter; at
+# exit the marks and the total go to the file named by ``out=``. One counter, unsynchronised: run
+# the guest with one thread.
 PLUGIN_C = r"""
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 typedef uint64_t qemu_plugin_id_t;
 typedef struct qemu_info_t qemu_info_t;
@@ -75,6 +78,7 @@ static uint64_t insns;
 static uint64_t marks[64];
 static int n_marks;
 static char out[4096];
+static int64_t marker_nr = 173;
 
 static void trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &insns,
@@ -82,7 +86,7 @@ static void trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
 }
 static void sys(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint64_t a1, uint64_t a2,
                 uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8) {
-    if (num == 173 && a1 == 0x41474c4dULL && n_marks < 64) marks[n_marks++] = insns;
+    if (num == marker_nr && a1 == 0x41474c4dULL && n_marks < 64) marks[n_marks++] = insns;
 }
 static void done(qemu_plugin_id_t id, void *p) {
     FILE *f = out[0] ? fopen(out, "w") : stderr;
@@ -95,13 +99,14 @@ __attribute__((visibility("default")))
 int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, char **argv) {
     for (int i = 0; i < argc; i++)
         if (!strncmp(argv[i], "out=", 4)) snprintf(out, sizeof out, "%s", argv[i] + 4);
+        else if (!strncmp(argv[i], "marker=", 7)) marker_nr = atoll(argv[i] + 7);
     qemu_plugin_register_vcpu_tb_trans_cb(id, trans);
     qemu_plugin_register_vcpu_syscall_cb(id, sys);
     qemu_plugin_register_atexit_cb(id, done, 0);
     return 0;
 }
 """
-MARKER = (173, 0x41474C4D)  # aarch64 getppid, magic first argument: the plugin's marker
+MARKER = {"aarch64": 173, "x86_64": 110}, 0x41474C4D  # getppid per arch, magic first argument
 
 
 class Unavailable(RuntimeError):
@@ -238,16 +243,37 @@ def _build_plugin(tmp: Path, out: Path) -> None:
          "compiling the instruction-count plugin (gcc)")
 
 
-def setup(rebuild: bool = False) -> Environment:
-    """The cached aarch64 environment, built on first use (minutes: ~80 MB of .debs and wheels).
-    Raises :class:`Unavailable` (one line: what to install, or which step failed)."""
+RETRY_AFTER_S = 3600  # a failed set-up (offline machine) is not retried by every run for this long
+
+
+def setup(rebuild: bool = False, retry_failed: bool = True) -> Environment:
+    """The cached aarch64 environment, built on first use (about a minute: ~80 MB of .debs and
+    wheels). Raises :class:`Unavailable` (one line: what to install, or which step failed).
+    ``retry_failed=False`` (``--verify-arm auto``): a set-up that failed within the last hour
+    is not tried again (its message is raised at once)."""
     qemu = _tools()
     pins = _pins()
     qv = _qemu_version(qemu)
     final = cache_root() / _key(pins, qv)
     if (final / "manifest.json").exists() and not rebuild:
         return Environment(final, qemu)
+    failed = final.with_name(final.name + ".failed")
+    if not retry_failed and failed.exists() and \
+            time.time() - failed.stat().st_mtime < RETRY_AFTER_S:
+        raise Unavailable(f"{failed.read_text().strip()} (retry: python -m "
+                          "autoglm_compress.targets.arm_emulation)")
     final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _build(final, qemu, qv, pins, rebuild)
+    except Unavailable as e:
+        failed.write_text(str(e))
+        raise
+    failed.unlink(missing_ok=True)
+    return Environment(final, qemu)
+
+
+def _build(final: Path, qemu: str, qv: str, pins: dict, rebuild: bool) -> None:
+    """Build into a temporary folder beside ``final``, then rename it into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
     try:
         build = tmp / "env"
@@ -257,8 +283,7 @@ def setup(rebuild: bool = False) -> Environment:
         _build_plugin(tmp, build / "insns.so")
         (build / "manifest.json").write_text(json.dumps(
             {"qemu": qv, "debs": debs, "wheels": wheels, "pins": pins}, indent=1))
-        env = Environment(build, qemu)
-        _smoke(env)
+        _smoke(Environment(build, qemu))
         if rebuild and final.exists():
             shutil.rmtree(final)
         try:
@@ -268,7 +293,6 @@ def setup(rebuild: bool = False) -> Environment:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Environment(final, qemu)
 
 
 def _smoke(env: Environment) -> None:
@@ -335,3 +359,17 @@ def guest_command(env: Environment, *args: str, cpu: str = "cortex-a72",
     if plugin_out is not None:
         cmd += ["-plugin", f"{env.plugin},out={plugin_out}"]
     return [*cmd, str(env.python), *args]
+
+
+def host_command(env: Environment, *args: str, cpu: str = "max",
+                 plugin_out: Path | None = None) -> list[str]:
+    """This machine's own Python (x86_64) under ``qemu-x86_64`` with the same instruction-count
+    plugin: x86 instruction counts of the x86 runtimes, to check the count against measured
+    x86 latency (is an instruction count a fair proxy for time?)."""
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        raise Unavailable("qemu-x86_64 not found: apt-get install -y qemu-user")
+    cmd = [qemu, "-cpu", cpu, "-E", "OMP_NUM_THREADS=1"]
+    if plugin_out is not None:
+        cmd += ["-plugin", f"{env.plugin},out={plugin_out},marker={MARKER[0]['x86_64']}"]
+    return [*cmd, sys.executable, *args]

@@ -16,12 +16,14 @@ marker — the instruction-count plugin records its counter at each marker.
 import ast
 import ctypes
 import json
+import platform
 import sys
 from pathlib import Path
 
 import numpy as np
 
-MARKER = (173, 0x41474C4D)  # environment.MARKER: aarch64 getppid with a magic first argument
+# environment.MARKER: getppid with a magic first argument
+MARKER = ({"aarch64": 173, "x86_64": 110}[platform.machine()], 0x41474C4D)
 
 
 def load_function(source: str, name: str):

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from autoglm_compress.targets.arm_emulation.environment import Environment, guest_command, setup
+from autoglm_compress.targets.arm_emulation.environment import (
+    Environment,
+    guest_command,
+    host_command,
+    setup,
+)
 
 __all__ = ["GuestError", "Job", "run", "run_jobs"]
 
@@ -57,9 +62,11 @@ def run_jobs(
     cpu: str = "cortex-a72",
     env: Environment | None = None,
     timeout: float = 1800,
+    arch: str = "aarch64",
 ) -> list[tuple[list[list[np.ndarray]], float]]:
     """Run ``jobs`` one after the other in ONE aarch64 Python process (one start-up) under
-    ``qemu-aarch64 -cpu cpu``, one thread. Per job: the outputs per feed and the guest
+    ``qemu-aarch64 -cpu cpu``, one thread (``arch="x86_64"``: this machine's Python and x86
+    runtimes under ``qemu-x86_64 -cpu cpu``, for checking counts against x86 timings). Per job: the outputs per feed and the guest
     instructions per inference (counted between markers after one warm-up inference; 0.0
     for no feeds). Raises :class:`~.environment.Unavailable` when the runner cannot be set up
     here and :class:`GuestError` when an artifact does not run."""
@@ -73,17 +80,18 @@ def run_jobs(
                 "out": str(t / "out.npz"), "sources": _SOURCES}
         (t / "spec.json").write_text(json.dumps(spec))
         counts = t / "insns.txt"
-        cmd = guest_command(env, str(_HERE / "guest.py"), str(t / "spec.json"), cpu=cpu,
-                            plugin_out=counts)
+        command = guest_command if arch == "aarch64" else host_command
+        cmd = command(env, str(_HERE / "guest.py"), str(t / "spec.json"), cpu=cpu,
+                      plugin_out=counts)
         names = ", ".join(Path(next(iter(j.files.values()))).name for j in jobs)
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise GuestError(f"aarch64 run of {names} timed out after {timeout:.0f} s") from None
+            raise GuestError(f"{arch} run of {names} timed out after {timeout:.0f} s") from None
         if p.returncode != 0 or not (t / "out.npz").exists():
             lines = [ln.strip() for ln in p.stderr.splitlines() if ln.strip()] or \
                 [f"exit status {p.returncode}"]
-            raise GuestError(f"aarch64 ({cpu}) cannot run {names}: {lines[-1]}")
+            raise GuestError(f"{arch} ({cpu}) cannot run {names}: {lines[-1]}")
         marks = [int(ln.split()[1]) for ln in counts.read_text().splitlines()
                  if ln.startswith("mark ")] if counts.exists() else []
         outs: list[list[list[np.ndarray]]] = [[[] for _ in range(s["n"])] for s in specs]

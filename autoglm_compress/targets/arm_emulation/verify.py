@@ -23,7 +23,7 @@ from autoglm_compress.metrics import fidelity
 from autoglm_compress.targets.arm_emulation.environment import Unavailable, setup
 from autoglm_compress.targets.arm_emulation.runner import GuestError, Job, run_jobs
 
-__all__ = ["MAX_SAMPLES", "ROUNDING", "available", "verify_arm"]
+__all__ = ["MAX_SAMPLES", "ROUNDING", "available", "ncnn_io", "verify_arm"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +44,10 @@ def available() -> tuple[bool, str]:
         return False, str(e)
 
 
-def _ncnn_io(artifact, ctx) -> dict:
-    """ncnn's blob names (the artifact's ``blobs``, as its x86 verification left them) and output
-    shapes (those of the reference outputs)."""
-    blobs = artifact.extra["blobs"]
-    shapes = {n: list(o.shape) for n, o in zip(ctx.output_names, ctx.reference_outputs[0],
-                                               strict=True)}
-    return {**blobs, "output_shapes": shapes}
+def ncnn_io(artifact, output_shapes: dict[str, list[int]]) -> dict:
+    """What ``ncnn_runner`` needs of a verified ncnn artifact: its blob names (``blobs``, as the
+    x86 verification left them) and the output shapes."""
+    return {**artifact.extra["blobs"], "output_shapes": output_shapes}
 
 
 def _x86_outputs(artifact, io, feeds) -> list:
@@ -102,12 +99,14 @@ def verify_arm(target, artifact, ctx) -> None:
     if mode == "off" or artifact.target != "arm":
         return
     try:
-        env = setup()
+        env = setup(retry_failed=mode != "auto")
     except Unavailable as e:
         artifact.notes.append(f"not verified on aarch64 (--verify-arm {mode}): {e}")
         return
     fmt = artifact.extra.get("format", "tflite")
-    io = _ncnn_io(artifact, ctx) if fmt == "ncnn" else None
+    shapes = {n: list(o.shape) for n, o in zip(ctx.output_names, ctx.reference_outputs[0],
+                                               strict=True)}
+    io = ncnn_io(artifact, shapes) if fmt == "ncnn" else None
     feeds = ctx.feeds[:MAX_SAMPLES]
     cpus = opts.cpus
     runtime = {"ncnn": "ncnn aarch64", "tflite": "LiteRT aarch64 (XNNPACK)"}[fmt]

@@ -1,0 +1,186 @@
+"""ARM artifacts under qemu-aarch64 (issue 28): FP32 / FP16 / INT8 guest instruction counts per
+inference on two CPU models, aarch64-vs-x86 fidelity, and a check of the count as a time proxy.
+
+    .venv/bin/python bench/bench_arm_emulation.py [--models digits,effnet] [--cpus cortex-a53,cortex-a76]
+        [--calib 32] [--eval 8] [--work /tmp/bench_arm_emulation] [--no-proxy] [--write-results]
+
+Per model: ``compress`` to ``--target arm --format all`` at FP32, FP16 and INT8 with
+``--verify-arm emulated`` (the INT8 run with ``--arm-cpu`` = every CPU: its ``latency.arm_insns``
+holds the FP32 / FP16 / INT8 files of the same model side by side) and ``--arm-threads 1``. Proxy
+check: the same FP32 / FP16 / INT8 artifacts in this machine's x86 LiteRT / ncnn, counted under
+``qemu-x86_64 -cpu max`` with the same plugin, against their measured x86 latency (one thread,
+the INT8 run's side-by-side timing): Pearson correlation of log(instructions) and log(ms), and the
+INT8/FP32 ratio of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real"), str(ROOT / "bench")]
+
+HEADING = "## ARM artifacts under qemu-aarch64 (issue 28)"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _models(names, work: Path, n_calib: int, n_eval: int) -> dict:
+    """bench_arm's models (digits; EfficientNet-Lite1 = ``zoo.efficientnet_lite(folder, 1, …)``)."""
+    from bench_arm import _models as arm_models
+
+    shown = {"digits": "digits", "effnet": "EfficientNet-Lite1"}
+    return {shown[k]: v for k, v in arm_models(names, work, n_calib, n_eval).items()}
+
+
+def _compress(model, calib, ev, prec: str, cpus: str, out: Path, n_eval: int):
+    from autoglm_compress import compress
+
+    t = time.perf_counter()
+    res = compress(model, targets="arm", arm_format="all", int8=prec == "int8",
+                   fp16=prec == "fp16", calib=calib, eval_data=ev, samples=n_eval,
+                   calib_samples=32, verify_arm="emulated", arm_cpu=cpus, arm_threads=1,
+                   latency_repeats=10, out_dir=out)
+    print(f"  {prec}: {time.perf_counter() - t:.0f} s", flush=True)
+    for art, d in zip(res.artifacts, res.report["artifacts"], strict=True):
+        art.extra["output_shapes"] = {o["name"]: o["shape"] for o in d["io"]["outputs"]}
+    return {a.extra["format"]: a for a in res.artifacts}
+
+
+def _x86_insns(arts: dict, feeds) -> dict:
+    """x86 instruction count per inference of each artifact (format, precision) in this
+    machine's runtimes under qemu-x86_64."""
+    from autoglm_compress.targets.arm_emulation.runner import Job, run_jobs
+    from autoglm_compress.targets.arm_emulation.verify import ncnn_io
+
+    out = {}
+    for (fmt, prec), a in arts.items():
+        io = ncnn_io(a, a.extra["output_shapes"]) if fmt == "ncnn" else None
+        (_, n), = run_jobs([Job(dict(a.files), fmt, prec, io, n=2)], feeds, cpu="max",
+                           arch="x86_64")
+        out[fmt, prec] = n
+    return out
+
+
+def _pearson(x, y) -> float:
+    x, y = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _m(n: float) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="digits,effnet")
+    ap.add_argument("--cpus", default="cortex-a53,cortex-a76")
+    ap.add_argument("--calib", type=int, default=32)
+    ap.add_argument("--eval", type=int, default=8)
+    ap.add_argument("--work", default="/tmp/bench_arm_emulation")
+    ap.add_argument("--no-proxy", action="store_true")
+    ap.add_argument("--write-results", action="store_true")
+    a = ap.parse_args()
+    work = Path(a.work)
+    cpus = a.cpus.split(",")
+    insn_rows, fid_rows, proxy_rows = [], [], []
+    proxy_pts: list[tuple[float, float, float]] = []  # (x86 insns, x86 ms, aarch64 insns)
+    t0 = time.perf_counter()
+    for name, (model, calib, ev) in _models(a.models.split(","), work, a.calib, a.eval).items():
+        print(name, flush=True)
+        runs = {p: _compress(model, calib, ev, p, a.cpus if p == "int8" else cpus[-1],
+                             work / name / p, a.eval) for p in PRECISIONS}
+        for fmt in ("tflite", "ncnn"):
+            q = runs["int8"][fmt]
+            for cpu in cpus:
+                per = q.latency["arm_insns"][cpu]
+                insn_rows.append(f"| {name} | {fmt} | {cpu} | {_m(per['fp32'])} | "
+                                 f"{per['vs_fp32']['fp16']:.2f}× | {per['vs_fp32']['int8']:.2f}× |")
+            for p in PRECISIONS:
+                art = runs[p][fmt]
+                a64 = art.fidelity["aarch64"]
+                top1 = next(iter(a64["outputs"].values())).get("top1_agreement")
+                fid_rows.append(
+                    f"| {name} | {fmt} | {p} | {art.fidelity['cosine_min']:.5f} | "
+                    f"{a64['cosine_min']:.5f} | {a64['vs_x86_cosine_min']:.6f} | "
+                    f"{'-' if top1 is None else f'{top1:.3f}'} |")
+            if a.no_proxy:
+                continue
+            side = q.latency["litert" if fmt == "tflite" else "ncnn"]
+            feeds = _feeds(ev)
+            x86 = _x86_insns({(fmt, p): runs[p][fmt] for p in PRECISIONS}, feeds)
+            a64 = q.latency["arm_insns"][cpus[-1]]
+            for p in PRECISIONS:
+                proxy_pts.append((x86[fmt, p], side[p]["median_ms"], a64[p]))
+            proxy_rows.append(
+                f"| {name} | {fmt} | " + " | ".join(
+                    f"{_m(x86[fmt, p])} / {side[p]['median_ms']:.3g} ms" for p in PRECISIONS)
+                + f" | {x86[fmt, 'int8'] / x86[fmt, 'fp32']:.2f}× / "
+                f"{side['int8']['median_ms'] / side['fp32']['median_ms']:.2f}× |")
+    text = _text(a, cpus, insn_rows, fid_rows, proxy_rows, proxy_pts, time.perf_counter() - t0)
+    print(text)
+    if a.write_results:
+        from bench_arm import write_results
+
+        write_results(text, HEADING)
+
+
+def _feeds(ev: Path) -> list[dict]:
+    with np.load(ev) as z:
+        name = next(k for k in z.files if k != "labels")
+        x = z[name][:2].astype(np.float32)
+    return [{name: x[i:i + 1]} for i in range(len(x))]
+
+
+def _text(a, cpus, insn_rows, fid_rows, proxy_rows, pts, seconds) -> str:
+    import platform
+
+    from autoglm_compress.targets.arm_emulation import setup
+
+    man = setup().manifest()
+    lines = [
+        HEADING, "",
+        f"`.venv/bin/python bench/bench_arm_emulation.py --models {a.models} --cpus {a.cpus} "
+        f"--calib {a.calib} --eval {a.eval} --write-results` ({seconds / 60:.0f} min on "
+        f"{platform.machine()}; {man['qemu']}; aarch64 wheels {', '.join(man['wheels'])}).",
+        "",
+        "The artifacts `--target arm --format all` writes, run in aarch64 LiteRT (XNNPACK) and "
+        "aarch64 ncnn under qemu-aarch64 (targets/arm_emulation: Debian arm64 python3.11 root + "
+        "the aarch64 wheels of the same versions, one thread). Counts are guest instructions per "
+        "inference (a TCG plugin, between markers after one warm-up inference): **an instruction "
+        "count, not a time** — a NEON/SDOT instruction and a scalar one count the same, and "
+        "cache misses are invisible. FP32/FP16 of the INT8 run are lowered side by side from the "
+        "same FP32 IR, as the x86 latency does.", "",
+        "Instructions per inference (FP32) and FP16 / INT8 relative to FP32:", "",
+        "| model | format | -cpu | FP32 | FP16 / FP32 | INT8 / FP32 |",
+        "|---|---|---|---|---|---|", *insn_rows, "",
+        f"Fidelity on aarch64 ({cpus[-1]}, ≤ 8 eval samples) vs the FP32 model in onnxruntime, "
+        "and aarch64 vs x86 outputs of the same file (a discrepancy is flagged below 0.9999 "
+        "for FP32/FP16, 0.999 for INT8):", "",
+        "| model | format | precision | x86 cosine | aarch64 cosine | aarch64 vs x86 cosine | "
+        "aarch64 top-1 agr. |",
+        "|---|---|---|---|---|---|---|", *fid_rows, "",
+    ]
+    if proxy_rows:
+        x86i, ms, a64 = zip(*pts, strict=True)
+        lines += [
+            "Proxy check on x86: the same FP32 / FP16 / INT8 files in this machine's x86 "
+            "LiteRT / ncnn, instructions counted under `qemu-x86_64 -cpu max` (same plugin) vs "
+            "measured x86 latency (1 thread, interleaved medians of the INT8 run's side-by-side "
+            "timing):", "",
+            "| model | format | FP32 insns / ms | FP16 insns / ms | INT8 insns / ms | "
+            "INT8/FP32 insns / time |",
+            "|---|---|---|---|---|---|", *proxy_rows, "",
+            f"Pearson r of log(x86 instructions) vs log(x86 ms) over these {len(pts)} files: "
+            f"**{_pearson(x86i, ms):.3f}**; of log(aarch64 {cpus[-1]} instructions) vs log(x86 "
+            f"ms): {_pearson(a64, ms):.3f}.", "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
