@@ -329,15 +329,20 @@ class _Run:
             "warnings": self.notes,
             "artifacts": [d for _, d in results],
         }
-        gate = quality_gate(artifacts, cfg.gates.min_cosine, cfg.gates.max_drop)
+        g = cfg.gates
+        gate = quality_gate(report["artifacts"], g.min_cosine, g.max_drop, g.max_size,
+                            g.max_latency_ratio, source.get("size_bytes"))
+        report["gates"] = gate.pop("gates") if gate else []  # every budget, per artifact
+        lines = gate.pop("lines") if gate else []
         report["quality_gate"] = gate
         report["seconds"] = round(time.perf_counter() - self.t_start, 3)
         # every target's files, the manifest and the report renamed into -o together (report
         # last); the previous run's files that this run did not write again are removed
         report_path = self.output.commit(artifacts, report)
-        if gate and not gate["passed"]:
-            raise QualityGateError(gate["message"])
-        return CompressResult(artifacts, report, report_path)
+        result = CompressResult(artifacts, report, report_path)
+        if lines:  # the artifacts are written (a CI step inspects them); exit 3, a line each
+            raise QualityGateError("\n".join(lines), result=result)
+        return result
 
 
 def pass_configs(cfg: CompressConfig) -> dict[str, dict]:

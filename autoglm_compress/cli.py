@@ -1,9 +1,11 @@
 """Command line: ``autoglm-compress MODEL [options]``, ``autoglm-compress inspect MODEL``,
 ``autoglm-compress passes``. Every failure is one line on stderr and a documented exit code:
-0 ok, 1 internal error, 2 bad input/usage, 3 a quality gate failed, 130 Ctrl-C, 143 SIGTERM."""
+0 ok, 1 internal error, 2 bad input/usage, 3 a quality gate or budget failed (the artifacts and
+the report are written, one line per failed budget), 130 Ctrl-C, 143 SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -16,7 +18,13 @@ import warnings
 import click
 
 from autoglm_compress.cli_options import GroupedCommand, config_options, given
-from autoglm_compress.errors import CompressError, Interrupted, Terminated, TerminateSignal
+from autoglm_compress.errors import (
+    CompressError,
+    Interrupted,
+    QualityGateError,
+    Terminated,
+    TerminateSignal,
+)
 
 __all__ = ["cli", "main"]
 
@@ -67,7 +75,9 @@ _pickle_opt = click.option(
     help="Allow loading a pickled nn.Module (unpickling runs code from the file).",
 )
 _json_opt = click.option(
-    "--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table."
+    "--json", "as_json", is_flag=True,
+    help="stdout: only a JSON summary (artifacts with size, ratio vs source, fidelity, latency "
+    "ratio; gates; exit code), also on failure; progress, logs and the table go to stderr.",
 )
 _verbose_opt = click.option("-v", "--verbose", count=True, help="-v: per-pass log; -vv: debug.")
 
@@ -79,36 +89,86 @@ Examples:
   autoglm-compress model.pt --int8 --calib calib.npz --qat-steps 500 --print-recipe > r.toml
   autoglm-compress run r.toml -o out/again
 \b
-Exit codes: 0 ok, 1 internal error, 2 bad input/usage, 3 a quality gate failed,
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM): -o then holds the previous run's files
+Exit codes: 0 ok, 1 internal error, 2 bad input/usage, 3 a quality gate or budget failed
+(--min-cosine, --max-drop, --max-size, --max-latency-ratio: one line each; the artifacts and the
+report are written), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): -o then holds the previous run's files
 (the message says what it holds)."""
 
 
-def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
-    import json
+@contextlib.contextmanager
+def _stdout_to_stderr(on: bool):
+    """With ``--json``, whatever the run writes to stdout — Python or a runtime's native code
+    writing to fd 1 — goes to stderr, so stdout carries only the JSON summary."""
+    if not on:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
+
+def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
     from autoglm_compress.api import compress
     from autoglm_compress.report import summary_table
 
     _setup_logging(verbose)
     done = None  # what -o holds once compress has returned
+    failed = None  # a failed gate: its artifacts and report are written, exit 3 after the summary
     try:
-        try:
-            res = compress(cfg, progress=sys.stderr.isatty(), argv=argv, recipe=recipe)
-        except OSError as e:  # a full disk, `ulimit -f`, a read-only folder: the user's to fix
-            if e.errno not in _ENV_ERRNOS:
-                raise
-            raise CompressError(_env_message(e, cfg.out_dir)) from None
+        with _stdout_to_stderr(as_json):
+            try:
+                res = compress(cfg, progress=sys.stderr.isatty(), argv=argv, recipe=recipe)
+            except QualityGateError as e:
+                if e.result is None:  # stopped before any artifact
+                    raise
+                res, failed = e.result, e
+            except OSError as e:  # a full disk, `ulimit -f`, a read-only folder: the user's to fix
+                if e.errno not in _ENV_ERRNOS:
+                    raise
+                raise CompressError(_env_message(e, cfg.out_dir)) from None
         done = f"this run's files are complete in {cfg.out_dir}"
         if res.report_path is None:  # a torchrun rank other than 0: it trained, rank 0 reports
             return
+        table = summary_table(res.report) + f"\nreport: {res.report_path}"
+        click.echo(table, err=as_json)
         if as_json:
-            click.echo(json.dumps(res.report, indent=2, default=str))
-        else:
-            click.echo(summary_table(res.report))
-            click.echo(f"report: {res.report_path}")
+            code = failed.exit_code if failed else 0
+            lines = [f"error: {ln}" for ln in _lines(failed)] if failed else []
+            _print_json(res.report, res.report_path, code, lines)
+        if failed:
+            raise failed
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM, before click turns it into Abort
         raise _interrupted(e, done) from None
+
+
+def _lines(e: BaseException) -> list[str]:
+    """The error lines of ``e`` (a failed gate: one per failed budget)."""
+    return [ln for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+
+
+def _print_json(report, report_path, code: int, lines) -> None:
+    import json
+
+    from autoglm_compress.report import json_summary
+
+    global _SUMMARY_PRINTED
+    _SUMMARY_PRINTED = True
+    click.echo(json.dumps(json_summary(report, report_path, code, lines), indent=2, default=str))
+
+
+def _fail(code: int, lines: list[str], prefix: str = "error: ") -> int:
+    """Each line on stderr (with ``prefix``); with ``--json`` the summary on stdout too."""
+    for ln in lines:
+        click.echo(f"{prefix}{ln}", err=True)
+    if _JSON_MODE and not _SUMMARY_PRINTED:
+        _print_json(None, None, code, [prefix + ln for ln in lines])
+    return code
 
 
 def _interrupted(e: BaseException | None, state: str | None = None) -> Interrupted:
@@ -249,39 +309,37 @@ def passes_cmd():
 
 
 _ARGV: list[str] | None = None
+_JSON_MODE = False  # --json given: stdout carries the JSON summary, failures included
+_SUMMARY_PRINTED = False
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _ARGV
+    global _ARGV, _JSON_MODE, _SUMMARY_PRINTED
     _ARGV = list(argv) if argv is not None else list(sys.argv[1:])
+    _JSON_MODE = "--json" in _ARGV[: _ARGV.index("--")] if "--" in _ARGV else "--json" in _ARGV
+    _SUMMARY_PRINTED = False
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         cli.main(args=argv, prog_name="autoglm-compress", standalone_mode=False)
     except Interrupted as e:  # not an error: no "error:" prefix
-        click.echo(str(e), err=True)
-        return e.exit_code
+        return _fail(e.exit_code, [str(e)], prefix="")
+    except QualityGateError as e:  # one line per failed budget
+        return _fail(e.exit_code, _lines(e))
     except CompressError as e:
-        click.echo(f"error: {e}", err=True)
-        return e.exit_code
+        return _fail(e.exit_code, [str(e)])
     except (click.exceptions.Abort, KeyboardInterrupt) as e:  # outside a run: nothing written
         stop = _interrupted(e if isinstance(e, KeyboardInterrupt) else e.__cause__)
-        click.echo(str(stop), err=True)
-        return stop.exit_code
+        return _fail(stop.exit_code, [str(stop)], prefix="")
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
-        return e.exit_code
+        return _fail(e.exit_code, [e.format_message()])
     except Exception as e:
         if isinstance(e, OSError) and e.errno in _ENV_ERRNOS:  # the machine's fault: exit 2
-            click.echo(f"error: {_env_message(e)}", err=True)
-            return 2
+            return _fail(2, [_env_message(e)])
         if os.environ.get("AUTOGLM_DEBUG"):
             raise
-        click.echo(
-            f"internal error: {type(e).__name__}: {e} (set AUTOGLM_DEBUG=1 for a traceback)",
-            err=True,
-        )
-        return 1
+        return _fail(1, [f"{type(e).__name__}: {e} (set AUTOGLM_DEBUG=1 for a traceback)"],
+                     prefix="internal error: ")
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

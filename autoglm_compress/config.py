@@ -354,6 +354,22 @@ class GateConfig:
         None, "Fail when accuracy on the --eval labels drops by more than this (e.g. 0.01).",
         min=0.0, max=1.0,
     )
+    max_size: str | None = field(
+        None, "Fail when an artifact (all its files: ncnn .param + .bin) is larger: bytes "
+        "(2000000, 2MB, 1.5MiB) or a share of the source model's size (0.3, 1.2x).",
+        metavar="BYTES|RATIO",
+    )
+    max_latency_ratio: float | None = field(
+        None, "Fail when an artifact's latency / FP32 latency in its own runtime (the table's "
+        "'vs fp32', inverted) is higher; arm: also its emulated ARM instruction ratio when "
+        "measured (--verify-arm).", metavar="R", min=0.0,
+    )
+
+    def __post_init__(self):
+        if self.max_size is not None:  # a usage error (exit 2) before anything is loaded
+            from autoglm_compress.gates import parse_size
+
+            parse_size(self.max_size)
 
 
 @dataclasses.dataclass(frozen=True)

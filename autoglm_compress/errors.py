@@ -88,6 +88,11 @@ class VerificationError(CompressError):
 
 
 class QualityGateError(CompressError):
-    """A verified artifact missed a user-set quality threshold."""
+    """A verified artifact missed a user-set quality threshold or budget: one line per failed
+    budget; ``result`` is the run's ``CompressResult`` when the artifacts were written."""
 
     exit_code = EXIT_QUALITY
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result

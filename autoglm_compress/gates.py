@@ -1,23 +1,63 @@
-"""Quality gates for CI: the worst cosine vs FP32 (flagged outputs fail it) and the accuracy drop.
+"""Quality gates and budgets for CI: ``--min-cosine`` (flagged outputs fail it), ``--max-drop``,
+``--max-size`` and ``--max-latency-ratio``, each checked per artifact.
 
-A failed gate is exit 3 with one line; numbers are printed with as many digits as it takes to show
-the comparison (a cosine of 0.9999999 against ``--min-cosine 1`` is never written as 1.00000).
+Every budget given is one entry per artifact in the report's ``gates`` (name, value, limit,
+passed); every failed one is exit 3 with one line naming the budget, the artifact, the value and
+the limit. Numbers are printed with as many digits as it takes to show the comparison (a cosine of
+0.9999999 against ``--min-cosine 1`` is never written as 1.00000).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
+from pathlib import Path
 
-import numpy as np
-
-__all__ = ["quality_gate", "below"]
+__all__ = ["Budgets", "below", "evaluate", "parse_size", "quality_gate"]
 
 logger = logging.getLogger(__name__)
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_SIZE = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> tuple[str, float]:
+    """``--max-size``: ``("bytes", n)`` for ``2000000`` / ``2MB`` / ``1.5MiB`` (k/M/G are 1000s,
+    Ki/Mi/Gi 1024s), ``("ratio", r)`` of the source model's size for ``0.3`` (a bare number ≤ 1)
+    or ``1.2x``. Anything else — negative, zero, nan, an unknown unit, a bare 1.5 — is a
+    :class:`ConfigError` (exit 2)."""
+    from autoglm_compress.errors import ConfigError
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"--max-size: {text!r} {why}; give bytes (2000000, 2MB, 1.5MiB) or a "
+                           "share of the source model's size (0.3, 1.2x)")
+
+    m = _SIZE.match(str(text))
+    if not m:
+        raise bad("is not a size")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(number) or number <= 0:
+        raise bad("is not a positive finite size")
+    if unit == "x":
+        return "ratio", number
+    if unit not in _UNITS:
+        raise bad(f"has an unknown unit {m.group(2)!r}")
+    if not unit:
+        if number <= 1:
+            return "ratio", number
+        if not number.is_integer():
+            raise bad("is neither a byte count nor a ratio ≤ 1 (write 1.5x for a ratio)")
+    n = number * _UNITS[unit]
+    if not 1 <= n < 1e18:
+        raise bad("is out of range (1 byte to 1 EB)")
+    return "bytes", float(round(n))
 
 
 def below(value: float, bound: float) -> str:
     """``value`` with the fewest digits (≥ 5) that still read as below ``bound``."""
-    if not np.isfinite(value):
+    if not math.isfinite(value):
         return str(value)
     for digits in range(5, 17):
         text = f"{value:.{digits}f}"
@@ -26,38 +66,177 @@ def below(value: float, bound: float) -> str:
     return repr(value)
 
 
-def quality_gate(artifacts, min_cosine: float | None, max_drop: float | None) -> dict | None:
-    """The gate record for the report (None when no gate is set); flagged outputs are warned."""
-    from autoglm_compress.metrics import accuracy_output, flag_messages
+def _above(value: float, bound: float, digits: int = 3) -> str:
+    """``value`` with the fewest digits (≥ ``digits``) that still read as above ``bound``."""
+    if not math.isfinite(value):
+        return str(value)
+    for d in range(digits, 17):
+        text = f"{value:.{d}f}"
+        if float(text) > bound:
+            return text
+    return repr(value)
 
-    flagged = [m for a in artifacts for m in flag_messages(a.fidelity, a.path.name)]
-    for m in flagged:
-        logger.warning("verification: %s", m)
-    if min_cosine is None and max_drop is None:
-        return None
-    failures, gate = [], {"min_cosine": min_cosine, "max_drop": max_drop}
-    if min_cosine is not None:
-        worst = min(artifacts, key=lambda a: a.fidelity["cosine_min"])
-        cos = worst.fidelity["cosine_min"]
-        gate["worst_cosine"] = cos
-        if not (np.isfinite(cos) and cos >= min_cosine):
-            failures.append(
-                f"{worst.path.name} cosine {below(cos, min_cosine)} < --min-cosine {min_cosine}"
-            )
-        failures += [f"{m} fails --min-cosine" for m in flagged]
-    if max_drop is not None:
-        for a in artifacts:
-            scored = accuracy_output(a.fidelity)
-            if scored is None:  # check_eval_labels refuses this before any work; kept as a guard
-                why = a.fidelity.get("labels_ignored", "no labels")
-                failures.append(f"{a.path.name} has no accuracy for --max-drop ({why})")
+
+def _fmt_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{int(n)} bytes ({n / size:.3g} {unit})"
+    return f"{int(n)} bytes"
+
+
+class Budgets:
+    """The budgets of a run (``GateConfig`` fields), with ``--max-size`` parsed."""
+
+    def __init__(self, min_cosine=None, max_drop=None, max_size=None, max_latency_ratio=None):
+        self.min_cosine, self.max_drop = min_cosine, max_drop
+        self.max_size_text = max_size
+        self.max_size = parse_size(max_size) if max_size is not None else None
+        self.max_latency_ratio = max_latency_ratio
+
+    @classmethod
+    def of(cls, gates) -> Budgets:
+        return cls(gates.min_cosine, gates.max_drop, gates.max_size, gates.max_latency_ratio)
+
+    def given(self) -> bool:
+        return any(v is not None for v in (self.min_cosine, self.max_drop, self.max_size,
+                                             self.max_latency_ratio))
+
+
+def _view(a) -> dict:
+    """An artifact (``Artifact`` or its report dict) as the fields the gates read."""
+    if isinstance(a, dict):  # the size of a multi-file artifact (ncnn .param + .bin): the sum
+        files = (a.get("files") or {}).values()
+        size = sum(f["size_bytes"] for f in files) if files else a.get("size_bytes")
+        return {"name": Path(a["path"]).name, "fidelity": a.get("fidelity") or {},
+                "latency": a.get("latency") or {}, "size": size, "precision": a.get("precision")}
+    return {"name": a.path.name, "fidelity": a.fidelity or {}, "latency": a.latency or {},
+            "size": a.size_bytes, "precision": a.precision}
+
+
+def _entry(name, artifact, value, limit, passed, line, **more) -> dict:
+    e = {"name": name, "option": "--" + name.replace("_", "-"), "artifact": artifact,
+         "value": value, "limit": limit, "passed": bool(passed), **more}
+    if not passed:
+        e["message"] = line
+    return e
+
+
+def _cosine(v, b: Budgets) -> list[dict]:
+    from autoglm_compress.metrics import flag_messages
+
+    cos = v["fidelity"].get("cosine_min", float("nan"))
+    flagged = flag_messages(v["fidelity"], v["name"])
+    ok = math.isfinite(cos) and cos >= b.min_cosine and not flagged
+    why = []
+    if not (math.isfinite(cos) and cos >= b.min_cosine):
+        why.append(f"{v['name']} cosine {below(cos, b.min_cosine)} < --min-cosine {b.min_cosine}")
+    why += [f"{m} fails --min-cosine" for m in flagged]
+    value = cos if math.isfinite(cos) else None
+    return [_entry("min_cosine", v["name"], value, b.min_cosine, ok, "; ".join(why),
+                   measure="worst cosine vs FP32 over outputs and samples")]
+
+
+def _drop(v, b: Budgets) -> list[dict]:
+    from autoglm_compress.metrics import accuracy_output
+
+    scored = accuracy_output(v["fidelity"])
+    if scored is None:  # check_eval_labels refuses this before any work; kept as a guard
+        why = v["fidelity"].get("labels_ignored", "no labels")
+        return [_entry("max_drop", v["name"], None, b.max_drop, False,
+                       f"{v['name']} has no accuracy for --max-drop ({why})")]
+    drop = round(scored[1]["accuracy_ref"] - scored[1]["accuracy"], 6)
+    return [_entry("max_drop", v["name"], drop, b.max_drop, drop <= b.max_drop,
+                   f"{v['name']} accuracy drop {drop:.4f} > --max-drop {b.max_drop}",
+                   measure="top-1 accuracy on the --eval labels, FP32 minus artifact")]
+
+
+def _size(v, b: Budgets, source_bytes: int | None) -> list[dict]:
+    kind, limit = b.max_size
+    size = v["size"]
+    if kind == "bytes":
+        return [_entry("max_size", v["name"], size, int(limit), size <= limit,
+                       f"{v['name']} size {_fmt_bytes(size)} > --max-size {b.max_size_text}"
+                       + ("" if b.max_size_text.strip() == str(int(limit)) else
+                          f" = {int(limit)} bytes"), unit="bytes", size_bytes=size)]
+    ratio = size / source_bytes if source_bytes else float("nan")
+    ok = math.isfinite(ratio) and ratio <= limit
+    return [_entry("max_size", v["name"], round(ratio, 6) if math.isfinite(ratio) else None, limit,
+                   ok, f"{v['name']} size {_above(ratio, limit)}× the source's ({size} of "
+                   f"{source_bytes} bytes) > --max-size {b.max_size_text}", unit="ratio of the source model's size",
+                   size_bytes=size, source_bytes=source_bytes)]
+
+
+def _latency(v, b: Budgets) -> list[dict]:
+    lat, limit, name = v["latency"], b.max_latency_ratio, v["name"]
+    speedup = lat.get("speedup_vs_fp32")
+    ratio = 1.0 / speedup if speedup and math.isfinite(speedup) and speedup > 0 else float("nan")
+    where = lat.get("measured_on") or "its runtime"
+    ok = math.isfinite(ratio) and ratio <= limit
+    out = [_entry("max_latency_ratio", name, round(ratio, 4) if math.isfinite(ratio) else None,
+                  limit, ok, f"{name} latency {_above(ratio, limit)}× FP32 ({where}) > "
+                  f"--max-latency-ratio {limit}", measure=f"artifact / FP32 median time, {where}")]
+    insns = lat.get("arm_insns")  # the emulated ARM instruction counts, when --verify-arm ran
+    if isinstance(insns, dict):
+        prec = v["precision"]
+        for cpu, per in insns.items():
+            if not isinstance(per, dict) or not per.get("fp32") or prec not in per:
                 continue
-            drop = scored[1]["accuracy_ref"] - scored[1]["accuracy"]
-            gate.setdefault("accuracy_drop", {})[a.path.name] = round(drop, 6)
-            if drop > max_drop:
-                failures.append(f"{a.path.name} accuracy drop {drop:.4f} > --max-drop {max_drop}")
-    gate["passed"] = not failures
-    gate["message"] = (
-        ("quality gate: " + "; ".join(failures) + " (report: report.json)") if failures else "passed"
-    )
+            r = per[prec] / per["fp32"]
+            out.append(_entry(
+                "max_latency_ratio", name, round(r, 4), limit, r <= limit,
+                f"{name} ARM instructions {_above(r, limit)}× FP32 on {cpu} (emulated) > "
+                f"--max-latency-ratio {limit}",
+                measure=f"artifact / FP32 guest instructions per inference on {cpu} (emulated)"))
+    return out
+
+
+def evaluate(artifacts, budgets: Budgets, source_bytes: int | None = None) -> list[dict]:
+    """One entry per budget given and artifact (``Artifact`` objects or report dicts)."""
+    out: list[dict] = []
+    for a in artifacts:
+        v = _view(a)
+        if budgets.min_cosine is not None:
+            out += _cosine(v, budgets)
+        if budgets.max_drop is not None:
+            out += _drop(v, budgets)
+        if budgets.max_size is not None:
+            out += _size(v, budgets, source_bytes)
+        if budgets.max_latency_ratio is not None:
+            out += _latency(v, budgets)
+    return out
+
+
+def failure_lines(entries: list[dict]) -> list[str]:
+    """One line per failed budget."""
+    return [f"quality gate {e['option']} failed: {e['message']}" for e in entries if not e["passed"]]
+
+
+def quality_gate(artifacts, min_cosine: float | None, max_drop: float | None,
+                 max_size: str | None = None, max_latency_ratio: float | None = None,
+                 source_bytes: int | None = None) -> dict | None:
+    """The report's ``quality_gate`` record (None when no budget is set): the limits, ``gates``
+    (:func:`evaluate`), ``lines`` (one per failure), ``passed`` and a one-line ``message``.
+    Flagged outputs are warned whether or not a gate is set."""
+    from autoglm_compress.metrics import flag_messages
+
+    views = [_view(a) for a in artifacts]
+    for v in views:
+        for m in flag_messages(v["fidelity"], v["name"]):
+            logger.warning("verification: %s", m)
+    budgets = Budgets(min_cosine, max_drop, max_size, max_latency_ratio)
+    if not budgets.given():
+        return None
+    entries = evaluate(artifacts, budgets, source_bytes)
+    gate = {"min_cosine": min_cosine, "max_drop": max_drop, "max_size": max_size,
+            "max_latency_ratio": max_latency_ratio}
+    if min_cosine is not None:
+        gate["worst_cosine"] = min(v["fidelity"].get("cosine_min", float("nan")) for v in views)
+    if max_drop is not None:
+        drops = {e["artifact"]: e["value"] for e in entries
+                 if e["name"] == "max_drop" and e["value"] is not None}
+        if drops:
+            gate["accuracy_drop"] = drops
+    lines = failure_lines(entries)
+    gate.update(passed=not lines, gates=entries, lines=lines)
+    gate["message"] = "; ".join(lines) + " (report: report.json)" if lines else "passed"
     return gate

@@ -10,9 +10,10 @@ from pathlib import Path
 from autoglm_compress.ir_utils import write_bytes_atomic
 from autoglm_compress.metrics import accuracy_output, flag_messages
 
-__all__ = ["REPORT_SCHEMA_VERSION", "schema", "summary_table", "validate_report", "write_report"]
+__all__ = ["REPORT_SCHEMA_VERSION", "json_summary", "schema", "summary_table", "validate_report",
+           "write_report"]
 
-REPORT_SCHEMA_VERSION = "2.0"
+REPORT_SCHEMA_VERSION = "2.1"
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 
 
@@ -74,7 +75,60 @@ def summary_table(report: dict) -> str:
         f"verified on {report['verification']['samples']} {report['verification']['source']} samples"
     )
     lines += [f"flagged: {f}" for f in flagged] + footnotes
+    gates = report.get("gates") or []
+    if gates:
+        failed = sum(not g["passed"] for g in gates)
+        lines.append(f"gates: {len(gates) - failed} of {len(gates)} passed"
+                     + (f", {failed} failed (listed below)" if failed else ""))
     return head + "\n" + "\n".join(lines)
+
+
+def _ratio(num, den, digits: int = 4):
+    ok = isinstance(num, (int, float)) and isinstance(den, (int, float)) and den > 0
+    return round(num / den, digits) if ok and math.isfinite(num / den) else None
+
+
+def _artifact_summary(a: dict, source_bytes) -> dict:
+    fid, lat = a.get("fidelity") or {}, a.get("latency") or {}
+    scored = accuracy_output(fid)
+    speedup = lat.get("speedup_vs_fp32")
+    out = {
+        "path": a["path"], "files": [f["path"] for f in (a.get("files") or {}).values()],
+        "target": a["target"], "format": (a.get("extra") or {}).get("format"),
+        "precision": a["precision"], "runtime": a.get("runtime"), "sha256": a.get("sha256"),
+        "size_bytes": a["size_bytes"], "size_ratio_vs_source": _ratio(a["size_bytes"], source_bytes),
+        "cosine_min": fid.get("cosine_min"),
+        "accuracy": scored[1]["accuracy"] if scored else None,
+        "accuracy_fp32": scored[1]["accuracy_ref"] if scored else None,
+        "latency_ratio_vs_fp32": _ratio(1.0, speedup),
+        "latency_measured_on": lat.get("measured_on"),
+    }
+    insns = lat.get("arm_insns")
+    if isinstance(insns, dict):
+        out["arm_insns_ratio_vs_fp32"] = {
+            cpu: _ratio(per.get(a["precision"]), per.get("fp32"))
+            for cpu, per in insns.items() if isinstance(per, dict) and "fp32" in per}
+    return out
+
+
+def json_summary(report: dict | None, report_path, exit_code: int, errors=()) -> dict:
+    """What ``--json`` prints on stdout: per artifact its size and ratio vs the source, fidelity,
+    latency ratio vs FP32; the gates; the exit code and the error lines (when it failed)."""
+    report = report or {}
+    model = report.get("model") or {}
+    src = model.get("size_bytes")
+    gates = report.get("gates") or []
+    return {
+        "exit_code": exit_code,
+        "passed": exit_code == 0,
+        "errors": list(errors),
+        "report": None if report_path is None else str(report_path),
+        "source": {"path": model.get("path"), "size_bytes": src} if model else None,
+        "artifacts": [_artifact_summary(a, src) for a in report.get("artifacts", [])],
+        "gates": gates,
+        "seconds": report.get("seconds"),
+        "run": report.get("run"),
+    }
 
 
 def _lat_key(precision: str) -> str:

@@ -143,7 +143,7 @@ _KEYS = {
     "prune": ["ratio", "multiple", "macs", "scope", "importance", "sparsity"],
     "distill": ["enabled", "steps", "epochs", "lr", "data", "loss", "temperature"],
     "verify": ["eval_data", "samples", "latency_repeats"],
-    "gates": ["min_cosine", "max_drop"],
+    "gates": ["min_cosine", "max_drop", "max_size", "max_latency_ratio"],
     "debug": ["dump_ir_after"],
     "target_options": ["x86", "cuda", "arm", "mips"],
     "target_options.x86": ["reduce_range", "bogus"],

@@ -1,0 +1,162 @@
+"""CI budgets on the bundled digits example: --max-size (bytes or a share of the source),
+--max-latency-ratio, --min-cosine; exit 3 with one line per failed budget and the artifacts still
+written; every budget in the report's ``gates``; bad values exit 2 before anything is loaded;
+``--json`` puts only the JSON summary on stdout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CALIB, DEMO, run_cli
+
+from autoglm_compress.errors import EXIT_BAD_INPUT, EXIT_QUALITY, ConfigError
+from autoglm_compress.gates import Budgets, evaluate, parse_size
+from autoglm_compress.report import validate_report
+
+INT8 = ["--int8", "--calib", CALIB, "--calib-samples", "32", "--samples", "16",
+        "--latency-repeats", "3", "--target", "x86"]
+ART = "digits_cnn.x86.int8.onnx"
+
+
+def _report(out):
+    return json.loads((out / "report.json").read_text())
+
+
+def _lines(r):
+    return [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def passing(tmp_path_factory):
+    """Every budget met, with --json: (CompletedProcess, out folder)."""
+    out = tmp_path_factory.mktemp("pass") / "o"
+    r = run_cli(DEMO, *INT8, "--max-size", "1MB", "--max-latency-ratio", "1000",
+                "--min-cosine", "0.9", "--json", "-o", out)
+    return r, out
+
+
+@pytest.fixture(scope="module")
+def over_size(tmp_path_factory):
+    out = tmp_path_factory.mktemp("size") / "o"
+    return run_cli(DEMO, *INT8, "--max-size", "2KB", "--min-cosine", "0.9", "-o", out), out
+
+
+@pytest.fixture(scope="module")
+def two_failures(tmp_path_factory):
+    """A ratio of the source's size and an impossible latency ratio, both failing."""
+    out = tmp_path_factory.mktemp("two") / "o"
+    r = run_cli(DEMO, *INT8, "--max-size", "0.05", "--max-latency-ratio", "0.0001", "-o", out)
+    return r, out
+
+
+def test_passing_budgets_exit_0_and_every_gate_listed(passing):
+    r, out = passing
+    assert r.returncode == 0, r.stderr
+    rep = _report(out)
+    validate_report(rep)
+    assert sorted(g["name"] for g in rep["gates"]) == ["max_latency_ratio", "max_size", "min_cosine"]
+    assert all(g["passed"] and g["artifact"] == ART for g in rep["gates"])
+    size = next(g for g in rep["gates"] if g["name"] == "max_size")
+    assert size["value"] == rep["artifacts"][0]["size_bytes"] and size["limit"] == 1_000_000
+    assert rep["quality_gate"]["passed"] is True
+
+
+def test_json_stdout_is_only_the_summary(passing):
+    r, out = passing
+    summary = json.loads(r.stdout)  # nothing else on stdout
+    assert summary["exit_code"] == 0 and summary["passed"] and summary["errors"] == []
+    a = summary["artifacts"][0]
+    src = summary["source"]["size_bytes"]
+    assert a["size_bytes"] == (out / ART).stat().st_size and src == DEMO.stat().st_size
+    assert a["size_ratio_vs_source"] == pytest.approx(a["size_bytes"] / src, abs=1e-4)
+    assert 0.9 < a["cosine_min"] <= 1.0 and a["latency_ratio_vs_fp32"] > 0
+    assert len(summary["gates"]) == 3 and summary["report"].endswith("report.json")
+    assert "cosine" in r.stderr and "vs fp32" in r.stderr  # the table went to stderr
+
+
+def test_size_budget_fails_with_one_line_and_artifacts_written(over_size):
+    r, out = over_size
+    assert r.returncode == EXIT_QUALITY, r.stderr
+    lines = _lines(r)
+    assert len(lines) == 1, r.stderr
+    assert "--max-size" in lines[0] and ART in lines[0]
+    size = (out / ART).stat().st_size  # still written: a CI step inspects it
+    assert str(size) in lines[0] and "2KB" in lines[0] and "2000 bytes" in lines[0]
+    rep = _report(out)
+    validate_report(rep)
+    gates = {g["name"]: g for g in rep["gates"]}
+    assert gates["max_size"]["passed"] is False and gates["max_size"]["value"] == size
+    assert gates["min_cosine"]["passed"] is True  # every budget given is listed
+    assert "vs fp32" in r.stdout  # the table still printed
+
+
+def test_ratio_budget_is_against_the_source_size(two_failures):
+    r, out = two_failures
+    assert r.returncode == EXIT_QUALITY, r.stderr
+    rep = _report(out)
+    g = next(g for g in rep["gates"] if g["name"] == "max_size")
+    size, src = rep["artifacts"][0]["size_bytes"], rep["model"]["size_bytes"]
+    assert g["limit"] == 0.05 and g["value"] == pytest.approx(size / src) and not g["passed"]
+    assert g["source_bytes"] == DEMO.stat().st_size
+    # the same report against a looser share passes
+    assert all(e["passed"] for e in evaluate(rep["artifacts"], Budgets(max_size="0.9"), src))
+
+
+def test_impossible_latency_ratio_fails_one_line_per_budget(two_failures):
+    r, out = two_failures
+    lines = _lines(r)
+    assert len(lines) == 2, r.stderr  # one per failed budget
+    lat = next(ln for ln in lines if "--max-latency-ratio" in ln)
+    assert ART in lat and "0.0001" in lat
+    g = next(g for g in _report(out)["gates"] if g["name"] == "max_latency_ratio")
+    assert not g["passed"] and g["value"] > 0.0001 and g["limit"] == 0.0001
+    assert (out / ART).is_file()
+
+
+@pytest.mark.parametrize("args", [["--max-size", "2XB"], ["--max-size", "-1"],
+                                  ["--max-size", "nan"], ["--max-latency-ratio", "-0.5"],
+                                  ["--max-latency-ratio", "nan"]])
+def test_bad_values_exit_2_before_anything(tmp_path, args):
+    out = tmp_path / "never"
+    r = run_cli(DEMO, "--int8", "--calib", CALIB, *args, "-o", out)
+    assert r.returncode == EXIT_BAD_INPUT, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and args[0] in r.stderr
+    assert not out.exists()
+
+
+def test_bad_value_with_json_still_prints_json(tmp_path):
+    r = run_cli(DEMO, "--max-size", "2XB", "--json", "-o", tmp_path / "never")
+    summary = json.loads(r.stdout)
+    assert r.returncode == summary["exit_code"] == EXIT_BAD_INPUT
+    assert "--max-size" in summary["errors"][0] and summary["artifacts"] == []
+
+
+def test_parse_size():
+    assert parse_size("2MB") == ("bytes", 2e6) and parse_size("1.5MiB") == ("bytes", 1.5 * 2**20)
+    assert parse_size("2000000") == ("bytes", 2e6) and parse_size("512 kb") == ("bytes", 512e3)
+    assert parse_size("0.3") == ("ratio", 0.3) and parse_size("1.2x") == ("ratio", 1.2)
+    for bad in ("2XB", "-1", "0", "nan", "inf", "", "1.5", "0.1B"):
+        with pytest.raises(ConfigError, match="--max-size"):
+            parse_size(bad)
+
+
+def _art(name, files, precision="int8", speedup=2.0, insns=None):
+    lat = {"speedup_vs_fp32": speedup, "measured_on": "LiteRT"}
+    if insns:
+        lat["arm_insns"] = {**insns, "unit": "guest instructions", "runtime": "LiteRT"}
+    return {"path": f"/o/{name}", "precision": precision, "size_bytes": files[0],
+            "files": {f"f{i}": {"path": f"/o/{name}.{i}", "size_bytes": n, "sha256": "0" * 64}
+                      for i, n in enumerate(files)},
+            "fidelity": {"cosine_min": 0.999, "outputs": {}}, "latency": lat}
+
+
+def test_multi_file_size_is_the_sum_and_arm_insns_are_a_budget_too():
+    ncnn = _art("m.ncnn.param", [1000, 9000])  # .param + .bin
+    (g,) = evaluate([ncnn], Budgets(max_size="5KB"))
+    assert g["value"] == 10_000 and not g["passed"] and "m.ncnn.param" in g["message"]
+    tfl = _art("m.tflite", [4000], insns={"cortex-a76": {"fp32": 1000, "int8": 600}})
+    gates = evaluate([tfl], Budgets(max_latency_ratio=0.55))
+    assert [g["value"] for g in gates] == [0.5, 0.6]  # onnx/LiteRT time, then ARM instructions
+    assert [g["passed"] for g in gates] == [True, False] and "cortex-a76" in gates[1]["message"]
+    assert len(evaluate([_art("m.tflite", [1])], Budgets(max_latency_ratio=1.0))) == 1  # no insns
