@@ -3,7 +3,9 @@ qemu-aarch64), after the x86 verification.
 
 - ``fidelity.aarch64``: the aarch64 outputs vs the FP32 reference (``metrics.fidelity``, at most
   8 samples), the CPU model and runtime, and ``vs_x86_cosine_min`` (aarch64 vs x86 outputs of the
-  same artifact); a note when that is below float rounding (:data:`ROUNDING`).
+  same artifact); a note when that is below float rounding (:data:`ROUNDING`). With
+  ``--verify-arm emulated`` also LiteRT's reference kernels (2 samples: scalar loops, slow
+  under emulation) in ``fidelity.aarch64.reference_kernels``.
 - ``latency.arm_insns``: guest instructions per inference of the FP32, FP16 and (for an INT8
   artifact) INT8 files of the same model — the other precisions lowered side by side, as the
   x86 latency does — per CPU in ``--arm-cpu``, and a note "INT8 = 0.42× FP32 instructions on
@@ -113,15 +115,16 @@ def verify_arm(target, artifact, ctx) -> None:
     with tempfile.TemporaryDirectory(prefix="agc_arm_side_") as tmp:
         side = _side_jobs(artifact, ctx, io, Path(tmp))
         verify = [Job(dict(artifact.files), fmt, artifact.precision, io)]
-        if fmt == "tflite":
-            verify.append(Job(dict(artifact.files), fmt, artifact.precision, kernels="reference"))
+        if fmt == "tflite" and mode == "emulated":  # auto: XNNPACK only (cheap)
+            verify.append(Job(dict(artifact.files), fmt, artifact.precision, kernels="reference",
+                              n=INSNS_SAMPLES))  # scalar loops: slow under emulation
         insns: dict[str, dict] = {}
         try:
             for i, cpu in enumerate(cpus):
                 got = run_jobs((verify if i == 0 else []) + list(side.values()), feeds,
                                cpu=cpu, env=env)
                 if i == 0:
-                    outs, ref_outs = got[0][0], got[1][0] if fmt == "tflite" else None
+                    outs, ref_outs = got[0][0], got[1][0] if len(verify) > 1 else None
                     got = got[len(verify):]
                 insns[cpu] = {p: int(round(n)) for p, (_, n) in zip(side, got, strict=True)}
         except GuestError as e:
@@ -140,8 +143,9 @@ def _fidelity(artifact, ctx, feeds, outs, ref_outs, io, cpu, runtime) -> None:
     fid.update(cpu=cpu, runtime=f"{runtime}, 1 thread, qemu-aarch64 -cpu {cpu}",
                vs_x86_cosine_min=vs)
     if ref_outs is not None:
-        fid["reference_kernels"] = {"cosine_min": fidelity(
-            ctx.reference_outputs[:n], ref_outs, ctx.output_names)["cosine_min"]}
+        m = len(ref_outs)
+        fid["reference_kernels"] = {"samples": m, "cosine_min": fidelity(
+            ctx.reference_outputs[:m], ref_outs, ctx.output_names)["cosine_min"]}
     artifact.fidelity["aarch64"] = fid
     bound = ROUNDING.get(artifact.precision, 0.999)
     if vs < bound:
