@@ -2,10 +2,11 @@
 inference on two CPU models, aarch64-vs-x86 fidelity, and a check of the count as a time proxy.
 
     .venv/bin/python bench/bench_arm_emulation.py [--models digits,effnet] [--cpus cortex-a53,cortex-a76]
-        [--calib 32] [--eval 8] [--work /tmp/bench_arm_emulation] [--no-proxy] [--write-results]
+        [--calib 32] [--eval 4] [--insns-samples 1] [--work /tmp/bench_arm_emulation] [--no-proxy]
+        [--write-results]
 
 Per model: ``compress`` to ``--target arm --format all`` at FP32, FP16 and INT8 with
-``--verify-arm emulated`` (the INT8 run with ``--arm-cpu`` = every CPU: its ``latency.arm_insns``
+``--verify-arm auto`` (the INT8 run with ``--arm-cpu`` = every CPU: its ``latency.arm_insns``
 holds the FP32 / FP16 / INT8 files of the same model side by side) and ``--arm-threads 1``. Proxy
 check: the same FP32 / FP16 / INT8 artifacts in this machine's x86 LiteRT / ncnn, counted under
 ``qemu-x86_64 -cpu max`` with the same plugin, against their measured x86 latency (one thread,
@@ -43,7 +44,7 @@ def _compress(model, calib, ev, prec: str, cpus: str, out: Path, n_eval: int):
     t = time.perf_counter()
     res = compress(model, targets="arm", arm_format="all", int8=prec == "int8",
                    fp16=prec == "fp16", calib=calib, eval_data=ev, samples=n_eval,
-                   calib_samples=32, verify_arm="emulated", arm_cpu=cpus, arm_threads=1,
+                   calib_samples=32, verify_arm="auto", arm_cpu=cpus, arm_threads=1,
                    latency_repeats=10, out_dir=out)
     print(f"  {prec}: {time.perf_counter() - t:.0f} s", flush=True)
     for art, d in zip(res.artifacts, res.report["artifacts"], strict=True):
@@ -60,7 +61,7 @@ def _x86_insns(arts: dict, feeds) -> dict:
     out = {}
     for (fmt, prec), a in arts.items():
         io = ncnn_io(a, a.extra["output_shapes"]) if fmt == "ncnn" else None
-        (_, n), = run_jobs([Job(dict(a.files), fmt, prec, io, n=2)], feeds, cpu="max",
+        (_, n), = run_jobs([Job(dict(a.files), fmt, prec, io, n=1)], feeds, cpu="max",
                            arch="x86_64")
         out[fmt, prec] = n
     return out
@@ -80,11 +81,16 @@ def main() -> None:
     ap.add_argument("--models", default="digits,effnet")
     ap.add_argument("--cpus", default="cortex-a53,cortex-a76")
     ap.add_argument("--calib", type=int, default=32)
-    ap.add_argument("--eval", type=int, default=8)
+    ap.add_argument("--eval", type=int, default=4, help="verification samples (≤ 8 on aarch64)")
+    ap.add_argument("--insns-samples", type=int, default=1,
+                    help="inferences counted per precision (after one warm-up)")
     ap.add_argument("--work", default="/tmp/bench_arm_emulation")
     ap.add_argument("--no-proxy", action="store_true")
     ap.add_argument("--write-results", action="store_true")
     a = ap.parse_args()
+    from autoglm_compress.targets.arm_emulation import verify
+
+    verify.INSNS_SAMPLES = a.insns_samples  # counts vary < 0.1% between inferences
     work = Path(a.work)
     cpus = a.cpus.split(",")
     insn_rows, fid_rows, proxy_rows = [], [], []
@@ -145,7 +151,8 @@ def _text(a, cpus, insn_rows, fid_rows, proxy_rows, pts, seconds) -> str:
     lines = [
         HEADING, "",
         f"`.venv/bin/python bench/bench_arm_emulation.py --models {a.models} --cpus {a.cpus} "
-        f"--calib {a.calib} --eval {a.eval} --write-results` ({seconds / 60:.0f} min on "
+        f"--calib {a.calib} --eval {a.eval} --insns-samples {a.insns_samples} --write-results` "
+        f"({seconds / 60:.0f} min on "
         f"{platform.machine()}; {man['qemu']}; aarch64 wheels {', '.join(man['wheels'])}).",
         "",
         "The artifacts `--target arm --format all` writes, run in aarch64 LiteRT (XNNPACK) and "
