@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from autoglm_compress.gates import latency_ratio
 from autoglm_compress.ir_utils import write_bytes_atomic
 from autoglm_compress.metrics import accuracy_output, flag_messages
 
@@ -45,7 +46,7 @@ def summary_table(report: dict) -> str:
         outs = list(fid.get("outputs", {}).values())
         scored = accuracy_output(fid)
         cls = scored[1] if scored else next((m for m in outs if "top1_agreement" in m), {})
-        lat = a.get("latency", {})
+        ratio, ms, _ = latency_ratio(a.get("latency", {}), a["precision"])
         acc = cls.get("accuracy")
         acc_s = "-" if acc is None else f"{acc:.3f} ({cls['accuracy_ref']:.3f})"
         top1 = cls.get("top1_agreement")
@@ -61,8 +62,8 @@ def summary_table(report: dict) -> str:
                 f"{max_err:.3g}",
                 "-" if top1 is None else f"{top1:.3f}",
                 acc_s,
-                f"{lat.get(_lat_key(a['precision']), {}).get('median_ms', float('nan')):.3f} ms",
-                _speed(lat.get("speedup_vs_fp32")),
+                f"{ms:.3f} ms",
+                _speed(1.0 / ratio if ratio > 0 else float("nan")),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -91,7 +92,7 @@ def _ratio(num, den, digits: int = 4):
 def _artifact_summary(a: dict, source_bytes) -> dict:
     fid, lat = a.get("fidelity") or {}, a.get("latency") or {}
     scored = accuracy_output(fid)
-    speedup = lat.get("speedup_vs_fp32")
+    ratio, _, where = latency_ratio(lat, a["precision"])
     out = {
         "path": a["path"], "files": [f["path"] for f in (a.get("files") or {}).values()],
         "target": a["target"], "format": (a.get("extra") or {}).get("format"),
@@ -100,8 +101,8 @@ def _artifact_summary(a: dict, source_bytes) -> dict:
         "cosine_min": fid.get("cosine_min"),
         "accuracy": scored[1]["accuracy"] if scored else None,
         "accuracy_fp32": scored[1]["accuracy_ref"] if scored else None,
-        "latency_ratio_vs_fp32": _ratio(1.0, speedup),
-        "latency_measured_on": lat.get("measured_on"),
+        "latency_ratio_vs_fp32": round(ratio, 4) if math.isfinite(ratio) else None,
+        "latency_measured_on": where,
     }
     insns = lat.get("arm_insns")
     if isinstance(insns, dict):
@@ -129,10 +130,6 @@ def json_summary(report: dict | None, report_path, exit_code: int, errors=()) ->
         "seconds": report.get("seconds"),
         "run": report.get("run"),
     }
-
-
-def _lat_key(precision: str) -> str:
-    return "artifact" if precision == "fp32" else precision
 
 
 def _speed(ratio) -> str:

@@ -141,8 +141,14 @@ def test_parse_size():
             parse_size(bad)
 
 
-def _art(name, files, precision="int8", speedup=2.0, insns=None):
-    lat = {"speedup_vs_fp32": speedup, "measured_on": "LiteRT"}
+def _ms(x):
+    return {"median_ms": x, "p90_ms": x, "repeats": 3}
+
+
+def _art(name, files, precision="int8", insns=None, side=None):
+    lat = {"fp32": _ms(2.0), precision: _ms(1.0), "speedup_vs_fp32": 2.0, "measured_on": "LiteRT"}
+    if side:
+        lat["litert"] = {k: _ms(v) for k, v in side.items()} | {"threads": 2}
     if insns:
         lat["arm_insns"] = {**insns, "unit": "guest instructions", "runtime": "LiteRT"}
     return {"path": f"/o/{name}", "precision": precision, "size_bytes": files[0],
@@ -160,3 +166,18 @@ def test_multi_file_size_is_the_sum_and_arm_insns_are_a_budget_too():
     assert [g["value"] for g in gates] == [0.5, 0.6]  # onnx/LiteRT time, then ARM instructions
     assert [g["passed"] for g in gates] == [True, False] and "cortex-a76" in gates[1]["message"]
     assert len(evaluate([_art("m.tflite", [1])], Budgets(max_latency_ratio=1.0))) == 1  # no insns
+
+
+def test_latency_ratio_is_the_runtime_s_own_side_by_side_figure_in_the_table_too():
+    """LiteRT / ncnn time FP32 and INT8 side by side in their own runtime: the budget, the table's
+    "vs fp32" and its latency column read that one measurement (not onnxruntime's FP32)."""
+    from autoglm_compress.report import summary_table
+
+    a = _art("m.tflite", [4000], side={"fp32": 10.0, "int8": 8.0}) | {
+        "target": "arm", "io": {}, "layers": None, "notes": []}
+    (g,) = evaluate([a], Budgets(max_latency_ratio=0.7))
+    assert g["value"] == 0.8 and not g["passed"] and "LiteRT side by side" in g["message"]
+    rep = {"artifacts": [a], "passes": [], "verification": {"samples": 1, "source": "eval"},
+           "model": {"path": "m.onnx", "format": "onnx", "stats": {"params": 1}}}
+    row = next(ln for ln in summary_table(rep).splitlines() if ln.startswith("m.tflite"))
+    assert "8.000 ms" in row and "1.25× faster" in row
