@@ -210,7 +210,8 @@ def _latency(v, b: Budgets) -> list[dict]:
                 "max_latency_ratio", name, round(r, 4), limit, r <= limit,
                 f"{name} ARM instructions {_above(r, limit)}× FP32 on {cpu} (emulated) > "
                 f"--max-latency-ratio {limit}",
-                measure=f"artifact / FP32 guest instructions per inference on {cpu} (emulated)"))
+                measure=f"artifact / FP32 guest instructions per inference on {cpu} (emulated)",
+                cpu=cpu))
     return out
 
 

@@ -165,6 +165,7 @@ def test_multi_file_size_is_the_sum_and_arm_insns_are_a_budget_too():
     gates = evaluate([tfl], Budgets(max_latency_ratio=0.55))
     assert [g["value"] for g in gates] == [0.5, 0.6]  # onnx/LiteRT time, then ARM instructions
     assert [g["passed"] for g in gates] == [True, False] and "cortex-a76" in gates[1]["message"]
+    assert gates[1]["cpu"] == "cortex-a76"
     assert len(evaluate([_art("m.tflite", [1])], Budgets(max_latency_ratio=1.0))) == 1  # no insns
 
 
