@@ -125,7 +125,8 @@ def test_issue30_cnn_is_integer_end_to_end(tmp_path):
 
 class _MobileBlock(nn.Module):
     """MobileNetV3-style: HardSigmoid squeeze-excite (GAP → 1×1 → ReLU → 1×1 → HardSigmoid →
-    Mul), Add/Sub/Mul with constants, LeakyRelu, a keep-dims mean, a residual Add without ReLU."""
+    Mul), Add/Sub/Mul with constants, LeakyRelu, a keep-dims mean, a residual Add without ReLU;
+    a YOLOv8 C2f-style Split / SiLU / Concat and a Slice."""
 
     def __init__(self):
         super().__init__()
@@ -136,6 +137,8 @@ class _MobileBlock(nn.Module):
 
     def forward(self, x):
         x = self.c1(x)
+        a, b = x.split(8, 1)  # YOLOv8's C2f: SPLIT, SiLU (LOGISTIC · MUL), CONCATENATION
+        x = torch.cat([b, nn.functional.silu(a)], 1)[:, :, :, 1:]  # + STRIDED_SLICE
         s = nn.functional.hardsigmoid(self.se2(torch.relu(self.se1(x.mean((2, 3), True)))))
         y = x * s
         y = self.c2(y) + y
@@ -153,5 +156,8 @@ def test_mobilenet_v3_patterns_run_int8(tmp_path):
     art = res.artifact("arm")
     census = art.extra["tflite_ops"]
     assert census["float"] == 0, census["float_ops"]
+    ops = [op for op, _ in file_ops(art.path)]
+    assert {"SPLIT_V", "STRIDED_SLICE", "MEAN", "LEAKY_RELU", "SUB"} <= set(ops)
+    assert ops.count("TRANSPOSE") == 1  # the input's; MEAN and the slice work on NHWC
     assert art.extra["vs_qdq_simulation"]["cosine_min"] > 0.995
     assert art.extra["reference_kernels"]["cosine_min"] > 0.995

@@ -163,8 +163,11 @@ class QuantizePass(CompressPass):
                     continue
                 if _is_float(v) and not _is_const(v):
                     out.setdefault(v.name, v)
-            if node.op_type in scheme.output_ops:
-                y = _fused_output(node.outputs[0], scheme)
+            if node.op_type not in scheme.output_ops:
+                continue
+            # every output of a multi-output op (a TFLite SPLIT writes each part in int8)
+            for y0 in node.outputs if node.op_type in _MULTI_OUTPUT else node.outputs[:1]:
+                y = _fused_output(y0, scheme)
                 # A graph output read by nobody gets no Q/DQ: runtimes keep such a node's output in
                 # float anyway (ORT fuses DQ→Gemm into QGemm/MatMulIntegerToFloat with float output).
                 # quantize_graph_outputs: a classifier head's output (a weighted op) only; an
@@ -182,6 +185,8 @@ class QuantizePass(CompressPass):
         return out
 
 
+# Ops whose every output is quantized when the scheme lists them as output ops.
+_MULTI_OUTPUT = frozenset({"Split"})
 # onnxruntime runs these in int8 only with a Q on their output (QLinearConv); a MatMul or Gemm
 # without one still does (MatMulIntegerToFloat, QGemm with float output).
 NEEDS_OUTPUT_Q = frozenset({"Conv", "ConvTranspose"})

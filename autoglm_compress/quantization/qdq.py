@@ -98,7 +98,8 @@ def shared_scale_groups(
             continue
         names = [
             v.name
-            for v in (*node.inputs[: 1 if node.op_type != "Concat" else None], *node.outputs[:1])
+            for v in (*node.inputs[: 1 if node.op_type != "Concat" else None],
+                      *node.outputs[: None if node.op_type == "Split" else 1])
             if v is not None and v.const_value is None
             # a fixed-range input of a Concat keeps its range (the kernel rescales it) instead of
             # forcing it on the other inputs (YOLO's boxes concatenated with sigmoid scores)

@@ -358,10 +358,13 @@ class _Lowerer(SequenceOps, SpatialOps):
             b0 = min(max(b0 + dim if b0 < 0 else b0, 0), dim)
             e0 = min(max(e0 + dim if e0 < 0 else e0, 0), dim)
             begin[a], end[a], stride[a] = b0, e0, int(st)
-        x = self.get(v.name, "onnx")
+        lay = "nhwc" if rank == 4 and self.layout(v.name) == "nhwc" else "onnx"
+        if lay == "nhwc":  # slice the NHWC tensor itself: the bounds in NHWC order
+            begin, end, stride = ([a[p] for p in _TO_NHWC] for a in (begin, end, stride))
+        x = self.get(v.name, lay)
         ins = [x] + [self.b.const(self._name(k), np.asarray(a, np.int32))
                      for k, a in (("begin", begin), ("end", end), ("stride", stride))]
-        self.b.op(45, ins, [self.out(n.outputs[0], "onnx")], s.StridedSliceOptionsT(),
+        self.b.op(45, ins, [self.out(n.outputs[0], lay)], s.StridedSliceOptionsT(),
                   s.BuiltinOptions.StridedSliceOptions)
 
     def concat(self, n: ir.Node) -> None:

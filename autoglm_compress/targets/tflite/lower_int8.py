@@ -32,18 +32,19 @@ INT8_OPS = frozenset({"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "Globa
                       "GlobalMaxPool", "Reshape", "Flatten", "Concat", "Add", "Sub", "Mul",
                       "Resize", "Sigmoid", "Softmax", "Tanh", "Gelu", "Transpose", "Squeeze",
                       "Unsqueeze", "Pad", "ConvTranspose", "HardSwish", "HardSigmoid",
-                      "ReduceMean", "ReduceMax", "LeakyRelu"})
+                      "ReduceMean", "ReduceMax", "LeakyRelu", "Split", "Slice"})
 # TFLite kernels whose int8 input must carry the output's scale and zero point (formats.md; a
 # mismatch fails, or worse, gives wrong values silently): an input at another scale is requantized
 # (QUANTIZE int8 → int8) first. The scheme shares these scales, so this only happens where a
 # kernel's fixed output range was kept out of a group (a sigmoid's 1/256 into a Concat).
 SAME_SCALE_OPS = frozenset({"MaxPool", "AveragePool", "GlobalMaxPool", "ReduceMax", "Concat",
-                            "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Pad"})
+                            "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Pad",
+                            "Split", "Slice"})
 # Ops with a fused-activation field: a single Relu/Relu6 after them is written into the op.
 _FUSING = frozenset({"Conv", "Gemm", "MaxPool", "AveragePool", "ConvTranspose"})
 _FUSING_ELEMENTWISE = frozenset({"Add", "Sub", "Mul"})  # int8 CONCATENATION refuses one
 _FIRST_INPUT_ONLY = frozenset({"Conv", "Gemm", "Reshape", "Resize", "Squeeze", "Unsqueeze", "Pad",
-                               "ConvTranspose", "ReduceMean", "ReduceMax"})
+                               "ConvTranspose", "ReduceMean", "ReduceMax", "Split", "Slice"})
 
 
 def _quant(q) -> dict:
@@ -58,6 +59,7 @@ class _Int8Lowerer(_Lowerer):
         super().__init__(model, fp16=False)
         self.io = io
         self.qmode = None  # (Q node) while an int8 op is emitted
+        self.qouts: dict[str, ir.Node] = {}  # its other outputs' Q nodes (SPLIT), by value
         self.same_scale = False  # the op being emitted needs its input at the output's scale
         self.w_axis = 0
         self.wq = None  # the weight's qparams of the weighted op being emitted
@@ -85,7 +87,7 @@ class _Int8Lowerer(_Lowerer):
     def out(self, v: ir.Value, layout: str) -> int:
         if self.qmode is None:
             return super().out(v, layout)
-        qn = self.qmode
+        qn = self.qouts.get(v.name, self.qmode)
         y = qn.outputs[0]
         shape = dims(y, 1)
         if layout == "nhwc" and len(shape) == 4:
@@ -172,6 +174,9 @@ class _Int8Lowerer(_Lowerer):
     def _q_after(self, n: ir.Node):
         """The Q node reading n's output alone — after the activation the op fuses (conv, FC and
         pools fuse Relu/Relu6; the emission fuses it again) — or None."""
+        if n.op_type == "Split":  # each part through its own Q
+            qs = [self._single_q(o) for o in n.outputs]
+            return qs[0] if all(qs) else None
         y = n.outputs[0]
         fusing = n.op_type in _FUSING or n.op_type in _FUSING_ELEMENTWISE or (
             n.op_type == "MatMul" and wconst(n.inputs[1]) is not None)
@@ -179,6 +184,10 @@ class _Int8Lowerer(_Lowerer):
             act, y = self._fuse(n)
             if act:  # only looked at here: the op's emission marks it fused
                 self.fused.discard(id(next(u for u, _ in n.outputs[0].uses())))
+        return self._single_q(y)
+
+    @staticmethod
+    def _single_q(y: ir.Value):
         uses = list(y.uses())
         if len(uses) == 1 and uses[0][0].op_type == "QuantizeLinear" and not y.is_graph_output():
             return uses[0][0]
@@ -238,6 +247,9 @@ class _Int8Lowerer(_Lowerer):
             return "HardSigmoid with α ≤ 0 (the int8 form scales x by α)"
         if not self._int8_weights(n):
             return "its weights are kept float (--keep-fp32 or the accuracy fallback)"
+        if _feeds_float_output(n):
+            return ("computes a graph output kept float (outputs are quantized only after a "
+                    "weighted op: a detector's boxes and scores keep float resolution)")
         if not all(self._int8_input(v) for v in self._activation_inputs(n)):
             return "an input is not quantized in the QDQ graph (float producer or graph input)"
         if qn is None:
@@ -314,6 +326,8 @@ class _Int8Lowerer(_Lowerer):
         from autoglm_compress.ir_ops import is_weighted, weight_input
 
         self.qmode, self.wq = qn, None
+        if n.op_type == "Split":
+            self.qouts = {o.name: self._single_q(o) for o in n.outputs}
         self.same_scale = n.op_type in SAME_SCALE_OPS
         try:
             if is_weighted(n) and wconst(n.inputs[weight_input(n)]) is not None:
@@ -324,7 +338,7 @@ class _Int8Lowerer(_Lowerer):
                 self.cur_input = self.vals[n.inputs[0].name][0]
             _Lowerer.node(self, n)
         finally:
-            self.qmode, self.same_scale = None, False
+            self.qmode, self.same_scale, self.qouts = None, False, {}
         self.int8_nodes.append(n.name or n.op_type)
 
     def run(self) -> bytes:
@@ -349,6 +363,24 @@ class _Int8Lowerer(_Lowerer):
             self.b.graph.outputs.append(idx)
             self.b.io_names[1].append(v.name)
         return self.b.to_bytes()
+
+
+def _feeds_float_output(n: ir.Node, depth: int = 12) -> bool:
+    """Whether ``n``'s outputs reach a float graph output through unquantized values only."""
+    todo, seen = [(o, 0) for o in n.outputs], set()
+    while todo:
+        v, d = todo.pop()
+        if v.is_graph_output():
+            p = v.producer()
+            if p is None or p.op_type != "DequantizeLinear":
+                return True
+        if id(v) in seen or d >= depth:
+            continue
+        seen.add(id(v))
+        for u, _ in v.uses():
+            if u.op_type != "QuantizeLinear":
+                todo += [(o, d + 1) for o in u.outputs]
+    return False
 
 
 def lower_qdq_to_tflite(model: ir.Model, io: str = "float") -> tuple[bytes, dict]:

@@ -81,7 +81,8 @@ _FIXED = {"Sigmoid": (1.0 / 256.0, -128), "Softmax": (1.0 / 256.0, -128),
 # Below this cosine between the .tflite and the QDQ model it was lowered from, the report warns.
 MIN_VS_QDQ = 0.99
 _SHARED = frozenset({"MaxPool", "AveragePool", "Concat", "Reshape", "Flatten", "Transpose",
-                     "Resize", "Squeeze", "Unsqueeze", "Pad", "GlobalMaxPool", "ReduceMax"})
+                     "Resize", "Squeeze", "Unsqueeze", "Pad", "GlobalMaxPool", "ReduceMax",
+                     "Split", "Slice"})
 
 
 def tflite_scheme():
