@@ -147,6 +147,8 @@ def _footnotes(a: dict, name: str) -> list[str]:
             f"WARNING: {name} is labelled int8 but no layer runs in int8 "
             "(every quantizable layer fell back to FP32)"
         )
+    out += [f"WARNING: {name}: {n[len('WARNING: '):]}" for n in a.get("notes") or ()
+            if n.startswith("WARNING: ")]  # a target's own warnings (arm: float MACs, lowering)
     for key, label in (("litert", "LiteRT"), ("ncnn", "ncnn")):
         side = (a.get("latency") or {}).get(key)
         if side:

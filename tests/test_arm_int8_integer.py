@@ -161,3 +161,27 @@ def test_mobilenet_v3_patterns_run_int8(tmp_path):
     assert ops.count("TRANSPOSE") == 1  # the input's; MEAN and the slice work on NHWC
     assert art.extra["vs_qdq_simulation"]["cosine_min"] > 0.995
     assert art.extra["reference_kernels"]["cosine_min"] > 0.995
+
+
+def test_float_ops_are_named_with_a_reason_and_warned(tmp_path):
+    """A conv kept float (--keep-fp32) shows up in the file's census with its reason; its MACs
+    (> 10 %) make the report warn."""
+    torch.manual_seed(0)
+    zm = ZooModel("mbv3", _MobileBlock().eval(), {"x": torch.randn(1, 3, 16, 16)}, ["out"],
+                  "classifier")
+    path = save_onnx(zm, tmp_path / "mbv3.onnx")
+    res = compress(path, int8=True, targets="arm", calib_random=True, calib_samples=16,
+                   out_dir=tmp_path / "o", samples=4, latency_repeats=3, keep_fp32=("Conv",))
+    art = res.artifact("arm")
+    census = art.extra["tflite_ops"]
+    ops = file_ops(art.path)
+    assert census["float"] == sum(1 for op, t in ops if t & {0, 1}
+                                  and op not in ("QUANTIZE", "DEQUANTIZE")) > 0
+    convs = [f for f in census["float_ops"] if f["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert convs and all("kept float" in f["reason"] and f["macs"] > 0 for f in convs)
+    assert census["float_mac_share"] > 0.5
+    assert any("run float" in n for n in art.notes)
+    assert any(n.startswith("WARNING") and "MACs" in n for n in art.notes)
+    from autoglm_compress.report import summary_table
+
+    assert "of the MACs run in float ops" in summary_table(res.report)
