@@ -153,9 +153,13 @@ def test_verify_arm_off_and_cpu_list(tmp_path):
 
 
 @pytest.mark.slow
-def test_efficientnet_lite1_on_aarch64(arm_env, tmp_path_factory):
+def test_efficientnet_lite1_on_aarch64(arm_env, tmp_path_factory, monkeypatch):
     """A real model (EfficientNet-Lite1, 240×240) INT8 through both runtimes on aarch64 (about 20
-    emulated inferences of ~0.25 G guest instructions each: minutes)."""
+    emulated inferences of ~0.25 G guest instructions each: minutes). auto stops at small models
+    (a note says so); raised here, to keep auto's XNNPACK-only checks."""
+    from autoglm_compress.targets.arm_emulation import verify
+
+    monkeypatch.setattr(verify, "AUTO_MAX_MACS", float("inf"))
     sys.path.insert(0, str(ROOT / "tests" / "real"))
     import zoo
 
@@ -171,3 +175,15 @@ def test_efficientnet_lite1_on_aarch64(arm_env, tmp_path_factory):
         assert a64["cosine_min"] > 0.98
         insns = art.latency["arm_insns"]["cortex-a76"]
         assert insns["int8"] < insns["fp32"], (fmt, insns)
+
+
+def test_auto_leaves_large_models_to_emulated(tmp_path, monkeypatch):
+    """--verify-arm auto emulates small models only: past AUTO_MAX_MACS a note says how to ask."""
+    from autoglm_compress.targets.arm_emulation import verify
+
+    monkeypatch.setattr(verify, "AUTO_MAX_MACS", 1)
+    res = compress(DEMO, targets="arm", samples=2, latency_repeats=1, out_dir=tmp_path)
+    art = res.artifact("arm")
+    assert "aarch64" not in art.fidelity
+    assert any("not run on aarch64 by default" in n and "--verify-arm emulated" in n
+               for n in art.notes)

@@ -43,8 +43,9 @@ class Options:
         "arm: also run the artifacts on ARM code — aarch64 LiteRT / ncnn under qemu-aarch64 "
         "(Debian's qemu-user; the aarch64 root and wheels are fetched once into the user cache): "
         "fidelity.aarch64 beside the x86 figures and latency.arm_insns (guest instructions per "
-        "inference, FP32/FP16/INT8). auto: when qemu-user is installed (else a note); emulated: "
-        "always (a note when it cannot be set up); off.",
+        "inference, FP32/FP16/INT8). auto: when qemu-user is installed and the model is small "
+        "(≤ 60 M MACs per inference; else a note); emulated: always (minutes per precision for "
+        "an ImageNet-size model; a note when it cannot be set up); off.",
         flat="verify_arm", cli="--verify-arm", choices=("auto", "emulated", "off"),
     )
     arm_cpu: str = field(

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 MAX_SAMPLES = 8  # aarch64 verification samples (emulation is ~10-50× slower than native)
 INSNS_SAMPLES = 2  # inferences counted per side-by-side precision
 # cosine(aarch64 outputs, x86 outputs) below this: a runtime / lowering discrepancy, not rounding
+# auto emulates models up to this many MACs per inference (digits ~0.3 M: seconds; an
+# EfficientNet-Lite1 at 240² ~600 M: ~20 s per emulated inference, ~7 min per precision)
+AUTO_MAX_MACS = 60_000_000
 ROUNDING = {"fp32": 0.9999, "fp16": 0.9999, "int8": 0.999}
 UNIT = "guest instructions per inference (qemu-aarch64 TCG count, one thread): a count, not a time"
 
@@ -44,6 +47,17 @@ def available() -> tuple[bool, str]:
         return True, ""
     except Unavailable as e:
         return False, str(e)
+
+
+def _macs(ctx) -> float | None:
+    """MACs per inference of the FP32 model the artifact was lowered from (None: unknown)."""
+    from autoglm_compress.stats import model_stats
+
+    try:
+        shapes = {k: list(v.shape) for k, v in ctx.feeds[0].items()}
+        return model_stats(ctx.fp32_for_target(), shapes).macs
+    except Exception:  # noqa: BLE001 - an estimate only: emulate when it cannot be made
+        return None
 
 
 def ncnn_io(artifact, output_shapes: dict[str, list[int]]) -> dict:
@@ -100,6 +114,14 @@ def verify_arm(target, artifact, ctx) -> None:
     mode = getattr(opts, "verify_arm", "off")
     if mode == "off" or artifact.target != "arm":
         return
+    if mode == "auto":
+        macs = _macs(ctx)
+        if macs is not None and macs > AUTO_MAX_MACS:
+            artifact.notes.append(
+                f"not run on aarch64 by default: {macs / 1e6:.0f} M MACs per inference (auto "
+                f"emulates models up to {AUTO_MAX_MACS / 1e6:.0f} M; minutes per precision "
+                "beyond): --verify-arm emulated to run it")
+            return
     try:
         env = setup(retry_failed=mode != "auto")
     except Unavailable as e:
