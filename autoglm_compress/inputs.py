@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_NAME_NOTED: set[tuple[str, str]] = set()  # (file, array) taken under another name, said once
 SHAPE_HINTS = "autoglm.input_shapes"  # metadata key: the --input-shape values, as JSON
 
 # Generated inputs (random calibration/verification feeds, torch export examples) come from shapes
@@ -356,7 +357,12 @@ def load_npz_feeds(
     label_member = arrays.pop(label_key, None)
     specs = model_inputs(model)
     if len(specs) == 1 and len(arrays) == 1:
-        arrays = {specs[0].name: next(iter(arrays.values()))}
+        (key, arr), = arrays.items()
+        if key != specs[0].name and (str(path), key) not in _NAME_NOTED:
+            _NAME_NOTED.add((str(path), key))
+            logger.warning("%s: array %r taken for the model's only input %r (the names differ)",
+                           path.name, key, specs[0].name)
+        arrays = {specs[0].name: arr}
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise CalibrationError(

@@ -81,3 +81,21 @@ def test_max_drop_without_class_scores_is_refused(tmp_path):
     rc = main([str(path), "--eval", str(tmp_path / "e.npz"), "--max-drop", "0.1", "-o", str(out)])
     assert rc == 2
     assert not (out / "report.json").exists()
+
+
+def test_a_lone_array_under_another_name_is_taken_with_a_note(tmp_path, caplog):
+    """A single-input model takes a single array whatever its name — and says so (issue 29)."""
+    import logging
+
+    from autoglm_compress import load
+    from autoglm_compress.inputs import load_npz_feeds
+
+    model = load(str(MODEL))
+    name = model.graph.inputs[0].name
+    x = np.zeros((3, *[d if isinstance(d, int) else 1 for d in model.graph.inputs[0].shape][1:]),
+                 np.float32)
+    np.savez(tmp_path / "d.npz", images=x)
+    with caplog.at_level(logging.WARNING, logger="autoglm_compress.inputs"):
+        feeds, _ = load_npz_feeds(tmp_path / "d.npz", model)
+    assert len(feeds) == 3 and list(feeds[0]) == [name]
+    assert f"array 'images' taken for the model's only input {name!r}" in caplog.text
