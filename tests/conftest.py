@@ -14,6 +14,9 @@ ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# --verify-arm auto emulates small models on aarch64 (seconds each): only
+# tests/test_arm_emulation.py pays for that; everywhere else auto leaves a note
+os.environ["AUTOGLM_ARM_AUTO_MAX_MACS"] = "0"
 
 DEMO = ROOT / "examples" / "digits_cnn.pt"
 CALIB = ROOT / "examples" / "digits_calib.npz"

@@ -24,6 +24,13 @@ EVAL = ROOT / "examples" / "digits_eval.npz"
 CALIB = ROOT / "examples" / "digits_calib.npz"
 
 
+@pytest.fixture(autouse=True)
+def _auto_as_shipped(monkeypatch):
+    """conftest turns --verify-arm auto's emulation off for the rest of the suite; here it is on
+    as shipped (models up to AUTO_MAX_MACS)."""
+    monkeypatch.delenv("AUTOGLM_ARM_AUTO_MAX_MACS", raising=False)
+
+
 @pytest.fixture(scope="module")
 def arm_env():
     try:
