@@ -254,7 +254,7 @@ class _Run:
         """Prepare → lower (precision) → validate → emit → verify, for one target; its files are
         written and verified in the run's staging folder (``_finish`` commits them)."""
         from autoglm_compress import lowering
-        from autoglm_compress.artifact_info import layer_counts
+        from autoglm_compress.artifact_info import artifact_layers, layer_counts
 
         lowered = _copy(self.model)
         ctx.target = tgt
@@ -275,9 +275,9 @@ class _Run:
         kept = [r.config.get("keep_fp32", []) for r in low.records if r.name.startswith("quantize")]
         d = art.as_dict()
         d["io"] = tgt.describe_io(art, low.model)
-        d["layers"] = layer_counts(
+        d["layers"] = artifact_layers(art, layer_counts(
             low.model, fell_back=[n for f in fell for n in f], kept=[n for k in kept for n in k]
-        ) if self.precision == "int8" else None
+        )) if self.precision == "int8" else None
         logger.info("%s: %s cosine %.5f", tgt.name, art.path.name, art.fidelity["cosine_min"])
         return art, d
 

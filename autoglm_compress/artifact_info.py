@@ -106,6 +106,31 @@ def layer_counts(model: ir.Model, fell_back=(), kept=()) -> dict:
     return out
 
 
+def artifact_layers(artifact, ir_counts: dict) -> dict:
+    """The report's ``layers``, counted from the artifact where its target read it back (TFLite:
+    operator tensor types; ncnn: int8 conv/FC layers; x86: onnxruntime's optimized graph) — the
+    IR's own count kept under ``ir``; otherwise the IR's count, said so."""
+    ex = artifact.extra
+    if "tflite_ops" in ex:
+        t = ex["tflite_ops"]
+        got = {"int8": t["int8"], "float": t["float"], "float_nodes": t["float_nodes"],
+               "float_mac_share": round(t["float_mac_share"], 4),
+               "float_weight_bytes": t["float_weight_bytes"], "counted_from": t["counted_from"]}
+    elif "ncnn_int8" in ex:
+        n = ex["ncnn_int8"]
+        got = {"int8": n["int8"], "float": n["float"], "float_nodes": n["float_layers"],
+               "counted_from": "the written .param (conv / FC layers with int8 weights; other "
+                               "ncnn layers are float by design)"}
+    elif "ort_fusion" in ex:
+        o = ex["ort_fusion"]
+        got = {"int8": o["int8_compute_nodes"], "float": o["float_compute_nodes"],
+               "counted_from": "onnxruntime's optimized graph of the artifact"}
+    else:
+        return {**ir_counts, "counted_from": "the QDQ IR"}
+    ir_part = {k: ir_counts[k] for k in ("int8", "float", "float_nodes") if k in ir_counts}
+    return {**ir_counts, **got, "ir": ir_part}
+
+
 def _dq_weight(node: ir.Node) -> bool:
     from autoglm_compress.ir_ops import is_weighted, weight_input
 

@@ -79,3 +79,20 @@ def test_fallback_of_every_layer_is_loud(tmp_path, capsys, caplog):
     assert rc == 0 and q["stats"]["all_fell_back"] is True
     assert rep["artifacts"][0]["layers"]["int8"] == 0 and len(q["stats"]["fell_back"]) >= 4
     assert "WARNING: digits_cnn.x86.int8.onnx is labelled int8 but no layer runs in int8" in out
+
+
+def test_int8_layers_are_counted_from_each_artifact(tmp_path):
+    """``layers`` says what each file runs: TFLite from the written operators, ncnn from its int8
+    conv/FC layers, x86 from onnxruntime's optimized graph; the QDQ IR's count stays under ``ir``."""
+    from autoglm_compress import compress
+
+    res = compress(DEMO, int8=True, calib=CALIB, targets="x86,arm", arm_format="all",
+                   samples=4, latency_repeats=1, out_dir=tmp_path)
+    by = {(a["target"], a["extra"].get("format")): a for a in res.report["artifacts"]}
+    tfl, ncnn, x86 = by[("arm", "tflite")], by[("arm", "ncnn")], by[("x86", None)]
+    assert tfl["layers"]["int8"] == tfl["extra"]["tflite_ops"]["int8"]
+    assert tfl["layers"]["counted_from"].startswith("the written .tflite")
+    assert ncnn["layers"]["int8"] == ncnn["extra"]["ncnn_int8"]["int8"] >= 3
+    assert x86["layers"]["int8"] == x86["extra"]["ort_fusion"]["int8_compute_nodes"] >= 3
+    assert all("ir" in a["layers"] for a in (tfl, ncnn, x86))
+    validate_report(res.report)
