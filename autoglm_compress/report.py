@@ -38,7 +38,9 @@ def _fmt_size(n: int) -> str:
 
 
 def summary_table(report: dict) -> str:
-    rows = [("artifact", "size", "cosine", "max|err|", "top-1", "acc", "latency", "vs fp32")]
+    src = (report.get("model") or {}).get("size_bytes") or 0
+    rows = [("artifact", "size", "vs source", "cosine", "max|err|", "top-1", "acc", "latency",
+             "vs fp32")]
     flagged: list[str] = []
     footnotes: list[str] = []
     for a in report["artifacts"]:
@@ -56,8 +58,9 @@ def summary_table(report: dict) -> str:
         footnotes += _footnotes(a, name)
         rows.append(
             (
-                Path(a["path"]).name,
+                Path(a["path"]).name + (" (+.bin)" if len(a.get("files") or {}) > 1 else ""),
                 _fmt_size(a["size_bytes"]),
+                f"{a['size_bytes'] / src:.2f}×" if src else "-",
                 f"{fid.get('cosine_min', float('nan')):.5f}",
                 f"{max_err:.3g}",
                 "-" if top1 is None else f"{top1:.3f}",
