@@ -79,6 +79,9 @@ def summary_table(report: dict) -> str:
         f"verified on {report['verification']['samples']} {report['verification']['source']} samples"
     )
     lines += [f"flagged: {f}" for f in flagged] + footnotes
+    vwarn = (report.get("verification") or {}).get("warning")
+    if vwarn:
+        lines.append(f"WARNING: {vwarn}")
     gates = report.get("gates") or []
     if gates:
         failed = sum(not g["passed"] for g in gates)

@@ -96,3 +96,19 @@ def test_int8_layers_are_counted_from_each_artifact(tmp_path):
     assert x86["layers"]["int8"] == x86["extra"]["ort_fusion"]["int8_compute_nodes"] >= 3
     assert all("ir" in a["layers"] for a in (tfl, ncnn, x86))
     validate_report(res.report)
+
+
+def test_verification_on_calibration_data_or_few_samples_is_warned(tmp_path):
+    """INT8 verified on the samples its scales were fitted to, or on < 16 samples: the report and
+    the table say so; held-out --eval data with enough samples: no warning."""
+    from autoglm_compress import compress
+    from autoglm_compress.report import summary_table
+
+    res = compress(DEMO, int8=True, calib=CALIB, targets="x86", samples=8, latency_repeats=1,
+                   out_dir=tmp_path / "a")
+    w = res.report["verification"]["warning"]
+    assert "calibration samples" in w and "only 8 verification samples" in w
+    assert f"WARNING: {w}" in summary_table(res.report)
+    res = compress(DEMO, int8=True, calib=CALIB, eval_data=ROOT / "examples" / "digits_eval.npz",
+                   targets="x86", samples=32, latency_repeats=1, out_dir=tmp_path / "b")
+    assert res.report["verification"]["warning"] is None
