@@ -242,6 +242,8 @@ class _Run:
                 calib_info["skipped_files"] = {
                     "count": len(ctx.data.skipped), "first": ctx.data.skipped[:5]
                 }
+            if ctx.data.kind == "images":
+                calib_info.update(_preprocess_record(self.cfg.calibration, self.model))
         vctx = VerifyContext(
             self.reference, self.feeds, self.ref_outs, self.out_names, self.labels,
             self.cfg.verify.latency_repeats, self.batch, self.ref_sess,
@@ -365,6 +367,27 @@ def image_preprocess(calibration):
         size=pair(im.size), crop=pair(im.crop), scale=im.scale, mean=im.mean, std=im.std,
         layout=im.layout, channel_order=im.channel_order, grayscale=im.grayscale,
     )
+
+
+def _preprocess_record(calibration, model) -> dict:
+    """How calibration images became tensors (for the report and a deployment), and a warning
+    when a 3-channel model got the defaults (pixels / 255, no mean/std): ImageNet-style models
+    need their training normalisation."""
+    import dataclasses as dc
+
+    from autoglm_compress.calibration.images import ImagePreprocess
+
+    pre = image_preprocess(calibration) or ImagePreprocess()
+    out = {"preprocess": {k: list(v) if isinstance(v, tuple) else v
+                          for k, v in dc.asdict(pre).items()}}
+    shape = model.graph.inputs[0].shape if model.graph.inputs else None
+    three = shape is not None and any(d == 3 for d in list(shape)[1:2] + list(shape)[-1:])
+    if three and pre.mean == ImagePreprocess.mean and pre.std == ImagePreprocess.std:
+        out["preprocess_warning"] = (
+            "calibration images fed as pixels/255 with no mean/std: if the model was trained "
+            "with a normalisation (ImageNet: --image-mean 0.485,0.456,0.406 --image-std "
+            "0.229,0.224,0.225), give it, or the INT8 ranges fit the wrong inputs")
+    return out
 
 
 def _verification_warning(source: str, n: int, precision: str) -> str | None:

@@ -79,9 +79,10 @@ def summary_table(report: dict) -> str:
         f"verified on {report['verification']['samples']} {report['verification']['source']} samples"
     )
     lines += [f"flagged: {f}" for f in flagged] + footnotes
-    vwarn = (report.get("verification") or {}).get("warning")
-    if vwarn:
-        lines.append(f"WARNING: {vwarn}")
+    for warn in ((report.get("verification") or {}).get("warning"),
+                 (report.get("calibration") or {}).get("preprocess_warning")):
+        if warn:
+            lines.append(f"WARNING: {warn}")
     gates = report.get("gates") or []
     if gates:
         failed = sum(not g["passed"] for g in gates)

@@ -112,3 +112,29 @@ def test_verification_on_calibration_data_or_few_samples_is_warned(tmp_path):
     res = compress(DEMO, int8=True, calib=CALIB, eval_data=ROOT / "examples" / "digits_eval.npz",
                    targets="x86", samples=32, latency_repeats=1, out_dir=tmp_path / "b")
     assert res.report["verification"]["warning"] is None
+
+
+def test_image_preprocessing_is_recorded_and_defaults_on_rgb_warned(saved, tmp_path):
+    """Calibrating from photos: the report records the preprocessing used (a deployment must
+    repeat it), and a 3-channel model fed the defaults (pixels / 255, no mean/std) is warned."""
+    import numpy as np
+    from PIL import Image
+
+    from autoglm_compress import compress
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(folder / f"{i}.png")
+    src = saved("cnn", "onnx")
+    res = compress(src, int8=True, calib=folder, targets="x86", samples=4, latency_repeats=1,
+                   out_dir=tmp_path / "a")
+    cal = res.report["calibration"]
+    assert cal["preprocess"]["scale"] == 1 / 255 and "ImageNet" in cal["preprocess_warning"]
+    res = compress(src, int8=True, calib=folder, targets="x86", samples=4, latency_repeats=1,
+                   image_mean="0.485,0.456,0.406", image_std="0.229,0.224,0.225",
+                   out_dir=tmp_path / "b")
+    cal = res.report["calibration"]
+    assert cal["preprocess"]["mean"] == [0.485, 0.456, 0.406] and "preprocess_warning" not in cal
+    validate_report(res.report)
