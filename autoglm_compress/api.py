@@ -41,8 +41,14 @@ class CompressResult:
                     and (format is None or a.extra.get("format") == format))
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    probe = None
+def _check_out_dir(out_dir: Path) -> list[Path]:
+    """Make ``-o`` (and missing parents) and probe it; the folders this created (innermost
+    last), which a failed run removes again while they are empty."""
+    probe, made = None, []
+    for d in (out_dir, *out_dir.parents):
+        if d.exists():
+            break
+        made.insert(0, d)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out_dir, prefix=f".probe.autoglm-{os.getpid()}-",
@@ -55,6 +61,7 @@ def _check_out_dir(out_dir: Path) -> None:
     finally:
         if probe:
             os.unlink(probe)
+    return made
 
 
 def _copy(model: ir.Model) -> ir.Model:
@@ -135,7 +142,7 @@ class _Run:
         from autoglm_compress.targets.registry import get_targets
 
         cfg = self.cfg
-        _check_out_dir(self.out_dir)
+        self.made_dirs = _check_out_dir(self.out_dir)
         self.targets = [tgt for t in dict.fromkeys(cfg.targets)
                         for tgt in get_targets(t, cfg.target_options.get(t))]
         for t in self.targets:
@@ -207,6 +214,11 @@ class _Run:
             return self._run()
         except BaseException as e:
             self.output.abort()
+            for d in reversed(getattr(self, "made_dirs", [])):  # no empty folder left behind
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
             if isinstance(e, KeyboardInterrupt):
                 e.output_state = self.output.describe()
             elif isinstance(e, CompressError) and self.output.staging is not None:

@@ -280,3 +280,24 @@ def test_failed_run_leaves_nothing_new(tmp_path, monkeypatch, capsys):
     assert _fast(out, "--target", "cuda") == 1
     assert capsys.readouterr().err == f"error: {out / 'digits_cnn.cuda.fp16.onnx'}: cannot run\n"
     assert _snapshot(out) == before and _leftovers(out) == []
+
+
+def test_a_failed_run_leaves_no_output_folder_it_created(tmp_path):
+    """-o (and its missing parents) made by a run that then fails are removed again; an -o that
+    was there before stays."""
+    from autoglm_compress import compress
+    from autoglm_compress.errors import CompressError
+
+    empty = tmp_path / "photos"
+    empty.mkdir()
+    out = tmp_path / "new" / "deeper" / "out"
+    with pytest.raises(CompressError, match="empty calibration set"):
+        compress(str(ROOT / "examples" / "digits_cnn.pt"), int8=True, calib=str(empty),
+                 targets="x86", out_dir=str(out))
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(CompressError):
+        compress(str(ROOT / "examples" / "digits_cnn.pt"), int8=True, calib=str(empty),
+                 targets="x86", out_dir=str(kept))
+    assert kept.is_dir()
