@@ -58,6 +58,7 @@ lint: venv
 
 docs: venv
 	$(PY) -m autoglm_compress.targets.ops_doc > docs/arm_ops.md
+	$(PY) -m autoglm_compress.cli_doc > docs/cli.md
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -1,4 +1,5 @@
-"""docs/arm_ops.md is generated from the emitters' rules (``make docs``) and matches them."""
+"""docs/arm_ops.md and docs/cli.md are generated (``make docs``) from the emitters' rules and the
+config tree, and match them."""
 
 from pathlib import Path
 
@@ -20,3 +21,15 @@ def test_every_public_op_of_each_rule_set_is_in_the_doc_once():
         for op in rules.ops():
             assert f"| {op} |" in text
     assert "QuantizeLinear" not in text  # internal: only in this tool's own INT8 graphs
+
+
+def test_docs_cli_is_generated_from_the_config():
+    from autoglm_compress.cli_doc import render as render_cli
+    from autoglm_compress.config_build import flat_fields
+    from autoglm_compress.targets.registry import target_names
+
+    text = render_cli()
+    assert (DOC.parent / "cli.md").read_text() == text, "docs/cli.md is stale: run `make docs`"
+    for ff in flat_fields(tuple(target_names())).values():
+        if ff.key != "model":
+            assert f"| `{ff.key}` |" in text, ff.key
