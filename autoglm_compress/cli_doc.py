@@ -4,7 +4,6 @@ the recipe key, the Python keyword, the default and the help text of each field.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from autoglm_compress.config_build import flat_fields
@@ -13,15 +12,10 @@ __all__ = ["render"]
 
 
 def _default(ff) -> str:
-    f = ff.field
-    d = f.default if f.default is not dataclasses.MISSING else None
-    if d is None or d == () or d == "":
-        return ""
-    if isinstance(d, tuple):
-        d = ",".join(map(str, d))
-    if isinstance(d, float):
-        d = f"{d:.6g}"
-    return f"`{d}`"
+    from autoglm_compress.cli_options import default_str
+
+    d = default_str(ff, show_false=True)
+    return f"`{d}`" if d else ""
 
 
 def _cell(text: str) -> str:

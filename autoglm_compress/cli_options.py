@@ -7,6 +7,7 @@ Every generated option defaults to "not given" (None / empty), so the keywords h
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 
 import click
@@ -38,15 +39,22 @@ class GroupedCommand(click.Command):
                 formatter.write_dl(groups[g])
 
 
-def _default_text(ff: FlatField) -> str:
+def default_str(ff: FlatField, show_false: bool = False) -> str:
+    """A field's default as the CLI spells it ("" when it has none worth showing)."""
     d = ff.field.default
-    if d is None or d == () or d == "" or isinstance(d, bool) and not d:
+    if d is dataclasses.MISSING or d is None or d == () or d == "" or (
+            isinstance(d, bool) and not d and not show_false):
         return ""
     if isinstance(d, tuple):
         d = ",".join(map(str, d))
     if isinstance(d, float):
         d = f"{d:.6g}"
-    return f"  [default: {d}]"
+    return str(d)
+
+
+def _default_text(ff: FlatField) -> str:
+    d = default_str(ff)
+    return f"  [default: {d}]" if d else ""
 
 
 def _option(ff: FlatField) -> click.Option:
