@@ -16,6 +16,7 @@ An ARM latency guard (instruction counts under emulation) is one more ``after`` 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 import time
@@ -119,14 +120,15 @@ class Int8Plan:
         return self._cosine(model)
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """One decision of the INT8 lowering: ``run(plan)`` reads and changes the plan."""
 
     name: ClassVar[str] = ""
     phase: ClassVar[str] = "quantize"  # "quantize" (the quantize record) or "after"
 
+    @abc.abstractmethod
     def run(self, plan: Int8Plan) -> None:
-        raise NotImplementedError
+        """Read and change ``plan`` (its model, kept-float layers, stats, notes, records)."""
 
 
 class ReconstructChoice(Strategy):
