@@ -33,6 +33,7 @@ class CompressResult:
     artifacts: list[Artifact]
     report: dict
     report_path: Path | None  # None: a torchrun rank > 0, which writes nothing
+    bundle_path: Path | None = None  # --bundle: where the bundle was written
 
     def artifact(self, target: str, format: str | None = None) -> Artifact:
         """The artifact of ``target`` (and ``format``, e.g. "ncnn", where a target writes
@@ -172,6 +173,10 @@ class _Run:
             model = frontend.make_static(model, concrete)
         self.stats_before = model_stats(model, concrete)
         self.model = model
+        if cfg.bundle.path:  # the manifest's preprocessing, checked against the inputs now
+            from autoglm_compress.bundle import preprocess_record
+
+            self.preprocess = preprocess_record(cfg, model)
 
     def _reference(self) -> None:
         cfg = self.cfg
@@ -352,9 +357,28 @@ class _Run:
         # last); the previous run's files that this run did not write again are removed
         report_path = self.output.commit(artifacts, report)
         result = CompressResult(artifacts, report, report_path)
+        if cfg.bundle.path and lines:
+            lines.append(f"--bundle {cfg.bundle.path}: not written (a gate failed; a bundle holds "
+                         "only artifacts that passed their gates)")
+        elif cfg.bundle.path:
+            result.bundle_path = self._bundle(report, results, report_path)
         if lines:  # the artifacts are written (a CI step inspects them); exit 3, a line each
             raise QualityGateError("\n".join(lines), result=result)
         return result
+
+
+    def _bundle(self, report, results, report_path) -> Path:
+        from autoglm_compress.bundle import write_bundle
+        from autoglm_compress.inputs import model_inputs
+
+        inputs = [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype}
+                  for s in model_inputs(self.model)]
+        return write_bundle(
+            self.cfg.bundle.path, report=report, artifacts=[a for a, _ in results],
+            report_dicts=report["artifacts"], report_path=report_path, feeds=self.feeds,
+            reference=self.ref_outs, output_names=self.out_names, inputs=inputs,
+            preprocess=self.preprocess, labels_path=self.cfg.bundle.labels, source=self.source,
+            ref_runtime=self.ref_runtime)
 
 
 def pass_configs(cfg: CompressConfig) -> dict[str, dict]:

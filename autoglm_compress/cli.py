@@ -59,6 +59,8 @@ def cli():
     autoglm-compress MODEL --int8 --calib DATA --print-recipe > recipe.toml
     autoglm-compress run recipe.toml
     autoglm-compress inspect MODEL
+    autoglm-compress MODEL --int8 --calib DATA --target arm --bundle model.tar.gz
+    autoglm-compress verify-bundle model.tar.gz
     """
 
 
@@ -136,6 +138,8 @@ def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
         if res.report_path is None:  # a torchrun rank other than 0: it trained, rank 0 reports
             return
         table = summary_table(res.report) + f"\nreport: {res.report_path}"
+        if res.bundle_path is not None:
+            table += f"\nbundle: {res.bundle_path}"
         click.echo(table, err=as_json)
         if as_json:
             code = failed.exit_code if failed else 0
@@ -292,6 +296,21 @@ def inspect_cmd(model, graph, input_shapes, trust_pickle):
     click.echo(format_stats(model_stats(m), Path(model).stat().st_size))
     if graph:
         click.echo(str(m))
+
+
+@cli.command("verify-bundle")
+@click.argument("bundle", type=click.Path())
+def verify_bundle_cmd(bundle):
+    """Recheck a --bundle (FILE.tar.gz or folder): every checksum, then each artifact whose
+    runtime is installed here on the stored samples against its stored outputs.
+
+    \b
+    Exit codes: 0 ok, 2 a bad or tampered bundle (checksum, unsafe member, malformed manifest),
+    3 an artifact's outputs differ from the stored ones beyond its precision's tolerance."""
+    from autoglm_compress.bundle import verify_bundle
+
+    _setup_logging(0)
+    verify_bundle(bundle, echo=click.echo)
 
 
 @cli.command("passes")

@@ -17,7 +17,7 @@ from autoglm_compress.config_build import FlatField, flat_fields
 __all__ = ["GroupedCommand", "config_options", "given"]
 
 _ORDER = ["General", "Output", "Load", "Calibration", "Image preprocessing", "INT8",
-          "Quantization-aware training", "Pruning", "Distillation", "Verification", "Quality gates", "Target",
+          "Quantization-aware training", "Pruning", "Distillation", "Verification", "Quality gates", "Bundle", "Target",
           "Debugging"]
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "QATOptions",
     "VerifyConfig",
     "GateConfig",
+    "BundleConfig",
     "DebugConfig",
     "CompressConfig",
     "PRECISIONS",
@@ -373,6 +374,34 @@ class GateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BundleConfig:
+    """Bundle"""
+
+    path: str | None = field(
+        None, "Also write a deployable bundle (docs/bundle.md): the artifacts, manifest.json "
+        "(checksums, IO, preprocessing), report.json, 4 samples with every artifact's outputs; "
+        "FILE.tar.gz / .tgz, else a folder. Not written when a gate fails. Check one with "
+        "`autoglm-compress verify-bundle`.", flat="bundle", metavar="FILE.tar.gz|DIR", path=True,
+    )
+    preprocess: str | None = field(
+        None, "For --bundle with array data: how images become the input, key=value items, e.g. "
+        "resize=256,crop=224,scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,"
+        "layout=NCHW,order=RGB (keys: resize, crop, scale, mean, std, layout, order, input). An "
+        "image-folder --calib records its --image-* options instead.", metavar="KEY=V,…",
+    )
+    labels: str | None = field(
+        None, "Class names, one per line (UTF-8), copied into the --bundle as labels.txt.",
+        flat="bundle_labels", metavar="FILE", path=True,
+    )
+
+    def __post_init__(self):
+        if self.preprocess is not None:  # a usage error (exit 2) before anything is loaded
+            from autoglm_compress.bundle.preprocess import parse_preprocess
+
+            parse_preprocess(self.preprocess)
+
+
+@dataclasses.dataclass(frozen=True)
 class DebugConfig:
     """Debugging"""
 
@@ -405,6 +434,7 @@ class CompressConfig:
     distill: DistillOptions = field(DistillOptions(), "Distillation.")
     verify: VerifyConfig = field(VerifyConfig(), "Verification.")
     gates: GateConfig = field(GateConfig(), "Quality gates.")
+    bundle: BundleConfig = field(BundleConfig(), "Deployable bundle.")
     debug: DebugConfig = field(DebugConfig(), "Debugging.")
     target_options: dict = field({}, "Per-target options, by target name.")
 

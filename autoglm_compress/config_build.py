@@ -358,6 +358,9 @@ def check_combinations(cfg: CompressConfig) -> list[str]:
     if image != type(image)() and not (cfg.calibration.data and Path(cfg.calibration.data).is_dir()):
         warnings.append("--image-* options act on an image-folder --calib only: ignored")
     _check_paths(cfg)
+    from autoglm_compress.bundle import check_bundle_config
+
+    check_bundle_config(cfg)
     for w in warnings:
         logger.warning("%s", w)
     return warnings
