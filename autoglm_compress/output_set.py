@@ -1,9 +1,9 @@
 """The files one run writes into ``-o``, committed together.
 
 Every artifact file of every target is written into a staging folder inside ``-o``
-(``.autoglm-staging-<pid>-<run id>/``) and verified there; at the end the report and the manifest
-are written beside them, and all are renamed into place — the report last — with Ctrl-C and
-SIGTERM held off for those few renames. An interrupted run leaves the previous complete set (or
+(``.autoglm-staging-<pid>-<run id>/``) and verified there; at the end the report (report.json, and
+report.html drawn from it) and the manifest are written beside them, and all are renamed into
+place — report.json last — with Ctrl-C and SIGTERM held off for those few renames. An interrupted run leaves the previous complete set (or
 nothing new) and removes its staging folder; one left by a killed process (its lock free) and the
 temporary files of one (``.NAME.autoglm-<pid>-XXXX.tmp``, that pid gone) are removed by the next
 run into the same ``-o``.
@@ -221,12 +221,16 @@ class OutputSet:
 
     def commit(self, artifacts, report: dict) -> Path:
         """Check the staged files, name their final paths in ``artifacts`` and ``report``, write
-        the report and manifest, rename everything into ``out_dir`` (report last), then remove
+        the report (report.json, and report.html from it) and manifest, rename everything into
+        ``out_dir`` (report.json last), then remove
         the files of the previous run this one did not write again."""
         from autoglm_compress.report import write_report
+        from autoglm_compress.report_html import REPORT_HTML, write_html
         from autoglm_compress.targets.base import sha256_of
 
         out, staging = self.out_dir, self.staging
+        if (out / REPORT_HTML).is_dir() and not (out / REPORT_HTML).is_symlink():
+            raise ConfigError(f"{out / REPORT_HTML} is a folder; remove it or choose another -o")
         names: dict[str, str] = {}
         for a in artifacts:
             for role, p in a.files.items():
@@ -241,6 +245,7 @@ class OutputSet:
             a.relocate(staging, out)
         report["artifacts"] = relocate_strings(report["artifacts"], staging, out)
         report_path = write_report(report, staging / REPORT)
+        html_path = write_html(report, staging / REPORT_HTML)  # the same report, for people
         previous = _manifest_files(out)
         stale = [p for n, shas in previous.items() if n not in names
                  if (p := _written_by_us(out, n, shas)) is not None]
@@ -257,6 +262,7 @@ class OutputSet:
             for n in names:
                 os.replace(staging / n, out / n)
             os.replace(staging / "manifest.final", out / MANIFEST)
+            os.replace(html_path, out / REPORT_HTML)
             os.replace(report_path, out / REPORT)
             self.state = "committed"
             for p in stale:
