@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all lint bench docs clean arm-emulation
+.PHONY: venv demo test test-all lint bench docs clean arm-emulation browser
 
 venv: $(STAMP)
 
@@ -33,10 +33,10 @@ bench: venv
 
 # `make test`: everything but the tests marked slow (≤ 15 min on 2 cores, AVX2 or VNNI);
 # `make test-all`: those too (real-model end-to-end sweeps).
-test: venv arm-emulation
+test: venv arm-emulation browser
 	$(PY) -m pytest -q -x -m "not slow" tests
 
-test-all: venv arm-emulation
+test-all: venv arm-emulation browser
 	$(PY) -m pytest -q tests
 
 # ARM artifacts also run on ARM code (tests/test_arm_emulation.py, --verify-arm): Debian's
@@ -45,13 +45,24 @@ test-all: venv arm-emulation
 # ~/.cache/autoglm-compress/aarch64 (about 80 MB downloaded).
 ARM_PKGS = $(if $(shell command -v qemu-aarch64),,qemu-user) $(if $(shell command -v gcc),,gcc)
 arm-emulation: venv
-	@if [ -n "$(strip $(ARM_PKGS))" ]; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -qq && apt-get install -y -qq $(ARM_PKGS) >/dev/null; \
-		else echo "note: $(ARM_PKGS) missing (apt-get install -y $(ARM_PKGS), as root):" \
-			"the aarch64 tests skip"; fi; \
-	fi
+	$(call apt_install,$(ARM_PKGS),the aarch64 tests skip)
 	@$(PY) -m autoglm_compress.targets.arm_emulation
+
+# tests/test_report_html.py renders report.html in a real headless browser: Debian's chromium,
+# installed here when missing and run as root (else that test skips, saying what to install).
+BROWSER_PKGS = $(if $(shell command -v chromium),,chromium)
+browser:
+	$(call apt_install,$(BROWSER_PKGS),the headless-browser check of report.html skips)
+
+# $(call apt_install,PACKAGES,what happens without them): Debian packages installed when missing
+define apt_install
+	@if [ -n "$(strip $(1))" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq $(1) >/dev/null; \
+		else echo "note: $(strip $(1)) missing (apt-get install -y $(strip $(1)), as root):" \
+			"$(2)"; fi; \
+	fi
+endef
 
 lint: venv
 	$(VENV)/bin/ruff check .
