@@ -149,7 +149,7 @@ def layers_section(r: dict) -> str:
 
 def training_section(r: dict) -> str:
     out = []
-    for p in r.get("passes") or []:
+    for p in r.get("passes") or []:  # distill, and any pass that records *_curve
         st, name = p.get("stats") or {}, str(p.get("name"))
         if name == "prune":
             out.append(_prune(st))
@@ -162,7 +162,12 @@ def training_section(r: dict) -> str:
             out.append(f"<h3>{esc(name)}</h3>" + table(("figure", "value"), losses, numeric=(1,)))
         if curves:
             pts = [(n, [(x, y) for x, y in v]) for n, v in curves]
-            out.append(line_chart(pts, "step", f"{st.get('loss', 'loss')}"))
+            loss = str(st.get("loss", "loss"))
+            if loss == "normalised mse" or len(pts) < 2:  # one scale: one chart
+                out.append(line_chart(pts, "step", loss))
+            else:  # the held-out loss is normalised MSE whatever the training minimised
+                out += [line_chart([c], "step", loss if n == "loss" else "normalised mse")
+                        for c in pts for n in [c[0]]]
         elif losses:
             out.append("<p class=muted>No per-step curve in the report (before/after only).</p>")
     return "".join(out) or '<p class="muted">Neither pruning nor distillation ran.</p>'

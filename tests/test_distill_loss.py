@@ -116,3 +116,11 @@ def test_lr_backs_off_when_the_heldout_loss_rises(tmp_path):
     assert s["lr_tried"][:2] == [20, 2.0] and s["lr"] == s["lr_tried"][-1]
     assert s["heldout_samples"] == 16
     assert s["heldout_loss_after"] <= s["heldout_loss_before"]
+    # the curves: held-out loss every 40 // 10 steps of the last attempt, from the untrained
+    # student; the weights kept are its lowest point. Batch loss at every step (40 < 50 points)
+    curve = s["heldout_curve"]
+    assert [x for x, _ in curve] == list(range(0, 41, 4))
+    assert curve[0][1] == s["heldout_loss_before"]
+    assert abs(min(y for _, y in curve) - s["heldout_loss_after"]) <= 1e-6
+    assert [x for x, _ in s["loss_curve"]] == list(range(1, 41))
+    assert (out / "report.html").read_text().count("<polyline") == 2  # drawn in one chart

@@ -117,6 +117,7 @@ class _Checkpoints:
         self.every, self.step, self.abort = max(steps // CHECKS, 1), 0, True
         self.first = self.best = self.loss()
         self.best_step, self.saved = 0, self._copy()
+        self.curve = [(0, self.first)]  # [step, held-out loss] of the last attempt
 
     def _copy(self) -> dict:
         return {n: p.detach().clone() for n, p in self.params.items()}
@@ -134,6 +135,9 @@ class _Checkpoints:
         self.step += 1
         if self.step % self.every == 0:
             cur = self.loss()
+            if self.step == self.every:  # an attempt's first check (a rerun at a lower lr too)
+                self.curve = [(0, self.first)]
+            self.curve.append((self.step, cur))
             if self.abort and self.step == self.every and cur > self.first:
                 raise _Diverged
             if cur < self.best:
@@ -146,7 +150,8 @@ class _Checkpoints:
 
     def stats(self) -> dict:
         return {"heldout_samples": len(self.feeds), "heldout_loss_before": round(self.first, 6),
-                "heldout_loss_after": round(self.best, 6), "kept_step": self.best_step}
+                "heldout_loss_after": round(self.best, 6), "kept_step": self.best_step,
+                "heldout_curve": [[s, round(x, 6)] for s, x in self.curve]}
 
 
 @register

@@ -28,6 +28,8 @@ __all__ = ["DistillResult", "distill", "normalised_mse"]
 
 logger = logging.getLogger(__name__)
 
+CURVE_POINTS = 50  # the training-loss curve of the report (report.html draws it)
+
 
 @dataclasses.dataclass
 class DistillResult:
@@ -41,9 +43,13 @@ class DistillResult:
     loss_after: float  # the same, after the last
     world_size: int = 1  # processes that trained (torchrun + DDP)
     loss: str = "normalised mse"  # what the steps minimised (loss_before/after: normalised MSE)
+    # [step, this step's batch loss] at ≤ CURVE_POINTS evenly spaced steps (rank 0's share)
+    loss_curve: list = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(self).items()}
+        return {k: (round(v, 6) if isinstance(v, float) else
+                    [[s, round(x, 6)] for s, x in v] if k == "loss_curve" else v)
+                for k, v in vars(self).items()}
 
 
 def normalised_mse(student: list[torch.Tensor], teacher: list[torch.Tensor], denom) -> torch.Tensor:
@@ -303,6 +309,7 @@ def distill(
 
     bar = tqdm(range(steps), desc="train", unit="step", disable=not progress or rank > 0,
                leave=False)
+    curve, every = [], max(steps // CURVE_POINTS, 1)
     for k in bar:
         if len(order) < batch:
             order += torch.randperm(len(feeds), generator=gen).tolist()
@@ -318,6 +325,8 @@ def distill(
                 after_step()
         if progress and k % 10 == 0:
             bar.set_postfix(loss=f"{step_loss.item():.4g}")
+        if (k + 1) % every == 0 or k + 1 == steps:  # one device sync per point
+            curve.append((k + 1, float(step_loss.item())))
     bar.close()
     res = DistillResult(
         steps,
@@ -330,6 +339,7 @@ def distill(
         _full_loss(fwd, targets, denom, batch),
         world,
         loss_fn.name,
+        curve,
     )
     logger.info("distill: %s", res.as_dict())
     return res
