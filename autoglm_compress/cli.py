@@ -144,7 +144,7 @@ def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
         if as_json:
             code = failed.exit_code if failed else 0
             lines = [f"error: {ln}" for ln in _lines(failed)] if failed else []
-            _print_json(res.report, res.report_path, code, lines)
+            _print_json(res.report, res.report_path, code, lines, res.bundle_path)
         if failed:
             raise failed
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM, before click turns it into Abort
@@ -156,14 +156,16 @@ def _lines(e: BaseException) -> list[str]:
     return [ln for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
 
 
-def _print_json(report, report_path, code: int, lines) -> None:
+def _print_json(report, report_path, code: int, lines, bundle=None) -> None:
     import json
 
     from autoglm_compress.report import json_summary
 
     global _SUMMARY_PRINTED
     _SUMMARY_PRINTED = True
-    click.echo(json.dumps(json_summary(report, report_path, code, lines), indent=2, default=str))
+    summary = json_summary(report, report_path, code, lines)
+    summary["bundle"] = None if bundle is None else str(bundle)  # --bundle, when written
+    click.echo(json.dumps(summary, indent=2, default=str))
 
 
 def _fail(code: int, lines: list[str], prefix: str = "error: ") -> int:

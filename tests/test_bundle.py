@@ -8,6 +8,7 @@ bundle)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -115,6 +116,16 @@ def test_verify_bundle_ok(int8_bundle, capsys):
     assert len(ok) == 3 and all("max rel err 0 " in ln for ln in ok)  # same machine: exact
 
 
+def test_missing_runtime_is_said_not_failed(int8_bundle, monkeypatch, capsys):
+    from autoglm_compress.bundle import runners
+
+    monkeypatch.setitem(runners.FORMAT_RUNTIME, "ncnn", ("no_such_ncnn_module", "ncnn"))
+    assert main(["verify-bundle", str(int8_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "digits_cnn.arm.int8.ncnn.param: checksums ok; not run (no_such_ncnn_module is not " \
+           "installed)" in out and out.count("\nok ") == 2
+
+
 def test_tampered_artifact_byte_is_exit_2(int8_bundle, tmp_path, capsys):
     files = _members(int8_bundle)
     name = "artifacts/digits_cnn.arm.int8.tflite"
@@ -192,6 +203,24 @@ def test_oversized_member_is_refused_from_its_header(int8_bundle, tmp_path, monk
     assert bad.stat().st_size < 64 << 10
     assert main(["verify-bundle", str(bad)]) == 2
     assert "a member of 2097152 bytes" in capsys.readouterr().err
+
+
+def test_metadata_header_bomb_and_duplicates_are_refused(int8_bundle, tmp_path, capsys):
+    """A pax header declaring 1 GiB (a few bytes of gzip) is refused at its header, before
+    tarfile would read it into memory; a member named twice is refused while extracting."""
+    ti = tarfile.TarInfo("././@PaxHeader")
+    ti.type, ti.size = tarfile.XHDTYPE, 1 << 30
+    bomb = tmp_path / "pax.tar.gz"
+    with gzip.open(bomb, "wb") as f:
+        f.write(ti.tobuf(format=tarfile.USTAR_FORMAT) + bytes(4096))
+    assert main(["verify-bundle", str(bomb)]) == 2
+    assert "a tar metadata header of 1073741824 bytes" in capsys.readouterr().err
+    files = _members(int8_bundle)
+    ti = tarfile.TarInfo("report.json")
+    ti.size = 2
+    dup = _repack(files, tmp_path / "dup.tar.gz", [(ti, b"{}")])
+    assert main(["verify-bundle", str(dup)]) == 2
+    assert "'report.json' appears twice" in capsys.readouterr().err
 
 
 def test_not_a_bundle_is_exit_2(tmp_path, capsys):
@@ -305,10 +334,12 @@ def test_preprocess_with_image_folder_is_refused(tmp_path, capsys):
 def test_failed_gate_writes_no_bundle(tmp_path, capsys):
     b = tmp_path / "b.tar.gz"
     code = main([str(DEMO), "--target", "x86", "-o", str(tmp_path / "o"), "--bundle", str(b),
-                 "--max-size", "100", *FAST])
-    err = capsys.readouterr().err
+                 "--max-size", "100", "--json", *FAST])
+    cap = capsys.readouterr()
     assert code == 3 and not b.exists()
-    assert f"--bundle {b}: not written (a gate failed" in err
+    assert f"--bundle {b}: not written (a gate failed" in cap.err
+    summary = json.loads(cap.out)
+    assert summary["bundle"] is None and any("not written" in e for e in summary["errors"])
     assert (tmp_path / "o" / "report.json").is_file()  # the run's own files are written
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.tar.gz")]
 

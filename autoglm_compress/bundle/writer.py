@@ -24,6 +24,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +55,14 @@ def _sha(p: Path) -> str:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Uncompressed npz (its members' sizes are the file's: verify-bundle bounds them)."""
+    """An uncompressed npz (its members' sizes are the file's: verify-bundle bounds them), one
+    ``NAME.npy`` per array — any tensor name, even one np.savez reserves (``file``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    path.write_bytes(buf.getvalue())
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for k, v in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(v), allow_pickle=False)
+            z.writestr(f"{k}.npy", buf.getvalue())
 
 
 def _io(entries) -> list[dict]:
