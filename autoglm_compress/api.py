@@ -19,6 +19,7 @@ from autoglm_compress.inputs import load_npz_feeds, parse_input_shape, random_fe
 from autoglm_compress.ir_utils import from_proto, to_proto
 from autoglm_compress.labels import check_eval_labels
 from autoglm_compress.output_set import OutputSet, relocate_strings
+from autoglm_compress.metrics import output_producers
 from autoglm_compress.pipeline import Pipeline, build_passes
 from autoglm_compress.stats import model_stats
 from autoglm_compress.targets.base import Artifact, VerifyContext
@@ -187,7 +188,7 @@ class _Run:
         self.batch = _feed_batch(self.feeds, outs)
         check_eval_labels(
             self.labels, outs, names, str(cfg.verify.eval_data), cfg.gates.max_drop is not None,
-            self.batch,
+            self.batch, output_producers(self.reference),
         )
         _check_reference(outs, names, cfg.gates.min_cosine)
 
@@ -273,7 +274,7 @@ class _Run:
         """Prepare → lower (precision) → validate → emit → verify, for one target; its files are
         written and verified in the run's staging folder (``_finish`` commits them)."""
         from autoglm_compress import lowering
-        from autoglm_compress.artifact_info import artifact_layers, layer_counts
+        from autoglm_compress.artifact_info import artifact_layers, layer_counts, name_sources
 
         lowered = _copy(self.model)
         ctx.target = tgt
@@ -293,7 +294,9 @@ class _Run:
         fell = [r.stats.get("fell_back", []) for r in low.records if r.name.startswith("quantize")]
         kept = [r.config.get("keep_fp32", []) for r in low.records if r.name.startswith("quantize")]
         d = art.as_dict()
-        d["io"] = tgt.describe_io(art, low.model)
+        d["io"] = name_sources(tgt.describe_io(art, low.model),
+                               [v.name for v in self.reference.graph.inputs], self.out_names,
+                               art.extra.get("blobs"))
         d["layers"] = artifact_layers(art, layer_counts(
             low.model, fell_back=[n for f in fell for n in f], kept=[n for k in kept for n in k]
         )) if self.precision == "int8" else None
@@ -348,7 +351,7 @@ class _Run:
         }
         g = cfg.gates
         gate = quality_gate(report["artifacts"], g.min_cosine, g.max_drop, g.max_size,
-                            g.max_latency_ratio, source.get("size_bytes"))
+                            g.max_latency_ratio, source.get("size_bytes"), g.min_cosine_of)
         report["gates"] = gate.pop("gates") if gate else []  # every budget, per artifact
         lines = gate.pop("lines") if gate else []
         report["quality_gate"] = gate

@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from autoglm_compress.ir_utils import dtype_name
 
-__all__ = ["run_info", "source_info", "artifact_io", "layer_counts", "dtype_name"]
+__all__ = ["run_info", "source_info", "artifact_io", "layer_counts", "dtype_name", "name_sources"]
 
 _RUNTIMES = ("onnx", "onnxruntime", "torch", "onnx-ir", "numpy", "onnxscript")
 
@@ -82,6 +82,21 @@ def artifact_io(model: ir.Model) -> dict:
         "inputs": [one(v, True) for v in model.graph.inputs],
         "outputs": [one(v, False) for v in model.graph.outputs],
     }
+
+
+def name_sources(io: dict, inputs: list[str], outputs: list[str],
+                 blobs: dict | None = None) -> dict:
+    """``io`` (:func:`artifact_io` or a target's own reading of its file) with each tensor's name
+    as the artifact holds it and, where that differs from the source model's (``inputs`` /
+    ``outputs``, graph order), ``source_name``. ``blobs``: ``{"inputs"|"outputs": {source name:
+    artifact name}}`` for a format that renames (ncnn blob names keep only ``[A-Za-z0-9_.:/-]``)."""
+    for role, names in (("inputs", inputs), ("outputs", outputs)):
+        renamed = (blobs or {}).get(role) or {}
+        for entry, source in zip(io.get(role) or [], names):
+            entry["name"] = renamed.get(entry["name"], entry["name"])
+            if entry["name"] != source:
+                entry["source_name"] = source
+    return io
 
 
 def layer_counts(model: ir.Model, fell_back=(), kept=()) -> dict:

@@ -349,7 +349,12 @@ class GateConfig:
 
     min_cosine: float | None = field(
         None, "Fail when an artifact's cosine vs FP32 is lower (INT8: fall back layers to FP32 to "
-        "reach it).", min=-1.0, max=1.0,
+        "reach it); which cosine: --min-cosine-of.", min=-1.0, max=1.0,
+    )
+    min_cosine_of: str = field(
+        "min", "What --min-cosine compares: min (the worst verification sample's cosine, of the "
+        "worst output) or mean (the worst output's mean over the samples).",
+        choices=("min", "mean"),
     )
     max_drop: float | None = field(
         None, "Fail when accuracy on the --eval labels drops by more than this (e.g. 0.01).",

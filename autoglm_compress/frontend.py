@@ -157,7 +157,8 @@ def load(
     model = _finish(proto, simplify, path)
     fold_control_flow(model, str(path))  # constant If inlined; data-dependent If/Loop refused
     _lift_constants(model)
-    _name_outputs(model)
+    if fmt != "onnx":  # an ONNX file's output names are the user's: every artifact keeps them
+        _name_outputs(model)
     model.metadata_props["autoglm.source_format"] = fmt
     model.metadata_props["autoglm.source_path"] = str(path)
     return model
@@ -199,7 +200,8 @@ def upgrade_opset(model: ir.Model, opset: int) -> ir.Model:
 
 
 def _name_outputs(model: ir.Model) -> None:
-    """The TorchScript exporter names outputs by number ("5"); give them readable names."""
+    """A torch model's outputs have no names: the TorchScript exporter numbers them ("5"); give
+    them readable ones. Not for an ONNX file, whose names ("463" too) are what its users read."""
     outs = model.graph.outputs
     for i, v in enumerate(outs):
         if v.name and v.name.isdigit():

@@ -1,4 +1,5 @@
-"""Quality gates and budgets for CI: ``--min-cosine`` (flagged outputs fail it), ``--max-drop``,
+"""Quality gates and budgets for CI: ``--min-cosine`` (the worst verification sample's cosine, or
+with ``--min-cosine-of mean`` the mean over samples; flagged outputs fail it), ``--max-drop``,
 ``--max-size`` and ``--max-latency-ratio``, each checked per artifact.
 
 Every budget given is one entry per artifact in the report's ``gates`` (name, value, limit,
@@ -87,15 +88,18 @@ def _fmt_bytes(n: float) -> str:
 class Budgets:
     """The budgets of a run (``GateConfig`` fields), with ``--max-size`` parsed."""
 
-    def __init__(self, min_cosine=None, max_drop=None, max_size=None, max_latency_ratio=None):
+    def __init__(self, min_cosine=None, max_drop=None, max_size=None, max_latency_ratio=None,
+                 min_cosine_of="min"):
         self.min_cosine, self.max_drop = min_cosine, max_drop
+        self.min_cosine_of = min_cosine_of
         self.max_size_text = max_size
         self.max_size = parse_size(max_size) if max_size is not None else None
         self.max_latency_ratio = max_latency_ratio
 
     @classmethod
     def of(cls, gates) -> Budgets:
-        return cls(gates.min_cosine, gates.max_drop, gates.max_size, gates.max_latency_ratio)
+        return cls(gates.min_cosine, gates.max_drop, gates.max_size, gates.max_latency_ratio,
+                   gates.min_cosine_of)
 
     def given(self) -> bool:
         return any(v is not None for v in (self.min_cosine, self.max_drop, self.max_size,
@@ -121,19 +125,38 @@ def _entry(name, artifact, value, limit, passed, line, **more) -> dict:
     return e
 
 
-def _cosine(v, b: Budgets) -> list[dict]:
-    from autoglm_compress.metrics import flag_messages
+_OF_TEXT = {"min": "the worst verification sample's cosine vs FP32, worst output",
+            "mean": "the mean over verification samples of the cosine vs FP32, worst output"}
 
-    cos = v["fidelity"].get("cosine_min", float("nan"))
-    flagged = flag_messages(v["fidelity"], v["name"])
+
+def _cosine(v, b: Budgets) -> list[dict]:
+    from autoglm_compress.metrics import flag_messages, gated_cosine
+
+    fid, of = v["fidelity"], b.min_cosine_of
+    cos = gated_cosine(fid, of)
+    flagged = flag_messages(fid, v["name"])
     ok = math.isfinite(cos) and cos >= b.min_cosine and not flagged
-    why = []
+    why, more = [], {}
+    worst = fid.get("worst") or {}
+    if of == "mean":
+        outs = fid.get("outputs") or {}
+        more["output"] = min(outs, key=lambda n: outs[n].get("cosine_mean", math.inf),
+                             default=None)
+    else:
+        more.update(output=worst.get("output"), sample=worst.get("sample"))
     if not (math.isfinite(cos) and cos >= b.min_cosine):
-        why.append(f"{v['name']} cosine {below(cos, b.min_cosine)} < --min-cosine {b.min_cosine}")
+        where = ""
+        if of == "mean" and more["output"] is not None:
+            where = f" (the mean over samples, output {more['output']!r})"
+        elif more.get("sample") is not None:
+            where = (f" (the worst sample: output {more['output']!r}, sample {more['sample']}; "
+                     f"mean over samples {fid.get('cosine_mean', float('nan')):.5f})")
+        why.append(f"{v['name']} cosine {below(cos, b.min_cosine)} < --min-cosine "
+                   f"{b.min_cosine}{where}")
     why += [f"{m} fails --min-cosine" for m in flagged]
     value = cos if math.isfinite(cos) else None
     return [_entry("min_cosine", v["name"], value, b.min_cosine, ok, "; ".join(why),
-                   measure="worst cosine vs FP32 over outputs and samples")]
+                   statistic=of, measure=_OF_TEXT[of], **more)]
 
 
 def _drop(v, b: Budgets) -> list[dict]:
@@ -238,7 +261,7 @@ def failure_lines(entries: list[dict]) -> list[str]:
 
 def quality_gate(artifacts, min_cosine: float | None, max_drop: float | None,
                  max_size: str | None = None, max_latency_ratio: float | None = None,
-                 source_bytes: int | None = None) -> dict | None:
+                 source_bytes: int | None = None, min_cosine_of: str = "min") -> dict | None:
     """The report's ``quality_gate`` record (None when no budget is set): the limits, ``gates``
     (:func:`evaluate`), ``lines`` (one per failure), ``passed`` and a one-line ``message``.
     Flagged outputs are warned whether or not a gate is set."""
@@ -248,14 +271,17 @@ def quality_gate(artifacts, min_cosine: float | None, max_drop: float | None,
     for v in views:
         for m in flag_messages(v["fidelity"], v["name"]):
             logger.warning("verification: %s", m)
-    budgets = Budgets(min_cosine, max_drop, max_size, max_latency_ratio)
+    budgets = Budgets(min_cosine, max_drop, max_size, max_latency_ratio, min_cosine_of)
     if not budgets.given():
         return None
     entries = evaluate(artifacts, budgets, source_bytes)
     gate = {"min_cosine": min_cosine, "max_drop": max_drop, "max_size": max_size,
             "max_latency_ratio": max_latency_ratio}
     if min_cosine is not None:
-        gate["worst_cosine"] = min(v["fidelity"].get("cosine_min", float("nan")) for v in views)
+        from autoglm_compress.metrics import gated_cosine
+
+        gate["min_cosine_of"] = min_cosine_of
+        gate["worst_cosine"] = min(gated_cosine(v["fidelity"], min_cosine_of) for v in views)
     if max_drop is not None:
         drops = {e["artifact"]: e["value"] for e in entries
                  if e["name"] == "max_drop" and e["value"] is not None}

@@ -85,6 +85,7 @@ class Int8Plan:
     ctx: object
     int8: Int8Config
     min_cosine: float | None = None
+    min_cosine_of: str = "min"  # the per-sample statistic --min-cosine gates (the fallback's aim)
     qat: object = None  # config.QATOptions (the after phase)
     calib_samples: int = 128
     keep: list[str] = dataclasses.field(default_factory=list)  # layers fallen back to FP32
@@ -111,13 +112,18 @@ class Int8Plan:
             self.q, first = self.quantize()
             self.stats = {**first, **self.stats}
 
-    def cosine(self, model: ir.Model) -> float:
+    def cosine(self, model: ir.Model, of: str = "pooled") -> float:
         """Output cosine of ``model`` vs FP32 on the held-out calibration samples, in the QDQ
-        maths as written unless this host's kernels are the target's."""
+        maths as written unless this host's kernels are the target's; ``of``: pooled over the
+        samples, or their ``min`` / ``mean``."""
         if self._cosine is None:
             self._cosine = holdout_cosine(self.model, self.holdout,
                                           simulate=not self.target.int8_runs_here)
-        return self._cosine(model)
+        return self._cosine(model, of)
+
+    def gate_cosine(self, model: ir.Model) -> float:
+        """The statistic ``--min-cosine`` gates (``min_cosine_of``), on the held-out samples."""
+        return self.cosine(model, self.min_cosine_of)
 
 
 class Strategy(abc.ABC):
@@ -201,7 +207,8 @@ def _weight_error_share(plan: Int8Plan, cos_int8: float) -> float | None:
 class CosineFallback(Strategy):
     """``--min-cosine``: layers ranked by isolated sensitivity on held-out calibration samples
     (never the eval data) go back to FP32 worst-first until the target is met; then each fallen
-    layer but the last is re-tried in int8 and stays there if the target still holds."""
+    layer but the last is re-tried in int8 and stays there if the target still holds. The target
+    is the statistic the gate reads (``--min-cosine-of``: the worst sample, or the mean)."""
 
     name = "fallback"
 
@@ -213,18 +220,18 @@ class CosineFallback(Strategy):
         int8_nodes = set(int8_split(plan.q).int8)  # float islands have nothing to fall back
         candidates = [n.name for n in plan.model.graph if n.name in int8_nodes
                       and n.op_type in target.scheme().input_ops]
-        cos = plan.cosine(plan.q)
+        cos = plan.gate_cosine(plan.q)
         if cos < floor:
             # trial quantizations skip the per-pass IR check (the kept result is checked once
             # below): on EfficientNet-Lite1 the checks were 17 % of a fallback search's time
             ranking = isolated_sensitivity(
-                plan.model, lambda k: plan.quantize(k, check_ir=False)[0], plan.cosine,
+                plan.model, lambda k: plan.quantize(k, check_ir=False)[0], plan.gate_cosine,
                 candidates)
             q, stats, fallen = plan.q, plan.stats, []
             for name, _ in ranking:
                 fallen.append(name)
                 q, stats = plan.quantize(fallen, check_ir=False)
-                cos = plan.cosine(q)
+                cos = plan.gate_cosine(q)
                 logger.info("fallback %s to fp32: cosine %.5f", name, cos)
                 if cos >= floor:
                     break
@@ -233,7 +240,7 @@ class CosineFallback(Strategy):
                 for name in fallen[-2::-1][:MINIMISE_TRIES]:
                     trial = [f for f in fallen if f != name]
                     q2, st2 = plan.quantize(trial, check_ir=False)
-                    c2 = plan.cosine(q2)
+                    c2 = plan.gate_cosine(q2)
                     if c2 >= floor:
                         fallen, q, stats, cos = trial, q2, st2, c2
                         back.append(name)
@@ -241,7 +248,8 @@ class CosineFallback(Strategy):
                                  if "reconstruct" in plan.stats else {})}
             isolated = dict(ranking)
             stats["fallback"] = {
-                "target": floor, "reached": round(cos, 6), "returned_to_int8": back,
+                "target": floor, "of": plan.min_cosine_of, "reached": round(cos, 6),
+                "returned_to_int8": back,
                 "ranking": [{"node": n, "isolated_cosine": round(c, 6)} for n, c in ranking[:12]],
             }
             for layer in stats.get("layers", []):

@@ -88,16 +88,18 @@ def check_eval_labels(
     origin: str,
     need_accuracy: bool = False,
     batch: int = 1,
+    producers: dict[str, str] | None = None,
 ) -> str | None:
     """After the reference run, before any work: the output labels are scored on, checked.
 
-    Returns that output's name (the first class-score output), or None. ConfigError when
+    Returns that output's name (the first class-score output, as :func:`metrics.output_kinds`
+    decides with ``producers``), or None. ConfigError when
     ``need_accuracy`` (``--max-drop``) and there are no labels or no class-score output;
     CalibrationError when a label index is out of that output's class range.
     """
     from autoglm_compress.metrics import class_outputs
 
-    classes = class_outputs(reference_outputs, names, batch)
+    classes = class_outputs(reference_outputs, names, batch, producers)
     if need_accuracy and labels is None:
         raise ConfigError(
             "--max-drop needs labelled eval data: --eval DATA.npz with a 'labels' array"
@@ -110,7 +112,7 @@ def check_eval_labels(
         )
         msg = (
             f"{origin}: labels given but no output holds class scores ((C,) or (1, C) per "
-            f"sample; outputs: {shapes})"
+            f"sample, not an embedding; outputs: {shapes})"
         )
         if need_accuracy:
             raise ConfigError(msg + "; --max-drop cannot be measured, drop it")

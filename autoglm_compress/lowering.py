@@ -189,7 +189,8 @@ def lower_for_target(
 def _lower_int8(model: ir.Model, target, ctx, cfg: CompressConfig) -> Lowered:
     """The target's INT8 strategies: the quantize phase (one record), then the after phase
     (QAT, the latency guard, …) on the same plan."""
-    plan = Int8Plan(model, target, ctx, cfg.int8, cfg.gates.min_cosine, qat=cfg.qat,
+    plan = Int8Plan(model, target, ctx, cfg.int8, cfg.gates.min_cosine,
+                    min_cosine_of=cfg.gates.min_cosine_of, qat=cfg.qat,
                     calib_samples=cfg.calibration.samples)
     q, rec = _quantize(plan)
     plan.stats = rec.stats  # after-phase strategies add to the quantize record

@@ -14,7 +14,7 @@ from autoglm_compress.metrics import accuracy_output, flag_messages
 __all__ = ["REPORT_SCHEMA_VERSION", "json_summary", "schema", "summary_table", "validate_report",
            "write_report"]
 
-REPORT_SCHEMA_VERSION = "2.1"
+REPORT_SCHEMA_VERSION = "2.2"
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 
 
@@ -39,8 +39,8 @@ def _fmt_size(n: int) -> str:
 
 def summary_table(report: dict) -> str:
     src = (report.get("model") or {}).get("size_bytes") or 0
-    rows = [("artifact", "size", "vs source", "cosine", "max|err|", "top-1", "acc", "latency",
-             "vs fp32")]
+    rows = [("artifact", "size", "vs source", "cos min@sample", "cos mean", "max|err|", "top-1|NN",
+             "acc", "latency", "vs fp32")]
     flagged: list[str] = []
     footnotes: list[str] = []
     for a in report["artifacts"]:
@@ -52,18 +52,23 @@ def summary_table(report: dict) -> str:
         acc = cls.get("accuracy")
         acc_s = "-" if acc is None else f"{acc:.3f} ({cls['accuracy_ref']:.3f})"
         top1 = cls.get("top1_agreement")
+        nn = next((m["nn_agreement"] for m in outs if "nn_agreement" in m), None)
+        agree = "-" if top1 is None else f"{top1:.3f}"
+        if top1 is None and nn is not None:
+            agree = f"{nn:.3f} NN"
         max_err = max((m.get("max_abs_err", float("nan")) for m in outs), default=float("nan"))
         name = Path(a["path"]).name
         flagged += flag_messages(fid, name)
-        footnotes += _footnotes(a, name)
+        footnotes += _footnotes(a, name) + _hidden_sample_warning(fid, name)
         rows.append(
             (
                 Path(a["path"]).name + (" (+.bin)" if len(a.get("files") or {}) > 1 else ""),
                 _fmt_size(a["size_bytes"]),
                 f"{a['size_bytes'] / src:.2f}×" if src else "-",
-                f"{fid.get('cosine_min', float('nan')):.5f}",
+                _cos_at(fid),
+                f"{fid.get('cosine_mean', float('nan')):.5f}",
                 f"{max_err:.3g}",
-                "-" if top1 is None else f"{top1:.3f}",
+                agree,
                 acc_s,
                 f"{ms:.3f} ms",
                 _speed(1.0 / ratio if ratio > 0 else float("nan")),
@@ -91,6 +96,31 @@ def summary_table(report: dict) -> str:
     return head + "\n" + "\n".join(lines)
 
 
+HIDDEN_MIN, HIDDEN_MEAN = 0.9, 0.99  # a sample this far off while the mean looks this good
+
+
+def _cos_at(fid: dict) -> str:
+    """The worst sample's cosine and where: ``0.61234 @7`` (``@7 out_b`` with several outputs)."""
+    cos, worst = fid.get("cosine_min", float("nan")), fid.get("worst") or {}
+    if worst.get("sample") is None:
+        return f"{cos:.5f}"
+    many = len(fid.get("outputs") or {}) > 1
+    return f"{cos:.5f} @{worst['sample']}" + (f" {worst['output']}" if many else "")
+
+
+def _hidden_sample_warning(fid: dict, name: str) -> list[str]:
+    """A WARNING when one verification sample is far from FP32 (min < 0.9) while the mean over
+    samples still reads fine (≥ 0.99): a pooled or mean figure alone would hide it."""
+    out = []
+    for oname, m in (fid.get("outputs") or {}).items():
+        lo, mean = m.get("cosine_min"), m.get("cosine_mean")
+        if lo is not None and mean is not None and lo < HIDDEN_MIN and mean >= HIDDEN_MEAN:
+            out.append(f"WARNING: {name}: output {oname!r} sample {m.get('cosine_min_sample')} has "
+                       f"cosine {lo:.4f} vs FP32 while the mean over samples is {mean:.4f}: one "
+                       "input is far from FP32 (the mean hides it)")
+    return out
+
+
 def _ratio(num, den, digits: int = 4):
     ok = isinstance(num, (int, float)) and isinstance(den, (int, float)) and den > 0
     return round(num / den, digits) if ok and math.isfinite(num / den) else None
@@ -106,6 +136,8 @@ def _artifact_summary(a: dict, source_bytes) -> dict:
         "precision": a["precision"], "runtime": a.get("runtime"), "sha256": a.get("sha256"),
         "size_bytes": a["size_bytes"], "size_ratio_vs_source": _ratio(a["size_bytes"], source_bytes),
         "cosine_min": fid.get("cosine_min"),
+        "cosine_min_at": fid.get("worst"),
+        "cosine_mean": fid.get("cosine_mean"),
         "accuracy": scored[1]["accuracy"] if scored else None,
         "accuracy_fp32": scored[1]["accuracy_ref"] if scored else None,
         "latency_ratio_vs_fp32": round(ratio, 4) if math.isfinite(ratio) else None,

@@ -165,6 +165,25 @@ def test_altered_stored_output_is_exit_3(int8_bundle, tmp_path, capsys):
     assert len(err) == 1 and a["name"] in err[0] and "sample 1" in err[0]
 
 
+def test_consistent_bundle_with_a_broken_artifact_is_exit_3(int8_bundle, tmp_path, capsys):
+    """Checksums rewritten to match a .tflite that is not one: the runtime refuses it → exit 3
+    (the bundle is intact as stated, the artifact does not compute its outputs)."""
+    files = _members(int8_bundle)
+    m = json.loads(files["manifest.json"])
+    a = next(a for a in m["artifacts"] if a["format"] == "tflite")
+    rel = a["files"]["model"]["path"]
+    files[rel] = b"not a flatbuffer" * 8
+    sha = _sha(files[rel])
+    m["files"][rel] = {"sha256": sha, "size_bytes": len(files[rel])}
+    a["files"]["model"].update(sha256=sha, size_bytes=len(files[rel]))
+    a["sha256"] = sha
+    files["manifest.json"] = json.dumps(m).encode()
+    assert main(["verify-bundle", str(_repack(files, tmp_path / "broken.tar.gz"))]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "digits_cnn.arm.int8.tflite: LiteRT" in err[0]
+    assert "cannot load it" in err[0]
+
+
 def _hostile(tmp_path: Path, int8_bundle: Path, ti: tarfile.TarInfo, data: bytes | None):
     return _repack(_members(int8_bundle), tmp_path / "hostile.tar.gz", [(ti, data)])
 

@@ -39,7 +39,7 @@ def test_zero_reference_is_flagged_not_a_perfect_match():
     zeros = [np.zeros((1, 10), np.float32) for _ in range(4)]
     fid = _fid([zeros], [zeros], ["logits"], labels=np.array([1, 2, 3, 4]))
     m = fid["outputs"]["logits"]
-    assert m["cosine"] == 0.0 and fid["cosine_min"] == 0.0
+    assert m["cosine_pooled"] == 0.0 and fid["cosine_min"] == 0.0
     assert m["flags"] == ["zero", "reference_zero"]
     assert "top1_agreement" not in m and "accuracy" not in m
     assert fid["flagged"] == {"logits": ["zero", "reference_zero"]}
@@ -54,9 +54,9 @@ def test_constant_reference_and_bad_artifacts_are_flagged():
     zero = [np.zeros_like(s) for s in ok]
     fid = _fid([const, ok, ok, ok], [const, nan, zero, const], ["a", "b", "c", "d"])
     out = fid["outputs"]
-    assert out["a"]["flags"] == ["constant", "reference_constant"] and out["a"]["cosine"] == 1.0
-    assert out["b"]["flags"] == ["non_finite"] and out["b"]["cosine"] == 0.0
-    assert out["c"]["flags"] == ["zero"] and out["c"]["cosine"] == 0.0
+    assert out["a"]["flags"] == ["constant", "reference_constant"] and out["a"]["cosine_pooled"] == 1.0
+    assert out["b"]["flags"] == ["non_finite"] and out["b"]["cosine_pooled"] == 0.0
+    assert out["c"]["flags"] == ["zero"] and out["c"]["cosine_pooled"] == 0.0
     assert out["d"]["flags"] == ["constant"]
     assert out["b"]["finite"] is False and out["c"]["finite"] is True
     msgs = flag_messages(fid, "m.onnx")
@@ -72,7 +72,7 @@ def test_clean_outputs_have_no_flags_and_exact_errors():
     assert m["flags"] == [] and fid["flagged"] == {} and "warnings" not in m
     assert m["max_abs_err"] == pytest.approx(0.01, abs=1e-6)
     assert m["mean_abs_err"] == pytest.approx(0.01, abs=1e-6)
-    assert 0.999 < m["cosine"] < 1.0
+    assert 0.999 < m["cosine_pooled"] < 1.0 and 0.999 < m["cosine_min"] <= m["cosine_mean"] < 1.0
 
 
 def test_same_output_for_every_sample_is_a_warning_only():
@@ -80,7 +80,7 @@ def test_same_output_for_every_sample_is_a_warning_only():
     fid = _fid([anchors], [anchors], ["anchors"])
     m = fid["outputs"]["anchors"]
     assert m["flags"] == [] and m["warnings"] == ["reference_same_for_all_samples"]
-    assert m["cosine"] == pytest.approx(1.0, abs=1e-12)
+    assert m["cosine_pooled"] == pytest.approx(1.0, abs=1e-12) == m["cosine_min"]
 
 
 @pytest.mark.parametrize(

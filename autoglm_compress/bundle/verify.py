@@ -140,7 +140,11 @@ def _check_artifact(root: Path, a: dict, feeds, fp32, names, label: str) -> tupl
 
     if not a.get("reference_outputs"):
         return f"{a['name']}: not run ({a.get('not_run') or 'no stored outputs'})", True
-    run, why = make_runner(root, a)
+    try:
+        run, why = make_runner(root, a)
+    except Exception as e:  # noqa: BLE001 - a runtime refusing the file: one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"{a['name']}: {a['runtime'] or a['format']} cannot load it: {first}", False
     if run is None:
         return f"{a['name']}: checksums ok; not run ({why})", True
     tol = a["tolerance"]["max_rel_err"]

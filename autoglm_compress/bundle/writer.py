@@ -128,16 +128,14 @@ def _artifact_entry(d: dict, art, staging: Path, feeds, output_names) -> dict:
         "reference_outputs": None, "not_run": None,
     }
     blobs = (d.get("extra") or {}).get("blobs")
-    if fmt == "ncnn":
-        entry["ncnn"] = {"blobs": blobs, "output_shapes": {}}
+    if fmt == "ncnn":  # blob names; the runner reshapes each output to the reference's shape
+        shapes = {n: list(np.shape(o)) for n, o in zip(output_names, feeds["reference"][0])}
+        entry["ncnn"] = {"blobs": blobs or {"inputs": {}, "outputs": {}},
+                         "output_shapes": shapes}
     run, why = make_runner(staging, entry) if fmt != "ncnn" or blobs else (None, "no blob map")
     if run is None:
         entry["not_run"] = why
         return entry
-    if fmt == "ncnn":  # the ncnn runner reshapes each output to the FP32 reference's shape
-        entry["ncnn"]["output_shapes"] = {n: list(np.shape(o)) for n, o in
-                                          zip(output_names, feeds["reference"][0])}
-        run, _ = make_runner(staging, entry)
     paths = []
     for i, feed in enumerate(feeds["inputs"]):
         got = run(feed)

@@ -106,19 +106,23 @@ def isolated_sensitivity(
     return sorted(scores, key=lambda s: s[1])
 
 
-def holdout_cosine(fp32: ir.Model, feeds, simulate: bool = False):
-    """``cosine(model)``: worst output cosine of ``model`` vs ``fp32`` on ``feeds`` in onnxruntime
-    (the FP32 outputs computed once); ``simulate``: the QDQ graph as written, not this CPU's int8
-    kernels (for a target whose runtime is not this host's onnxruntime)."""
+def holdout_cosine(fp32: ir.Model, feeds, simulate: bool = False, of: str = "pooled"):
+    """``cosine(model)``: the worst output's cosine of ``model`` vs ``fp32`` on ``feeds`` in
+    onnxruntime (the FP32 outputs computed once); ``of``: ``pooled`` (all samples flattened
+    together), ``min`` (the worst sample) or ``mean`` (over samples), as :func:`metrics.fidelity`
+    measures them; ``simulate``: the QDQ graph as written, not this CPU's int8 kernels (for a
+    target whose runtime is not this host's onnxruntime). ``cosine(model, of=...)`` asks for
+    another statistic of the same run."""
     from autoglm_compress.ir_utils import ort_run, ort_session
     from autoglm_compress.metrics import fidelity
 
     ref_sess = ort_session(fp32)
     ref = [ort_run(ref_sess, f) for f in feeds]
     names = [v.name for v in fp32.graph.outputs]
+    default = of
 
-    def cosine(model: ir.Model) -> float:
+    def cosine(model: ir.Model, of: str = default) -> float:
         sess = ort_session(model, simulate=simulate)
-        return fidelity(ref, [ort_run(sess, f) for f in feeds], names)["cosine_min"]
+        return fidelity(ref, [ort_run(sess, f) for f in feeds], names)[f"cosine_{of}"]
 
     return cosine

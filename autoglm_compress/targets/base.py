@@ -147,7 +147,7 @@ def verify_in_runtime(
     onnxruntime and the artifact side by side. Fills ``artifact.fidelity`` / ``.latency``;
     returns the runner. A runtime that cannot load or run the artifact is one line."""
     from autoglm_compress.ir_utils import ort_run
-    from autoglm_compress.metrics import compare_latency, fidelity
+    from autoglm_compress.metrics import compare_latency, fidelity, output_producers
 
     try:
         run = make_runner()
@@ -158,7 +158,8 @@ def verify_in_runtime(
             f"{artifact.path}: {artifact.runtime or artifact.target} cannot run the artifact: {first}"
         ) from None
     artifact.fidelity = fidelity(
-        ctx.reference_outputs, got, ctx.output_names, ctx.labels, ctx.batch
+        ctx.reference_outputs, got, ctx.output_names, ctx.labels, ctx.batch,
+        output_producers(ctx.reference_model),
     )
     ref_sess, feed = ctx.reference_session(), ctx.feeds[0]
     key = latency_key(artifact.precision)

@@ -182,7 +182,8 @@ def _check_fidelity(fid: dict, spec: Spec, cos_min: float, where: str) -> None:
     assert fid["samples"] >= 8, f"{where}: only {fid['samples']} samples verified"
     assert not fid.get("flagged"), f"{where}: degenerate outputs flagged {fid.get('flagged')}"
     for oname, m in outs:
-        assert m["cosine"] >= cos_min, f"{where}: output {oname!r} cosine {m['cosine']} < {cos_min}"
+        assert m["cosine_pooled"] >= cos_min, (
+            f"{where}: output {oname!r} pooled cosine {m['cosine_pooled']} < {cos_min}")
     for k in spec.no_top1:
         assert "top1_agreement" not in outs[k][1], (
             f"{where}: top-1 on non-class output {outs[k][0]}"

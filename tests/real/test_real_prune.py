@@ -29,7 +29,7 @@ def _pass(rep: dict, name: str) -> dict:
 
 
 def _cosines(rep: dict) -> dict[str, float]:
-    return {k: v["cosine"] for k, v in rep["artifacts"][0]["fidelity"]["outputs"].items()}
+    return {k: v["cosine_pooled"] for k, v in rep["artifacts"][0]["fidelity"]["outputs"].items()}
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from autoglm_compress.errors import ConfigError
 from autoglm_compress.ir_utils import write_bytes_atomic
-from autoglm_compress.metrics import fidelity
+from autoglm_compress.metrics import fidelity, merge_worst
 from autoglm_compress.targets.base import (
     Artifact,
     Target,
@@ -183,12 +183,11 @@ class TFLiteTarget(Target):
         got = [ref(f) for f in ctx.feeds]
         fid = fidelity(ctx.reference_outputs, got, ctx.output_names, ctx.labels, ctx.batch)
         artifact.extra["reference_kernels"] = {"cosine_min": fid["cosine_min"]}
-        worst = min(artifact.fidelity["cosine_min"], fid["cosine_min"])
         if fid["cosine_min"] < artifact.fidelity["cosine_min"] - 1e-3:
             artifact.notes.append(
                 f"LiteRT reference kernels disagree with XNNPACK (cosine {fid['cosine_min']:.5f})"
             )
-        artifact.fidelity["cosine_min"] = worst  # the gate sees the worse of both kernels
+        merge_worst(artifact.fidelity, fid, "LiteRT reference kernels")  # the gate sees both
         artifact.latency["litert"] = self._litert_side_by_side(artifact, ctx)
         qdq = ctx.lowered_model
         if artifact.precision == "int8" and qdq is not None and "tflite_ops" in artifact.extra:
