@@ -24,6 +24,23 @@ def _layernorm_mean_used() -> ir.Node:
     return next(n for n in m.graph if n.name == "n")
 
 
+def _rnn(op, x=(5, 1, 3), const_w=True, sequence_lens: int | None = -1, **attrs) -> ir.Node:
+    """An LSTM/GRU node (hidden 4, input 3) over ``x``; ``sequence_lens`` a constant (batch 1),
+    None: a graph input, -1: absent."""
+    dirs = 2 if attrs.get("direction") == "bidirectional" else 1
+    g = 4 if op == "LSTM" else 3
+    c = {"r": _f(dirs, g * 4, 4), "b": _f(dirs, 2 * g * 4)}
+    shapes = {"x": list(x), "w": [dirs, g * 4, 3], "l": [1]}
+    if const_w:
+        c["w"] = _f(dirs, g * 4, 3)
+    ins = ["x", "w", "r", "b"]
+    if sequence_lens != -1:
+        ins.append("l")
+        if sequence_lens is not None:
+            c["l"] = np.asarray([sequence_lens], np.int32)
+    return one(op, ins, c=c, shapes=shapes, hidden_size=4, **attrs)
+
+
 SPLIT_SHAPES = {"y": [1, 3, 4, 8], "z": [1, 3, 4, 8]}
 # op → (a node its rule accepts, [(a node it refuses, the refusal)]), one entry per rule with a check
 CASES = {
@@ -110,6 +127,23 @@ CASES = {
                      shapes={"v": []}), "Pad with a non-constant value"),
         (lambda: one("Pad", ["x", "p", "", "a"], c={"p": _i(1, 1), "a": _i(3)}),
          "Pad with axes")]),
+    "LSTM": (lambda: _rnn("LSTM", sequence_lens=5), [
+        (lambda: _rnn("LSTM", x=["T", 1, 3]),
+         "LSTM with an unknown sequence length or input size (give --input-shape)"),
+        (lambda: _rnn("LSTM", const_w=False), "LSTM with non-constant weights or biases"),
+        (lambda: _rnn("LSTM", activations=["Relu", "Tanh", "Tanh"]),
+         "LSTM with activations other than Sigmoid/Tanh/Tanh"),
+        (lambda: _rnn("LSTM", clip=1.0),
+         "LSTM with clip (TFLite clips the cell state, not the gate inputs)"),
+        (lambda: _rnn("LSTM", input_forget=1),
+         "LSTM with input_forget (coupled input and forget gates)"),
+        (lambda: _rnn("LSTM", sequence_lens=3),
+         "LSTM with sequence_lens other than the full sequence length (TFLite's kernels run "
+         "every step of every batch item)")]),
+    "GRU": (lambda: _rnn("GRU", linear_before_reset=1, direction="bidirectional"), [
+        (lambda: _rnn("GRU", sequence_lens=None),
+         "GRU with sequence_lens other than the full sequence length (TFLite's kernels run "
+         "every step of every batch item)")]),
 }
 
 

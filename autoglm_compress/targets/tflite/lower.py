@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+import autoglm_compress.targets.tflite.rules_rnn  # noqa: F401 (registers its rules)
 import autoglm_compress.targets.tflite.rules_seq  # noqa: F401 (registers its rules)
 from autoglm_compress.errors import UnsupportedOpError
 from autoglm_compress.ir_ops import const_array
@@ -30,7 +31,7 @@ __all__ = ["lower_to_tflite", "unsupported_reason", "OPS", "RULES"]
 logger = logging.getLogger(__name__)
 
 _TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
-OPS = RULES.ops()  # the ops with a lowering rule (rules.py, rules_seq.py)
+OPS = RULES.ops()  # the ops with a lowering rule (rules.py, rules_seq.py, rules_rnn.py)
 
 
 def unsupported_reason(node: ir.Node) -> str | None:

@@ -21,6 +21,7 @@ from autoglm_compress.quantization.qdq import int32_bias
 from autoglm_compress.quantization.qdq_read import read_qparams
 from autoglm_compress.targets.ir_reads import dims, wconst
 from autoglm_compress.targets.tflite.lower import _Lowerer
+from autoglm_compress.targets.tflite.rules_rnn import FLOAT_REASONS
 
 __all__ = ["lower_qdq_to_tflite", "INT8_OPS"]
 
@@ -242,7 +243,7 @@ class _Int8Lowerer(_Lowerer):
         """Why ``n`` runs float in the .tflite (None: it runs int8)."""
         op = n.op_type
         if op not in INT8_OPS:
-            return f"{op} has no int8 TFLite lowering here"
+            return FLOAT_REASONS.get(op, f"{op} has no int8 TFLite lowering here")
         if op == "HardSigmoid" and n.attributes.get_float("alpha", 0.2) <= 0:
             return "HardSigmoid with α ≤ 0 (the int8 form scales x by α)"
         if not self._int8_weights(n):
