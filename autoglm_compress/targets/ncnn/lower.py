@@ -144,6 +144,24 @@ class _Lowerer:
             return
         RULES.lower(self, n)
 
+    def refuse_inconsistent(self, inputs, outputs) -> None:
+        """A written graph ncnn could not run (``NcnnGraph.problem``) is refused here, before
+        anything is written or verified: one line naming the layer and the fault."""
+        found = self.ng.problem(inputs, outputs)
+        if found is None:
+            return
+        layer, why = found
+        nodes = {n.name: n for n in self.g}
+        node = nodes.get(layer.source or layer.name) if layer is not None else None
+        raise UnsupportedOpError(
+            node.op_type if node is not None else (layer.type if layer else "?"),
+            node.name if node is not None else (layer.name if layer else "?"),
+            f"ncnn ({self.precision})",
+            f"the lowering wrote an inconsistent .param: layer "
+            f"{layer.name if layer else '?'!r} {why}; this is a bug of the ncnn lowering (please "
+            "report it): use --format tflite or --target x86",
+        )
+
     def run(self) -> tuple[str, bytes, dict]:
         from autoglm_compress.passes.fuse_layernorm import match_layernorm
         from autoglm_compress.targets.ncnn.attention import match_attention
@@ -167,9 +185,10 @@ class _Lowerer:
         outs = {}
         for v in self.g.outputs:
             outs[v.name] = self.blob[v.name]
-        self.ng.finish()
+        self.ng.finish(outs.values())
         self.requantized = self.ng.fuse_requantize() if self.precision == "int8" else 0
         inputs = {v.name: self.blob[v.name] for v in self.g.inputs}
+        self.refuse_inconsistent(inputs.values(), outs.values())
         io = {"inputs": inputs, "outputs": outs, "int8": self.int8_layers,
               "float": self.float_layers, "requantized": self.requantized,
               "int32_inputs": lower_tokens.int32_inputs(self.g)}

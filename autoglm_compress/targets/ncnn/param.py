@@ -64,24 +64,66 @@ class NcnnGraph:
         self.layers.append(layer)
         return layer
 
-    def finish(self) -> None:
-        """Insert a Split after every blob read by more than one layer."""
+    def finish(self, outputs=()) -> None:
+        """Insert a Split after every blob read by more than one layer, and after every graph
+        output (``outputs``: blob names) that any layer reads: the Split's first top keeps the
+        output's name and no layer reads it. ncnn's light mode frees a blob once its reader has
+        run, so an output read by a layer could not be extracted after another output."""
         readers: dict[str, list[tuple[Layer, int]]] = {}
         for layer in self.layers:
             for i, b in enumerate(layer.inputs):
                 readers.setdefault(b, []).append((layer, i))
+        outs = set(outputs)
+        pending = {b: r for b, r in readers.items() if len(r) > 1 or b in outs}
         out: list[Layer] = []
-        pending = {b: r for b, r in readers.items() if len(r) > 1}
-        producers = {b for layer in self.layers for b in layer.outputs}
         for layer in self.layers:
             out.append(layer)
-            for b in layer.outputs:
-                if b in pending and b in producers:
-                    copies = [f"{b}_split{j}" for j in range(len(pending[b]))]
-                    for (reader, i), c in zip(pending[b], copies):
-                        reader.inputs[i] = c
-                    out.append(Layer("Split", self.unique(f"split_{b}"), [b], copies))
+            for j, b in enumerate(layer.outputs):
+                if b not in pending:
+                    continue
+                copies = [f"{b}_split{k}" for k in range(len(pending[b]))]
+                for (reader, i), c in zip(pending[b], copies):
+                    reader.inputs[i] = c
+                src = b
+                if b in outs and layer.type != "Input":  # the Split gives ``b`` back
+                    src = layer.outputs[j] = self.unique(f"{b}_out")
+                    copies.insert(0, b)
+                out.append(Layer("Split", self.unique(f"split_{b}"), [src], copies))
         self.layers = out
+
+    def problem(self, inputs, outputs) -> tuple[Layer | None, str] | None:
+        """The first structural fault ncnn would fail on at run time (a lowering bug), with the
+        layer at fault, or None: layer names unique; every blob written by exactly one layer
+        before any layer reads it, and read by at most one (several readers go through a Split);
+        each graph input written by an Input layer; each graph output written and read by none."""
+        names: set[str] = set()
+        producer: dict[str, Layer] = {}
+        reader: dict[str, Layer] = {}
+        for layer in self.layers:
+            if layer.name in names:
+                return layer, f"layer name {layer.name!r} is used twice"
+            names.add(layer.name)
+            for b in layer.inputs:
+                if b not in producer:
+                    return layer, f"reads blob {b!r} before any layer writes it"
+                if b in reader:
+                    return layer, (f"reads blob {b!r}, already read by {reader[b].name!r} "
+                                   "(several readers need a Split)")
+                reader[b] = layer
+            for b in layer.outputs:
+                if b in producer:
+                    return layer, f"writes blob {b!r}, already written by {producer[b].name!r}"
+                producer[b] = layer
+        for b in inputs:
+            if b not in producer or producer[b].type != "Input":
+                return producer.get(b), f"graph input blob {b!r} is not written by an Input layer"
+        for b in outputs:
+            if b not in producer:
+                return None, f"graph output blob {b!r} is written by no layer"
+            if b in reader:
+                return reader[b], (f"reads graph output blob {b!r} (ncnn frees a read blob: "
+                                   "the output must be a Split top no layer reads)")
+        return None
 
     def fuse_requantize(self) -> int:
         """int8 conv → int8 conv (directly or through a Split whose every reader is one): the

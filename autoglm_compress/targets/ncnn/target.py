@@ -28,6 +28,7 @@ from autoglm_compress.targets.base import (
 )
 from autoglm_compress.targets.ncnn.lower import RULES, lower_to_ncnn, unsupported_reason
 from autoglm_compress.targets.ncnn.options import Options
+from autoglm_compress.targets.ncnn.preflight import preflight
 from autoglm_compress.targets.ncnn.prepare_passes import NCNN_PREPARE
 
 __all__ = ["NcnnTarget", "ncnn_runner", "ncnn_scheme", "TARGET"]
@@ -117,6 +118,7 @@ class NcnnTarget(Target):
         super().check(model, precision)
         prepared, _ = self.prepared(model, precision)  # what will be lowered, on a copy
         self.refuse_unsupported(prepared, precision, unsupported_reason)
+        preflight(prepared, self.label, self.alternatives, self.options.threads)
         return []
 
     def scheme(self):
