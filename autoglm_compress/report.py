@@ -39,7 +39,7 @@ def _fmt_size(n: int) -> str:
 
 def summary_table(report: dict) -> str:
     src = (report.get("model") or {}).get("size_bytes") or 0
-    rows = [("artifact", "size", "vs source", "cos min@sample", "cos mean", "max|err|", "top-1|NN",
+    rows = [("artifact", "size", "vs source", "cosine min@sample", "cosine mean", "max|err|", "top-1|NN",
              "acc", "latency", "vs fp32")]
     flagged: list[str] = []
     footnotes: list[str] = []

@@ -240,11 +240,13 @@ def test_crnn_cli_fp32(crnn, tmp_path):
 
 
 def test_crnn_cli_int8_keeps_the_lstm_float_with_its_reason(crnn, tmp_path):
-    art = _cli(crnn, tmp_path / "o", "--int8", "--calib-random")
+    art = _cli(crnn, tmp_path / "o", "--int8", "--calib-random", "--calib-samples", "16")
     assert art["precision"] == "int8" and art["fidelity"]["cosine_min"] >= 0.99
     census = art["extra"]["tflite_ops"]
     lstm = [f for f in census["float_ops"] if f["op"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
     assert len(lstm) == 2 and all(f["reason"] == FLOAT_REASONS["LSTM"] for f in lstm)
+    # counted in the float MACs: 16 steps × 4 gates × 32 cells × (64 inputs + 32 recurrent)
+    assert all(f["macs"] == 16 * 4 * 32 * (64 + 32) for f in lstm)
     assert census["int8"] >= 2  # the convolutions
     assert any(FLOAT_REASONS["LSTM"] in n for n in art["notes"])
 

@@ -4,7 +4,8 @@ An operator is *int8* when its activation tensors (inputs and outputs without co
 integer-quantized, *float* when any of them is float32/float16; QUANTIZE and DEQUANTIZE convert
 between the two (QUANTIZE int8 → int8 is a requantization); ops on index tensors only (int32
 shapes) are *other*. MACs are counted per op from the file's shapes for the ops that carry
-nearly all of a CNN's: CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, FULLY_CONNECTED, BATCH_MATMUL.
+nearly all of a CNN's: CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, FULLY_CONNECTED, BATCH_MATMUL,
+and a recurrent net's UNIDIRECTIONAL_SEQUENCE_LSTM (4 gates × steps × (input + recurrent) MACs).
 The counts are the artifact's, not the IR's: a float op the lowering had to keep shows up here
 with its reason (``reasons``: operator index → (ONNX node, why), from the lowering).
 """
@@ -20,7 +21,7 @@ MAX_FLOAT_MAC_SHARE = 0.10
 
 _FLOAT_TYPES = {0, 1}  # FLOAT32, FLOAT16
 _QUANT_TYPES = {3, 7, 9}  # UINT8, INT16, INT8
-_CONV, _DW, _FC, _TCONV, _BMM = 3, 4, 9, 67, 126
+_CONV, _DW, _FC, _TCONV, _BMM, _LSTM = 3, 4, 9, 67, 126, 44
 
 
 def _op_names(s) -> dict[int, str]:
@@ -44,6 +45,9 @@ def _macs(code: int, ins, outs, shape) -> int:
         return int(np.prod(x)) * w[0] * w[1] * w[2] if len(w) == 4 and x else 0
     if code == _BMM and ins and ins[0] >= 0 and shape(ins[0]):
         return out * shape(ins[0])[-1]
+    if code == _LSTM and len(ins) > 6 and min(ins[2], ins[6]) >= 0:
+        w, r = shape(ins[2]), shape(ins[6])  # input_to_forget [cell, in], recurrent [cell, out]
+        return out // max(r[1], 1) * 4 * w[0] * (w[1] + r[1]) if len(w) == len(r) == 2 else 0
     return 0
 
 
