@@ -291,6 +291,11 @@ class _Run:
             from autoglm_compress.targets.arm_emulation.verify import verify_arm
 
             verify_arm(tgt, art, tctx)
+        if self.precision == "int8":  # per-layer SQNR read in the artifact's own runtime
+            from autoglm_compress.layer_error import runtime_layer_sqnr
+
+            if (err := runtime_layer_sqnr(art, lowered, vctx.feeds)) is not None:
+                art.extra["layer_error"] = err
         fell = [r.stats.get("fell_back", []) for r in low.records if r.name.startswith("quantize")]
         kept = [r.config.get("keep_fp32", []) for r in low.records if r.name.startswith("quantize")]
         d = art.as_dict()

@@ -86,8 +86,9 @@ def sqnr_section(r: dict) -> str:
                    else "no layer of this model was quantized")
             out.append(f"<p class=muted>Per-layer SQNR not available: {esc(why)}.</p>")
         else:
-            out.append(bar_groups([("", rows)], "dB", label_chars=40))
-        out.append(_agreement(a))
+            out.append(bar_groups([("QDQ simulation (onnxruntime), per quantized layer", rows)],
+                                  "dB", label_chars=40))
+        out.append(_in_runtime(a))
         fb = st.get("fallback")
         if isinstance(fb, dict) and fb.get("ranking"):
             out.append(f"<p>--min-cosine fallback: target {esc(fb.get('target'))}, reached "
@@ -99,19 +100,28 @@ def sqnr_section(r: dict) -> str:
     return "".join(out)
 
 
-def _agreement(a: dict) -> str:
-    """How far the artifact in its own runtime is from the simulation the SQNR was measured on."""
-    sim = ((a.get("extra") or {}).get("vs_qdq_simulation") or {}).get("cosine_min")
+def _in_runtime(a: dict) -> str:
+    """The same measure read in the artifact's own runtime (``extra.layer_error``), or why not."""
+    extra = a.get("extra") or {}
+    sim = (extra.get("vs_qdq_simulation") or {}).get("cosine_min")
+    le = extra.get("layer_error") or {}
     if a.get("target") in ("x86", "cuda"):
-        return ("<p class=muted>This artifact is the QDQ model itself: the figures are its own "
-                "(before onnxruntime's graph fusions).</p>")
-    if sim is not None:
-        return (f"<p class=muted>The artifact in its runtime agrees with this simulation at the "
-                f"outputs with cosine {esc(f'{sim:.6f}')}; its layers' own intermediate outputs "
-                "are not compared one by one.</p>")
-    return ("<p class=muted>Not measured in this artifact's own runtime layer by layer (its "
-            "intermediate tensors are not compared); its output fidelity is in the table above."
-            "</p>")
+        return ("<p class=muted>This artifact is the QDQ model itself: the figures above are its "
+                "own (before onnxruntime's graph fusions).</p>")
+    out = ("" if sim is None else f"<p class=muted>The artifact's outputs agree with the QDQ "
+           f"simulation with cosine {esc(f'{sim:.6f}')}.</p>")
+    rows = [(f"{t.get('node')} ({t.get('op')})", t.get("sqnr_db"),
+             "low" if (t.get("sqnr_db") or 0) < LOW_SQNR_DB else "int8")
+            for t in le.get("tensors") or []]
+    if rows:
+        skipped = le.get("not_compared")
+        return out + bar_groups([(f"in the artifact's runtime: {le.get('runtime')}, per tensor "
+                                  f"shared with the FP32 model ({le.get('samples')} samples)",
+                                  rows)], "dB", label_chars=40) + (
+            f"<p class=muted>{esc(skipped)} tensors of other shapes not compared.</p>"
+            if skipped else "")
+    why = le.get("error") or "the report has no per-tensor figures for this artifact's runtime"
+    return out + f"<p class=muted>Not measured in the artifact's own runtime: {esc(why)}.</p>"
 
 
 def layers_section(r: dict) -> str:

@@ -139,7 +139,7 @@ def test_summary_shows_sizes_ratios_cosine_per_artifact(run):
 
 def test_per_layer_sqnr_per_target_and_float_layers(run):
     _, report, page = run
-    charts = [c for c in page.svgs if c[-1].endswith(" dB")]  # one per int8 artifact, in order
+    charts = [c for c in page.svgs if c[0].startswith("QDQ simulation")]  # per int8 artifact
     assert len(charts) == 2
     for target, labels in zip(("x86", "arm"), charts):
         rec = next(p for p in report["passes"] if p["name"] == f"quantize[{target}]")
@@ -151,6 +151,19 @@ def test_per_layer_sqnr_per_target_and_float_layers(run):
             assert labels[i + 1] == f"{x['sqnr_db']:.3g}"
         assert labels[labels.index(EVIL_KEPT) + 1] == "FP32 (--keep-fp32)"
         assert f"{EVIL} (Conv)" in labels  # as text
+    # the arm .tflite read tensor by tensor in LiteRT: each fused conv+relu, pool, FC output
+    x86, arm = report["artifacts"]
+    assert "layer_error" not in x86["extra"]  # the QDQ model itself: the figures above are its own
+    le = arm["extra"]["layer_error"]
+    got = {t["node"]: t["sqnr_db"] for t in le["tensors"]}
+    assert le["samples"] == 8 and le["not_compared"] == 0
+    assert len(got) >= 6 and {"/features/2/Relu", "/fc/Gemm"} <= set(got), got
+    assert all(v > 15 for v in got.values()), got
+    runtime = next(c for c in page.svgs if c[0].startswith("in the artifact's runtime: LiteRT"))
+    for t in le["tensors"]:
+        label = f"{t['node']} ({t['op']})"
+        i = runtime.index(label if len(label) <= 40 else "…" + label[-39:])  # cut to fit
+        assert runtime[i + 1] == f"{t['sqnr_db']:.3g}"
     kept = [r for r in _table(page, "layer", "why float") if r["layer"] == EVIL_KEPT]
     assert len(kept) >= 2 and all("--keep-fp32" in r["why float"] for r in kept)
 
