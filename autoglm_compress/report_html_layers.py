@@ -40,10 +40,10 @@ def latency_section(r: dict) -> str:
     if not groups:
         return '<p class="muted">No latency was measured.</p>'
     out = ("<p>Median milliseconds per inference, FP32 / FP16 / INT8 of the same model in the "
-           "same runtime (shorter is faster).</p>" + bar_groups(groups, "ms"))
+           "same runtime (shorter is faster).</p>" + bar_groups(groups, "ms", own_scale=True))
     if insns:
         out += ("<p>Guest instructions per inference on emulated ARM CPUs (one thread; a count, "
-                "not a time).</p>" + bar_groups(insns, "instructions"))
+                "not a time).</p>" + bar_groups(insns, "instructions", own_scale=True))
     return out
 
 
@@ -157,13 +157,16 @@ def layers_section(r: dict) -> str:
     return "".join(out) or '<p class="muted">No artifact.</p>'
 
 
+_CURVES = {"loss_curve": "training batch loss", "heldout_curve": "held-out loss"}
+
+
 def training_section(r: dict) -> str:
     out = []
     for p in r.get("passes") or []:  # distill, and any pass that records *_curve
         st, name = p.get("stats") or {}, str(p.get("name"))
         if name == "prune":
             out.append(_prune(st))
-        curves = [(k.removesuffix("_curve").replace("heldout", "held-out"), v)
+        curves = [(_CURVES.get(k, k.removesuffix("_curve")), v)
                   for k, v in st.items() if k.endswith("_curve") and isinstance(v, list)]
         losses = [(k, st[k]) for k in ("loss_before", "loss_after", "heldout_loss_before",
                                        "heldout_loss_after", "kept_step", "steps", "lr_tried")
@@ -176,8 +179,8 @@ def training_section(r: dict) -> str:
             if loss == "normalised mse" or len(pts) < 2:  # one scale: one chart
                 out.append(line_chart(pts, "step", loss))
             else:  # the held-out loss is normalised MSE whatever the training minimised
-                out += [line_chart([c], "step", loss if n == "loss" else "normalised mse")
-                        for c in pts for n in [c[0]]]
+                out += [line_chart([c], "step", loss if c[0] == _CURVES["loss_curve"]
+                                   else "normalised mse") for c in pts]
         elif losses:
             out.append("<p class=muted>No per-step curve in the report (before/after only).</p>")
     return "".join(out) or '<p class="muted">Neither pruning nor distillation ran.</p>'

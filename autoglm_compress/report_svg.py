@@ -15,7 +15,7 @@ import math
 __all__ = ["COLORS", "Raw", "bar_groups", "cell", "esc", "line_chart", "table"]
 
 COLORS = {"fp32": "#8c8c8c", "fp16": "#3b75c4", "int8": "#e07b24", "low": "#c0392b",
-          "loss": "#3b75c4", "held-out": "#e07b24"}
+          "training batch loss": "#3b75c4", "held-out loss": "#e07b24"}
 _PALETTE = ("#3b75c4", "#e07b24", "#3a9a5b", "#8e5bb5", "#c0392b", "#8c8c8c")
 _FONT = 'font-family="sans-serif" font-size="12"'
 
@@ -62,16 +62,22 @@ def _cut(s: str, n: int) -> str:
     return s if len(s) <= n else "…" + s[-(n - 1):]
 
 
-def bar_groups(groups, unit: str, *, width: int = 640, label_chars: int = 28) -> str:
+def bar_groups(groups, unit: str, *, width: int = 640, label_chars: int = 28,
+               own_scale: bool = False) -> str:
     """Horizontal bars: ``groups`` = [(heading, [(label, value or None, color key)])]. A None
     value draws no bar and says "not measured" (or the color key when it is not a color name:
-    the reason). Bars share one scale from 0 to the largest value."""
-    values = [v for _, rows in groups for _, v, _ in rows if _finite(v)]
-    top = max([v for v in values if v > 0], default=1.0)
+    the reason). Bars share one scale from 0 to the largest value; ``own_scale``: each group
+    its own (figures compared within a group only, e.g. one runtime's FP32 / INT8 times)."""
+
+    def peak(rows):
+        return max([v for _, v, _ in rows if _finite(v) and v > 0], default=1.0)
+
+    top = max([peak(rows) for _, rows in groups], default=1.0)
     left, right, row_h = 8 + 7 * label_chars, 70, 18
     span = width - left - right
     out, y = [], 4
     for heading, rows in groups:
+        scale = peak(rows) if own_scale else top
         if heading:
             out.append(f'<text x="4" y="{y + 13}" font-weight="bold">{esc(heading)}</text>')
             y += row_h
@@ -80,7 +86,7 @@ def bar_groups(groups, unit: str, *, width: int = 640, label_chars: int = 28) ->
             out.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end">'
                        f'<title>{esc(text)}</title>{esc(_cut(text, label_chars))}</text>')
             if _finite(v):
-                w = max(span * max(v, 0.0) / top, 1.0)
+                w = max(span * max(v, 0.0) / scale, 1.0)
                 color = COLORS.get(key, _PALETTE[sum(map(ord, str(key))) % len(_PALETTE)])
                 out.append(f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="{row_h - 6}" '
                            f'fill="{color}"><title>{esc(text)}: {esc(_num(v))} {esc(unit)}'
@@ -91,7 +97,9 @@ def bar_groups(groups, unit: str, *, width: int = 640, label_chars: int = 28) ->
                 out.append(f'<text x="{left + 4}" y="{y + 13}" fill="#666" font-style="italic">'
                            f'{esc(why)}</text>')
             y += row_h
-    axis = f'<text x="{left}" y="{y + 14}" fill="#666">0 … {esc(_num(top))} {esc(unit)}</text>'
+    axis = (f'<text x="{left}" y="{y + 14}" fill="#666">'
+            + (f"{esc(unit)}; each group on its own scale" if own_scale
+               else f"0 … {esc(_num(top))} {esc(unit)}") + "</text>")
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y + 22}" '
             f'role="img" {_FONT}>' + "".join(out) + axis + "</svg>")
 
@@ -125,7 +133,7 @@ def line_chart(series, xlabel: str, ylabel: str, *, width: int = 640, height: in
         path = " ".join(f"{a:.1f},{b:.1f}" for a, b in xy)
         out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
         out += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{color}"/>' for a, b in xy]
-        lx = ml + 120 + 130 * k
+        lx = ml + 120 + 170 * k
         out.append(f'<rect x="{lx}" y="5" width="10" height="10" fill="{color}"/>'
                    f'<text x="{lx + 14}" y="14">{esc(name)}</text>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
