@@ -12,7 +12,10 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -83,6 +86,8 @@ def test_archive_manifest_schema_checksums_and_outputs(int8_bundle):
     assert set(arts) == {"onnx", "tflite", "ncnn"}
     assert {a["precision"] for a in arts.values()} == {"int8"}
     assert set(arts["ncnn"]["files"]) == {"param", "bin"}
+    assert arts["ncnn"]["ncnn"]["input_shapes"] == {"x": [1, 8, 8]}  # blobs: no batch dim
+    assert arts["ncnn"]["ncnn"]["output_shapes"] == {"output": [1, 10]}
     for a in arts.values():
         assert a["runtime_version"]  # onnxruntime, ai-edge-litert, ncnn versions
         main_file = next(iter(a["files"].values()))
@@ -90,6 +95,8 @@ def test_archive_manifest_schema_checksums_and_outputs(int8_bundle):
         assert a["inputs"][0]["name"] == "x" and a["inputs"][0]["shape"] == [1, 1, 8, 8]
         assert a["outputs"][0]["dtype"] == "float32"
         assert len(a["reference_outputs"]) == 4
+        # the bundle's runner agrees with the run's verification on the same samples
+        assert a["stored_cosine_min_vs_fp32"] >= a["cosine_min_vs_fp32"] - 1e-3 > 0.99
     # x86 INT8 takes a float input and quantizes it inside: the scale is recorded, not required
     q = arts["onnx"]["inputs"][0]
     assert q["quant"]["scale"] > 0 and q["quantized"] is False
@@ -114,6 +121,18 @@ def test_verify_bundle_ok(int8_bundle, capsys):
     assert out[0].startswith("checksums ok: ")
     ok = [ln for ln in out if ln.startswith("ok ")]
     assert len(ok) == 3 and all("max rel err 0 " in ln for ln in ok)  # same machine: exact
+
+
+def test_verify_bundle_loads_neither_torch_nor_onnx(int8_bundle):
+    """verify-bundle needs only the runtimes, numpy and jsonschema: it runs where the artifacts
+    deploy, and starts in about a second."""
+    code = ("import sys; from autoglm_compress.cli import main; "
+            f"rc = main(['verify-bundle', {str(int8_bundle)!r}]); "
+            "heavy = sorted(m for m in ('torch', 'onnx', 'onnx_ir') if m in sys.modules); "
+            "print('RESULT', rc, heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert "RESULT 0 []" in r.stdout, r.stdout + r.stderr
 
 
 def test_missing_runtime_is_said_not_failed(int8_bundle, monkeypatch, capsys):

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -63,9 +64,15 @@ def _load_manifest(root: Path, label: str) -> dict:
     return m
 
 
-def _check_files(root: Path, m: dict, label: str) -> None:
-    from autoglm_compress.targets.base import sha256_of
+def sha256_of(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
+
+def _check_files(root: Path, m: dict, label: str) -> None:
     listed = m["files"]
     for name in listed:
         check_member_name(name, f"{label}: manifest.json files")

@@ -49,9 +49,18 @@ _INT_DTYPES = {"int8", "uint8", "int16", "uint16"}
 
 
 def _sha(p: Path) -> str:
-    from autoglm_compress.targets.base import sha256_of
+    from autoglm_compress.bundle.verify import sha256_of
 
     return sha256_of(p)
+
+
+def _blob_shape(shape) -> list[int]:
+    """The ncnn blob shape of an input sample: the target's rule (its batch axis dropped)."""
+    try:
+        from autoglm_compress.targets.ncnn.blobs import blob_shape
+    except ImportError:
+        return list(shape[1:])
+    return list(blob_shape(list(shape)))
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -131,18 +140,30 @@ def _artifact_entry(d: dict, art, staging: Path, feeds, output_names) -> dict:
     if fmt == "ncnn":  # blob names; the runner reshapes each output to the reference's shape
         shapes = {n: list(np.shape(o)) for n, o in zip(output_names, feeds["reference"][0])}
         entry["ncnn"] = {"blobs": blobs or {"inputs": {}, "outputs": {}},
+                         "input_shapes": {n: _blob_shape(np.shape(x))
+                                          for n, x in feeds["inputs"][0].items()},
                          "output_shapes": shapes}
     run, why = make_runner(staging, entry) if fmt != "ncnn" or blobs else (None, "no blob map")
     if run is None:
         entry["not_run"] = why
         return entry
-    paths = []
+    from autoglm_compress.bundle.verify import _cosine
+
+    paths, cos = [], 1.0
     for i, feed in enumerate(feeds["inputs"]):
         got = run(feed)
         rel = f"outputs/{name}/{i:03d}.npz"
         _save_npz(staging / rel, dict(zip(output_names, got)))
         paths.append(rel)
+        for g, ref in zip(got, feeds["reference"][i]):
+            c = _cosine(g, ref)
+            cos = min(cos, c if c is not None else -1.0)
     entry["reference_outputs"] = paths
+    entry["stored_cosine_min_vs_fp32"] = cos
+    verified = entry["cosine_min_vs_fp32"]
+    if verified is not None and cos < verified - 1e-3:  # the same samples, another runner
+        logger.warning("bundle: %s computes cosine %.5f vs FP32 on the stored samples in the "
+                       "bundle's runner, below the run's %.5f", name, cos, verified)
     return entry
 
 

@@ -29,6 +29,7 @@ from autoglm_compress.targets.base import (
     verify_in_runtime,
 )
 from autoglm_compress.targets.tflite.census import MAX_FLOAT_MAC_SHARE, census
+from autoglm_compress.targets.tflite.litert_run import litert_runner
 from autoglm_compress.targets.tflite.lower import RULES, lower_to_tflite, unsupported_reason
 from autoglm_compress.targets.tflite.lower_int8 import INT8_OPS as _QOPS
 from autoglm_compress.targets.tflite.options import Options
@@ -36,42 +37,6 @@ from autoglm_compress.targets.tflite.options import Options
 __all__ = ["TFLiteTarget", "litert_runner", "TARGET"]
 
 logger = logging.getLogger(__name__)
-
-
-def litert_runner(path: Path, threads: int, reference_kernels: bool = False):
-    """``make_runner`` for the shared verifier: a LiteRT interpreter on the file."""
-
-    def make():
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        kw = {"num_threads": threads}
-        if reference_kernels:
-            kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        it = Interpreter(model_path=str(path), **kw)
-        it.allocate_tensors()
-        ins, outs = it.get_input_details(), it.get_output_details()
-
-        def run(feed):
-            for d in ins:
-                x = np.asarray(feed[d["name"]])
-                if d["dtype"] in (np.int8, np.uint8):  # full-integer IO: quantize the feed
-                    s, z = d["quantization"]
-                    info = np.iinfo(d["dtype"])
-                    x = np.clip(np.rint(x / s) + z, info.min, info.max)
-                it.set_tensor(d["index"], x.astype(d["dtype"]))
-            it.invoke()
-            got = []
-            for d in outs:
-                y = np.array(it.get_tensor(d["index"]))
-                if d["dtype"] in (np.int8, np.uint8):
-                    s, z = d["quantization"]
-                    y = (y.astype(np.float32) - z) * s
-                got.append(y)
-            return got
-
-        return run
-
-    return make
 
 
 # Kernels with a fixed output scale / zero point (formats.md: LOGISTIC, SOFTMAX 1/256 and −128,
