@@ -7,8 +7,8 @@ or ncnn file runs other kernels, so here its intermediate tensors are read in th
 LiteRT with ``experimental_preserve_all_tensors``, ncnn by extracting each blob — and compared with
 the FP32 model's tensor of the same name (the emitters keep the IR's value names: ncnn blobs as
 they are, TFLite tensors with ``_q`` / ``_nhwc`` / ``#n`` suffixes; NHWC tensors are compared with
-the FP32 NCHW tensor transposed). A tensor with no FP32 counterpart of the same shape is counted,
-not compared. SQNR in dB, Σ over at most ``MAX_SAMPLES`` verification samples; cumulative (each
+the FP32 NCHW tensor transposed). A tensor with no FP32 counterpart of the same shape, and an
+ncnn blob a layer requantizes to int8 (``8=1xx``: it holds int8 codes), is counted, not compared. SQNR in dB, Σ over at most ``MAX_SAMPLES`` verification samples; cumulative (each
 tensor carries the error of everything before it). Bounded cost: one FP32 and one artifact run
 per sample. Diagnostics only: a failure is recorded (``error``), never fails the run.
 """
@@ -41,7 +41,7 @@ def runtime_layer_sqnr(art, fp32: ir.Model, feeds) -> dict | None:
     feeds = list(feeds)[:MAX_SAMPLES]
     producers = {o.name: n for n in fp32.graph for o in n.outputs if o.name}
     try:
-        runner, runtime = (_tflite(art) if fmt == "tflite" else _ncnn(art))
+        runner, runtime, excluded = (_tflite(art) if fmt == "tflite" else _ncnn(art))
         sums: dict[str, list[float]] = {}
         ref_run, names, skipped = None, None, set()
         for feed in feeds:
@@ -66,7 +66,7 @@ def runtime_layer_sqnr(art, fp32: ir.Model, feeds) -> dict | None:
                 "sqnr_db": _db(*sums[v])} for v in sorted(sums, key=order.get)
                if v not in skipped]
     return {"runtime": runtime, "samples": len(feeds), "tensors": tensors,
-            "not_compared": len(skipped),
+            "not_compared": len(skipped) + excluded,
             "measure": "SQNR (dB) of each artifact tensor vs the FP32 tensor of the same name"}
 
 
@@ -126,7 +126,7 @@ def _tflite(art):
             out[base] = y
         return out
 
-    return run, "LiteRT (every intermediate tensor kept)"
+    return run, "LiteRT (every intermediate tensor kept)", 0
 
 
 def _ncnn(art):
@@ -140,9 +140,16 @@ def _ncnn(art):
         raise RuntimeError("ncnn could not load the files")
     blobs = art.extra.get("blobs") or {}
     inputs = blobs.get("inputs") or {}
-    names = [ln.split()[4 + int(ln.split()[2]) + k]  # each layer's output blobs
-             for ln in art.files["param"].read_text().splitlines()[2:] if len(ln.split()) > 3
-             for k in range(int(ln.split()[3]))]
+    names, excluded = [], 0
+    for line in art.files["param"].read_text().splitlines()[2:]:
+        f = line.split()
+        if len(f) < 4:
+            continue
+        tops = f[4 + int(f[2]):4 + int(f[2]) + int(f[3])]
+        if any(t.startswith("8=") and int(t[2:]) >= 100 for t in f):  # requantized: int8 tops
+            excluded += len(tops)
+        else:
+            names += tops
 
     def run(feed):
         ex, keep = net.create_extractor(), []
@@ -159,4 +166,4 @@ def _ncnn(art):
                 out[b] = np.array(m)
         return out
 
-    return run, "ncnn (each blob extracted, int8 inference, 1 thread)"
+    return run, "ncnn (each float blob extracted, int8 inference, 1 thread)", excluded

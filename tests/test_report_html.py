@@ -215,3 +215,24 @@ def test_renders_in_headless_chromium_without_console_errors(run, tmp_path):
     ink = (np.abs(px - 255).sum(axis=2) > 60).mean()  # pixels far from white
     orange = (np.abs(px - [0xE0, 0x7B, 0x24]).sum(axis=2) < 30).sum()  # the int8 bars
     assert 0.01 < ink < 0.6 and orange > 200, (ink, orange)
+
+
+def test_ncnn_layer_error_read_blob_by_blob(tmp_path):
+    """ncnn: each float blob extracted and compared with the FP32 tensor of the same name; a blob
+    a layer requantizes to int8 codes (the first conv's, read by the int8 second) is counted,
+    not compared."""
+    pytest.importorskip("ncnn")
+    out = tmp_path / "o"
+    assert main([str(DEMO), "--int8", "--target", "arm", "--format", "ncnn", "--calib", str(CALIB),
+                 "--samples", "8", "--latency-repeats", "2", "--verify-arm", "off",
+                 "-o", str(out)]) == 0
+    a = json.loads((out / "report.json").read_text())["artifacts"][0]
+    le = a["extra"]["layer_error"]
+    got = {t["node"]: t["sqnr_db"] for t in le["tensors"]}
+    assert le["runtime"].startswith("ncnn") and le["not_compared"] >= 1
+    assert "/features/2/Relu" not in got  # the requantized blob: int8 codes, not compared
+    assert len(got) >= 4 and "/fc/Gemm" in got and all(v > 15 for v in got.values()), got
+    page = Page()
+    page.feed((out / "report.html").read_text())
+    chart = next(c for c in page.svgs if c[0].startswith("in the artifact's runtime: ncnn"))
+    assert chart[chart.index("/fc/Gemm (Gemm)") + 1] == f"{got['/fc/Gemm']:.3g}"
