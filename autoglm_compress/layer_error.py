@@ -67,7 +67,8 @@ def runtime_layer_sqnr(art, fp32: ir.Model, feeds) -> dict | None:
                if v not in skipped]
     return {"runtime": runtime, "samples": len(feeds), "tensors": tensors,
             "not_compared": len(skipped) + excluded,
-            "measure": "SQNR (dB) of each artifact tensor vs the FP32 tensor of the same name"}
+            "measure": "SQNR (dB) of each artifact tensor vs the FP32 tensor of the same name "
+                       "(null: identical)"}
 
 
 def _db(signal: float, noise: float):

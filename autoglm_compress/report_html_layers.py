@@ -3,6 +3,7 @@ per target, the layers left in float and why, pruning and distillation (see ``re
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from autoglm_compress.report_svg import bar_groups, esc, line_chart, table
@@ -72,9 +73,7 @@ def sqnr_section(r: dict) -> str:
             continue
         rec = quantize_record(r, a)
         st = (rec or {}).get("stats") or {}
-        rows = [(f"{x.get('node')} ({x.get('op')})", x.get("sqnr_db"),
-                 "low" if (x.get("sqnr_db") or 0) < LOW_SQNR_DB else "int8")
-                for x in st.get("layers") or []]
+        rows = [_sqnr_row(x, "not measured") for x in st.get("layers") or []]
         rows += [(x.get("node"), None, f"FP32 ({x.get('reason')})")
                  for x in st.get("layers_fp32") or []]
         scheme = ((rec or {}).get("config") or {}).get("scheme", "")
@@ -100,6 +99,14 @@ def sqnr_section(r: dict) -> str:
     return "".join(out)
 
 
+def _sqnr_row(x: dict, none_means: str) -> tuple:
+    """A bar: layer (op), SQNR; red below LOW_SQNR_DB; no bar for +inf (no error) or None."""
+    v, label = x.get("sqnr_db"), f"{x.get('node')} ({x.get('op')})"
+    if v is None or (isinstance(v, float) and math.isinf(v) and v > 0):
+        return label, None, none_means if v is None else "no error (identical)"
+    return label, v, "low" if v < LOW_SQNR_DB else "int8"
+
+
 def _in_runtime(a: dict) -> str:
     """The same measure read in the artifact's own runtime (``extra.layer_error``), or why not."""
     extra = a.get("extra") or {}
@@ -110,9 +117,7 @@ def _in_runtime(a: dict) -> str:
                 "own (before onnxruntime's graph fusions).</p>")
     out = ("" if sim is None else f"<p class=muted>The artifact's outputs agree with the QDQ "
            f"simulation with cosine {esc(f'{sim:.6f}')}.</p>")
-    rows = [(f"{t.get('node')} ({t.get('op')})", t.get("sqnr_db"),
-             "low" if (t.get("sqnr_db") or 0) < LOW_SQNR_DB else "int8")
-            for t in le.get("tensors") or []]
+    rows = [_sqnr_row(t, "no error (identical)") for t in le.get("tensors") or []]
     if rows:
         skipped = le.get("not_compared")
         return out + bar_groups([(f"in the artifact's runtime: {le.get('runtime')}, per tensor "
