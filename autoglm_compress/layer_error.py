@@ -3,14 +3,17 @@
 
 The quantize pass's per-layer SQNR (``passes[quantize[<target>]].stats.layers[].sqnr_db``) is
 measured on the target's QDQ IR in onnxruntime; an x86 / cuda artifact *is* that model. A .tflite
-or ncnn file runs other kernels, so here its intermediate tensors are read in the runtime itself —
-LiteRT with ``experimental_preserve_all_tensors``, ncnn by extracting each blob — and compared with
-the FP32 model's tensor of the same name (the emitters keep the IR's value names: ncnn blobs as
-they are, TFLite tensors with ``_q`` / ``_nhwc`` / ``#n`` suffixes; NHWC tensors are compared with
-the FP32 NCHW tensor transposed). A tensor with no FP32 counterpart of the same shape, and an
-ncnn blob a layer requantizes to int8 (``8=1xx``: it holds int8 codes), is counted, not compared. SQNR in dB, Σ over at most ``MAX_SAMPLES`` verification samples; cumulative (each
-tensor carries the error of everything before it). Bounded cost: one FP32 and one artifact run
-per sample. Diagnostics only: a failure is recorded (``error``), never fails the run.
+or ncnn file runs other kernels, so here its intermediate tensors are read in the runtime itself
+and compared with the FP32 model's tensor of the same name (the emitters keep the IR's value
+names: ncnn blobs as they are, TFLite tensors with ``_q`` / ``_nhwc`` / ``#n`` suffixes; an NHWC
+tensor is compared with the FP32 NCHW one transposed):
+  * LiteRT: built-in kernels with ``experimental_preserve_all_tensors`` — no XNNPACK delegate,
+    whose fused subgraph need not write its intermediate tensors (results within 1 LSB of it);
+  * ncnn: each blob extracted; a blob a layer requantizes to int8 (``8=1xx``: int8 codes) and a
+    tensor with no FP32 counterpart of the same shape are counted, not compared.
+SQNR in dB, summed over at most ``MAX_SAMPLES`` verification samples; cumulative (each tensor
+carries the error of everything before it). Bounded cost: one FP32 and one artifact run per
+sample. Diagnostics only: a failure is recorded (``error``), never fails the run.
 """
 
 from __future__ import annotations
@@ -92,9 +95,11 @@ def _aligned(ref, got):
 
 
 def _tflite(art):
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    it = Interpreter(model_path=str(art.path), experimental_preserve_all_tensors=True)
+    # built-in kernels: a delegate's fused subgraph need not write its intermediate tensors
+    it = Interpreter(model_path=str(art.path), experimental_preserve_all_tensors=True,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     it.allocate_tensors()
     ins = it.get_input_details()
     acts = [d for d in it.get_tensor_details()
@@ -127,7 +132,7 @@ def _tflite(art):
             out[base] = y
         return out
 
-    return run, "LiteRT (every intermediate tensor kept)", 0
+    return run, "LiteRT built-in kernels, every intermediate tensor kept (no XNNPACK)", 0
 
 
 def _ncnn(art):
