@@ -21,7 +21,7 @@ from autoglm_compress.targets.arm_emulation.environment import (
 __all__ = ["GuestError", "Job", "run", "run_jobs"]
 
 _HERE = Path(__file__).resolve().parent
-_SOURCES = {"tflite": str(_HERE.parent / "tflite" / "target.py"),
+_SOURCES = {"tflite": str(_HERE.parent / "tflite" / "litert_run.py"),
             "ncnn": str(_HERE.parent / "ncnn" / "target.py")}
 
 
