@@ -105,6 +105,7 @@ def test_archive_manifest_schema_checksums_and_outputs(int8_bundle):
     assert files["labels.txt"].decode().splitlines()[3] == "digit 3"
     assert m["preprocess"] is None and "--preprocess" in m["preprocess_note"]
     assert json.loads(files["report.json"])["run"]["id"] == m["run_id"]
+    assert m["report_html"] == "report.html" and b"<html" in files["report.html"][:400].lower()
     # the stored outputs: each artifact close to the stored FP32 reference on the same samples
     for a in arts.values():
         for rel, ref in zip(a["reference_outputs"], m["samples"]["reference"]["outputs"]):

@@ -88,6 +88,8 @@ def _check_files(root: Path, m: dict, label: str) -> None:
             raise BundleError(f"{label}: {name}: checksum mismatch (sha256 or size differs from "
                               "the manifest); the bundle was altered or damaged")
     named = [*m["samples"]["inputs"], *m["samples"]["reference"]["outputs"], m["report"]]
+    if m.get("report_html"):
+        named.append(m["report_html"])
     if m.get("labels"):
         named.append(m["labels"]["path"])
     for a in m["artifacts"]:

@@ -3,7 +3,7 @@
 Layout (docs/bundle.md)::
 
     manifest.json                 what is inside (schema: autoglm_compress/bundle_schema.json)
-    report.json                   the run's report, as written into -o
+    report.json                   the run's report, as written into -o (report.html too)
     labels.txt                    --bundle-labels, when given
     artifacts/<file>              every artifact file (ncnn: .param and .bin)
     samples/<i>.npz               up to MAX_SAMPLES verification inputs, keyed by input name
@@ -187,6 +187,7 @@ def _manifest(staging: Path, *, report: dict, entries, samples, fp32, output_nam
         "model": {"name": Path(str(model.get("path", ""))).name, "format": model.get("format"),
                   "sha256": model.get("sha256"), "size_bytes": model.get("size_bytes")},
         "report": "report.json",
+        "report_html": "report.html" if (staging / "report.html").is_file() else None,
         "inputs": inputs,
         "output_names": list(output_names),
         "preprocess": preprocess,
@@ -267,6 +268,9 @@ def write_bundle(dest, *, report: dict, artifacts, report_dicts, report_path: Pa
         entries = [_artifact_entry(d, a, staging, stored, output_names)
                    for d, a in zip(report_dicts, artifacts)]
         shutil.copyfile(report_path, staging / "report.json")
+        html = Path(report_path).with_name("report.html")  # the same report, for people
+        if html.is_file():
+            shutil.copyfile(html, staging / "report.html")
         labels = None
         if labels_path:
             shapes = [list(np.shape(o)) for o in reference[0]] if reference else []
