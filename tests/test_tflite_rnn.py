@@ -34,6 +34,14 @@ def _ops(data: bytes) -> list[str]:
     return [codes[o.opcodeIndex] for o in m.subgraphs[0].operators]
 
 
+def _int8_constants(data: bytes) -> int:
+    import ai_edge_litert.schema_py_generated as s
+
+    m = s.ModelT.InitFromPackedBuf(data, 0)
+    return sum(1 for t in m.subgraphs[0].tensors if t.type == 9 and t.buffer > 0
+               and m.buffers[t.buffer].data is not None)
+
+
 def _litert(data: bytes, feeds: list[dict], reference: bool) -> list[dict]:
     """The outputs (by name) of each feed, run one after another on one interpreter."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -120,17 +128,19 @@ def test_torch_rnn_lowered_fp32_and_fp16(name, tmp_path):
     model, feeds = _export(name, tmp_path)
     rnn = [n for n in model.graph if n.op_type in ("LSTM", "GRU")]
     assert rnn and all(unsupported_reason(n) is None for n in rnn)
-    layers = 2 if "2layer" in name else 1
-    for precision, bound in (("fp32", 1e-5), ("fp16", 2e-3)):
-        data = lower_to_tflite(model, precision)
+    layers, dirs = 2 if "2layer" in name else 1, 2 if "-bi" in name else 1
+    # "hybrid": the weights-only / INT8 form (LSTM weights int8 per tensor, float activations)
+    for precision, bound in (("fp32", 1e-5), ("fp16", 2e-3), ("hybrid", 1e-2)):
+        data = lower_to_tflite(model, "fp32", hybrid=True) if precision == "hybrid" \
+            else lower_to_tflite(model, precision)
         ops = _ops(data)
         if name.startswith("lstm"):
-            dirs = 2 if "-bi" in name else 1
             assert ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == layers * dirs
             assert ops.count("REVERSE_V2") == (2 * layers if dirs == 2 else 0)
+            assert _int8_constants(data) == (8 * layers * dirs if precision == "hybrid" else 0)
         else:  # unrolled: one tanh per step, direction and layer
             assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops
-            assert ops.count("TANH") == 6 * layers * (2 if "-bi" in name else 1)
+            assert ops.count("TANH") == 6 * layers * dirs
         assert _max_err(model, data, feeds) <= bound, precision
 
 
@@ -173,22 +183,25 @@ def _rnn_cases():
 
 def test_onnx_backend_lstm_gru_cases():
     """Every LSTM/GRU node case of the onnx wheel (static shapes, all of them) lowered at FP32
-    and run in LiteRT against the case's expected outputs."""
+    (and the LSTMs with int8 weights, the hybrid kernel) and run in LiteRT against the case's
+    expected outputs."""
     cases = _rnn_cases()
     assert len(cases) >= 12
-    worst = {}
+    worst, hybrid = {}, {}
     for name, case in sorted(cases.items()):
         model, feeds, want = _onnx_case(case)
         node = next(iter(model.graph))
         assert unsupported_reason(node) is None, name
-        data = lower_to_tflite(model, "fp32")
         names = [v.name for v in model.graph.outputs]
-        for reference in (False, True):
-            got = _litert(data, [feeds, feeds], reference)
-            for run in got:  # the second run starts from the initial state again
-                for o, w in zip(names, want):
-                    worst[name] = max(worst.get(name, 0.0), float(np.abs(run[o] - w).max()))
+        for errs, data in ((worst, lower_to_tflite(model, "fp32")),
+                           (hybrid, lower_to_tflite(model, "fp32", hybrid=True))):
+            for reference in (False, True):
+                got = _litert(data, [feeds, feeds], reference)
+                for run in got:  # the second run starts from the initial state again
+                    for o, w in zip(names, want):
+                        errs[name] = max(errs.get(name, 0.0), float(np.abs(run[o] - w).max()))
     assert max(worst.values()) <= 1e-5, worst
+    assert max(hybrid.values()) <= 2e-3, hybrid  # measured ≤ 6e-4
     assert {"test_lstm_with_peepholes", "test_lstm_batchwise", "test_gru_batchwise",
             "test_lstm_bidirectional", "test_gru_reverse"} <= set(worst)
 

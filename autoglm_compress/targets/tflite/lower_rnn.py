@@ -4,6 +4,8 @@ LSTM: one UNIDIRECTIONAL_SEQUENCE_LSTM per direction (a reverse direction reads 
 REVERSE_V2 on the time axis and its output is reversed back), ``time_major`` following the ONNX
 ``layout``. ONNX's gate order i, o, f, c becomes TFLite's separate i, f, c(g), o weight tensors;
 the two ONNX biases are summed; the peepholes P = [Pi, Po, Pf] become cell_to_input/forget/output.
+In INT8 and weights-only files the weights are int8 per tensor (TFLite's hybrid kernel: float
+activations and state, inputs quantized on the fly, asymmetric).
 TFLite keeps the recurrent state in *variable* tensors that outlive an invocation (the kernel
 writes its final state back): each state is therefore written at the start of every invocation
 by an op writing the initial value into the variable tensor (``_write_state``), so the .tflite is stateless like the ONNX
@@ -93,6 +95,15 @@ class _Rnn:
     def const(self, base: str, arr, weight: bool = True) -> int:
         return self.lw.const(self.name(base), np.ascontiguousarray(arr, np.float32), weight=weight)
 
+    def int8_const(self, base: str, arr) -> int:
+        """A weight as int8, symmetric per tensor (what TFLite's hybrid LSTM kernel reads)."""
+        arr = np.asarray(arr, np.float32)
+        scale = max(float(np.abs(arr).max()), 1e-12) / 127.0
+        q = np.clip(np.rint(arr / scale), -127, 127).astype(np.int8)
+        return self.b.const(self.name(base), np.ascontiguousarray(q),
+                            {"scale": np.asarray([scale], np.float32),
+                             "zero_point": np.zeros(1, np.int64)})
+
     def op(self, code: int, ins, shape, options=None, otype: int = 0) -> int:
         out = self.tensor("t", shape)
         self.b.op(code, ins, [out], options, otype)
@@ -145,18 +156,21 @@ def lower_lstm(lw, n: ir.Node) -> None:
     bias = wconst(bias_v) if bias_v is not None and bias_v.name else None
     peep = wconst(peep_v) if peep_v is not None and peep_v.name else None
     h_init, c_init = r.initial(5), r.initial(6)
+    # INT8 and weights-only files: TFLite's hybrid kernel (int8 weights, float activations)
+    hybrid = lw.hybrid or getattr(lw, "hybrid_lstm", False)
+    weight = r.int8_const if hybrid else r.const
     ys, finals = [], [[], []]
     for d, direction in enumerate(r.dirs):
         gates = {g: slice(k * H, (k + 1) * H) for k, g in enumerate("iofc")}
         order = "ifco"  # TFLite's input_to_{input, forget, cell, output}_weights
-        w_in = [r.const(f"w_{g}", W[d][gates[g]]) for g in order]
-        w_rec = [r.const(f"r_{g}", R[d][gates[g]]) for g in order]
+        w_in = [weight(f"w_{g}", W[d][gates[g]]) for g in order]
+        w_rec = [weight(f"r_{g}", R[d][gates[g]]) for g in order]
         b = (bias[d][:4 * H] + bias[d][4 * H:]) if bias is not None \
             else np.zeros(4 * H, np.float32)
         b_gates = [r.const(f"b_{g}", b[gates[g]]) for g in order]
         if peep is not None:  # P = [Pi, Po, Pf] → cell_to_input, cell_to_forget, cell_to_output
             p = peep[d]
-            peeps = [r.const(f"p_{g}", p[k * H:(k + 1) * H]) for g, k in (("i", 0), ("f", 2),
+            peeps = [weight(f"p_{g}", p[k * H:(k + 1) * H]) for g, k in (("i", 0), ("f", 2),
                                                                         ("o", 1))]
         else:
             peeps = [-1, -1, -1]
@@ -170,6 +184,7 @@ def lower_lstm(lw, n: ir.Node) -> None:
         y = r.tensor(f"y_{direction}", r.seq_shape(H))
         opt = s.UnidirectionalSequenceLSTMOptionsT()
         opt.fusedActivationFunction, opt.timeMajor = 4, r.layout == 0  # TANH
+        opt.asymmetricQuantizeInputs = hybrid
         lw.b.op(_LSTM, [x, *w_in, *w_rec, *peeps, *b_gates, -1, -1, *states, -1, -1, -1, -1],
                 [y], opt, s.BuiltinOptions.UnidirectionalSequenceLSTMOptions)
         ys.append(y if direction == "forward" else r.reverse(y))

@@ -16,8 +16,9 @@ from autoglm_compress.targets.tflite.rules import RULES
 __all__ = ["FLOAT_REASONS"]
 
 FLOAT_REASONS = {
-    "LSTM": "LSTM runs float: TFLite's integer LSTM needs 16-bit gate and cell intermediates with "
-            "their own calibrated scales (the 8x8→16 scheme), which this emitter does not write",
+    "LSTM": "LSTM runs TFLite's hybrid kernel (int8 weights, float activations and state): the "
+            "integer LSTM needs 16-bit gate and cell intermediates with their own calibrated "
+            "scales (the 8x8→16 scheme), which this emitter does not write",
     "GRU": "GRU runs float: it has no TFLite builtin and is unrolled into per-step float ops "
            "(its state feeds back each step; the QDQ graph has no per-step scales)",
 }
