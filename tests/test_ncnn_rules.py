@@ -79,6 +79,17 @@ CASES = {
               [(one("Where", ["x", "a", "b"],
                     c={"a": np.full((2,), -np.inf, np.float32), "b": f32(1)}),
                 "Where with non-scalar infinite constants")]),
+    "LSTM": (one("LSTM", ["x", "w", "r"], c={"w": f32(1, 64, 8), "r": f32(1, 64, 16)},
+                 hidden_size=16, shapes={"x": [5, 1, 8]}),
+             [(one("LSTM", ["x", "w", "r"], c={"w": f32(1, 64, 8), "r": f32(1, 64, 16)},
+                   hidden_size=16, clip=1.0, shapes={"x": [5, 1, 8]}),
+               "LSTM with clip or input_forget (ncnn has neither)")]),
+    "GRU": (one("GRU", ["x", "w", "r"], c={"w": f32(1, 48, 8), "r": f32(1, 48, 16)},
+                hidden_size=16, linear_before_reset=1, shapes={"x": [1, 5, 8]}, layout=1),
+            [(one("GRU", ["x", "w", "r"], c={"w": f32(1, 48, 8), "r": f32(1, 48, 16)},
+                  hidden_size=16, shapes={"x": [1, 5, 8]}, layout=1),
+              "GRU with linear_before_reset=0 (ncnn's GRU applies the reset gate after the "
+              "recurrent matmul, as torch exports it)")]),
 }
 
 

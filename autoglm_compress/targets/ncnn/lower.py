@@ -1,7 +1,7 @@
 """Lower the IR (ONNX ops, NCHW, batch 1) to ncnn layers (param.py), FP32, FP16 or INT8.
 
 The lowering of each op is a rule (``rules.py``: ``ops_layers.py``, ``ops_math.py``,
-``ops_shape.py``, ``lower_tokens.py``); this module holds what the rules share — blobs, weights,
+``ops_shape.py``, ``ops_rnn.py``, ``lower_tokens.py``); this module holds what the rules share — blobs, weights,
 activation fusion, the INT8 reads — and the walk over the graph, including the multi-node
 patterns written as one layer (attention → SDPA, a decomposed LayerNorm → LayerNorm).
 
@@ -21,7 +21,12 @@ import onnx_ir as ir
 
 from autoglm_compress.errors import UnsupportedOpError
 from autoglm_compress.ir_ops import const_array
-from autoglm_compress.targets.ncnn import lower_tokens, ops_layers, ops_shape  # noqa: F401 (rules)
+from autoglm_compress.targets.ncnn import (  # noqa: F401 (rules)
+    lower_tokens,
+    ops_layers,
+    ops_rnn,
+    ops_shape,
+)
 from autoglm_compress.targets.ncnn.blobs import blob_params, dims_params, shape
 from autoglm_compress.targets.ncnn.ops_math import fuse_code
 from autoglm_compress.targets.ncnn.param import NcnnGraph

@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from autoglm_compress.ir_ops import const_array
 from autoglm_compress.targets.ir_reads import input_or_none, ints, reduce_axes
-from autoglm_compress.targets.ncnn.blobs import dims_params, permute_type, shape
+from autoglm_compress.targets.ncnn.blobs import blob_shape, dims_params, permute_type, shape
 from autoglm_compress.targets.ncnn.rules import RULES
 
 _REDUCE = {"ReduceSum": 0, "ReduceMean": 3, "ReduceMax": 4, "ReduceMin": 5}
@@ -31,8 +31,8 @@ def _check_reshape(node: ir.Node) -> str | None:
 @RULES.rule("Flatten", "Reshape", "Squeeze", "Unsqueeze", check=_check_reshape)
 def reshape(lw, n: ir.Node) -> None:
     out = shape(n.outputs[0])
-    if out == shape(n.inputs[0]) and all(d > 0 for d in out):
-        lw.blob[n.outputs[0].name] = lw.b(n.inputs[0])  # a no-op (a lifted row entry)
+    if blob_shape(out) == blob_shape(shape(n.inputs[0])) and all(d > 0 for d in out):
+        lw.blob[n.outputs[0].name] = lw.b(n.inputs[0])  # a no-op (a lifted row entry, [S, 1, I])
         return
     if n.op_type == "Flatten" and n.attributes.get_int("axis", 1) == 1:
         return lw.simple(n, "Flatten")

@@ -53,10 +53,7 @@ def _as_reshape(node: ir.Node, x: ir.Value, dims: list[int]) -> None:
     new = ir.Node("", "Reshape", [x, shape], outputs=[new_out],
                   name=f"{node.name}_reshape" if node.name else None)
     g.insert_after(node, [new])
-    y.replace_all_uses_with(new_out)
-    if y.is_graph_output():
-        outs = g.outputs
-        outs[[o is y for o in outs].index(True)] = new_out
+    y.replace_all_uses_with(new_out, replace_graph_outputs=True)
     name = y.name
     g.remove(node, safe=True)
     new_out.name = name

@@ -77,7 +77,10 @@ def ncnn_runner(param: Path, binf: Path, io: dict, precision: str, threads: int)
             keep = []
             for name, blob in ins.items():
                 dt = np.int32 if name in io.get("int32_inputs", ()) else np.float32
-                x = np.ascontiguousarray(np.asarray(feed[name]).astype(dt)[0])
+                x = np.asarray(feed[name]).astype(dt)
+                s = list(x.shape)  # the batch axis dropped: 0, or a sequence-first input's 1
+                b = 0 if s[0] == 1 or 1 not in s else s.index(1)
+                x = np.ascontiguousarray(x.reshape(s[:b] + s[b + 1:]))
                 # ncnn.Mat(x) wraps the numpy buffer with no reference count: an in-place first
                 # layer (BatchNorm, ReLU) then crashes the extractor. clone() owns its memory.
                 mat = ncnn.Mat(x).clone()
@@ -137,6 +140,11 @@ class NcnnTarget(Target):
         if folded:
             notes.append(f"{folded} index-only Gathers / chained Reshapes / packed Q·K·V parts "
                          "rewritten as 4-D Reshapes and Slices for ncnn's batch-less blobs")
+        rnn = sum(n.op_type in ("LSTM", "GRU") for n in model.graph)
+        if rnn and precision == "int8":
+            notes.append(f"{rnn} LSTM/GRU layers run int8 in ncnn: int8 weights with one scale per "
+                         "gate row; ncnn quantizes their input and hidden state per timestep at run "
+                         "time (absmax), so they read no calibrated scale")
         if any(n.op_type == "IsNaN" for n in model.graph):
             notes.append("Where(IsNaN(softmax), 0, softmax) runs as the softmax: ncnn has no NaN "
                          "test; -inf mask constants become -FLT_MAX so scores stay finite")
