@@ -1,5 +1,5 @@
 """report.html beside report.json: the digits CNN (two of its layers renamed to HTML/script
-payloads) through the CLI for x86 and arm INT8; the page parses, shows report.json's figures (sizes,
+payloads) through the CLI for x86 and arm INT8 (.tflite and ncnn); the page parses, shows report.json's figures (sizes,
 ratios, cosines, each artifact's row, each layer's SQNR), escapes every name, and renders in a real
 headless Chromium without a console error (skipped, saying so, where Chromium is absent: `make
 test` installs it)."""
@@ -82,6 +82,7 @@ def run(tmp_path_factory):
     from autoglm_compress.pipeline import Pipeline, build_passes
 
     pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("ncnn")
     tmp = tmp_path_factory.mktemp("html")
     model = load(DEMO)
     Pipeline(build_passes(["cleanup", "fold_bn"]), progress=False).run(model)  # names kept after
@@ -89,7 +90,8 @@ def run(tmp_path_factory):
     convs[0].name, convs[2].name = EVIL, EVIL_KEPT
     src = save_atomic(model, tmp / "digits <b>&'q\".onnx")
     out = tmp / "out"
-    code = main([str(src), "--int8", "--target", "x86", "--target", "arm", "--calib", str(CALIB),
+    code = main([str(src), "--int8", "--target", "x86", "--target", "arm", "--format", "all",
+                 "--calib", str(CALIB),
                  "--eval", str(EVAL), "--samples", "16", "--latency-repeats", "3",
                  "--verify-arm", "off", "--keep-fp32", EVIL_KEPT, "-o", str(out)])
     assert code == 0
@@ -119,7 +121,7 @@ def test_summary_shows_sizes_ratios_cosine_per_artifact(run):
     src = report["model"]["size_bytes"]
     assert f"({src} bytes)" in "".join(page.text)
     rows = {r["artifact"]: r for r in _table(page, "artifact", "size vs source")}
-    assert len(report["artifacts"]) == 2 and len(rows) == 2
+    assert len(report["artifacts"]) == 3 and len(rows) == 3  # x86 .onnx, arm .tflite and ncnn
     for a in report["artifacts"]:
         r = rows[Path(a["path"]).name]
         assert (r["target"], r["precision"], r["bytes"]) == (a["target"], "int8",
@@ -140,9 +142,10 @@ def test_summary_shows_sizes_ratios_cosine_per_artifact(run):
 def test_per_layer_sqnr_per_target_and_float_layers(run):
     _, report, page = run
     charts = [c for c in page.svgs if c[0].startswith("QDQ simulation")]  # per int8 artifact
-    assert len(charts) == 2
-    for target, labels in zip(("x86", "arm"), charts):
-        rec = next(p for p in report["passes"] if p["name"] == f"quantize[{target}]")
+    records = [p for p in report["passes"] if p["name"].startswith("quantize[")]
+    assert len(charts) == len(records) == 3
+    for a, rec, labels in zip(report["artifacts"], records, charts):
+        assert rec["name"] == f"quantize[{a['target']}]"
         layers = rec["stats"]["layers"]
         assert len(layers) == 3 and all(x["sqnr_db"] > 10 for x in layers)  # 4 weighted, 1 kept
         assert {x["node"] for x in rec["stats"]["layers_fp32"]} == {EVIL_KEPT}
@@ -151,21 +154,26 @@ def test_per_layer_sqnr_per_target_and_float_layers(run):
             assert labels[i + 1] == f"{x['sqnr_db']:.3g}"
         assert labels[labels.index(EVIL_KEPT) + 1] == "FP32 (--keep-fp32)"
         assert f"{EVIL} (Conv)" in labels  # as text
-    # the arm .tflite read tensor by tensor in LiteRT: each fused conv+relu, pool, FC output
-    x86, arm = report["artifacts"]
+    # the arm files read tensor by tensor in their runtimes: each fused conv+relu, pool, FC output
+    x86, tfl, ncnn = report["artifacts"]
     assert "layer_error" not in x86["extra"]  # the QDQ model itself: the figures above are its own
-    le = arm["extra"]["layer_error"]
-    got = {t["node"]: t["sqnr_db"] for t in le["tensors"]}
-    assert le["samples"] == 8 and le["not_compared"] == 0
-    assert len(got) >= 6 and {"/features/2/Relu", "/fc/Gemm"} <= set(got), got
-    assert all(v > 15 for v in got.values()), got
-    runtime = next(c for c in page.svgs if c[0].startswith("in the artifact's runtime: LiteRT"))
-    for t in le["tensors"]:
-        label = f"{t['node']} ({t['op']})"
-        i = runtime.index(label if len(label) <= 40 else "…" + label[-39:])  # cut to fit
-        assert runtime[i + 1] == f"{t['sqnr_db']:.3g}"
+    for a, runtime in ((tfl, "LiteRT"), (ncnn, "ncnn")):
+        le = a["extra"]["layer_error"]
+        got = {t["node"]: t["sqnr_db"] for t in le["tensors"]}
+        assert le["samples"] == 8 and le["runtime"].startswith(runtime)
+        assert len(got) >= 5 and "/fc/Gemm" in got and all(v > 15 for v in got.values()), got
+        chart = next(c for c in page.svgs
+                     if c[0].startswith(f"in the artifact's runtime: {runtime}"))
+        for t in le["tensors"]:
+            label = f"{t['node']} ({t['op']})"
+            i = chart.index(label if len(label) <= 40 else "…" + label[-39:])  # cut to fit
+            assert chart[i + 1] == f"{t['sqnr_db']:.3g}"
+        if runtime == "LiteRT":  # every tensor compared
+            assert le["not_compared"] == 0 and "/features/2/Relu" in got
+        else:  # the first conv's blob, requantized to int8 codes for the int8 second conv
+            assert le["not_compared"] >= 1 and "/features/2/Relu" not in got
     kept = [r for r in _table(page, "layer", "why float") if r["layer"] == EVIL_KEPT]
-    assert len(kept) >= 2 and all("--keep-fp32" in r["why float"] for r in kept)
+    assert len(kept) >= 3 and all("--keep-fp32" in r["why float"] for r in kept)
 
 
 def test_every_user_string_is_escaped(run):
@@ -216,23 +224,3 @@ def test_renders_in_headless_chromium_without_console_errors(run, tmp_path):
     orange = (np.abs(px - [0xE0, 0x7B, 0x24]).sum(axis=2) < 30).sum()  # the int8 bars
     assert 0.01 < ink < 0.6 and orange > 200, (ink, orange)
 
-
-def test_ncnn_layer_error_read_blob_by_blob(tmp_path):
-    """ncnn: each float blob extracted and compared with the FP32 tensor of the same name; a blob
-    a layer requantizes to int8 codes (the first conv's, read by the int8 second) is counted,
-    not compared."""
-    pytest.importorskip("ncnn")
-    out = tmp_path / "o"
-    assert main([str(DEMO), "--int8", "--target", "arm", "--format", "ncnn", "--calib", str(CALIB),
-                 "--samples", "8", "--latency-repeats", "2", "--verify-arm", "off",
-                 "-o", str(out)]) == 0
-    a = json.loads((out / "report.json").read_text())["artifacts"][0]
-    le = a["extra"]["layer_error"]
-    got = {t["node"]: t["sqnr_db"] for t in le["tensors"]}
-    assert le["runtime"].startswith("ncnn") and le["not_compared"] >= 1
-    assert "/features/2/Relu" not in got  # the requantized blob: int8 codes, not compared
-    assert len(got) >= 4 and "/fc/Gemm" in got and all(v > 15 for v in got.values()), got
-    page = Page()
-    page.feed((out / "report.html").read_text())
-    chart = next(c for c in page.svgs if c[0].startswith("in the artifact's runtime: ncnn"))
-    assert chart[chart.index("/fc/Gemm (Gemm)") + 1] == f"{got['/fc/Gemm']:.3g}"
