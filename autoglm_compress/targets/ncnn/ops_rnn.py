@@ -40,8 +40,9 @@ def _used(v: ir.Value | None) -> bool:
 
 
 def _check_rnn(node: ir.Node) -> str | None:
-    """Batch 1, constant weights, default activations, no clip / input_forget / peepholes /
-    sequence_lens shorter than the sequence; GRU with linear_before_reset=1 (torch's)."""
+    """Batch 1, constant weights, default activations, no clip/peepholes; GRU linear_before_reset=1.
+
+    Also refused: input_forget, sequence_lens shorter than the sequence."""
     op, a = node.op_type, node.attributes
     if any(const_array(v) is None for v in node.inputs[1:4] if v is not None):
         return f"{op} with non-constant weights"
