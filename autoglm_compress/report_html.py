@@ -37,7 +37,7 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding
 text-align:left;vertical-align:top}th{background:#f3f3f3}td.n{text-align:right;
 font-variant-numeric:tabular-nums}.pass{color:#1e7e34;font-weight:bold}.fail{color:#c0392b;
 font-weight:bold}.warn{background:#fff4e0;border-left:4px solid #e07b24;padding:4px 8px;
-margin:3px 0}.muted{color:#666}code{background:#f5f5f5;padding:0 3px;word-break:break-all}"""
+margin:3px 0}.muted{color:#666}.t{overflow-x:auto}code{background:#f5f5f5;padding:0 3px;word-break:break-all}"""
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
@@ -57,7 +57,8 @@ def _header(r: dict) -> str:
             ("source size", f"{_size(m.get('size_bytes'))} ({m.get('size_bytes')} bytes)"),
             ("parameters", f"{stats.get('params', '–'):,}" if isinstance(stats.get("params"), int)
              else None),
-            ("parameters after passes", after.get("params")),
+            ("parameters after passes", f"{after['params']:,}"
+             if isinstance(after.get("params"), int) else None),
             ("command", "autoglm-compress " + shlex.join(map(str, cmd)) if cmd else
              ("recipe" if run.get("recipe") else None)),
             ("verified on", f"{ver.get('samples')} {ver.get('source')} samples, reference: "
@@ -68,7 +69,7 @@ def _header(r: dict) -> str:
             ("runtimes", ", ".join(f"{k} {v}" for k, v in (run.get("runtimes") or {}).items())),
             ("tool", f"{tool.get('name')} {tool.get('version')} · report schema "
                      f"{r.get('schema_version')}")]
-    return table(("", ""), [(k, v) for k, v in rows if v is not None])
+    return table(None, [(k, v) for k, v in rows if v is not None])
 
 
 def _summary(r: dict) -> str:

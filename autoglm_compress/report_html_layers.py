@@ -119,12 +119,14 @@ def _in_runtime(a: dict) -> str:
            f"simulation with cosine {esc(f'{sim:.6f}')}.</p>")
     rows = [_sqnr_row(t, "no error (identical)") for t in le.get("tensors") or []]
     if rows:
-        skipped = le.get("not_compared")
-        return out + bar_groups([(f"in the artifact's runtime: {le.get('runtime')}, per tensor "
-                                  f"shared with the FP32 model ({le.get('samples')} samples)",
-                                  rows)], "dB", label_chars=40) + (
-            f"<p class=muted>{esc(skipped)} tensors of other shapes not compared.</p>"
-            if skipped else "")
+        runtime, skipped = str(le.get("runtime", "?")), le.get("not_compared")
+        short = runtime.split()[0] if runtime.split() else runtime
+        return out + bar_groups([(f"in the artifact's runtime: {short}, per tensor", rows)], "dB",
+                                label_chars=40) + (
+            f"<p class=muted>Read in {esc(runtime)} on {esc(le.get('samples'))} samples: each "
+            "tensor the artifact shares with the FP32 model (same name)"
+            + (f"; {esc(skipped)} more not compared (no FP32 tensor of that shape, or int8 "
+               "codes)" if skipped else "") + ".</p>")
     why = le.get("error") or "the report has no per-tensor figures for this artifact's runtime"
     return out + f"<p class=muted>Not measured in the artifact's own runtime: {esc(why)}.</p>"
 

@@ -46,12 +46,13 @@ def cell(v) -> str:
 
 
 def table(head, rows, numeric=()) -> str:
-    """An HTML table; ``numeric``: column indexes right-aligned."""
-    th = "".join(f"<th>{esc(h)}</th>" for h in head)
+    """An HTML table (scrolls sideways when wider than the page); ``head`` None: no header row;
+    ``numeric``: column indexes right-aligned."""
+    th = "" if head is None else "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
     body = "".join(
         "<tr>" + "".join(f'<td{" class=n" if i in numeric else ""}>{cell(v)}</td>'
                          for i, v in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
+    return f'<div class="t"><table>{th}{body}</table></div>'
 
 
 def _num(v: float) -> str:
