@@ -93,7 +93,8 @@ def run(tmp_path_factory):
     code = main([str(src), "--int8", "--target", "x86", "--target", "arm", "--format", "all",
                  "--calib", str(CALIB),
                  "--eval", str(EVAL), "--samples", "16", "--latency-repeats", "3",
-                 "--verify-arm", "off", "--keep-fp32", EVIL_KEPT, "-o", str(out)])
+                 "--verify-arm", "off", "--keep-fp32", EVIL_KEPT, "--max-size", "0.95",
+                 "-o", str(out)])
     assert code == 0
     page = Page()
     page.feed((out / "report.html").read_text())
@@ -174,6 +175,25 @@ def test_per_layer_sqnr_per_target_and_float_layers(run):
             assert le["not_compared"] >= 1 and "/features/2/Relu" not in got
     kept = [r for r in _table(page, "layer", "why float") if r["layer"] == EVIL_KEPT]
     assert len(kept) >= 3 and all("--keep-fp32" in r["why float"] for r in kept)
+
+
+def test_gates_pass_and_fail(run):
+    from autoglm_compress.report_html import render_html
+
+    _, report, page = run
+    rows = _table(page, "budget", "result")
+    assert len(report["gates"]) == len(rows) == 3
+    for g, r in zip(report["gates"], rows):
+        assert (r["budget"], r["artifact"], r["result"]) == ("--max-size", g["artifact"], "PASS")
+        assert float(r["value"]) == pytest.approx(g["value"], rel=1e-5) and g["value"] < 0.95
+    failed = json.loads(json.dumps(report))
+    failed["gates"][1].update(passed=False, message=f"{EVIL} too big")
+    again = Page()
+    again.feed(render_html(failed))
+    rows = _table(again, "budget", "result")
+    assert [r["result"] for r in rows] == ["PASS", "FAIL", "PASS"] and again.bad == []
+    assert rows[1]["detail"] == f"{EVIL} too big"
+    assert "2 of 3 passed." in "".join(again.text)
 
 
 def test_every_user_string_is_escaped(run):
