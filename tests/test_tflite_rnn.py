@@ -129,7 +129,7 @@ def test_torch_rnn_lowered_fp32_and_fp16(name, tmp_path):
     rnn = [n for n in model.graph if n.op_type in ("LSTM", "GRU")]
     assert rnn and all(unsupported_reason(n) is None for n in rnn)
     layers, dirs = 2 if "2layer" in name else 1, 2 if "-bi" in name else 1
-    # "hybrid": the weights-only / INT8 form (LSTM weights int8 per tensor, float activations)
+    # "hybrid": the weights-only / INT8 form (weights int8, float activations)
     for precision, bound in (("fp32", 1e-5), ("fp16", 2e-3), ("hybrid", 1e-2)):
         data = lower_to_tflite(model, "fp32", hybrid=True) if precision == "hybrid" \
             else lower_to_tflite(model, precision)
@@ -141,6 +141,7 @@ def test_torch_rnn_lowered_fp32_and_fp16(name, tmp_path):
         else:  # unrolled: one tanh per step, direction and layer
             assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops
             assert ops.count("TANH") == 6 * layers * dirs
+            assert _int8_constants(data) == (4 * layers * dirs if precision == "hybrid" else 0)
         assert _max_err(model, data, feeds) <= bound, precision
 
 
@@ -201,7 +202,8 @@ def test_onnx_backend_lstm_gru_cases():
                     for o, w in zip(names, want):
                         errs[name] = max(errs.get(name, 0.0), float(np.abs(run[o] - w).max()))
     assert max(worst.values()) <= 1e-5, worst
-    assert max(hybrid.values()) <= 2e-3, hybrid  # measured ≤ 6e-4
+    # int8 weights (measured ≤ 2.5e-3: test_gru_seq_length, inputs up to 18)
+    assert max(hybrid.values()) <= 5e-3, sorted(hybrid.items(), key=lambda kv: -kv[1])[:3]
     assert {"test_lstm_with_peepholes", "test_lstm_batchwise", "test_gru_batchwise",
             "test_lstm_bidirectional", "test_gru_reverse"} <= set(worst)
 
@@ -286,4 +288,8 @@ def test_gru_int8_runs_float_with_its_reason(tmp_path):
     census = art.extra["tflite_ops"]
     gru = [f for f in census["float_ops"] if f["reason"] == FLOAT_REASONS["GRU"]]
     assert {f["op"] for f in gru} >= {"FULLY_CONNECTED", "LOGISTIC", "TANH"}
+    # hybrid FULLY_CONNECTED: int8 weights (2 input projections + 2 recurrent per step)
+    fcs = [f for f in gru if f["op"] == "FULLY_CONNECTED"]
+    assert len(fcs) == 2 + 2 * 5  # at most [32, 16] int8 + 32 float biases (float: ≥ 1088 B)
+    assert all(f["weight_bytes"] <= 32 * 16 + 32 * 4 for f in fcs)
     assert census["int8"] >= 1  # the linear layers around it

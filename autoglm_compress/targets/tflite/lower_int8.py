@@ -55,7 +55,7 @@ def _quant(q) -> dict:
 
 class _Int8Lowerer(_Lowerer):
     fuse_elementwise = True
-    hybrid_lstm = True  # LSTM: int8 weights, float activations (lower_rnn.py, rules_rnn.py)
+    hybrid_rnn = True  # LSTM/GRU: int8 weights, float activations (lower_rnn.py, rules_rnn.py)
 
     def __init__(self, model: ir.Model, io: str = "float"):
         super().__init__(model, fp16=False)

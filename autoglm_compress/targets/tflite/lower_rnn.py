@@ -17,7 +17,8 @@ GRU (no TFLite builtin): unrolled over the static sequence length. The input pro
 time steps are two FULLY_CONNECTED ops (z and r gates, h gate), UNPACKed into steps; each step is
 FC(h) → ADD → LOGISTIC → SPLIT (z, r), the candidate (ONNX ``linear_before_reset`` 1:
 r ⊙ (h Rhᵀ + Rbh); 0: (r ⊙ h) Rhᵀ) → ADD → TANH, then h' = n + z ⊙ (h − n). A reverse direction
-walks the steps backwards. Functions of the lowerer ``lw`` (lower.py) registered by rules_rnn.py.
+walks the steps backwards; in INT8 and weights-only files its FULLY_CONNECTED weights are int8 per
+output channel (hybrid, like the LSTM's). Functions of the lowerer ``lw`` (lower.py) registered by rules_rnn.py.
 """
 
 from __future__ import annotations
@@ -95,14 +96,22 @@ class _Rnn:
     def const(self, base: str, arr, weight: bool = True) -> int:
         return self.lw.const(self.name(base), np.ascontiguousarray(arr, np.float32), weight=weight)
 
-    def int8_const(self, base: str, arr) -> int:
-        """A weight as int8, symmetric per tensor (what TFLite's hybrid LSTM kernel reads)."""
+    def int8_const(self, base: str, arr, per_row: bool = False) -> int:
+        """A weight as int8, symmetric per tensor (what TFLite's hybrid LSTM kernel reads) or per
+        row (output channel: a hybrid FULLY_CONNECTED)."""
         arr = np.asarray(arr, np.float32)
-        scale = max(float(np.abs(arr).max()), 1e-12) / 127.0
+        peak = np.abs(arr).max(axis=1, keepdims=True) if per_row else np.abs(arr).max()
+        scale = np.maximum(peak, 1e-12) / 127.0
         q = np.clip(np.rint(arr / scale), -127, 127).astype(np.int8)
         return self.b.const(self.name(base), np.ascontiguousarray(q),
-                            {"scale": np.asarray([scale], np.float32),
-                             "zero_point": np.zeros(1, np.int64)})
+                            {"scale": np.asarray(scale, np.float32).reshape(-1),
+                             "zero_point": np.zeros(np.size(scale), np.int64), "axis": 0})
+
+    @property
+    def hybrid(self) -> bool:
+        """INT8 and weights-only files: int8 weights, float activations (TFLite's hybrid
+        kernels quantize the inputs on the fly)."""
+        return bool(self.lw.hybrid or getattr(self.lw, "hybrid_rnn", False))
 
     def op(self, code: int, ins, shape, options=None, otype: int = 0) -> int:
         out = self.tensor("t", shape)
@@ -156,8 +165,7 @@ def lower_lstm(lw, n: ir.Node) -> None:
     bias = wconst(bias_v) if bias_v is not None and bias_v.name else None
     peep = wconst(peep_v) if peep_v is not None and peep_v.name else None
     h_init, c_init = r.initial(5), r.initial(6)
-    # INT8 and weights-only files: TFLite's hybrid kernel (int8 weights, float activations)
-    hybrid = lw.hybrid or getattr(lw, "hybrid_lstm", False)
+    hybrid = r.hybrid
     weight = r.int8_const if hybrid else r.const
     ys, finals = [], [[], []]
     for d, direction in enumerate(r.dirs):
@@ -206,7 +214,12 @@ def lower_gru(lw, n: ir.Node) -> None:
     fc_keep = s.FullyConnectedOptionsT()
     fc_keep.keepNumDims = True
     fc = s.FullyConnectedOptionsT()
+    fc_keep.asymmetricQuantizeInputs = fc.asymmetricQuantizeInputs = r.hybrid
     fc_t = s.BuiltinOptions.FullyConnectedOptions
+
+    def weight(base: str, arr) -> int:
+        return r.int8_const(base, arr, per_row=True) if r.hybrid else r.const(base, arr)
+
     split = s.SplitOptionsT()
     split.numSplits = 2
     axis1 = lw.b.const(r.name("axis1"), np.asarray(1, np.int32))
@@ -215,15 +228,15 @@ def lower_gru(lw, n: ir.Node) -> None:
         wb = bias[d][:3 * H] if bias is not None else np.zeros(3 * H, np.float32)
         rb = bias[d][3 * H:] if bias is not None else np.zeros(3 * H, np.float32)
         # all steps' input projections at once: z,r gates (both biases) and the h gate
-        x_zr = r.op(_FC, [r.x, r.const("w_zr", W[d][:2 * H]), r.const("b_zr", wb[:2 * H]
+        x_zr = r.op(_FC, [r.x, weight("w_zr", W[d][:2 * H]), r.const("b_zr", wb[:2 * H]
                                                                         + rb[:2 * H])],
                     r.seq_shape(2 * H), fc_keep, fc_t)
         xb_h = wb[2 * H:] + (0 if lbr else rb[2 * H:])
-        x_h = r.op(_FC, [r.x, r.const("w_h", W[d][2 * H:]), r.const("b_h", xb_h)],
+        x_h = r.op(_FC, [r.x, weight("w_h", W[d][2 * H:]), r.const("b_h", xb_h)],
                    r.seq_shape(H), fc_keep, fc_t)
         steps_zr = r.unpack(x_zr, r.t_axis, r.T, [B, 2 * H])
         steps_h = r.unpack(x_h, r.t_axis, r.T, [B, H])
-        r_zr, r_h = r.const("r_zr", R[d][:2 * H]), r.const("r_h", R[d][2 * H:])
+        r_zr, r_h = weight("r_zr", R[d][:2 * H]), weight("r_h", R[d][2 * H:])
         rb_h = r.const("rb_h", rb[2 * H:]) if lbr else -1
         h = inits[d]
         h = lw.b.const(r.name("h0"), h) if isinstance(h, np.ndarray) else h

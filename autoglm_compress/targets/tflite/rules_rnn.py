@@ -19,8 +19,9 @@ FLOAT_REASONS = {
     "LSTM": "LSTM runs TFLite's hybrid kernel (int8 weights, float activations and state): the "
             "integer LSTM needs 16-bit gate and cell intermediates with their own calibrated "
             "scales (the 8x8→16 scheme), which this emitter does not write",
-    "GRU": "GRU runs float: it has no TFLite builtin and is unrolled into per-step float ops "
-           "(its state feeds back each step; the QDQ graph has no per-step scales)",
+    "GRU": "GRU has no TFLite builtin: unrolled into per-step ops with float activations (hybrid "
+           "FULLY_CONNECTED: int8 weights); its state feeds back each step and the QDQ graph has "
+           "no per-step scales",
 }
 _ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
 
