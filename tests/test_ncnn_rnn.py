@@ -55,6 +55,34 @@ class Crnn(torch.nn.Module):
         return self.fc(self.rnn(f)[0])
 
 
+class BiLstmRows(torch.nn.Module):
+    """crnn.pytorch's BidirectionalLSTM: a sequence-first BiLSTM, then a Linear on its output
+    flattened to rows [T·b, 2H] and viewed back to [T, b, K]."""
+
+    def __init__(self, nin: int, nh: int, nout: int):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(nin, nh, bidirectional=True)
+        self.embedding = torch.nn.Linear(2 * nh, nout)
+
+    def forward(self, x):
+        r, _ = self.rnn(x)
+        t, b, h = r.size()
+        return self.embedding(r.view(t * b, h)).view(t, b, -1)
+
+
+class SeqCrnn(torch.nn.Module):
+    """conv → [W, 1, C] (``squeeze(2).permute(2, 0, 1)``) → two BidirectionalLSTMs."""
+
+    def __init__(self):
+        super().__init__()
+        self.cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+                                       torch.nn.MaxPool2d((16, 1)))
+        self.rnn = torch.nn.Sequential(BiLstmRows(16, 24, 24), BiLstmRows(24, 24, 11))
+
+    def forward(self, x):
+        return self.rnn(self.cnn(x).squeeze(2).permute(2, 0, 1))
+
+
 def _export(module: torch.nn.Module, args: tuple, path: Path) -> Path:
     torch.manual_seed(0)
     module.eval()
@@ -173,16 +201,19 @@ def test_rnn_int8_and_fp16(tmp_path, kind):
                for n in int8.notes)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_crnn_end_to_end(tmp_path, precision):
+@pytest.mark.parametrize("precision,net", [("fp32", Crnn), ("int8", Crnn), ("fp32", SeqCrnn)],
+                         ids=["fp32", "int8", "seq-first-rows-fp32"])
+def test_crnn_end_to_end(tmp_path, precision, net):
     x = _feeds(1, {"x": (1, 1, 16, 32)})[0]["x"]
-    path = _export(Crnn(), (torch.from_numpy(x),), tmp_path / "crnn.onnx")
+    path = _export(net(), (torch.from_numpy(x),), tmp_path / "crnn.onnx")
     data = tmp_path / "calib.npz"
     np.savez(data, x=np.stack([f["x"][0] for f in _feeds(8, {"x": (1, 1, 16, 32)}, seed=2)]))
     feeds = _feeds(3, {"x": (1, 1, 16, 32)}, seed=3)
     art = _ncnn(path, tmp_path / precision, precision, data if precision == "int8" else None)
     types = [r[0] for r in _layers(art)]
-    assert types.count("LSTM") == 1 and "Convolution" in types and "InnerProduct" in types
+    n_lstm = 2 if net is SeqCrnn else 1
+    assert types.count("LSTM") == n_lstm and types.count("InnerProduct") == n_lstm
+    assert "Convolution" in types
     assert "Permute" in types  # [1, C, W] → [1, W, C]: the batch-first twin of [W, 1, C]
     if precision == "fp32":
         assert art.fidelity["cosine_min"] >= 0.999
@@ -193,9 +224,25 @@ def test_crnn_end_to_end(tmp_path, precision):
         assert art.extra["ncnn_int8"]["int8"] == 4  # 2 convs, the LSTM, the FC
 
 
-def test_cli_pt2_seq_first_lstm_and_refusal(tmp_path, capsys):
-    """Through the CLI from a torch.export archive (the dynamo exporter); a sequence-first output
-    read by something other than a reshape / LSTM is refused in check, naming it."""
+BASE = ["--target", "arm", "--format", "ncnn", "--calib-random", "--samples", "2",
+        "--latency-repeats", "1", "--verify-arm", "off"]
+
+
+def test_cli_pt2_seq_first_bilstm(tmp_path):
+    """Through the CLI from a torch.export archive (the dynamo exporter's LSTM → Transpose →
+    Reshape pattern, sequence-first input and output)."""
+    x = torch.randn(SEQ, 1, IN)
+    good = tmp_path / "good.pt2"
+    torch.export.save(torch.export.export(Rnn("LSTM", 1, True, False, False).eval(), (x,)), good)
+    out = tmp_path / "out"
+    assert main([str(good), *BASE, "-o", str(out)]) == 0
+    param = out / "good.arm.fp32.ncnn.param"
+    assert [r.split()[0] for r in param.read_text().splitlines()[2:]].count("LSTM") == 1
+
+
+def test_cli_refuses_a_sequence_first_value_read_by_another_op(tmp_path, capsys):
+    """A sequence-first output read by something other than a reshape / LSTM / GRU is refused in
+    check (exit 2), naming the op."""
 
     class Bad(torch.nn.Module):
         def __init__(self):
@@ -205,16 +252,7 @@ def test_cli_pt2_seq_first_lstm_and_refusal(tmp_path, capsys):
         def forward(self, x):
             return torch.relu(self.rnn(x)[0])
 
-    x = torch.randn(SEQ, 1, IN)
-    good = tmp_path / "good.pt2"
-    torch.export.save(torch.export.export(Rnn("LSTM", 1, True, False, False).eval(), (x,)), good)
-    base = ["--target", "arm", "--format", "ncnn", "--calib-random", "--samples", "2",
-            "--latency-repeats", "1", "--verify-arm", "off"]
-    out = tmp_path / "out"
-    assert main([str(good), *base, "-o", str(out)]) == 0
-    assert len(list(out.glob("good.arm.fp32.ncnn.param"))) == 1
-    bad = tmp_path / "bad.pt2"
-    torch.export.save(torch.export.export(Bad().eval(), (x,)), bad)
-    assert main([str(bad), *base, "-o", str(tmp_path / "bad_out")]) == 2
+    bad = _export(Bad(), (torch.randn(SEQ, 1, IN),), tmp_path / "bad.onnx")
+    assert main([str(bad), *BASE, "-o", str(tmp_path / "bad_out")]) == 2
     err = capsys.readouterr().err
     assert "'Relu'" in err and "sequence-first" in err and "batch_first=True" in err

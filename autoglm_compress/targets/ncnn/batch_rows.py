@@ -1,7 +1,7 @@
 """Give ncnn's batch-less blobs the batch axis back where an exporter flattened it into rows.
 
 Transformer exports run their linear layers on [B·S, H] values: a Reshape [1, S, H] → [S, H] (or
-[1, S, heads, d] → [S, heads·d]), Gemms
+[1, S, heads, d] → [S, heads·d]; a CRNN's sequence-first LSTM output [S, 1, H] → [S, H]), Gemms
 and element-wise ops on rows, a Reshape back to [1, S, N]. ncnn blobs have no batch axis (an ONNX
 [1, S, H] is the 2-D blob h=S, w=H), so the [S, H] rows look like a batch of S and are refused.
 This rewrite (ncnn target, before quantization) finds each such region — entered through a flatten
@@ -49,9 +49,9 @@ def _region(y: ir.Value, rows: int):
                 continue
             out = node.outputs[0]
             d = _dims(out)
-            if node.op_type == "Reshape" and d is not None and len(d) >= 3 and d[0] == 1 \
-                    and d[1] == rows and int(np.prod(d)) == int(np.prod(_dims(v))):
-                exits.append(node)  # back to [1, S, …]: reads the lifted rows unchanged
+            if node.op_type == "Reshape" and d is not None and len(d) >= 3 \
+                    and d[:2] in ([1, rows], [rows, 1]) and int(np.prod(d)) == int(np.prod(_dims(v))):
+                exits.append(node)  # back to [1, S, …] / [S, 1, …]: reads the lifted rows unchanged
                 continue
             gemm_ok = node.op_type == "Gemm" and const_array(node.inputs[1]) is not None \
                 and not node.attributes.get_int("transA", 0)
@@ -123,10 +123,10 @@ def lift_rows(model: ir.Model) -> int:
             continue
         x, y = r.inputs[0], r.outputs[0]
         dx, dy = _dims(x), _dims(y)
-        if dx is None or dy is None or len(dx) < 3 or dx[0] != 1 or \
-                dy != [dx[1], int(np.prod(dx[2:]))]:
-            continue  # not [1, S, …] → [S, N]
-        found = _region(y, dx[1])
+        if dx is None or dy is None or len(dx) < 3 or 1 not in dx[:2] or \
+                dy != [dx[0] * dx[1], int(np.prod(dx[2:]))]:
+            continue  # not [1, S, …] (or an RNN's sequence-first [S, 1, …]) → [S, N]
+        found = _region(y, dy[0])
         if found is None:
             continue
         nodes, values, exits = found

@@ -39,6 +39,17 @@ def _used(v: ir.Value | None) -> bool:
     return v is not None and bool(v.name) and (bool(list(v.uses())) or v.is_graph_output())
 
 
+def _reshaped_only(v: ir.Value, dims: list[int]) -> bool:
+    """Every reader of ``v`` (blob ``dims``) is a reshape to other blob dims, or one to the same
+    dims (an alias in ops_shape) whose readers are so in turn."""
+    for u, _ in v.uses():
+        if u.op_type not in _RESHAPES:
+            return False
+        if blob_shape(shape(u.outputs[0])) == dims and not _reshaped_only(u.outputs[0], dims):
+            return False
+    return True
+
+
 def _check_rnn(node: ir.Node) -> str | None:
     """Batch 1, constant weights, default activations, no clip/peepholes; GRU linear_before_reset=1.
 
@@ -135,8 +146,7 @@ def rnn(lw, n: ir.Node) -> None:
         bottoms += [_state(lw, v, d, hid, f"{name}_state{i}")
                     for i, v in enumerate(states[:n_state])]
     y = n.outputs[0]
-    yb = blob_shape(shape(y))  # [S, D, H]
-    if all(u.op_type in _RESHAPES and blob_shape(shape(u.outputs[0])) != yb for u, _ in y.uses()):
+    if _reshaped_only(y, blob_shape(shape(y))):
         top = lw.out(y)  # the [S, D·H] blob holds Y's data: each reader writes its own shape
     else:
         top = lw.ng.unique(f"{y.name}_seq")
