@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -19,6 +20,7 @@ from autoglm_compress.inputs import load_npz_feeds, parse_input_shape, random_fe
 from autoglm_compress.ir_utils import from_proto, to_proto
 from autoglm_compress.labels import check_eval_labels
 from autoglm_compress.output_set import OutputSet, relocate_strings
+from autoglm_compress.passes.fold_shapes import DATA_SHAPES
 from autoglm_compress.metrics import output_producers
 from autoglm_compress.pipeline import Pipeline, build_passes
 from autoglm_compress.stats import model_stats
@@ -172,6 +174,8 @@ class _Run:
         concrete = {k: v["shape"] for k, v in self.shapes.items()}
         if cfg.load.static_shapes:
             model = frontend.make_static(model, concrete)
+        # the arm formats' fold_shapes fixes symbolic dims to these (x86 keeps them dynamic)
+        model.metadata_props[DATA_SHAPES] = json.dumps(concrete)
         self.stats_before = model_stats(model, concrete)
         self.model = model
         if cfg.bundle.path:  # the manifest's preprocessing, checked against the inputs now

@@ -13,6 +13,7 @@ from autoglm_compress.passes import (  # noqa: E402,F401
     distill,
     equalize,
     fold_bn,
+    fold_shapes,
     fp16,
     fuse_gelu,
     fuse_layernorm,

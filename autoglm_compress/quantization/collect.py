@@ -21,7 +21,7 @@ inputs, ``r-1`` for Gemm/MatMul); a chunk's mean is
 weighted by its ``k`` samples, so the result is the mean over all samples.
 
 NaN anywhere is a CalibrationError naming the tensor. A tensor holding ±inf but no NaN (an additive
-attention mask built with -inf) has no int8 range: it gets no observer, is listed in
+attention mask built with -inf, or with ±FLT_MAX: ``MASK_SENTINEL``) has no int8 range: it gets no observer, is listed in
 ``CalibrationStats.infinite``, and the quantizer leaves it in float.
 """
 
@@ -55,6 +55,9 @@ __all__ = ["CHUNK_BYTES", "CalibrationStats", "collect_stats"]
 
 logger = logging.getLogger(__name__)
 CHUNK_BYTES = 128 << 20  # activations of one observed chunk
+# A finite value this large is a mask sentinel (torch.finfo(float32).min, which the dynamo exporter
+# writes where the TorchScript exporter writes -inf), not a range: the tensor is left in float.
+MASK_SENTINEL = 1e30
 
 
 @dataclasses.dataclass
@@ -143,6 +146,8 @@ class _Accumulator:
         if not torch.is_floating_point(t) or t.numel() == 0 or name in self.infinite:
             return
         t = t.detach()
+        if float(t.amin()) <= -MASK_SENTINEL or float(t.amax()) >= MASK_SENTINEL:
+            return self._drop(name)
         try:
             self._obs(name).observe(t)
         except CalibrationError:
@@ -162,7 +167,7 @@ class _Accumulator:
             return
         if not finite or math.isnan(lo) or math.isnan(hi):
             make_observer("minmax", name=name).observe_minmax(float("nan"), hi)  # raises
-        if not (math.isfinite(lo) and math.isfinite(hi)):
+        if not (math.isfinite(lo) and math.isfinite(hi)) or max(-lo, hi) >= MASK_SENTINEL:
             return self._drop(name)
         if name not in self.histogram:  # a histogram tensor's observer is fed the tensor itself
             self._merge_range(name, lo, hi)
@@ -178,8 +183,10 @@ class _Accumulator:
             r[0], r[1] = min(r[0], lo), max(r[1], hi)
 
     def _drop(self, name: str) -> None:
-        """±inf values (no NaN): no int8 range exists; the quantizer leaves the tensor in float."""
-        logger.info("tensor %r holds ±inf values: it stays in float", name)
+        """±inf or mask-sentinel values (no NaN): no int8 range exists; the quantizer leaves the
+        tensor in float."""
+        logger.info("tensor %r holds ±inf or ±%.0e values: it stays in float", name,
+                    MASK_SENTINEL)
         self.infinite.add(name)
         for d in (self.observers, self.means, self.absmax, self.pending):
             d.pop(name, None)

@@ -321,6 +321,20 @@ class Target(abc.ABC):
                     f"{why}; replace it in the model, or use {self.alternatives}",
                 )
 
+    def refuse_dynamic(self, model: ir.Model, precision: str) -> None:
+        """Stop on the first node whose shape ``fold_shapes`` left to run time (a data-dependent
+        op, a dim no data fixed, a shape input computed from values): node, op, which input, why."""
+        from autoglm_compress.passes.fold_shapes import dynamic_refusal
+
+        left = dynamic_refusal(model)
+        if left:
+            node, why = left
+            raise UnsupportedOpError(
+                node.op_type, node.name or "?", f"{self.label} ({precision})",
+                f"its shape is only known at run time: {why}; this target needs static shapes "
+                f"(replace it in the model, or use {self.alternatives})",
+            )
+
     @property
     def label(self) -> str:
         """How errors name this target ("target arm", "target arm, format ncnn")."""

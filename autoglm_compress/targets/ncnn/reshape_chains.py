@@ -93,7 +93,43 @@ def fold_reshape_chains(model: ir.Model) -> int:
         _as_reshape(node, prev.inputs[0], dy)
         model.graph.remove(prev, safe=True)
         changed += 1
-    return changed
+    return changed + _squeezed_transposes(model)
+
+
+def _only_reader(v: ir.Value) -> ir.Node | None:
+    uses = list(v.uses())
+    return None if v.is_graph_output() or len(uses) != 1 else uses[0][0]
+
+
+def _squeezed_transposes(model: ir.Model) -> int:
+    """``x [1, *s] → Reshape [*s] → Transpose(p) → Reshape [1, *t]`` (the dynamo exporter's
+    ``k.transpose(-2, -1)`` of [1, H, S, D]: a middle value whose leading dim is H) becomes
+    ``Transpose(x, [0, *(p + 1)])``: the same [1, *t] tensor, with no batch-less middle value."""
+    done = 0
+    for sq in list(model.graph):
+        if sq.graph is None or sq.op_type != "Reshape":
+            continue
+        dx, dm = _dims(sq.inputs[0]), _dims(sq.outputs[0])
+        tr = _only_reader(sq.outputs[0])
+        if dx is None or dm is None or dx != [1, *dm] or tr is None or tr.op_type != "Transpose":
+            continue
+        un = _only_reader(tr.outputs[0])
+        perm = tr.attributes.get_ints("perm", list(range(len(dm)))[::-1])
+        dt = _dims(tr.outputs[0])
+        if un is None or un.op_type != "Reshape" or dt is None or _dims(un.outputs[0]) != [1, *dt]:
+            continue
+        y = un.outputs[0]
+        out = ir.Value(shape=y.shape, type=y.type)
+        new = ir.Node("", "Transpose", [sq.inputs[0]], outputs=[out],
+                      attributes=[ir.AttrInt64s("perm", [0, *(int(p) + 1 for p in perm)])],
+                      name=f"{tr.name}_batched" if tr.name else None)
+        model.graph.insert_after(un, [new])
+        y.replace_all_uses_with(out, replace_graph_outputs=True)
+        name = y.name
+        model.graph.remove([un, tr, sq], safe=True)
+        out.name = name
+        done += 1
+    return done
 
 
 def _part_index(node: ir.Node) -> tuple[int, ir.Value] | None:

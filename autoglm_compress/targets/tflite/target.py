@@ -83,8 +83,10 @@ class TFLiteTarget(Target):
                 f"--target arm writes and verifies TFLite with LiteRT, but {e.name} is not "
                 "installed: pip install 'autoglm-compress[runtimes]'"
             ) from None
-        super().check(model, precision)
-        self.refuse_unsupported(model, precision, unsupported_reason)
+        prepared, _ = self.prepared(model, precision)  # what will be lowered, on a copy
+        self.refuse_dynamic(prepared, precision)
+        super().check(prepared, precision)
+        self.refuse_unsupported(prepared, precision, unsupported_reason)
         return []
 
     def scheme(self):
@@ -95,8 +97,9 @@ class TFLiteTarget(Target):
         return {"form": "weights"}
 
     def prepare_passes(self, precision: str) -> tuple[str, ...]:
-        """GELU written out with Erf → one Gelu node (TFLite's GELU kernel; one int8 op)."""
-        return ("fuse_gelu",)
+        """Shapes fixed to the data's and folded (fold_shapes.py: the .tflite is static), then
+        GELU written out with Erf → one Gelu node (TFLite's GELU kernel; one int8 op)."""
+        return ("fold_shapes", "fuse_gelu")
 
     def prepare(self, model: ir.Model, precision: str, stats: dict[str, dict]) -> list[str]:
         n = stats.get("fuse_gelu", {}).get("gelu_fused", 0)
