@@ -64,3 +64,27 @@ def int8_weights(model) -> dict:
             if v.name.endswith(suffix) and dt == want:
                 out[v.name[: -len(suffix)]] = v.const_value.numpy().astype("int16") - shift
     return out
+
+
+def ncnn_extract(param, feeds: dict, blobs, int8: bool = False) -> dict:
+    """``blobs`` extracted in that order from one extractor of the ``param`` / ``.bin`` pair, ncnn's
+    default light mode, fp16 off (FP32 exact, as verified); ``feeds``: input blob → array with
+    its batch axis."""
+    import ncnn
+    import numpy as np
+
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.use_int8_inference = int8
+    net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False
+    assert net.load_param(str(param)) == 0
+    assert net.load_model(str(param.with_suffix(".bin"))) == 0
+    ex = net.create_extractor()
+    for name, x in feeds.items():
+        ex.input(name, ncnn.Mat(np.ascontiguousarray(x[0])).clone())
+    got = {}
+    for name in blobs:
+        ret, m = ex.extract(name)
+        assert ret == 0, f"extract {name!r} failed ({ret})"
+        got[name] = np.array(m)[None]
+    return got

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from qhelpers import ncnn_extract
 from torch import nn
 
-ncnn = pytest.importorskip("ncnn")
+pytest.importorskip("ncnn")
 ort = pytest.importorskip("onnxruntime")
 
 
@@ -72,24 +73,6 @@ def _save(name: str, tmp: Path) -> tuple[Path, Path]:
     return path, data
 
 
-def _ncnn_outputs(param: Path, order: list[str], x: np.ndarray, int8: bool) -> dict:
-    """Blobs extracted in ``order`` from one extractor, ncnn's default (light mode) options."""
-    net = ncnn.Net()
-    net.opt.use_vulkan_compute = False
-    net.opt.use_int8_inference = int8
-    assert net.load_param(str(param)) == 0
-    assert net.load_model(str(param.with_suffix(".bin"))) == 0
-    ex = net.create_extractor()
-    mat = ncnn.Mat(np.ascontiguousarray(x[0])).clone()
-    ex.input("x", mat)
-    got = {}
-    for name in order:
-        ret, m = ex.extract(name)
-        assert ret == 0, f"extract {name!r} failed ({ret})"
-        got[name] = np.array(m)[None]
-    return got
-
-
 def _param_rows(param: Path) -> list[list[str]]:
     return [ln.split() for ln in param.read_text().splitlines()[2:]]
 
@@ -120,7 +103,7 @@ def test_output_read_by_layers(tmp_path, name, int8):
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     ref = dict(zip(outs, sess.run(outs, {"x": x})))
     for order in (outs, outs[::-1]):  # either output first: both still there
-        got = _ncnn_outputs(param, [blobs[k] for k in order], x, int8)
+        got = ncnn_extract(param, {"x": x}, [blobs[k] for k in order], int8)
         for k in outs:
             a, b = got[blobs[k]].reshape(-1), ref[k].reshape(-1)
             if int8:

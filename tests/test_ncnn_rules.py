@@ -121,7 +121,7 @@ def test_rule_check_accepts_and_refuses(op):
 
 
 def test_common_check_batch_and_unknown_dims():
-    assert "batch must be 1" in unsupported_reason(one("Relu", ["x"], shapes={"x": [2, 3, 8, 8]}))
+    assert "leading dim must be 1" in unsupported_reason(one("Relu", ["x"], shapes={"x": [2, 3, 8, 8]}))
     assert "unknown dimension" in unsupported_reason(
         one("Relu", ["x"], shapes={"x": [1, "C", 8, 8]}))
 

@@ -187,9 +187,7 @@ class _Lowerer:
             self.ng.add("Input", name, [], [name], dims_params(shape(v)))
         for n in self.g:
             self.node(n)
-        outs = {}
-        for v in self.g.outputs:
-            outs[v.name] = self.blob[v.name]
+        outs = {v.name: self.ng.rename_blob(self.blob[v.name], v.name) for v in self.g.outputs}
         self.ng.finish(outs.values())
         self.requantized = self.ng.fuse_requantize() if self.precision == "int8" else 0
         inputs = {v.name: self.blob[v.name] for v in self.g.inputs}

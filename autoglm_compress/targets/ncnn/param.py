@@ -64,6 +64,22 @@ class NcnnGraph:
         self.layers.append(layer)
         return layer
 
+    def rename_blob(self, old: str, new: str) -> str:
+        """Name blob ``old`` ``new`` in every layer (a graph output keeps its ONNX name) when
+        ``new`` is a safe name no blob has yet and a non-Input layer writes ``old``; the name the
+        blob has afterwards."""
+        blobs = {b for layer in self.layers for b in (*layer.inputs, *layer.outputs)}
+        writers = [ly for ly in self.layers if old in ly.outputs]
+        safe = all(c.isalnum() or c in "_.:/-" for c in new)
+        if old == new or not new or not safe or new in blobs or len(writers) != 1 \
+                or writers[0].type == "Input":
+            return old
+        for layer in self.layers:
+            layer.inputs = [new if b == old else b for b in layer.inputs]
+            layer.outputs = [new if b == old else b for b in layer.outputs]
+        self._names.add(new)
+        return new
+
     def finish(self, outputs=()) -> None:
         """Insert a Split after every blob read by more than one layer, and after every graph
         output (``outputs``: blob names) that any layer reads: the Split's first top keeps the

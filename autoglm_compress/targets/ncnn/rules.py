@@ -26,9 +26,9 @@ def _blob_check(node: ir.Node, rule: Rule) -> str | None:
            and (batch_axis(shape(v)) or 0) > 0 and const_array(v) is None]  # sequence-first
     for v in (*acts, *seq, *node.outputs):  # every activation is a graph input or some node's output
         s = shape(v)
-        if s and s[0] != 1:
+        if s and s[0] != 1 and s[0] >= 0:  # an unknown one: said below
             if not batch_axis(s):
-                return "ncnn blobs have no batch axis: batch must be 1 (give --input-shape)"
+                return f"a {s} value: ncnn blobs have no batch axis, so its leading dim must be 1"
             if node.op_type not in SEQ_FIRST_OPS:
                 return (f"a {s} value: ncnn blobs have no batch axis, so batch must be 1, or "
                         "a sequence-first value (an RNN's layout 0) passed only through reshapes "
