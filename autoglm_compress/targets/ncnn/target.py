@@ -119,8 +119,9 @@ class NcnnTarget(Target):
                 "--format ncnn verifies in the ncnn runtime, but ncnn is not installed: "
                 "pip install 'autoglm-compress[runtimes]'"
             ) from None
-        super().check(model, precision)
         prepared, _ = self.prepared(model, precision)  # what will be lowered, on a copy
+        self.refuse_dynamic(prepared, precision)
+        super().check(prepared, precision)
         refuse_batch(model, prepared, f"{self.label} ({precision})", self.alternatives)
         self.refuse_unsupported(prepared, precision, unsupported_reason)
         preflight(prepared, self.label, self.alternatives, self.options.threads)
@@ -130,8 +131,9 @@ class NcnnTarget(Target):
         return ncnn_scheme()
 
     def prepare_passes(self, precision: str) -> tuple[str, ...]:
-        """Fit the IR to ncnn's batch-less blobs (prepare_passes.py), then GELU → one layer."""
-        return (*NCNN_PREPARE, "fuse_gelu")
+        """Shapes fixed to the data's and folded (fold_shapes.py), the IR fitted to ncnn's
+        batch-less blobs (prepare_passes.py), then GELU → one layer."""
+        return ("fold_shapes", *NCNN_PREPARE, "fuse_gelu")
 
     def prepare(self, model: ir.Model, precision: str, stats: dict[str, dict]) -> list[str]:
         lifted = stats.get("lift_rows", {}).get("lifted", 0)
