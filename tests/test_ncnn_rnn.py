@@ -201,6 +201,24 @@ def test_rnn_int8_and_fp16(tmp_path, kind):
                for n in int8.notes)
 
 
+def test_rnn_int8_measured_layers(tmp_path):
+    """--ncnn-int8-layers measured times each int8 LSTM against its float twin and keeps the
+    slower-in-int8 ones float, listed as float layers (which ones depends on this machine)."""
+    shapes = _shapes(True, 2, True, False, "LSTM")
+    args = tuple(torch.from_numpy(v) for v in _feeds(1, shapes)[0].values())
+    path = _export(Rnn("LSTM", 2, True, True, False), args, tmp_path / "rnn.onnx")
+    art = compress(path, targets="arm", arm_format="ncnn", out_dir=tmp_path / "o", samples=2,
+                   latency_repeats=1, verify_arm="off", int8=True, calib_random=True,
+                   calib_samples=4, ncnn_int8_layers="measured").artifact("arm", "ncnn")
+    n = art.extra["ncnn_int8"]
+    assert n["measured"]["layers_timed"] == 2
+    assert sorted(n["float_layers"]) == n["measured"]["kept_float"]
+    assert n["int8"] + n["float"] == 2
+    rows = [r for r in _layers(art) if r[0] == "LSTM"]
+    assert sum("8=2" in r for r in rows) == n["int8"]
+    assert _max_err(path, art, _feeds(2, shapes, seed=1)) < 0.05
+
+
 @pytest.mark.parametrize("precision,net", [("fp32", Crnn), ("int8", Crnn), ("fp32", SeqCrnn)],
                          ids=["fp32", "int8", "seq-first-rows-fp32"])
 def test_crnn_end_to_end(tmp_path, precision, net):

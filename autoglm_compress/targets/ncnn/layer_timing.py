@@ -1,4 +1,4 @@
-"""Time each int8 conv / FC layer of an ncnn model against its float twin, alone, in this
+"""Time each int8 conv / FC / LSTM / GRU layer of an ncnn model against its float twin, alone, in this
 machine's ncnn (``--ncnn-int8-layers measured``).
 
 ncnn's int8 kernels differ by CPU: on ARM they beat float throughout, on x86 its int8 depthwise
@@ -22,7 +22,7 @@ from autoglm_compress.targets.ncnn.param import NcnnGraph
 
 __all__ = ["time_int8_layers"]
 
-_WEIGHTED = frozenset({"Convolution", "ConvolutionDepthWise", "InnerProduct"})
+_WEIGHTED = frozenset({"Convolution", "ConvolutionDepthWise", "InnerProduct", "LSTM", "GRU"})
 
 
 def _one_layer(layer, shape: list[int], int8: bool) -> tuple[str, bytes]:

@@ -16,6 +16,8 @@ tagged: weight_xc [G·H][I], bias_c [4][H], weight_hc [G·H][H].
 - INT8 (ncnn2int8's format, int8_scale_term 2): weight_xc and weight_hc int8 with one scale per
   gate row (127 / absmax, raw fp32 after the weights), bias fp32. ncnn quantizes the input and the
   hidden state per timestep at run time (absmax), so no calibrated activation scale is read.
+  ``--ncnn-int8-layers measured`` times them like conv / FC (layer_timing.py): on x86 ncnn's int8
+  LSTM wins at H=256 and loses at H=32.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ def rnn(lw, n: ir.Node) -> None:
     if lw.precision == "int8" and n.name not in lw.keep_float:
         (qx, sx), (qh, sh) = _int8_rows(wx), _int8_rows(wh)
         p[8] = 2
+        lw.int8_inputs[n.name] = [1, *blob_shape(shape(n.inputs[0]))]  # [1, S, I]: timing
         weights = [("tagged", qx.reshape(-1)), ("tagged", bias.reshape(-1)),
                    ("tagged", qh.reshape(-1)), ("raw", sx.reshape(-1)), ("raw", sh.reshape(-1))]
         lw.int8_layers.append(name)
@@ -155,6 +158,6 @@ def rnn(lw, n: ir.Node) -> None:
     if any(_used(v) for v in outs):
         tops += [lw.out(v) if _used(v) else lw.ng.unique(f"{name}_state_out{i}")
                  for i, v in enumerate(outs + [None] * (n_state - len(outs)))]
-    lw.ng.add(op, name, bottoms, tops, p, weights)
+    lw.ng.add(op, name, bottoms, tops, p, weights).source = n.name
     if top != lw.blob.get(y.name):
         lw.ng.add("Reshape", f"{name}_y", [top], [lw.out(y)], dims_params(shape(y)))
