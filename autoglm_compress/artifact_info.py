@@ -134,8 +134,8 @@ def artifact_layers(artifact, ir_counts: dict) -> dict:
     elif "ncnn_int8" in ex:
         n = ex["ncnn_int8"]
         got = {"int8": n["int8"], "float": n["float"], "float_nodes": n["float_layers"],
-               "counted_from": "the written .param (conv / FC layers with int8 weights; other "
-                               "ncnn layers are float by design)"}
+               "counted_from": "the written .param (conv / FC / LSTM / GRU layers with int8 "
+                               "weights; other ncnn layers are float by design)"}
     elif "ort_fusion" in ex:
         o = ex["ort_fusion"]
         got = {"int8": o["int8_compute_nodes"], "float": o["float_compute_nodes"],
