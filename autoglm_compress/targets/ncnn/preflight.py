@@ -4,7 +4,7 @@ after the work.
 
 The lowering itself refuses a structurally inconsistent ``.param`` (``NcnnGraph.problem``: a blob
 written twice, read before written, read by several layers without a Split, a graph output read by a
-layer). The run then feeds random inputs of the prepared IR's static shapes (inputs with an unknown
+layer). The run (FP16 storage for an FP16 run, else FP32) then feeds random inputs of the prepared IR's static shapes (inputs with an unknown
 dim are not run) and extracts every output in the runtime the artifact will be verified in: whatever
 ncnn says (an extract that fails, a load error) is one line naming the output's node.
 """
@@ -48,12 +48,14 @@ def _culprit(model: ir.Model, message: str) -> ir.Node | None:
     return next((n for n in model.graph for o in n.outputs if o.name in quoted), None)
 
 
-def preflight(model: ir.Model, label: str, alternatives: str, threads: int) -> None:
-    """Lower ``model`` (prepared FP32 IR) to ncnn and run it once; refuse what ncnn cannot run."""
+def preflight(model: ir.Model, precision: str, label: str, alternatives: str, threads: int) -> None:
+    """Lower ``model`` (the prepared FP32 IR) to ncnn and run it once — as FP16 for an FP16 run,
+    else FP32 (INT8 has no scales before calibration) — and refuse what ncnn cannot run."""
+    prec = "fp16" if precision == "fp16" else "fp32"
     from autoglm_compress.targets.ncnn.lower import lower_to_ncnn
     from autoglm_compress.targets.ncnn.target import ncnn_runner
 
-    param, data, io = lower_to_ncnn(model, "fp32")  # refuses an inconsistent .param
+    param, data, io = lower_to_ncnn(model, prec)  # refuses an inconsistent .param
     feed = _feed(model)
     if feed is None:
         logger.info("ncnn pre-flight: an input has an unknown dim, the lowering was not run")
@@ -64,13 +66,13 @@ def preflight(model: ir.Model, label: str, alternatives: str, threads: int) -> N
         pp.write_text(param)
         pb.write_bytes(data)
         try:
-            ncnn_runner(pp, pb, io, "fp32", threads)()(feed)
+            ncnn_runner(pp, pb, io, prec, threads)()(feed)
         except Exception as e:  # noqa: BLE001 - whatever the runtime says, one line
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             node = _culprit(model, first)
             raise UnsupportedOpError(
                 node.op_type if node is not None else "?", node.name if node is not None else "?",
-                f"{label} (fp32)",
+                f"{label} ({prec})",
                 f"ncnn cannot run the lowered model ({first}; found before calibration); this "
                 f"is a bug of the ncnn lowering (please report it): use {alternatives}",
             ) from None

@@ -124,7 +124,7 @@ class NcnnTarget(Target):
         super().check(prepared, precision)
         refuse_batch(model, prepared, f"{self.label} ({precision})", self.alternatives)
         self.refuse_unsupported(prepared, precision, unsupported_reason)
-        preflight(prepared, self.label, self.alternatives, self.options.threads)
+        preflight(prepared, precision, self.label, self.alternatives, self.options.threads)
         return []
 
     def scheme(self):
