@@ -34,8 +34,9 @@ def _bert(path, layers: int, hidden: int, dynamo: bool, token_types: bool):
             super().__init__()
             self.bert = bert
 
-        def forward(self, *args):
-            out = self.bert(**dict(zip(names, args)))
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            out = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                            token_type_ids=token_type_ids)
             return out.last_hidden_state, out.pooler_output
 
     ex = (torch.randint(0, VOCAB, (2, 8)), torch.ones(2, 8, dtype=torch.long),
@@ -44,7 +45,7 @@ def _bert(path, layers: int, hidden: int, dynamo: bool, token_types: bool):
         b, s = torch.export.Dim("batch", max=8), torch.export.Dim("sequence", max=64)
         torch.onnx.export(Wrap().eval(), ex, str(path), dynamo=True, input_names=names,
                           output_names=list(_OUTS), opset_version=18,
-                          dynamic_shapes=[{0: b, 1: s} for _ in names])
+                          dynamic_shapes={n: {0: b, 1: s} for n in names})
     else:
         torch.onnx.export(Wrap().eval(), ex, str(path), dynamo=False, input_names=names,
                           output_names=list(_OUTS), opset_version=17,

@@ -67,7 +67,7 @@ _SHAPE_MATH = frozenset({
     "Where", "Expand", "ConstantOfShape", "Reshape", "Add", "Sub", "Mul", "Div", "Max", "Min",
     "Identity", "ReduceProd", "Mod", "Floor", "Ceil", "Neg", "Abs", "Not", "Less", "Greater",
 })  # fmt: skip
-_MAX_ROUNDS = 4
+_MAX_ROUNDS = 4  # fold → rewrite rounds (each round's rewrites may make more constants)
 # Constants up to this many elements are folded (onnxscript's default): shape arithmetic and
 # small index tables; a larger result only where it is no larger than what it reads.
 FOLD_LIMIT = 8192
@@ -76,7 +76,7 @@ FOLD_OUT_LIMIT = 512 * 512  # onnxscript's output limit
 _NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
                          "RandomNormal", "RandomUniform", "RandomNormalLike",
                          "RandomUniformLike", "Multinomial", "Bernoulli", "Constant",
-                         "If", "Loop", "Scan"})  # fold → rewrite rounds (each round's rewrites may make more constants)
+                         "If", "Loop", "Scan"})
 
 
 @dataclasses.dataclass(frozen=True)
