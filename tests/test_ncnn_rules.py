@@ -90,6 +90,11 @@ CASES = {
                   hidden_size=16, shapes={"x": [1, 5, 8]}, layout=1),
               "GRU with linear_before_reset=0 (ncnn's GRU applies the reset gate after the "
               "recurrent matmul, as torch exports it)")]),
+    "RNN": (one("RNN", ["x", "w", "r"], c={"w": f32(1, 16, 8), "r": f32(1, 16, 16)},
+                hidden_size=16, shapes={"x": [5, 1, 8]}),
+            [(one("RNN", ["x", "w", "r"], c={"w": f32(1, 16, 8), "r": f32(1, 16, 16)},
+                  hidden_size=16, activations=["Relu"], shapes={"x": [5, 1, 8]}),
+              "RNN with activations other than tanh (ncnn's only ones)")]),
 }
 
 

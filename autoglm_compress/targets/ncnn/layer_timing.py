@@ -1,5 +1,5 @@
-"""Time each int8 conv / FC / LSTM / GRU layer of an ncnn model against its float twin, alone, in this
-machine's ncnn (``--ncnn-int8-layers measured``).
+"""Time each int8 conv / FC / LSTM / GRU / RNN layer of an ncnn model against its float twin,
+alone, in this machine's ncnn (``--ncnn-int8-layers measured``).
 
 ncnn's int8 kernels differ by CPU: on ARM they beat float throughout, on x86 its int8 depthwise
 and small-channel convolutions run up to 2.5× slower than float ones (bench/RESULTS.md). Each
@@ -22,7 +22,8 @@ from autoglm_compress.targets.ncnn.param import NcnnGraph
 
 __all__ = ["time_int8_layers"]
 
-_WEIGHTED = frozenset({"Convolution", "ConvolutionDepthWise", "InnerProduct", "LSTM", "GRU"})
+_WEIGHTED = frozenset({"Convolution", "ConvolutionDepthWise", "InnerProduct", "LSTM", "GRU",
+                       "RNN"})
 
 
 def _one_layer(layer, shape: list[int], int8: bool) -> tuple[str, bytes]:

@@ -1,5 +1,5 @@
-"""ncnn rules for the recurrent layers: ONNX LSTM → ncnn LSTM, GRU → ncnn GRU (one layer each,
-every direction: 2=direction 0 forward, 1 reverse, 2 bidirectional).
+"""ncnn rules for the recurrent layers: ONNX LSTM → ncnn LSTM, GRU → ncnn GRU, RNN → ncnn RNN (one
+layer each, every direction: 2=direction 0 forward, 1 reverse, 2 bidirectional).
 
 Facts (ncnn's src/layer/lstm.cpp, gru.cpp, operators.md): the input is the sequence blob w=I, h=S
 (batch 1: ONNX X [S, 1, I] in layout 0, [1, S, I] in layout 1 — the same data); the output is
@@ -11,6 +11,7 @@ tagged: weight_xc [G·H][I], bias_c [4][H], weight_hc [G·H][H].
 - GRU gates run R, U, N (ONNX: z, r, h); bias_c rows R: Wb_r + Rb_r, U: Wb_z + Rb_z,
   WN: Wb_h, BN: Rb_h. ncnn computes n = tanh(W_n x + WN + r ⊙ (R_n h + BN)): ONNX
   ``linear_before_reset=1``, the form torch exports; 0 is refused.
+- RNN: one tanh gate, bias_c [1][H] = Wb + Rb.
 - Initial states (ONNX initial_h / initial_c [D, 1, H]) are the 2nd/3rd bottoms, Y_h / Y_c the
   2nd/3rd tops (w=H, h=D); an LSTM given only one of h / c gets zeros for the other.
 - INT8 (ncnn2int8's format, int8_scale_term 2): weight_xc and weight_hc int8 with one scale per
@@ -30,9 +31,10 @@ from autoglm_compress.targets.ir_reads import input_or_none
 from autoglm_compress.targets.ncnn.blobs import blob_shape, dims_params, shape
 from autoglm_compress.targets.ncnn.rules import RULES
 
-_GATES = {"LSTM": 4, "GRU": 3}
-_ORDER = {"LSTM": [0, 2, 1, 3], "GRU": [1, 0, 2]}  # ONNX gate blocks in ncnn's order
-_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_STATES = {"LSTM": 2, "GRU": 1, "RNN": 1}  # h (and c)
+_ORDER = {"LSTM": [0, 2, 1, 3], "GRU": [1, 0, 2], "RNN": [0]}  # ONNX gate blocks in ncnn's order
+_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"], "RNN": ["tanh"]}
 _DIRECTION = {"forward": 0, "reverse": 1, "bidirectional": 2}
 _RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 
@@ -82,7 +84,7 @@ def _check_rnn(node: ir.Node) -> str | None:
 
 
 def _weights(n: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(weight_xc [D, G·H, I], weight_hc [D, G·H, H], bias_c [D, 4, H]) in ncnn's gate order."""
+    """(weight_xc [D, G·H, I], weight_hc [D, G·H, H], bias_c [D, 4 or G, H]) in ncnn's order."""
     op, g = n.op_type, _GATES[n.op_type]
     w = const_array(n.inputs[1]).astype(np.float32)
     r = const_array(n.inputs[2]).astype(np.float32)
@@ -96,7 +98,7 @@ def _weights(n: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return a.reshape(d, g, hid, -1)[:, order].reshape(d, g * hid, -1)
 
     wb, rb = b[:, :g * hid].reshape(d, g, hid), b[:, g * hid:].reshape(d, g, hid)
-    if op == "LSTM":
+    if op != "GRU":
         bias = (wb + rb)[:, order]
     else:  # R, U, WN, BN
         bias = np.stack([wb[:, 1] + rb[:, 1], wb[:, 0] + rb[:, 0], wb[:, 2], rb[:, 2]], axis=1)
@@ -124,7 +126,7 @@ def _state(lw, v: ir.Value | None, d: int, hid: int, name: str) -> str:
                           .reshape(d, hid), name)
 
 
-@RULES.rule("LSTM", "GRU", check=_check_rnn)
+@RULES.rule("LSTM", "GRU", "RNN", check=_check_rnn)
 def rnn(lw, n: ir.Node) -> None:
     op, name = n.op_type, n.name or n.op_type.lower()
     wx, wh, bias = _weights(n)
@@ -142,7 +144,7 @@ def rnn(lw, n: ir.Node) -> None:
         if lw.precision == "int8":
             lw.float_layers.append(name)
     states = [input_or_none(n, 5), input_or_none(n, 6) if op == "LSTM" else None]
-    n_state = _GATES[op] - 2  # LSTM h, c; GRU h
+    n_state = _STATES[op]
     bottoms = [lw.b(n.inputs[0])]
     consts = [_const_state(v) for v in states[:n_state]]
     if not all(c is not None and not c.any() for c in consts):  # all-zero states: none given

@@ -32,12 +32,12 @@ def _blob_check(node: ir.Node, rule: Rule) -> str | None:
             if node.op_type not in SEQ_FIRST_OPS:
                 return (f"a {s} value: ncnn blobs have no batch axis, so batch must be 1, or "
                         "a sequence-first value (an RNN's layout 0) passed only through reshapes "
-                        "and LSTM/GRU (use batch_first=True)")
+                        "and LSTM/GRU/RNN (use batch_first=True)")
         if any(d < 0 for d in s):
             return "unknown dimension (give --input-shape / --static-shapes)"
     return None
 
 
-SEQ_FIRST_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "LSTM", "GRU"})
+SEQ_FIRST_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "LSTM", "GRU", "RNN"})
 RULES = RuleSet("ncnn", common=_blob_check)
 

@@ -144,11 +144,11 @@ class NcnnTarget(Target):
         if folded:
             notes.append(f"{folded} index-only Gathers / chained Reshapes / packed Q·K·V parts "
                          "rewritten as 4-D Reshapes and Slices for ncnn's batch-less blobs")
-        rnn = sum(n.op_type in ("LSTM", "GRU") for n in model.graph)
+        rnn = sum(n.op_type in ("LSTM", "GRU", "RNN") for n in model.graph)
         if rnn and precision == "int8":
-            notes.append(f"{rnn} LSTM/GRU layers run int8 in ncnn: int8 weights with one scale per "
-                         "gate row; ncnn quantizes their input and hidden state per timestep at run "
-                         "time (absmax), so they read no calibrated scale")
+            notes.append(f"{rnn} LSTM/GRU/RNN layers run int8 in ncnn: int8 weights with one "
+                         "scale per gate row; ncnn quantizes their input and hidden state per "
+                         "timestep at run time (absmax), so they read no calibrated scale")
         if any(n.op_type == "IsNaN" for n in model.graph):
             notes.append("Where(IsNaN(softmax), 0, softmax) runs as the softmax: ncnn has no NaN "
                          "test; -inf mask constants become -FLT_MAX so scores stay finite")
