@@ -58,8 +58,8 @@ def test_digits_on_aarch64(digits, precision, fmt):
     assert a64["samples"] == 8 and a64["cpu"] == "cortex-a76"
     # aarch64 vs x86 outputs of the same file: float rounding (int8: kernels may round apart)
     assert a64["vs_x86_cosine_min"] >= (0.9999 if precision == "fp32" else 0.999)
-    assert a64["cosine_min"] >= (0.99999 if precision == "fp32" else 0.999)
-    assert abs(a64["cosine_min"] - art.fidelity["cosine_min"]) < 1e-3
+    assert a64["cosine_pooled"] >= (0.99999 if precision == "fp32" else 0.999)
+    assert abs(a64["cosine_pooled"] - art.fidelity["cosine_pooled"]) < 1e-3
     out = next(iter(a64["outputs"].values()))
     assert out["top1_agreement"] == 1.0
     assert not any("differ beyond float rounding" in n for n in art.notes)
@@ -70,7 +70,7 @@ def test_digits_on_aarch64(digits, precision, fmt):
         assert any(n.startswith("INT8 = ") and "cortex-a76 (emulated; an instruction count, "
                    "not a time)" in n for n in art.notes), art.notes
     if fmt == "tflite":
-        assert a64["reference_kernels"]["cosine_min"] >= 0.999
+        assert a64["reference_kernels"]["cosine_pooled"] >= 0.999
         if precision == "int8":
             assert insns["int8"] < insns["fp32"], insns
 
@@ -179,7 +179,7 @@ def test_efficientnet_lite1_on_aarch64(arm_env, tmp_path_factory, monkeypatch):
         art = res.artifact("arm", fmt)
         a64 = art.fidelity["aarch64"]
         assert a64["vs_x86_cosine_min"] >= 0.999, (fmt, a64["vs_x86_cosine_min"])
-        assert a64["cosine_min"] > 0.98
+        assert a64["cosine_pooled"] > 0.98
         insns = art.latency["arm_insns"]["cortex-a76"]
         assert insns["int8"] < insns["fp32"], (fmt, insns)
 

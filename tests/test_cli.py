@@ -36,7 +36,7 @@ def test_fp16_x86_end_to_end(saved, tmp_path, name):
     rep = _report(out)
     a = rep["artifacts"][0]
     assert a["precision"] == "fp16" and a["size_bytes"] == art.stat().st_size
-    assert a["fidelity"]["cosine_min"] >= 0.999
+    assert a["fidelity"]["cosine_pooled"] >= 0.999
     assert a["latency"]["fp32"]["median_ms"] > 0 and a["latency"]["fp16"]["median_ms"] > 0
     assert [p["name"] for p in rep["passes"]] == ["cleanup", "fold_bn", "fp16[x86]"]
     assert rep["passes"][2]["stats"]["initializers_converted"] > 0
@@ -71,7 +71,7 @@ def test_fp32_default_with_eval_labels_and_dump(saved, tmp_path):
     fid = rep["artifacts"][0]["fidelity"]
     assert fid["samples"] == 6 and rep["verification"]["source"] == "eval"
     first = next(iter(fid["outputs"].values()))
-    assert first["cosine_min"] > 0.99999 and first["top1_agreement"] == 1.0 and "accuracy" in first
+    assert first["cosine_pooled"] > 0.99999 and first["top1_agreement"] == 1.0 and "accuracy" in first
     assert rep["passes"][1]["stats"]["bn_folded"] >= 5
     assert (out / "ir_after_fold_bn.onnx").is_file() and (out / "ir_after_fold_bn.txt").is_file()
     assert zm.name == "cnn"

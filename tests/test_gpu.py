@@ -91,4 +91,4 @@ def test_tensorrt_engines(saved, tmp_path):
         latency_repeats=5,
     )
     trt = res.artifact("cuda").extra["tensorrt"]
-    assert trt["status"] == "built" and trt["fidelity"]["cosine_min"] > 0.99
+    assert trt["status"] == "built" and trt["fidelity"]["cosine_pooled"] > 0.99

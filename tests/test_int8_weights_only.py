@@ -31,7 +31,7 @@ def test_digits_without_calibration(tmp_path):
     assert rep["calibration"] is None
     a = rep["artifacts"][0]
     out = next(iter(a["fidelity"]["outputs"].values()))
-    assert out["accuracy"] >= out["accuracy_ref"] - 0.005 and a["fidelity"]["cosine_min"] > 0.999
+    assert out["accuracy"] >= out["accuracy_ref"] - 0.005 and a["fidelity"]["cosine_pooled"] > 0.999
     rec = next(p for p in rep["passes"] if p["name"] == "quantize_dynamic[x86]")["stats"]
     assert rec["matmuls_dynamic"] == 1 and rec["convs_weight_only"] == 3 and not rec["left_float"]
     assert a["layers"]["int8"] == 1 and len(a["layers"]["weight_only_nodes"]) == 3
@@ -50,7 +50,7 @@ def test_transformer_matmuls_run_dynamic_int8(saved, tmp_path):
     rec = next(p for p in rep["passes"] if p["name"] == "quantize_dynamic[x86]")["stats"]
     assert rec["matmuls_dynamic"] >= 4 and rec["matmuls_dynamic"] <= n_const
     a = rep["artifacts"][0]
-    assert a["fidelity"]["cosine_min"] > 0.99
+    assert a["fidelity"]["cosine_pooled"] > 0.99
     fusion = fusion_report(a["files"]["model"]["path"])
     assert fusion["optimized_ops"].get("DynamicQuantizeMatMul", 0) == rec["matmuls_dynamic"]
     # AVX2 without VNNI: u8 inputs may span [0, 255], so weights that could saturate are 7-bit
@@ -84,7 +84,7 @@ def test_arm_tflite_dynamic_range(saved, tmp_path):
     rep = _run(DEMO, tmp_path / "a", "--eval", EVAL, "--samples", "200", "--target", "arm")
     arm = next(a for a in rep["artifacts"] if a["target"] == "arm")
     assert arm["extra"]["weights_only"].startswith("TFLite dynamic-range")
-    assert arm["fidelity"]["cosine_min"] > 0.999
+    assert arm["fidelity"]["cosine_pooled"] > 0.999
     ops, int8 = _tflite_ops_and_weights(arm["files"]["model"]["path"])
     assert "QUANTIZE" not in ops and "DEQUANTIZE" not in ops
     assert ops.count("CONV_2D") == 3 and ops.count("FULLY_CONNECTED") == 1
@@ -93,7 +93,7 @@ def test_arm_tflite_dynamic_range(saved, tmp_path):
     src = saved("transformer", "onnx")
     rep = _run(src, tmp_path / "t", "--samples", "16", "--target", "arm")
     t = next(a for a in rep["artifacts"] if a["target"] == "arm")
-    assert t["fidelity"]["cosine_min"] > 0.99
+    assert t["fidelity"]["cosine_pooled"] > 0.99
     ops, int8 = _tflite_ops_and_weights(t["files"]["model"]["path"])
     assert ops.count("FULLY_CONNECTED") >= 4 and len(int8) >= 4
 

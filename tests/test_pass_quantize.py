@@ -35,7 +35,7 @@ def _cos(fp32, q, feeds):
     a, b = ort_session(fp32), ort_session(q)
     names = [v.name for v in fp32.graph.outputs]
     return fidelity([ort_run(a, f) for f in feeds], [ort_run(b, f) for f in feeds], names)[
-        "cosine_min"
+        "cosine_pooled"
     ]
 
 

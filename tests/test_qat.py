@@ -28,7 +28,7 @@ def digits():
 
 def _eval(q, feeds, ref, simulate=False):
     sess = ort_session(q, simulate=simulate)
-    return fidelity(ref, [ort_run(sess, f) for f in feeds], ["output"])["cosine_min"]
+    return fidelity(ref, [ort_run(sess, f) for f in feeds], ["output"])["cosine_pooled"]
 
 
 def _rel_mse(q, feeds, ref, simulate=False) -> float:
@@ -156,7 +156,7 @@ def test_cli_qat(tmp_path):
     assert rec["stats"]["steps"] == 60 and rec["config"]["lr"] == 1e-4
     assert {"holdout_cosine_ptq", "holdout_cosine_qat", "kept", "device"} <= set(rec["stats"])
     art = rep["artifacts"][0]
-    assert art["fidelity"]["cosine_min"] > 0.9995
+    assert art["fidelity"]["cosine_pooled"] > 0.9995
     first = next(iter(art["fidelity"]["outputs"].values()))
     assert first["accuracy"] >= first["accuracy_ref"] - 0.01
 

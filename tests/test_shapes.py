@@ -119,7 +119,7 @@ def test_minus_one_batch_is_dynamic_and_input_shape_batch4_int8(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["input_shapes"]["x"]["shape"] == [4, 1, 8, 8]
     assert report["input_shapes"]["x"]["from"] == "--input-shape"
-    assert report["artifacts"][0]["fidelity"]["cosine_min"] > 0.99
+    assert report["artifacts"][0]["fidelity"]["cosine_pooled"] > 0.99
     sess = ort.InferenceSession(str(out / "neg.x86.int8.onnx"))
     for b in (1, 3):
         assert sess.run(None, {"x": _arr(b, 1, 8, 8)})[0].shape == (b, 4)
@@ -133,7 +133,7 @@ def test_old_opset_is_converted_before_int8(tmp_path):
     assert res.report["opset_conversion"] == {"from": 11, "to": 13, "why": "int8"}
     saved = onnx.load(res.artifacts[0].path)
     assert saved.opset_import[0].version >= 13
-    assert res.artifacts[0].fidelity["cosine_min"] > 0.99
+    assert res.artifacts[0].fidelity["cosine_pooled"] > 0.99
 
 
 def test_constant_node_weights_are_lifted_and_bn_folds(tmp_path):
@@ -146,7 +146,7 @@ def test_constant_node_weights_are_lifted_and_bn_folds(tmp_path):
     res = compress(path, fp16=True, calib=tmp_path / "calib.npz", out_dir=tmp_path)
     fold = next(p for p in res.report["passes"] if p["name"] == "fold_bn")
     assert fold["stats"]["bn_folded"] == 1
-    assert res.artifacts[0].fidelity["cosine_min"] > 0.999
+    assert res.artifacts[0].fidelity["cosine_pooled"] > 0.999
 
 
 def _fixed_batch2(tmp_path):

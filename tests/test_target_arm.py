@@ -35,10 +35,10 @@ def test_digits_in_litert(tmp_path, precision):
     arm, x86 = res.artifact("arm"), res.artifact("x86")
     assert arm.path.suffix == ".tflite" and arm.path.read_bytes()[4:8] == b"TFL3"
     fid = arm.fidelity
-    assert fid["cosine_min"] >= (0.99999 if precision == "fp32" else 0.9995)
+    assert fid["cosine_pooled"] >= (0.99999 if precision == "fp32" else 0.9995)
     out = next(iter(fid["outputs"].values()))
     assert out["top1_agreement"] == 1.0 and out["accuracy"] == out["accuracy_ref"]
-    assert arm.extra["reference_kernels"]["cosine_min"] >= fid["cosine_min"] - 1e-6
+    assert arm.extra["reference_kernels"]["cosine_pooled"] >= fid["cosine_pooled"] - 1e-6
     assert arm.latency["measured_on"].startswith("LiteRT XNNPACK")
     types = {d["dtype"] for d in _details(arm.path)}
     if precision == "fp16":
@@ -61,7 +61,7 @@ def test_zoo_cnn_lowers_depthwise_residual_upsample_concat(saved, tmp_path, prec
     res = compress(path, targets="arm", out_dir=tmp_path, samples=4, latency_repeats=3,
                    fp16=precision == "fp16")
     art = res.artifact("arm")
-    assert art.fidelity["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos
     ops = _ops(art.path)
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "RESIZE_NEAREST_NEIGHBOR", "CONCATENATION"} <= ops
     # inside, the model is NHWC: two edge transposes at most, none around every conv
@@ -107,7 +107,7 @@ def test_zoo_transformer_in_three_precisions(saved, tmp_path, precision):
             "FULLY_CONNECTED", "SOFTMAX", "SUM"} <= ops
     assert "ERF" not in ops and any("GELU" in n for n in art.notes)
     min_cos = {"fp32": 0.99999, "fp16": 0.9999, "int8": 0.99}[precision]
-    assert art.fidelity["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos
     if precision == "int8":
         assert art.extra["vs_qdq_simulation"]["cosine_min"] > 0.999
         assert art.extra["tflite_ops"]["int8"] >= 20
@@ -137,10 +137,10 @@ def test_digits_full_integer_int8(tmp_path):
                    out_dir=tmp_path, latency_repeats=5)
     arm = res.artifact("arm")
     out = next(iter(arm.fidelity["outputs"].values()))
-    assert out["accuracy_ref"] - out["accuracy"] <= 0.005 and arm.fidelity["cosine_min"] > 0.999
+    assert out["accuracy_ref"] - out["accuracy"] <= 0.005 and arm.fidelity["cosine_pooled"] > 0.999
     assert arm.extra["tflite_ops"]["float"] == 0 and arm.extra["tflite_ops"]["int8"] >= 6
     assert arm.extra["vs_qdq_simulation"]["cosine_min"] > 0.9999  # lowering adds no error
-    assert arm.extra["reference_kernels"]["cosine_min"] > 0.999
+    assert arm.extra["reference_kernels"]["cosine_pooled"] > 0.999
     details = _details(arm.path)
     convs = [d for d in details if d["dtype"] == np.int8 and len(d["shape"]) == 4
              and d["quantization_parameters"]["scales"].size > 1]
@@ -204,7 +204,7 @@ def test_full_integer_io(tmp_path, io):
     assert rio["inputs"][0]["dtype"] == io and rio["inputs"][0]["quant"]["scale"] > 0
     assert rio["outputs"][0]["name"] == "output" and rio["outputs"][0]["dtype"] == io
     out = next(iter(art.fidelity["outputs"].values()))
-    assert out["accuracy_ref"] - out["accuracy"] <= 0.005 and art.fidelity["cosine_min"] > 0.999
+    assert out["accuracy_ref"] - out["accuracy"] <= 0.005 and art.fidelity["cosine_pooled"] > 0.999
 
 
 def test_prune_distill_int8_for_arm_both_formats(tmp_path):

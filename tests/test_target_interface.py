@@ -52,7 +52,7 @@ def test_fake_target_is_a_folder_and_a_registry_entry(fake, tmp_path):
     meta = json.loads(art.files["meta"].read_text())
     assert meta["precision"] == "fp16" and art.files["meta"].read_text().startswith("{\n    ")
     assert art.size_bytes == sum(p.stat().st_size for p in art.files.values())
-    assert art.fidelity["cosine_min"] > 0.999 and art.latency["measured_on"] == "onnxruntime CPU"
+    assert art.fidelity["cosine_pooled"] > 0.999 and art.latency["measured_on"] == "onnxruntime CPU"
     assert fake.runs == ["check", "prepare", "validate", "emit", "verify"]
     d = res.report["artifacts"][0]
     assert set(d["files"]) == {"model", "meta"} and "fake: prepared" in d["notes"]

@@ -55,7 +55,7 @@ def test_digits_in_ncnn(tmp_path, precision):
     assert art.files["bin"].suffix == ".bin" and art.runtime == "ncnn"
     out = next(iter(art.fidelity["outputs"].values()))
     min_cos = {"fp32": 0.99999, "fp16": 0.9995, "int8": 0.999}[precision]
-    assert art.fidelity["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos
     assert out["accuracy_ref"] - out["accuracy"] <= 0.005  # INT8 within half a point of FP32
     rows = _layers(art.files["param"])
     types = Counter(r[0] for r in rows)
@@ -89,7 +89,7 @@ def test_zoo_cnn_residual_depthwise_upsample_concat(saved, tmp_path, precision, 
             "Interp"} <= set(types)
     readers = _blob_readers(rows)
     assert max(readers.values()) == 1  # every blob has one reader: Split before fan-out
-    assert art.fidelity["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos
     if precision == "int8":
         assert art.extra["ncnn_int8"]["int8"] >= 8 and art.extra["ncnn_int8"]["float"] == 0
 
@@ -123,7 +123,7 @@ def test_int8_layers_measured_keeps_slower_kernels_float(saved, tmp_path, monkey
     assert all(v["fp32_ms"] > 0 and v["int8_ms"] > 0 for v in seen.values())
     assert (q["int8"], q["float"]) == (len(convs), len(dw))
     assert sorted(q["measured"]["kept_float"]) == sorted(q["float_layers"])
-    assert art.fidelity["cosine_min"] >= 0.99 and any("measured" in n for n in art.notes)
+    assert art.fidelity["cosine_pooled"] >= 0.99 and any("measured" in n for n in art.notes)
 
 
 def test_format_all_writes_both_from_one_calibration(tmp_path):
@@ -133,7 +133,7 @@ def test_format_all_writes_both_from_one_calibration(tmp_path):
     assert tfl.path.suffix == ".tflite" and nc.files["param"].suffix == ".param"
     q = [p for p in res.report["passes"] if p["name"].startswith("quantize")]
     assert len(q) == 2 and res.report["calibration"]["samples"] > 0
-    assert min(tfl.fidelity["cosine_min"], nc.fidelity["cosine_min"]) > 0.999
+    assert min(tfl.fidelity["cosine_pooled"], nc.fidelity["cosine_pooled"]) > 0.999
 
 
 def test_op_without_ncnn_lowering_is_refused_before_calibration(saved, tmp_path, capsys):
@@ -194,7 +194,7 @@ def test_layer_set_in_ncnn(layers_model, tmp_path, precision, min_cos):
     assert {"BatchNorm", "PReLU", "Deconvolution", "TanH", "ConvolutionDepthWise", "Swish",
             "ELU", "HardSigmoid", "GELU", "Reduction", "Split"} <= set(types)
     assert types["Deconvolution"] == 2 and "Sigmoid" not in types
-    assert art.fidelity["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos
     if precision == "int8":  # conv and grouped conv int8; ncnn's Deconvolution has no int8
         assert art.extra["ncnn_int8"]["int8"] == 2
 
@@ -232,7 +232,7 @@ def test_padding_layernorm_matmul_in_ncnn(seq_model, tmp_path, precision, min_co
     types = Counter(r[0] for r in _layers(art.files["param"]))
     assert types["Padding"] == 2 and types["MatMul"] == 2 and types["LayerNorm"] == 1
     assert types["Permute"] >= 1
-    assert art.fidelity["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,7 @@ def test_eltwise_sum_mean_max(eltwise_model, tmp_path, precision, min_cos):
     assert [(k, p[0]) for k, p in got] == [(3, "0=1"), (2, "0=1"), (3, "0=2")]
     assert got[1][1][1].startswith("-23301=2,") and len(got[0][1]) == 1  # Mean: coefficients ½, ½
     assert "BinaryOp" not in {r[0] for r in rows}
-    assert art.fidelity["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +306,7 @@ def test_transformer_block_rows_lifted(encoder_model, tmp_path, precision, min_c
     assert types["InnerProduct"] == 6 and types["SDPA"] == 1 and types["LayerNorm"] == 2
     assert types["GELU"] == 1 and "Softmax" not in types and "MatMul" not in types
     assert any("lifted" in n for n in art.notes)
-    assert art.fidelity["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos
     if precision == "int8":
         ips = [r for r in rows if r[0] == "InnerProduct"]
         assert all(any(t.startswith("8=2") for t in r) for r in ips)  # int8_scale_term
@@ -344,4 +344,4 @@ def test_attention_to_sdpa_or_decomposed(tmp_path, mask_rows, fused):
         assert "5=1" in sdpa and "6=3.535534e-01" in sdpa  # 1/√8
     else:
         assert "SDPA" not in types and types["MatMul"] == 2 and types["Softmax"] == 1
-    assert art.fidelity["cosine_min"] >= 0.99999
+    assert art.fidelity["cosine_pooled"] >= 0.99999

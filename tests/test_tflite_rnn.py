@@ -248,15 +248,15 @@ def _cli(src: Path, out: Path, *extra: str) -> dict:
 
 def test_crnn_cli_fp32(crnn, tmp_path):
     art = _cli(crnn, tmp_path / "o")
-    assert art["fidelity"]["cosine_min"] >= 0.999
-    assert art["extra"]["reference_kernels"]["cosine_min"] >= 0.999
+    assert art["fidelity"]["cosine_pooled"] >= 0.999
+    assert art["extra"]["reference_kernels"]["cosine_pooled"] >= 0.999
     ops = _ops(Path(art["path"]).read_bytes())
     assert ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 2 and ops.count("REVERSE_V2") == 2
 
 
 def test_crnn_cli_int8_keeps_the_lstm_float_with_its_reason(crnn, tmp_path):
     art = _cli(crnn, tmp_path / "o", "--int8", "--calib-random", "--calib-samples", "16")
-    assert art["precision"] == "int8" and art["fidelity"]["cosine_min"] >= 0.99
+    assert art["precision"] == "int8" and art["fidelity"]["cosine_pooled"] >= 0.99
     census = art["extra"]["tflite_ops"]
     lstm = [f for f in census["float_ops"] if f["op"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
     assert len(lstm) == 2 and all(f["reason"] == FLOAT_REASONS["LSTM"] for f in lstm)
@@ -284,7 +284,7 @@ def test_gru_int8_runs_float_with_its_reason(tmp_path):
     res = compress(src, targets="arm", out_dir=tmp_path / "o", samples=4, latency_repeats=2,
                    int8=True, calib_random=True, calib_samples=16)
     art = res.artifact("arm")
-    assert art.fidelity["cosine_min"] >= 0.99
+    assert art.fidelity["cosine_pooled"] >= 0.99
     census = art.extra["tflite_ops"]
     gru = [f for f in census["float_ops"] if f["reason"] == FLOAT_REASONS["GRU"]]
     assert {f["op"] for f in gru} >= {"FULLY_CONNECTED", "LOGISTIC", "TANH"}

@@ -26,8 +26,8 @@ def test_efficientnet_lite1_in_litert(effnet, tmp_path, precision, min_cos):
                    fp16=precision == "fp16", out_dir=tmp_path, latency_repeats=5)
     art = res.artifact("arm")
     out = next(iter(art.fidelity["outputs"].values()))
-    assert art.fidelity["cosine_min"] >= min_cos and out["top1_agreement"] == 1.0
-    assert art.extra["reference_kernels"]["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos and out["top1_agreement"] == 1.0
+    assert art.extra["reference_kernels"]["cosine_pooled"] >= min_cos
     size_mb = art.size_bytes / 1e6
     assert (20 < size_mb < 23) if precision == "fp32" else (10 < size_mb < 12), size_mb
 
@@ -53,7 +53,7 @@ def test_yolov8n_fp32_and_int8_in_litert(yolo, tmp_path):
     graph's outputs (the lowering adds no error of its own)."""
     fp32 = compress(yolo.model, targets="arm", eval_data=yolo.eval, samples=4, static_shapes=True,
                     out_dir=tmp_path / "fp32", latency_repeats=3).artifact("arm")
-    assert fp32.fidelity["cosine_min"] > 0.99999
+    assert fp32.fidelity["cosine_pooled"] > 0.99999
     q = compress(yolo.model, int8=True, targets="arm", calib=yolo.calib, calib_samples=16,
                  eval_data=yolo.eval, samples=4, static_shapes=True, out_dir=tmp_path / "int8",
                  latency_repeats=3).artifact("arm")
@@ -97,7 +97,7 @@ def test_bert_encoder_in_litert(bert, tmp_path, precision, min_cos):
     art = compress(bert.model, targets="arm", eval_data=bert.eval, samples=4, out_dir=tmp_path,
                    latency_repeats=3, **kw).artifact("arm")
     assert {"GATHER", "SELECT_V2", "LOGICAL_AND", "GELU", "RSQRT", "BATCH_MATMUL"} <= _ops(art.path)
-    assert art.fidelity["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos
     if precision == "int8":
         assert art.extra["vs_qdq_simulation"]["cosine_min"] > 0.999
         assert art.extra["tflite_ops"]["int8"] >= 40
@@ -117,7 +117,7 @@ def test_ppocr_text_detector_in_litert(ppocr_det, tmp_path):
     fp32 = compress(ppocr_det.model, targets="arm", eval_data=ppocr_det.eval, samples=2,
                     static_shapes=True, out_dir=tmp_path / "fp32",
                     latency_repeats=3).artifact("arm")
-    assert fp32.fidelity["cosine_min"] > 0.99999
+    assert fp32.fidelity["cosine_pooled"] > 0.99999
     assert {"TRANSPOSE_CONV", "GELU", "CONV_2D", "DEPTHWISE_CONV_2D"} <= _ops(fp32.path)
     q = compress(ppocr_det.model, int8=True, targets="arm", calib=ppocr_det.calib,
                  calib_samples=8, eval_data=ppocr_det.eval, samples=2, static_shapes=True,
@@ -133,7 +133,7 @@ def test_mtcnn_pnet_prelu_and_ceil_mode_pool(tmp_path):
     rm = zoo.mtcnn(tmp_path / "m", "pnet")
     fp32 = compress(rm.model, targets="arm", eval_data=rm.eval, samples=4, static_shapes=True,
                     out_dir=tmp_path / "fp32", latency_repeats=3).artifact("arm")
-    assert fp32.fidelity["cosine_min"] > 0.99999 and "PRELU" in _ops(fp32.path)
+    assert fp32.fidelity["cosine_pooled"] > 0.99999 and "PRELU" in _ops(fp32.path)
     q = compress(rm.model, int8=True, targets="arm", calib=rm.calib, calib_samples=16,
                  eval_data=rm.eval, samples=4, static_shapes=True, out_dir=tmp_path / "int8",
                  latency_repeats=3).artifact("arm")

@@ -24,7 +24,7 @@ def test_efficientnet_lite1_in_ncnn(effnet, tmp_path, precision, min_cos):
         "fp16": precision == "fp16"}
     art = compress(effnet.model, targets="arm", arm_format="ncnn", eval_data=effnet.eval,
                    samples=8, out_dir=tmp_path, latency_repeats=3, **kw).artifact("arm", "ncnn")
-    assert art.fidelity["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos
     types = art.extra["ncnn_layers"]["types"]
     assert types["Convolution"] == 43 and types["ConvolutionDepthWise"] == 21
     size_mb = art.size_bytes / 1e6
@@ -60,7 +60,7 @@ def test_bert_encoder_in_ncnn(bert, tmp_path, precision, min_cos):
     assert types["Embed"] == 1 and types["InnerProduct"] == 13 and types["LayerNorm"] == 5
     assert types["Crop"] == 1 and types["SDPA"] == 2 and "Gather" not in types
     assert "Softmax" not in types and "MatMul" not in types  # mask + NaN guard inside SDPA
-    assert art.fidelity["cosine_min"] >= min_cos
+    assert art.fidelity["cosine_pooled"] >= min_cos
     assert {"fp32", "fp16"} <= set(art.latency["ncnn"])
     if precision == "int8":  # the 13 linears and the embedding table
         assert (art.extra["ncnn_int8"]["int8"], art.extra["ncnn_int8"]["float"]) == (14, 0)
@@ -82,4 +82,4 @@ def test_ppocr_recognizer_svtr_in_ncnn(ppocr_rec, tmp_path):
     types = art.extra["ncnn_layers"]["types"]
     assert types["SDPA"] == 2 and types["LayerNorm"] == 5 and "UnaryOp" not in types
     assert any("Q·K·V" in n for n in art.notes)
-    assert art.fidelity["cosine_min"] >= 0.99999 and not art.fidelity.get("flags")
+    assert art.fidelity["cosine_pooled"] >= 0.99999 and not art.fidelity.get("flags")

@@ -169,8 +169,9 @@ def _fidelity(artifact, ctx, feeds, outs, ref_outs, io, cpu, runtime) -> None:
                vs_x86_cosine_min=vs)
     if ref_outs is not None:
         m = len(ref_outs)
-        fid["reference_kernels"] = {"samples": m, "cosine_min": fidelity(
-            ctx.reference_outputs[:m], ref_outs, ctx.output_names)["cosine_min"]}
+        rk = fidelity(ctx.reference_outputs[:m], ref_outs, ctx.output_names)
+        fid["reference_kernels"] = {"samples": m, "cosine_min": rk["cosine_min"],
+                                    "cosine_pooled": rk["cosine_pooled"]}
     artifact.fidelity["aarch64"] = fid
     bound = ROUNDING.get(artifact.precision, 0.999)
     if vs < bound:

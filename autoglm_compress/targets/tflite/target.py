@@ -150,11 +150,10 @@ class TFLiteTarget(Target):
         ref = litert_runner(artifact.path, threads, reference_kernels=True)()
         got = [ref(f) for f in ctx.feeds]
         fid = fidelity(ctx.reference_outputs, got, ctx.output_names, ctx.labels, ctx.batch)
-        artifact.extra["reference_kernels"] = {"cosine_min": fid["cosine_min"]}
-        if fid["cosine_min"] < artifact.fidelity["cosine_min"] - 1e-3:
-            artifact.notes.append(
-                f"LiteRT reference kernels disagree with XNNPACK (cosine {fid['cosine_min']:.5f})"
-            )
+        artifact.extra["reference_kernels"] = {k: fid[k] for k in ("cosine_min", "cosine_pooled")}
+        if fid["cosine_pooled"] < artifact.fidelity["cosine_pooled"] - 1e-3:
+            artifact.notes.append("LiteRT reference kernels disagree with XNNPACK (cosine "
+                                  f"{fid['cosine_pooled']:.5f})")
         merge_worst(artifact.fidelity, fid, "LiteRT reference kernels")  # the gate sees both
         artifact.latency["litert"] = self._litert_side_by_side(artifact, ctx)
         qdq = ctx.lowered_model
@@ -166,7 +165,7 @@ class TFLiteTarget(Target):
             run = litert_runner(artifact.path, threads)()
             got = [run(f) for f in ctx.feeds]
             vs = fidelity(sim, got, ctx.output_names)
-            artifact.extra["vs_qdq_simulation"] = {"cosine_min": vs["cosine_min"]}
+            artifact.extra["vs_qdq_simulation"] = {k: vs[k] for k in ("cosine_min", "cosine_pooled")}
             if vs["cosine_min"] < MIN_VS_QDQ:
                 artifact.notes.append(
                     f"WARNING: the .tflite departs from the QDQ model it was lowered from "
