@@ -11,7 +11,9 @@ axes, so in a graph with a recurrent layer:
   one from a batch-first value into a sequence-first one (a CRNN's [1, C, W] → [W, 1, C]) becomes
   the Transpose into the batch-first twin ([1, W, C]) and a Reshape;
 - a Slice / Gather / Concat over a sequence-first value (torch slicing h0 [L·D, 1, H] per layer,
-  concatenating the layers' Y_h, ``h_n[-1]``) runs on the batch-first twins, between Reshapes.
+  concatenating the layers' Y_h, ``h_n[-1]``) runs on the batch-first twins, between Reshapes;
+- a sequence-first graph input read by a recurrent layer (x [S, 1, I], h0 [L·D, 1, H]) is read
+  through its twin and back (two Reshapes, no ncnn layer), so its dim 0 is not taken for a batch.
 
 Everything else that reads a sequence-first value is refused by the ncnn check, naming it. The IR
 stays valid ONNX (layout 0 kept: onnxruntime runs no other) with the same numbers.
@@ -165,7 +167,7 @@ def seq_first(model: ir.Model) -> int:
                 _seq_axis(node.inputs[0]) or _seq_axis(node.outputs[0])):
             if _moves_only_ones(node):
                 _as_reshape(node, node.inputs[0], _dims(node.outputs[0]))
-            elif _dims(node.inputs[0])[0] == 1 and "perm" in node.attributes:
+            elif (_dims(node.inputs[0]) or [0])[0] == 1 and "perm" in node.attributes:
                 _transpose_via_twin(node, _seq_axis(node.outputs[0]))
             else:
                 continue
