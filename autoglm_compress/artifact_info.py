@@ -39,7 +39,38 @@ def source_info(path: str | Path) -> dict:
     from autoglm_compress.targets.base import sha256_of
 
     p = Path(path)
-    return {"path": str(path), "size_bytes": p.stat().st_size, "sha256": sha256_of(p)}
+    info = {"path": str(path), "size_bytes": p.stat().st_size, "sha256": sha256_of(p)}
+    extra = external_data_files(p)
+    if extra:  # an ONNX file whose weights live beside it: the model is all of them
+        info["external_data"] = [{"path": str(f), "size_bytes": f.stat().st_size} for f in extra]
+        info["size_bytes"] += sum(e["size_bytes"] for e in info["external_data"])
+    return info
+
+
+def external_data_files(p: Path) -> list[Path]:
+    """The external-data files an ONNX model file names (inside its folder), [] for anything else."""
+    if p.suffix.lower() != ".onnx":
+        return []
+    try:
+        import onnx
+
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception:  # noqa: BLE001 — not a readable ONNX file: the loader says why, not this
+        return []
+    names = {e.value for t in _all_tensors(proto.graph) for e in t.external_data if e.key == "location"}
+    base = p.parent.resolve()
+    files = [(base / n).resolve() for n in sorted(names)]
+    return [f for f in files if f.is_file() and base in f.parents]
+
+
+def _all_tensors(graph):
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            for g in [a.g] if a.HasField("g") else list(a.graphs):
+                yield from _all_tensors(g)
 
 
 def _shape(v: ir.Value) -> list | None:

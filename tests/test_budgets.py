@@ -182,3 +182,23 @@ def test_latency_ratio_is_the_runtime_s_own_side_by_side_figure_in_the_table_too
            "model": {"path": "m.onnx", "format": "onnx", "stats": {"params": 1}}}
     row = next(ln for ln in summary_table(rep).splitlines() if ln.startswith("m.tflite"))
     assert "8.000 ms" in row and "1.25× faster" in row
+
+
+def test_source_size_counts_onnx_external_data(tmp_path):
+    """An ONNX model whose weights sit in a file beside it: 'vs source' is against both files
+    (the .onnx alone would make every artifact look many times larger than its source)."""
+    import onnx
+    import onnx_ir as ir
+
+    from autoglm_compress import load
+    from autoglm_compress.artifact_info import source_info
+
+    proto = ir.to_proto(load(DEMO))
+    onnx.save(proto, str(tmp_path / "m.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="m.weights", size_threshold=0)
+    info = source_info(tmp_path / "m.onnx")
+    onnx_bytes, weights = (tmp_path / "m.onnx").stat().st_size, (tmp_path / "m.weights").stat().st_size
+    assert weights > 10 * onnx_bytes
+    assert info["size_bytes"] == onnx_bytes + weights
+    assert info["external_data"] == [{"path": str((tmp_path / "m.weights").resolve()), "size_bytes": weights}]
+    assert "external_data" not in source_info(DEMO)  # a single-file source is the file
