@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +39,8 @@ __all__ = [
     "cnn",
     "transformer",
     "two_input",
+    "zero_dce",
+    "dark_crops",
     "digits_cnn",
     "train_digits_cnn",
     "save_torchscript",
@@ -295,6 +298,63 @@ def two_input() -> ZooModel:
     m = TwoInput().eval()
     inputs = {"a": torch.randn(1, 3, 16, 16, generator=gen), "b": torch.randn(1, 8, generator=gen)}
     return ZooModel("two_input", m, inputs, ["out"], "multi_input")
+
+
+# ---------------------------------------------------------------------------------------- zero_dce
+
+
+class ZeroDCE(nn.Module):
+    """A Zero-DCE-like low-light enhancer (79 K parameters at 32 channels): seven 3×3 convs at full
+    resolution with skip concatenations, ``tanh`` curve maps, then ``iters`` curve steps
+    ``x + a·(x² - x)`` — many full-resolution activations for few weights."""
+
+    def __init__(self, channels: int = 32, iters: int = 8) -> None:
+        super().__init__()
+        c = channels
+        conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1)  # noqa: E731
+        self.convs = nn.ModuleList(
+            [conv(3, c), conv(c, c), conv(c, c), conv(c, c), conv(2 * c, c), conv(2 * c, c),
+             conv(2 * c, 3 * iters)]
+        )
+        self.iters = iters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.convs
+        x1 = torch.relu(c[0](x))
+        x2 = torch.relu(c[1](x1))
+        x3 = torch.relu(c[2](x2))
+        x4 = torch.relu(c[3](x3))
+        x5 = torch.relu(c[4](torch.cat([x3, x4], 1)))
+        x6 = torch.relu(c[5](torch.cat([x2, x5], 1)))
+        curves = torch.tanh(c[6](torch.cat([x1, x6], 1)))
+        for a in torch.split(curves, 3, 1):
+            x = x + a * (x * x - x)
+        return x
+
+
+def zero_dce(size: int = 256, channels: int = 32, iters: int = 8) -> ZooModel:
+    """:class:`ZeroDCE` (seeded weights) on ``input`` [1, 3, size, size] in [0, 1] → ``out``."""
+    gen = _seeded(5)
+    m = ZeroDCE(channels, iters).eval()
+    return ZooModel("zero_dce", m, {"input": torch.rand(1, 3, size, size, generator=gen)},
+                    ["out"], "image_to_image")
+
+
+def dark_crops(size: int, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random ``size``² crops of scikit-image's photos, darkened (scaled by 0.05–0.35, gamma
+    1–1.6) like low-light shots: float32 [n, 3, size, size] in [0, 1]."""
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(),
+              data.immunohistochemistry(), data.retina()]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        im = photos[i % len(photos)]
+        y, x = (int(rng.integers(0, d - size + 1)) for d in im.shape[:2])
+        crop = im[y : y + size, x : x + size].transpose(2, 0, 1) / 255.0
+        out[i] = (crop * rng.uniform(0.05, 0.35)) ** rng.uniform(1.0, 1.6)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ digits

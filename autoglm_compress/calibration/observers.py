@@ -22,7 +22,7 @@ import logging
 import numpy as np
 import torch
 
-from autoglm_compress.calibration.histogram import StreamingHistogram
+from autoglm_compress.calibration.histogram import StreamingHistogram, as_numpy
 from autoglm_compress.calibration.qparams import compute_qparams, quant_bits
 from autoglm_compress.calibration.search import entropy_range, mse_range, percentile_range
 from autoglm_compress.errors import CalibrationError, ConfigError
@@ -146,11 +146,16 @@ class HistogramObserver(Observer):
         self.symmetric = self.symmetric_default if symmetric is None else bool(symmetric)
         self._cache: dict[tuple[bool, int], tuple[float, float]] = {}
 
-    def observe(self, x: torch.Tensor) -> None:
-        x = x.detach()
-        if x.numel() == 0:
-            return
-        lo, hi = torch.aminmax(x.float())
+    def observe(self, x: torch.Tensor | np.ndarray) -> None:
+        x = as_numpy(x)
+        if isinstance(x, np.ndarray):
+            if x.size == 0:
+                return
+            lo, hi = torch.tensor(float(x.min())), torch.tensor(float(x.max()))
+        else:
+            if x.numel() == 0:
+                return
+            lo, hi = torch.aminmax(x.detach().float())
         self._check(lo, hi)
         self.hist.update(x, float(lo), float(hi))
         self._cache.clear()

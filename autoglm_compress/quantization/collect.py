@@ -7,8 +7,11 @@ result is target-independent: each target turns the ranges into qparams under it
 Backends (``backend="auto"`` picks the first that applies):
 
 * ``onnxruntime`` (CPU): the model augmented by :mod:`autoglm_compress.calibration.ort_stats`.
-  minmax reduces inside the graph (only ``[lo, hi]`` and the channel vectors leave the session);
-  histogram methods stream the tensors. The statistics equal the executor's (tests/test_ort_stats.py).
+  ranges and channel statistics are reduced inside the graph (only ``[lo, hi]`` and the channel
+  vectors leave the session); histogram tensors stream at most 64 Ki seeded draws a sample plus
+  their exact min/max (:mod:`autoglm_compress.calibration.subsample`; a smaller tensor whole).
+  The statistics equal the executor's, which bins every value, within the subsampling bound
+  (tests/test_ort_stats.py, tests/test_calib_cost.py).
 * ``executor``: the torch executor's hook (on CUDA when present, vmap-batched where that is exact);
   used when onnxruntime cannot run the model, or with a GPU.
 
@@ -252,7 +255,7 @@ def collect_stats(
     t0 = time.perf_counter()
     it = _Feeds(feeds, limit, progress)
     used = _pick(backend, observer_kw)
-    reduce = method in ("minmax", AUTO) and "axis" not in observer_kw
+    reduce = "axis" not in observer_kw
     if used == "onnxruntime" and not run_ort(model, acc, it, batch, chunk_bytes, reduce):
         used = "executor"
     if used == "executor":

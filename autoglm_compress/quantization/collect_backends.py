@@ -11,15 +11,21 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from autoglm_compress.calibration.auto_method import AUTO
+
 __all__ = ["chunk_size", "run_executor", "run_ort"]
 
 logger = logging.getLogger(__name__)
 
 
 def _layout(ts: list[torch.Tensor]) -> torch.Tensor:
-    """One-sample tensors -> chunk layout: concatenated on axis 0 (0-d: stacked)."""
+    """One-sample tensors -> chunk layout: concatenated on axis 0 (0-d: stacked); CPU tensors by
+    numpy (one thread: torch's pool was 10x slower on small tensors on a loaded host)."""
     if len(ts) == 1:
         return ts[0] if ts[0].dim() else ts[0].reshape(1)
+    if ts[0].device.type == "cpu" and ts[0].dtype != torch.bfloat16:  # numpy has no bfloat16
+        arrays = [t.detach().numpy() for t in ts]
+        return torch.from_numpy(np.concatenate(arrays) if ts[0].dim() else np.stack(arrays))
     return torch.cat(ts) if ts[0].dim() else torch.stack(ts)
 
 
@@ -28,34 +34,11 @@ def chunk_size(sample: dict, chunk_bytes: int, batch: int) -> int:
     return int(max(1, min(batch, chunk_bytes // max(nbytes, 1))))
 
 
-HISTOGRAM_VALUES = 1 << 16  # values one sample adds to a tensor's range histogram (see below)
-
-
-def _histogram_sample(t):
-    """At most ``HISTOGRAM_VALUES`` values of one sample's tensor (an array), evenly strided
-    through it, plus its exact min and max (so the observed range stays exact), flattened. 128
-    samples still give each tensor's 2048-bin histogram 8 M values; a 96×120×120 map alone had
-    1.4 M a sample, and binning them was 44 % of an EfficientNet-Lite1 INT8 run
-    (docs/decisions.md). numpy: torch's reductions and strided copies were 20× slower here."""
-    flat = np.asarray(t).reshape(-1)  # always 1-D: a tensor whose size varies by sample concatenates
-    n = flat.size
-    if n <= HISTOGRAM_VALUES or flat.dtype.kind != "f":
-        return flat
-    step = -(-n // HISTOGRAM_VALUES)
-    return np.concatenate([flat[step // 2::step], [flat.min(), flat.max()]]).astype(flat.dtype)
-
-
 def _observe_samples(acc, samples: Iterator[dict], chunk_bytes: int, batch: int):
-    """Group one-sample tensor dicts into byte-bounded chunks and observe each chunk. When only
-    histograms are fed (``acc.means_from_reduce``: channel statistics and plain ranges came from
-    in-graph reductions) each tensor is thinned to :data:`HISTOGRAM_VALUES` values first."""
+    """Group one-sample tensor dicts into byte-bounded chunks and observe each chunk."""
     pending: dict[str, list] = {}
     size, k = None, 0
-    thin = acc.means_from_reduce
     for outs in samples:
-        if thin:
-            outs = {n: _histogram_sample(t.numpy() if torch.is_tensor(t) else t)
-                    for n, t in outs.items()}
         outs = {n: torch.from_numpy(t) if isinstance(t, np.ndarray) else t for n, t in outs.items()}
         size = size or chunk_size(outs, chunk_bytes, batch)
         for n, t in outs.items():
@@ -168,8 +151,11 @@ def run_ort(model, acc, feeds, batch: int, chunk_bytes: int, reduce: bool) -> bo
     if first is None:
         return True
     try:
-        if reduce:
-            runner = ort_stats.ReduceRunner(model, acc.mean_axes, stream=acc.histogram)
+        if reduce:  # histograms (auto: of its histogram tensors, else of all) from streams
+            stream = acc.histogram
+            if acc.method not in ("minmax", AUTO):
+                stream = ort_stats.observed_tensors(model)
+            runner = ort_stats.ReduceRunner(model, acc.mean_axes, stream=stream)
         else:
             runner = ort_stats.TensorRunner(model)
         head = runner.run(first)
@@ -178,7 +164,7 @@ def run_ort(model, acc, feeds, batch: int, chunk_bytes: int, reduce: bool) -> bo
         feeds.send_back(first)
         return False
     if reduce and runner.stream:  # hybrid: reduce everything, stream the histogram tensors
-        acc.means_from_reduce = True
+        acc.means_from_reduce, acc.histogram = True, set(runner.stream)
         _observe_samples(acc, _hybrid_samples(acc, runner, head, feeds), chunk_bytes, batch)
         return True
     if reduce:
