@@ -19,8 +19,8 @@ from autoglm_compress.targets.x86.target import X86Target
 
 
 def test_each_target_declares_its_prepare_passes():
-    assert TFLiteTarget().prepare_passes("fp32") == ("fold_shapes", "fuse_gelu")
-    assert NcnnTarget().prepare_passes("int8") == ("fold_shapes", *NCNN_PREPARE, "fuse_gelu")
+    assert TFLiteTarget().prepare_passes("fp32") == ("fold_shapes", "decompose_lpnorm", "fuse_gelu")
+    assert NcnnTarget().prepare_passes("int8") == ("fold_shapes", *NCNN_PREPARE, "decompose_lpnorm", "fuse_gelu")
     assert "fold_reshape_chains" in NCNN_PREPARE and "lift_rows" in NCNN_PREPARE
     assert X86Target().prepare_passes("fp32") == () and X86Target().prepare_passes("int8") == (
         "fuse_gelu",)

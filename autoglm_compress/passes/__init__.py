@@ -10,6 +10,7 @@ __all__ = ["CompressPass", "PassConfig", "get_pass", "register", "registered"]
 from autoglm_compress.passes import (  # noqa: E402,F401
     bias_correction,
     cleanup,
+    decompose_lpnorm,
     distill,
     equalize,
     fold_bn,

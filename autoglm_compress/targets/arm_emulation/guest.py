@@ -2,7 +2,7 @@
 
 Standalone (numpy and the runtime only: the guest has no onnx_ir or torch), yet it runs the
 artifact through the very runner functions the x86 verification uses (``litert_runner`` in
-``targets/tflite/litert_run.py``, ``ncnn_runner`` in ``targets/ncnn/target.py``): their definitions
+``targets/tflite/litert_run.py``, ``ncnn_runner`` in ``targets/ncnn/ncnn_run.py``): their definitions
 are read from those files and compiled here, so the IO handling (ncnn blob names, LiteRT's
 full-integer IO) is the same code on both machines. Those functions import their runtime inside
 and use only ``np`` at module level.

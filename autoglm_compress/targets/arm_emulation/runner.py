@@ -22,7 +22,7 @@ __all__ = ["GuestError", "Job", "run", "run_jobs"]
 
 _HERE = Path(__file__).resolve().parent
 _SOURCES = {"tflite": str(_HERE.parent / "tflite" / "litert_run.py"),
-            "ncnn": str(_HERE.parent / "ncnn" / "target.py")}
+            "ncnn": str(_HERE.parent / "ncnn" / "ncnn_run.py")}
 
 
 class GuestError(RuntimeError):

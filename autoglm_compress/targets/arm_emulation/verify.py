@@ -72,7 +72,7 @@ def ncnn_io(artifact, output_shapes: dict[str, list[int]]) -> dict:
 def _x86_outputs(artifact, io, feeds) -> list:
     """The same artifact's outputs in this machine's (x86) runtime, one thread."""
     if artifact.extra.get("format") == "ncnn":
-        from autoglm_compress.targets.ncnn.target import ncnn_runner
+        from autoglm_compress.targets.ncnn.ncnn_run import ncnn_runner
 
         run = ncnn_runner(artifact.files["param"], artifact.files["bin"], io,
                           artifact.precision, 1)()

@@ -53,7 +53,7 @@ def preflight(model: ir.Model, precision: str, label: str, alternatives: str, th
     else FP32 (INT8 has no scales before calibration) — and refuse what ncnn cannot run."""
     prec = "fp16" if precision == "fp16" else "fp32"
     from autoglm_compress.targets.ncnn.lower import lower_to_ncnn
-    from autoglm_compress.targets.ncnn.target import ncnn_runner
+    from autoglm_compress.targets.ncnn.ncnn_run import ncnn_runner
 
     param, data, io = lower_to_ncnn(model, prec)  # refuses an inconsistent .param
     feed = _feed(model)

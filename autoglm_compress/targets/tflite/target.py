@@ -98,8 +98,9 @@ class TFLiteTarget(Target):
 
     def prepare_passes(self, precision: str) -> tuple[str, ...]:
         """Shapes fixed to the data's and folded (fold_shapes.py: the .tflite is static), then
-        GELU written out with Erf → one Gelu node (TFLite's GELU kernel; one int8 op)."""
-        return ("fold_shapes", "fuse_gelu")
+        LpNormalization written out (decompose_lpnorm.py), GELU written out with Erf → one Gelu
+        node (TFLite's GELU kernel; one int8 op)."""
+        return ("fold_shapes", "decompose_lpnorm", "fuse_gelu")
 
     def prepare(self, model: ir.Model, precision: str, stats: dict[str, dict]) -> list[str]:
         n = stats.get("fuse_gelu", {}).get("gelu_fused", 0)
