@@ -49,6 +49,7 @@ from autoglm_compress.calibration.auto_method import (
     MAX_CLIP,
     histogram_tensors,
 )
+from autoglm_compress.calibration.histogram import as_numpy
 from autoglm_compress.calibration.observers import make_observer
 from autoglm_compress.errors import CalibrationError
 from autoglm_compress.ir_ops import activation_channel_axis, is_weighted
@@ -149,7 +150,8 @@ class _Accumulator:
         if not torch.is_floating_point(t) or t.numel() == 0 or name in self.infinite:
             return
         t = t.detach()
-        if float(t.amin()) <= -MASK_SENTINEL or float(t.amax()) >= MASK_SENTINEL:
+        a = as_numpy(t)  # numpy on CPU: one thread, no pool overhead on small chunks
+        if float(a.min()) <= -MASK_SENTINEL or float(a.max()) >= MASK_SENTINEL:
             return self._drop(name)
         try:
             self._obs(name).observe(t)
