@@ -19,9 +19,9 @@ from autoglm_compress.errors import CompressError, ConfigError, QualityGateError
 from autoglm_compress.inputs import load_npz_feeds, parse_input_shape, random_feeds
 from autoglm_compress.ir_utils import from_proto, to_proto
 from autoglm_compress.labels import check_eval_labels
+from autoglm_compress.metrics import output_producers
 from autoglm_compress.output_set import OutputSet, relocate_strings
 from autoglm_compress.passes.fold_shapes import DATA_SHAPES
-from autoglm_compress.metrics import output_producers
 from autoglm_compress.pipeline import Pipeline, build_passes
 from autoglm_compress.stats import model_stats
 from autoglm_compress.targets.base import Artifact, VerifyContext
