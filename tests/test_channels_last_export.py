@@ -9,6 +9,7 @@ as it is, and a batch ≠ 1 is refused with advice that works.
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -151,3 +152,23 @@ def test_fixed_batch_advice(tmp_path):
     assert r.returncode == 0, r.stderr
     x = np.random.default_rng(3).random((4, 1, FRAMES, MELS), np.float32)
     _close(_tflite(out / "speech_nhwc.arm.fp32.tflite", x), _reference(model, x), False)
+
+
+def test_symbolic_batch_is_taken_from_the_data_for_ncnn(tmp_path):
+    """A plain NCHW export with a symbolic batch (PP-OCR's classifier kind): ncnn takes batch 1 from
+    the data with no --input-shape, and the report says where the shape came from."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    torch.onnx.export(net, (torch.randn(1, 3, 32, 32),), str(tmp_path / "cls.onnx"), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(0, 1, (16, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "out"
+    r = run_cli(str(tmp_path / "cls.onnx"), "--target", "arm", "--format", "ncnn", "--int8",
+                "--calib", str(tmp_path / "calib.npz"), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["input_shapes"]["x"] == {"model": ["batch", 3, 32, 32], "shape": [1, 3, 32, 32],
+                                        "from": "calibration data"}
+    assert rep["artifacts"][0]["fidelity"]["cosine_min"] > 0.99
