@@ -110,6 +110,7 @@ def compress(
     config: CompressConfig | str | Path,
     *,
     progress: bool = False,
+    progress_lines: bool | str = False,
     argv: list[str] | None = None,
     recipe: dict | None = None,
     **fields,
@@ -118,7 +119,9 @@ def compress(
 
     ``compress(CompressConfig(...))`` or ``compress("model.pt", int8=True, calib="c.npz",
     targets="x86")``: keywords are the config's flat names (the CLI options with ``_``), and may
-    also override a given config. Usage errors raise before the model is loaded."""
+    also override a given config. Usage errors raise before the model is loaded. ``progress``:
+    tqdm bars (a terminal); ``progress_lines``: a plain stderr line per step of 2 s or more (logs,
+    progress_lines.py; ``"all"``: every step); either one also prints a long training's duration estimate."""
     from autoglm_compress.config_build import check_combinations, from_flat
 
     if isinstance(config, CompressConfig):
@@ -126,7 +129,14 @@ def compress(
     else:
         cfg = from_flat(config, **fields)
     check_combinations(cfg)
-    return _Run(cfg, progress, argv, recipe).run()
+    from autoglm_compress import progress_lines as lines
+
+    if progress or progress_lines:
+        lines.enable(lines=bool(progress_lines), every_step=progress_lines == "all")
+    try:
+        return _Run(cfg, progress, argv, recipe).run()
+    finally:
+        lines.disable()
 
 
 class _Run:
@@ -237,9 +247,14 @@ class _Run:
             raise
 
     def _run(self) -> CompressResult:
+        from autoglm_compress.progress_lines import step
+
         self._preflight()
-        self._load()
-        self._reference()
+        with step("load"):
+            self._load()
+        with step("FP32 reference") as st:
+            self._reference()
+            st["detail"] = f"{len(self.feeds)} samples"
         ctx = self._context()
         records = self.pipeline.run(self.model, ctx)
         from autoglm_compress.runtime import distributed
@@ -250,16 +265,19 @@ class _Run:
                 {"name": r.name, "stats": r.stats} for r in records]}, None)
         distributed.release()
         self.stats_after = model_stats(self.model, {k: v["shape"] for k, v in self.shapes.items()})
-        for tgt in self.targets:
-            self.notes += tgt.check(self.model, self.precision)
+        with step("target checks"):
+            for tgt in self.targets:
+                self.notes += tgt.check(self.model, self.precision)
         calib_info = None
         calibrated = not self.cfg.int8.weights_only or self.cfg.calibration.data is not None
         if self.precision == "int8" and calibrated:  # weight-only: bias correction's means
             from autoglm_compress import lowering
 
-            ctx.stats, calib_info = lowering.calibrate(
-                self.model, ctx, self.cfg.calibration.method, self.cfg.calibration.samples
-            )
+            with step("calibration") as st:
+                ctx.stats, calib_info = lowering.calibrate(
+                    self.model, ctx, self.cfg.calibration.method, self.cfg.calibration.samples
+                )
+                st["detail"] = f"{(calib_info or {}).get('samples', '?')} samples"
             if ctx.data.skipped:
                 calib_info["skipped_files"] = {
                     "count": len(ctx.data.skipped), "first": ctx.data.skipped[:5]
@@ -272,33 +290,43 @@ class _Run:
         )
         self.staging = self.output.open()
         results = [self._target(tgt, ctx, vctx, records) for tgt in self.targets]
-        return self._finish(records, calib_info, results)
+        with step("report"):
+            return self._finish(records, calib_info, results)
 
     def _target(self, tgt, ctx, vctx, records):
         """Prepare → lower (precision) → validate → emit → verify, for one target; its files are
         written and verified in the run's staging folder (``_finish`` commits them)."""
         from autoglm_compress import lowering
         from autoglm_compress.artifact_info import artifact_layers, layer_counts, name_sources
+        from autoglm_compress.progress_lines import step
 
         lowered = _copy(self.model)
         ctx.target = tgt
+        label = getattr(tgt, "label", tgt.name)
         notes = self._prepare(tgt, lowered, ctx, records)
-        low = lowering.lower_for_target(lowered, tgt, self.precision, ctx, self.cfg)
+        with step(f"{label}: {self.precision} lowering"):
+            low = lowering.lower_for_target(lowered, tgt, self.precision, ctx, self.cfg)
         records.extend(low.records)
         notes += low.notes
         notes += tgt.validate(low.model, self.precision)
-        art = tgt.emit(low.model, self.precision, self.staging, Path(self.cfg.model).stem)
+        with step(f"{label}: emit"):
+            art = tgt.emit(low.model, self.precision, self.staging, Path(self.cfg.model).stem)
         art.notes.extend(notes)
         tctx = dataclasses.replace(vctx, fp32_model=lowered, lowered_model=low.model)
-        tgt.verify(art, tctx)
+        with step(f"{label}: verify in the runtime") as st:
+            tgt.verify(art, tctx)
+            st["detail"] = art.path.name
         if tgt.name == "arm":  # --verify-arm: the same files on ARM code (qemu-aarch64)
             from autoglm_compress.targets.arm_emulation.verify import verify_arm
 
-            verify_arm(tgt, art, tctx)
+            with step(f"{label}: aarch64 emulation"):
+                verify_arm(tgt, art, tctx)
         if self.precision == "int8":  # per-layer SQNR read in the artifact's own runtime
             from autoglm_compress.layer_error import runtime_layer_sqnr
 
-            if (err := runtime_layer_sqnr(art, lowered, vctx.feeds)) is not None:
+            with step(f"{label}: per-layer error"):
+                err = runtime_layer_sqnr(art, lowered, vctx.feeds)
+            if err is not None:
                 art.extra["layer_error"] = err
         fell = [r.stats.get("fell_back", []) for r in low.records if r.name.startswith("quantize")]
         kept = [r.config.get("keep_fp32", []) for r in low.records if r.name.startswith("quantize")]

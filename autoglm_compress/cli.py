@@ -115,6 +115,22 @@ def _stdout_to_stderr(on: bool):
         os.close(saved)
 
 
+# auto (bars on a terminal, else lines) | bars | lines | all (a line for every step) | off
+PROGRESS_ENV = "AUTOGLM_PROGRESS"
+
+
+def _progress_mode() -> tuple[bool, bool | str]:
+    """(tqdm bars, plain step lines: False, True or "all") from ``AUTOGLM_PROGRESS``; an unknown
+    value is ``auto``."""
+    mode = os.environ.get(PROGRESS_ENV, "auto").strip().lower()
+    if mode in ("bars", "lines", "off"):
+        return mode == "bars", mode == "lines"
+    if mode == "all":
+        return False, "all"
+    tty = sys.stderr.isatty()
+    return tty, not tty
+
+
 def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
     from autoglm_compress.api import compress
     from autoglm_compress.report import summary_table
@@ -125,7 +141,8 @@ def _run(cfg, as_json: bool, verbose: int, argv, recipe=None) -> None:
     try:
         with _stdout_to_stderr(as_json):
             try:
-                res = compress(cfg, progress=sys.stderr.isatty(), argv=argv, recipe=recipe)
+                bars, lines = _progress_mode()
+                res = compress(cfg, progress=bars, progress_lines=lines, argv=argv, recipe=recipe)
             except QualityGateError as e:
                 if e.result is None:  # stopped before any artifact
                     raise

@@ -14,6 +14,7 @@ from autoglm_compress.errors import CompressError, PassError
 from autoglm_compress.ir_utils import check, save_atomic
 from autoglm_compress.passes.base import CompressPass, get_pass
 from autoglm_compress.passes.context import PassContext
+from autoglm_compress.progress_lines import step
 
 __all__ = ["Pipeline", "PassRecord", "PassContext", "build_passes", "infer_shapes"]
 
@@ -136,7 +137,8 @@ class Pipeline:
             t0 = time.perf_counter()
             p.ctx = ctx
             try:
-                result = p(model)
+                with step(f"pass {p.name}"):
+                    result = p(model)
                 model = result.model
                 if result.modified and p.changes_shapes:
                     model = infer_shapes(model)

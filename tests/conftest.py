@@ -17,6 +17,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # --verify-arm auto emulates small models on aarch64 (seconds each): only
 # tests/test_arm_emulation.py pays for that; everywhere else auto leaves a note
 os.environ["AUTOGLM_ARM_AUTO_MAX_MACS"] = "0"
+# CLI runs in tests count their stderr lines: no progress lines unless a test asks (test_progress_lines.py)
+os.environ["AUTOGLM_PROGRESS"] = "off"
 
 DEMO = ROOT / "examples" / "digits_cnn.pt"
 CALIB = ROOT / "examples" / "digits_calib.npz"

@@ -23,7 +23,7 @@ from autoglm_compress.quantization.collect import collect_stats
 
 def _run(nodes, inputs, outputs, feed):
     g = helper.make_graph(nodes, "g", inputs, [onnx.ValueInfoProto(name=o) for o in outputs])
-    subsample._constants(g)
+    subsample.graph_constants(g)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, feed)

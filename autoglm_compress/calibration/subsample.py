@@ -43,7 +43,7 @@ from onnx import helper
 
 __all__ = [
     "VALUES", "SEED", "MIN_OPSET", "Offsets", "indices", "draw", "with_extremes", "add_gather",
-    "add_nodes", "Draws", "cdf_error_bound",
+    "add_nodes", "Draws", "cdf_error_bound", "graph_constants",
 ]
 
 VALUES = 1 << 16  # values one sample gives a tensor's histogram at most
@@ -91,7 +91,7 @@ def add_gather(graph: onnx.GraphProto, x: str, idx: str, prefix: str) -> tuple[l
     static size, computed in numpy each sample); returns ``(nodes, drawn)``."""
     flat, drawn = f"{prefix}/flat", f"{prefix}/drawn"
     return [
-        helper.make_node("Reshape", [x, _constants(graph)["flat"]], [flat], name=flat),
+        helper.make_node("Reshape", [x, graph_constants(graph)["flat"]], [flat], name=flat),
         helper.make_node("Gather", [flat, idx], [drawn], name=drawn, axis=0),
     ], drawn
 
@@ -100,7 +100,7 @@ def add_nodes(graph: onnx.GraphProto, x: str, u: str, prefix: str) -> tuple[list
     """Nodes computing :func:`draw` of tensor ``x`` of unknown size with offsets input ``u``
     (float32 ``[VALUES]``); returns ``(nodes, drawn, size)``: the drawn values (1-D) and
     ``Size(x)``. The shared int64 constants are added to ``graph`` once."""
-    c = _constants(graph)
+    c = graph_constants(graph)
     p = f"{prefix}/"
     nodes = []
 
@@ -123,7 +123,8 @@ def add_nodes(graph: onnx.GraphProto, x: str, u: str, prefix: str) -> tuple[list
     return nodes, drawn, n
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, str]:
+def graph_constants(graph: onnx.GraphProto) -> dict[str, str]:
+    """The shared INT64 constants the drawing nodes read, added to ``graph`` once; their names."""
     names = {"values": VALUES, "vm1": VALUES - 1, "one": 1, "zero": 0}
     have = {i.name for i in graph.initializer}
     out = {}

@@ -43,6 +43,7 @@ import onnx_ir as ir
 import torch
 from tqdm import tqdm
 
+from autoglm_compress import progress_lines
 from autoglm_compress.calibration.auto_method import (
     AUTO,
     HISTOGRAM_METHOD,
@@ -211,6 +212,7 @@ class _Feeds:
         self.bar = tqdm(
             total=limit, desc="calibrating", unit="sample", disable=not progress, leave=False
         )
+        self.limit, self.started = limit, time.perf_counter()
 
     def __iter__(self):
         return self
@@ -221,6 +223,8 @@ class _Feeds:
         f = next(self.it)
         self.n += 1
         self.bar.update(1)
+        if self.limit:
+            progress_lines.tick("calibrating", self.n, self.limit, self.started, "samples")
         return f
 
     def send_back(self, f) -> None:

@@ -29,6 +29,7 @@ __all__ = ["DistillResult", "distill", "normalised_mse"]
 logger = logging.getLogger(__name__)
 
 CURVE_POINTS = 50  # the training-loss curve of the report (report.html draws it)
+ESTIMATE_AFTER = 3  # steps timed before the whole run's duration is estimated (progress_lines.estimate)
 
 
 @dataclasses.dataclass
@@ -310,6 +311,9 @@ def distill(
     bar = tqdm(range(steps), desc="train", unit="step", disable=not progress or rank > 0,
                leave=False)
     curve, every = [], max(steps // CURVE_POINTS, 1)
+    from autoglm_compress import progress_lines
+
+    t_loop = time.perf_counter()
     for k in bar:
         if len(order) < batch:
             order += torch.randperm(len(feeds), generator=gen).tolist()
@@ -327,6 +331,11 @@ def distill(
             bar.set_postfix(loss=f"{step_loss.item():.4g}")
         if (k + 1) % every == 0 or k + 1 == steps:  # one device sync per point
             curve.append((k + 1, float(step_loss.item())))
+        if rank == 0 and k + 1 == ESTIMATE_AFTER and steps > ESTIMATE_AFTER:
+            progress_lines.estimate("training", k + 1, steps, t_loop, f"batch {batch}; "
+                                    "--distill-steps N (or --qat-steps N) to shorten", tqdm.write)
+        if rank == 0:
+            progress_lines.tick("training", k + 1, steps, t_loop)
     bar.close()
     res = DistillResult(
         steps,
