@@ -70,7 +70,9 @@ def calibrate(model: ir.Model, ctx, method: str, samples: int) -> tuple[Calibrat
                 kept.append(f)
             yield f
 
-    stats = collect_stats(model, feeds(), method, limit=samples, progress=ctx.progress)
+    # a source that knows its count (an image folder) sets the bar's real total: 20 photos, not 128
+    limit = min(samples, source.size) if source.size else samples
+    stats = collect_stats(model, feeds(), method, limit=limit, progress=ctx.progress)
     stats.holdout, stats.source = kept, source
     info = {
         "source": source.name,

@@ -272,3 +272,27 @@ def test_cli_finds_calibration_module_in_current_folder(tmp_path):
             text=True,
         )
         assert r.returncode == 0, r.stderr
+
+
+def test_calibration_total_is_the_folder_s_image_count(tmp_path, monkeypatch):
+    """--calib-samples 128 on a folder of 3 photos: progress counts to 3, not to 3 of 128."""
+    import io
+
+    from autoglm_compress import progress_lines
+    from autoglm_compress.lowering import calibrate
+    from autoglm_compress.passes.context import PassContext
+
+    for i in range(3):
+        _img(tmp_path / f"{i}.png", _pattern(i))
+    model = _model("float[1,3,4,4] x", "float[1,3,4,4] y", "y = Relu(x)")
+    src = open_calibration_source(tmp_path, model, preprocess=ImagePreprocess())
+    buf = io.StringIO()
+    monkeypatch.setattr(progress_lines, "TICK_SECONDS", 0.0)
+    progress_lines.enable(buf)
+    try:
+        stats, info = calibrate(model, PassContext(data=src), "minmax", 128)
+    finally:
+        progress_lines.disable()
+    ticks = [ln.split("] ", 1)[1] for ln in buf.getvalue().splitlines()]
+    assert ticks[-1].startswith("calibrating: 3/3") and all("/3," in t for t in ticks), ticks
+    assert info["samples"] == 3
