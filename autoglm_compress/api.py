@@ -166,6 +166,10 @@ class _Run:
                     f"(it has {', '.join(t.precisions)}); choose another precision or target"
                 )
         self.specs = [parse_input_shape(s) for s in cfg.load.input_shapes]
+        from autoglm_compress.calibration.data import precheck_source
+
+        for data in (cfg.calibration.data, cfg.verify.eval_data, cfg.distill.data):
+            precheck_source(data)  # a missing file or an empty folder: before the model loads
         self.pipeline = Pipeline(
             build_passes(cfg.pass_names, pass_configs(cfg)),
             dump_ir_after=tuple(n for n in cfg.debug.dump_ir_after if n in cfg.pass_names),

@@ -296,3 +296,20 @@ def test_calibration_total_is_the_folder_s_image_count(tmp_path, monkeypatch):
     ticks = [ln.split("] ", 1)[1] for ln in buf.getvalue().splitlines()]
     assert ticks[-1].startswith("calibrating: 3/3") and all("/3," in t for t in ticks), ticks
     assert info["samples"] == 3
+
+
+def test_data_typos_fail_before_the_model_loads(tmp_path):
+    """An empty image folder or a missing file is one exit-2 line before any loading: shown with a
+    model file that is not a model at all (its error would come first after a load)."""
+    from conftest import run_cli
+
+    bad_model = tmp_path / "m.onnx"
+    bad_model.write_bytes(b"not a model")
+    (tmp_path / "photos").mkdir()
+    cases = {"empty calibration set": str(tmp_path / "photos"),
+             "no such file or folder": str(tmp_path / "calib.npz")}
+    for want, data in cases.items():
+        out = tmp_path / f"out_{len(want)}"
+        r = run_cli(str(bad_model), "--int8", "--calib", data, "-o", str(out))
+        assert r.returncode == 2 and want in r.stderr and "not a model" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()

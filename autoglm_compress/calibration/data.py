@@ -44,6 +44,7 @@ __all__ = [
     "CalibrationSource",
     "ImagePreprocess",
     "batched",
+    "precheck_source",
     "fit_feed",
     "open_calibration_source",
 ]
@@ -327,6 +328,28 @@ def open_calibration_source(
         f"calibration data {text!r} not found (expected a .npz/.npy file, an "
         "image folder, or module:function)"
     )
+
+
+def precheck_source(spec: str | Path | None) -> None:
+    """What can be checked of a data source before the model is loaded (seconds saved on a typo):
+    a path that is neither a file, a folder nor ``module:function``, an unsupported file type, an
+    image folder with no images — the errors ``open_calibration_source`` would raise later."""
+    if spec is None:
+        return
+    text, path = str(spec), Path(spec)
+    if path.is_dir():
+        list_images(path, skip_invalid=True)
+    elif path.is_file():
+        if path.suffix.lower() not in (".npz", ".npy"):
+            raise CalibrationError(
+                f"calibration data {text!r}: unsupported file type; use .npz/.npy, "
+                "an image folder or module:function"
+            )
+    elif not _CALLABLE.match(text):
+        raise CalibrationError(
+            f"calibration data {text!r} not found (expected a .npz/.npy file, an "
+            "image folder, or module:function)"
+        )
 
 
 def batched(feeds: Iterable[Feed], batch_size: int = 1) -> Iterator[Feed]:
