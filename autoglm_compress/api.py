@@ -353,7 +353,7 @@ class _Run:
                         dump_dir=self.out_dir).run(model, ctx)
         stats = {r.name: r.stats for r in recs}
         for r in recs:
-            r.name = f"{r.name}[{tgt.name}]"
+            r.name = f"{r.name}[{tgt.tag}]"
         records.extend(recs)
         return list(tgt.prepare(model, self.precision, stats))
 

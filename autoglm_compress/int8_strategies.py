@@ -281,7 +281,7 @@ class QATStage(Strategy):
         qcfg["samples"] = plan.calib_samples
         q, recs = Pipeline(build_passes(["qat"], {"qat": qcfg}), progress=False).apply(
             plan.q, plan.ctx)
-        recs[0].name = f"qat[{plan.target.name}]"
+        recs[0].name = f"qat[{plan.target.tag}]"
         plan.records += recs
         plan.q = q
         if recs[0].modified:  # trained biases need no correction

@@ -142,7 +142,7 @@ def _quantize(plan: Int8Plan) -> tuple[ir.Model, PassRecord]:
         )
     ctx.quantized_from = model
     rec = PassRecord(
-        f"quantize[{target.name}]",
+        f"quantize[{target.tag}]",
         qstats,
         round(time.perf_counter() - t0, 4),
         True,
@@ -172,7 +172,7 @@ def lower_for_target(
         passes = build_passes(["quantize_dynamic"], {"quantize_dynamic": {
             **wo, "keep_fp32": tuple(cfg.int8.keep_fp32)}})
         lowered, records = Pipeline(passes, progress=False).apply(_copy(model), ctx)
-        records[0].name = f"quantize_dynamic[{target.name}]"
+        records[0].name = f"quantize_dynamic[{target.tag}]"
         records[0].config["keep_fp32"] = list(cfg.int8.keep_fp32)
         records[0].config.update(target.record_config())
         return Lowered(lowered, records, [])
@@ -184,7 +184,7 @@ def lower_for_target(
         return Lowered(lowered, [], [])
     lowered, records = Pipeline(build_passes(names), progress=False).apply(lowered, ctx)
     for r in records:
-        r.name = f"{r.name}[{target.name}]"
+        r.name = f"{r.name}[{target.tag}]"
     return Lowered(lowered, records, [])
 
 

@@ -52,9 +52,11 @@ def quantize_record(r: dict, a: dict) -> dict | None:
     """The ``quantize[<target>]`` pass record that made int8 artifact ``a``: the k-th such record
     for the k-th int8 artifact of that target (the run quantizes once per artifact format)."""
     target = a.get("target")
-    recs = [p for p in r.get("passes") or [] if p.get("name") == f"quantize[{target}]"]
-    mine = [x for x in r.get("artifacts") or []
-            if x.get("target") == target and x.get("precision") == "int8"]
+    fmt = (a.get("extra") or {}).get("format")
+    tags = {f"quantize[{target}]", f"quantize[{target}/{fmt}]"}  # arm records carry the format
+    recs = [p for p in r.get("passes") or [] if p.get("name") in tags]
+    mine = [x for x in r.get("artifacts") or [] if x.get("target") == target
+            and (x.get("extra") or {}).get("format") == fmt and x.get("precision") == "int8"]
     k = next((i for i, x in enumerate(mine) if x is a), None)
     return recs[k] if k is not None and k < len(recs) else None
 

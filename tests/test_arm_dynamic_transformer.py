@@ -78,7 +78,7 @@ def _check_arm(res, precision: str, floor: float):
         cos = _per_output(art)
         assert set(cos) == set(_OUTS)
         assert all(c >= floor for c in cos.values()), (fmt, precision, cos)
-    rec = next(p for p in res.report["passes"] if p["name"] == "fold_shapes[arm]")
+    rec = next(p for p in res.report["passes"] if p["name"] == "fold_shapes[arm/tflite]")
     assert rec["stats"]["dims_fixed"] >= 4 and rec["stats"]["folded"] >= 20
     assert rec["stats"]["dynamic_left"] is None
     io = res.artifact("arm", "tflite").extra  # LiteRT sees a static [1, 16] input

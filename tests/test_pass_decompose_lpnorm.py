@@ -82,7 +82,7 @@ def test_embedding_head_lowers_to_arm(embedder, fmt, int8):
     r = run_cli(*args, *(["--int8"] if int8 else []))
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
-    rec = next(p for p in rep["passes"] if p["name"] == "decompose_lpnorm[arm]")
+    rec = next(p for p in rep["passes"] if p["name"] == f"decompose_lpnorm[arm/{fmt}]")
     assert rec["stats"]["decomposed"] == 1
     art = rep["artifacts"][0]
     fid = art["fidelity"]["outputs"]["embedding"]

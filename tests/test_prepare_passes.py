@@ -30,7 +30,7 @@ def test_prepare_passes_are_recorded_and_dumped(saved, tmp_path):
     src = saved("transformer", "onnx")
     res = compress(src, targets="arm", samples=4, latency_repeats=1, out_dir=tmp_path / "o",
                    dump_ir_after=("fuse_gelu",))
-    rec = next(p for p in res.report["passes"] if p["name"] == "fuse_gelu[arm]")
+    rec = next(p for p in res.report["passes"] if p["name"] == "fuse_gelu[arm/tflite]")
     assert rec["stats"]["gelu_fused"] >= 2 and rec["modified"]
     dumped = onnx.load(str(tmp_path / "o" / "ir_after_fuse_gelu.onnx"))
     ops = {(n.domain, n.op_type) for n in dumped.graph.node}

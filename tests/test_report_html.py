@@ -146,7 +146,8 @@ def test_per_layer_sqnr_per_target_and_float_layers(run):
     records = [p for p in report["passes"] if p["name"].startswith("quantize[")]
     assert len(charts) == len(records) == 3
     for a, rec, labels in zip(report["artifacts"], records, charts):
-        assert rec["name"] == f"quantize[{a['target']}]"
+        fmt = (a.get("extra") or {}).get("format")
+        assert rec["name"] == (f"quantize[{a['target']}/{fmt}]" if fmt else f"quantize[{a['target']}]")
         layers = rec["stats"]["layers"]
         assert len(layers) == 3 and all(x["sqnr_db"] > 10 for x in layers)  # 4 weighted, 1 kept
         assert {x["node"] for x in rec["stats"]["layers_fp32"]} == {EVIL_KEPT}

@@ -146,7 +146,7 @@ def test_digits_full_integer_int8(tmp_path):
              and d["quantization_parameters"]["scales"].size > 1]
     assert convs, "per-channel int8 filters expected"
     q = [p for p in res.report["passes"] if p["name"].startswith("quantize[")]
-    assert [p["name"] for p in q] == ["quantize[arm]", "quantize[x86]"]
+    assert [p["name"] for p in q] == ["quantize[arm/tflite]", "quantize[x86]"]
     assert res.report["calibration"]["samples"] > 0  # one calibration record for both
     io = res.report["artifacts"][0]["io"]
     assert io["inputs"][0] == {"name": "x", "shape": [1, 1, 8, 8], "dtype": "float32", "quant": None}
@@ -223,3 +223,12 @@ def test_prune_distill_int8_for_arm_both_formats(tmp_path):
     accs = [next(iter(a["fidelity"]["outputs"].values()))["accuracy"] for a in arts.values()]
     assert min(accs) >= 0.85 and abs(accs[0] - accs[1]) <= 0.02
     assert [p["name"] for p in rep["passes"]][:4] == ["cleanup", "fold_bn", "prune", "distill"]
+
+
+def test_format_all_records_each_format_once(tmp_path):
+    """--format all quantizes once per arm format: the records say which (not quantize[arm] twice)."""
+    res = compress(DEMO, int8=True, targets="arm", arm_format="all", calib=CALIB, samples=16,
+                   calib_samples=32, out_dir=tmp_path, latency_repeats=1)
+    names = [p["name"] for p in res.report["passes"]]
+    assert names.count("quantize[arm/tflite]") == 1 and names.count("quantize[arm/ncnn]") == 1
+    assert len(names) == len(set(names)), names  # every record names its format

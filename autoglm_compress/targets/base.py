@@ -336,6 +336,12 @@ class Target(abc.ABC):
             )
 
     @property
+    def tag(self) -> str:
+        """How pass records name this target (``quantize[x86]``, ``quantize[arm/ncnn]``): one
+        tag per artifact format, so ``--format all`` records are told apart."""
+        return self.name
+
+    @property
     def label(self) -> str:
         """How errors name this target ("target arm", "target arm, format ncnn")."""
         return f"target {self.name}"

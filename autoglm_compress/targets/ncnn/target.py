@@ -61,6 +61,7 @@ class NcnnTarget(Target):
     lowering_file = Path(__file__).with_name("lowering.toml")
     rules = RULES
     label = "target arm, format ncnn"
+    tag = "arm/ncnn"
     alternatives = "--format tflite, or --target x86"
 
     def check(self, model: ir.Model, precision: str) -> list[str]:

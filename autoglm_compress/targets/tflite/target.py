@@ -67,6 +67,7 @@ def tflite_scheme():
 
 class TFLiteTarget(Target):
     name = "arm"
+    tag = "arm/tflite"
     runtime = "LiteRT (ai_edge_litert, XNNPACK)"
     precisions = ("fp32", "fp16", "int8")
     options_class = Options
