@@ -33,10 +33,15 @@ class Options:
     )
     ncnn_int8_layers: str = field(
         "all",
-        "arm, ncnn INT8: all (every conv / FC int8 — right for ARM, where ncnn's int8 kernels pay) "
-        "or measured (keep a layer float where ncnn's int8 kernel times slower than its float one "
-        "on this machine — for ncnn deployed on x86, whose int8 depthwise kernels are slow).",
-        flat="ncnn_int8_layers", cli="--ncnn-int8-layers", choices=("all", "measured"),
+        "arm, ncnn INT8: all (every conv / FC int8 — right for ARM, where ncnn's int8 kernels pay), "
+        "measured (keep a layer float where ncnn's int8 kernel times slower than its float one "
+        "on this machine — for ncnn deployed on x86, whose int8 depthwise kernels are slow) or "
+        "measured-arm (keep a layer float where its int8 form costs more guest instructions, "
+        "each layer alone in aarch64 ncnn under qemu-aarch64 -cpu <first --arm-cpu>; all layers "
+        "in one emulator run; falls back to measured, with a note, where the emulation cannot "
+        "be set up).",
+        flat="ncnn_int8_layers", cli="--ncnn-int8-layers",
+        choices=("all", "measured", "measured-arm"),
     )
     verify_arm: str = field(
         "auto",

@@ -123,10 +123,54 @@ class NcnnTarget(Target):
                   "sum_chosen_ms": round(chosen, 3), "threads": threads}
         return (lower_to_ncnn(model, "int8", keep_float=slow) if slow else q), record
 
+    def _measured_arm_int8(self, model: ir.Model) -> tuple[tuple, dict, str]:
+        """INT8 with each conv / FC whose int8 form costs more aarch64 guest instructions (alone,
+        in aarch64 ncnn under qemu-aarch64 -cpu <first --arm-cpu>) kept float; the x86
+        ``measured`` mode, with a note, when the emulation cannot be used here."""
+        from autoglm_compress.targets.arm_emulation.environment import Unavailable, setup
+        from autoglm_compress.targets.arm_emulation.runner import GuestError
+        from autoglm_compress.targets.ncnn.layer_timing import count_int8_layers
+
+        cpu = self.options.cpus[0]
+        q = lower_to_ncnn(model, "int8", graph=True)
+        f = lower_to_ncnn(model, "fp32", graph=True)
+        try:
+            counts = count_int8_layers(q[2], f[2], cpu, env=setup())
+        except (Unavailable, GuestError) as e:
+            lowered, record = self._measured_int8(model)
+            record["fallback"] = f"aarch64 emulation not available: {e}"
+            return lowered, record, (
+                f"--ncnn-int8-layers measured-arm: aarch64 emulation not available ({e}); fell "
+                "back to measured (x86 timings in this machine's ncnn): "
+                f"{len(record['kept_float'])} of {record['layers_timed']} conv/FC layers kept "
+                "float")
+        for c in counts.values():
+            c["int8"] = c["int8_insns"] < c["fp32_insns"]
+        slow = frozenset(k for k, c in counts.items() if not c["int8"])
+        tot = {k: sum(c[f"{k}_insns"] for c in counts.values()) for k in ("fp32", "int8")}
+        chosen = sum(min(c["int8_insns"], c["fp32_insns"]) for c in counts.values())
+        record = {"measured_on": f"aarch64 ncnn, 1 thread, qemu-aarch64 -cpu {cpu}",
+                  "unit": "guest instructions per inference of the layer alone (a count, "
+                          "not a time)",
+                  "cpu": cpu, "layers_timed": len(counts), "kept_float": sorted(slow),
+                  "layers": counts, "sum_fp32_insns": tot["fp32"],
+                  "sum_int8_insns": tot["int8"], "sum_chosen_insns": chosen}
+        note = (f"--ncnn-int8-layers measured-arm: {len(slow)} of {len(counts)} conv/FC layers "
+                f"kept float (their int8 form costs more guest instructions in aarch64 ncnn on "
+                f"{cpu}, emulated); these layers: int8 {tot['int8'] / max(tot['fp32'], 1):.2f}× "
+                f"FP32 instructions, chosen mix {chosen / max(tot['fp32'], 1):.2f}×")
+        return (lower_to_ncnn(model, "int8", keep_float=slow) if slow else q), record, note
+
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
-        measured = None
-        if precision == "int8" and self.options.ncnn_int8_layers == "measured":
+        measured = note = None
+        mode = self.options.ncnn_int8_layers
+        if precision == "int8" and mode == "measured":
             (param, data, io), measured = self._measured_int8(model)
+            note = (f"--ncnn-int8-layers measured: {len(measured['kept_float'])} of "
+                    f"{measured['layers_timed']} conv/FC layers kept float (their int8 kernel "
+                    "timed slower in this machine's ncnn); on ARM use all or measured-arm")
+        elif precision == "int8" and mode == "measured-arm":
+            (param, data, io), measured, note = self._measured_arm_int8(model)
         else:
             param, data, io = lower_to_ncnn(model, precision)
         io.pop("graph", None)
@@ -149,10 +193,7 @@ class NcnnTarget(Target):
                                       "requantized": io["requantized"]}
             if measured is not None:
                 art.extra["ncnn_int8"]["measured"] = measured
-                art.notes.append(
-                    f"--ncnn-int8-layers measured: {len(measured['kept_float'])} of "
-                    f"{measured['layers_timed']} conv/FC layers kept float (their int8 kernel "
-                    "timed slower in this machine's ncnn); on ARM use all")
+                art.notes.append(note)
         return art
 
     def describe_io(self, artifact: Artifact, model: ir.Model) -> dict:
