@@ -1,9 +1,16 @@
 """ARM artifacts under qemu-aarch64 (issue 28): FP32 / FP16 / INT8 guest instruction counts per
 inference on two CPU models, aarch64-vs-x86 fidelity, and a check of the count as a time proxy.
 
-    .venv/bin/python bench/bench_arm_emulation.py [--models digits,effnet] [--cpus cortex-a53,cortex-a76]
+    .venv/bin/python bench/bench_arm_emulation.py [--models digits,effnet,yolo,ppocr,bert]
+        [--cpus cortex-a53,cortex-a76] [--precisions fp32,fp16,int8] [--timeout 1800]
         [--calib 32] [--eval 4] [--insns-samples 1] [--work /tmp/bench_arm_emulation] [--no-proxy]
-        [--write-results]
+        [--heading "## …"] [--write-results]
+
+Models (bench_ncnn.load_models): digits, EfficientNet-Lite1, nudenet's YOLOv8n (320n.onnx), the
+PP-OCR recognizer (rapidocr), the BERT encoder (batch 1; ncnn only). ``--precisions`` picks the
+precisions compressed on their own for aarch64 fidelity (the INT8 run always counts FP32 / FP16 /
+INT8 side by side; fewer precisions → no proxy check); ``--timeout`` bounds each qemu run (past it
+the rows carry the 'not verified on aarch64' note). Fidelity is taken on the last ``--cpus``.
 
 Per model: ``compress`` to ``--target arm --format all`` at FP32, FP16 and INT8 with
 ``--verify-arm auto`` (the INT8 run with ``--arm-cpu`` = every CPU: its ``latency.arm_insns``
@@ -30,22 +37,30 @@ HEADING = "## ARM artifacts under qemu-aarch64 (issue 28)"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+SHOWN = {"digits": "digits", "effnet": "EfficientNet-Lite1", "yolo": "YOLOv8n (nudenet 320n)",
+         "ppocr": "PP-OCR rec", "bert": "BERT encoder"}
+# arm formats per model: the BERT encoder (bench_ncnn's batch-1 trace) is the ncnn item of issue 28
+FORMATS = {"bert": ("ncnn",)}
+
+
 def _models(names, work: Path, n_calib: int, n_eval: int) -> dict:
-    """bench_arm's models (digits; EfficientNet-Lite1 = ``zoo.efficientnet_lite(folder, 1, …)``)."""
-    from bench_arm import _models as arm_models
+    """bench_ncnn's loaders (bench_arm's digits / EfficientNet-Lite1 / nudenet YOLOv8n, the BERT
+    encoder at batch 1, the PP-OCR recognizer), keyed by short name."""
+    from bench_ncnn import load_models
 
-    shown = {"digits": "digits", "effnet": "EfficientNet-Lite1"}
-    return {shown[k]: v for k, v in arm_models(names, work, n_calib, n_eval).items()}
+    work.mkdir(parents=True, exist_ok=True)
+    return load_models(names, work, n_calib, n_eval)
 
 
-def _compress(model, calib, ev, prec: str, cpus: str, out: Path, n_eval: int):
+def _compress(model, calib, ev, prec: str, cpus: str, out: Path, n_eval: int, fmts=None):
     from autoglm_compress import compress
     from autoglm_compress.targets.arm_emulation import verify
 
     verify.AUTO_MAX_MACS = float("inf")  # auto's checks (XNNPACK only) on every model size
 
     t = time.perf_counter()
-    res = compress(model, targets="arm", arm_format="all", int8=prec == "int8",
+    fmt = "all" if fmts is None or len(fmts) > 1 else fmts[0]
+    res = compress(model, targets="arm", arm_format=fmt, int8=prec == "int8",
                    fp16=prec == "fp16", calib=calib, eval_data=ev, samples=n_eval,
                    calib_samples=32, verify_arm="auto", arm_cpu=cpus, arm_threads=1,
                    latency_repeats=10, out_dir=out)
@@ -79,10 +94,30 @@ def _m(n: float) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
 
 
+def _row_timeout(seconds: float) -> None:
+    """Every aarch64 run (one qemu process per CPU and artifact) gets ``seconds``; past it the
+    artifact carries a 'not verified on aarch64: … timed out' note and its rows say so."""
+    import functools
+
+    from autoglm_compress.targets.arm_emulation import verify
+
+    verify.run_jobs = functools.partial(verify.run_jobs, timeout=seconds)
+
+
+def _note(art) -> str:
+    return next((n for n in art.notes if "aarch64" in n and "not " in n), "no aarch64 result")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="digits,effnet")
+    ap.add_argument("--models", default="digits,effnet",
+                    help="of digits,effnet,yolo,ppocr,bert")
     ap.add_argument("--cpus", default="cortex-a53,cortex-a76")
+    ap.add_argument("--precisions", default="fp32,fp16,int8",
+                    help="precisions compressed on their own for their aarch64 fidelity (the INT8 "
+                    "run always counts FP32 / FP16 / INT8 side by side)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per aarch64 run")
+    ap.add_argument("--heading", default=HEADING)
     ap.add_argument("--calib", type=int, default=32)
     ap.add_argument("--eval", type=int, default=4, help="verification samples (≤ 8 on aarch64)")
     ap.add_argument("--insns-samples", type=int, default=1,
@@ -96,28 +131,44 @@ def main() -> None:
     verify.INSNS_SAMPLES = a.insns_samples  # counts vary < 0.1% between inferences
     work = Path(a.work)
     cpus = a.cpus.split(",")
+    _row_timeout(a.timeout)
+    precs = [p for p in PRECISIONS if p in a.precisions.split(",") or p == "int8"]
     insn_rows, fid_rows, proxy_rows = [], [], []
     proxy_pts: list[tuple[float, float, float]] = []  # (x86 insns, x86 ms, aarch64 insns)
     t0 = time.perf_counter()
-    for name, (model, calib, ev) in _models(a.models.split(","), work, a.calib, a.eval).items():
+    # fidelity is taken on the first CPU of a run: the last of --cpus for every precision
+    fid_cpus = ",".join([cpus[-1], *cpus[:-1]])
+    for key, (model, calib, ev) in _models(a.models.split(","), work, a.calib, a.eval).items():
+        name, fmts = SHOWN[key], FORMATS.get(key, ("tflite", "ncnn"))
         print(name, flush=True)
-        runs = {p: _compress(model, calib, ev, p, a.cpus if p == "int8" else cpus[-1],
-                             work / name / p, a.eval) for p in PRECISIONS}
-        for fmt in ("tflite", "ncnn"):
+        runs = {p: _compress(model, calib, ev, p, fid_cpus if p == "int8" else cpus[-1],
+                             work / key / p, a.eval, fmts) for p in precs}
+        for fmt in fmts:
+            if fmt not in runs["int8"]:
+                insn_rows.append(f"| {name} | {fmt} | - | not lowered: "
+                                 f"{runs['int8'].get('_refused', '?')} | | |")
+                continue
             q = runs["int8"][fmt]
             for cpu in cpus:
-                per = q.latency["arm_insns"][cpu]
+                per = q.latency.get("arm_insns", {}).get(cpu)
+                if per is None:
+                    insn_rows.append(f"| {name} | {fmt} | {cpu} | {_note(q)} | | |")
+                    continue
                 insn_rows.append(f"| {name} | {fmt} | {cpu} | {_m(per['fp32'])} | "
                                  f"{per['vs_fp32']['fp16']:.2f}× | {per['vs_fp32']['int8']:.2f}× |")
-            for p in PRECISIONS:
+            for p in precs:
                 art = runs[p][fmt]
-                a64 = art.fidelity["aarch64"]
+                a64 = art.fidelity.get("aarch64")
+                if a64 is None:
+                    fid_rows.append(f"| {name} | {fmt} | {p} | {art.fidelity['cosine_min']:.5f} "
+                                    f"| {_note(art)} | | |")
+                    continue
                 top1 = next(iter(a64["outputs"].values())).get("top1_agreement")
                 fid_rows.append(
                     f"| {name} | {fmt} | {p} | {art.fidelity['cosine_min']:.5f} | "
                     f"{a64['cosine_min']:.5f} | {a64['vs_x86_cosine_min']:.6f} | "
                     f"{'-' if top1 is None else f'{top1:.3f}'} |")
-            if a.no_proxy:
+            if a.no_proxy or len(precs) < 3:
                 continue
             side = q.latency["litert" if fmt == "tflite" else "ncnn"]
             feeds = _feeds(ev)
@@ -135,7 +186,7 @@ def main() -> None:
     if a.write_results:
         from bench_arm import write_results
 
-        write_results(text, HEADING)
+        write_results(text, a.heading)
 
 
 def _feeds(ev: Path) -> list[dict]:
@@ -152,9 +203,11 @@ def _text(a, cpus, insn_rows, fid_rows, proxy_rows, pts, seconds) -> str:
 
     man = setup().manifest()
     lines = [
-        HEADING, "",
+        a.heading, "",
         f"`.venv/bin/python bench/bench_arm_emulation.py --models {a.models} --cpus {a.cpus} "
-        f"--calib {a.calib} --eval {a.eval} --insns-samples {a.insns_samples} --write-results` "
+        f"--precisions {a.precisions} --timeout {a.timeout:.0f} "
+        f"--calib {a.calib} --eval {a.eval} --insns-samples {a.insns_samples}"
+        f"{' --no-proxy' if a.no_proxy else ''}` "
         f"({seconds / 60:.0f} min on "
         f"{platform.machine()}; {man['qemu']}; aarch64 wheels {', '.join(man['wheels'])}).",
         "",

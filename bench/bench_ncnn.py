@@ -205,6 +205,25 @@ def render(rows: list[dict], cmd: str) -> str:
     return "\n".join(lines)
 
 
+def load_models(names, work: Path, n_calib: int, n_eval: int) -> dict:
+    """name → (model, calib, eval): bench_arm's digits / effnet / yolo, plus ``bert`` and
+    ``ppocr`` (the PP-OCR recognizer)."""
+    from bench_arm import _models  # the same three models, made the same way
+
+    models = _models(names, work, n_calib, n_eval)
+    if "bert" in names:  # traced at batch 1: pnnx takes the traced shapes only
+        import zoo
+
+        rm = zoo.bert_encoder(work, dict_output=False, n_calib=n_calib, n_eval=n_eval, batch=1)
+        models["bert"] = (rm.model, rm.calib, rm.eval)
+    if "ppocr" in names:  # PP-OCR's SVTR recognizer (ONNX, opset 11), 48×320 text lines
+        import zoo
+
+        rm = zoo.ppocr(work, "rec", n_calib=n_calib, n_eval=n_eval)
+        models["ppocr"] = (rm.model, rm.calib, rm.eval)
+    return models
+
+
 def main() -> None:
     from bench_arm import write_results
 
@@ -218,20 +237,7 @@ def main() -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    from bench_arm import _models  # the same three models, made the same way
-
-    names = a.models.split(",")
-    models = _models(names, work, a.calib, a.eval)
-    if "bert" in names:  # traced at batch 1: pnnx takes the traced shapes only
-        import zoo
-
-        rm = zoo.bert_encoder(work, dict_output=False, n_calib=a.calib, n_eval=a.eval, batch=1)
-        models["bert"] = (rm.model, rm.calib, rm.eval)
-    if "ppocr" in names:  # PP-OCR's SVTR recognizer (ONNX, opset 11), 48×320 text lines
-        import zoo
-
-        rm = zoo.ppocr(work, "rec", n_calib=a.calib, n_eval=a.eval)
-        models["ppocr"] = (rm.model, rm.calib, rm.eval)
+    models = load_models(a.models.split(","), work, a.calib, a.eval)
     for name, (src, calib, ev) in models.items():
         rows += run_model(name, src, calib, ev, work, a.calib, a.eval)
     text = render(rows, "python bench/bench_ncnn.py --models " + a.models)
