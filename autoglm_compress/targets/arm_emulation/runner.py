@@ -18,11 +18,17 @@ from autoglm_compress.targets.arm_emulation.environment import (
     setup,
 )
 
-__all__ = ["GuestError", "Job", "run", "run_jobs"]
+__all__ = ["MAX_JOBS", "GuestError", "Job", "run", "run_jobs"]
 
 _HERE = Path(__file__).resolve().parent
 _SOURCES = {"tflite": str(_HERE.parent / "tflite" / "litert_run.py"),
             "ncnn": str(_HERE.parent / "ncnn" / "ncnn_run.py")}
+
+
+# the instruction-count plugin records at most this many markers per process (environment.py's
+# marks[64]); each job takes two
+MAX_MARKS = 64
+MAX_JOBS = MAX_MARKS // 2
 
 
 class GuestError(RuntimeError):
@@ -66,11 +72,16 @@ def run_jobs(
 ) -> list[tuple[list[list[np.ndarray]], float]]:
     """Run ``jobs`` one after the other in ONE aarch64 Python process (one start-up) under
     ``qemu-aarch64 -cpu cpu``, one thread (``arch="x86_64"``: this machine's Python and x86
-    runtimes under ``qemu-x86_64 -cpu cpu``, for checking counts against x86 timings). Per job: the outputs per feed and the guest
+    runtimes under ``qemu-x86_64 -cpu cpu``, for checking counts against x86 timings); more than
+    :data:`MAX_JOBS` jobs run in one process per :data:`MAX_JOBS`. Per job: the outputs per feed and the guest
     instructions per inference (counted between markers after one warm-up inference; 0.0
     for no feeds). Raises :class:`~.environment.Unavailable` when the runner cannot be set up
     here and :class:`GuestError` when an artifact does not run."""
     env = env or setup()
+    if len(jobs) > MAX_JOBS:  # the plugin keeps MAX_MARKS markers: one guest process per chunk
+        return [r for i in range(0, len(jobs), MAX_JOBS)
+                for r in run_jobs(jobs[i:i + MAX_JOBS], feeds, cpu=cpu, env=env,
+                                  timeout=timeout, arch=arch)]
     specs = [j.spec(len(feeds)) for j in jobs]
     with tempfile.TemporaryDirectory(prefix="agc_arm_") as tmp:
         t = Path(tmp)

@@ -9,8 +9,9 @@ layer as lowered, float output (a requantizing layer's int8 output scale dropped
 interleaved, median of ``repeats``. The float twin is the same node lowered at fp32 (its
 dequantized weights), so the only difference is the kernel.
 
-``count_int8_layers`` writes all the one-layer nets first and runs them in ONE aarch64 Python
-process (targets/arm_emulation ``run_jobs``: one qemu start-up), each net's input named apart so
+``count_int8_layers`` writes all the one-layer nets first and runs them in one aarch64 Python
+process (targets/arm_emulation ``run_jobs``: one qemu start-up per ``MAX_JOBS`` = 32 nets, the
+instruction-count plugin's marker limit), each net's input named apart so
 one feed dict serves all; per net one warm-up inference, then one counted between the guest's
 markers. Both counts include the same Python-side call (Mat conversion, extractor), so their
 difference is the kernels'.
@@ -106,7 +107,7 @@ def time_int8_layers(int8_io: dict, fp32_io: dict, threads: int, repeats: int = 
 def count_int8_layers(int8_io: dict, fp32_io: dict, cpu: str, env=None) -> dict:
     """{node name: {"fp32_insns", "int8_insns"}} for each int8 layer of ``int8_io`` (as
     :func:`time_int8_layers`): guest instructions of one inference of the layer alone in aarch64
-    ncnn, one thread, under ``qemu-aarch64 -cpu cpu`` — all layers in one guest process. Raises
+    ncnn, one thread, under ``qemu-aarch64 -cpu cpu`` — 16 layers per guest process. Raises
     the runner's ``Unavailable`` / ``GuestError``."""
     from autoglm_compress.targets.arm_emulation.runner import Job, run_jobs
 
