@@ -137,10 +137,12 @@ class NcnnTarget(Target):
         try:
             counts = count_int8_layers(q[2], f[2], cpu, env=setup())
         except (Unavailable, GuestError) as e:
+            why = ("aarch64 emulation not available" if isinstance(e, Unavailable) else
+                   "the aarch64 one-layer runs failed")
             lowered, record = self._measured_int8(model)
-            record["fallback"] = f"aarch64 emulation not available: {e}"
+            record["fallback"] = f"{why}: {e}"
             return lowered, record, (
-                f"--ncnn-int8-layers measured-arm: aarch64 emulation not available ({e}); fell "
+                f"--ncnn-int8-layers measured-arm: {why} ({e}); fell "
                 "back to measured (x86 timings in this machine's ncnn): "
                 f"{len(record['kept_float'])} of {record['layers_timed']} conv/FC layers kept "
                 "float")
