@@ -16,6 +16,7 @@ pytest.importorskip("ncnn")
 torch = pytest.importorskip("torch")
 
 from autoglm_compress import compress  # noqa: E402
+from autoglm_compress.report import summary_table  # noqa: E402
 from autoglm_compress.targets.arm_emulation import available, environment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,9 +89,11 @@ def _weight_types(param: Path, binf: Path) -> dict[str, str]:
 
 
 def _measured_arm(model: Path, out: Path, **kw):
-    return compress(model, targets="arm", arm_format="ncnn", int8=True, out_dir=out, samples=8,
-                    latency_repeats=2, verify_arm="off", ncnn_int8_layers="measured-arm",
-                    **kw).artifact("arm", "ncnn")
+    res = compress(model, targets="arm", arm_format="ncnn", int8=True, out_dir=out, samples=8,
+                   latency_repeats=2, verify_arm="off", ncnn_int8_layers="measured-arm", **kw)
+    art = res.artifact("arm", "ncnn")
+    art.summary = summary_table(res.report)
+    return art
 
 
 def _check(art, min_cos: float) -> dict:
@@ -146,6 +149,7 @@ def test_without_emulation_falls_back_to_x86_timings(tmp_path, monkeypatch):
     assert m["fallback"].startswith("aarch64 emulation not available: qemu-aarch64 not found")
     notes = [n for n in art.notes if n.startswith("--ncnn-int8-layers measured-arm:")]
     assert len(notes) == 1 and "fell back to measured (x86 timings" in notes[0]
+    assert f"note: {art.files['param'].name}: {notes[0]}" in art.summary  # printed
     float_flags = [name for name, r in _rows(art.files["param"]).items() if 8 not in r["params"]]
     assert sorted(float_flags) == sorted(m["kept_float"])
     assert np.isfinite(art.fidelity["cosine_min"]) and art.fidelity["cosine_min"] >= 0.999
