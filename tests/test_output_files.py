@@ -237,8 +237,18 @@ def test_sigterm_between_ncnn_bin_and_param(previous, tmp_path, monkeypatch, cap
     assert _snapshot(out) == before and _leftovers(out) == []
 
 
+@pytest.fixture
+def default_sigint():
+    """SIGINT as a fresh CLI process has it (Python's KeyboardInterrupt handler): these tests run
+    the CLI in this process, where an earlier test may have left another handler."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_during_commit_completes_the_new_set(tmp_path, monkeypatch, capsys, sig, code):
+def test_signal_during_commit_completes_the_new_set(tmp_path, monkeypatch, capsys, sig, code,
+                                                    default_sigint):
     """A signal while the files are renamed into -o is acted on after the last rename: the new
     set is complete (report last), the exit code still says the run was stopped."""
     out = tmp_path / "out"
