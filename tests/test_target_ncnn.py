@@ -345,3 +345,27 @@ def test_attention_to_sdpa_or_decomposed(tmp_path, mask_rows, fused):
     else:
         assert "SDPA" not in types and types["MatMul"] == 2 and types["Softmax"] == 1
     assert art.fidelity["cosine_pooled"] >= 0.99999
+
+
+def test_mask_scalar_fits_float16(tmp_path):
+    """scores + (1 − m) · −FLT_MAX (HF attention masks): the ncnn scalar is clamped to −65504 so
+    fp16 blob storage (ncnn's default on ARM) does not turn it into −inf and the softmax into NaN;
+    in FP32 the masked softmax is the same."""
+    import onnx
+
+    from autoglm_compress.ir_utils import from_proto
+    from autoglm_compress.targets.ncnn.lower import lower_to_ncnn
+
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,4,8] s, float[1,4,8] m) => (float[1,4,8] y) {
+        neg = Constant <value = float {-3.4028234663852886e38}> ()
+        one = Constant <value = float {1.0}> ()
+        inv = Sub(one, m)
+        bias = Mul(inv, neg)
+        y = Add(s, bias)
+    }"""
+    model = from_proto(onnx.parser.parse_model(text))
+    param, _, _ = lower_to_ncnn(model, "fp32")
+    scalars = [float(t.split("=", 1)[1]) for line in param.splitlines() if line.startswith("BinaryOp")
+               for t in line.split() if t.startswith("2=")]
+    assert scalars and min(scalars) == -65504.0 and max(abs(x) for x in scalars) <= 65504.0

@@ -75,6 +75,20 @@ def _check_min(node: ir.Node) -> str | None:
     return _check_binary(node)
 
 
+FP16_MAX = 65504.0  # the largest finite float16
+
+
+def _scalar(arr, op: int) -> float:
+    """A scalar operand as BinaryOp's parameter. An Add/Sub/Mul scalar beyond float16's range
+    (attention masks written as ``(1 − m) · −3.4e38``) is clamped to ±65504: ncnn on ARM stores
+    blobs in fp16 by default, where it becomes ±inf and the softmax after it NaN; as an additive
+    mask −65504 removes a score exactly as −3.4e38 does (exp underflows to 0 either way)."""
+    x = float(arr.reshape(-1)[0])
+    if op in (BINARY["Add"], BINARY["Sub"], BINARY["Mul"]) and abs(x) > FP16_MAX:
+        return FP16_MAX if x > 0 else -FP16_MAX
+    return x
+
+
 def binary(lw, n: ir.Node, op: int | None = None) -> None:
     """One BinaryOp (a scalar constant operand as its parameter, others as MemoryData)."""
     if n.op_type == "Pow" and _power(lw, n):
@@ -85,9 +99,9 @@ def binary(lw, n: ir.Node, op: int | None = None) -> None:
     ca = const_array(a) if a.name not in lw.blob else None
     cc = const_array(c) if c.name not in lw.blob else None
     if cc is not None and cc.size == 1:
-        ins, p = [lw.b(a)], {0: op, 1: 1, 2: float(cc.reshape(-1)[0])}
+        ins, p = [lw.b(a)], {0: op, 1: 1, 2: _scalar(cc, op)}
     elif ca is not None and ca.size == 1:
-        ins, p = [lw.b(c)], {0: _REVERSED.get(op, op), 1: 1, 2: float(ca.reshape(-1)[0])}
+        ins, p = [lw.b(c)], {0: _REVERSED.get(op, op), 1: 1, 2: _scalar(ca, op)}
     else:
         ins = [lw.memory_data(arr, v.name, rank) if arr is not None else lw.b(v)
                for v, arr in ((a, ca), (c, cc))]
