@@ -122,6 +122,7 @@ def test_digits_layers_decided_by_aarch64_instructions(arm_env, tmp_path):
     assert len(layers) == 4  # three convs and the FC
 
 
+@pytest.mark.slow  # two guest processes of one-layer nets: make test-all (the digits test above runs in make test)
 def test_depthwise_separable_layers_decided_by_aarch64_instructions(arm_env, dws_model,
                                                                       tmp_path, monkeypatch):
     from autoglm_compress.targets.arm_emulation import runner
