@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from autoglm_compress.targets.tflite.litert_run import from_io, to_io
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real")]
 from common import detection_agreement  # noqa: E402
@@ -67,20 +69,9 @@ def _litert(path: Path):
             x = feed[d["name"]] if d["name"] in feed else next(iter(feed.values()))
             if x.ndim == 4 and tuple(d["shape"]) != x.shape:  # onnx2tf's NHWC input
                 x = x.transpose(0, 2, 3, 1)
-            if d["dtype"] in (np.int8, np.uint8):  # full-integer IO (the peer's): quantize
-                s, z = d["quantization"]
-                info = np.iinfo(d["dtype"])
-                x = np.clip(np.rint(x / s) + z, info.min, info.max).astype(d["dtype"])
-            it.set_tensor(d["index"], x)
+            it.set_tensor(d["index"], to_io(x, d))  # full-integer IO (the peer's): quantized
         it.invoke()
-        got = []
-        for d in outs:
-            y = np.array(it.get_tensor(d["index"]))
-            if d["dtype"] in (np.int8, np.uint8):
-                s, z = d["quantization"]
-                y = (y.astype(np.float32) - z) * s
-            got.append(y)
-        return got
+        return [from_io(np.array(it.get_tensor(d["index"])), d) for d in outs]
 
     return run
 

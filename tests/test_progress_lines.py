@@ -57,9 +57,11 @@ def test_the_estimate_names_the_total_and_the_way_to_shorten_it(stream):
     assert pl.estimate("training", 3, 10, time.perf_counter() - 1.0, "x") is None  # < 1 min: quiet
 
 
-def test_off_means_silent():
-    pl.disable()
+def test_off_means_silent(monkeypatch):
     buf = io.StringIO()
+    pl.enable(buf)
+    pl.disable()  # the stream stays buf: anything printed would land there
+    monkeypatch.setattr(pl, "MIN_SECONDS", 0.0)
     with pl.step("x"):
         pass
     pl.tick("x", 5, 5, time.perf_counter() - 100)

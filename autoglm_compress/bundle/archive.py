@@ -103,9 +103,7 @@ def scan_tar(path: Path) -> None:
                     if total > MAX_TOTAL_BYTES:
                         raise BundleError(f"{where}: members total over {MAX_TOTAL_BYTES} "
                                           "bytes; refused")
-                elif kind == b"5":
-                    pass
-                else:
+                elif kind != b"5":  # a directory entry carries no data: nothing to bound
                     what = {b"1": "a hard link", b"2": "a symbolic link", b"3": "a device",
                             b"4": "a device", b"6": "a FIFO"}.get(kind, f"type {kind!r}")
                     raise BundleError(f"{where}: a member is {what}; bundles hold only files "

@@ -27,10 +27,11 @@ MARKER = ({"aarch64": 173, "x86_64": 110}[platform.machine()], 0x41474C4D)
 
 
 def load_function(source: str, name: str):
-    """The top-level function ``name`` of the Python file ``source``, compiled alone."""
+    """The top-level function ``name`` of the Python file ``source``, compiled with the file's
+    other top-level functions (its helpers) and without its imports (the guest has numpy only)."""
     tree = ast.parse(Path(source).read_text(), source)
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
-    code = compile(ast.Module(body=[node], type_ignores=[]), source, "exec",
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    code = compile(ast.Module(body=funcs, type_ignores=[]), source, "exec",
                    flags=__import__("__future__").annotations.compiler_flag, dont_inherit=True)
     scope = {"np": np, "Path": Path, "__name__": f"guest.{name}"}
     exec(code, scope)  # noqa: S102 - our own source file, the same the host imports

@@ -9,7 +9,25 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["litert_runner"]
+__all__ = ["litert_runner", "to_io", "from_io"]
+
+
+def to_io(x: np.ndarray, d: dict) -> np.ndarray:
+    """A float feed as input tensor ``d`` (interpreter details) takes it: quantized with the
+    file's scale and zero point for full-integer IO, else cast."""
+    if d["dtype"] in (np.int8, np.uint8):
+        s, z = d["quantization"]
+        info = np.iinfo(d["dtype"])
+        x = np.clip(np.rint(x / s) + z, info.min, info.max)
+    return x.astype(d["dtype"])
+
+
+def from_io(y: np.ndarray, d: dict) -> np.ndarray:
+    """Output tensor ``d``'s value as float (dequantized for full-integer IO)."""
+    if d["dtype"] in (np.int8, np.uint8):
+        s, z = d["quantization"]
+        return (y.astype(np.float32) - z) * s
+    return y
 
 
 def litert_runner(path: Path, threads: int, reference_kernels: bool = False):
@@ -27,21 +45,9 @@ def litert_runner(path: Path, threads: int, reference_kernels: bool = False):
 
         def run(feed):
             for d in ins:
-                x = np.asarray(feed[d["name"]])
-                if d["dtype"] in (np.int8, np.uint8):  # full-integer IO: quantize the feed
-                    s, z = d["quantization"]
-                    info = np.iinfo(d["dtype"])
-                    x = np.clip(np.rint(x / s) + z, info.min, info.max)
-                it.set_tensor(d["index"], x.astype(d["dtype"]))
+                it.set_tensor(d["index"], to_io(np.asarray(feed[d["name"]]), d))
             it.invoke()
-            got = []
-            for d in outs:
-                y = np.array(it.get_tensor(d["index"]))
-                if d["dtype"] in (np.int8, np.uint8):
-                    s, z = d["quantization"]
-                    y = (y.astype(np.float32) - z) * s
-                got.append(y)
-            return got
+            return [from_io(np.array(it.get_tensor(d["index"])), d) for d in outs]
 
         return run
 
