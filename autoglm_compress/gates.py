@@ -221,7 +221,8 @@ def _latency(v, b: Budgets) -> list[dict]:
     ok = math.isfinite(ratio) and ratio <= limit
     out = [_entry("max_latency_ratio", name, round(ratio, 4) if math.isfinite(ratio) else None,
                   limit, ok, f"{name} latency {_above(ratio, limit)}× FP32 ({where}) > "
-                  f"--max-latency-ratio {limit}", measure=f"artifact / FP32 median time, {where}")]
+                  f"--max-latency-ratio {limit}", measure=f"artifact / FP32 median time, {where}",
+                  figure="wall_time")]
     insns = lat.get("arm_insns")  # the emulated ARM instruction counts, when --verify-arm ran
     if isinstance(insns, dict):
         prec = v["precision"]
@@ -234,7 +235,7 @@ def _latency(v, b: Budgets) -> list[dict]:
                 f"{name} ARM instructions {_above(r, limit)}× FP32 on {cpu} (emulated) > "
                 f"--max-latency-ratio {limit}",
                 measure=f"artifact / FP32 guest instructions per inference on {cpu} (emulated)",
-                cpu=cpu))
+                figure="arm_instructions", cpu=cpu))
     return out
 
 

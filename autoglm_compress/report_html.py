@@ -99,18 +99,24 @@ def _acc(j: dict):
     return f"{j['accuracy']:.4f} ({j.get('accuracy_fp32', float('nan')):.4f})"
 
 
+# --max-latency-ratio: which figure a gate compared (report.json's gates[].figure)
+_FIGURE = {"wall_time": "median time", "arm_instructions": "instructions, {cpu} (emulated)"}
+
+
 def _gates(r: dict) -> str:
     gates = r.get("gates") or []
     if not gates:
         return '<p class="muted">No budget was given (--min-cosine, --max-drop, --max-size, ' \
                "--max-latency-ratio).</p>"
-    rows = [(g.get("option"), g.get("artifact"), g.get("cpu"), g.get("value"), g.get("limit"),
+    rows = [(g.get("option"), g.get("artifact"),
+             _FIGURE.get(g.get("figure"), "").replace("{cpu}", str(g.get("cpu"))),
+             g.get("value"), g.get("limit"),
              Raw('<span class="pass">PASS</span>' if g.get("passed")
                  else '<span class="fail">FAIL</span>'),
              g.get("message") if not g.get("passed") else g.get("measure")) for g in gates]
     failed = sum(not g.get("passed") for g in gates)
     return (f"<p>{len(gates) - failed} of {len(gates)} passed.</p>"
-            + table(("budget", "artifact", "cpu", "value", "limit", "result", "detail"), rows,
+            + table(("budget", "artifact", "figure", "value", "limit", "result", "detail"), rows,
                     numeric=(3, 4)))
 
 

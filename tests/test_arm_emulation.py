@@ -194,3 +194,30 @@ def test_auto_leaves_large_models_to_emulated(tmp_path, monkeypatch):
     assert "aarch64" not in art.fidelity
     assert any("not run on aarch64 by default" in n and "--verify-arm emulated" in n
                for n in art.notes)
+
+
+def test_latency_budget_gates_the_arm_instruction_count(arm_env, tmp_path, capsys):
+    """--max-latency-ratio on an arm run verified on aarch64: one budget on the runtime's own
+    time ratio and one on the emulated guest-instruction ratio per CPU; each failed one is an
+    exit-3 line naming it, and the gate record says which figure it compared."""
+    import json
+
+    from autoglm_compress.cli import main
+
+    rc = main([str(DEMO), "--int8", "--target", "arm", "--format", "tflite", "--calib",
+               str(CALIB), "--eval", str(EVAL), "--samples", "4", "--latency-repeats", "1",
+               "--verify-arm", "emulated", "--max-latency-ratio", "0.0001", "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 3
+    gates = json.loads((tmp_path / "report.json").read_text())["gates"]
+    assert [g["figure"] for g in gates] == ["wall_time", "arm_instructions"]
+    insns = next(g for g in gates if g["figure"] == "arm_instructions")
+    assert insns["cpu"] == "cortex-a76" and not insns["passed"]
+    assert 0.05 < insns["value"] < 1.0  # INT8 runs fewer instructions than FP32 on the a76
+    assert "guest instructions per inference on cortex-a76" in insns["measure"]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: quality gate")]
+    assert len(lines) == 2 and all("--max-latency-ratio 0.0001" in ln for ln in lines), lines
+    assert any(f"ARM instructions {insns['value']:.3f}× FP32 on cortex-a76 (emulated)" in ln
+               for ln in lines), lines
+    page = (tmp_path / "report.html").read_text()
+    assert "instructions, cortex-a76 (emulated)" in page and "median time" in page
