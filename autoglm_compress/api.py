@@ -325,7 +325,7 @@ class _Run:
 
             with step(f"{label}: aarch64 emulation"):
                 verify_arm(tgt, art, tctx)
-        if self.precision == "int8":  # per-layer SQNR read in the artifact's own runtime
+        if self.precision in ("int8", "fp16"):  # per-layer SQNR read in the artifact's runtime
             from autoglm_compress.layer_error import runtime_layer_sqnr
 
             with step(f"{label}: per-layer error"):

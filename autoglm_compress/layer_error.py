@@ -1,19 +1,27 @@
-"""Per-layer error of an INT8 arm artifact measured in its own runtime (report.json:
-``artifacts[].extra.layer_error``; report.html draws it beside the QDQ simulation's figures).
+"""Per-layer error of an INT8 arm artifact or of any FP16 artifact measured in its own runtime
+(report.json: ``artifacts[].extra.layer_error``; report.html draws it per target).
 
 The quantize pass's per-layer SQNR (``passes[quantize[<target>]].stats.layers[].sqnr_db``) is
-measured on the target's QDQ IR in onnxruntime; an x86 / cuda artifact *is* that model. A .tflite
-or ncnn file runs other kernels, so here its intermediate tensors are read in the runtime itself
-and compared with the FP32 model's tensor of the same name (the emitters keep the IR's value
-names: ncnn blobs as they are, TFLite tensors with ``_q`` / ``_nhwc`` / ``#n`` suffixes; an NHWC
-tensor is compared with the FP32 NCHW one transposed):
+measured on the target's QDQ IR in onnxruntime; an x86 / cuda INT8 artifact *is* that model. A
+.tflite or ncnn file runs other kernels, and an FP16 artifact has no such pass figure at all, so
+here the artifact's intermediate tensors are read in its runtime and compared with the FP32
+model's tensor of the same name (the emitters and the fp16 pass keep the IR's value names: ncnn
+blobs as they are, TFLite tensors with ``_q`` / ``_nhwc`` / ``#n`` suffixes; an NHWC tensor is
+compared with the FP32 NCHW one transposed):
+  * x86 FP16 .onnx: onnxruntime CPU, every tensor it shares with the FP32 model made a graph
+    output (float16 read as is, compared in float64);
   * LiteRT: built-in kernels with ``experimental_preserve_all_tensors`` — no XNNPACK delegate,
     whose fused subgraph need not write its intermediate tensors (results within 1 LSB of it);
-  * ncnn: each blob extracted; a blob a layer requantizes to int8 (``8=1xx``: int8 codes) and a
+  * ncnn: each blob extracted, with the options its verification uses (INT8: int8 inference;
+    FP16: fp16 storage); a blob a layer requantizes to int8 (``8=1xx``: int8 codes) and a
     tensor with no FP32 counterpart of the same shape are counted, not compared.
 SQNR in dB, summed over at most ``MAX_SAMPLES`` verification samples; cumulative (each tensor
-carries the error of everything before it). Bounded cost: one FP32 and one artifact run per
-sample. Diagnostics only: a failure is recorded (``error``), never fails the run.
+carries the error of everything before it). ``worst`` names the layers where the error arises:
+ranked by the noise-to-signal power ratio a tensor adds to the worst one it inherits from its
+inputs (``10^(-SQNR/10)``, walking back through tensors not compared; graph inputs and constants
+are exact), so a layer after the culprit, which only carries its error, is not named. Bounded cost:
+one FP32 and one artifact run per sample. Diagnostics only: a failure is recorded (``error``),
+never fails the run.
 """
 
 from __future__ import annotations
@@ -26,25 +34,29 @@ import onnx_ir as ir
 
 from autoglm_compress.quantization.sensitivity import tensor_runner
 
-__all__ = ["MAX_SAMPLES", "runtime_layer_sqnr"]
+__all__ = ["MAX_SAMPLES", "WORST", "runtime_layer_sqnr", "worst_layers"]
 
 logger = logging.getLogger(__name__)
 
 MAX_SAMPLES = 8
+WORST = 3  # layers named in ``worst``
 _SUFFIX = re.compile(r"(#\d+|_q|_nhwc|_dq|_float)$")
 
 
 def runtime_layer_sqnr(art, fp32: ir.Model, feeds) -> dict | None:
-    """``art`` (an int8 arm artifact, verified) vs ``fp32`` (the model it was quantized from) on
-    ``feeds``: {runtime, samples, tensors: [{value, node, op, sqnr_db}], not_compared} in graph
-    order; None for a format that has no runtime of its own (onnx)."""
-    fmt = (art.extra or {}).get("format")
-    if art.precision != "int8" or fmt not in ("tflite", "ncnn"):
+    """``art`` (an int8 arm artifact or an fp16 x86 / arm one, verified) vs ``fp32`` (the model it
+    was lowered from) on ``feeds``: {runtime, samples, tensors: [{value, node, op, sqnr_db}] in
+    graph order, worst, not_compared}; None for an artifact measured elsewhere (an int8 .onnx is
+    the QDQ model the quantize pass measured) or with no runtime here (cuda)."""
+    fmt = (art.extra or {}).get("format") or ("onnx" if art.target == "x86" else None)
+    if not (art.precision == "int8" and fmt in ("tflite", "ncnn")
+            or art.precision == "fp16" and fmt in ("onnx", "tflite", "ncnn")):
         return None
     feeds = list(feeds)[:MAX_SAMPLES]
     producers = {o.name: n for n in fp32.graph for o in n.outputs if o.name}
     try:
-        runner, runtime, excluded = (_tflite(art) if fmt == "tflite" else _ncnn(art))
+        runner, runtime, excluded = (_onnx(art, producers) if fmt == "onnx" else
+                                     _tflite(art) if fmt == "tflite" else _ncnn(art))
         sums: dict[str, list[float]] = {}
         ref_run, names, skipped = None, None, set()
         for feed in feeds:
@@ -69,9 +81,40 @@ def runtime_layer_sqnr(art, fp32: ir.Model, feeds) -> dict | None:
                 "sqnr_db": _db(*sums[v])} for v in sorted(sums, key=order.get)
                if v not in skipped]
     return {"runtime": runtime, "samples": len(feeds), "tensors": tensors,
+            "worst": worst_layers(tensors, fp32),
             "not_compared": len(skipped) + excluded,
             "measure": "SQNR (dB) of each artifact tensor vs the FP32 tensor of the same name "
-                       "(null: identical)"}
+                       "(null: identical)",
+            "worst_measure": "the layers adding the most error: noise-to-signal power ratio "
+                             "10^(-SQNR/10) of the tensor minus the worst one among its inputs "
+                             "(input_sqnr_db; null: exact), largest first"}
+
+
+def worst_layers(tensors: list[dict], fp32: ir.Model, n: int = WORST) -> list[dict]:
+    """The ``n`` compared tensors that add the most noise-to-signal power over their inputs
+    (``tensors`` as ``runtime_layer_sqnr`` lists them), each with the SQNR it inherited and
+    ``nodes``: the FP32 nodes since the compared tensors before it (a fused conv + relu whose
+    conv output the runtime does not keep: both), in graph order."""
+    nsr = {t["value"]: 0.0 if t["sqnr_db"] is None else 10.0 ** (-t["sqnr_db"] / 10.0)
+           for t in tensors}
+    inherited: dict[str, float] = {}  # value -> NSR, compared or carried from its inputs
+    since: dict[str, list[str]] = {}  # value not compared -> the nodes since a compared one
+    added: dict[str, tuple[float, float, list[str]]] = {}
+    for node in fp32.graph:  # topological order: a node's inputs are known before it
+        ins = [v.name for v in node.inputs if v is not None]
+        before = max((inherited.get(v, 0.0) for v in ins), default=0.0)
+        span = list(dict.fromkeys([x for v in ins for x in since.get(v, ())] + [node.name]))
+        for o in node.outputs:
+            inherited[o.name] = nsr.get(o.name, before)
+            if o.name in nsr:
+                added[o.name] = (nsr[o.name] - before, before, span)
+            else:
+                since[o.name] = span
+    ranked = sorted((t for t in tensors if added.get(t["value"], (0.0,))[0] > 0),
+                    key=lambda t: -added[t["value"]][0])
+    return [{**t, "input_sqnr_db": None if added[t["value"]][1] == 0 else
+             round(-10.0 * float(np.log10(added[t["value"]][1])), 2),
+             "nodes": added[t["value"]][2]} for t in ranked[:n]]
 
 
 def _db(signal: float, noise: float):
@@ -92,6 +135,25 @@ def _aligned(ref, got):
     if ref.shape != got.shape:
         return None, None
     return ref, got
+
+
+def _onnx(art, producers):
+    """The x86 FP16 .onnx in onnxruntime CPU, every float tensor named as in the FP32 model a
+    graph output."""
+    from autoglm_compress.calibration.ort_stats import TensorRunner
+
+    model = ir.load(art.path)
+    floats = (ir.DataType.FLOAT16, ir.DataType.FLOAT, ir.DataType.BFLOAT16, None)
+    names = [o.name for node in model.graph for o in node.outputs
+             if o.name in producers and o.dtype in floats]
+    tr = TensorRunner(model, names)
+    half = {i.name for i in tr.sess.get_inputs() if i.type == "tensor(float16)"}  # keep_io_types off
+
+    def run(feed):
+        got = tr.run({k: np.asarray(v, np.float16) if k in half else v for k, v in feed.items()})
+        return {k: v for k, v in got.items() if np.issubdtype(v.dtype, np.floating)}
+
+    return run, "onnxruntime CPU, each shared tensor a graph output", 0
 
 
 def _tflite(art):
@@ -138,9 +200,11 @@ def _tflite(art):
 def _ncnn(art):
     import ncnn
 
+    int8 = art.precision == "int8"
     net = ncnn.Net()
-    net.opt.num_threads, net.opt.use_int8_inference = 1, True
-    net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False
+    net.opt.num_threads, net.opt.use_int8_inference = 1, int8
+    net.opt.use_fp16_storage = net.opt.use_fp16_packed = not int8  # as its verification runs
+    net.opt.use_fp16_arithmetic = net.opt.use_bf16_storage = False
     net.opt.use_vulkan_compute = False
     if net.load_param(str(art.files["param"])) != 0 or net.load_model(str(art.files["bin"])) != 0:
         raise RuntimeError("ncnn could not load the files")
@@ -172,4 +236,5 @@ def _ncnn(art):
                 out[b] = np.array(m)
         return out
 
-    return run, "ncnn (each float blob extracted, int8 inference, 1 thread)", excluded
+    how = "int8 inference" if int8 else "fp16 storage"
+    return run, f"ncnn (each float blob extracted, {how}, 1 thread)", excluded

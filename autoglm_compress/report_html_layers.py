@@ -66,12 +66,17 @@ def sqnr_section(r: dict) -> str:
            "target's quantized model (its own INT8 scheme, as QDQ maths in onnxruntime) against "
            "the FP32 model, on up to 8 held-out calibration samples. The error is cumulative "
            "(each layer sees the previous layers' error); a drop from one layer to the next "
-           f"shows where a target loses accuracy. Red: below {LOW_SQNR_DB:g} dB.</p>"]
+           f"shows where a target loses accuracy. Red: below {LOW_SQNR_DB:g} dB. FP16 "
+           "artifacts: the same measure, each tensor read in the artifact's runtime.</p>"]
     for a in r.get("artifacts") or []:
         name = name_of(a)
+        if a.get("precision") == "fp16":
+            out.append(f"<h3>{esc(name)} <span class=muted>({esc(a.get('target'))}, FP16)"
+                       "</span></h3>" + _in_runtime(a))
+            continue
         if a.get("precision") != "int8":
             out.append(f"<p><b>{esc(name)}</b>: {esc(a.get('precision'))} — no per-layer "
-                       "figure (measured for INT8 artifacts only).</p>")
+                       "figure (measured for INT8 and FP16 artifacts).</p>")
             continue
         rec = quantize_record(r, a)
         st = (rec or {}).get("stats") or {}
@@ -101,12 +106,23 @@ def sqnr_section(r: dict) -> str:
     return "".join(out)
 
 
-def _sqnr_row(x: dict, none_means: str) -> tuple:
+def _sqnr_row(x: dict, none_means: str, key: str = "int8") -> tuple:
     """A bar: layer (op), SQNR; red below LOW_SQNR_DB; no bar for +inf (no error) or None."""
     v, label = x.get("sqnr_db"), f"{x.get('node')} ({x.get('op')})"
     if v is None or (isinstance(v, float) and math.isinf(v) and v > 0):
         return label, None, none_means if v is None else "no error (identical)"
-    return label, v, "low" if v < LOW_SQNR_DB else "int8"
+    return label, v, "low" if v < LOW_SQNR_DB else key
+
+
+def _worst(le: dict) -> str:
+    """The layers where the error arises (``layer_error.worst``), worst first."""
+    items = [f"{esc(' → '.join(map(str, w.get('nodes') or [w.get('node')])))} "
+             f"({esc(w.get('op'))}): {esc(w.get('sqnr_db'))} dB, from "
+             + ("exact inputs" if w.get("input_sqnr_db") is None
+                else f"{esc(w.get('input_sqnr_db'))} dB at its inputs")
+             for w in le.get("worst") or []]
+    return ("<p>Worst layers (where the SQNR falls most, worst first): " + "; ".join(items)
+            + ".</p>") if items else ""
 
 
 def _in_runtime(a: dict) -> str:
@@ -114,17 +130,18 @@ def _in_runtime(a: dict) -> str:
     extra = a.get("extra") or {}
     sim = (extra.get("vs_qdq_simulation") or {}).get("cosine_min")
     le = extra.get("layer_error") or {}
-    if a.get("target") in ("x86", "cuda"):
+    if a.get("target") in ("x86", "cuda") and a.get("precision") == "int8":
         return ("<p class=muted>This artifact is the QDQ model itself: the figures above are its "
                 "own (before onnxruntime's graph fusions).</p>")
     out = ("" if sim is None else f"<p class=muted>The artifact's outputs agree with the QDQ "
            f"simulation with cosine {esc(f'{sim:.6f}')}.</p>")
-    rows = [_sqnr_row(t, "no error (identical)") for t in le.get("tensors") or []]
+    key = "fp16" if a.get("precision") == "fp16" else "int8"
+    rows = [_sqnr_row(t, "no error (identical)", key) for t in le.get("tensors") or []]
     if rows:
         runtime, skipped = str(le.get("runtime", "?")), le.get("not_compared")
         short = runtime.split()[0] if runtime.split() else runtime
         return out + bar_groups([(f"in the artifact's runtime: {short}, per tensor", rows)], "dB",
-                                label_chars=40) + (
+                                label_chars=40) + _worst(le) + (
             f"<p class=muted>Read in {esc(runtime)} on {esc(le.get('samples'))} samples: each "
             "tensor the artifact shares with the FP32 model (same name)"
             + (f"; {esc(skipped)} more not compared (no FP32 tensor of that shape, or int8 "
