@@ -6,7 +6,8 @@ values through one config field each (CLI flag, recipe key, API keyword), named 
 schemes) are listed in ``RUN_FILLED``; ``tests/test_pass_options.py`` checks that every field of
 every pass config is one or the other, that every path exists, and that the defaults agree, so a new
 pass option cannot be forgotten or given a second default. (Why a table and not the pass config
-*being* the section: docs/decisions.md, "One config tree".)
+*being* the section: docs/decisions/0022-rules-as-data-prepare-passes-options.md,
+"One option, one field".)
 
 A config value of None means "not given": the pass's own default applies (``--passes prune``
 alone prunes at the pass's ratio). ``ENABLED_VALUE``: fields whose "off" value is not None (distill

@@ -7,7 +7,8 @@ values, not outliers) keep their min/max range: clipping a saturating activation
 units that carry the signal. Every other activation — a conv or matmul output, SiLU/GELU, a
 residual sum, LayerNorm — has an unbounded, heavy tail that 128 samples measure poorly: there the
 histogram's minimum-MSE range (``mse``) is used, never narrower than ``1/MAX_CLIP`` of the min/max
-range per side (docs/decisions.md: unclipped, it wrecked PP-OCR's DBNet). Measured against the old
+range per side (docs/decisions/0018-auto-calibration-ranges.md: unclipped, it wrecked PP-OCR's
+DBNet). Measured against the old
 min/max default (bench/RESULTS.md, x86, 128 samples): nudenet YOLOv8n (SiLU) detection agreement
 0.729 → 0.755, EfficientNet-Lite1 top-1 0.953 → 0.961, Lite2 unchanged, a BERT encoder's cosine
 0.99984 → 0.99990.

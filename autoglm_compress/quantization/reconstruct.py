@@ -7,7 +7,7 @@ a Conv, at sampled positions). Columns k = 0…K−1 are rounded one at a time; 
 divided by the Cholesky factor of H⁻¹, is pushed onto the columns not rounded yet — the closed-form
 optimum of the remaining columns given this one. One pass per layer, no iterations: the cost is one
 K×K Cholesky and K rank-1 updates (AdaRound's per-layer optimisation takes thousands of steps,
-beyond what 2 cores can spend on an EfficientNet; docs/decisions.md).
+beyond what 2 cores can spend on an EfficientNet; docs/decisions/0014-x86-weight-width-gptq-ddp.md).
 
 Groups: a Conv's groups each have their own H (depthwise: one 9×9 H per channel); Gemm/MatMul one.
 H comes from the FP32 model's activations on calibration samples *after* the fallback hold-out, so

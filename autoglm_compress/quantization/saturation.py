@@ -18,7 +18,7 @@ The rule, per Conv/Gemm/MatMul with a constant weight:
    (``q + 128``). onnxruntime then runs its U8U8 kernel, which widens both operands to int16 and
    adds products in int32 (VPMADDWD): no saturation, full 8-bit weights, no data needed. (Before:
    8 vs 7 bits measured on held-out samples with the saturation simulated — 10 % of an
-   EfficientNet run, and 7 bits cost accuracy; docs/decisions.md.)
+   EfficientNet run, and 7 bits cost accuracy; docs/decisions/0021-trust-any-machine-any-input.md.)
 3. a layout this rule does not know: 7 bits.
 
 A VNNI CPU (VPDPBUSD adds in int32) or a non-x86 host needs none of this: 8 bits everywhere.
