@@ -164,6 +164,13 @@ def test_per_layer_sqnr_per_target_and_float_layers(run):
         got = {t["node"]: t["sqnr_db"] for t in le["tensors"]}
         assert le["samples"] == 8 and le["runtime"].startswith(runtime)
         assert len(got) >= 5 and "/fc/Gemm" in got and all(v > 15 for v in got.values()), got
+        # the layers adding the most error, named under the chart (each adds to its inputs')
+        assert 1 <= len(le["worst"]) <= 3 and all(w["node"] in got for w in le["worst"])
+        assert all(w["input_sqnr_db"] is None or w["sqnr_db"] < w["input_sqnr_db"]
+                   for w in le["worst"]), le["worst"]
+        assert (f"Worst layers (where the SQNR falls most, worst first): "
+                f"{' → '.join(le['worst'][0]['nodes'])} ({le['worst'][0]['op']})") \
+            in "".join(page.text)
         chart = next(c for c in page.svgs
                      if c[0].startswith(f"in the artifact's runtime: {runtime}"))
         for t in le["tensors"]:
