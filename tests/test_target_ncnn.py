@@ -64,8 +64,10 @@ def test_digits_in_ncnn(tmp_path, precision):
     if precision == "int8":
         assert all("8=2" in r or "8=102" in r for r in rows
                    if r[0] in ("Convolution", "InnerProduct"))
-        assert art.extra["ncnn_int8"] == {"int8": 4, "float": 0, "float_layers": [],
-                                          "requantized": 1}  # conv1 → conv2 stays int8
+        assert art.extra["ncnn_int8"] == {
+            "int8": 4, "float": 0, "float_layers": [], "requantized": 1,  # conv1 → conv2 int8
+            "int8_edges": {"int8": 1, "Pooling has no int8 kernel in ncnn": 2,
+                           "graph input (float)": 1}}
         assert sum(1 for r in rows if "8=102" in r) == 1
         assert bin_size < 0.3 * 14618 * 4  # int8 weights: a quarter of the FP32 bytes + scales
     elif precision == "fp16":

@@ -124,7 +124,10 @@ def inner_product(lw, n: ir.Node, w_out_in: np.ndarray, bias, w_idx: int) -> Non
             weights.append(("raw", np.asarray(bias, np.float32).reshape(-1)))
         if lw.precision == "int8":
             lw.float_layers.append(n.name or "fc")
-    lw.ng.add("InnerProduct", n.name or "fc", [x], [lw.out(y)], p, weights).source = n.name
+    layer = lw.ng.add("InnerProduct", n.name or "fc", [x], [lw.out(y)], p, weights)
+    layer.source = n.name
+    if q is not None:
+        layer.bottom_scale = float(q[2])
 
 
 def _check_gemm(node: ir.Node) -> str | None:

@@ -48,6 +48,7 @@ class NcnnGraph:
     def __init__(self):
         self.layers: list[Layer] = []
         self._names: set[str] = set()
+        self.int8_edges: dict[str, int] = {}  # fuse_requantize's census
 
     def unique(self, base: str) -> str:
         base = "".join(c if c.isalnum() or c in "_.:/-" else "_" for c in (base or "layer"))
@@ -142,40 +143,14 @@ class NcnnGraph:
         return None
 
     def fuse_requantize(self) -> int:
-        """int8 conv → int8 conv (directly or through a Split whose every reader is one): the
-        first writes int8 for the next (8=int8_scale_term + 100, the reader's bottom scale
-        appended as its top scale), as ncnn2int8 does — no dequantize/quantize between them.
-        Only with activations ncnn's requantize applies (none, ReLU, LeakyReLU, Clip)."""
-        convs = ("Convolution", "ConvolutionDepthWise")
-        readers: dict[str, list[Layer]] = {}
-        for layer in self.layers:
-            for b in layer.inputs:
-                readers.setdefault(b, []).append(layer)
+        """int8 conv → int8 conv / depthwise / FC readers (directly or through Split, ReLU,
+        Flatten, a 1-D Reshape): the conv writes int8 for them (8=int8_scale_term + 100, the readers' bottom
+        scale appended as its top scale), as ncnn2int8 does — no dequantize/quantize between.
+        The rules and the facts behind them: requantize.py. Sets ``int8_edges`` (the census of
+        int8 readers' inputs: int8, or why float) and returns how many convs were fused."""
+        from autoglm_compress.targets.ncnn.requantize import fuse_requantize
 
-        def int8_conv(layer: Layer) -> bool:
-            return layer.type in convs and layer.params.get(8) in (1, 2) \
-                and layer.bottom_scale is not None
-
-        fused = 0
-        for layer in self.layers:
-            if not int8_conv(layer) or layer.params.get(9, 0) not in (0, 1, 2, 3):
-                continue
-            nxt = readers.get(layer.outputs[0], [])
-            if len(nxt) != 1:
-                continue
-            targets = [nxt[0]]
-            if nxt[0].type == "Split":
-                targets = [r for b in nxt[0].outputs for r in readers.get(b, [])]
-                if len(targets) != len(nxt[0].outputs):
-                    continue
-            if not targets or not all(int8_conv(t) for t in targets):
-                continue
-            scales = {t.bottom_scale for t in targets}
-            if len(scales) != 1:
-                continue
-            layer.params[8] += 100
-            layer.weights.append(("raw", np.asarray([scales.pop()], np.float32)))
-            fused += 1
+        fused, self.int8_edges = fuse_requantize(self.layers)
         return fused
 
     def param_text(self) -> str:

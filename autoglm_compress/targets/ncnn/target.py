@@ -192,7 +192,8 @@ class NcnnTarget(Target):
         if precision == "int8":
             art.extra["ncnn_int8"] = {"int8": len(io["int8"]), "float": len(io["float"]),
                                       "float_layers": io["float"][:20],
-                                      "requantized": io["requantized"]}
+                                      "requantized": io["requantized"],
+                                      "int8_edges": io["int8_edges"]}
             if measured is not None:
                 art.extra["ncnn_int8"]["measured"] = measured
                 art.notes.append(note)
