@@ -165,7 +165,9 @@ class Int8Config:
     )
     latency_guard: bool = field(
         False,
-        "x86 INT8: leave op types in float where onnxruntime runs them slower in int8 (measured).",
+        "INT8: leave op types in float where their int8 form costs more — x86: onnxruntime "
+        "timings; arm TFLite: aarch64 LiteRT guest instructions under qemu-aarch64 -cpu <first "
+        "--arm-cpu> (a note and no change where the emulation cannot be set up).",
     )
     weights_only: bool = field(
         False,

@@ -294,8 +294,18 @@ def check_combinations(cfg: CompressConfig) -> list[str]:
         raise ConfigError("no target given: add --target x86 (or cuda, …)")
     if cfg.qat.steps and p != "int8":
         raise ConfigError("--qat-steps fine-tunes INT8 weights: add --int8")
-    if cfg.int8.latency_guard and (p != "int8" or "x86" not in cfg.targets):
-        raise ConfigError("--latency-guard measures x86 INT8 kernels: use it with --int8 --target x86")
+    if cfg.int8.latency_guard:
+        arm_fmt = getattr(cfg.target_options.get("arm"), "format", "tflite") \
+            if "arm" in cfg.targets else None
+        if p != "int8" or not ("x86" in cfg.targets or arm_fmt in ("tflite", "all")):
+            raise ConfigError(
+                "--latency-guard times x86 INT8 kernels in onnxruntime or counts arm TFLite ones "
+                "in aarch64 LiteRT (qemu-aarch64): use it with --int8 and --target x86 or --target "
+                "arm (--format tflite/all); for ncnn use --ncnn-int8-layers measured-arm")
+        if arm_fmt == "all":
+            warnings.append("--latency-guard decides the arm TFLite artifact's op types; the ncnn "
+                            "one's int8 layers follow --ncnn-int8-layers (measured-arm: counted "
+                            "on aarch64 too)")
     if cfg.int8.weights_only:
         if p != "int8":
             raise ConfigError("--weights-only quantizes weights to int8: add --int8")

@@ -9,9 +9,8 @@ statistics, notes and extra records. A :class:`Strategy` changes the plan throug
   (``--reconstruct`` auto: with or without reconstructed rounding, judged on held-out samples),
   :class:`CosineFallback` (``--min-cosine``: layers back to FP32, worst first, then the fewest);
 - ``after`` phase: :class:`QATStage` (``--qat-steps``), :class:`LatencyGuard` (``--latency-guard``,
-  where the host's onnxruntime is the artifact's runtime: x86).
-
-An ARM latency guard (instruction counts under emulation) is one more ``after`` strategy.
+  where the host's onnxruntime is the artifact's runtime: x86), :class:`ArmLatencyGuard`
+  (``--latency-guard`` for the arm target's TFLite: aarch64 instruction counts under emulation).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from autoglm_compress.quantization.qdq_read import int8_split
 from autoglm_compress.quantization.sensitivity import holdout_cosine, isolated_sensitivity
 
 __all__ = ["Int8Plan", "Strategy", "ReconstructChoice", "CosineFallback", "QATStage",
-           "LatencyGuard", "quantizer", "DEFAULT_STRATEGIES", "MINIMISE_TRIES",
+           "LatencyGuard", "ArmLatencyGuard", "quantizer", "DEFAULT_STRATEGIES", "MINIMISE_TRIES",
            "RECONSTRUCT_MIN_SHARE"]
 
 logger = logging.getLogger(__name__)
@@ -288,6 +287,21 @@ class QATStage(Strategy):
             plan.bias_correction = False
 
 
+def _guard_inputs(plan: Int8Plan):
+    """What a latency guard works from: the FP32 model quantized from, ``requantize(extra op
+    types) -> QDQ model`` (the plan's kept layers and bias correction) and one held-out feed."""
+    ctx = plan.ctx
+    src = ctx.quantized_from
+    run = quantizer(plan.target, ctx, plan.int8)
+    bc = plan.int8.bias_correction if plan.bias_correction is None else plan.bias_correction
+
+    def requantize(extra):
+        return run(src, tuple(plan.keep) + tuple(extra), False, bc)[0]
+
+    feed = ctx.stats.holdout[0] if ctx.stats.holdout else next(iter(ctx.data.take(1)))
+    return src, requantize, feed
+
+
 class LatencyGuard(Strategy):
     """``--latency-guard``: leave op types in float where the host's onnxruntime — the artifact's
     own runtime — runs them slower in int8 than FP32."""
@@ -300,15 +314,7 @@ class LatencyGuard(Strategy):
             return
         from autoglm_compress.quantization.latency_guard import latency_guard
 
-        ctx = plan.ctx
-        src = ctx.quantized_from
-        run = quantizer(plan.target, ctx, plan.int8)
-        bc = plan.int8.bias_correction if plan.bias_correction is None else plan.bias_correction
-
-        def requantize(extra):
-            return run(src, tuple(plan.keep) + tuple(extra), False, bc)[0]
-
-        feed = ctx.stats.holdout[0] if ctx.stats.holdout else next(iter(ctx.data.take(1)))
+        src, requantize, feed = _guard_inputs(plan)
         plan.q, record = latency_guard(src, plan.q, requantize, feed)
         plan.stats["latency_guard"] = record
         if record["kept_float_for_speed"]:
@@ -317,6 +323,49 @@ class LatencyGuard(Strategy):
                 f"(int8 {record['int8_ms_before'] / record['fp32_ms']:.2f}x → "
                 f"{record['int8_vs_fp32_after']:.2f}x of FP32 in onnxruntime)"
             )
+
+
+class ArmLatencyGuard(Strategy):
+    """``--latency-guard`` for a TFLite artifact: leave op types in float where their int8 form
+    costs more aarch64 guest instructions in LiteRT under ``qemu-aarch64 -cpu <first --arm-cpu>``
+    (quantization/latency_guard_arm.py); without the emulation a one-line note, no change."""
+
+    name = "latency_guard_arm"
+    phase = "after"
+
+    def run(self, plan: Int8Plan) -> None:
+        if not plan.int8.latency_guard:
+            return
+        from autoglm_compress.quantization.latency_guard_arm import arm_latency_guard
+        from autoglm_compress.targets.arm_emulation.environment import Unavailable, setup
+        from autoglm_compress.targets.arm_emulation.runner import GuestError
+        from autoglm_compress.targets.tflite.lower import lower_to_tflite
+        from autoglm_compress.targets.tflite.lower_int8 import lower_qdq_to_tflite
+
+        target = plan.target
+        src, requantize, feed = _guard_inputs(plan)
+        cpu = target.options.cpus[0]
+
+        def lower(qdq):
+            return lower_qdq_to_tflite(qdq, target.options.io)[0]
+
+        try:
+            plan.q, record = arm_latency_guard(lower_to_tflite(src, "fp32"), plan.q, requantize,
+                                               lower, feed, cpu=cpu, env=setup())
+        except (Unavailable, GuestError) as e:
+            why = ("aarch64 emulation not available" if isinstance(e, Unavailable) else
+                   "its aarch64 runs failed")
+            plan.stats["latency_guard"] = {"mode": "arm", "cpu": cpu, "skipped": f"{why}: {e}",
+                                           "kept_float_for_speed": []}
+            plan.notes.append(f"--latency-guard (arm): {why} ({e}); INT8 op types unchanged")
+            return
+        plan.stats["latency_guard"] = record
+        kept = record["kept_float_for_speed"]
+        plan.notes.append(
+            f"--latency-guard (arm): {', '.join(kept) if kept else 'no op type'} left in float of "
+            f"{len(record['candidates'])} candidates (int8 {record['int8_vs_fp32_before']:.2f}x → "
+            f"{record['int8_vs_fp32_after']:.2f}x FP32 guest instructions in aarch64 LiteRT on "
+            f"{cpu}, emulated; a count, not a time)")
 
 
 DEFAULT_STRATEGIES = (ReconstructChoice, CosineFallback, QATStage)

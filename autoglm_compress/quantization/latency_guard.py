@@ -52,7 +52,8 @@ def latency_guard(
     """``requantize(extra_keep: tuple[str, ...]) -> ir.Model``; returns the chosen model and a record."""
     fp32_sess = ort_session(fp32)
     base, best = _ms(fp32_sess, quantized, feed, repeats)
-    record = {"fp32_ms": base, "int8_ms_before": best, "kept_float_for_speed": [], "tried": []}
+    record = {"mode": "x86", "fp32_ms": base, "int8_ms_before": best, "kept_float_for_speed": [],
+              "tried": []}
     present = {n.op_type for n in quantized.graph}
     keep: list[str] = []
     for op in CANDIDATE_ORDER:

@@ -93,6 +93,13 @@ class TFLiteTarget(Target):
     def scheme(self):
         return tflite_scheme()
 
+    def int8_strategies(self) -> tuple[type, ...]:
+        """The defaults, then ``--latency-guard``'s arm mode: op types kept int8 only where
+        aarch64 LiteRT runs them in fewer guest instructions (qemu-aarch64)."""
+        from autoglm_compress.int8_strategies import DEFAULT_STRATEGIES, ArmLatencyGuard
+
+        return (*DEFAULT_STRATEGIES, ArmLatencyGuard)
+
     def weights_only_config(self) -> dict:
         """DQ(int8 W) → op, which ``emit`` turns into TFLite dynamic-range ops."""
         return {"form": "weights"}
