@@ -4,7 +4,7 @@ inference on two CPU models, aarch64-vs-x86 fidelity, and a check of the count a
     .venv/bin/python bench/bench_arm_emulation.py [--models digits,effnet,yolo,ppocr,bert]
         [--cpus cortex-a53,cortex-a76] [--precisions fp32,fp16,int8] [--timeout 1800]
         [--calib 32] [--eval 4] [--insns-samples 1] [--work /tmp/bench_arm_emulation] [--no-proxy]
-        [--heading "## …"] [--write-results]
+        [--heading "## …"] [--write-results] [--proxy-only]
 
 Models (bench_ncnn.load_models): digits, EfficientNet-Lite1, nudenet's YOLOv8n (320n.onnx), the
 PP-OCR recognizer (rapidocr), the BERT encoder (batch 1). ``--precisions`` picks the
@@ -18,7 +18,9 @@ holds the FP32 / FP16 / INT8 files of the same model side by side) and ``--arm-t
 check: the same FP32 / FP16 / INT8 artifacts in this machine's x86 LiteRT / ncnn, counted under
 ``qemu-x86_64 -cpu max`` with the same plugin, against their measured x86 latency (one thread,
 the INT8 run's side-by-side timing): Pearson correlation of log(instructions) and log(ms), and the
-INT8/FP32 ratio of each.
+INT8/FP32 ratio of each. ``--proxy-only``: that check alone — FP32 / FP16 / INT8 compressed with
+``--verify-arm off`` (x86 verification and timing only; no aarch64 runs, no instruction or fidelity
+tables), then the qemu-x86_64 counts; Pearson r over all files and per model.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def _models(names, work: Path, n_calib: int, n_eval: int) -> dict:
     return load_models(names, work, n_calib, n_eval)
 
 
-def _compress(model, calib, ev, prec: str, cpus: str, out: Path, n_eval: int, fmts=None):
+def _compress(model, calib, ev, prec: str, cpus: str, out: Path, n_eval: int, fmts=None,
+              verify_arm: str = "auto", calib_samples: int = 32):
     from autoglm_compress import compress
     from autoglm_compress.targets.arm_emulation import verify
 
@@ -62,7 +65,8 @@ def _compress(model, calib, ev, prec: str, cpus: str, out: Path, n_eval: int, fm
     fmt = "all" if fmts is None or len(fmts) > 1 else fmts[0]
     res = compress(model, targets="arm", arm_format=fmt, int8=prec == "int8",
                    fp16=prec == "fp16", calib=calib, eval_data=ev, samples=n_eval,
-                   calib_samples=32, verify_arm="auto", arm_cpu=cpus, arm_threads=1,
+                   calib_samples=calib_samples, verify_arm=verify_arm, arm_cpu=cpus,
+                   arm_threads=1,
                    latency_repeats=10, out_dir=out)
     print(f"  {prec}: {time.perf_counter() - t:.0f} s", flush=True)
     for art, d in zip(res.artifacts, res.report["artifacts"], strict=True):
@@ -125,7 +129,11 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/bench_arm_emulation")
     ap.add_argument("--no-proxy", action="store_true")
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--proxy-only", action="store_true",
+                    help="only the x86 proxy check (every precision, --verify-arm off)")
     a = ap.parse_args()
+    if a.proxy_only:
+        a.no_proxy, a.precisions = False, ",".join(PRECISIONS)
     from autoglm_compress.targets.arm_emulation import verify
 
     verify.INSNS_SAMPLES = a.insns_samples  # counts vary < 0.1% between inferences
@@ -134,7 +142,8 @@ def main() -> None:
     _row_timeout(a.timeout)
     precs = [p for p in PRECISIONS if p in a.precisions.split(",")]
     insn_rows, fid_rows, proxy_rows = [], [], []
-    proxy_pts: list[tuple[float, float, float]] = []  # (x86 insns, x86 ms, aarch64 insns)
+    # (model, x86 insns, x86 ms, aarch64 insns or None)
+    proxy_pts: list[tuple[str, float, float, float | None]] = []
     t0 = time.perf_counter()
     # fidelity is taken on the first CPU of a run: the last of --cpus for every precision
     fid_cpus = ",".join([cpus[-1], *cpus[:-1]])
@@ -142,17 +151,18 @@ def main() -> None:
         name, fmts = SHOWN[key], FORMATS.get(key, ("tflite", "ncnn"))
         print(name, flush=True)
         runs = {p: _compress(model, calib, ev, p, fid_cpus if p == "int8" else cpus[-1],
-                             work / key / p, a.eval, fmts) for p in precs}
+                             work / key / p, a.eval, fmts,
+                             "off" if a.proxy_only else "auto", a.calib) for p in precs}
         for fmt in fmts:
             q = runs.get("int8", {}).get(fmt)
-            for cpu in cpus if q is not None else ():
+            for cpu in cpus if q is not None and not a.proxy_only else ():
                 per = q.latency.get("arm_insns", {}).get(cpu)
                 if per is None:
                     insn_rows.append(f"| {name} | {fmt} | {cpu} | {_note(q)} | | |")
                     continue
                 insn_rows.append(f"| {name} | {fmt} | {cpu} | {_m(per['fp32'])} | "
                                  f"{per['vs_fp32']['fp16']:.2f}× | {per['vs_fp32']['int8']:.2f}× |")
-            for p in precs:
+            for p in precs if not a.proxy_only else ():
                 art = runs[p][fmt]
                 a64 = art.fidelity.get("aarch64")
                 if a64 is None:
@@ -169,9 +179,9 @@ def main() -> None:
             side = q.latency["litert" if fmt == "tflite" else "ncnn"]
             feeds = _feeds(ev)
             x86 = _x86_insns({(fmt, p): runs[p][fmt] for p in PRECISIONS}, feeds)
-            a64 = q.latency["arm_insns"][cpus[-1]]
+            a64 = q.latency.get("arm_insns", {}).get(cpus[-1]) or {}
             for p in PRECISIONS:
-                proxy_pts.append((x86[fmt, p], side[p]["median_ms"], a64[p]))
+                proxy_pts.append((name, x86[fmt, p], side[p]["median_ms"], a64.get(p)))
             proxy_rows.append(
                 f"| {name} | {fmt} | " + " | ".join(
                     f"{_m(x86[fmt, p])} / {side[p]['median_ms']:.3g} ms" for p in PRECISIONS)
@@ -186,10 +196,12 @@ def main() -> None:
 
 
 def _feeds(ev: Path) -> list[dict]:
+    """The first two eval samples, every input (token ids keep their integer type)."""
     with np.load(ev) as z:
-        name = next(k for k in z.files if k != "labels")
-        x = z[name][:2].astype(np.float32)
-    return [{name: x[i:i + 1]} for i in range(len(x))]
+        xs = {k: z[k][:2] for k in z.files if k != "labels"}
+    xs = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in xs.items()}
+    n = len(next(iter(xs.values())))
+    return [{k: v[i:i + 1] for k, v in xs.items()} for i in range(n)]
 
 
 def _text(a, cpus, insn_rows, fid_rows, proxy_rows, pts, seconds) -> str:
@@ -203,7 +215,7 @@ def _text(a, cpus, insn_rows, fid_rows, proxy_rows, pts, seconds) -> str:
         f"`.venv/bin/python bench/bench_arm_emulation.py --models {a.models} --cpus {a.cpus} "
         f"--precisions {a.precisions} --timeout {a.timeout:.0f} "
         f"--calib {a.calib} --eval {a.eval} --insns-samples {a.insns_samples}"
-        f"{' --no-proxy' if a.no_proxy else ''}` "
+        f"{' --proxy-only' if a.proxy_only else ' --no-proxy' if a.no_proxy else ''}` "
         f"({seconds / 60:.0f} min on "
         f"{platform.machine()}; {man['qemu']}; aarch64 wheels {', '.join(man['wheels'])}).",
         "",
@@ -224,8 +236,16 @@ def _text(a, cpus, insn_rows, fid_rows, proxy_rows, pts, seconds) -> str:
         "aarch64 top-1 agr. |",
         "|---|---|---|---|---|---|---|", *fid_rows, "",
     ]
+    if a.proxy_only:  # no aarch64 runs: the instruction / fidelity tables are empty
+        lines = lines[:4] + ["Proxy check only (`--proxy-only`: every precision compressed with "
+                             "`--verify-arm off`, no aarch64 runs).", ""]
     if proxy_rows:
-        x86i, ms, a64 = zip(*pts, strict=True)
+        _, x86i, ms, _ = zip(*pts, strict=True)
+        with_a64 = [(m, t) for _, _, t, m in pts if m is not None]
+        per_model = {n: [(i, t) for m, i, t, _ in pts if m == n] for n in dict.fromkeys(
+            p[0] for p in pts)}
+        a64_text = (f"; of log(aarch64 {cpus[-1]} instructions) vs log(x86 ms): "
+                    f"{_pearson(*zip(*with_a64, strict=True)):.3f}" if len(with_a64) > 2 else "")
         lines += [
             "Proxy check on x86: the same FP32 / FP16 / INT8 files in this machine's x86 "
             "LiteRT / ncnn, instructions counted under `qemu-x86_64 -cpu max` (same plugin) vs "
@@ -235,8 +255,10 @@ def _text(a, cpus, insn_rows, fid_rows, proxy_rows, pts, seconds) -> str:
             "INT8/FP32 insns / time |",
             "|---|---|---|---|---|---|", *proxy_rows, "",
             f"Pearson r of log(x86 instructions) vs log(x86 ms) over these {len(pts)} files: "
-            f"**{_pearson(x86i, ms):.3f}**; of log(aarch64 {cpus[-1]} instructions) vs log(x86 "
-            f"ms): {_pearson(a64, ms):.3f}.", "",
+            f"**{_pearson(x86i, ms):.3f}**{a64_text}. Within one model (its "
+            "tflite and ncnn files): " + ", ".join(
+                f"{n} {_pearson(*zip(*v, strict=True)):.3f}" for n, v in per_model.items()
+                if len(v) > 2) + ".", "",
         ]
     return "\n".join(lines) + "\n"
 

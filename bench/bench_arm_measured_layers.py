@@ -1,4 +1,4 @@
-"""Whole-network aarch64 guest instructions of ncnn INT8 EfficientNet-Lite1 (or the digits CNN) as
+"""Whole-network aarch64 guest instructions of ncnn INT8 EfficientNet-Lite1, YOLOv8n (or the digits CNN) as
 ``--ncnn-int8-layers`` all / measured (x86 one-layer timings) / measured-arm (aarch64 one-layer
 instruction counts) decide, against the FP32 file of the same model (issue 28 item 4).
 
@@ -7,6 +7,9 @@ and the three INT8 files run in ONE qemu-aarch64 guest process (targets/arm_emul
 ``run_jobs``), one warm-up and ``--n`` counted inferences each on the eval samples.
 
     .venv/bin/python bench/bench_arm_measured_layers.py --model effnet --cpu cortex-a76
+    .venv/bin/python bench/bench_arm_measured_layers.py --model yolo --cpu cortex-a76
+
+``yolo``: nudenet's YOLOv8n (320n.onnx, 320×320, shapes fixed to the data's: ``static_shapes``).
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ def _model(name: str, work: Path):
         return ex / "digits_cnn.pt", ex / "digits_calib.npz", ex / "digits_eval.npz"
     import zoo
 
-    rm = zoo.efficientnet_lite1(work, n_calib=16, n_eval=4)
+    if name == "yolo":
+        rm = zoo.nudenet_yolov8n(work, n_calib=16, n_eval=4)
+    else:
+        rm = zoo.efficientnet_lite1(work, n_calib=16, n_eval=4)
     return rm.model, rm.calib, rm.eval
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=("digits", "effnet"), default="effnet")
+    ap.add_argument("--model", choices=("digits", "effnet", "yolo"), default="effnet")
     ap.add_argument("--cpu", default="cortex-a76")
     ap.add_argument("--n", type=int, default=1, help="counted inferences per file")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -57,7 +63,7 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
             res = compress(model, targets="arm", arm_format="ncnn", calib=calib, eval_data=ev,
                            samples=4, latency_repeats=3, verify_arm="off", arm_cpu=a.cpu,
-                           out_dir=work / mode, **kw)
+                           out_dir=work / mode, static_shapes=a.model == "yolo", **kw)
             art = res.artifact("arm", "ncnn")
             q = art.extra.get("ncnn_int8", {})
             m = q.get("measured", {})
@@ -83,9 +89,14 @@ def main(argv=None) -> None:
         got = run_jobs(jobs, feeds, cpu=a.cpu, timeout=3600)
         emu_s = time.perf_counter() - t0
     fp32 = got[0][1]
-    for (mode, row), (_, insns) in zip(rows.items(), got, strict=True):
+    ref = np.concatenate([o.ravel() for out in got[0][0] for o in out]).astype(np.float64)
+    for (mode, row), (outs, insns) in zip(rows.items(), got, strict=True):
         row["arm_insns"] = int(round(insns))
         row["vs_fp32"] = round(insns / fp32, 3)
+        # the aarch64 outputs against the FP32 file's aarch64 outputs (same feeds, pooled)
+        v = np.concatenate([o.ravel() for out in outs for o in out]).astype(np.float64)
+        row["cosine_vs_fp32_aarch64"] = round(float(v @ ref / (np.linalg.norm(v) *
+                                                              np.linalg.norm(ref) + 1e-30)), 6)
     out = {"model": a.model, "cpu": a.cpu, "inferences": a.n, "emulation_s": round(emu_s, 1),
            "modes": rows}
     print(json.dumps(out, indent=1))
