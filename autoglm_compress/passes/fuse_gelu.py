@@ -7,7 +7,10 @@ the next layer and writes ``x · (1 + erf(x / √2))``, which becomes Gelu then 
 and under INT8 one quantized op instead of an int8 Add/Mul chain around a float Erf. The fused node
 is onnxruntime's contrib ``Gelu`` (domain ``com.microsoft``), so the IR still runs in onnxruntime and
 in our executor. The output keeps the name of the pattern's last value (calibration statistics are
-keyed by it). A match whose inner values are read elsewhere is left alone.
+keyed by it). A match whose inner values are read elsewhere is left alone. In the paddle spelling
+the Gelu's output is a new value before the Mul 2: when the run has calibration statistics (the
+pass runs after calibration, as a target's prepare pass) it gets the observed range of the
+pattern's output halved, so the quantizer puts a Q after the Gelu too and it runs as one int8 op.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
+from autoglm_compress.calibration.observers import Observer
 from autoglm_compress.ir_ops import const_array
 from autoglm_compress.passes.base import CompressPass, PassConfig, register
 
@@ -92,10 +96,30 @@ def match_gelu(erf: ir.Node) -> tuple[ir.Value, ir.Value, list[ir.Node], float] 
     return None
 
 
+class ScaledRange(Observer):
+    """The range of the tensor ``base`` observes divided by ``factor`` > 0: a value calibration
+    never saw that is ``y / factor`` exactly (the Gelu before the paddle spelling's Mul 2)."""
+
+    def __init__(self, base: Observer, factor: float, name: str):
+        super().__init__(name)
+        self.base, self.factor = base, float(factor)
+
+    def range(self, symmetric: bool | None = None, bits: int = 8):
+        lo, hi = self.base.range(symmetric=symmetric, bits=bits)
+        return lo / self.factor, hi / self.factor
+
+
 @register
 class FuseGeluPass(CompressPass):
     name = "fuse_gelu"
     config_class = FuseGeluConfig
+
+    def _derive_range(self, y: str, gelu: str, factor: float) -> None:
+        """Calibration statistics for the new Gelu output: y's range / factor."""
+        observers = getattr(getattr(self.ctx, "stats", None), "observers", None)
+        if observers is not None and y in observers:
+            observers[gelu] = ScaledRange(observers[y], factor, gelu)
+            self.count("gelu_ranges_derived")
 
     def call(self, model: ir.Model) -> PassResult:
         g = model.graph
@@ -114,6 +138,7 @@ class FuseGeluPass(CompressPass):
                 two = ir.Value(name=f"{name}_two", shape=ir.Shape([]), type=y.type,
                                const_value=ir.tensor(np.asarray(factor, np.float32)))
                 g.register_initializer(two)
+                self._derive_range(name, new.name, factor)
                 mul = ir.Node("", "Mul", [new, two], name=f"{erf.name or 'gelu'}_x2",
                               num_outputs=1)
                 new_nodes.append(mul)

@@ -395,8 +395,11 @@ class _Lowerer(SequenceOps, SpatialOps):
         opt.alignCorners, opt.halfPixelCenters = align, half
         self.b.op(code, [x, size], [self.out(y, "nhwc")], opt, otype)
 
-    def binary(self, n: ir.Node) -> None:
-        code, otype = BINARY[n.op_type]
+    def binary(self, n: ir.Node, op: str | None = None) -> None:
+        """``n`` as TFLite ``op`` (its own type by default; the int8 lowering writes x / c as MUL
+        by 1/c: ``divisor_as_reciprocal``)."""
+        op = op or n.op_type
+        code, otype = BINARY[op]
         a, c = n.inputs
         rank = len(dims(n.outputs[0], 1))
         nhwc = rank == 4 and any(
@@ -407,19 +410,26 @@ class _Lowerer(SequenceOps, SpatialOps):
             arr = const_array(v) if v.name not in self.vals else None
             if arr is not None:
                 arr = arr.astype(np.float32) if arr.dtype == np.float64 else arr
+                if v is c and op != n.op_type:  # Div → MUL: the divisor's reciprocal
+                    arr = (1.0 / arr.astype(np.float32)).astype(np.float32)
                 if nhwc:
                     arr = arr.reshape((1,) * (4 - arr.ndim) + arr.shape).transpose(_TO_NHWC)
                 ins.append(self.const(self._name(v.name or "c"), np.ascontiguousarray(arr),
                                       weight=True))
             else:
                 ins.append(self.get(v.name, lay))
+        ins = self.binary_operands(op, ins)
         if otype and self.fuse_elementwise:  # ADD/SUB/MUL/DIV carry a fused activation
             act, y = self._fuse(n)
-            opt = _BINARY_OPTIONS[n.op_type](self.b.s)()
+            opt = _BINARY_OPTIONS[op](self.b.s)()
             opt.fusedActivationFunction = act
             self.b.op(code, ins, [self.out(y, lay)], opt, otype)
             return
         self.b.op(code, ins, [self.out(n.outputs[0], lay)])
+
+    def binary_operands(self, op: str, ins: list[int]) -> list[int]:
+        """The TFLite operands of a binary ``op`` (the int8 lowering guards a DIV's divisor)."""
+        return ins
 
     def unary(self, n: ir.Node, code: int, options=None, otype: int = 0) -> None:
         v = n.inputs[0]

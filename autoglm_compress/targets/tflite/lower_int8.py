@@ -33,7 +33,7 @@ INT8_OPS = frozenset({"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "Globa
                       "GlobalMaxPool", "Reshape", "Flatten", "Concat", "Add", "Sub", "Mul",
                       "Resize", "Sigmoid", "Softmax", "Tanh", "Gelu", "Transpose", "Squeeze",
                       "Unsqueeze", "Pad", "ConvTranspose", "HardSwish", "HardSigmoid",
-                      "ReduceMean", "ReduceMax", "LeakyRelu", "Split", "Slice"})
+                      "ReduceMean", "ReduceMax", "LeakyRelu", "Split", "Slice", "Div"})
 # TFLite kernels whose int8 input must carry the output's scale and zero point (formats.md; a
 # mismatch fails, or worse, gives wrong values silently): an input at another scale is requantized
 # (QUANTIZE int8 → int8) first. The scheme shares these scales, so this only happens where a
@@ -43,7 +43,15 @@ SAME_SCALE_OPS = frozenset({"MaxPool", "AveragePool", "GlobalMaxPool", "ReduceMa
                             "Split", "Slice"})
 # Ops with a fused-activation field: a single Relu/Relu6 after them is written into the op.
 _FUSING = frozenset({"Conv", "Gemm", "MaxPool", "AveragePool", "ConvTranspose"})
-_FUSING_ELEMENTWISE = frozenset({"Add", "Sub", "Mul"})  # int8 CONCATENATION refuses one
+_FUSING_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div"})
+# int8 CONCATENATION refuses a fused activation: a Relu/Relu6/Clip(-1, 1) after it is the
+# saturation of its inputs' requantization into the clamped output's scale (concat below).
+_CLAMPED_BY_RANGE = frozenset({"Concat"})
+# The int8 DIV kernel fails (div.cc: "data[i] != zero_point") on a divisor at its zero point — any
+# value within half a step of 0, which an int8 range always holds — so a divisor runs int8 only
+# when that code is its lowest or highest (a one-signed range) and is nudged off it first.
+DIV_FLOAT_REASON = ("Div by a tensor whose int8 range holds 0 inside it: LiteRT's int8 DIV fails "
+                    "on a divisor at its zero point, so it runs float")
 _FIRST_INPUT_ONLY = frozenset({"Conv", "Gemm", "Reshape", "Resize", "Squeeze", "Unsqueeze", "Pad",
                                "ConvTranspose", "ReduceMean", "ReduceMax", "Split", "Slice"})
 
@@ -181,6 +189,7 @@ class _Int8Lowerer(_Lowerer):
             return qs[0] if all(qs) else None
         y = n.outputs[0]
         fusing = n.op_type in _FUSING or n.op_type in _FUSING_ELEMENTWISE or (
+            n.op_type in _CLAMPED_BY_RANGE) or (
             n.op_type == "MatMul" and wconst(n.inputs[1]) is not None)
         if fusing:
             act, y = self._fuse(n)
@@ -212,7 +221,7 @@ class _Int8Lowerer(_Lowerer):
         if n.op_type in _FIRST_INPUT_ONLY or (
                 n.op_type == "MatMul" and wconst(n.inputs[1]) is not None):
             ins = ins[:1]
-        elif n.op_type in ("Add", "Sub", "Mul"):  # a constant operand is quantized here
+        elif n.op_type in ("Add", "Sub", "Mul", "Div"):  # a constant operand is quantized here
             ins = [v for v in ins if v is not None and (v.name in self.vals
                                                         or const_array(v) is None)]
         return [v for v in ins if v is not None and v.name]
@@ -245,8 +254,18 @@ class _Int8Lowerer(_Lowerer):
         op = n.op_type
         if op not in INT8_OPS:
             return FLOAT_REASONS.get(op, f"{op} has no int8 TFLite lowering here")
-        if op == "HardSigmoid" and n.attributes.get_float("alpha", 0.2) <= 0:
-            return "HardSigmoid with α ≤ 0 (the int8 form scales x by α)"
+        if op == "HardSigmoid" and n.attributes.get_float("alpha", 0.2) == 0:
+            return "HardSigmoid with α = 0 is the constant clamp(β, 0, 1)"
+        if op == "Div" and const_array(n.inputs[1]) is None and n.inputs[1].name in self.vals \
+                and self._is_int8(self.vals[n.inputs[1].name][0]) \
+                and self._divisor_nudge(self.vals[n.inputs[1].name][0]) is None:
+            return DIV_FLOAT_REASON
+        if op == "Div" and const_array(n.inputs[1]) is not None \
+                and not np.all(const_array(n.inputs[1])):
+            return "Div by a constant that holds 0"
+        if op in _CLAMPED_BY_RANGE and qn is not None and not self._clamp_is_range(n, qn):
+            return ("its output's int8 range (shared or overridden) holds values the "
+                    "activation after it clamps away, and int8 CONCATENATION fuses none")
         if not self._int8_weights(n):
             return "its weights are kept float (--keep-fp32 or the accuracy fallback)"
         if _feeds_float_output(n):
@@ -292,8 +311,9 @@ class _Int8Lowerer(_Lowerer):
         self.vals[n.outputs[0].name] = (out, lay)
 
     def hard_sigmoid(self, n: ir.Node) -> None:
-        """int8: clamp(α·x + β, 0, 1) as MUL by α — exact, into a tensor at scale s_x·α with x's
-        zero point — then ADD β at the output's scale with RELU_N1_TO_1 fused; the output's own
+        """int8: clamp(α·x + β, 0, 1) as MUL by α — exact, into a tensor at scale s_x·|α| with
+        x's zero point z (α > 0) or −z − 1 (α < 0: code q becomes −q − 1, every code still in
+        [−128, 127]) — then ADD β at the output's scale with RELU_N1_TO_1 fused; the output's own
         range (0 at its lowest code when calibrated ≥ 0) clamps at 0, else a MAXIMUM with 0."""
         if self.qmode is None:
             return super().hard_sigmoid(n)
@@ -304,12 +324,14 @@ class _Int8Lowerer(_Lowerer):
         beta = n.attributes.get_float("beta", 0.5)
         qx = self.b.quant[x]
         s = self.b.s
-        a = self.b.const(self._name("hsig_a"), np.asarray([127], np.int8),
-                         {"scale": np.asarray([alpha / 127], np.float32),
+        sign = 1 if alpha > 0 else -1
+        zx = np.asarray(qx["zero_point"])
+        a = self.b.const(self._name("hsig_a"), np.asarray([127 * sign], np.int8),
+                         {"scale": np.asarray([abs(alpha) / 127], np.float32),
                           "zero_point": np.asarray([0], np.int64)})
         ax = self.b.tensor(self._name("hsig_ax"), self.b.shape_of(x), "int8",
-                           {"scale": np.asarray(qx["scale"], np.float32) * np.float32(alpha),
-                            "zero_point": np.asarray(qx["zero_point"])})
+                           {"scale": np.asarray(qx["scale"], np.float32) * np.float32(abs(alpha)),
+                            "zero_point": zx if sign > 0 else -zx - 1})
         self.b.op(18, [x, a], [ax], s.MulOptionsT(), s.BuiltinOptions.MulOptions)
         y = self.out(n.outputs[0], lay)
         q = self.b.quant[y]
@@ -323,6 +345,55 @@ class _Int8Lowerer(_Lowerer):
         if not zero_at_bottom:  # the output range holds negatives: clamp at 0 explicitly
             self.b.op(55, [mid, self.b.const(self._name("zero"), np.asarray(
                 [int(q["zero_point"][0])], np.int8), dict(q))], [y])
+
+    # -- Div and Concat + activation ---------------------------------------------------------
+    def binary(self, n: ir.Node, op: str | None = None) -> None:
+        """int8 Div: by a constant, MUL by its reciprocal (XNNPACK's int8 MUL; the constant int8
+        per tensor, exact for a scalar); by a tensor, DIV with the divisor off its zero point
+        (binary_operands)."""
+        if self.qmode is not None and n.op_type == "Div" and op is None \
+                and n.inputs[1].name not in self.vals:
+            return super().binary(n, "Mul")
+        return super().binary(n, op)
+
+    def binary_operands(self, op: str, ins: list[int]) -> list[int]:
+        if self.qmode is None or op != "Div" or not self._is_int8(ins[1]):
+            return ins
+        d = ins[1]
+        code = self._divisor_nudge(d)  # _float_reason let it through: not None
+        out = self.b.tensor(self._name(self.graph_tensor_name(d) + "_nz"), self.b.shape_of(d),
+                            "int8", self.b.quant[d])
+        bound = self.b.const(self._name("nz"), np.asarray([code], np.int8), dict(self.b.quant[d]))
+        self.b.op(55 if code == -127 else 57, [d, bound], [out])  # MAXIMUM / MINIMUM
+        return [ins[0], out]
+
+    def _divisor_nudge(self, idx: int) -> int | None:
+        """The code next to the zero point of a one-signed int8 divisor (its zero point the
+        lowest code: −127; the highest: 126) that the DIV reads in its place; None when the
+        range holds 0 inside (a code on each side: no clamp moves it off safely)."""
+        zp = int(self.b.quant[idx]["zero_point"][0])
+        return -127 if zp == -128 else 126 if zp == 127 else None
+
+    def concat(self, n: ir.Node) -> None:
+        """int8 CONCATENATION takes no fused activation: a Relu/Relu6/Clip(−1, 1) after it is
+        the saturation of the inputs' requantization into the clamped output's range, whose
+        codes all lie inside the clamp (``_clamp_is_range``); the activation is marked written."""
+        if self.qmode is not None:
+            self._fuse(n)
+        super().concat(n)
+
+    def _clamp_is_range(self, n: ir.Node, qn) -> bool:
+        """Whether every code of ``qn``'s range (the Q after the activation that follows ``n``)
+        lies inside that activation's clamp, so saturating to it is the activation."""
+        act, y = self._fuse(n)
+        if not act:
+            return True
+        self.fused.discard(id(next(u for u, _ in n.outputs[0].uses())))
+        lo, hi = {1: (0.0, None), 2: (-1.0, 1.0), 3: (0.0, 6.0)}[act]
+        q = read_qparams(qn)
+        s, zp = float(np.asarray(q.scale).reshape(-1)[0]), int(np.asarray(q.zero_point).reshape(-1)[0])
+        tol = 1e-6 * max(1.0, abs(s))
+        return (-128 - zp) * s >= lo - tol and (hi is None or (127 - zp) * s <= hi + tol)
 
     def _int8(self, n: ir.Node, qn: ir.Node) -> None:
         from autoglm_compress.ir_ops import is_weighted, weight_input
