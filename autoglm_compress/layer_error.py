@@ -200,6 +200,8 @@ def _tflite(art):
 def _ncnn(art):
     import ncnn
 
+    from autoglm_compress.targets.ncnn.requantize import int8_blobs
+
     int8 = art.precision == "int8"
     net = ncnn.Net()
     net.opt.num_threads, net.opt.use_int8_inference = 1, int8
@@ -210,16 +212,16 @@ def _ncnn(art):
         raise RuntimeError("ncnn could not load the files")
     blobs = art.extra.get("blobs") or {}
     inputs = blobs.get("inputs") or {}
+    text = art.files["param"].read_text()
+    int8_codes = int8_blobs(text)  # requantized blobs and the Split / ReLU… that pass them on
     names, excluded = [], 0
-    for line in art.files["param"].read_text().splitlines()[2:]:
+    for line in text.splitlines()[2:]:
         f = line.split()
         if len(f) < 4:
             continue
         tops = f[4 + int(f[2]):4 + int(f[2]) + int(f[3])]
-        if any(t.startswith("8=") and int(t[2:]) >= 100 for t in f):  # requantized: int8 tops
-            excluded += len(tops)
-        else:
-            names += tops
+        excluded += sum(t in int8_codes for t in tops)
+        names += [t for t in tops if t not in int8_codes]
 
     def run(feed):
         ex, keep = net.create_extractor(), []

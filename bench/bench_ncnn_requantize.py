@@ -1,8 +1,8 @@
 """INT8 blobs between ncnn layers (issue 30 item 2): which chains ncnn runs right, what they cost,
 and what the requantize fusion changes on real models.
 
-    .venv/bin/python bench/bench_ncnn_requantize.py [--chains] [--models effnet,yolo]
-        [--before DIR] [--cpu cortex-a76] [--no-insns] [--work /tmp/bench_ncnn_requantize]
+    .venv/bin/python bench/bench_ncnn_requantize.py [--chains] [--models effnet,yolo,mnv3]
+        [--cpu cortex-a76] [--no-insns] [--work /tmp/bench_ncnn_requantize]
 
 ``--chains``: hand-built int8 chains (random int8 weights, 16 channels, 8×8), each written twice —
 the first conv dequantizing (float between) and requantizing (int8 between, forced even where
@@ -10,11 +10,12 @@ our rule refuses) — run in x86 ncnn and in aarch64 ncnn under qemu (one thread
 requantize.py fuse it, max |fused − unfused| / max |unfused| on each, aarch64 guest instructions
 fused / unfused.
 
-``--models``: EfficientNet-Lite1 / nudenet YOLOv8n (bench_arm's loaders) compressed to ncnn INT8
-and FP32 (x86 verification only), the INT8 file's requantized convs and census of int8 readers'
-inputs (int8, or why float), fidelity vs FP32, and the aarch64 instruction ratio INT8 / FP32 (one
-counted inference each). ``--before DIR``: INT8 .param files written by the previous rule
-(``<DIR>/<model>/*.int8.ncnn.param``): its requantized count and whether the new file differs.
+``--models``: EfficientNet-Lite1 / nudenet YOLOv8n (bench_arm's loaders) and ``mnv3``, a
+MobileNetV3-style net with random weights (HardSwish convs), compressed to ncnn FP32 and INT8
+(x86 verification only) — INT8 twice: with the previous rule (conv → conv only, activations
+0..3; replayed here) and with requantize.py. Per INT8 file: requantized convs, int8 readers fed
+int8 / float (counted from the .param), fidelity vs FP32, and the aarch64 instruction ratio
+INT8 / FP32 (one counted inference each, one guest process).
 """
 
 from __future__ import annotations
@@ -190,70 +191,167 @@ def chains(cpu: str, insns: bool) -> str:
     return "\n".join([head, sep] + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _requantized(param_text: str) -> int:
-    return sum(1 for ln in param_text.splitlines()[2:]
-               if any(t.startswith("8=") and int(t[2:]) > 100 for t in ln.split()))
+def previous_rule(layers) -> tuple[int, dict]:
+    """The rule before issue 30 item 2 (for the before/after rows only): int8 conv → int8 conv,
+    directly or through a Split whose every reader is one, activations 0..3 only."""
+    convs = ("Convolution", "ConvolutionDepthWise")
+    readers: dict[str, list] = {}
+    for layer in layers:
+        for b in layer.inputs:
+            readers.setdefault(b, []).append(layer)
+
+    def int8_conv(layer) -> bool:
+        return layer.type in convs and layer.params.get(8) in (1, 2) \
+            and layer.bottom_scale is not None
+
+    fused = 0
+    for layer in layers:
+        if not int8_conv(layer) or layer.params.get(9, 0) not in (0, 1, 2, 3):
+            continue
+        nxt = readers.get(layer.outputs[0], [])
+        if len(nxt) != 1:
+            continue
+        targets = [nxt[0]]
+        if nxt[0].type == "Split":
+            targets = [r for b in nxt[0].outputs for r in readers.get(b, [])]
+            if len(targets) != len(nxt[0].outputs):
+                continue
+        scales = {t.bottom_scale for t in targets}
+        if not targets or not all(int8_conv(t) for t in targets) or len(scales) != 1:
+            continue
+        layer.params[8] += 100
+        layer.weights.append(("raw", np.asarray([scales.pop()], np.float32)))
+        fused += 1
+    return fused, {}
 
 
-def models(names, work: Path, before: Path | None, cpu: str, insns: bool) -> str:
+def mobilenet_v3_like(work: Path):
+    """MobileNetV3-style net, random weights (op coverage: HardSwish / ReLU convs, depthwise,
+    inverted residuals, GAP → Linear), 3×96×96; random calibration / eval images."""
+    import torch
+
+    nn = torch.nn
+
+    def block(cin, cexp, cout, stride, act):
+        return nn.ModuleList([nn.Conv2d(cin, cexp, 1), nn.Conv2d(cexp, cexp, 3, stride, 1,
+                              groups=cexp), nn.Conv2d(cexp, cout, 1)]), act, cin == cout and stride == 1
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, 2, 1)
+            cfg = [(16, 64, 24, 2, "relu"), (24, 72, 24, 1, "relu"), (24, 96, 40, 2, "hs"),
+                   (40, 240, 40, 1, "hs"), (40, 120, 48, 1, "hs"), (48, 288, 96, 2, "hs"),
+                   (96, 576, 96, 1, "hs")]
+            blocks = [block(*c) for c in cfg]
+            self.convs = nn.ModuleList([b[0] for b in blocks])
+            self.meta = [(b[1], b[2]) for b in blocks]
+            self.head = nn.Conv2d(96, 576, 1)
+            self.fc = nn.Linear(576, 100)
+
+        def forward(self, x):
+            hs, relu = nn.functional.hardswish, torch.relu
+            y = hs(self.stem(x))
+            for (e, d, p), (act, res) in zip(self.convs, self.meta):
+                f = hs if act == "hs" else relu
+                z = p(f(d(f(e(y)))))
+                y = y + z if res else z
+            y = hs(self.head(y)).mean((2, 3))
+            return self.fc(y)
+
+    torch.manual_seed(0)
+    path = work / "mnv3_like.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(1, 3, 96, 96),), str(path), dynamo=False,
+                      opset_version=17, input_names=["x"], output_names=["y"])
+    rng = np.random.default_rng(0)
+    for stem, n in (("calib", 32), ("eval", 8)):
+        np.savez(work / f"mnv3_{stem}.npz", x=rng.normal(0, 1, (n, 3, 96, 96)).astype(np.float32))
+    return path, work / "mnv3_calib.npz", work / "mnv3_eval.npz"
+
+
+def models(names, work: Path, cpu: str, insns: bool) -> str:
     from bench_arm import _models
 
     from autoglm_compress import compress
+    from autoglm_compress.targets.ncnn import requantize
 
+    found = _models([n for n in names if n != "mnv3"], work, 32, 8)
+    if "mnv3" in names:
+        found["mnv3"] = mobilenet_v3_like(work)
     out = []
-    for name, (model, calib, ev) in _models(names, work, 32, 8).items():
+    new_rule = requantize.fuse_requantize
+    for name, (model, calib, ev) in found.items():
         arts = {}
-        for prec in ("fp32", "int8"):
+        for key in ("fp32", "int8 previous rule", "int8"):
             t = time.perf_counter()
-            res = compress(model, targets="arm", arm_format="ncnn", int8=prec == "int8",
-                           calib=calib, eval_data=ev, samples=8, calib_samples=32,
-                           verify_arm="off", latency_repeats=1, out_dir=work / f"{name}_{prec}")
-            arts[prec] = res.artifacts[0]
-            arts[prec].extra["output_shapes"] = {
+            requantize.fuse_requantize = previous_rule if key == "int8 previous rule" else new_rule
+            try:
+                res = compress(model, targets="arm", arm_format="ncnn", int8=key != "fp32",
+                               calib=calib, eval_data=ev, samples=8, calib_samples=32,
+                               verify_arm="off", latency_repeats=1,
+                               out_dir=work / f"{name}_{key.replace(' ', '_')}")
+            finally:
+                requantize.fuse_requantize = new_rule
+            a = arts[key] = res.artifacts[0]
+            a.extra["output_shapes"] = {
                 o["name"]: o["shape"] for o in res.report["artifacts"][0]["io"]["outputs"]}
-            print(f"  {name} {prec}: {time.perf_counter() - t:.0f} s", flush=True)
-        a = arts["int8"]
-        q = a.extra["ncnn_int8"]
-        param = Path(a.files["param"]).read_text()
-        fid = a.fidelity
-        top1 = [o.get("top1_agreement") for o in fid.get("outputs", {}).values()]
-        line = [f"### {name}", f"- requantized convs: {q['requantized']} of {q['int8']} int8 "
-                f"layers; int8 readers' inputs: {q['int8_edges']}",
-                f"- float→int8 boundaries left (int8 readers fed float): "
-                f"{sum(v for k, v in q['int8_edges'].items() if k != 'int8')}",
-                f"- fidelity vs FP32 (x86 ncnn, 8 samples): cosine pooled "
-                f"{fid.get('cosine_pooled'):.5f}, min {fid.get('cosine_min'):.5f}, top-1 {top1}"]
-        if before is not None:
-            old = sorted((before / name).glob("*.int8.ncnn.param"))
-            if old:
-                text = old[0].read_text()
-                line.append(f"- previous rule: {_requantized(text)} requantized; .param "
-                            f"{'identical' if text == param else 'differs'}")
+            print(f"  {name} {key}: {time.perf_counter() - t:.0f} s", flush=True)
+        line = [f"### {name}"]
         if insns:
             from autoglm_compress.targets.arm_emulation.runner import Job, run_jobs
             from autoglm_compress.targets.arm_emulation.verify import ncnn_io
 
             with np.load(ev) as z:  # one eval sample, as bench_arm_emulation feeds it
-                key = next(k for k in z.files if k != "labels")
-                feed = {key: z[key][:1].astype(np.float32)}
-            io = {p: ncnn_io(art, art.extra["output_shapes"])
-                  for p, art in arts.items()}
+                k = next(k for k in z.files if k != "labels")
+                feed = {k: z[k][:1].astype(np.float32)}
             t = time.perf_counter()
-            jobs = [Job(dict(arts[p].files), "ncnn", p, io[p], n=1) for p in ("fp32", "int8")]
-            (_, i32), (_, i8) = run_jobs(jobs, [feed], cpu=cpu, timeout=3600)
-            line.append(f"- aarch64 {cpu} instructions per inference: FP32 {i32 / 1e6:.2f} M, "
-                        f"INT8 {i8 / 1e6:.2f} M, INT8/FP32 {i8 / i32:.3f}× "
-                        f"({time.perf_counter() - t:.0f} s emulated)")
+            jobs = [Job(dict(a.files), "ncnn", a.precision, ncnn_io(a, a.extra["output_shapes"]),
+                        n=1) for a in arts.values()]
+            counts = dict(zip(arts, (n for _, n in run_jobs(jobs, [feed], cpu=cpu, timeout=3600))))
+            line.append(f"aarch64 {cpu}, one counted inference ({time.perf_counter() - t:.0f} s "
+                        f"emulated): FP32 {counts['fp32'] / 1e6:.2f} M instructions")
+        line += ["", "| INT8 file | requantized convs | int8 readers fed int8 | fed float "
+                 "(boundaries left) | cosine pooled / min vs FP32 | top-1 agr. |"
+                 + (" aarch64 insns INT8/FP32 |" if insns else ""),
+                 "|---" * (7 if insns else 6) + "|"]
+        for key in ("int8 previous rule", "int8"):
+            a = arts[key]
+            param = Path(a.files["param"]).read_text()
+            fed = _fed(param)
+            fid = a.fidelity
+            top1 = [o.get("top1_agreement") for o in fid.get("outputs", {}).values()]
+            row = [key, str(a.extra["ncnn_int8"]["requantized"]), str(fed[0]), str(fed[1]),
+                   f"{fid['cosine_pooled']:.5f} / {fid['cosine_min']:.5f}",
+                   ", ".join(f"{v:.3f}" for v in top1 if v is not None) or "-"]
+            if insns:
+                row.append(f"{counts[key] / counts['fp32']:.3f}×")
+            line.append("| " + " | ".join(row) + " |")
+        line += ["", f"census (new rule): {arts['int8'].extra['ncnn_int8']['int8_edges']}", ""]
         print("\n".join(line), flush=True)
         out += line
     return "\n".join(out)
+
+
+def _fed(param_text: str) -> tuple[int, int]:
+    """(int8 readers fed int8, fed float) counted from the .param: an int8 conv / FC whose input
+    holds int8 codes (requantize.int8_blobs) or not."""
+    from autoglm_compress.targets.ncnn.requantize import READERS, int8_blobs
+
+    codes, int8 = int8_blobs(param_text), 0
+    readers = []
+    for ln in param_text.splitlines()[2:]:
+        f = ln.split()
+        kv = dict(t.split("=", 1) for t in f[4 + int(f[2]) + int(f[3]):])
+        if f[0] in READERS and int(kv.get("8", "0")) % 100 in (1, 2):
+            readers.append(f[4])
+    int8 = sum(b in codes for b in readers)
+    return int8, len(readers) - int8
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--chains", action="store_true")
     ap.add_argument("--models", default="")
-    ap.add_argument("--before", type=Path)
     ap.add_argument("--cpu", default="cortex-a76")
     ap.add_argument("--no-insns", action="store_true")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_ncnn_requantize"))
@@ -262,7 +360,7 @@ def main() -> None:
     if a.chains:
         print(chains(a.cpu, not a.no_insns), flush=True)
     if a.models:
-        print(models(a.models.split(","), a.work, a.before, a.cpu, not a.no_insns))
+        print(models(a.models.split(","), a.work, a.cpu, not a.no_insns))
 
 
 if __name__ == "__main__":

@@ -29,12 +29,13 @@ import numpy as np
 
 from autoglm_compress.targets.ncnn.param import Layer
 
-__all__ = ["fuse_requantize", "WRITERS", "READERS", "ACTIVATIONS"]
+__all__ = ["fuse_requantize", "int8_blobs", "WRITERS", "READERS", "ACTIVATIONS"]
 
 WRITERS = ("Convolution", "ConvolutionDepthWise")  # can requantize their output
 READERS = (*WRITERS, "InnerProduct")  # read an int8 blob as is
 ACTIVATIONS = (0, 1, 2, 3, 4, 5, 6)  # fused activations ncnn's Requantize applies
 
+PASS_TYPES = ("Split", "ReLU", "Flatten", "Reshape")  # hand int8 on where _passes allows
 _WHY_TYPE = {
     "Pooling": "Pooling has no int8 kernel in ncnn",
     "Concat": "Concat of int8 blobs is wrong in aarch64 ncnn for some channel splits and slower "
@@ -66,6 +67,8 @@ def _passes(layer: Layer) -> bool:
 
 
 def _why(layer: Layer) -> str:
+    if layer.type in READERS:
+        return "read by a conv/FC kept float"
     if layer.type == "ReLU":
         return "leaky ReLU layer has no int8 kernel in ncnn"
     return _WHY_TYPE.get(layer.type, f"{layer.type} has no int8 kernel in ncnn")
@@ -144,3 +147,20 @@ def fuse_requantize(layers: list[Layer]) -> tuple[int, dict[str, int]]:
         else:
             census[_why(src)] += 1
     return fused, dict(sorted(census.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def int8_blobs(param_text: str) -> set[str]:
+    """The blobs of a written ``.param`` that hold int8 codes at run time (an extractor hands
+    them out cast to float, unscaled): tops of requantizing convs (8 > 100) and of the Split /
+    ReLU / Flatten / Reshape layers they reach."""
+    out: set[str] = set()
+    for line in param_text.splitlines()[2:]:
+        f = line.split()
+        if len(f) < 4:
+            continue
+        n_in, n_out = int(f[2]), int(f[3])
+        ins, tops = f[4:4 + n_in], f[4 + n_in:4 + n_in + n_out]
+        requant = any(t.startswith("8=") and int(t[2:]) > 100 for t in f[4 + n_in + n_out:])
+        if requant or (f[0] in PASS_TYPES and ins and ins[0] in out):
+            out.update(tops)
+    return out
