@@ -160,6 +160,7 @@ class _Run:
         self.targets = [tgt for t in dict.fromkeys(cfg.targets)
                         for tgt in get_targets(t, cfg.target_options.get(t))]
         for t in self.targets:
+            t.keep_fp32 = tuple(cfg.int8.keep_fp32)  # an INT8 check lowers as the run will
             if self.precision not in t.precisions:
                 raise ConfigError(
                     f"target {t.name} has no {self.precision} lowering "

@@ -347,6 +347,7 @@ class Target(abc.ABC):
         return f"target {self.name}"
 
     alternatives: ClassVar[str] = ""  # what to suggest instead when an op is refused
+    keep_fp32: tuple[str, ...] = ()  # the run's --keep-fp32 patterns (set before check)
 
     def prepare_passes(self, precision: str) -> tuple[str, ...]:
         """Registered passes that fit the FP32 IR to this target before quantization (data): the

@@ -123,7 +123,7 @@ def _embed(lw, n: ir.Node) -> None:
     table = const_array(n.inputs[0]).astype(np.float32)
     v, h = table.shape
     p = {0: h, 1: v, 2: 0, 3: table.size}
-    if lw.precision == "int8":
+    if lw.precision == "int8" and n.name not in lw.keep_float:
         amax = float(np.abs(table).max())
         scale = np.float32(127.0 / amax if amax > 0 else 1.0)
         q = np.clip(np.rint(table * scale), -127, 127).astype(np.int8)
@@ -132,6 +132,8 @@ def _embed(lw, n: ir.Node) -> None:
         lw.int8_layers.append(n.name or "embed")
     else:
         weights = [lw.weight(table)]
+        if lw.precision == "int8":
+            lw.float_layers.append(n.name or "embed")
     lw.ng.add("Embed", n.name or "embed", [lw.b(n.inputs[1])], [lw.out(n.outputs[0])], p,
               weights)
 

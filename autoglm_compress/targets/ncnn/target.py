@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from autoglm_compress.errors import ConfigError
+from autoglm_compress.errors import ConfigError, VerificationError
 from autoglm_compress.ir_utils import write_bytes_atomic
 from autoglm_compress.targets.base import (
     Artifact,
@@ -29,7 +29,7 @@ from autoglm_compress.targets.ncnn.batch_input import refuse_batch
 from autoglm_compress.targets.ncnn.lower import RULES, lower_to_ncnn, unsupported_reason
 from autoglm_compress.targets.ncnn.ncnn_run import ncnn_runner
 from autoglm_compress.targets.ncnn.options import Options
-from autoglm_compress.targets.ncnn.preflight import preflight
+from autoglm_compress.targets.ncnn.preflight import int8_failure, kept_float, preflight
 from autoglm_compress.targets.ncnn.prepare_passes import NCNN_PREPARE
 
 __all__ = ["NcnnTarget", "ncnn_runner", "ncnn_scheme", "TARGET"]
@@ -77,7 +77,8 @@ class NcnnTarget(Target):
         super().check(prepared, precision)
         refuse_batch(model, prepared, f"{self.label} ({precision})", self.alternatives)
         self.refuse_unsupported(prepared, precision, unsupported_reason)
-        preflight(prepared, precision, self.label, self.alternatives, self.options.threads)
+        preflight(prepared, precision, self.label, self.alternatives, self.options.threads,
+                  self.keep_fp32)
         return []
 
     def scheme(self):
@@ -111,8 +112,8 @@ class NcnnTarget(Target):
         """INT8 with each conv / FC whose int8 kernel times slower here kept float."""
         from autoglm_compress.targets.ncnn.layer_timing import time_int8_layers
 
-        threads = self.options.threads
-        q = lower_to_ncnn(model, "int8", graph=True)
+        threads, keep = self.options.threads, kept_float(model, self.keep_fp32)
+        q = lower_to_ncnn(model, "int8", keep_float=keep, graph=True)
         f = lower_to_ncnn(model, "fp32", graph=True)
         times = time_int8_layers(q[2], f[2], threads)
         slow = frozenset(k for k, t in times.items() if t["int8_ms"] > t["fp32_ms"])
@@ -121,7 +122,7 @@ class NcnnTarget(Target):
                   "sum_fp32_ms": round(sum(t["fp32_ms"] for t in times.values()), 3),
                   "sum_int8_ms": round(sum(t["int8_ms"] for t in times.values()), 3),
                   "sum_chosen_ms": round(chosen, 3), "threads": threads}
-        return (lower_to_ncnn(model, "int8", keep_float=slow) if slow else q), record
+        return (lower_to_ncnn(model, "int8", keep_float=slow | keep) if slow else q), record
 
     def _measured_arm_int8(self, model: ir.Model) -> tuple[tuple, dict, str]:
         """INT8 with each conv / FC whose int8 form costs more aarch64 guest instructions (alone,
@@ -131,8 +132,8 @@ class NcnnTarget(Target):
         from autoglm_compress.targets.arm_emulation.runner import GuestError
         from autoglm_compress.targets.ncnn.layer_timing import count_int8_layers
 
-        cpu = self.options.cpus[0]
-        q = lower_to_ncnn(model, "int8", graph=True)
+        cpu, keep = self.options.cpus[0], kept_float(model, self.keep_fp32)
+        q = lower_to_ncnn(model, "int8", keep_float=keep, graph=True)
         f = lower_to_ncnn(model, "fp32", graph=True)
         try:
             counts = count_int8_layers(q[2], f[2], cpu, env=setup())
@@ -161,7 +162,7 @@ class NcnnTarget(Target):
                 f"kept float (their int8 form costs more guest instructions in aarch64 ncnn on "
                 f"{cpu}, emulated); these layers: int8 {tot['int8'] / max(tot['fp32'], 1):.2f}× "
                 f"FP32 instructions, chosen mix {chosen / max(tot['fp32'], 1):.2f}×")
-        return (lower_to_ncnn(model, "int8", keep_float=slow) if slow else q), record, note
+        return (lower_to_ncnn(model, "int8", keep_float=slow | keep) if slow else q), record, note
 
     def emit(self, model: ir.Model, precision: str, out_dir: Path, stem: str) -> Artifact:
         measured = note = None
@@ -174,7 +175,8 @@ class NcnnTarget(Target):
         elif precision == "int8" and mode == "measured-arm":
             (param, data, io), measured, note = self._measured_arm_int8(model)
         else:
-            param, data, io = lower_to_ncnn(model, precision)
+            param, data, io = lower_to_ncnn(model, precision,
+                                            keep_float=kept_float(model, self.keep_fp32))
         io.pop("graph", None)
         io.pop("int8_inputs", None)
         io["output_shapes"] = {v.name: [int(d) for d in v.shape] for v in model.graph.outputs}
@@ -207,9 +209,22 @@ class NcnnTarget(Target):
     def verify(self, artifact: Artifact, ctx: VerifyContext) -> None:
         io = artifact.extra.pop("ncnn_io")
         threads = self.options.threads
-        verify_in_runtime(ncnn_runner(artifact.files["param"], artifact.files["bin"], io,
-                                      artifact.precision, threads),
-                          artifact, ctx, f"ncnn CPU, {threads} threads")
+        try:
+            verify_in_runtime(ncnn_runner(artifact.files["param"], artifact.files["bin"], io,
+                                          artifact.precision, threads),
+                              artifact, ctx, f"ncnn CPU, {threads} threads")
+        except VerificationError:
+            if artifact.precision != "int8" or ctx.lowered_model is None:
+                raise
+            # the calibrated INT8 fails where the placeholder-scale pre-flight ran: a refusal
+            # naming the int8 layer (exit 2; the run's staging folder goes, nothing is written)
+            low = ctx.lowered_model
+            found = int8_failure(low, kept_float(low, self.keep_fp32), ctx.feeds, threads,
+                                 self.label, self.alternatives, "found after calibration, with "
+                                 "the calibrated scales")
+            if found is None:
+                raise
+            raise found from None
         artifact.extra["blobs"] = {"inputs": io["inputs"], "outputs": io["outputs"],
                                    "int32_inputs": io["int32_inputs"]}
         artifact.latency["ncnn"] = self._side_by_side(artifact, ctx, io)
