@@ -198,7 +198,7 @@ def _footnotes(a: dict, name: str) -> list[str]:
     out += [f"note: {name}: {n}" for n in a.get("notes") or ()
             if "(emulated; an instruction count, not a time)" in n
             or n.startswith(("not run on aarch64", "not verified on aarch64",
-                             "--ncnn-int8-layers measured-arm"))]
+                             "--ncnn-int8-layers measured-arm", "--latency-guard (arm)"))]
     measured = (a.get("latency") or {}).get("measured_on", "")
     if a["target"] != "x86" and "onnxruntime" in measured:
         out.append(f"note: {name}: latency measured with {measured}")

@@ -18,6 +18,7 @@ from autoglm_compress.cli import main  # noqa: E402
 from autoglm_compress.config_build import check_combinations, from_flat  # noqa: E402
 from autoglm_compress.errors import ConfigError  # noqa: E402
 from autoglm_compress.quantization import latency_guard_arm  # noqa: E402
+from autoglm_compress.report import summary_table  # noqa: E402
 from autoglm_compress.targets.arm_emulation import available, environment  # noqa: E402
 from autoglm_compress.targets.tflite.census import census  # noqa: E402
 
@@ -28,11 +29,14 @@ CALIB = ROOT / "examples" / "digits_calib.npz"
 
 
 def _guarded(out: Path, cpu: str = "cortex-a76"):
+    """The digits CNN to arm TFLite INT8 with --latency-guard: (artifact, the guard's record); the
+    CLI summary is kept on the artifact as ``summary``."""
     res = compress(DIGITS, targets="arm", int8=True, calib=CALIB, eval_data=EVAL, samples=4,
                    calib_samples=32, latency_repeats=2, verify_arm="off", latency_guard=True,
                    arm_cpu=cpu, out_dir=out)
     (art,) = res.artifacts
     rec = next(p for p in res.report["passes"] if p["name"] == "quantize[arm/tflite]")
+    art.summary = summary_table(res.report)
     return art, rec["stats"]["latency_guard"]
 
 
@@ -88,7 +92,8 @@ def test_arm_guard_counts_each_candidate_on_aarch64(tmp_path):
                                                   if r["float"]}
     assert guard["int8_insns_after"] <= guard["int8_insns_before"]
     _assert_artifact_follows(art, guard)
-    assert any(n.startswith("--latency-guard (arm): ") and "cortex-a76" in n for n in art.notes)
+    (note,) = [n for n in art.notes if n.startswith("--latency-guard (arm): ")]
+    assert "cortex-a76" in note and "a count, not a time" in note and note in art.summary
 
 
 def _fake_count(cheaper_float: dict[str, int]):
@@ -139,6 +144,7 @@ def test_arm_guard_without_emulation_is_a_note(tmp_path, monkeypatch):
     assert guard["kept_float_for_speed"] == [] and "qemu-user" in guard["skipped"]
     notes = [n for n in art.notes if n.startswith("--latency-guard (arm)")]
     assert len(notes) == 1 and "\n" not in notes[0] and "unchanged" in notes[0]
+    assert f"note: {Path(art.files['model']).name}: {notes[0]}" in art.summary  # CLI summary
     assert census(Path(art.files["model"]).read_bytes())["float"] == 0  # the plain INT8 file
 
 
