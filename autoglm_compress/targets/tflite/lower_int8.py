@@ -7,6 +7,9 @@ constants (per channel: axis 0 of the TFLite filter, axis 3 for depthwise), its 
 constant (scale = input scale × weight scale, from the writer). A DequantizeLinear of an activation
 is an alias of the int8 tensor; a QuantizeLinear that no int8 op absorbed is a QUANTIZE op; an op
 that stays float reads its int8 inputs through DEQUANTIZE. Graph inputs and outputs stay float.
+Beyond one op per kernel: a Div by a constant is a MUL by its reciprocal, a Div by a one-signed
+tensor a DIV whose divisor is first moved off its zero point; a Concat followed by Relu / Relu6 /
+Clip(−1, 1) is a CONCATENATION into the clamped output's range (the requantization saturates).
 """
 
 from __future__ import annotations
