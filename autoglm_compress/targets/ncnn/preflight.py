@@ -149,8 +149,9 @@ def int8_failure(model: ir.Model, keep: frozenset[str], feeds: list[dict], threa
             f"report it): use --fp16, {alternatives}")
     return UnsupportedOpError(
         node.op_type, node.name, where,
-        f"ncnn cannot run its int8 layer ({first}; {stage}; the graph runs with this layer "
-        f"float): keep it float with --keep-fp32 '{node.name}', or use {alternatives}")
+        f"ncnn cannot run the graph once this layer is int8 ({first}; {stage}; the int8 "
+        f"layers before it run): keep it float with --keep-fp32 '{node.name}', or use "
+        f"{alternatives}")
 
 
 def preflight(model: ir.Model, precision: str, label: str, alternatives: str, threads: int,
