@@ -44,9 +44,11 @@ def _conv(name, x, y, cin, cout, scale=0.5):
 
 
 def _save(path, nodes, inits, c_in=4, hw=6, outs=("y",), opset=17):
+    """A model x [1, c_in, hw, hw] → ``outs`` [1, 4, hw, hw] (every model ends in a 4-channel conv)."""
     g = helper.make_graph(
         nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, hw, hw])],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], inits)
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, 4, hw, hw]) for o in outs],
+        inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     onnx.save(m, path)
     return path
