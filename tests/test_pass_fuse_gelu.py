@@ -120,3 +120,26 @@ def test_x86_int8_runs_gelu_as_one_float_kernel(saved, tmp_path, monkeypatch):
         return sum(float(((ort_run(sess, f)[0] - r) ** 2).sum()) for f, r in zip(feeds, ref))
 
     assert err(fused.path) < err(plain.path)
+
+
+def test_paddle_gelu_gets_the_pattern_range_halved():
+    """Run after calibration (a target's prepare pass): the paddle spelling's new Gelu output gets
+    the observed range of the pattern's output divided by 2 (y = 2·GELU), so the quantizer puts a
+    Q after the Gelu; the torch spelling keeps y's name and needs none."""
+    import torch
+
+    from autoglm_compress.calibration.observers import MinMaxObserver
+    from autoglm_compress.passes.context import PassContext
+    from autoglm_compress.quantization.collect import CalibrationStats
+
+    for spelling, derived in (("paddle", {"y_gelu": (-0.15, 2.0)}), ("torch", {})):
+        obs = MinMaxObserver(name="y")
+        obs.observe(torch.tensor([-0.3, 1.0, 4.0]))
+        stats = CalibrationStats("minmax", 1, {"y": obs}, {}, {}, 0.0, 0.0)
+        recs = Pipeline(build_passes(["fuse_gelu"]), progress=False).run(
+            _model(SPELLINGS[spelling]), PassContext(stats=stats))
+        got = {k: v for k, v in stats.ranges().items() if k != "y"}
+        assert got.keys() == derived.keys()
+        for k, (lo, hi) in derived.items():
+            assert got[k] == pytest.approx((lo, hi))
+        assert recs[0].stats.get("gelu_ranges_derived", 0) == len(derived)
