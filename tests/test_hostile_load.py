@@ -93,12 +93,26 @@ def _stream_zeros(zf: zipfile.ZipFile, name: str, header: bytes, total: int) -> 
             total -= len(chunk)
 
 
+_BUILT: dict[tuple, bytes] = {}  # a bomb takes seconds to deflate: each one is built once a session
+
+
+def _zeros_zip(path, name: str, header: bytes, total: int, extra: tuple[tuple[str, str], ...] = ()):
+    """Write a zip of one deflated ``header`` + ``total`` zeros member (plus small ``extra`` ones)."""
+    key = (name, header, total, extra)
+    if key not in _BUILT:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            _stream_zeros(zf, name, header, total)
+            for member, text in extra:
+                zf.writestr(member, text)
+        _BUILT[key] = buf.getvalue()
+    path.write_bytes(_BUILT[key])
+    return path
+
+
 def _zip_bomb_pt(path, size=1 << 30):
     """A 'torch.save' zip whose data.pkl inflates to ``size`` bytes (about 1 MB on disk)."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        _stream_zeros(zf, "archive/data.pkl", b"", size)
-        zf.writestr("archive/version", "3\n")
-    return path
+    return _zeros_zip(path, "archive/data.pkl", b"", size, (("archive/version", "3\n"),))
 
 
 def _cli(args, cwd, limit=AS_LIMIT, timeout=300):
@@ -297,9 +311,7 @@ def _bomb_npz(path, key, shape, dtype="float32"):
     npformat.write_array_header_1_0(
         hdr, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": tuple(shape)}
     )
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        _stream_zeros(zf, key + ".npy", hdr.getvalue(), int(np.prod(shape)) * 4)
-    return path
+    return _zeros_zip(path, key + ".npy", hdr.getvalue(), int(np.prod(shape)) * np.dtype(dtype).itemsize)
 
 
 def test_npz_bomb_reads_only_the_samples_asked(tmp_path):
