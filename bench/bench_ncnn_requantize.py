@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "real"), str(ROOT / "bench")]
 
+from autoglm_compress.targets.ncnn import requantize  # noqa: E402
 from autoglm_compress.targets.ncnn.param import NcnnGraph  # noqa: E402
 
 C, H = 16, 8
@@ -170,7 +171,7 @@ def chains(cpu: str, insns: bool) -> str:
     tmp = Path(tempfile.mkdtemp(prefix="bench_ncnn_requantize_"))
     io = {"inputs": {"x": "in"}, "outputs": {"out": "out"}, "output_shapes": {"out": [-1]}}
     for name in Chains.NAMES:
-        ours = ch.build(name, False).fuse_requantize()
+        ours = requantize.fuse_graph(ch.build(name, False))
         u, f = _x86(ch.build(name, False), x), _x86(ch.build(name, True), x)
         rows.append([name, "yes" if ours else "no", _rel(u, f)])
         for fuse in (False, True):
@@ -273,7 +274,6 @@ def models(names, work: Path, cpu: str, insns: bool) -> str:
     from bench_arm import _models
 
     from autoglm_compress import compress
-    from autoglm_compress.targets.ncnn import requantize
 
     found = _models([n for n in names if n != "mnv3"], work, 32, 8)
     if "mnv3" in names:

@@ -116,7 +116,7 @@ def test_unsupported_chains_stay_float_with_reasons(tmp_path):
     q = art.extra["ncnn_int8"]
     assert q["int8"] == 6 and q["requantized"] == 0 and _requantized(_rows(art)) == []
     assert q["int8_edges"] == {
-        "graph input (float)": 1, POOL: 1, ADD: 2, requantize._WHY_TYPE["Concat"]: 1,
+        "graph input (float)": 1, POOL: 1, ADD: 2, requantize.WHY_TYPE["Concat"]: 1,
         f"the writer's blob also feeds a float layer: {ADD}": 1}
     assert art.fidelity["cosine_pooled"] >= 0.99
 
@@ -168,7 +168,7 @@ def _x86(g: NcnnGraph, tmp_path: Path, x: np.ndarray) -> np.ndarray:
 def test_pass_on_layers(tmp_path, middle, fused):
     x = np.random.default_rng(1).uniform(-3, 3, (1, 8, 6, 6)).astype(np.float32)
     g = _chain(middle)
-    assert g.fuse_requantize() == fused
+    assert requantize.fuse_graph(g) == fused
     assert g.int8_edges.get("int8", 0) == fused
     # the blobs holding int8 codes (per-layer error leaves them out): the conv's and the pass-on's
     assert requantize.int8_blobs(g.param_text()) == ({"a", "m"} if fused else set())

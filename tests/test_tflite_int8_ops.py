@@ -71,11 +71,11 @@ def _ops(art) -> list[tuple[str, str]]:
     """(TFLite op, int8 / float / quantize / ...) of every operator in the written file."""
     import ai_edge_litert.schema_py_generated as s
 
-    from autoglm_compress.targets.tflite.census import _op_names
+    from autoglm_compress.targets.tflite.census import op_names
 
     m = s.ModelT.InitFromPackedBuf(art.path.read_bytes(), 0)
     g = m.subgraphs[0]
-    names = _op_names(s)
+    names = op_names(s)
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in m.operatorCodes]
     out = []
     for o in g.operators:

@@ -26,6 +26,7 @@ from autoglm_compress.targets.ncnn import (  # noqa: F401 (rules)
     ops_layers,
     ops_rnn,
     ops_shape,
+    requantize,
 )
 from autoglm_compress.targets.ncnn.blobs import blob_params, dims_params, shape
 from autoglm_compress.targets.ncnn.ops_math import fuse_code
@@ -189,7 +190,7 @@ class _Lowerer:
             self.node(n)
         outs = {v.name: self.ng.rename_blob(self.blob[v.name], v.name) for v in self.g.outputs}
         self.ng.finish(outs.values())
-        self.requantized = self.ng.fuse_requantize() if self.precision == "int8" else 0
+        self.requantized = requantize.fuse_graph(self.ng) if self.precision == "int8" else 0
         inputs = {v.name: self.blob[v.name] for v in self.g.inputs}
         self.refuse_inconsistent(inputs.values(), outs.values())
         io = {"inputs": inputs, "outputs": outs, "int8": self.int8_layers,

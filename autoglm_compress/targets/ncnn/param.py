@@ -48,7 +48,7 @@ class NcnnGraph:
     def __init__(self):
         self.layers: list[Layer] = []
         self._names: set[str] = set()
-        self.int8_edges: dict[str, int] = {}  # fuse_requantize's census
+        self.int8_edges: dict[str, int] = {}  # requantize.fuse_graph's census
 
     def unique(self, base: str) -> str:
         base = "".join(c if c.isalnum() or c in "_.:/-" else "_" for c in (base or "layer"))
@@ -141,17 +141,6 @@ class NcnnGraph:
                 return reader[b], (f"reads graph output blob {b!r} (ncnn frees a read blob: "
                                    "the output must be a Split top no layer reads)")
         return None
-
-    def fuse_requantize(self) -> int:
-        """int8 conv → int8 conv / depthwise / FC readers (directly or through Split, ReLU,
-        Flatten, a 1-D Reshape): the conv writes int8 for them (8=int8_scale_term + 100, the readers' bottom
-        scale appended as its top scale), as ncnn2int8 does — no dequantize/quantize between.
-        The rules and the facts behind them: requantize.py. Sets ``int8_edges`` (the census of
-        int8 readers' inputs: int8, or why float) and returns how many convs were fused."""
-        from autoglm_compress.targets.ncnn.requantize import fuse_requantize
-
-        fused, self.int8_edges = fuse_requantize(self.layers)
-        return fused
 
     def param_text(self) -> str:
         blobs = {b for layer in self.layers for b in (*layer.inputs, *layer.outputs)}

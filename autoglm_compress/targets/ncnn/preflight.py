@@ -98,7 +98,7 @@ def kept_float(model: ir.Model, patterns) -> frozenset[str]:
 def _placeholder_int8(model: ir.Model, keep_fp32) -> ir.Model:
     """A copy of ``model`` quantized under the ncnn scheme with placeholder activation ranges."""
     from autoglm_compress.passes.quantize import QuantizeConfig, QuantizePass
-    from autoglm_compress.targets.ncnn.target import ncnn_scheme
+    from autoglm_compress.targets.ncnn.scheme import ncnn_scheme
 
     q = ir.from_proto(ir.to_proto(model))
     QuantizePass(QuantizeConfig(scheme=ncnn_scheme(), keep_fp32=tuple(keep_fp32),

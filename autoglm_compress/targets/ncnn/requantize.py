@@ -27,16 +27,16 @@ from collections import Counter
 
 import numpy as np
 
-from autoglm_compress.targets.ncnn.param import Layer
+from autoglm_compress.targets.ncnn.param import Layer, NcnnGraph
 
-__all__ = ["fuse_requantize", "int8_blobs", "WRITERS", "READERS", "ACTIVATIONS"]
+__all__ = ["fuse_graph", "fuse_requantize", "WHY_TYPE", "int8_blobs", "WRITERS", "READERS", "ACTIVATIONS"]
 
 WRITERS = ("Convolution", "ConvolutionDepthWise")  # can requantize their output
 READERS = (*WRITERS, "InnerProduct")  # read an int8 blob as is
 ACTIVATIONS = (0, 1, 2, 3, 4, 5, 6)  # fused activations ncnn's Requantize applies
 
 PASS_TYPES = ("Split", "ReLU", "Flatten", "Reshape")  # hand int8 on where _passes allows
-_WHY_TYPE = {
+WHY_TYPE = {
     "Pooling": "Pooling has no int8 kernel in ncnn",
     "Concat": "Concat of int8 blobs is wrong in aarch64 ncnn for some channel splits and slower "
               "than the float one",
@@ -71,7 +71,7 @@ def _why(layer: Layer) -> str:
         return "read by a conv/FC kept float"
     if layer.type == "ReLU":
         return "leaky ReLU layer has no int8 kernel in ncnn"
-    return _WHY_TYPE.get(layer.type, f"{layer.type} has no int8 kernel in ncnn")
+    return WHY_TYPE.get(layer.type, f"{layer.type} has no int8 kernel in ncnn")
 
 
 def fuse_requantize(layers: list[Layer]) -> tuple[int, dict[str, int]]:
@@ -164,3 +164,12 @@ def int8_blobs(param_text: str) -> set[str]:
         if requant or (f[0] in PASS_TYPES and ins and ins[0] in out):
             out.update(tops)
     return out
+
+
+def fuse_graph(graph: NcnnGraph) -> int:
+    """int8 conv → int8 conv / depthwise / FC readers (directly or through Split, ReLU, Flatten,
+    a 1-D Reshape) in ``graph``: the conv writes int8 for them, as ncnn2int8 does — no
+    dequantize/quantize between. Sets ``graph.int8_edges`` (the census of int8 readers' inputs:
+    int8, or why float) and returns how many convs were fused."""
+    fused, graph.int8_edges = fuse_requantize(graph.layers)
+    return fused

@@ -31,26 +31,11 @@ from autoglm_compress.targets.ncnn.ncnn_run import ncnn_runner
 from autoglm_compress.targets.ncnn.options import Options
 from autoglm_compress.targets.ncnn.preflight import int8_failure, kept_float, preflight
 from autoglm_compress.targets.ncnn.prepare_passes import NCNN_PREPARE
+from autoglm_compress.targets.ncnn.scheme import ncnn_scheme
 
 __all__ = ["NcnnTarget", "ncnn_runner", "ncnn_scheme", "TARGET"]
 
 logger = logging.getLogger(__name__)
-
-_QOPS = frozenset({"Conv", "Gemm", "MatMul"})
-
-
-def ncnn_scheme():
-    from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
-
-    return QuantScheme(
-        name="ncnn-s8s8",
-        activation=TensorQuant("int8", symmetric=True, narrow_range=True),
-        weight=TensorQuant("int8", symmetric=True, per_channel=True, narrow_range=True),
-        input_ops=_QOPS,
-        output_ops=frozenset(),
-        fused_activations=frozenset(),
-        bias_int32=False,
-    )
 
 
 class NcnnTarget(Target):

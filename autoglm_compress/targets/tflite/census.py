@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["census", "MAX_FLOAT_MAC_SHARE"]
+__all__ = ["census", "op_names", "MAX_FLOAT_MAC_SHARE"]
 
 # More than this share of MACs in float ops makes an INT8 artifact's report warn.
 MAX_FLOAT_MAC_SHARE = 0.10
@@ -24,7 +24,7 @@ _QUANT_TYPES = {3, 7, 9}  # UINT8, INT16, INT8
 _CONV, _DW, _FC, _TCONV, _BMM, _LSTM = 3, 4, 9, 67, 126, 44
 
 
-def _op_names(s) -> dict[int, str]:
+def op_names(s) -> dict[int, str]:
     return {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
 
 
@@ -58,7 +58,7 @@ def census(data: bytes, reasons: dict[int, tuple[str, str]] | None = None) -> di
 
     m = s.ModelT.InitFromPackedBuf(data, 0)
     g = m.subgraphs[0]
-    names = _op_names(s)
+    names = op_names(s)
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in m.operatorCodes]
 
     def is_const(i: int) -> bool:
