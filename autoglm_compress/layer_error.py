@@ -157,12 +157,13 @@ def _onnx(art, producers):
 
 
 def _tflite(art):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from ai_edge_litert.interpreter import OpResolverType
+
+    from autoglm_compress.targets.tflite.litert_run import interpreter
 
     # built-in kernels: a delegate's fused subgraph need not write its intermediate tensors
-    it = Interpreter(model_path=str(art.path), experimental_preserve_all_tensors=True,
+    it = interpreter(art.path, experimental_preserve_all_tensors=True,
                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
     ins = it.get_input_details()
     acts = [d for d in it.get_tensor_details()
             if d["dtype"] in (np.int8, np.uint8, np.float32) and len(d["shape"]) >= 1]

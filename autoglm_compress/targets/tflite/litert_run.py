@@ -5,11 +5,49 @@ neither torch nor onnx is installed."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["litert_runner", "to_io", "from_io"]
+__all__ = ["interpreter", "litert_runner", "to_io", "from_io"]
+
+# LiteRT's C++ logger writes this to fd 2 once per process when XNNPACK is applied: noise in a
+# user's terminal or CI log (and no way to turn it off from Python)
+_DELEGATE_NOTE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+@contextlib.contextmanager
+def _native_stderr_without(line: bytes):
+    """fd 2 into a temporary file for the block, then passed on without ``line``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [ln for ln in sink.read().splitlines(keepends=True) if ln.rstrip() != line]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+def interpreter(path: Path | str, **kw):
+    """A LiteRT ``Interpreter`` on ``path`` with its tensors allocated (the delegate is applied
+    there), without LiteRT's delegate INFO line on stderr; anything else it prints is kept."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with _native_stderr_without(_DELEGATE_NOTE):
+        it = Interpreter(model_path=str(path), **kw)
+        it.allocate_tensors()
+    return it
 
 
 def to_io(x: np.ndarray, d: dict) -> np.ndarray:
@@ -34,13 +72,12 @@ def litert_runner(path: Path, threads: int, reference_kernels: bool = False):
     """``make_runner`` for the shared verifier: a LiteRT interpreter on the file."""
 
     def make():
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from ai_edge_litert.interpreter import OpResolverType
 
         kw = {"num_threads": threads}
         if reference_kernels:
             kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        it = Interpreter(model_path=str(path), **kw)
-        it.allocate_tensors()
+        it = interpreter(path, **kw)
         ins, outs = it.get_input_details(), it.get_output_details()
 
         def run(feed):

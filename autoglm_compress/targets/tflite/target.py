@@ -29,7 +29,7 @@ from autoglm_compress.targets.base import (
     verify_in_runtime,
 )
 from autoglm_compress.targets.tflite.census import MAX_FLOAT_MAC_SHARE, census
-from autoglm_compress.targets.tflite.litert_run import litert_runner
+from autoglm_compress.targets.tflite.litert_run import interpreter, litert_runner
 from autoglm_compress.targets.tflite.lower import RULES, lower_to_tflite, unsupported_reason
 from autoglm_compress.targets.tflite.lower_int8 import INT8_OPS as _QOPS
 from autoglm_compress.targets.tflite.options import Options
@@ -139,9 +139,7 @@ class TFLiteTarget(Target):
 
     def describe_io(self, artifact: Artifact, model: ir.Model) -> dict:
         """Inputs/outputs as LiteRT sees the file (full-integer IO shows int8/uint8 + scales)."""
-        from ai_edge_litert.interpreter import Interpreter
-
-        it = Interpreter(model_path=str(artifact.path))
+        it = interpreter(artifact.path)
 
         def one(d):
             s, z = d["quantization"]
