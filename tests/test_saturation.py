@@ -21,6 +21,7 @@ from qhelpers import finetune_with, quantize_with
 from qhelpers import int8_weights as _int8_weights
 
 from autoglm_compress.ir_utils import ort_run, ort_session
+from autoglm_compress.quantization import saturation
 from autoglm_compress.quantization.im2col import im2col as _im2col
 from autoglm_compress.quantization.saturation import (
     host_cpu,
@@ -142,6 +143,87 @@ def test_depthwise_is_exempt_and_unknown_layouts_are_7bit():
     assert got == {next(iter(m.graph)).name: {"bits": 8, "rule": "exempt (depthwise)"}}
 
 
+def _three_convs():
+    """x → Relu → r, and three 1×1 convs reading r (8 channels, range [0, 1] → u8 0..255):
+    ``sat``: equal positive weights, half its pair sums leave int16 on these inputs; ``rare``:
+    one big same-sign pair on channels 0/1, which carry small values only (the tensor's range says
+    they could saturate, the samples never do); ``safe``: signs alternate within every pair (no
+    pair can leave int16)."""
+    w_sat = 1.0 + 0.01 * RNG.standard_normal((4, 8, 1, 1))
+    w_rare = 0.3 * RNG.uniform(-1, 1, (4, 8, 1, 1))
+    w_rare[:, :2] = 1.0
+    w_safe = RNG.uniform(0.2, 1.0, (4, 8, 1, 1)) * np.array([1, -1] * 4)[None, :, None, None]
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,8,6,6] x) => (float[1,4,6,6] a, float[1,4,6,6] b, float[1,4,6,6] c) {
+            r = Relu (x)
+            a = Conv (r, w_sat)
+            b = Conv (r, w_rare)
+            c = Conv (r, w_safe)
+        }""")
+    for name, w in (("w_sat", w_sat), ("w_rare", w_rare), ("w_safe", w_safe)):
+        proto.graph.initializer.append(numpy_helper.from_array(w.astype(np.float32), name))
+    m = ir.serde.deserialize_model(proto)
+    for i, n in enumerate(m.graph):
+        n.name = f"n{i}"
+    by_w = {n.inputs[1].name: n.name for n in m.graph if n.op_type == "Conv"}
+    feeds = []
+    for _ in range(6):
+        x = RNG.uniform(0, 1, (1, 8, 6, 6)).astype(np.float32)
+        x[:, :2] *= 0.05
+        feeds.append({"x": x})
+    return m, {k[2:]: v for k, v in by_w.items()}, feeds
+
+
+def _haswell_output(node, w, x, s_x, uint8_weights):
+    """A 1×1 conv's float output as onnxruntime's AVX2 kernel computes it: u8 x (zero point 0),
+    8-bit symmetric per-channel weights; int8 weights saturate their pair sums (VPMADDUBSW),
+    uint8 ones (U8U8 kernel) do not. ``[P, O]``."""
+    (_, wk, _), = pair_layout(node, w)
+    s_w = np.abs(wk).max(1) / 127
+    wq = np.clip(np.round(wk / s_w[:, None]), -127, 127)
+    u = np.clip(np.round(x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1]) / s_x), 0, 255)
+    acc = u @ wq.T
+    if not uint8_weights:
+        acc = acc + saturation_error(u, wq)
+    return acc * s_x * s_w
+
+
+def test_measured_rule_stores_uint8_only_where_saturation_matters():
+    m, node_of, feeds = _three_convs()
+    scheme = x86_scheme(cpu="avx2")  # the AVX2 scheme whatever this host is: numpy decides
+    assert scheme.saturation_guard
+    got = weight_widths(m, scheme, {"r": (0.0, 1.0)}, feeds=feeds)
+    sat, rare, safe = (got[node_of[k]] for k in ("sat", "rare", "safe"))
+    assert safe == {"bits": 8, "rule": "bound"}
+    # both others can saturate by the bound; only the one whose samples do is uint8
+    assert sat["storage"] == "uint8" and sat["pairs_that_can_saturate"] == 1.0
+    assert sat["saturated_outputs"] > 0.3 and sat["saturation_vs_rounding"] > 100 * saturation.RATIO
+    assert "storage" not in rare and rare["rule"].startswith("measured")
+    assert 0 < rare["pairs_that_can_saturate"] < 1
+    assert rare["saturated_outputs"] == 0 and rare["saturation_vs_rounding"] == 0
+    assert sum(v.get("storage") == "uint8" for v in got.values()) == 1
+    # without samples every layer that can saturate is uint8 (nothing measured, nothing risked)
+    blind = weight_widths(m, scheme, {"r": (0.0, 1.0)})
+    assert {k for k, v in blind.items() if v.get("storage")} == {node_of["sat"], node_of["rare"]}
+    # the outputs in the AVX2 kernel model: with the picked storage every conv computes what the
+    # unsaturated int8 maths does (within 8-bit rounding of FP32); int8 weights on ``sat`` would not
+    nodes = {n.name: n for n in m.graph}
+    s_x = 1.0 / 255
+    for key in ("sat", "rare", "safe"):
+        node = nodes[node_of[key]]
+        w = node.inputs[1].const_value.numpy()
+        for f in feeds:
+            x = f["x"]
+            ref = x.transpose(0, 2, 3, 1).reshape(-1, 8) @ w.reshape(4, 8).T
+            exact = _haswell_output(node, w, x, s_x, True)
+            y = _haswell_output(node, w, x, s_x, got[node.name].get("storage") == "uint8")
+            np.testing.assert_allclose(y, exact, rtol=0, atol=1e-6)
+            assert np.abs(y - ref).max() < 0.02 * np.abs(ref).max(), key
+            if key == "sat":
+                assert np.abs(_haswell_output(node, w, x, s_x, False) - ref).max() > \
+                    0.1 * np.abs(ref).max()
+
+
 @pytest.fixture(scope="module")
 def digits():
     return calibrated_digits(128, 200)
@@ -152,12 +234,17 @@ def test_rule_on_digits_stores_uint8_only_where_it_can_saturate(digits):
     q, qs = quantize_with(model, X86Target(cpu="avx2"), stats)
     rule = {la["node"]: la for la in qs["layers"]}
     first = next(n.name for n in model.graph if n.op_type == "Conv")
-    # the first conv reads the image (u8 values at both ends, zero point 127): its pairs can
-    # leave int16, so its 8-bit weights are stored uint8; every layer keeps 8 bits
+    # the first conv reads the image (u8 values at both ends, zero point 127): its pairs do
+    # leave int16 on the held-out samples, so its 8-bit weights are stored uint8; every layer
+    # keeps 8 bits; uint8 exactly where the measured saturation exceeds the rounding
     assert rule[first]["weight_dtype"] == "uint8" and rule[first]["pairs_that_can_saturate"] > 0
     for n, la in rule.items():
         assert la["weight_bits"] == 8
-        assert (la.get("weight_dtype") == "uint8") == (la["weight_width_rule"] != "bound"), la
+        if la["weight_width_rule"] == "bound":
+            assert "weight_dtype" not in la and "pairs_that_can_saturate" not in la
+            continue
+        ratio = la["saturation_vs_rounding"]
+        assert (la.get("weight_dtype") == "uint8") == (ratio == "inf" or ratio > saturation.RATIO), la
     assert qs["weight_widths"]["uint8_stored"] == sum(
         la.get("weight_dtype") == "uint8" for la in rule.values()) >= 1
     assert qs["weight_widths"]["7bit"] == 0

@@ -118,8 +118,10 @@ class QuantizePass(CompressPass):
         if widths is not None:
             used = [la for la in writer.layers if "weight_width_rule" in la]
             self.stats["weight_widths"] = {
-                "rule": "x86 AVX2 without VNNI: int8 weights where VPMADDUBSW's int16 pair sums "
-                        "cannot saturate, else the same 8-bit grid stored uint8 (U8U8 kernel)",
+                "rule": "x86 AVX2 without VNNI: int8 weights unless VPMADDUBSW's int16 pair "
+                        "saturation, simulated on held-out samples, changes the layer's output "
+                        "more than its 8-bit rounding does; those store the same grid as uint8 "
+                        "(U8U8 kernel)",
                 "8bit": sum(la["weight_bits"] == 8 for la in used),
                 "7bit": sum(la["weight_bits"] == 7 for la in used),
                 "uint8_stored": sum(la.get("weight_dtype") == "uint8" for la in used),

@@ -14,11 +14,18 @@ The rule, per Conv/Gemm/MatMul with a constant weight:
 1. **bound**: each input channel's u8 values lie in ``[u_lo, u_hi]`` (from the calibrated max|x| of
    the channel, or the tensor's range); if no weight pair of the 8-bit weights can leave int16 over
    those intervals, int8 weights (onnxruntime's fast U8S8 kernel) — exact, nothing can saturate;
-2. **uint8 weights** otherwise: the same 8-bit symmetric grid written as uint8 with zero point 128
-   (``q + 128``). onnxruntime then runs its U8U8 kernel, which widens both operands to int16 and
-   adds products in int32 (VPMADDWD): no saturation, full 8-bit weights, no data needed. (Before:
-   8 vs 7 bits measured on held-out samples with the saturation simulated — 10 % of an
-   EfficientNet run, and 7 bits cost accuracy; docs/decisions/0021-trust-any-machine-any-input.md.)
+2. **measured**: otherwise, on a few held-out calibration samples (``FEEDS`` feeds, ``POSITIONS``
+   sampled output positions each), the saturation the int8 weights would suffer is simulated
+   exactly (:func:`saturation_error`) and its mean squared effect on the layer's float output is
+   compared with the layer's own 8-bit weight rounding error on the same rows. Where it is larger
+   than ``RATIO`` × that rounding error, **uint8 weights**: the same 8-bit symmetric grid written
+   as uint8 with zero point 128 (``q + 128``); onnxruntime then runs its U8U8 kernel, which widens
+   both operands to int16 and adds products in int32 (VPMADDWD): no saturation, but slower.
+   Elsewhere int8 weights (fast U8S8): the saturation there is small next to rounding that every
+   8-bit layer has anyway. Without samples: uint8 wherever a pair can saturate (no data, no risk).
+   (Before: every layer whose pairs *can* saturate was uint8 — 44 of 65 EfficientNet-Lite1
+   layers, 1.04× FP32's AVX2 instructions; and before that 8 vs 7 bits measured on 16 samples —
+   10 % of an EfficientNet run, 7 bits cost accuracy; docs/decisions/0021-trust-any-machine-any-input.md.)
 3. a layout this rule does not know: 7 bits.
 
 A VNNI CPU (VPDPBUSD adds in int32) or a non-x86 host needs none of this: 8 bits everywhere.
@@ -29,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +44,7 @@ import onnx_ir as ir
 
 from autoglm_compress.calibration.qparams import compute_qparams
 from autoglm_compress.ir_ops import const_array, groups, weight_value
+from autoglm_compress.quantization.im2col import layer_rows
 from autoglm_compress.quantization.scheme import QuantScheme, TensorQuant
 
 __all__ = [
@@ -46,6 +55,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 INT16_MIN, INT16_MAX = -32768, 32767
+FEEDS = 4  # held-out samples the measured rule runs the FP32 model on
+POSITIONS = 128  # sampled output positions (im2col rows) per feed and layer
+# uint8 where saturation's output MSE exceeds RATIO × the layer's 8-bit weight rounding MSE: above
+# 1 saturation is the larger part of the layer's weight error (it more than doubles it). The old
+# 8-vs-7-bit rule amounted to about 3 (7-bit rounding ≈ 4 × 8-bit), and uint8 on its 23 Lite1
+# layers held top-1 (0.9375 under Haswell); 1 is the careful side of that. On EfficientNet-Lite1
+# the 44 layers that can saturate fall in two clusters, ≤ 0.53 and ≥ 1.27: 1 picks the gap.
+RATIO = 1.0
 
 
 def host_cpu() -> str:
@@ -139,11 +156,13 @@ def _u8_intervals(x_name, chan_absmax, rng, tq: TensorQuant, n_chan: int):
 
 def weight_widths(
     model: ir.Model, scheme: QuantScheme, ranges: dict, channel_absmax: dict | None = None,
-    skip=frozenset(),
+    skip=frozenset(), feeds=(),
 ) -> dict[str, dict]:
-    """Node name → ``{"bits": 8|7, "rule": …, ["storage": "uint8"]}`` for the weighted nodes whose
-    input has a range in ``ranges``; see the module doc."""
+    """Node name → ``{"bits": 8|7, "rule": …, ["storage": "uint8"], figures}`` for the weighted
+    nodes whose input has a range in ``ranges``; ``feeds``: held-out samples for the measured
+    rule (the first ``FEEDS``). See the module doc."""
     out: dict[str, dict] = {}
+    pending: list[_Layer] = []
     for node in model.graph:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.name in skip:
             continue
@@ -158,30 +177,94 @@ def weight_widths(
             out[node.name] = {"bits": 8, "rule": "exempt (depthwise)"}
             continue
         n_chan = int(max(c.max() for _, _, c in layout)) + 1
-        u_lo, u_hi, _, _ = _u8_intervals(
+        u_lo, u_hi, s_x, z_x = _u8_intervals(
             x.name, (channel_absmax or {}).get(x.name), ranges[x.name], scheme.activation, n_chan)
-        can, pairs = 0, 0
+        layer = _Layer(node, layout, s_x, z_x)
         for _, wk, chan in layout:
-            hi, lo = pair_bounds(_quant(wk, 127), u_lo[chan], u_hi[chan])
-            can += int(np.count_nonzero((hi > INT16_MAX) | (lo < INT16_MIN)))
-            pairs += hi.size
+            wq, s_w = _quant(wk, 127)
+            hi, lo = pair_bounds(wq, u_lo[chan], u_hi[chan])
+            layer.masks.append((hi > INT16_MAX) | (lo < INT16_MIN))
+            layer.q8.append((wq, s_w))
+        can = sum(int(np.count_nonzero(m)) for m in layer.masks)
         if not can:
             out[node.name] = {"bits": 8, "rule": "bound"}
+            continue
+        layer.can = round(can / sum(m.size for m in layer.masks), 6)
+        pending.append(layer)
+    feeds = list(feeds)[:FEEDS]
+    if pending and feeds:
+        _measure(model, pending, feeds)
+    for layer in pending:
+        info = {"bits": 8, "pairs_that_can_saturate": layer.can}
+        if layer.err is None:
+            info.update(rule="uint8 weights (pairs can saturate; no samples)", storage="uint8")
         else:
-            out[node.name] = {"bits": 8, "rule": "uint8 weights (pairs can saturate)",
-                              "storage": "uint8", "pairs_that_can_saturate": round(can / pairs, 6)}
+            sat, rnd, hit = layer.err
+            ratio = sat / rnd if rnd > 0 else (np.inf if sat > 0 else 0.0)
+            info.update(saturated_outputs=round(hit, 6), saturation_vs_rounding=(
+                float(f"{ratio:.4g}") if np.isfinite(ratio) else "inf"))
+            if ratio > RATIO:
+                info.update(rule="uint8 weights (measured saturation > rounding)", storage="uint8")
+            else:
+                info.update(rule="measured: saturation <= rounding")
+        out[layer.node.name] = info
     return out
 
 
-def _quant(wk: np.ndarray, qmax: int) -> np.ndarray:
+@dataclasses.dataclass
+class _Layer:
+    node: ir.Node
+    groups: list  # pair_layout
+    s_x: float
+    z_x: int
+    masks: list = dataclasses.field(default_factory=list)  # per group [O_g, K/2]: can saturate
+    q8: list = dataclasses.field(default_factory=list)  # per group (int weights [O_g, K], scales)
+    can: float = 0.0
+    err: tuple | None = None  # (saturation MSE, rounding MSE, share of outputs saturated)
+
+
+def _measure(model: ir.Model, layers: list[_Layer], feeds) -> None:
+    """Per layer, on ``POSITIONS`` sampled rows of each feed: the mean squared change of the float
+    output that saturation makes, the 8-bit weight rounding's, and how many outputs saturate."""
+    from autoglm_compress.quantization.sensitivity import tensor_runner
+
+    run = tensor_runner(model, sorted({lay.node.inputs[0].name for lay in layers}))
+    rng = np.random.default_rng(0)
+    rows: dict[int, list] = {id(lay): [] for lay in layers}
+    for feed in feeds:
+        acts = run(feed)
+        for lay in layers:
+            t = acts.get(lay.node.inputs[0].name)
+            r = None if t is None else layer_rows(lay.node, t, rng, POSITIONS)
+            if r is not None:
+                rows[id(lay)].append(r)
+    for lay in layers:
+        if not rows[id(lay)]:
+            continue
+        xs = np.concatenate(rows[id(lay)])  # [P, G, K]
+        sat_se = rnd_se = 0.0
+        hit = n = 0
+        for gi, ((_, wk, _), mask, (wq, s_w)) in enumerate(zip(lay.groups, lay.masks, lay.q8)):
+            x = np.clip(np.round(xs[:, gi] / lay.s_x) + lay.z_x, 0, 255)
+            xc = x - lay.z_x
+            err = saturation_error(x, wq, mask)  # int accumulator steps [P, O_g]
+            sat_se += float(np.sum((err * s_w) ** 2))
+            rnd_se += float(np.sum((xc @ (wq * s_w[:, None] - wk).T) ** 2))
+            hit += int(np.count_nonzero(err))
+            n += err.size
+        if n:
+            lay.err = (sat_se / n, rnd_se / n, hit / n)
+
+
+def _quant(wk: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
     s = np.maximum(np.abs(wk).max(axis=1) / qmax, 1e-30)
-    return np.clip(np.round(wk / s[:, None]), -qmax, qmax)
+    return np.clip(np.round(wk / s[:, None]), -qmax, qmax), s
 
 
 def widths_for(model: ir.Model, scheme: QuantScheme, stats=None, ranges=None) -> dict | None:
     """:func:`weight_widths` when ``scheme.saturation_guard`` is on, else None: ranges and channel
-    max|x| from the calibration ``stats`` (or the given ``ranges``), measured on its held-out
-    samples; cached on ``stats`` (the fallback search and QAT quantize the same model again)."""
+    max|x| from the calibration ``stats`` (or the given ``ranges``), the measured rule on its
+    held-out samples; cached on ``stats`` (the fallback search and QAT quantize the same model again)."""
     if not scheme.saturation_guard:
         return None
     if stats is None:
@@ -195,10 +278,13 @@ def widths_for(model: ir.Model, scheme: QuantScheme, stats=None, ranges=None) ->
                  if n.op_type in ("Conv", "Gemm", "MatMul") and n.inputs and n.inputs[0] is not None}
         rng = ranges if ranges is not None else stats.ranges(
             symmetric=scheme.activation.symmetric, names=names)
-        cache[key] = weight_widths(model, scheme, rng, stats.channel_absmax)
+        t0 = time.perf_counter()
+        cache[key] = weight_widths(model, scheme, rng, stats.channel_absmax,
+                                   feeds=getattr(stats, "holdout", ()))
         u8 = sum(v.get("storage") == "uint8" for v in cache[key].values())
-        logger.info("x86 weights: %d of %d layers stored uint8 (their pairs can saturate)",
-                    u8, len(cache[key]))
+        can = sum("pairs_that_can_saturate" in v for v in cache[key].values())
+        logger.info("x86 weights: %d of %d layers stored uint8 (%d can saturate; %.2f s)",
+                    u8, len(cache[key]), can, time.perf_counter() - t0)
     return cache[key]
 
 

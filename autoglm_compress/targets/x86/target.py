@@ -8,10 +8,12 @@ input's scale so that ORT drops the Q/DQ around them.
 
 Weights: onnxruntime's u8·s8 kernels on AVX2 without VNNI add pairs of products into int16 with
 saturation (VPMADDUBSW). On such a CPU (``--cpu avx2``, or ``auto`` on a host without VNNI flags)
-each Conv/Gemm/MatMul whose pair sums can saturate over its calibrated input range keeps its 8-bit
-weights stored as uint8 (zero point 128): onnxruntime's U8U8 kernel adds int16 products in int32
-(:mod:`autoglm_compress.quantization.saturation`). The others, and every layer on a VNNI CPU, are
-int8. ``--reduce-range`` / ``--full-range`` force 7-bit / 8-bit int8 weights for every layer.
+each Conv/Gemm/MatMul whose pair sums can saturate over its calibrated input range, and whose
+output that saturation, simulated on a few held-out samples, changes more than its 8-bit weight
+rounding does, keeps its 8-bit weights stored as uint8 (zero point 128): onnxruntime's U8U8 kernel
+adds int16 products in int32 (:mod:`autoglm_compress.quantization.saturation`). The others, and
+every layer on a VNNI CPU, are int8 (the fast U8S8 kernel). ``--reduce-range`` / ``--full-range``
+force 7-bit / 8-bit int8 weights for every layer.
 
 Verification runs the artifact in onnxruntime on the sample feeds (the shared verifier), and for
 INT8 reads onnxruntime's optimized graph to count what really runs in int8.
