@@ -328,7 +328,7 @@ class LatencyGuard(Strategy):
 class ArmLatencyGuard(Strategy):
     """``--latency-guard`` for a TFLite artifact: leave op types in float where their int8 form
     costs more aarch64 guest instructions in LiteRT under ``qemu-aarch64 -cpu <first --arm-cpu>``
-    (quantization/latency_guard_arm.py); without the emulation a one-line note, no change."""
+    (targets/tflite/latency_guard.py); without the emulation a one-line note, no change."""
 
     name = "latency_guard_arm"
     phase = "after"
@@ -336,9 +336,9 @@ class ArmLatencyGuard(Strategy):
     def run(self, plan: Int8Plan) -> None:
         if not plan.int8.latency_guard:
             return
-        from autoglm_compress.quantization.latency_guard_arm import arm_latency_guard
         from autoglm_compress.targets.arm_emulation.environment import Unavailable, setup
         from autoglm_compress.targets.arm_emulation.runner import GuestError
+        from autoglm_compress.targets.tflite.latency_guard import arm_latency_guard
         from autoglm_compress.targets.tflite.lower import lower_to_tflite
         from autoglm_compress.targets.tflite.lower_int8 import lower_qdq_to_tflite
 

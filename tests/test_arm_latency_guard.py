@@ -17,9 +17,9 @@ from autoglm_compress import compress  # noqa: E402
 from autoglm_compress.cli import main  # noqa: E402
 from autoglm_compress.config_build import check_combinations, from_flat  # noqa: E402
 from autoglm_compress.errors import ConfigError  # noqa: E402
-from autoglm_compress.quantization import latency_guard_arm  # noqa: E402
 from autoglm_compress.report import summary_table  # noqa: E402
 from autoglm_compress.targets.arm_emulation import available, environment  # noqa: E402
+from autoglm_compress.targets.tflite import latency_guard as latency_guard_arm  # noqa: E402
 from autoglm_compress.targets.tflite.census import census  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,14 +13,15 @@ from conftest import DEMO, EVAL, run_cli
 pytest.importorskip("ai_edge_litert")
 
 NOTE = "Created TensorFlow Lite XNNPACK delegate"
+NOTE_LINE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 
 
 def test_filter_drops_the_note_and_keeps_other_native_lines():
     code = (
         "import os\n"
-        "from autoglm_compress.targets.tflite.litert_run import _native_stderr_without, _DELEGATE_NOTE\n"
-        "with _native_stderr_without(_DELEGATE_NOTE):\n"
-        "    os.write(2, b'ERROR: kept\\n' + _DELEGATE_NOTE + b'\\nWARNING: also kept\\n')\n"
+        "from autoglm_compress.targets.tflite.litert_run import _without_line\n"
+        f"note = {NOTE_LINE!r}\n"
+        "_without_line(lambda: os.write(2, b'ERROR: kept\\n' + note + b'\\nWARNING: also kept\\n'), note)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stderr.splitlines() == ["ERROR: kept", "WARNING: also kept"]

@@ -5,30 +5,26 @@ neither torch nor onnx is installed."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["interpreter", "litert_runner", "to_io", "from_io"]
 
-# LiteRT's C++ logger writes this to fd 2 once per process when XNNPACK is applied: noise in a
-# user's terminal or CI log (and no way to turn it off from Python)
-_DELEGATE_NOTE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 
+def _without_line(fn, line: bytes):
+    """``fn()`` with fd 2 captured, then passed on without ``line``. (Imports inside: the aarch64
+    guest compiles this file's functions alone, with numpy only.)"""
+    import os
+    import sys
+    import tempfile
 
-@contextlib.contextmanager
-def _native_stderr_without(line: bytes):
-    """fd 2 into a temporary file for the block, then passed on without ``line``."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield
+            return fn()
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -41,13 +37,17 @@ def _native_stderr_without(line: bytes):
 
 def interpreter(path: Path | str, **kw):
     """A LiteRT ``Interpreter`` on ``path`` with its tensors allocated (the delegate is applied
-    there), without LiteRT's delegate INFO line on stderr; anything else it prints is kept."""
+    there), without the INFO line LiteRT's C++ logger writes to fd 2 once per process when it
+    applies XNNPACK (noise in a terminal or CI log, not switchable from Python); anything else
+    it prints is passed on."""
     from ai_edge_litert.interpreter import Interpreter
 
-    with _native_stderr_without(_DELEGATE_NOTE):
+    def make():
         it = Interpreter(model_path=str(path), **kw)
         it.allocate_tensors()
-    return it
+        return it
+
+    return _without_line(make, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.")
 
 
 def to_io(x: np.ndarray, d: dict) -> np.ndarray:
