@@ -45,6 +45,11 @@ _FIXED = {"Sigmoid": (1.0 / 256.0, -128), "Softmax": (1.0 / 256.0, -128),
           "Tanh": (1.0 / 128.0, 0)}
 # Below this cosine between the .tflite and the QDQ model it was lowered from, the report warns.
 MIN_VS_QDQ = 0.99
+# The artifact's error (1 − cosine vs the simulation) up to this many times onnxruntime's int8
+# kernels' own is integer rounding, not the lowering (compare_with_qdq_simulation).
+ROUNDING_SPREAD = 2.0
+_CPU = {"vnni": "x86 VNNI", "avx2": "x86 AVX2 (no VNNI: its int16 pair sums can saturate)",
+        "other": "non-x86"}
 _SHARED = frozenset({"MaxPool", "AveragePool", "Concat", "Reshape", "Flatten", "Transpose",
                      "Resize", "Squeeze", "Unsqueeze", "Pad", "GlobalMaxPool", "ReduceMax",
                      "Split", "Slice"})
@@ -165,19 +170,12 @@ class TFLiteTarget(Target):
         artifact.latency["litert"] = self._litert_side_by_side(artifact, ctx)
         qdq = ctx.lowered_model
         if artifact.precision == "int8" and qdq is not None and "tflite_ops" in artifact.extra:
-            from autoglm_compress.ir_utils import ort_run, ort_session
-
-            sess = ort_session(qdq, simulate=True)  # exact QDQ maths, any CPU
-            sim = [ort_run(sess, f) for f in ctx.feeds]
             run = litert_runner(artifact.path, threads)()
-            got = [run(f) for f in ctx.feeds]
-            vs = fidelity(sim, got, ctx.output_names)
-            artifact.extra["vs_qdq_simulation"] = {k: vs[k] for k in ("cosine_min", "cosine_pooled")}
-            if vs["cosine_min"] < MIN_VS_QDQ:
-                artifact.notes.append(
-                    f"WARNING: the .tflite departs from the QDQ model it was lowered from "
-                    f"(cosine {vs['cosine_min']:.4f} < {MIN_VS_QDQ}): the lowering adds error "
-                    "beyond quantization")
+            extra, note = compare_with_qdq_simulation(qdq, ctx.feeds, ctx.output_names,
+                                                      [run(f) for f in ctx.feeds], ".tflite")
+            artifact.extra.update(extra)
+            if note:
+                artifact.notes.append(note)
 
     def _litert_side_by_side(self, artifact: Artifact, ctx: VerifyContext) -> dict:
         """FP32, FP16 and (for an INT8 artifact) INT8 .tflite of the same model timed interleaved
@@ -197,6 +195,70 @@ class TFLiteTarget(Target):
             runners = {prec: litert_runner(paths[prec], threads)()
                        for prec in ("fp32", "fp16", "int8") if prec in paths}
             return time_precisions(runners, ctx.feeds[0], ctx.latency_repeats, threads)
+
+
+def compare_with_qdq_simulation(qdq: ir.Model, feeds: list[dict], names: list[str],
+                                got: list[list[np.ndarray]], what: str) -> tuple[dict, str | None]:
+    """The artifact's outputs ``got`` against the QDQ model run as written (onnxruntime, graph
+    optimizations off: float maths with exact Q/DQ, the same on every CPU): ``extra`` entries
+    (``vs_qdq_simulation``; below MIN_VS_QDQ also ``vs_qdq_simulation_ort_int8``) and a WARNING
+    or None.
+
+    Below MIN_VS_QDQ the same QDQ model also runs in onnxruntime's own integer kernels (graph
+    optimizations on: QLinearConv / QLinearMatMul ... fused) on the same samples and is scored
+    against the same simulation the same way (cosine, worst sample): what a second, independent
+    int8 runtime departs by through integer rounding alone (requantization, fused activations,
+    int32 bias). Some models amplify that rounding (PP-OCR's recognizer: 0.93 in onnxruntime's
+    kernels); there a low figure does not mean the lowering is wrong. The warning blames the
+    lowering only when the artifact's error (1 − cosine) exceeds ROUNDING_SPREAD × onnxruntime's:
+    two correct integer runtimes differ from the simulation by different roundings, so their
+    errors differ by a small factor (PP-OCR rec, 16 samples: .tflite 0.099, onnxruntime 0.066,
+    1.5×; LiteRT's reference kernels vs XNNPACK 0.035), while a lowering bug (a wrong scale, zero
+    point or layout) costs far more than the model's rounding. A ratio, not an absolute margin:
+    where onnxruntime's kernels agree with the simulation (0.9999) an artifact at 0.98 is the
+    lowering's doing, which ``≥ ort − 0.02`` would excuse.
+    onnxruntime's kernels depend on this CPU (AVX2 without VNNI saturates int16 pair sums,
+    quantization/saturation.py), so the record says which CPU kind measured it."""
+    from autoglm_compress.ir_utils import ort_run, ort_session
+
+    sess = ort_session(qdq, simulate=True)
+    sim = [ort_run(sess, f) for f in feeds]
+    vs = fidelity(sim, got, names)
+    extra: dict = {"vs_qdq_simulation": {k: vs[k] for k in ("cosine_min", "cosine_pooled")}}
+    if vs["cosine_min"] >= MIN_VS_QDQ:
+        return extra, None
+    head = (f"WARNING: the {what} departs from the QDQ model it was lowered from (cosine "
+            f"{vs['cosine_min']:.4f} < {MIN_VS_QDQ})")
+    ref = ort_int8_vs_simulation(qdq, feeds, names, sim)
+    extra["vs_qdq_simulation_ort_int8"] = ref
+    if "cosine_min" not in ref:
+        return extra, f"{head}: the lowering adds error beyond quantization"
+    o = ref["cosine_min"]
+    kernels = f"onnxruntime's int8 kernels give {o:.4f} on this {_CPU[ref['host_cpu']]} CPU"
+    if 1.0 - vs["cosine_min"] <= ROUNDING_SPREAD * max(1.0 - o, 0.0):
+        return extra, (f"{head}: the model is sensitive to integer rounding, not to this "
+                       f"lowering: any int8 runtime shows it ({kernels})")
+    return extra, f"{head}: the lowering adds error beyond integer rounding ({kernels})"
+
+
+def ort_int8_vs_simulation(qdq: ir.Model, feeds: list[dict], names: list[str],
+                           sim: list[list[np.ndarray]]) -> dict:
+    """The QDQ model in onnxruntime's fused integer kernels (ORT_ENABLE_ALL) against its own
+    simulation ``sim``: cosine (worst sample and pooled), what it is, on which CPU kind."""
+    from autoglm_compress.ir_utils import ort_run, ort_session
+    from autoglm_compress.quantization.saturation import host_cpu
+
+    rec = {"what": "the QDQ model in onnxruntime's fused int8 kernels vs its simulation",
+           "host_cpu": host_cpu()}
+    try:
+        sess = ort_session(qdq)  # graph optimizations on: QLinear* kernels
+        got = [ort_run(sess, f) for f in feeds]
+    except Exception as e:  # noqa: BLE001 - a reference figure only: say why it is missing
+        rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        return rec
+    fid = fidelity(sim, got, names)
+    rec.update({k: fid[k] for k in ("cosine_min", "cosine_pooled")})
+    return rec
 
 
 def _census_notes(ops: dict) -> list[str]:
