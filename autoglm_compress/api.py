@@ -358,6 +358,25 @@ class _Run:
         records.extend(recs)
         return list(tgt.prepare(model, self.precision, stats))
 
+    def _distill_overlap(self, records) -> list[str]:
+        """Warnings for a distillation: verified on the samples it trained on, or held out < 16."""
+        rec = next((r for r in records if r.name == "distill"), None)
+        if rec is None:
+            return []
+        out, cfg = [], self.cfg
+        train = cfg.distill.data if cfg.distill.data is not None else cfg.calibration.data
+        verified = cfg.verify.eval_data if self.source == "eval" else cfg.calibration.data
+        if train is not None and verified is not None and (
+                str(train) == str(verified) or Path(str(train)).exists()
+                and Path(str(train)).resolve() == Path(str(verified)).resolve()):
+            out.append("verified on the samples distillation trained on: give --eval held-out "
+                       "data for an unbiased figure")
+        held = (rec.stats or {}).get("heldout_samples", 0)
+        if held < 16:
+            out.append(f"distillation held out only {held} samples to check its training "
+                       "(16 or more advised: give more --train-data / --calib samples)")
+        return out
+
     def _finish(self, records, calib_info, results) -> CompressResult:
         from autoglm_compress.artifact_info import run_info, source_info
         from autoglm_compress.gates import quality_gate
@@ -385,7 +404,8 @@ class _Run:
                 "samples": len(self.feeds),
                 "source": self.source,
                 "reference": self.ref_runtime,
-                "warning": _verification_warning(self.source, len(self.feeds), self.precision),
+                "warning": _verification_warning(self.source, len(self.feeds), self.precision,
+                                                 self._distill_overlap(records)),
             },
             "calibration": calib_info,
             "warnings": self.notes,
@@ -471,11 +491,13 @@ def _preprocess_record(calibration, model) -> dict:
     return out
 
 
-def _verification_warning(source: str, n: int, precision: str) -> str | None:
-    """Why the fidelity figures may flatter the artifact (None: they do not)."""
+def _verification_warning(source: str, n: int, precision: str,
+                          distill: list[str] | None = None) -> str | None:
+    """Why the fidelity figures may flatter the artifact (None: they do not); ``distill``: what
+    makes a distillation's figures flatter (``_Run._distill_overlap``)."""
     if source == "random":
         return "random inputs: fidelity on real data may differ"
-    out = []
+    out = list(distill or ())
     if source == "calibration" and precision == "int8":
         out.append("verified on the calibration samples the INT8 scales were fitted to: give "
                    "--eval held-out data for an unbiased figure")

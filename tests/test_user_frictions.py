@@ -1,0 +1,154 @@
+"""What a new user tripped over when compressing a model, each checked on the bundled digits
+example as the user ran it: the summary table's latency, size and source-ratio columns against the
+runtime's own figures and the files on disk, an .npz whose array has another name, bad inputs
+that must fail in one line without leaving an empty output folder, and a distillation that is
+verified on the very samples it trained on. One arm INT8 run (both formats) is shared."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import CALIB, DEMO, EVAL, run_cli
+
+from autoglm_compress.cli import main
+
+
+def _calib_x():
+    with np.load(CALIB) as z:
+        return z["x"][:48]
+
+
+@pytest.fixture(scope="module")
+def arm_run(tmp_path_factory):
+    """digits → arm INT8, .tflite and ncnn, calibrated from an .npz whose only array is named
+    'inputs' (the model's input is 'x'): (CompletedProcess, out folder, report)."""
+    d = tmp_path_factory.mktemp("arm")
+    np.savez(d / "photos.npz", inputs=_calib_x())
+    out = d / "out"
+    r = run_cli(DEMO, "--int8", "--target", "arm", "--format", "all", "--calib", d / "photos.npz",
+                "--calib-samples", "32", "--eval", EVAL, "--samples", "16", "--latency-repeats", "3",
+                "-o", out)
+    assert r.returncode == 0, r.stderr
+    return r, out, json.loads((out / "report.json").read_text())
+
+
+def _rows(stdout: str) -> dict[str, dict[str, str]]:
+    """The summary table's rows by artifact file name: {column header: cell}."""
+    lines = stdout.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("artifact "))
+    dashes = lines[i + 1]
+    spans = [(m.start(), m.end()) for m in re.finditer(r"-+", dashes)]
+    heads = [lines[i][a:b].strip() for a, b in spans]
+    rows = {}
+    for ln in lines[i + 2:]:
+        if not ln.strip() or ln.startswith(("note:", "WARNING", "report:")):
+            break
+        cells = [ln[a:b].strip() for a, b in spans[:-1]] + [ln[spans[-1][0]:].strip()]
+        rows[cells[0].split(" ")[0]] = dict(zip(heads, cells))
+    return rows
+
+
+def test_latency_in_the_table_agrees_with_the_runtime_notes(arm_run):
+    """"The table says INT8 is 1.29× faster while its note says LiteRT ran FP32 in 13 ms and INT8 in
+    13.4 ms": the table's latency and its 'vs fp32' are the note's side-by-side measurement."""
+    r, _, _ = arm_run
+    rows = _rows(r.stdout)
+    notes = {m[1]: (float(m[2]), float(m[3])) for m in re.finditer(
+        r"note: (\S+): \w+ side by side \(\d+ threads\): fp32 ([\d.]+) ms, .*?int8 ([\d.]+) ms", r.stdout)}
+    assert set(notes) == {"digits_cnn.arm.int8.tflite", "digits_cnn.arm.int8.ncnn.param"}, r.stdout
+    for name, (fp32, int8) in notes.items():
+        row = rows[name]
+        assert float(row["latency"].split()[0]) == pytest.approx(int8, rel=0.006, abs=6e-4), (name, row)
+        shown = float(row["vs fp32"].split("×")[0])
+        assert shown == pytest.approx(fp32 / int8, rel=0.02, abs=0.011), (name, row, fp32, int8)
+        assert ("faster" in row["vs fp32"]) == (fp32 > int8) or abs(shown - 1) < 0.011
+
+
+def test_ncnn_row_size_is_the_param_and_bin_together(arm_run):
+    """"The ncnn row shows the .bin's size under the .param's name": the row says +.bin and its size
+    is both files on disk."""
+    r, out, rep = arm_run
+    param, bin_ = out / "digits_cnn.arm.int8.ncnn.param", out / "digits_cnn.arm.int8.ncnn.bin"
+    total = param.stat().st_size + bin_.stat().st_size
+    art = next(a for a in rep["artifacts"] if a["path"].endswith(".param"))
+    assert art["size_bytes"] == total and bin_.stat().st_size > 5 * param.stat().st_size
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith(param.name))
+    assert line.startswith(f"{param.name} (+.bin)"), line
+    assert _rows(r.stdout)[param.name]["size"] == f"{total / 1e3:.1f} KB"
+
+
+def test_table_shows_each_artifact_against_the_original_size(arm_run):
+    """"The table has no original size or reduction ratio": every row's 'vs source' is its bytes
+    over the model file the user gave, and the report keeps that source size."""
+    r, out, rep = arm_run
+    src = DEMO.stat().st_size
+    assert rep["model"]["size_bytes"] == src
+    rows = _rows(r.stdout)
+    assert len(rows) == 2
+    for a in rep["artifacts"]:
+        name = a["path"].rsplit("/", 1)[-1]
+        assert rows[name]["vs source"] == f"{a['size_bytes'] / src:.2f}×"
+        assert a["size_bytes"] < 0.5 * src  # INT8 of a float model: well under half
+
+
+def test_an_npz_array_with_another_name_is_never_taken_silently(arm_run, tmp_path, capsys):
+    """"My .npz's array is called 'inputs', the model's input 'x', and nothing said so": a single
+    array for a single input is taken with a note naming both; arrays that match no input are
+    refused in one line naming the input and the arrays, with no output folder left behind."""
+    r, _, rep = arm_run
+    assert "array 'inputs' taken for the model's only input 'x'" in r.stderr, r.stderr
+    assert rep["calibration"]["samples"] == 32
+    np.savez(tmp_path / "two.npz", inputs=_calib_x(), extra=_calib_x())
+    out = tmp_path / "out"
+    rc = main([str(DEMO), "--int8", "--target", "x86", "--calib", str(tmp_path / "two.npz"),
+               "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert all(w in err for w in ("'x'", "'inputs'", "'extra'")), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["wrong npz shape", "state_dict", "-o is a file"])
+def test_bad_input_is_one_line_and_leaves_no_empty_output_folder(case, tmp_path, capsys):
+    """"A wrong npz shape, a state_dict instead of a model, or -o pointing at a file each left an
+    empty output folder": one exit-2 line saying what to do, and no folder made."""
+    model, calib, out = str(DEMO), str(CALIB), tmp_path / "new" / "out"
+    if case == "wrong npz shape":
+        np.savez(tmp_path / "c.npz", x=_calib_x()[:, :, :4])
+        calib, want = str(tmp_path / "c.npz"), "expects an array (N, 1x1x8x8)"
+    elif case == "state_dict":
+        import torch
+
+        torch.save(torch.jit.load(str(DEMO)).state_dict(), tmp_path / "w.pt")
+        model, want = str(tmp_path / "w.pt"), "torch.jit.save"
+    else:
+        out = tmp_path / "a_file"
+        out.write_bytes(b"keep")
+        want = "choose another with -o"
+    rc = main([model, "--int8", "--target", "x86", "--calib", calib, "--samples", "8", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and want in err, err
+    if case == "-o is a file":
+        assert out.read_bytes() == b"keep"
+    else:
+        assert not (tmp_path / "new").exists()
+
+
+def test_distillation_verified_on_its_own_training_samples_is_warned(tmp_path, capsys):
+    """"Prune + distill trained on my photos, then 'verified' on the same photos, with 2 held out,
+    and nothing warned": the table and the report say both; with --eval data, neither is said
+    about the training overlap."""
+    args = [str(DEMO), "--prune", "0.5", "--distill-steps", "3", "--target", "x86", "--calib",
+            str(CALIB), "--calib-samples", "32", "--samples", "16", "--latency-repeats", "1"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    stdout = capsys.readouterr().out
+    warn = json.loads((tmp_path / "a" / "report.json").read_text())["verification"]["warning"]
+    assert "verified on the samples distillation trained on" in warn
+    assert "distillation held out only 4 samples" in warn
+    assert f"WARNING: {warn}" in stdout
+    assert main([*args, "--eval", str(EVAL), "-o", str(tmp_path / "b")]) == 0
+    warn = json.loads((tmp_path / "b" / "report.json").read_text())["verification"]["warning"]
+    assert "trained on" not in (warn or "") and "held out only 4" in warn
