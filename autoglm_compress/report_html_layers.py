@@ -133,8 +133,11 @@ def _in_runtime(a: dict) -> str:
     if a.get("target") in ("x86", "cuda") and a.get("precision") == "int8":
         return ("<p class=muted>This artifact is the QDQ model itself: the figures above are its "
                 "own (before onnxruntime's graph fusions).</p>")
+    ort8 = (extra.get("vs_qdq_simulation_ort_int8") or {}).get("cosine_min")
     out = ("" if sim is None else f"<p class=muted>The artifact's outputs agree with the QDQ "
-           f"simulation with cosine {esc(f'{sim:.6f}')}.</p>")
+           f"simulation with cosine {esc(f'{sim:.6f}')}"
+           + ("" if ort8 is None else f" (onnxruntime's own int8 kernels: {esc(f'{ort8:.6f}')}, "
+              f"{esc(extra['vs_qdq_simulation_ort_int8'].get('host_cpu'))} CPU)") + ".</p>")
     key = "fp16" if a.get("precision") == "fp16" else "int8"
     rows = [_sqnr_row(t, "no error (identical)", key) for t in le.get("tensors") or []]
     if rows:

@@ -145,3 +145,15 @@ def test_ort_int8_failure_keeps_the_plain_warning(monkeypatch):
                                               ".tflite")
     assert extra["vs_qdq_simulation_ort_int8"]["error"] == "RuntimeError: no kernel"
     assert note.endswith("the lowering adds error beyond quantization")
+
+
+def test_html_report_shows_the_reference_figure_beside():
+    from autoglm_compress.report_html_layers import _in_runtime
+
+    extra = {"vs_qdq_simulation": {"cosine_min": 0.901},
+             "vs_qdq_simulation_ort_int8": {"cosine_min": 0.934, "host_cpu": "vnni"}}
+    html = _in_runtime({"target": "arm", "precision": "int8", "extra": extra})
+    assert "cosine 0.901000 (onnxruntime's own int8 kernels: 0.934000, vnni CPU)." in html
+    del extra["vs_qdq_simulation_ort_int8"]
+    assert "simulation with cosine 0.901000.</p>" in _in_runtime(
+        {"target": "arm", "precision": "int8", "extra": extra})
