@@ -157,3 +157,32 @@ def test_html_report_shows_the_reference_figure_beside():
     del extra["vs_qdq_simulation_ort_int8"]
     assert "simulation with cosine 0.901000.</p>" in _in_runtime(
         {"target": "arm", "precision": "int8", "extra": extra})
+
+
+@pytest.mark.slow
+def test_ppocr_recognizer_is_rounding_sensitive_not_mislowered(tmp_path):
+    """PP-OCR's recognizer (rapidocr wheel), 16 calibration / 16 verification samples: the .tflite
+    is at about 0.90 against the simulation, onnxruntime's own int8 kernels at about 0.93 (VNNI;
+    on AVX2 without VNNI their saturation can only lower it): the warning names the model's
+    rounding sensitivity, not the lowering."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("rapidocr") is None:
+        pytest.skip("wheel 'rapidocr' not installed (requirements-real.txt)")
+    sys.path.insert(0, str(Path(__file__).parent / "real"))
+    import zoo
+
+    from autoglm_compress import compress
+
+    rm = zoo.ppocr(tmp_path / "rec", "rec", 16, 16)
+    art = compress(rm.model, int8=True, targets="arm", calib=rm.calib, calib_samples=16,
+                   eval_data=rm.eval, samples=16, out_dir=tmp_path / "out", latency_repeats=3,
+                   static_shapes=True).artifact("arm")
+    vs = art.extra["vs_qdq_simulation"]["cosine_min"]
+    ref = art.extra["vs_qdq_simulation_ort_int8"]
+    assert 0.8 < vs < MIN_VS_QDQ and ref["cosine_min"] < MIN_VS_QDQ
+    assert (1 - vs) <= ROUNDING_SPREAD * (1 - ref["cosine_min"])
+    warn = [n for n in art.notes if "departs from the QDQ model" in n]
+    assert len(warn) == 1 and "sensitive to integer rounding, not to this lowering" in warn[0]
