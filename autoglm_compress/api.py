@@ -180,7 +180,8 @@ class _Run:
 
     def _load(self) -> None:
         cfg = self.cfg
-        model = frontend.load(cfg.model, self.specs, trust_pickle=cfg.load.trust_pickle)
+        model = frontend.load(cfg.model, self.specs, trust_pickle=cfg.load.trust_pickle,
+                              check_inputs=self._check_arrays)
         model, self.opset_note = _ensure_opset(model, self.targets, self.precision)
         self.feeds, self.labels, self.source = _sample_feeds(
             model, cfg.verify.eval_data, cfg.calibration, cfg.verify.samples
@@ -197,6 +198,15 @@ class _Run:
             from autoglm_compress.bundle import preprocess_record
 
             self.preprocess = preprocess_record(cfg, model)
+
+    def _check_arrays(self, signature: ir.Model) -> None:
+        """Array names and shapes of every .npz/.npy given, against the model's inputs as soon as
+        they are known (before the model's simplification and checks): one sample read each."""
+        cfg = self.cfg
+        for data in dict.fromkeys((cfg.verify.eval_data, cfg.calibration.data, cfg.distill.data)):
+            if data is not None and Path(str(data)).suffix.lower() in (".npz", ".npy") \
+                    and Path(str(data)).is_file():
+                load_npz_feeds(data, signature, limit=1)
 
     def _reference(self) -> None:
         cfg = self.cfg

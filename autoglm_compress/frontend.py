@@ -132,8 +132,12 @@ def load(
     *,
     trust_pickle: bool = False,
     simplify: bool = True,
+    check_inputs=None,
 ) -> ir.Model:
-    """Load a model file into the IR; ``input_shapes`` fill shapes the file does not carry."""
+    """Load a model file into the IR; ``input_shapes`` fill shapes the file does not carry.
+    ``check_inputs(signature)``: called as soon as the inputs are known (an ONNX file: at once; a
+    torch model: after its export), before simplification and checks, with an IR model holding
+    only those inputs — data checks fail there instead of after the whole load."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
@@ -154,6 +158,8 @@ def load(
 
         proto = torch_import.to_onnx(path, fmt, shapes, trust_pickle=trust_pickle, opset=OPSET)
     proto = _fix_input_shapes(proto, shapes, path)
+    if check_inputs is not None:
+        check_inputs(_signature(proto))
     model = _finish(proto, simplify, path)
     fold_control_flow(model, str(path))  # constant If inlined; data-dependent If/Loop refused
     _lift_constants(model)
@@ -286,6 +292,16 @@ def make_static(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> ir.Model
             if d.HasField("dim_param"):
                 d.Clear()
     return _finish(proto, True, Path(model.metadata_props.get("autoglm.source_path", "model")))
+
+
+def _signature(proto: onnx.ModelProto) -> ir.Model:
+    """The model's inputs alone (no nodes, no weights), with its shape hints."""
+    inits = {i.name for i in proto.graph.initializer}
+    graph = onnx.helper.make_graph([], proto.graph.name or "inputs",
+                                   [v for v in proto.graph.input if v.name not in inits], [])
+    sig = onnx.helper.make_model(graph, opset_imports=proto.opset_import)
+    sig.metadata_props.extend(proto.metadata_props)
+    return from_proto(sig)
 
 
 def _finish(proto: onnx.ModelProto, simplify: bool, path: Path) -> ir.Model:

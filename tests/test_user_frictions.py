@@ -152,3 +152,47 @@ def test_distillation_verified_on_its_own_training_samples_is_warned(tmp_path, c
     assert main([*args, "--eval", str(EVAL), "-o", str(tmp_path / "b")]) == 0
     warn = json.loads((tmp_path / "b" / "report.json").read_text())["verification"]["warning"]
     assert "trained on" not in (warn or "") and "held out only 4" in warn
+
+
+def test_wrong_data_is_refused_before_the_model_s_long_load(tmp_path, capsys, monkeypatch):
+    """"A wrong npz shape or array name was reported only after half a minute of loading": the
+    arrays are checked against the model's inputs as soon as the file is read, before the
+    simplification and checks that take the load's time (here: made to fail if reached)."""
+    import onnx_ir as ir
+
+    import autoglm_compress.frontend as fe
+    from autoglm_compress import load
+
+    (tmp_path / "m.onnx").write_bytes(ir.to_proto(load(DEMO)).SerializeToString())
+    monkeypatch.setattr(fe, "_finish", lambda *a: pytest.fail("the whole model loaded first"))
+    np.savez(tmp_path / "shape.npz", x=_calib_x()[:, :, :4])
+    np.savez(tmp_path / "names.npz", a=_calib_x(), b=_calib_x())
+    for data, want in [("shape.npz", "expects an array"), ("names.npz", "lacks arrays for inputs ['x']")]:
+        for flag in ("--calib", "--eval"):
+            out = tmp_path / f"out-{data}{flag}"
+            args = [str(tmp_path / "m.onnx"), "--int8", "--target", "x86", "-o", str(out)]
+            args += [flag, str(tmp_path / data)] + (["--calib", str(CALIB)] if flag == "--eval" else [])
+            assert main(args) == 2, flag
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and want in err and data in err, err
+            assert not out.exists()
+
+
+def test_readme_is_a_short_page_a_newcomer_can_start_from():
+    """"The README is 353 lines, half reference and half changelog, with a 2 474-character table
+    cell, no install section and results that cite issue numbers": a short page with install,
+    demo and test commands whose links resolve, and no issue numbers in the user docs."""
+    root = DEMO.parents[1]
+    text = (root / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    assert "## Install" in text and "pip install -e" in text
+    assert "make demo" in text and "make test" in text and "docs/cli.md" in text
+    cells = [c for ln in text.splitlines() if ln.startswith("|") for c in ln.split("|")]
+    assert max(map(len, cells), default=0) <= 200
+    for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        assert link.startswith("http") or (root / link).exists(), link
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        if doc.name == "decisions.md":  # the index of design records, kept by issue
+            continue
+        hits = re.findall(r".{0,30}\bissues? ?#?\d+.{0,30}", doc.read_text(), re.I)
+        assert not hits, (doc.name, hits)
