@@ -13,10 +13,11 @@ import sys
 import time
 from contextlib import contextmanager
 
-__all__ = ["MIN_SECONDS", "TICK_SECONDS", "enable", "disable", "enabled", "step", "tick", "estimate"]
+__all__ = ["ESTIMATE_SECONDS", "MIN_SECONDS", "TICK_SECONDS", "enable", "disable", "enabled", "step", "tick", "estimate"]
 
 MIN_SECONDS = 2.0  # a step shorter than this is not worth a line
 TICK_SECONDS = 30.0  # a long loop says where it is at most this often
+ESTIMATE_SECONDS = 60.0  # a loop expected to take this long or more says so (``estimate``)
 
 _state: dict = {"on": False, "t0": 0.0, "last": {}, "stream": None, "say": False, "min": MIN_SECONDS}
 
@@ -76,12 +77,13 @@ def tick(name: str, done: int, total: int, started: float, extra: str = "") -> N
 
 def estimate(name: str, done: int, total: int, started: float, hint: str, write=None) -> str | None:
     """The whole loop's expected duration from its first ``done`` iterations, said once when it
-    is a minute or more; ``write`` (e.g. ``tqdm.write``) instead of the plain line. The text."""
+    is ``ESTIMATE_SECONDS`` (a minute) or more; ``write`` (e.g. ``tqdm.write``) instead of the
+    plain line. The text."""
     if not _state["say"] or done <= 0:
         return None
     per = (time.perf_counter() - started) / done
     total_s = per * total
-    if total_s < 60:
+    if total_s < ESTIMATE_SECONDS:
         return None
     text = f"{name}: ~{_duration(total_s)} for {total} steps ({per:.2f} s a step on this machine); {hint}"
     if write is not None and not _state["on"]:

@@ -196,3 +196,20 @@ def test_readme_is_a_short_page_a_newcomer_can_start_from():
             continue
         hits = re.findall(r".{0,30}\bissues? ?#?\d+.{0,30}", doc.read_text(), re.I)
         assert not hits, (doc.name, hits)
+
+
+def test_distillation_says_how_long_it_will_take_before_it_goes_on(tmp_path, capsys, monkeypatch):
+    """"--prune 0.5 --distill ran an hour with no estimate up front": after its first steps the
+    run prints the whole training's expected duration and how to shorten it, in a log too,
+    before the training ends (the one-minute floor lowered here so the demo's seconds count)."""
+    from autoglm_compress import compress
+    from autoglm_compress import progress_lines as pl
+
+    monkeypatch.setattr(pl, "ESTIMATE_SECONDS", 0.0)
+    compress(DEMO, prune=0.5, distill_steps=8, calib=CALIB, calib_samples=32, targets="x86",
+             samples=8, latency_repeats=1, out_dir=tmp_path, progress_lines="all")
+    err = capsys.readouterr().err.splitlines()
+    at = next(i for i, ln in enumerate(err) if "training: ~" in ln)
+    assert re.search(r"training: ~\d+ s for 8 steps \([\d.]+ s a step on this machine\); batch 16; "
+                     r"--distill-steps N", err[at]), err[at]
+    assert at < next(i for i, ln in enumerate(err) if "] pass distill" in ln), err
