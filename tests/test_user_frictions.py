@@ -1,8 +1,9 @@
 """What a new user tripped over when compressing a model, each checked on the bundled digits
 example as the user ran it: the summary table's latency, size and source-ratio columns against the
 runtime's own figures and the files on disk, an .npz whose array has another name, bad inputs
-that must fail in one line without leaving an empty output folder, and a distillation that is
-verified on the very samples it trained on. One arm INT8 run (both formats) is shared."""
+that must fail early in one line without leaving an empty output folder, a distillation that
+gives no duration estimate or is verified on the very samples it trained on, and a README a
+newcomer can start from. One arm INT8 run (both formats) and one prune + distill run are shared."""
 
 from __future__ import annotations
 
@@ -137,23 +138,6 @@ def test_bad_input_is_one_line_and_leaves_no_empty_output_folder(case, tmp_path,
         assert not (tmp_path / "new").exists()
 
 
-def test_distillation_verified_on_its_own_training_samples_is_warned(tmp_path, capsys):
-    """"Prune + distill trained on my photos, then 'verified' on the same photos, with 2 held out,
-    and nothing warned": the table and the report say both; with --eval data, neither is said
-    about the training overlap."""
-    args = [str(DEMO), "--prune", "0.5", "--distill-steps", "3", "--target", "x86", "--calib",
-            str(CALIB), "--calib-samples", "32", "--samples", "16", "--latency-repeats", "1"]
-    assert main([*args, "-o", str(tmp_path / "a")]) == 0
-    stdout = capsys.readouterr().out
-    warn = json.loads((tmp_path / "a" / "report.json").read_text())["verification"]["warning"]
-    assert "verified on the samples distillation trained on" in warn
-    assert "distillation held out only 4 samples" in warn
-    assert f"WARNING: {warn}" in stdout
-    assert main([*args, "--eval", str(EVAL), "-o", str(tmp_path / "b")]) == 0
-    warn = json.loads((tmp_path / "b" / "report.json").read_text())["verification"]["warning"]
-    assert "trained on" not in (warn or "") and "held out only 4" in warn
-
-
 def test_wrong_data_is_refused_before_the_model_s_long_load(tmp_path, capsys, monkeypatch):
     """"A wrong npz shape or array name was reported only after half a minute of loading": the
     arrays are checked against the model's inputs as soon as the file is read, before the
@@ -198,18 +182,50 @@ def test_readme_is_a_short_page_a_newcomer_can_start_from():
         assert not hits, (doc.name, hits)
 
 
-def test_distillation_says_how_long_it_will_take_before_it_goes_on(tmp_path, capsys, monkeypatch):
-    """"--prune 0.5 --distill ran an hour with no estimate up front": after its first steps the
-    run prints the whole training's expected duration and how to shorten it, in a log too,
-    before the training ends (the one-minute floor lowered here so the demo's seconds count)."""
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    """--prune 0.5 --distill-steps 8 on 32 calibration samples, no --eval, progress lines on as in
+    a CI log, the estimate's one-minute floor lowered so the demo's seconds count:
+    (result, stderr lines)."""
+    import contextlib
+    import io
+
     from autoglm_compress import compress
     from autoglm_compress import progress_lines as pl
 
-    monkeypatch.setattr(pl, "ESTIMATE_SECONDS", 0.0)
-    compress(DEMO, prune=0.5, distill_steps=8, calib=CALIB, calib_samples=32, targets="x86",
-             samples=8, latency_repeats=1, out_dir=tmp_path, progress_lines="all")
-    err = capsys.readouterr().err.splitlines()
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
+        mp.setattr(pl, "ESTIMATE_SECONDS", 0.0)
+        res = compress(DEMO, prune=0.5, distill_steps=8, calib=CALIB, calib_samples=32,
+                       targets="x86", samples=16, latency_repeats=1,
+                       out_dir=tmp_path_factory.mktemp("distill"), progress_lines="all")
+    return res, err.getvalue().splitlines()
+
+
+def test_distillation_says_how_long_it_will_take_before_it_goes_on(distilled):
+    """"--prune 0.5 --distill ran an hour with no estimate up front": after its first steps the
+    run prints the whole training's expected duration and how to shorten it, in a log too,
+    before the training ends."""
+    _, err = distilled
     at = next(i for i, ln in enumerate(err) if "training: ~" in ln)
     assert re.search(r"training: ~\d+ s for 8 steps \([\d.]+ s a step on this machine\); batch 16; "
                      r"--distill-steps N", err[at]), err[at]
     assert at < next(i for i, ln in enumerate(err) if "] pass distill" in ln), err
+
+
+def test_distillation_verified_on_its_own_training_samples_is_warned(distilled, tmp_path):
+    """"Prune + distill trained on my photos, then 'verified' on the same photos, with 2 held out,
+    and nothing warned": the table and the report say both; with --eval data, nothing is said
+    about the training overlap."""
+    from autoglm_compress import compress
+    from autoglm_compress.report import summary_table
+
+    res, _ = distilled
+    warn = res.report["verification"]["warning"]
+    assert "verified on the samples distillation trained on" in warn
+    assert "distillation held out only 4 samples" in warn
+    assert f"WARNING: {warn}" in summary_table(res.report)
+    res = compress(DEMO, prune=0.5, distill_steps=1, calib=CALIB, calib_samples=32, targets="x86",
+                   eval_data=EVAL, samples=16, latency_repeats=1, out_dir=tmp_path)
+    warn = res.report["verification"]["warning"]
+    assert "trained on" not in warn and "held out only 4" in warn
