@@ -113,9 +113,18 @@ def test_an_npz_array_with_another_name_is_never_taken_silently(arm_run, tmp_pat
 
 
 @pytest.mark.parametrize("case", ["wrong npz shape", "state_dict", "-o is a file"])
-def test_bad_input_is_one_line_and_leaves_no_empty_output_folder(case, tmp_path, capsys):
-    """"A wrong npz shape, a state_dict instead of a model, or -o pointing at a file each left an
-    empty output folder": one exit-2 line saying what to do, and no folder made."""
+def test_bad_input_is_one_line_and_leaves_no_empty_output_folder(case, tmp_path, capsys,
+                                                                 monkeypatch):
+    """"A wrong npz shape, a state_dict instead of a model, or -o pointing at a file were each
+    said after the whole load and left an empty output folder": one exit-2 line saying what to
+    do, before the model's simplification (the shape: after the torch export that gives the
+    inputs; the others: before it), and no folder made."""
+    import autoglm_compress.frontend as fe
+    import autoglm_compress.torch_import as ti
+
+    monkeypatch.setattr(fe, "_finish", lambda *a: pytest.fail("the whole model loaded first"))
+    if case != "wrong npz shape":
+        monkeypatch.setattr(ti, "to_onnx", lambda *a, **k: pytest.fail("the model was exported first"))
     model, calib, out = str(DEMO), str(CALIB), tmp_path / "new" / "out"
     if case == "wrong npz shape":
         np.savez(tmp_path / "c.npz", x=_calib_x()[:, :, :4])
