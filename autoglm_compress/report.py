@@ -83,7 +83,7 @@ def summary_table(report: dict) -> str:
         f"passes: {', '.join(p['name'] for p in report['passes']) or 'none'}; "
         f"verified on {report['verification']['samples']} {report['verification']['source']} samples"
     )
-    lines += [f"flagged: {f}" for f in flagged] + footnotes
+    lines += [f"flagged: {f}" for f in flagged] + footnotes + _latency_legend(report)
     for warn in ((report.get("verification") or {}).get("warning"),
                  (report.get("calibration") or {}).get("preprocess_warning")):
         if warn:
@@ -94,6 +94,28 @@ def summary_table(report: dict) -> str:
         lines.append(f"gates: {len(gates) - failed} of {len(gates)} passed"
                      + (f", {failed} failed (listed below)" if failed else ""))
     return head + "\n" + "\n".join(lines)
+
+
+_RESHAPING = ("prune", "distill", "sparsify")  # passes after which "the FP32 model" is ambiguous
+
+
+def _latency_legend(report: dict) -> list[str]:
+    """What each row's "vs fp32" is measured against, when a pass changed the FP32 graph (pruned,
+    retrained): onnxruntime rows against the model as loaded, LiteRT / ncnn rows against this run's
+    FP32 graph in their runtime, timed side by side — two different baselines after a prune."""
+    ran = {p["name"].split("[")[0] for p in report.get("passes") or []}
+    if not ran & set(_RESHAPING):
+        return []
+    parts = []
+    for a in report["artifacts"]:
+        ratio, _, where = latency_ratio(a.get("latency", {}), a["precision"])
+        if not math.isfinite(ratio):
+            continue
+        side = "side by side" in where
+        basis = (f"this run's FP32 graph (after {', '.join(sorted(ran & set(_RESHAPING)))}) in {where}"
+                 if side else f"the FP32 model as loaded, in {where}")
+        parts.append(f"{Path(a['path']).name} against {basis}")
+    return [f"vs fp32: {'; '.join(parts)}"] if parts else []
 
 
 HIDDEN_MIN, HIDDEN_MEAN = 0.9, 0.99  # a sample this far off while the mean looks this good

@@ -184,6 +184,26 @@ def test_latency_ratio_is_the_runtime_s_own_side_by_side_figure_in_the_table_too
     assert "8.000 ms" in row and "1.25× faster" in row
 
 
+def test_after_a_prune_the_table_says_what_each_vs_fp32_is_against():
+    """A pruned run's "1.86× faster" must say against what: onnxruntime rows are timed against the
+    model as loaded, LiteRT / ncnn rows against this run's (pruned) FP32 graph side by side."""
+    from autoglm_compress.report import summary_table
+
+    extra = {"io": {}, "layers": None, "notes": []}
+    onnx = _art("m.x86.int8.onnx", [4000]) | extra | {"target": "x86"}
+    onnx["latency"]["measured_on"] = "onnxruntime CPU, 2 threads"
+    tfl = _art("m.arm.int8.tflite", [4000], side={"fp32": 10.0, "int8": 8.0}) | extra | {"target": "arm"}
+    rep = {"artifacts": [onnx, tfl], "verification": {"samples": 1, "source": "eval"},
+           "model": {"path": "m.onnx", "format": "onnx", "stats": {"params": 1}},
+           "passes": [{"name": "prune"}, {"name": "distill"}, {"name": "quantize[x86]"}]}
+    (legend,) = [ln for ln in summary_table(rep).splitlines() if ln.startswith("vs fp32:")]
+    assert ("m.x86.int8.onnx against the FP32 model as loaded, in onnxruntime CPU, 2 threads; "
+            "m.arm.int8.tflite against this run's FP32 graph (after distill, prune) in LiteRT side "
+            "by side, 2 threads") in legend
+    rep["passes"] = [{"name": "quantize[x86]"}]  # nothing reshaped the graph: one FP32, no legend
+    assert "vs fp32:" not in summary_table(rep)
+
+
 def test_source_size_counts_onnx_external_data(tmp_path):
     """An ONNX model whose weights sit in a file beside it: 'vs source' is against both files
     (the .onnx alone would make every artifact look many times larger than its source)."""
