@@ -452,7 +452,7 @@ def _as_samples(arr: np.ndarray, spec: InputSpec, path: Path) -> _Grouped:
     def dims_fit(got, want) -> bool:
         return all(not isinstance(w, int) or w == g for w, g in zip(want, got))
 
-    if rank and arr.ndim == rank + 1 and dims_fit(arr.shape[1:], spec.shape):
+    if arr.ndim == rank + 1 and dims_fit(arr.shape[1:], spec.shape):  # rank 0: (N,) scalars
         return _Grouped(arr, None)
     if rank and arr.ndim == rank and len(arr) % b == 0 and dims_fit(arr.shape[1:], spec.shape[1:]):
         return _Grouped(arr, b)
