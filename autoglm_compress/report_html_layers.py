@@ -8,7 +8,8 @@ from pathlib import Path
 
 from autoglm_compress.report_svg import bar_groups, esc, line_chart, table
 
-__all__ = ["latency_section", "layers_section", "name_of", "sqnr_section", "training_section"]
+__all__ = ["latency_section", "layers_section", "name_of", "runtime_paragraph", "sqnr_section",
+           "training_section"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
 LOW_SQNR_DB = 20.0  # below this a layer's bar is drawn red (error ≥ 1 % of the signal's power)
@@ -72,7 +73,7 @@ def sqnr_section(r: dict) -> str:
         name = name_of(a)
         if a.get("precision") == "fp16":
             out.append(f"<h3>{esc(name)} <span class=muted>({esc(a.get('target'))}, FP16)"
-                       "</span></h3>" + _in_runtime(a))
+                       "</span></h3>" + runtime_paragraph(a))
             continue
         if a.get("precision") != "int8":
             out.append(f"<p><b>{esc(name)}</b>: {esc(a.get('precision'))} — no per-layer "
@@ -94,7 +95,7 @@ def sqnr_section(r: dict) -> str:
         else:
             out.append(bar_groups([("QDQ simulation (onnxruntime), per quantized layer", rows)],
                                   "dB", label_chars=40))
-        out.append(_in_runtime(a))
+        out.append(runtime_paragraph(a))
         fb = st.get("fallback")
         if isinstance(fb, dict) and fb.get("ranking"):
             out.append(f"<p>--min-cosine fallback: target {esc(fb.get('target'))}, reached "
@@ -125,7 +126,7 @@ def _worst(le: dict) -> str:
             + ".</p>") if items else ""
 
 
-def _in_runtime(a: dict) -> str:
+def runtime_paragraph(a: dict) -> str:
     """The same measure read in the artifact's own runtime (``extra.layer_error``), or why not."""
     extra = a.get("extra") or {}
     sim = (extra.get("vs_qdq_simulation") or {}).get("cosine_min")

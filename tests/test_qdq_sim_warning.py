@@ -148,14 +148,14 @@ def test_ort_int8_failure_keeps_the_plain_warning(monkeypatch):
 
 
 def test_html_report_shows_the_reference_figure_beside():
-    from autoglm_compress.report_html_layers import _in_runtime
+    from autoglm_compress.report_html_layers import runtime_paragraph
 
     extra = {"vs_qdq_simulation": {"cosine_min": 0.901},
              "vs_qdq_simulation_ort_int8": {"cosine_min": 0.934, "host_cpu": "vnni"}}
-    html = _in_runtime({"target": "arm", "precision": "int8", "extra": extra})
+    html = runtime_paragraph({"target": "arm", "precision": "int8", "extra": extra})
     assert "cosine 0.901000 (onnxruntime's own int8 kernels: 0.934000, vnni CPU)." in html
     del extra["vs_qdq_simulation_ort_int8"]
-    assert "simulation with cosine 0.901000.</p>" in _in_runtime(
+    assert "simulation with cosine 0.901000.</p>" in runtime_paragraph(
         {"target": "arm", "precision": "int8", "extra": extra})
 
 
