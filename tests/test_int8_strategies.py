@@ -11,6 +11,7 @@ from autoglm_compress import lowering
 from autoglm_compress.config import CompressConfig, Int8Config
 from autoglm_compress.int8_strategies import (
     DEFAULT_STRATEGIES,
+    ArmLatencyGuard,
     CosineFallback,
     LatencyGuard,
     ReconstructChoice,
@@ -28,7 +29,8 @@ def digits():
 
 def test_targets_register_their_strategies():
     assert X86Target().int8_strategies() == (*DEFAULT_STRATEGIES, LatencyGuard)
-    assert TFLiteTarget().int8_strategies() == DEFAULT_STRATEGIES  # no runtime timed here
+    # TFLite: the ARM latency guard (aarch64 instruction counts; acts only with --latency-guard)
+    assert TFLiteTarget().int8_strategies() == (*DEFAULT_STRATEGIES, ArmLatencyGuard)
     assert DEFAULT_STRATEGIES.index(ReconstructChoice) < DEFAULT_STRATEGIES.index(CosineFallback)
 
 
