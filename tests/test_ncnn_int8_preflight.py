@@ -61,8 +61,8 @@ def _save_embedder(tmp: Path) -> Path:
 
 def _break_int8(monkeypatch, victim: str, only_calibrated: bool = False) -> list[str]:
     """Make the int8 form of ``victim`` a layer ncnn refuses (an unknown type); with
-    ``only_calibrated``, only when its input scale is not the placeholder's (127 = 1 / (1/127):
-    a failure the calibrated scales cause). Returns the list of layer types written for it."""
+    ``only_calibrated``, only when its input scale is not the placeholder's (127 = 1 / (1/127),
+    or 254 once its input is re-centred: recentre.py): a failure the calibrated scales cause). Returns the list of layer types written for it."""
     from autoglm_compress.targets.ncnn.param import NcnnGraph
 
     seen: list[str] = []
@@ -72,7 +72,8 @@ def _break_int8(monkeypatch, victim: str, only_calibrated: bool = False) -> list
         for layer in self.layers:
             int8 = 8 in layer.params or 18 in layer.params  # int8_scale_term: conv/FC, Embed
             if layer.source == victim or layer.name == victim:
-                placeholder = layer.bottom_scale is not None and abs(layer.bottom_scale - 127) < 1e-3
+                placeholder = layer.bottom_scale is not None and \
+                    min(abs(layer.bottom_scale - 127), abs(layer.bottom_scale - 254)) < 1e-3
                 if int8 and not (only_calibrated and placeholder):
                     layer.type = "Int8NotALayer"
                 seen.append(layer.type)

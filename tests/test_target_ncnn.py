@@ -66,6 +66,7 @@ def test_digits_in_ncnn(tmp_path, precision):
                    if r[0] in ("Convolution", "InnerProduct"))
         assert art.extra["ncnn_int8"] == {
             "int8": 4, "float": 0, "float_layers": [], "requantized": 1,  # conv1 → conv2 int8
+            "recentred": 1,  # conv1's ReLU output, read only by conv2: c − y (recentre.py)
             "int8_edges": {"int8": 1, "Pooling has no int8 kernel in ncnn": 2,
                            "graph input (float)": 1}}
         assert sum(1 for r in rows if "8=102" in r) == 1

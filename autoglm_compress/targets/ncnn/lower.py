@@ -26,6 +26,7 @@ from autoglm_compress.targets.ncnn import (  # noqa: F401 (rules)
     ops_layers,
     ops_rnn,
     ops_shape,
+    recentre,
     requantize,
 )
 from autoglm_compress.targets.ncnn.blobs import blob_params, dims_params, shape
@@ -190,11 +191,14 @@ class _Lowerer:
             self.node(n)
         outs = {v.name: self.ng.rename_blob(self.blob[v.name], v.name) for v in self.g.outputs}
         self.ng.finish(outs.values())
-        self.requantized = requantize.fuse_graph(self.ng) if self.precision == "int8" else 0
+        int8 = self.precision == "int8"
+        self.recentred = recentre.recentre_graph(self.ng, outs.values()) if int8 else 0
+        self.requantized = requantize.fuse_graph(self.ng) if int8 else 0
         inputs = {v.name: self.blob[v.name] for v in self.g.inputs}
         self.refuse_inconsistent(inputs.values(), outs.values())
         io = {"inputs": inputs, "outputs": outs, "int8": self.int8_layers,
               "float": self.float_layers, "requantized": self.requantized,
+              "recentred": self.recentred,
               "int8_edges": self.ng.int8_edges,
               "int32_inputs": lower_tokens.int32_inputs(self.g)}
         return self.ng.param_text(), self.ng.bin_bytes(), io

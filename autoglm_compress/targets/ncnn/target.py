@@ -180,6 +180,7 @@ class NcnnTarget(Target):
             art.extra["ncnn_int8"] = {"int8": len(io["int8"]), "float": len(io["float"]),
                                       "float_layers": io["float"][:20],
                                       "requantized": io["requantized"],
+                                      "recentred": io["recentred"],
                                       "int8_edges": io["int8_edges"]}
             if measured is not None:
                 art.extra["ncnn_int8"]["measured"] = measured
