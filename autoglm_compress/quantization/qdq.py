@@ -201,14 +201,15 @@ class QDQWriter:
         key = (w_val.name, ax, tq.reduce_range, u8)
         if key not in self._wcache:
             scale, zp = weight_qparams(w, ax, tq)
+            scale, widened = self._fit_bias(node, b_idx, scale)
             if u8:  # the same int8 grid stored as q + 128 (onnxruntime's U8U8 kernel)
                 zp = np.full(zp.shape, 128, np.uint8)
             suffix = "_u8" if u8 else ""
             s = self._const(f"{w_val.name}_scale", scale)
             z = self._const(f"{w_val.name}_zp{suffix}", zp)
             attrs = {"axis": ax} if ax is not None else {}
-            wq = self._weight_source(w_val, w, s, z, ax, attrs, node, tq, self._rounded(node, ax),
-                                     u8)
+            rounded = None if widened else self._rounded(node, ax)
+            wq = self._weight_source(w_val, w, s, z, ax, attrs, node, tq, rounded, u8)
             dq = ir.node("DequantizeLinear", [wq, s, z], attributes=attrs, name=f"{w_val.name}_DQ")
             dq.outputs[0].name, dq.outputs[0].dtype = f"{w_val.name}_dq", ir.DataType.FLOAT
             dq.outputs[0].shape = ir.Shape(w.shape)
@@ -267,6 +268,26 @@ class QDQWriter:
             self._count("embeddings_quantized")
         node.replace_input_with(0, self._wcache[key])
         return True
+
+    def _fit_bias(self, node: ir.Node, b_idx, scale: np.ndarray) -> tuple[np.ndarray, int]:
+        """Weight scales raised where the int32 bias b / (s_x · s_w) would not fit (a dead
+        channel: weights ~1e-10 beside a bias of a few units saturated at ±2³¹, the wrong constant
+        out): s_w ≥ |b| / (s_x · 2³⁰). Such a channel's weights round to ~0 either way. Returns
+        (scales, channels widened)."""
+        x = node.inputs[0]
+        if (b_idx is None or not self.scheme.bias_int32 or self.fake_weights or x is None
+                or x.name not in self.act_qparams or len(node.inputs) <= b_idx):
+            return scale, 0
+        b = const_array(node.inputs[b_idx])
+        if b is None or b.ndim != 1 or scale.size not in (1, b.shape[0]):
+            return scale, 0
+        need = np.abs(b.astype(np.float64)) / (self.act_qparams[x.name][0] * 2.0**30)
+        need = need if scale.size == b.shape[0] else np.asarray([need.max()])
+        widened = need.reshape(scale.shape) > scale
+        if not widened.any():
+            return scale, 0
+        self._count("weight_scales_widened_for_bias", int(widened.sum()))
+        return np.where(widened, need.reshape(scale.shape), scale).astype(scale.dtype), int(widened.sum())
 
     def _rounded(self, node: ir.Node, ax) -> np.ndarray | None:
         """The reconstructed int8 weights of ``node`` when they were made for this axis."""
