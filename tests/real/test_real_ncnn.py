@@ -39,6 +39,10 @@ def test_efficientnet_lite1_in_ncnn(effnet, tmp_path, precision, min_cos):
         # conv → conv chains hand int8 over directly (ncnn2int8's requantize fusion): the 44
         # conv/depthwise pairs not split by a residual Add or the pooling head
         assert q["requantized"] == 44
+        # every depthwise and projection conv reads a ReLU6 output re-centred onto all 255 codes
+        # (recentre.py): 21 + 21 (these 8 crops: pooled cosine 0.9965 without it, 0.9970 with)
+        assert q["recentred"] == 42
+        assert art.fidelity["cosine_pooled"] >= 0.993
 
 
 @pytest.fixture(scope="module")
