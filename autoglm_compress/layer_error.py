@@ -212,7 +212,7 @@ def _ncnn(art):
     if net.load_param(str(art.files["param"])) != 0 or net.load_model(str(art.files["bin"])) != 0:
         raise RuntimeError("ncnn could not load the files")
     blobs = art.extra.get("blobs") or {}
-    inputs = blobs.get("inputs") or {}
+    inputs, recentred = blobs.get("inputs") or {}, blobs.get("recentred") or {}
     text = art.files["param"].read_text()
     int8_codes = int8_blobs(text)  # requantized blobs and the Split / ReLU… that pass them on
     names, excluded = [], 0
@@ -235,8 +235,8 @@ def _ncnn(art):
         out = {}
         for b in names:
             ret, m = ex.extract(b)
-            if ret == 0:
-                out[b] = np.array(m)
+            if ret == 0:  # a re-centred blob holds c − y (targets/ncnn/recentre.py)
+                out[b] = recentred[b] - np.array(m) if b in recentred else np.array(m)
         return out
 
     how = "int8 inference" if int8 else "fp16 storage"

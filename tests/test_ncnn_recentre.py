@@ -151,3 +151,22 @@ def test_recentred_file_on_aarch64(built):
     arm, x86 = np.stack([o[0].reshape(-1) for o in outs]), _outputs(art, feeds[:4])
     assert _sqnr(x86, arm) >= 30.0
     assert _sqnr(ref[:4], arm) >= 25.0
+
+
+def test_float_writer_blob_recentred_and_read_back(built):
+    """A depthwise kept float still writes c − y for its int8 reader (a float blob then, not
+    requantized): the artifact names it under blobs.recentred, and the per-layer error reads it
+    back as y — not as a tensor of SQNR < 0 dB."""
+    d, model, calib, _, _ = built
+    dw = "/blocks/blocks.0/dw/Conv"
+    art = compress(model, targets="arm", arm_format="ncnn", out_dir=d / "kept", samples=8,
+                   latency_repeats=1, int8=True, calib=calib, calib_samples=64,
+                   calib_method="minmax", keep_fp32=[dw]).artifact("arm", "ncnn")
+    # expand → dw is no longer eligible (its reader is float); dw → project still is
+    assert art.extra["ncnn_int8"]["recentred"] == 3 and art.extra["ncnn_int8"]["float"] == 1
+    held = art.extra["blobs"]["recentred"]
+    row = next(r for r in _rows(art) if r[1] == dw)
+    assert row[5] in held and held[row[5]] > 0  # its top: float, c − y
+    sqnr = {t["value"]: t["sqnr_db"] for t in art.extra["layer_error"]["tensors"]}
+    assert sqnr[row[5]] is not None and sqnr[row[5]] >= 20.0, sqnr
+    assert all(s is None or s >= 15.0 for s in sqnr.values()), sqnr

@@ -198,7 +198,7 @@ class _Lowerer:
         self.refuse_inconsistent(inputs.values(), outs.values())
         io = {"inputs": inputs, "outputs": outs, "int8": self.int8_layers,
               "float": self.float_layers, "requantized": self.requantized,
-              "recentred": self.recentred,
+              "recentred": self.recentred, "recentred_blobs": self.ng.recentred,
               "int8_edges": self.ng.int8_edges,
               "int32_inputs": lower_tokens.int32_inputs(self.g)}
         return self.ng.param_text(), self.ng.bin_bytes(), io

@@ -49,6 +49,7 @@ class NcnnGraph:
         self.layers: list[Layer] = []
         self._names: set[str] = set()
         self.int8_edges: dict[str, int] = {}  # requantize.fuse_graph's census
+        self.recentred: dict[str, float] = {}  # blob → c where it holds c − y (recentre.py)
 
     def unique(self, base: str) -> str:
         base = "".join(c if c.isalnum() or c in "_.:/-" else "_" for c in (base or "layer"))

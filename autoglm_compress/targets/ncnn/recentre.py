@@ -97,12 +97,13 @@ def _readers(graph: NcnnGraph) -> dict[str, list[Layer]]:
     return readers
 
 
-def _reach(blob: str, readers: dict[str, list[Layer]], outputs: set[str]) -> list[Layer] | None:
-    """The int8 readers of ``blob`` through Splits, or None when any other layer (or the graph
-    output) reads it."""
-    found, todo = [], [blob]
+def _reach(blob: str, readers: dict[str, list[Layer]], outputs: set[str]):
+    """(the int8 readers of ``blob`` through Splits, the blobs holding its values), or None when
+    any other layer (or the graph output) reads it."""
+    found, todo, seen = [], [blob], []
     while todo:
         b = todo.pop()
+        seen.append(b)
         if b in outputs:
             return None
         nxt = readers.get(b, [])
@@ -115,18 +116,22 @@ def _reach(blob: str, readers: dict[str, list[Layer]], outputs: set[str]) -> lis
                 found.append(r)
             else:
                 return None
-    return found
+    return found, seen
 
 
 def recentre_graph(graph: NcnnGraph, outputs=()) -> int:
     """Re-centre every eligible one-signed int8 edge of ``graph`` (module doc); returns how many
-    writers were rewritten. Run before requantize fusion (which reads the new input scales)."""
+    writers were rewritten and sets ``graph.recentred``: blob → c for every blob that now holds
+    c − y (a reader of the file's intermediate blobs — the per-layer error — undoes it). Run
+    before requantize fusion (which reads the new input scales)."""
     readers, outs, done = _readers(graph), set(outputs), 0
+    graph.recentred = {}
     for p in graph.layers:
         if p.type not in WRITERS or p.params.get(8, 0) > 100:
             continue
         upper = _upper(p)
-        targets = _reach(p.outputs[0], readers, outs) if upper is not None else None
+        reached = _reach(p.outputs[0], readers, outs) if upper is not None else None
+        targets, blobs = reached if reached else ([], [])
         if not targets or len({np.float32(t.bottom_scale) for t in targets}) != 1:
             continue
         s = float(np.float32(targets[0].bottom_scale))
@@ -143,5 +148,6 @@ def recentre_graph(graph: NcnnGraph, outputs=()) -> int:
             r.weights[_slots(r)["s_in"]] = ("raw", np.asarray([2.0 * s], np.float32))
             if r.type in WRITERS and any(int(r.params.get(k, 0)) for k in _PADS):
                 r.params[18] = PAD_CODE
+        graph.recentred.update(dict.fromkeys(blobs, c))
         done += 1
     return done

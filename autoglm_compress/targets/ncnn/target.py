@@ -213,6 +213,9 @@ class NcnnTarget(Target):
             raise found from None
         artifact.extra["blobs"] = {"inputs": io["inputs"], "outputs": io["outputs"],
                                    "int32_inputs": io["int32_inputs"]}
+        if io.get("recentred_blobs"):  # intermediate blobs holding c − y (recentre.py)
+            artifact.extra["blobs"]["recentred"] = {
+                b: round(float(c), 6) for b, c in io["recentred_blobs"].items()}
         artifact.latency["ncnn"] = self._side_by_side(artifact, ctx, io)
 
     def _side_by_side(self, artifact: Artifact, ctx: VerifyContext, io: dict) -> dict:
