@@ -15,15 +15,14 @@ Per model (EfficientNet-Lite1 240², -Lite2 260², ImageNet weights, natural-ima
    (onnxruntime's MLAS then dispatches its AVX2 kernels, VPMADDUBSW included) for AVX2.
 3. **latency vs FP32**: timed natively (interleaved medians); for AVX2, instructions per inference
    counted under valgrind's callgrind (valgrind's CPU has AVX2 but no AVX-512 or VNNI, so MLAS runs
-   its AVX2 kernels): (N=3 − N=1 runs) / 2 of the INT8 model over the same of FP32 — an
-   instruction ratio, not seconds, and only one thread.
+   its AVX2 kernels) in onnxruntime's own library only: (N=3 − N=1 runs) / 2 of the INT8 model over
+   the same of FP32 — an instruction ratio, not seconds, and only one thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -108,20 +107,32 @@ def spawn(kind: str, m: dict, out: Path, samples: int) -> dict:
 
 
 def instructions_per_run(model: str, eval_npz: str) -> float | None:
-    """Guest instructions of one inference under valgrind (AVX2 dispatch), N=3 minus N=1."""
-    if not shutil.which("valgrind"):
+    """Instructions of one inference under valgrind (AVX2 dispatch): onnxruntime's own shared
+    object only (callgrind's per-object totals), N=3 minus N=1 runs, halved, Python's hash seed
+    fixed. (A whole-process count — ~10 G instructions of Python start-up — varied by the size of
+    an inference between repeats.)"""
+    import os
+    import tempfile
+
+    if not (shutil.which("valgrind") and shutil.which("callgrind_annotate")):
         return None
     got = []
-    for n in (1, 3):
-        cmd = ["valgrind", "--tool=callgrind", "--cache-sim=no", "--branch-sim=no",
-               "--callgrind-out-file=/dev/null", sys.executable, str(Path(__file__).resolve()),
-               "--child", "run", "--spec", json.dumps({"model": model, "eval": eval_npz}),
-               "--samples", str(n)]
-        p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=7200)
-        m = re.search(r"Collected\s*:\s*(\d+)", p.stderr)
-        if p.returncode != 0 or not m:
-            return None
-        got.append(int(m.group(1)))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    with tempfile.TemporaryDirectory(prefix="agc_cg_") as tmp:
+        for n in (1, 3):
+            out = Path(tmp) / f"cg.{n}"
+            cmd = ["valgrind", "--tool=callgrind", "--cache-sim=no", "--branch-sim=no",
+                   f"--callgrind-out-file={out}", sys.executable, str(Path(__file__).resolve()),
+                   "--child", "run", "--spec", json.dumps({"model": model, "eval": eval_npz}),
+                   "--samples", str(n)]
+            p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=7200,
+                               env=env)
+            if p.returncode != 0 or not out.exists():
+                return None
+            ann = subprocess.run(["callgrind_annotate", "--threshold=100", str(out)],
+                                 check=False, capture_output=True, text=True).stdout
+            got.append(sum(int(ln.split()[0].replace(",", "")) for ln in ann.splitlines()
+                           if "onnxruntime" in ln and ln.strip()[:1].isdigit()))
     return (got[1] - got[0]) / 2
 
 
