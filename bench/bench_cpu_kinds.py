@@ -111,8 +111,7 @@ def instructions_per_run(model: str, eval_npz: str) -> float | None:
     object only (callgrind's per-object totals), N=3 minus N=1 runs, halved, Python's hash seed
     fixed. (A whole-process count — ~10 G instructions of Python start-up — varied by the size of
     an inference between repeats. This one is not shown repeatable either: its first use counted
-    Lite1 FP32 above Lite2 FP32; onnxruntime's thread-pool spinning, counted under valgrind's
-    serialised threads, is the suspect — bench/RESULTS.md.)"""
+    Lite1 FP32 above Lite2 FP32, cause not found — bench/RESULTS.md.)"""
     import os
     import tempfile
 
