@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all lint bench docs clean arm-emulation browser
+.PHONY: venv demo test test-all test-avx2 lint bench docs clean arm-emulation browser
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ test: venv arm-emulation browser
 
 test-all: venv arm-emulation browser
 	$(PY) -m pytest -q tests
+
+# `make test-avx2`: `make test` natively as on an AVX2 CPU without AVX-512/VNNI — tools/avx2.py
+# masks CPUID (Linux CPUID faulting, needs cpuid_fault in /proc/cpuinfo and gcc; else one line,
+# exit 2), so onnxruntime and torch run their AVX2 kernels at this machine's speed.
+test-avx2: venv arm-emulation browser
+	$(PY) tools/avx2.py $(PY) -m pytest -q -x -m "not slow" tests
 
 # ARM artifacts also run on ARM code (tests/test_arm_emulation.py, --verify-arm): Debian's
 # qemu-user and gcc, installed here when missing and run as root (else the tests skip, saying

@@ -11,6 +11,7 @@ import pytest
 from conftest import DEMO, EVAL, run_cli
 from onnx import numpy_helper
 
+from autoglm_compress.quantization.saturation import host_cpu
 from autoglm_compress.targets.x86.fusion import fusion_report
 
 
@@ -31,7 +32,15 @@ def test_digits_without_calibration(tmp_path):
     assert rep["calibration"] is None
     a = rep["artifacts"][0]
     out = next(iter(a["fidelity"]["outputs"].values()))
-    assert out["accuracy"] >= out["accuracy_ref"] - 0.005 and a["fidelity"]["cosine_pooled"] > 0.999
+    assert out["accuracy"] >= out["accuracy_ref"] - 0.005
+    # 8-bit weights made for VNNI: verified in VNNI kernels on a VNNI host; on an AVX2 host in
+    # its saturating VPMADDUBSW kernels (measured 0.99857 there, 0.9993 on VNNI), and said so
+    if host_cpu() == "avx2":
+        assert a["fidelity"]["cosine_pooled"] > 0.998
+        assert any(n.startswith("made for VNNI CPUs (--cpu vnni) but verified in this host's AVX2")
+                   for n in a["notes"]), a["notes"]
+    else:
+        assert a["fidelity"]["cosine_pooled"] > 0.999 and not any("made for" in n for n in a["notes"])
     rec = next(p for p in rep["passes"] if p["name"] == "quantize_dynamic[x86]")["stats"]
     assert rec["matmuls_dynamic"] == 1 and rec["convs_weight_only"] == 3 and not rec["left_float"]
     assert a["layers"]["int8"] == 1 and len(a["layers"]["weight_only_nodes"]) == 3

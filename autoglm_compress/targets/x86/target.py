@@ -146,6 +146,16 @@ class X86Target(Target):
         verify_in_runtime(ort_runner(artifact.path), artifact, ctx, "onnxruntime CPU")
         if artifact.precision != "int8":
             return
+        if not self.int8_runs_here:
+            made, here = x86_cpu(self.options.cpu), x86_cpu("auto")
+            artifact.notes.append(
+                f"made for {made.upper()} CPUs (--cpu {made}) but verified in this host's "
+                f"{here.upper()} int8 kernels"
+                + (", whose int16 pair sums saturate where VNNI's int32 sums do not: expect "
+                   "these figures or better on the CPU it is for" if here == "avx2" else
+                   ", which do not saturate where AVX2's VPMADDUBSW does: the CPU it is for "
+                   "may show less than these figures")
+            )
         fusion = fusion_report(str(artifact.path))
         artifact.extra["ort_fusion"] = fusion
         if fusion["float_compute_nodes"]:
