@@ -235,18 +235,29 @@ def _measure(model: ir.Model, layers: list[_Layer], feeds) -> None:
 
     run = tensor_runner(model, sorted({lay.node.inputs[0].name for lay in layers}))
     rng = np.random.default_rng(0)
-    rows: dict[int, list] = {id(lay): [] for lay in layers}
+    # each layer's rows go into one buffer allocated at the first feed: small arrays kept from
+    # every feed, scattered between the freed activations, fragmented glibc's heap (+180 MB peak
+    # on EfficientNet-Lite1 with 16 feeds instead of 4)
+    bufs: dict[int, np.ndarray] = {}
+    fill: dict[int, int] = {}
     for feed in feeds:
         acts = run(feed)
         for lay in layers:
             t = acts.get(lay.node.inputs[0].name)
             r = None if t is None else layer_rows(lay.node, t, rng, POSITIONS)
-            if r is not None:
-                rows[id(lay)].append(r)
+            if r is None:
+                continue
+            if id(lay) not in bufs:
+                bufs[id(lay)] = np.empty((len(feeds) * POSITIONS, *r.shape[1:]), np.float32)
+                fill[id(lay)] = 0
+            n = fill[id(lay)]
+            bufs[id(lay)][n:n + len(r)] = r
+            fill[id(lay)] = n + len(r)
+        del acts  # one feed's activations alive at a time
     for lay in layers:
-        if not rows[id(lay)]:
+        if id(lay) not in bufs:
             continue
-        xs = np.concatenate(rows[id(lay)])  # [P, G, K]
+        xs = bufs[id(lay)][:fill[id(lay)]]  # [P, G, K]
         sat_se = rnd_se = 0.0
         hit = n = 0
         for gi, ((_, wk, _), mask, (wq, s_w)) in enumerate(zip(lay.groups, lay.masks, lay.q8)):
