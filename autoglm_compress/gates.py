@@ -218,8 +218,9 @@ def latency_ratio(lat: dict, precision: str) -> tuple[float, float, str]:
 def _latency(v, b: Budgets) -> list[dict]:
     lat, limit, name = v["latency"], b.max_latency_ratio, v["name"]
     ratio, _, where = latency_ratio(lat, v["precision"])
+    ratio = round(ratio, 4) if math.isfinite(ratio) else ratio  # the message shows the recorded value
     ok = math.isfinite(ratio) and ratio <= limit
-    out = [_entry("max_latency_ratio", name, round(ratio, 4) if math.isfinite(ratio) else None,
+    out = [_entry("max_latency_ratio", name, ratio if math.isfinite(ratio) else None,
                   limit, ok, f"{name} latency {_above(ratio, limit)}× FP32 ({where}) > "
                   f"--max-latency-ratio {limit}", measure=f"artifact / FP32 median time, {where}",
                   figure="wall_time")]
@@ -229,9 +230,9 @@ def _latency(v, b: Budgets) -> list[dict]:
         for cpu, per in insns.items():
             if not isinstance(per, dict) or not per.get("fp32") or prec not in per:
                 continue
-            r = per[prec] / per["fp32"]
+            r = round(per[prec] / per["fp32"], 4)  # the message shows the recorded value
             out.append(_entry(
-                "max_latency_ratio", name, round(r, 4), limit, r <= limit,
+                "max_latency_ratio", name, r, limit, r <= limit,
                 f"{name} ARM instructions {_above(r, limit)}× FP32 on {cpu} (emulated) > "
                 f"--max-latency-ratio {limit}",
                 measure=f"artifact / FP32 guest instructions per inference on {cpu} (emulated)",
