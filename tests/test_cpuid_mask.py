@@ -18,6 +18,11 @@ sys.path.insert(0, str(ROOT / "tools"))
 import avx2  # noqa: E402 - tools/ is not a package
 
 OK, WHY = avx2.available()
+if OK:
+    try:
+        avx2.library()  # built once here, so every test below runs or all skip with one reason
+    except avx2.Unavailable as e:
+        OK, WHY = False, str(e)
 pytestmark = pytest.mark.skipif(not OK, reason=WHY)
 
 

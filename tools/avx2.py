@@ -58,15 +58,19 @@ def library() -> Path:
     out = base / "autoglm-compress" / "cpuid_mask" / f"{hashlib.sha256(text).hexdigest()[:16]}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        so = Path(tmp) / "mask.so"
-        p = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(so), str(SOURCE), "-ldl"],
-                           capture_output=True, text=True, check=False)
-        if p.returncode != 0:
-            last = (p.stderr.strip().splitlines() or ["?"])[-1]
-            raise Unavailable(f"gcc could not build {SOURCE.name}: {last}")
-        os.replace(so, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            so = Path(tmp) / "mask.so"
+            p = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(so), str(SOURCE),
+                                "-ldl"], capture_output=True, text=True, check=False)
+            if p.returncode != 0:
+                last = (p.stderr.strip().splitlines() or ["?"])[-1]
+                raise Unavailable(f"gcc could not build {SOURCE.name}: {last}")
+            os.replace(so, out)
+    except OSError as e:
+        raise Unavailable(f"cannot build the mask library in {out.parent}: {e.strerror} "
+                          "(set XDG_CACHE_HOME to a writable folder)") from None
     return out
 
 
